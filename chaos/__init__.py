@@ -1,0 +1,1 @@
+"""Chaos: history format, serializability checkers, simulator, workloads and nemeses."""

@@ -1,0 +1,1 @@
+"""kvctl, the admin command line."""

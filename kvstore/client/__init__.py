@@ -1,0 +1,1 @@
+"""The Python SDK (async client, sync wrapper, retries)."""

@@ -1,0 +1,1 @@
+"""Coordinator: the pure two-phase-commit core and, later, its asyncio service."""

@@ -1,0 +1,98 @@
+"""Every limit and protocol time constant of the store, named once, with its unit in its name.
+
+Theory of operation
+-------------------
+Nothing in the store is unbounded: keys, values, transactions, condition trees, update action
+lists, read-round retries and background work per tick all have a maximum here. Modules import
+the constant they enforce; nothing else hard-codes a number. Where a limit is configurable
+(``txn_ops_max`` per cluster), the constant here is the default and ``*_CEILING`` bounds what
+configuration may ask for. Relations between limits are asserted at import so an edit that
+breaks one fails loudly at start-up rather than at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "KEY_BYTES_MAX",
+    "VALUE_BYTES_MAX",
+    "VALUE_DEPTH_MAX",
+    "TXN_OPS_MAX_DEFAULT",
+    "TXN_OPS_MAX_CEILING",
+    "TXN_BYTES_MAX",
+    "PATH_BYTES_MAX",
+    "PATH_SEGMENTS_MAX",
+    "CONDITION_NODES_MAX",
+    "CONDITION_DEPTH_MAX",
+    "UPDATE_ACTIONS_MAX",
+    "TOKEN_BYTES_MAX",
+    "READ_KEYS_MAX",
+    "READ_ROUNDS_MAX",
+    "PARTITIONS_DEFAULT",
+    "PARTITIONS_MAX",
+    "MAX_CLOCK_SKEW_MS",
+    "INTENT_STALE_MS",
+    "PREPARE_DEADLINE_MS",
+    "LEDGER_DECISION_DEADLINE_MS",
+    "IDEMPOTENCY_WINDOW_MS",
+    "LEDGER_RETENTION_MS",
+    "TOMBSTONE_RETENTION_MS",
+    "RPC_TIMEOUT_MS",
+    "DECISION_ATTEMPTS_MAX",
+    "RESEND_INTERVAL_MS",
+    "FINISH_DEADLINE_MS",
+    "GC_ITEMS_PER_TICK_MAX",
+    "STALE_INTENTS_PER_TICK_MAX",
+    "SCAN_PAGE_ITEMS_MAX",
+]
+
+# --- data model (DESIGN section 3) ---------------------------------------------------------
+KEY_BYTES_MAX: Final = 1024  # UTF-8 bytes of a key; 1..KEY_BYTES_MAX.
+VALUE_BYTES_MAX: Final = 400 * 1024  # msgpack-encoded bytes of one value (DynamoDB's 400 KB).
+VALUE_DEPTH_MAX: Final = 64  # nesting of lists/objects; deeper values are refused, not recursed.
+PATH_BYTES_MAX: Final = 1024  # a dotted attribute path.
+PATH_SEGMENTS_MAX: Final = 32  # attribute names in one path.
+CONDITION_NODES_MAX: Final = 256  # nodes in one condition tree (all/any/not count).
+CONDITION_DEPTH_MAX: Final = 16  # nesting of all/any/not.
+UPDATE_ACTIONS_MAX: Final = 256  # set/remove/add/append actions in one update.
+TOKEN_BYTES_MAX: Final = 64  # an idempotency token, 1..TOKEN_BYTES_MAX printable ASCII.
+
+# --- transactions (DESIGN sections 6 and 8) ------------------------------------------------
+TXN_OPS_MAX_DEFAULT: Final = 100  # operations in one write transaction, by default.
+TXN_OPS_MAX_CEILING: Final = 1000  # the most a cluster may be configured to allow.
+TXN_BYTES_MAX: Final = 4 * 1024 * 1024  # encoded size of one transaction's operations.
+READ_KEYS_MAX: Final = TXN_OPS_MAX_CEILING  # keys in one read-only transaction.
+READ_ROUNDS_MAX: Final = 4  # read rounds before a read-only transaction gives up (conflict).
+
+# --- partitioning (DESIGN section 7) -------------------------------------------------------
+PARTITIONS_DEFAULT: Final = 16
+PARTITIONS_MAX: Final = 4096
+
+# --- time (DESIGN sections 4-6); all in milliseconds ----------------------------------------
+MAX_CLOCK_SKEW_MS: Final = 500  # a node refuses timestamps further ahead of its clock.
+INTENT_STALE_MS: Final = 5_000  # an intent older than this is resolved through its ledger record.
+PREPARE_DEADLINE_MS: Final = 2_000  # the coordinator stops waiting for votes after this.
+LEDGER_DECISION_DEADLINE_MS: Final = 25_000  # PREPARING older than this may be CANCELLED by anyone.
+IDEMPOTENCY_WINDOW_MS: Final = 10 * 60 * 1000  # a token's outcome is kept this long.
+LEDGER_RETENTION_MS: Final = IDEMPOTENCY_WINDOW_MS  # completed ledger records are kept this long.
+TOMBSTONE_RETENTION_MS: Final = 60_000  # per-key tombstones fold into the watermark after this.
+RPC_TIMEOUT_MS: Final = 1_000  # a single internal call's deadline.
+DECISION_ATTEMPTS_MAX: Final = 5  # ledger CAS attempts before the coordinator says OutcomeUnknown.
+RESEND_INTERVAL_MS: Final = 200  # commit/cancel messages are re-sent at this interval.
+FINISH_DEADLINE_MS: Final = (
+    10_000  # past this the coordinator answers and leaves the rest to recovery.
+)
+
+# --- background work and pages --------------------------------------------------------------
+GC_ITEMS_PER_TICK_MAX: Final = 1_000  # tombstones / ledger records / tokens expired per tick.
+STALE_INTENTS_PER_TICK_MAX: Final = 100  # stale intents a partition reports per tick.
+SCAN_PAGE_ITEMS_MAX: Final = 1_000  # items in one scan page.
+
+# Relations that must hold; checked at import.
+assert TXN_OPS_MAX_DEFAULT <= TXN_OPS_MAX_CEILING
+assert VALUE_BYTES_MAX < TXN_BYTES_MAX
+assert PREPARE_DEADLINE_MS < INTENT_STALE_MS < LEDGER_DECISION_DEADLINE_MS
+assert LEDGER_RETENTION_MS >= IDEMPOTENCY_WINDOW_MS
+assert RESEND_INTERVAL_MS < FINISH_DEADLINE_MS
+assert PATH_SEGMENTS_MAX <= VALUE_DEPTH_MAX

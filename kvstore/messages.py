@@ -1,0 +1,322 @@
+"""Messages between coordinators and partitions, as frozen values.
+
+Theory of operation
+-------------------
+Every internal call names one partition and carries one request dataclass; the partition core
+answers with one reply dataclass. The coordinator core emits requests as effects and consumes
+replies as events; the storage node service decodes requests off the wire and hands them to the
+partition core. Keeping them as values (never raw dicts) lets both cores be tested against each
+other in memory, and lets the codec live in one place at the edge.
+
+Write transaction, multi-partition (DESIGN section 6):
+  ``PrepareRequest`` to every participant (the anchor's carries the new ``LedgerRecord``), then
+  ``DecideRequest`` (compare-and-set on the anchor's ledger record), then ``CommitRequest`` or
+  ``CancelRequest`` to every participant until acknowledged, then ``CompleteRequest``.
+Write transaction, one partition: ``ExecuteRequest`` (prepare and apply in one round).
+Read-only transaction: ``ReadRequest`` rounds. Singletons: ``GetRequest``, ``WriteRequest``.
+Recovery: ``LedgerLookupRequest`` (optionally resolving an absent or expired record to
+CANCELLED), ``TokenLookupRequest``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from kvstore.errors import ErrorCode
+from kvstore.ops import Op
+from kvstore.types import Key, PartitionId, Timestamp, TxnId, Value
+
+__all__ = [
+    "ReasonCode",
+    "ItemView",
+    "OpOutcome",
+    "TxnState",
+    "LedgerRecord",
+    "TokenHit",
+    "PrepareRequest",
+    "PrepareReply",
+    "ExecuteRequest",
+    "ExecuteReply",
+    "CommitRequest",
+    "CommitReply",
+    "CancelRequest",
+    "CancelReply",
+    "DecideRequest",
+    "LedgerLookupRequest",
+    "CompleteRequest",
+    "LedgerReply",
+    "TokenLookupRequest",
+    "TokenLookupReply",
+    "ReadRequest",
+    "ReadEntry",
+    "ReadReply",
+    "GetRequest",
+    "GetReply",
+    "WriteRequest",
+    "WriteReply",
+    "Request",
+    "Reply",
+]
+
+
+class ReasonCode(enum.StrEnum):
+    """Why one operation of a cancelled transaction failed (``None`` when it did not)."""
+
+    NONE = "None"
+    CONDITION_FAILED = "ConditionFailed"
+    TRANSACTION_CONFLICT = "TransactionConflict"
+    TIMESTAMP_TOO_OLD = "TimestampTooOld"
+    VALIDATION_ERROR = "ValidationError"
+
+    @property
+    def retryable(self) -> bool:
+        return self in (ReasonCode.TRANSACTION_CONFLICT, ReasonCode.TIMESTAMP_TOO_OLD)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ItemView:
+    """A committed item as readers see it: ``ts`` is the commit timestamp of its last write."""
+
+    key: Key
+    value: Value
+    version: int
+    ts: Timestamp
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpOutcome:
+    code: ReasonCode = ReasonCode.NONE
+    message: str = ""
+    item: ItemView | None = None  # the current item, on ConditionFailed when asked for
+
+
+class TxnState(enum.StrEnum):
+    """The ledger record's state. Only PREPARING -> COMMITTED | CANCELLED, once."""
+
+    PREPARING = "PREPARING"
+    COMMITTED = "COMMITTED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerRecord:
+    """A transaction's durable record on its anchor partition: the single source of truth."""
+
+    txn_id: TxnId
+    ts: Timestamp
+    state: TxnState
+    participants: tuple[PartitionId, ...]
+    created_us: int = 0  # set by the anchor partition from its own clock
+    deadline_us: int = 0  # PREPARING past this may be CANCELLED by anyone; set by the anchor
+    token: str | None = None
+    fingerprint: str | None = None
+    outcomes: tuple[OpOutcome, ...] = ()  # per-op reasons of a cancelled transaction
+    completed_us: int | None = None  # every participant acknowledged the decision
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenHit:
+    """The idempotency token was already used, by ``txn_id``."""
+
+    txn_id: TxnId
+    same_content: bool
+
+
+# --- write transactions -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrepareRequest:
+    partition: PartitionId
+    txn_id: TxnId
+    ts: Timestamp
+    ops: tuple[Op, ...]
+    anchor: PartitionId  # where the ledger record lives: stale intents are resolved there
+    ledger: LedgerRecord | None = None  # present exactly on the anchor partition's prepare
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrepareReply:
+    txn_id: TxnId
+    accepted: bool
+    outcomes: tuple[OpOutcome, ...] = ()  # one per op of the request, in order
+    error: ErrorCode | None = None  # a whole-request refusal (ClockSkew, ledger already decided)
+    token_hit: TokenHit | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecuteRequest:
+    """A transaction whose ops all live on one partition: checked and applied in one round."""
+
+    partition: PartitionId
+    txn_id: TxnId
+    ts: Timestamp
+    ops: tuple[Op, ...]
+    token: str | None = None
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecuteReply:
+    txn_id: TxnId
+    committed: bool
+    outcomes: tuple[OpOutcome, ...] = ()
+    error: ErrorCode | None = None
+    token_hit: TokenHit | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitRequest:
+    partition: PartitionId
+    txn_id: TxnId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitReply:
+    txn_id: TxnId
+    applied: int  # intents of txn_id applied now (0 for a duplicate or stale commit)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRequest:
+    partition: PartitionId
+    txn_id: TxnId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelReply:
+    txn_id: TxnId
+    cleared: int
+
+
+# --- ledger -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecideRequest:
+    """Compare-and-set the anchor's record from PREPARING to ``decision``.
+
+    A CANCELLED decision on an absent record inserts it (so a late prepare cannot revive the
+    transaction); a COMMITTED decision needs the record to exist.
+    """
+
+    partition: PartitionId
+    txn_id: TxnId
+    decision: TxnState
+    outcomes: tuple[OpOutcome, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerLookupRequest:
+    """Read a record; with ``resolve``, an absent record or an expired PREPARING one becomes
+    CANCELLED first (the stale-intent resolution of DESIGN section 5)."""
+
+    partition: PartitionId
+    txn_id: TxnId
+    resolve: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompleteRequest:
+    """Every participant acknowledged the decision; the record may expire after retention."""
+
+    partition: PartitionId
+    txn_id: TxnId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerReply:
+    txn_id: TxnId
+    record: LedgerRecord | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenLookupRequest:
+    partition: PartitionId
+    token: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenLookupReply:
+    token: str
+    record: LedgerRecord | None
+
+
+# --- reads and singletons -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadRequest:
+    partition: PartitionId
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadEntry:
+    """One key of a read round. For an absent key ``version`` is its deleted-key version."""
+
+    key: Key
+    exists: bool
+    value: Value
+    version: int
+    ts: Timestamp
+    pending: bool  # another transaction's intent is on the key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadReply:
+    entries: tuple[ReadEntry, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetRequest:
+    partition: PartitionId
+    key: Key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetReply:
+    item: ItemView | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteRequest:
+    """A singleton put, delete or update, stamped by the node's own clock."""
+
+    partition: PartitionId
+    op: Op
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteReply:
+    outcome: OpOutcome
+    existed: bool = False  # the item existed before the write (for delete's answer)
+    version: int = 0
+    ts: Timestamp | None = None
+
+
+Request = (
+    PrepareRequest
+    | ExecuteRequest
+    | CommitRequest
+    | CancelRequest
+    | DecideRequest
+    | LedgerLookupRequest
+    | CompleteRequest
+    | TokenLookupRequest
+    | ReadRequest
+    | GetRequest
+    | WriteRequest
+)
+Reply = (
+    PrepareReply
+    | ExecuteReply
+    | CommitReply
+    | CancelReply
+    | LedgerReply
+    | TokenLookupReply
+    | ReadReply
+    | GetReply
+    | WriteReply
+)

@@ -1,0 +1,1 @@
+"""Storage node: the pure timestamp-ordering partition core and its storage engines."""

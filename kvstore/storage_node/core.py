@@ -1,0 +1,549 @@
+"""The partition core: timestamp-ordering rules for one partition, with no I/O.
+
+Theory of operation
+-------------------
+One :class:`PartitionCore` owns one partition's state through a :class:`PartitionStore`. Each
+request method takes a request value (``kvstore.messages``), the node's current physical time
+``now_us`` and, for singleton writes, a fresh timestamp from the node's clock; it returns a
+:class:`Step`: the reply and whether the step wrote. The shell must make the store durable
+(``store.commit()``, group commit) before it releases any reply that depends on a write.
+
+Rules kept here (DESIGN section 5 and the gaps of reference section 2.6):
+
+* Per key: committed value, ``version``, ``write_ts``, ``read_ts``; at most one pending intent,
+  stored apart from items so reads, scans and conditions never see it. A key with no row takes
+  its floor from the partition watermark (``max_delete_ts``, ``max_deleted_version``).
+* prepare accepts a slice only if for every op: no other transaction's intent is on the key;
+  ``ts > write_ts`` (and ``ts > read_ts`` for writes); the condition holds on the committed value;
+  the result respects the limits. A rejection writes nothing. Re-preparing a transaction that
+  already holds its intents answers yes again and changes nothing.
+* commit applies only ``txn_id``'s intents (duplicates and stale commits do nothing), raises
+  ``write_ts`` (writes) or ``read_ts`` (checks) with ``max``, bumps the version on every change of
+  existence or value, and leaves a tombstone for deleted keys and for absent keys that were
+  checked or deleted, so their timestamps survive (gap 3). cancel clears only ``txn_id``'s intents.
+* Timestamps and versions of a key never decrease: tombstones fold into the watermark with
+  ``max`` (gap 4), and new rows start above the floor they replace.
+* Singleton writes get ``max(node clock, successor of the key's floor)``; a key with an intent
+  refuses them with ``TransactionConflict``. Singleton gets are never blocked.
+* Ledger records change state once, PREPARING -> COMMITTED | CANCELLED, by compare-and-set; a
+  resolving lookup of an absent record inserts CANCELLED so a late prepare cannot revive it, and an
+  expired PREPARING record may be cancelled by anyone.
+* One-round (single-partition) transactions always leave a completed ledger record, so a
+  duplicated request answers with the recorded outcome instead of running twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
+
+from kvstore import limits
+from kvstore.conditions import evaluate
+from kvstore.errors import ErrorCode, ValidationError
+from kvstore.messages import (
+    CancelReply,
+    CancelRequest,
+    CommitReply,
+    CommitRequest,
+    CompleteRequest,
+    DecideRequest,
+    ExecuteReply,
+    ExecuteRequest,
+    GetReply,
+    GetRequest,
+    ItemView,
+    LedgerLookupRequest,
+    LedgerRecord,
+    LedgerReply,
+    OpOutcome,
+    PrepareReply,
+    PrepareRequest,
+    ReadEntry,
+    ReadReply,
+    ReadRequest,
+    ReasonCode,
+    TokenHit,
+    TokenLookupReply,
+    TokenLookupRequest,
+    TxnState,
+    WriteReply,
+    WriteRequest,
+)
+from kvstore.ops import Op, OpKind, apply_op
+from kvstore.storage_node.store import Intent, ItemRow, PartitionMeta, PartitionStore, TokenRow
+from kvstore.types import Key, PartitionId, Timestamp, TxnId, Value
+
+__all__ = ["PartitionConfig", "Step", "StaleIntent", "Maintenance", "PartitionCore"]
+
+R = TypeVar("R")
+_US_PER_MS = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionConfig:
+    max_clock_skew_ms: int = limits.MAX_CLOCK_SKEW_MS
+    intent_stale_ms: int = limits.INTENT_STALE_MS
+    ledger_decision_deadline_ms: int = limits.LEDGER_DECISION_DEADLINE_MS
+    ledger_retention_ms: int = limits.LEDGER_RETENTION_MS
+    idempotency_window_ms: int = limits.IDEMPOTENCY_WINDOW_MS
+    tombstone_retention_ms: int = limits.TOMBSTONE_RETENTION_MS
+
+
+@dataclass(frozen=True, slots=True)
+class Step(Generic[R]):
+    """A reply, and whether producing it wrote to the store (commit before replying)."""
+
+    reply: R
+    wrote: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaleIntent:
+    txn_id: TxnId
+    anchor: PartitionId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Maintenance:
+    """Background work found by :meth:`PartitionCore.maintain`, for the shell to carry out."""
+
+    stale_intents: tuple[StaleIntent, ...]  # ask the anchor's ledger, then commit or cancel
+    records_to_drive: tuple[LedgerRecord, ...]  # decided here, not yet acknowledged by all
+    wrote: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyState:
+    """A key's committed state, with the partition watermark standing in for a missing row."""
+
+    row: ItemRow | None
+    exists: bool
+    value: Value
+    version: int
+    write_ts: Timestamp
+    read_ts: Timestamp
+
+
+_NONE = OpOutcome()
+_ALREADY_CANCELLED = OpOutcome(
+    code=ReasonCode.TRANSACTION_CONFLICT, message="the transaction was already cancelled"
+)
+
+
+class PartitionCore:
+    """Timestamp-ordering rules for one partition (see the module docstring)."""
+
+    def __init__(
+        self,
+        partition: PartitionId,
+        store: PartitionStore,
+        config: PartitionConfig | None = None,
+    ) -> None:
+        self.partition = partition
+        self.store = store
+        self.config = config or PartitionConfig()
+
+    # --- write transactions -------------------------------------------------------------
+
+    def prepare(self, req: PrepareRequest, now_us: int) -> Step[PrepareReply]:
+        if self._too_far_ahead(req.ts, now_us):
+            return Step(self._refuse_prepare(req, ErrorCode.ClockSkew), False)
+        if req.ledger is not None:
+            early = self._anchor_precheck(req)
+            if early is not None:
+                return Step(early, False)
+        if self._holds_intents(req.txn_id, req.ops):
+            return Step(
+                PrepareReply(txn_id=req.txn_id, accepted=True, outcomes=(_NONE,) * len(req.ops)),
+                False,
+            )
+        results = [self._vote(op, req.txn_id, req.ts) for op in req.ops]
+        accepted = all(outcome is _NONE for outcome, _ in results)
+        wrote = False
+        if req.ledger is not None:
+            self._create_record(req.ledger, now_us)
+            wrote = True
+        if accepted:
+            for op, (_, new_state) in zip(req.ops, results, strict=True):
+                assert new_state is not None
+                self.store.put_intent(
+                    Intent(
+                        key=op.key,
+                        txn_id=req.txn_id,
+                        ts=req.ts,
+                        op=op,
+                        new_exists=new_state[0],
+                        new_value=new_state[1],
+                        anchor=req.anchor,
+                        created_us=now_us,
+                    )
+                )
+            wrote = True
+        outcomes = tuple(outcome for outcome, _ in results)
+        return Step(PrepareReply(txn_id=req.txn_id, accepted=accepted, outcomes=outcomes), wrote)
+
+    def execute(self, req: ExecuteRequest, now_us: int) -> Step[ExecuteReply]:
+        """Prepare and apply in one round, for transactions living on this partition alone."""
+        if self._too_far_ahead(req.ts, now_us):
+            return Step(
+                ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), False
+            )
+        recorded = self.store.get_ledger(req.txn_id)
+        if recorded is not None:  # a duplicate of a request already answered
+            return Step(self._execute_reply(recorded), False)
+        if req.token is not None:
+            hit = self._token_hit(req.token, req.txn_id, req.fingerprint)
+            if hit is not None:
+                reply = ExecuteReply(txn_id=req.txn_id, committed=False, token_hit=hit)
+                return Step(reply, False)
+        results = [self._vote(op, req.txn_id, req.ts) for op in req.ops]
+        committed = all(outcome is _NONE for outcome, _ in results)
+        if committed:
+            for op, (_, new_state) in zip(req.ops, results, strict=True):
+                assert new_state is not None
+                self._apply(op.key, op.kind, req.ts, new_state[0], new_state[1])
+        outcomes = () if committed else tuple(outcome for outcome, _ in results)
+        record = LedgerRecord(
+            txn_id=req.txn_id,
+            ts=req.ts,
+            state=TxnState.COMMITTED if committed else TxnState.CANCELLED,
+            participants=(self.partition,),
+            created_us=now_us,
+            deadline_us=now_us,
+            token=req.token,
+            fingerprint=req.fingerprint,
+            outcomes=outcomes,
+            completed_us=now_us,
+        )
+        self.store.put_ledger(record)
+        if req.token is not None:
+            self._claim_token(req.token, req.txn_id, req.fingerprint, now_us)
+        return Step(self._execute_reply(record), True)
+
+    def commit(self, req: CommitRequest, now_us: int) -> Step[CommitReply]:
+        del now_us  # commit order is by the intents' timestamps, not by arrival time
+        intents = self.store.intents_of(req.txn_id)
+        for intent in intents:
+            self._apply(intent.key, intent.op.kind, intent.ts, intent.new_exists, intent.new_value)
+            self.store.delete_intent(intent.key)
+        return Step(CommitReply(txn_id=req.txn_id, applied=len(intents)), bool(intents))
+
+    def cancel(self, req: CancelRequest) -> Step[CancelReply]:
+        intents = self.store.intents_of(req.txn_id)
+        for intent in intents:
+            self.store.delete_intent(intent.key)
+        return Step(CancelReply(txn_id=req.txn_id, cleared=len(intents)), bool(intents))
+
+    # --- ledger -------------------------------------------------------------------------
+
+    def decide(self, req: DecideRequest, now_us: int) -> Step[LedgerReply]:
+        if req.decision is TxnState.PREPARING:
+            raise ValidationError("decision", "a decision is COMMITTED or CANCELLED")
+        record = self.store.get_ledger(req.txn_id)
+        if record is None:
+            if req.decision is TxnState.COMMITTED:
+                return Step(LedgerReply(txn_id=req.txn_id, record=None), False)
+            record = self._cancelled_placeholder(req.txn_id, now_us, req.outcomes)
+        elif record.state is TxnState.PREPARING:
+            outcomes = req.outcomes if req.decision is TxnState.CANCELLED else ()
+            record = replace(record, state=req.decision, outcomes=outcomes)
+        else:
+            return Step(LedgerReply(txn_id=req.txn_id, record=record), False)
+        self.store.put_ledger(record)
+        return Step(LedgerReply(txn_id=req.txn_id, record=record), True)
+
+    def lookup_ledger(self, req: LedgerLookupRequest, now_us: int) -> Step[LedgerReply]:
+        record = self.store.get_ledger(req.txn_id)
+        if not req.resolve:
+            return Step(LedgerReply(txn_id=req.txn_id, record=record), False)
+        if record is None:
+            record = self._cancelled_placeholder(req.txn_id, now_us, ())
+        elif record.state is TxnState.PREPARING and now_us >= record.deadline_us:
+            record = replace(record, state=TxnState.CANCELLED)
+        else:
+            return Step(LedgerReply(txn_id=req.txn_id, record=record), False)
+        self.store.put_ledger(record)
+        return Step(LedgerReply(txn_id=req.txn_id, record=record), True)
+
+    def complete(self, req: CompleteRequest, now_us: int) -> Step[LedgerReply]:
+        record = self.store.get_ledger(req.txn_id)
+        if record is None or record.state is TxnState.PREPARING or record.completed_us is not None:
+            return Step(LedgerReply(txn_id=req.txn_id, record=record), False)
+        record = replace(record, completed_us=now_us)
+        self.store.put_ledger(record)
+        return Step(LedgerReply(txn_id=req.txn_id, record=record), True)
+
+    def lookup_token(self, req: TokenLookupRequest) -> Step[TokenLookupReply]:
+        row = self.store.get_token(req.token)
+        record = None if row is None else self.store.get_ledger(row.txn_id)
+        return Step(TokenLookupReply(token=req.token, record=record), False)
+
+    # --- reads and singletons -----------------------------------------------------------
+
+    def read(self, req: ReadRequest) -> Step[ReadReply]:
+        entries = []
+        for key in req.keys:
+            state = self._state(key)
+            entries.append(
+                ReadEntry(
+                    key=key,
+                    exists=state.exists,
+                    value=state.value,
+                    version=state.version,
+                    ts=state.write_ts,
+                    pending=self.store.get_intent(key) is not None,
+                )
+            )
+        return Step(ReadReply(entries=tuple(entries)), False)
+
+    def get(self, req: GetRequest) -> Step[GetReply]:
+        row = self.store.get_item(req.key)
+        item = None if row is None or not row.exists else _view(row)
+        return Step(GetReply(item=item), False)
+
+    def write(self, req: WriteRequest, node_ts: Timestamp) -> Step[WriteReply]:
+        """A singleton put/delete/update at ``max(node_ts, successor of the key's floor)``."""
+        op = req.op
+        if op.kind is OpKind.CHECK:
+            raise ValidationError("op", "a check is only allowed inside a transaction")
+        if self.store.get_intent(op.key) is not None:
+            conflict = OpOutcome(
+                code=ReasonCode.TRANSACTION_CONFLICT, message="a transaction is pending on the key"
+            )
+            return Step(WriteReply(outcome=conflict), False)
+        state = self._state(op.key)
+        failed = self._condition_outcome(op, state)
+        if failed is not None:
+            return Step(
+                WriteReply(outcome=failed, existed=state.exists, version=state.version), False
+            )
+        try:
+            new_exists, new_value = apply_op(op, exists=state.exists, value=state.value)
+        except ValidationError as error:
+            invalid = OpOutcome(code=ReasonCode.VALIDATION_ERROR, message=error.message)
+            return Step(WriteReply(outcome=invalid, existed=state.exists), False)
+        floor = max(state.write_ts, state.read_ts)
+        ts = node_ts if node_ts > floor else floor.successor(node_ts.origin)
+        row = self._apply(op.key, op.kind, ts, new_exists, new_value)
+        reply = WriteReply(outcome=_NONE, existed=state.exists, version=row.version, ts=ts)
+        return Step(reply, True)
+
+    # --- background ---------------------------------------------------------------------
+
+    def maintain(self, now_us: int, limit: int = limits.GC_ITEMS_PER_TICK_MAX) -> Maintenance:
+        """Bounded background work: stale intents, ledger driving and expiry, tombstone GC."""
+        wrote = False
+        stale: dict[TxnId, StaleIntent] = {}
+        cutoff_us = now_us - self.config.intent_stale_ms * _US_PER_MS
+        for intent in self.store.intents_created_before(
+            cutoff_us, limits.STALE_INTENTS_PER_TICK_MAX
+        ):
+            stale.setdefault(intent.txn_id, StaleIntent(txn_id=intent.txn_id, anchor=intent.anchor))
+        to_drive: list[LedgerRecord] = []
+        for stored in self.store.ledger_records(limit):
+            record = stored
+            if record.state is TxnState.PREPARING and now_us >= record.deadline_us:
+                record = replace(record, state=TxnState.CANCELLED)
+                self.store.put_ledger(record)
+                wrote = True
+            if record.state is TxnState.PREPARING:
+                continue
+            if record.completed_us is None:
+                if record.created_us <= cutoff_us:
+                    to_drive.append(record)
+            elif now_us - record.completed_us >= self.config.ledger_retention_ms * _US_PER_MS:
+                self.store.delete_ledger(record.txn_id)
+                wrote = True
+        window_us = self.config.idempotency_window_ms * _US_PER_MS
+        for token in self.store.tokens_created_before(now_us - window_us, limit):
+            self.store.delete_token(token.token)
+            wrote = True
+        wrote = self._collect_tombstones(now_us, limit) or wrote
+        return Maintenance(
+            stale_intents=tuple(stale.values()), records_to_drive=tuple(to_drive), wrote=wrote
+        )
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _too_far_ahead(self, ts: Timestamp, now_us: int) -> bool:
+        return ts.physical_us > now_us + self.config.max_clock_skew_ms * _US_PER_MS
+
+    def _refuse_prepare(self, req: PrepareRequest, error: ErrorCode) -> PrepareReply:
+        return PrepareReply(txn_id=req.txn_id, accepted=False, error=error)
+
+    def _anchor_precheck(self, req: PrepareRequest) -> PrepareReply | None:
+        """On the anchor: an already-decided record or a reused token answers at once."""
+        assert req.ledger is not None
+        record = self.store.get_ledger(req.txn_id)
+        if record is not None:
+            if record.state is TxnState.COMMITTED:
+                return PrepareReply(
+                    txn_id=req.txn_id, accepted=True, outcomes=(_NONE,) * len(req.ops)
+                )
+            if record.state is TxnState.CANCELLED:
+                return PrepareReply(
+                    txn_id=req.txn_id,
+                    accepted=False,
+                    outcomes=(_ALREADY_CANCELLED,) * len(req.ops),
+                )
+            return None
+        if req.ledger.token is not None:
+            hit = self._token_hit(req.ledger.token, req.txn_id, req.ledger.fingerprint)
+            if hit is not None:
+                return PrepareReply(txn_id=req.txn_id, accepted=False, token_hit=hit)
+        return None
+
+    def _create_record(self, ledger: LedgerRecord, now_us: int) -> None:
+        if self.store.get_ledger(ledger.txn_id) is not None:
+            return
+        deadline_us = now_us + self.config.ledger_decision_deadline_ms * _US_PER_MS
+        self.store.put_ledger(
+            replace(
+                ledger,
+                state=TxnState.PREPARING,
+                created_us=now_us,
+                deadline_us=deadline_us,
+                outcomes=(),
+                completed_us=None,
+            )
+        )
+        if ledger.token is not None:
+            self._claim_token(ledger.token, ledger.txn_id, ledger.fingerprint, now_us)
+
+    def _claim_token(self, token: str, txn_id: TxnId, fingerprint: str | None, now_us: int) -> None:
+        if self.store.get_token(token) is None:
+            self.store.put_token(
+                TokenRow(
+                    token=token, txn_id=txn_id, fingerprint=fingerprint or "", created_us=now_us
+                )
+            )
+
+    def _token_hit(self, token: str, txn_id: TxnId, fingerprint: str | None) -> TokenHit | None:
+        row = self.store.get_token(token)
+        if row is None or row.txn_id == txn_id:
+            return None
+        return TokenHit(txn_id=row.txn_id, same_content=row.fingerprint == (fingerprint or ""))
+
+    def _cancelled_placeholder(
+        self, txn_id: TxnId, now_us: int, outcomes: tuple[OpOutcome, ...]
+    ) -> LedgerRecord:
+        """The record a resolver writes for a transaction the anchor never saw."""
+        return LedgerRecord(
+            txn_id=txn_id,
+            ts=Timestamp(0, 0, 0),
+            state=TxnState.CANCELLED,
+            participants=(),
+            created_us=now_us,
+            deadline_us=now_us,
+            outcomes=outcomes,
+            completed_us=now_us,
+        )
+
+    def _execute_reply(self, record: LedgerRecord) -> ExecuteReply:
+        committed = record.state is TxnState.COMMITTED
+        return ExecuteReply(txn_id=record.txn_id, committed=committed, outcomes=record.outcomes)
+
+    def _holds_intents(self, txn_id: TxnId, ops: tuple[Op, ...]) -> bool:
+        """True when ``txn_id`` was already prepared here (its slice is all or nothing)."""
+        intent = self.store.get_intent(ops[0].key)
+        return intent is not None and intent.txn_id == txn_id
+
+    def _vote(
+        self, op: Op, txn_id: TxnId, ts: Timestamp
+    ) -> tuple[OpOutcome, tuple[bool, Value] | None]:
+        """This op's vote at ``ts`` and, when yes, what it would leave on the item."""
+        intent = self.store.get_intent(op.key)
+        if intent is not None and intent.txn_id != txn_id:
+            return (
+                OpOutcome(
+                    code=ReasonCode.TRANSACTION_CONFLICT,
+                    message="another transaction is pending on the key",
+                ),
+                None,
+            )
+        state = self._state(op.key)
+        if not ts > state.write_ts or (op.is_write and not ts > state.read_ts):
+            return (
+                OpOutcome(
+                    code=ReasonCode.TIMESTAMP_TOO_OLD,
+                    message="the key was accessed at a later timestamp",
+                ),
+                None,
+            )
+        failed = self._condition_outcome(op, state)
+        if failed is not None:
+            return failed, None
+        try:
+            new_state = apply_op(op, exists=state.exists, value=state.value)
+        except ValidationError as error:
+            return OpOutcome(code=ReasonCode.VALIDATION_ERROR, message=error.message), None
+        return _NONE, new_state
+
+    def _condition_outcome(self, op: Op, state: _KeyState) -> OpOutcome | None:
+        if evaluate(op.condition, exists=state.exists, value=state.value, version=state.version):
+            return None
+        item = None
+        if op.return_item and state.row is not None and state.exists:
+            item = _view(state.row)
+        return OpOutcome(
+            code=ReasonCode.CONDITION_FAILED, message="the condition did not hold", item=item
+        )
+
+    def _state(self, key: Key) -> _KeyState:
+        row = self.store.get_item(key)
+        if row is not None:
+            return _KeyState(row, row.exists, row.value, row.version, row.write_ts, row.read_ts)
+        meta = self.store.get_meta()
+        floor = meta.max_delete_ts
+        return _KeyState(None, False, None, meta.max_deleted_version, floor, floor)
+
+    def _apply(
+        self, key: Key, kind: OpKind, ts: Timestamp, new_exists: bool, new_value: Value
+    ) -> ItemRow:
+        """Apply a decided op at ``ts``: the only place item rows change for transactions."""
+        state = self._state(key)
+        if kind is OpKind.CHECK:
+            row = ItemRow(
+                key=key,
+                exists=state.exists,
+                value=state.value,
+                version=state.version,
+                write_ts=state.write_ts,
+                read_ts=max(state.read_ts, ts),
+            )
+        else:
+            changed = new_exists or state.exists
+            row = ItemRow(
+                key=key,
+                exists=new_exists,
+                value=new_value if new_exists else None,
+                version=state.version + 1 if changed else state.version,
+                write_ts=max(state.write_ts, ts),
+                read_ts=state.read_ts,
+            )
+        assert row.version >= state.version and row.write_ts >= state.write_ts
+        assert row.read_ts >= state.read_ts
+        self.store.put_item(row)
+        return row
+
+    def _collect_tombstones(self, now_us: int, limit: int) -> bool:
+        """Fold tombstones older than the retention into the partition watermark."""
+        cutoff_us = now_us - self.config.tombstone_retention_ms * _US_PER_MS
+        meta = self.store.get_meta()
+        folded = meta
+        for row in self.store.tombstones(limit):
+            if max(row.write_ts, row.read_ts).physical_us >= cutoff_us:
+                break
+            folded = PartitionMeta(
+                max_delete_ts=max(folded.max_delete_ts, row.write_ts, row.read_ts),
+                max_deleted_version=max(folded.max_deleted_version, row.version),
+            )
+            self.store.delete_item(row.key)
+        if folded == meta:
+            return False
+        self.store.put_meta(folded)
+        return True
+
+
+def _view(row: ItemRow) -> ItemView:
+    return ItemView(key=row.key, value=row.value, version=row.version, ts=row.write_ts)

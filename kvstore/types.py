@@ -1,0 +1,59 @@
+"""Typed identifiers and the value model's type aliases.
+
+Theory of operation
+-------------------
+A :class:`Timestamp` is the hybrid-logical-clock reading ``(physical_us, logical, origin)``.
+Tuple order is the transaction order of the whole store: physical microseconds first, then the
+logical counter, then the issuing process's random 64-bit origin id as the tie-break, so two
+processes never issue equal timestamps. ``TIMESTAMP_ZERO`` is below every issued timestamp.
+
+Identifiers are ``NewType``s so that a partition id is never passed where a node id is expected.
+Transaction ids are 32 lowercase hex digits (128 random bits) drawn by ``kvstore.timestamps``.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple, NewType, TypeAlias
+
+__all__ = [
+    "Timestamp",
+    "TxnId",
+    "PartitionId",
+    "NodeId",
+    "Key",
+    "Value",
+    "JsonValue",
+    "ORIGIN_MAX",
+    "TIMESTAMP_ZERO",
+]
+
+TxnId = NewType("TxnId", str)
+PartitionId = NewType("PartitionId", int)
+NodeId = NewType("NodeId", str)
+Key: TypeAlias = str
+
+# A stored value: JSON-compatible, plus bytes through msgpack clients (base64 in JSON).
+Value: TypeAlias = bool | int | float | str | bytes | list["Value"] | dict[str, "Value"] | None
+JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
+
+ORIGIN_MAX: Final = (1 << 64) - 1
+
+
+class Timestamp(NamedTuple):
+    """A totally ordered, cluster-unique hybrid logical clock reading."""
+
+    physical_us: int
+    logical: int
+    origin: int
+
+    def successor(self, origin: int) -> Timestamp:
+        """The smallest timestamp of ``origin`` above ``self`` (same physical time)."""
+        if origin > self.origin:
+            return Timestamp(self.physical_us, self.logical, origin)
+        return Timestamp(self.physical_us, self.logical + 1, origin)
+
+    def __str__(self) -> str:
+        return f"{self.physical_us}.{self.logical}.{self.origin:016x}"
+
+
+TIMESTAMP_ZERO: Final = Timestamp(0, 0, 0)
