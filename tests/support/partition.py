@@ -43,7 +43,10 @@ def delete(key: str, cond: Condition | None = None) -> Op:
     return Op(kind=OpKind.DELETE, key=key, condition=cond)
 
 
-def check(key: str, cond: Condition = Exists(expected=True)) -> Op:
+EXISTS = Exists(expected=True)
+
+
+def check(key: str, cond: Condition = EXISTS) -> Op:
     return Op(kind=OpKind.CHECK, key=key, condition=cond)
 
 
