@@ -35,7 +35,7 @@ Rules kept here (DESIGN section 5 and the gaps of reference section 2.6):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kvstore import limits
 from kvstore.conditions import evaluate
@@ -62,6 +62,8 @@ from kvstore.messages import (
     ReadReply,
     ReadRequest,
     ReasonCode,
+    Reply,
+    Request,
     TokenHit,
     TokenLookupReply,
     TokenLookupRequest,
@@ -142,6 +144,33 @@ class PartitionCore:
         self.partition = partition
         self.store = store
         self.config = config or PartitionConfig()
+
+    def handle(self, request: Request, now_us: int, node_ts: Timestamp) -> Step[Reply]:
+        """Dispatch any request to its method. ``node_ts`` is used only by singleton writes."""
+        match request:
+            case PrepareRequest():
+                return _widen(self.prepare(request, now_us))
+            case ExecuteRequest():
+                return _widen(self.execute(request, now_us))
+            case CommitRequest():
+                return _widen(self.commit(request, now_us))
+            case CancelRequest():
+                return _widen(self.cancel(request))
+            case DecideRequest():
+                return _widen(self.decide(request, now_us))
+            case LedgerLookupRequest():
+                return _widen(self.lookup_ledger(request, now_us))
+            case CompleteRequest():
+                return _widen(self.complete(request, now_us))
+            case TokenLookupRequest():
+                return _widen(self.lookup_token(request))
+            case ReadRequest():
+                return _widen(self.read(request))
+            case GetRequest():
+                return _widen(self.get(request))
+            case WriteRequest():
+                return _widen(self.write(request, node_ts))
+        raise ValidationError("request", f"unknown request type {type(request).__name__}")
 
     # --- write transactions -------------------------------------------------------------
 
@@ -543,6 +572,11 @@ class PartitionCore:
             return False
         self.store.put_meta(folded)
         return True
+
+
+def _widen(step: Step[Any]) -> Step[Reply]:
+    """``Step`` is invariant in its reply type; every reply here is a ``Reply``."""
+    return step
 
 
 def _view(row: ItemRow) -> ItemView:

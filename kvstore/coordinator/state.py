@@ -1,0 +1,144 @@
+"""The states of every coordinator core and the only moves allowed between them.
+
+Theory of operation
+-------------------
+All transition rules of the coordinator live here, as data: one enum of states per core and one
+table ``state -> states it may move to``. Cores change state only through
+:meth:`StateMachine.move`, which checks the table. An illegal move is a bug on our side: it raises
+:class:`~kvstore.errors.InternalError` and *poisons* the machine, so every later event on the same
+core raises too instead of acting on a half-updated object. Events run inside
+:meth:`StateMachine.guard`, which also poisons the machine when anything else escapes mid-event.
+
+Write transaction (``WriteState``)::
+
+    INIT       -> EXECUTING (one partition) | PREPARING (several)
+    EXECUTING  -> DONE | FOLLOWING (token reused with the same content)
+    PREPARING  -> DECIDING (all yes, or the first no / failure / deadline)
+    DECIDING   -> COMMITTING | CANCELLING (the ledger's answer)
+                | DONE | FOLLOWING (no usable answer: OutcomeUnknown)
+    COMMITTING -> DONE (all acknowledged, or the finish deadline)
+    CANCELLING -> DONE | FOLLOWING
+    FOLLOWING  -> DONE
+
+FOLLOWING means "our own transaction needs nothing more; the client's answer is the outcome of
+the earlier transaction that used the same idempotency token". Read transaction (``ReadState``):
+INIT -> READING (-> READING for each further round) -> DONE. Recovery (``RecoveryState``):
+INIT -> DRIVING -> DONE, or INIT -> DONE when there is nothing to drive.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Final, Generic, TypeVar
+
+from kvstore.errors import InternalError
+
+__all__ = [
+    "StateMachine",
+    "WriteState",
+    "WRITE_TRANSITIONS",
+    "ReadState",
+    "READ_TRANSITIONS",
+    "RecoveryState",
+    "RECOVERY_TRANSITIONS",
+]
+
+S = TypeVar("S", bound=enum.Enum)
+
+
+class WriteState(enum.Enum):
+    INIT = "INIT"
+    EXECUTING = "EXECUTING"  # one-partition transaction: one ExecuteRequest in flight
+    PREPARING = "PREPARING"  # collecting votes
+    DECIDING = "DECIDING"  # compare-and-set on the anchor's ledger record
+    COMMITTING = "COMMITTING"  # COMMITTED: commits until every participant acknowledges
+    CANCELLING = "CANCELLING"  # CANCELLED: client answered, cancels until acknowledged
+    FOLLOWING = "FOLLOWING"  # waiting for the outcome of the token's original transaction
+    DONE = "DONE"
+
+
+WRITE_TRANSITIONS: Final[Mapping[WriteState, frozenset[WriteState]]] = {
+    WriteState.INIT: frozenset({WriteState.EXECUTING, WriteState.PREPARING}),
+    WriteState.EXECUTING: frozenset({WriteState.FOLLOWING, WriteState.DONE}),
+    WriteState.PREPARING: frozenset({WriteState.DECIDING}),
+    WriteState.DECIDING: frozenset(
+        {WriteState.COMMITTING, WriteState.CANCELLING, WriteState.FOLLOWING, WriteState.DONE}
+    ),
+    WriteState.COMMITTING: frozenset({WriteState.DONE}),
+    WriteState.CANCELLING: frozenset({WriteState.FOLLOWING, WriteState.DONE}),
+    WriteState.FOLLOWING: frozenset({WriteState.DONE}),
+    WriteState.DONE: frozenset(),
+}
+
+
+class ReadState(enum.Enum):
+    INIT = "INIT"
+    READING = "READING"  # one round in flight
+    DONE = "DONE"
+
+
+READ_TRANSITIONS: Final[Mapping[ReadState, frozenset[ReadState]]] = {
+    ReadState.INIT: frozenset({ReadState.READING}),
+    ReadState.READING: frozenset({ReadState.READING, ReadState.DONE}),
+    ReadState.DONE: frozenset(),
+}
+
+
+class RecoveryState(enum.Enum):
+    INIT = "INIT"
+    DRIVING = "DRIVING"  # commits or cancels until every participant acknowledges
+    DONE = "DONE"
+
+
+RECOVERY_TRANSITIONS: Final[Mapping[RecoveryState, frozenset[RecoveryState]]] = {
+    RecoveryState.INIT: frozenset({RecoveryState.DRIVING, RecoveryState.DONE}),
+    RecoveryState.DRIVING: frozenset({RecoveryState.DONE}),
+    RecoveryState.DONE: frozenset(),
+}
+
+
+class StateMachine(Generic[S]):
+    """The current state of one core, moved only along ``table``; poisoned by any bug."""
+
+    def __init__(self, initial: S, table: Mapping[S, frozenset[S]], name: str) -> None:
+        missing = [state for state in type(initial) if state not in table]
+        if missing:
+            raise InternalError(f"{name}: no transition entry for {missing}")
+        self._state = initial
+        self._table = table
+        self._name = name
+        self._poison: str | None = None
+
+    @property
+    def state(self) -> S:
+        return self._state
+
+    @property
+    def poisoned(self) -> bool:
+        return self._poison is not None
+
+    def check(self) -> None:
+        """Raise if an earlier event broke this machine."""
+        if self._poison is not None:
+            raise InternalError(f"{self._name} is unusable after an earlier error: {self._poison}")
+
+    def move(self, to: S) -> None:
+        """Move to ``to``; raise and poison the machine when the table does not allow it."""
+        self.check()
+        if to not in self._table[self._state]:
+            self._poison = f"illegal transition {self._state.name} -> {to.name}"
+            raise InternalError(f"{self._name}: {self._poison}")
+        self._state = to
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Run one event: refuse if poisoned, and poison on anything escaping the event."""
+        self.check()
+        try:
+            yield
+        except BaseException as exc:
+            if self._poison is None:
+                self._poison = f"{type(exc).__name__} during an event"
+            raise

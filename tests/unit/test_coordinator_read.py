@@ -1,0 +1,199 @@
+"""Read-only transaction coordinator: read rounds until two consecutive rounds agree.
+
+Keys ``a:*`` live on partition 1, ``b:*`` on 2. Each test answers rounds by hand from a small
+table of (exists, version, pending) per key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from kvstore.coordinator.effects import Finish, Send
+from kvstore.coordinator.read import ReadEffect, ReadTxn
+from kvstore.coordinator.results import ReadResult
+from kvstore.coordinator.state import ReadState
+from kvstore.errors import ErrorCode, InternalError, ValidationError
+from kvstore.limits import READ_KEYS_MAX, READ_ROUNDS_MAX, RPC_TIMEOUT_MS
+from kvstore.messages import ReadEntry, ReadReply, ReadRequest
+from kvstore.types import PartitionId, Timestamp
+
+T0 = 1_000_000_000
+P1, P2 = PartitionId(1), PartitionId(2)
+KEYS = ("b:1", "a:1", "b:2")
+
+State = tuple[bool, int, bool]  # exists, version, pending
+CLEAN: Mapping[str, State] = {
+    "b:1": (True, 3, False),
+    "a:1": (False, 7, False),
+    "b:2": (True, 1, False),
+}
+
+
+def partition_of(key: str) -> PartitionId:
+    return PartitionId(ord(key[0]) - ord("a") + 1)
+
+
+def entry(key: str, state: State) -> ReadEntry:
+    exists, version, pending = state
+    value = f"{key}@{version}" if exists else None
+    return ReadEntry(
+        key=key,
+        exists=exists,
+        value=value,
+        version=version,
+        ts=Timestamp(version, 0, 1),
+        pending=pending,
+    )
+
+
+def sends(effects: Sequence[ReadEffect]) -> list[Send]:
+    return [e for e in effects if isinstance(e, Send)]
+
+
+def finishes(effects: Sequence[ReadEffect]) -> list[ReadResult]:
+    return [e.result for e in effects if isinstance(e, Finish)]
+
+
+def answer(
+    txn: ReadTxn, round_sends: Sequence[Send], table: Mapping[str, State], now: int = T0
+) -> list[ReadEffect]:
+    """Answer every read of one round from ``table``; returns the last reply's effects."""
+    effects: list[ReadEffect] = []
+    for send in round_sends:
+        assert isinstance(send.request, ReadRequest)
+        entries = tuple(entry(k, table[k]) for k in send.request.keys)
+        effects = txn.step_reply(send.call_id, ReadReply(entries=entries), now)
+    return effects
+
+
+def changed(
+    key: str, *, exists: bool | None = None, version: int | None = None, pending: bool = False
+) -> dict[str, State]:
+    """``CLEAN`` with one key's state changed."""
+    old_exists, old_version, _ = CLEAN[key]
+    state = (
+        old_exists if exists is None else exists,
+        old_version if version is None else version,
+        pending,
+    )
+    return {**CLEAN, key: state}
+
+
+def test_two_agreeing_rounds_succeed_in_request_order() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0)
+    round1 = sends(txn.step_start(T0))
+    assert [s.request for s in round1] == [
+        ReadRequest(partition=P2, keys=("b:1", "b:2")),
+        ReadRequest(partition=P1, keys=("a:1",)),
+    ]
+    assert {s.deadline_us for s in round1} == {T0 + RPC_TIMEOUT_MS * 1000}
+    # A round completes only when every partition answered.
+    first = round1[0]
+    entries = tuple(entry(k, CLEAN[k]) for k in ("b:2", "b:1"))  # any order is fine
+    assert txn.step_reply(first.call_id, ReadReply(entries=entries), T0) == []
+    round2 = sends(
+        txn.step_reply(round1[1].call_id, ReadReply(entries=(entry("a:1", CLEAN["a:1"]),)), T0)
+    )
+    assert [s.request for s in round2] == [s.request for s in round1]
+    effects = answer(txn, round2, CLEAN)
+    assert finishes(effects) == [
+        ReadResult(items=tuple(entry(k, CLEAN[k]) for k in KEYS), rounds=2)
+    ]
+    assert txn.done
+    assert txn.next_deadline_us is None
+
+
+def test_version_change_between_rounds_reads_again() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0)
+    round2 = sends(answer(txn, sends(txn.step_start(T0)), CLEAN))
+    moved = changed("a:1", exists=True, version=8)
+    round3 = sends(answer(txn, round2, moved))
+    assert len(round3) == 2
+    (result,) = finishes(answer(txn, round3, moved))
+    assert result.rounds == 3
+    assert result.items[1] == entry("a:1", moved["a:1"])
+
+
+def test_existence_change_with_same_version_reads_again() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0)
+    round2 = sends(answer(txn, sends(txn.step_start(T0)), CLEAN))
+    assert sends(answer(txn, round2, changed("a:1", exists=True))) != []
+
+
+def test_pending_in_second_round_needs_two_more_rounds() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0)
+    round2 = sends(answer(txn, sends(txn.step_start(T0)), CLEAN))
+    round3 = sends(answer(txn, round2, changed("b:2", pending=True)))
+    round4 = sends(answer(txn, round3, CLEAN))
+    (result,) = finishes(answer(txn, round4, CLEAN))
+    assert result.error is None
+    assert result.rounds == 4 == READ_ROUNDS_MAX
+
+
+def test_rounds_are_bounded() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0)
+    effects = txn.step_start(T0)
+    for version in range(1, READ_ROUNDS_MAX + 1):
+        assert finishes(effects) == []
+        effects = answer(txn, sends(effects), changed("b:1", version=100 + version))
+    assert finishes(effects) == [ReadResult(error=ErrorCode.TransactionConflict, rounds=4)]
+    assert sends(effects) == []
+    assert txn.done
+
+
+def test_pending_in_the_second_to_last_round_gives_up_early() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0)
+    round2 = sends(answer(txn, sends(txn.step_start(T0)), CLEAN))
+    round3 = sends(answer(txn, round2, changed("b:1", version=4)))
+    effects = answer(txn, round3, changed("b:1", version=4, pending=True))
+    assert finishes(effects) == [ReadResult(error=ErrorCode.TransactionConflict, rounds=3)]
+
+
+@pytest.mark.parametrize("how", ["failed", "timeout", "malformed"])
+def test_failures_answer_unavailable(how: str) -> None:
+    txn = ReadTxn(KEYS, partition_of, T0)
+    round1 = sends(txn.step_start(T0))
+    if how == "failed":
+        effects = txn.step_failed(round1[0].call_id, ErrorCode.Unavailable, T0 + 1)
+    elif how == "timeout":
+        assert txn.next_deadline_us == round1[0].deadline_us
+        assert txn.step_tick(round1[0].deadline_us - 1) == []
+        effects = txn.step_tick(round1[0].deadline_us)
+    else:
+        bad = ReadReply(entries=(entry("b:1", CLEAN["b:1"]),))  # b:2 missing
+        effects = txn.step_reply(round1[0].call_id, bad, T0 + 1)
+    assert finishes(effects) == [ReadResult(error=ErrorCode.Unavailable, rounds=1)]
+    assert txn.state is ReadState.DONE
+    assert answer(txn, round1[1:], CLEAN) == []  # late replies are ignored
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        (),
+        ("a:1", "a:1"),
+        ("",),
+        "a:1",
+        ("x" * 1025,),
+        tuple(f"a:{i}" for i in range(READ_KEYS_MAX + 1)),
+    ],
+)
+def test_invalid_keys_are_refused(keys: Sequence[str]) -> None:
+    with pytest.raises(ValidationError):
+        ReadTxn(keys, partition_of, T0)
+
+
+def test_late_events_are_ignored_and_restart_raises() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0)
+    round1 = sends(txn.step_start(T0))
+    round2 = sends(answer(txn, round1, CLEAN))
+    assert txn.step_failed(99, ErrorCode.Unavailable, T0) == []  # unknown id
+    assert answer(txn, round1, CLEAN) == []  # answers to round 1 again: old ids
+    assert txn.state is ReadState.READING
+    assert finishes(answer(txn, round2, CLEAN))[0].rounds == 2
+    with pytest.raises(InternalError, match="illegal transition DONE -> READING"):
+        txn.step_start(T0)
+    with pytest.raises(InternalError, match="unusable"):
+        txn.step_tick(T0)
