@@ -1,0 +1,161 @@
+"""Scripted interleavings of the coordinator and partition cores on the in-memory network: the
+histories from the reference that a correct build must get right, step by step."""
+
+from __future__ import annotations
+
+from support.network import Message, Network
+
+from kvstore.coordinator.core import WriteTxn
+from kvstore.coordinator.read import ReadTxn
+from kvstore.coordinator.results import ReadResult, TxnResult
+from kvstore.errors import ErrorCode
+from kvstore.messages import (
+    CommitRequest,
+    DecideRequest,
+    GetReply,
+    GetRequest,
+    LedgerLookupRequest,
+    LedgerReply,
+    PrepareRequest,
+    ReadRequest,
+    TxnState,
+)
+from kvstore.ops import Op, OpKind
+from kvstore.types import PartitionId, Timestamp, TxnId
+
+X, Y = "x0", "y1"  # partition 0 and partition 1
+
+
+def partition_of(key: str) -> PartitionId:
+    return PartitionId(int(key[-1]))
+
+
+def put(key: str, value: int) -> Op:
+    return Op(kind=OpKind.PUT, key=key, value=value)
+
+
+def deliver_where(net: Network, match: type, partition: int | None = None, *, reply: bool) -> None:
+    """Deliver the first in-flight message of a request type (and partition)."""
+    for i, m in enumerate(net.inflight):
+        wanted = partition is None or m.request.partition == partition
+        if wanted and isinstance(m.request, match) and (m.reply is not None) == reply:
+            net.deliver(i)
+            return
+    raise AssertionError(f"no {match.__name__} in flight: {describe(net.inflight)}")
+
+
+def describe(inflight: list[Message]) -> list[str]:
+    return [f"{type(m.request).__name__}@{m.request.partition}" for m in inflight]
+
+
+def run_to_commit_decision(net: Network, txn: WriteTxn) -> int:
+    actor = net.start(txn)
+    for _ in range(2):
+        deliver_where(net, PrepareRequest, reply=False)
+    for _ in range(2):
+        deliver_where(net, PrepareRequest, reply=True)
+    deliver_where(net, DecideRequest, reply=False)
+    deliver_where(net, DecideRequest, reply=True)
+    return actor
+
+
+def get(net: Network, key: str) -> object:
+    reply = net.call(GetRequest(partition=partition_of(key), key=key))
+    assert isinstance(reply, GetReply)
+    return None if reply.item is None else reply.item.value
+
+
+def test_read_transaction_never_returns_a_fractured_snapshot() -> None:
+    """Reference section 3: y read while T is pending on it; T commits x; x read (new value);
+    round 2 sees both versions unchanged but y still pending: it must not return new x, old y."""
+    net = Network(2)
+    writer = WriteTxn(
+        TxnId("t1"), Timestamp(1_000_001, 0, 1), (put(X, 1), put(Y, 1)), partition_of, net.now_us
+    )
+    run_to_commit_decision(net, writer)  # both commits now in flight
+    reader = net.start(ReadTxn([X, Y], partition_of, net.now_us))
+    deliver_where(net, ReadRequest, 1, reply=False)  # round 1 reads old y (pending)
+    deliver_where(net, CommitRequest, 0, reply=False)  # T applied on x only
+    deliver_where(net, ReadRequest, 0, reply=False)  # round 1 reads new x
+    for _ in range(2):
+        deliver_where(net, ReadRequest, reply=True)
+    for _ in range(2):  # round 2, y still pending
+        deliver_where(net, ReadRequest, reply=False)
+    for _ in range(2):
+        deliver_where(net, ReadRequest, reply=True)
+    net.heal()
+    result = net.results[reader]
+    assert isinstance(result, ReadResult)
+    if result.error is None:
+        values = {e.key: e.value for e in result.items}
+        assert values in ({X: None, Y: None}, {X: 1, Y: 1}), f"fractured read: {values}"
+    else:
+        assert result.error is ErrorCode.TransactionConflict
+
+
+def test_commit_is_answered_only_after_every_participant_applied_it() -> None:
+    net = Network(2)
+    writer = WriteTxn(
+        TxnId("t1"), Timestamp(1_000_001, 0, 1), (put(X, 1), put(Y, 1)), partition_of, net.now_us
+    )
+    actor = run_to_commit_decision(net, writer)
+    deliver_where(net, CommitRequest, 0, reply=False)
+    deliver_where(net, CommitRequest, 0, reply=True)
+    assert actor not in net.results, "one participant has not applied the commit yet"
+    deliver_where(net, CommitRequest, 1, reply=False)
+    deliver_where(net, CommitRequest, 1, reply=True)
+    result = net.results[actor]
+    assert isinstance(result, TxnResult) and result.committed
+    assert get(net, X) == 1 and get(net, Y) == 1, "read-your-writes right after the answer"
+
+
+def test_coordinator_crash_after_decision_is_finished_by_recovery() -> None:
+    net = Network(2)
+    writer = WriteTxn(
+        TxnId("t1"), Timestamp(1_000_001, 0, 1), (put(X, 1), put(Y, 1)), partition_of, net.now_us
+    )
+    actor = run_to_commit_decision(net, writer)
+    net.crash(actor)
+    net.inflight.clear()  # its commit messages are lost with it
+    net.heal()
+    assert get(net, X) == 1 and get(net, Y) == 1
+    reply = net.call(LedgerLookupRequest(partition=PartitionId(0), txn_id=TxnId("t1")))
+    assert isinstance(reply, LedgerReply) and reply.record is not None
+    assert reply.record.state is TxnState.COMMITTED and reply.record.completed_us is not None
+
+
+def test_coordinator_crash_before_decision_is_cancelled_by_recovery() -> None:
+    net = Network(2)
+    writer = WriteTxn(
+        TxnId("t1"), Timestamp(1_000_001, 0, 1), (put(X, 1), put(Y, 1)), partition_of, net.now_us
+    )
+    actor = net.start(writer)
+    for _ in range(2):
+        deliver_where(net, PrepareRequest, reply=False)  # both prepared, nobody decides
+    net.crash(actor)
+    net.inflight.clear()
+    net.heal()
+    assert get(net, X) is None and get(net, Y) is None
+    reply = net.call(LedgerLookupRequest(partition=PartitionId(0), txn_id=TxnId("t1")))
+    assert isinstance(reply, LedgerReply) and reply.record is not None
+    assert reply.record.state is TxnState.CANCELLED
+
+
+def test_late_prepare_after_recovery_cancelled_the_transaction_cannot_revive_it() -> None:
+    """Participant y prepared, the anchor never heard of t1; recovery writes CANCELLED at the
+    anchor; the anchor's delayed prepare then arrives and must be refused."""
+    net = Network(2)
+    writer = WriteTxn(
+        TxnId("t1"), Timestamp(1_000_001, 0, 1), (put(X, 1), put(Y, 1)), partition_of, net.now_us
+    )
+    actor = net.start(writer)
+    net.crash(actor)
+    deliver_where(net, PrepareRequest, 1, reply=False)  # y holds an intent
+    late = [m for m in net.inflight if m.reply is None and m.request.partition == 0]
+    net.inflight = [m for m in net.inflight if m not in late]
+    net.heal()  # y's stale intent asks the anchor: absent -> CANCELLED
+    net.inflight.extend(late)
+    net.heal()
+    assert get(net, X) is None and get(net, Y) is None
+    core = net.cores[PartitionId(0)]
+    assert core.store.intent_count() == 0
