@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict kvstore
+	$(BIN)/mypy --strict kvstore chaos
 
 unit: $(STAMP)
 	$(BIN)/pytest -q
