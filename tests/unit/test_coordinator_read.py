@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import pytest
+from support.coordinator import finishes, partition_of, sends
 
-from kvstore.coordinator.effects import Finish, Send
+from kvstore.coordinator.effects import Send
 from kvstore.coordinator.read import ReadEffect, ReadTxn
 from kvstore.coordinator.results import ReadResult
 from kvstore.coordinator.state import ReadState
@@ -31,10 +32,6 @@ CLEAN: Mapping[str, State] = {
 }
 
 
-def partition_of(key: str) -> PartitionId:
-    return PartitionId(ord(key[0]) - ord("a") + 1)
-
-
 def entry(key: str, state: State) -> ReadEntry:
     exists, version, pending = state
     value = f"{key}@{version}" if exists else None
@@ -46,14 +43,6 @@ def entry(key: str, state: State) -> ReadEntry:
         ts=Timestamp(version, 0, 1),
         pending=pending,
     )
-
-
-def sends(effects: Sequence[ReadEffect]) -> list[Send]:
-    return [e for e in effects if isinstance(e, Send)]
-
-
-def finishes(effects: Sequence[ReadEffect]) -> list[ReadResult]:
-    return [e.result for e in effects if isinstance(e, Finish)]
 
 
 def answer(

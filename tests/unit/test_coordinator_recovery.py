@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pytest
+from support.coordinator import finishes, sends
 
-from kvstore.coordinator.effects import Finish, Send
 from kvstore.coordinator.recovery import Recovery, RecoveryEffect, resolve_intent_action
 from kvstore.coordinator.results import RecoveryResult
 from kvstore.coordinator.state import RecoveryState
@@ -36,14 +34,6 @@ def record(state: TxnState, completed: bool = False) -> LedgerRecord:
         participants=(P1, P2, P3),
         completed_us=T0 if completed else None,
     )
-
-
-def sends(effects: Sequence[RecoveryEffect]) -> list[Send]:
-    return [e for e in effects if isinstance(e, Send)]
-
-
-def finishes(effects: Sequence[RecoveryEffect]) -> list[RecoveryResult]:
-    return [e.result for e in effects if isinstance(e, Finish)]
 
 
 def test_committed_record_is_committed_everywhere_then_completed() -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from support.coordinator import finishes, partition_of, sends
 
 from kvstore.coordinator.core import LOST_TO_RECOVERY, NO_ANSWER, WriteEffect, WriteTxn
-from kvstore.coordinator.effects import Finish, Send
+from kvstore.coordinator.effects import Send
 from kvstore.coordinator.results import TxnResult
 from kvstore.coordinator.state import WriteState
 from kvstore.errors import ErrorCode
@@ -56,19 +57,7 @@ OK = OpOutcome()
 SLICES = {P2: (OPS[0], OPS[2]), P1: (OPS[1],), P3: (OPS[3],)}
 
 
-def partition_of(key: str) -> PartitionId:
-    return PartitionId(ord(key[0]) - ord("a") + 1)
-
-
 # --- script helpers -------------------------------------------------------------------------
-
-
-def sends(effects: Sequence[WriteEffect]) -> list[Send]:
-    return [e for e in effects if isinstance(e, Send)]
-
-
-def finishes(effects: Sequence[WriteEffect]) -> list[TxnResult]:
-    return [e.result for e in effects if isinstance(e, Finish)]
 
 
 def to(effects: Sequence[WriteEffect], partition: PartitionId) -> Send:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from support.coordinator import partition_of
 
 from kvstore.coordinator.core import WriteEffect, WriteTxn
 from kvstore.coordinator.effects import Finish, Send
@@ -33,10 +34,6 @@ TS = Timestamp(T0, 0, 7)
 ORIGINAL_TS = Timestamp(T0 - 5_000_000, 3, 9)
 PART = PartitionId(1)
 OPS = (Op(kind=OpKind.PUT, key="a:1", value=1), Op(kind=OpKind.DELETE, key="a:2"))
-
-
-def partition_of(key: str) -> PartitionId:
-    return PartitionId(ord(key[0]) - ord("a") + 1)
 
 
 def sends(effects: Sequence[WriteEffect]) -> list[Send]:

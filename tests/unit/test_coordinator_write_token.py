@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from support.coordinator import finishes, partition_of, sends
+
 from kvstore.coordinator.core import WriteEffect, WriteTxn
-from kvstore.coordinator.effects import Finish, Send
+from kvstore.coordinator.effects import Send
 from kvstore.coordinator.results import TxnResult
 from kvstore.coordinator.state import WriteState
 from kvstore.errors import ErrorCode
@@ -42,18 +44,6 @@ P1, P2 = PartitionId(1), PartitionId(2)
 ANCHOR = P2
 OPS = (Op(kind=OpKind.PUT, key="b:1", value=1), Op(kind=OpKind.PUT, key="a:1", value=2))
 INTERVAL_US = RESEND_INTERVAL_MS * 1000
-
-
-def partition_of(key: str) -> PartitionId:
-    return PartitionId(ord(key[0]) - ord("a") + 1)
-
-
-def sends(effects: Sequence[WriteEffect]) -> list[Send]:
-    return [e for e in effects if isinstance(e, Send)]
-
-
-def finishes(effects: Sequence[WriteEffect]) -> list[TxnResult]:
-    return [e.result for e in effects if isinstance(e, Finish)]
 
 
 def of_type(effects: Sequence[WriteEffect], kind: type) -> list[Send]:
