@@ -71,7 +71,8 @@ class ReasonCode(enum.StrEnum):
 
     @property
     def retryable(self) -> bool:
-        return self in (ReasonCode.TRANSACTION_CONFLICT, ReasonCode.TIMESTAMP_TOO_OLD)
+        """As the error catalogue says for the code of the same name."""
+        return self is not ReasonCode.NONE and ErrorCode[self.value].retryable
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

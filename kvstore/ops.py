@@ -40,6 +40,7 @@ __all__ = [
     "op_to_json",
     "ops_from_json",
     "txn_fingerprint",
+    "validate_token",
     "validate_txn_ops",
 ]
 
@@ -185,6 +186,17 @@ def validate_txn_ops(
         raise ValidationError(
             field, f"transaction is {total_bytes} bytes; at most {limits.TXN_BYTES_MAX} allowed"
         )
+
+
+def validate_token(token: object, field: str = "token") -> str:
+    """An idempotency token: 1..TOKEN_BYTES_MAX printable ASCII characters."""
+    if not isinstance(token, str):
+        raise ValidationError(field, "must be a string")
+    if not 1 <= len(token) <= limits.TOKEN_BYTES_MAX or not all(" " <= c <= "~" for c in token):
+        raise ValidationError(
+            field, f"must be 1..{limits.TOKEN_BYTES_MAX} printable ASCII characters"
+        )
+    return token
 
 
 def txn_fingerprint(ops: Sequence[Op]) -> str:

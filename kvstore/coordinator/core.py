@@ -45,14 +45,13 @@ from kvstore.coordinator.follow import Follow
 from kvstore.coordinator.layout import KeyLayout
 from kvstore.coordinator.results import TxnResult
 from kvstore.coordinator.state import WRITE_TRANSITIONS, StateMachine, WriteState
-from kvstore.errors import ErrorCode, InternalError, ValidationError
+from kvstore.errors import ErrorCode, InternalError
 from kvstore.limits import (
     DECISION_ATTEMPTS_MAX,
     FINISH_DEADLINE_MS,
     PREPARE_DEADLINE_MS,
     RESEND_INTERVAL_MS,
     RPC_TIMEOUT_MS,
-    TOKEN_BYTES_MAX,
     TXN_OPS_MAX_DEFAULT,
 )
 from kvstore.messages import (
@@ -70,7 +69,7 @@ from kvstore.messages import (
     TokenHit,
     TxnState,
 )
-from kvstore.ops import Op, txn_fingerprint, validate_txn_ops
+from kvstore.ops import Op, txn_fingerprint, validate_token, validate_txn_ops
 from kvstore.types import PartitionId, Timestamp, TxnId
 
 __all__ = ["WriteTxn", "WriteEffect", "NO_ANSWER", "LOST_TO_RECOVERY"]
@@ -85,13 +84,6 @@ LOST_TO_RECOVERY = "cancelled by recovery"
 
 def _conflict(message: str) -> OpOutcome:
     return OpOutcome(code=ReasonCode.TRANSACTION_CONFLICT, message=message)
-
-
-def _validate_token(token: str | None) -> None:
-    if token is None:
-        return
-    if not 1 <= len(token) <= TOKEN_BYTES_MAX or not all(" " <= c <= "~" for c in token):
-        raise ValidationError("token", f"must be 1..{TOKEN_BYTES_MAX} printable ASCII characters")
 
 
 class WriteTxn:
@@ -109,7 +101,8 @@ class WriteTxn:
         txn_ops_max: int = TXN_OPS_MAX_DEFAULT,
     ) -> None:
         validate_txn_ops(ops, txn_ops_max=txn_ops_max)
-        _validate_token(token)
+        if token is not None:
+            validate_token(token)
         self.txn_id = txn_id
         self.ts = ts
         self.ops = tuple(ops)

@@ -73,7 +73,7 @@ from kvstore.messages import (
 )
 from kvstore.ops import Op, OpKind, apply_op
 from kvstore.storage_node.store import Intent, ItemRow, PartitionMeta, PartitionStore, TokenRow
-from kvstore.types import Key, PartitionId, Timestamp, TxnId, Value
+from kvstore.types import TIMESTAMP_ZERO, Key, PartitionId, Timestamp, TxnId, Value
 
 __all__ = ["PartitionConfig", "Step", "StaleIntent", "Maintenance", "PartitionCore"]
 
@@ -176,7 +176,8 @@ class PartitionCore:
 
     def prepare(self, req: PrepareRequest, now_us: int) -> Step[PrepareReply]:
         if self._too_far_ahead(req.ts, now_us):
-            return Step(self._refuse_prepare(req, ErrorCode.ClockSkew), False)
+            refused = PrepareReply(txn_id=req.txn_id, accepted=False, error=ErrorCode.ClockSkew)
+            return Step(refused, False)
         if req.ledger is not None:
             early = self._anchor_precheck(req)
             if early is not None:
@@ -397,9 +398,6 @@ class PartitionCore:
     def _too_far_ahead(self, ts: Timestamp, now_us: int) -> bool:
         return ts.physical_us > now_us + self.config.max_clock_skew_ms * _US_PER_MS
 
-    def _refuse_prepare(self, req: PrepareRequest, error: ErrorCode) -> PrepareReply:
-        return PrepareReply(txn_id=req.txn_id, accepted=False, error=error)
-
     def _anchor_precheck(self, req: PrepareRequest) -> PrepareReply | None:
         """On the anchor: an already-decided record or a reused token answers at once."""
         assert req.ledger is not None
@@ -459,7 +457,7 @@ class PartitionCore:
         """The record a resolver writes for a transaction the anchor never saw."""
         return LedgerRecord(
             txn_id=txn_id,
-            ts=Timestamp(0, 0, 0),
+            ts=TIMESTAMP_ZERO,
             state=TxnState.CANCELLED,
             participants=(),
             created_us=now_us,

@@ -142,7 +142,7 @@ class EndToEnd(RuleBasedStateMachine):
         states = self.ledger_states()
         self.check_client_answers(states)
         history = self.check_replay(states)
-        self.check_reads(states, history)
+        self.check_reads(history)
 
     def ledger_states(self) -> dict[TxnId, TxnState | None]:
         states: dict[TxnId, TxnState | None] = {}
@@ -199,12 +199,7 @@ class EndToEnd(RuleBasedStateMachine):
             assert actual == history[key][-1][:3], (key, actual, history[key][-1])
         return history
 
-    def check_reads(
-        self,
-        states: dict[TxnId, TxnState | None],
-        history: dict[str, list[tuple[int, bool, Value, TxnId | None]]],
-    ) -> None:
-        del states
+    def check_reads(self, history: dict[str, list[tuple[int, bool, Value, TxnId | None]]]) -> None:
         writer_version: dict[tuple[TxnId, str], int] = {}
         for key, versions in history.items():
             for version, _, _, writer in versions:

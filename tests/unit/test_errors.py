@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvstore.errors import ErrorCode, KvError, ValidationError, error_from_code
+from kvstore.messages import ReasonCode
 
 FROZEN = {
     # name: (number, http status, retryable)
@@ -61,3 +62,12 @@ def test_validation_error_names_the_field() -> None:
 
 def test_unknown_wire_names_map_to_internal_error() -> None:
     assert ErrorCode.from_name("NoSuchCode") is ErrorCode.InternalError
+
+
+def test_reason_codes_take_retryable_from_the_catalogue() -> None:
+    assert not ReasonCode.NONE.retryable
+    for reason in ReasonCode:
+        if reason is not ReasonCode.NONE:
+            assert reason.retryable is ErrorCode[reason.value].retryable
+    assert ReasonCode.TRANSACTION_CONFLICT.retryable
+    assert not ReasonCode.CONDITION_FAILED.retryable

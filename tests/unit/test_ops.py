@@ -6,7 +6,15 @@ import pytest
 
 from kvstore import limits
 from kvstore.errors import ValidationError
-from kvstore.ops import OpKind, apply_op, op_from_json, op_to_json, ops_from_json, txn_fingerprint
+from kvstore.ops import (
+    OpKind,
+    apply_op,
+    op_from_json,
+    op_to_json,
+    ops_from_json,
+    txn_fingerprint,
+    validate_token,
+)
 
 SAMPLES = [
     {"op": "put", "key": "a", "value": {"x": [1, 2]}},
@@ -81,3 +89,14 @@ def test_fingerprint_depends_on_content_and_order() -> None:
     c = ops_from_json([{"op": "put", "key": "a", "value": 2}, {"op": "delete", "key": "b"}])
     assert txn_fingerprint(a) == txn_fingerprint(list(a))
     assert len({txn_fingerprint(a), txn_fingerprint(b), txn_fingerprint(c)}) == 3
+
+
+@pytest.mark.parametrize("token", ["", "x" * (limits.TOKEN_BYTES_MAX + 1), "tab\there", 7])
+def test_bad_tokens_are_refused(token: object) -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_token(token)
+    assert caught.value.field == "token"
+
+
+def test_good_token() -> None:
+    assert validate_token("order-42 retry") == "order-42 retry"
