@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Final, TypeAlias
 
 from kvstore.errors import ValidationError
+from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
 from kvstore.types import ORIGIN_MAX, TIMESTAMP_ZERO, Timestamp, TxnId
 
 __all__ = [
@@ -74,7 +75,7 @@ def _check_origin(origin: int) -> int:
 class HybridClock:
     """A hybrid logical clock over an injected physical clock. Safe to share between threads."""
 
-    __slots__ = ("_clock", "_last", "_lock", "_origin")
+    __slots__ = ("_clock", "_last", "_lock", "_origin", "_stamp")
 
     def __init__(
         self,
@@ -82,10 +83,12 @@ class HybridClock:
         origin: int,
         *,
         last: Timestamp = TIMESTAMP_ZERO,
+        mutants: Mutants = NO_MUTANTS,
     ) -> None:
         """``last`` seeds the clock (a restart may pass its persisted high-water mark)."""
         self._clock = physical_clock
         self._origin = _check_origin(origin)
+        self._stamp = 1 if Mutant.NO_TS_TIE_BREAK in mutants else None  # the mutant's origin
         self._last = last
         self._lock = threading.Lock()
 
@@ -104,10 +107,11 @@ class HybridClock:
         wall = self._clock()
         with self._lock:
             last = self._last
+            origin = self._origin if self._stamp is None else self._stamp
             if wall > last.physical_us:
-                ts = Timestamp(wall, 0, self._origin)
+                ts = Timestamp(wall, 0, origin)
             else:
-                ts = Timestamp(last.physical_us, last.logical + 1, self._origin)
+                ts = Timestamp(last.physical_us, last.logical + 1, origin)
             self._last = ts
             return ts
 

@@ -71,6 +71,7 @@ from kvstore.messages import (
     WriteReply,
     WriteRequest,
 )
+from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
 from kvstore.ops import Op, OpKind, apply_op
 from kvstore.storage_node.store import Intent, ItemRow, PartitionMeta, PartitionStore, TokenRow
 from kvstore.types import TIMESTAMP_ZERO, Key, PartitionId, Timestamp, TxnId, Value
@@ -89,6 +90,7 @@ class PartitionConfig:
     ledger_retention_ms: int = limits.LEDGER_RETENTION_MS
     idempotency_window_ms: int = limits.IDEMPOTENCY_WINDOW_MS
     tombstone_retention_ms: int = limits.TOMBSTONE_RETENTION_MS
+    mutants: Mutants = NO_MUTANTS  # deliberate bugs for the chaos harness; see kvstore.mutants
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,8 @@ class PartitionCore:
         self.partition = partition
         self.store = store
         self.config = config or PartitionConfig()
+        self._mutants = self.config.mutants
+        self._applied: dict[TxnId, list[Intent]] = {}  # DOUBLE_APPLY_COMMIT's memory only
 
     def handle(self, request: Request, now_us: int, node_ts: Timestamp) -> Step[Reply]:
         """Dispatch any request to its method. ``node_ts`` is used only by singleton writes."""
@@ -253,9 +257,25 @@ class PartitionCore:
     def commit(self, req: CommitRequest, now_us: int) -> Step[CommitReply]:
         del now_us  # commit order is by the intents' timestamps, not by arrival time
         intents = self.store.intents_of(req.txn_id)
+        if not intents and Mutant.DOUBLE_APPLY_COMMIT in self._mutants:
+            return self._mutant_reapply(req)
         for intent in intents:
             self._apply(intent.key, intent.op.kind, intent.ts, intent.new_exists, intent.new_value)
             self.store.delete_intent(intent.key)
+        if Mutant.DOUBLE_APPLY_COMMIT in self._mutants:
+            self._applied[req.txn_id] = intents
+        return Step(CommitReply(txn_id=req.txn_id, applied=len(intents)), bool(intents))
+
+    def _mutant_reapply(self, req: CommitRequest) -> Step[CommitReply]:
+        """DOUBLE_APPLY_COMMIT: run a committed transaction's ops again on a duplicate commit."""
+        intents = self._applied.get(req.txn_id, [])
+        for intent in intents:
+            state = self._state(intent.key)
+            try:
+                exists, value = apply_op(intent.op, exists=state.exists, value=state.value)
+            except ValidationError:
+                continue
+            self._apply(intent.key, intent.op.kind, intent.ts, exists, value)
         return Step(CommitReply(txn_id=req.txn_id, applied=len(intents)), bool(intents))
 
     def cancel(self, req: CancelRequest) -> Step[CancelReply]:
@@ -314,6 +334,10 @@ class PartitionCore:
         entries = []
         for key in req.keys:
             state = self._state(key)
+            intent = self.store.get_intent(key)
+            if intent is not None and Mutant.READS_SEE_INTENTS in self._mutants:
+                entries.append(_dirty_entry(intent, state.version))
+                continue
             entries.append(
                 ReadEntry(
                     key=key,
@@ -321,7 +345,7 @@ class PartitionCore:
                     value=state.value,
                     version=state.version,
                     ts=state.write_ts,
-                    pending=self.store.get_intent(key) is not None,
+                    pending=intent is not None,
                 )
             )
         return Step(ReadReply(entries=tuple(entries)), False)
@@ -368,6 +392,10 @@ class PartitionCore:
         for intent in self.store.intents_created_before(
             cutoff_us, limits.STALE_INTENTS_PER_TICK_MAX
         ):
+            if Mutant.PRESUME_ABORT in self._mutants:  # never ask the anchor: just drop it
+                self.store.delete_intent(intent.key)
+                wrote = True
+                continue
             stale.setdefault(intent.txn_id, StaleIntent(txn_id=intent.txn_id, anchor=intent.anchor))
         to_drive: list[LedgerRecord] = []
         for stored in self.store.ledger_records(limit):
@@ -489,7 +517,8 @@ class PartitionCore:
                 None,
             )
         state = self._state(op.key)
-        if not ts > state.write_ts or (op.is_write and not ts > state.read_ts):
+        read_ts_ok = ts > state.read_ts or Mutant.SKIP_READ_TS_CHECK in self._mutants
+        if not ts > state.write_ts or (op.is_write and not read_ts_ok):
             return (
                 OpOutcome(
                     code=ReasonCode.TIMESTAMP_TOO_OLD,
@@ -550,6 +579,9 @@ class PartitionCore:
             )
         assert row.version >= state.version and row.write_ts >= state.write_ts
         assert row.read_ts >= state.read_ts
+        if not row.exists and Mutant.WATERMARK_DOWN_ON_DELETE in self._mutants:
+            self.store.delete_item(key)  # no tombstone: the key's floor falls to the watermark
+            return row
         self.store.put_item(row)
         return row
 
@@ -575,6 +607,18 @@ class PartitionCore:
 def _widen(step: Step[Any]) -> Step[Reply]:
     """``Step`` is invariant in its reply type; every reply here is a ``Reply``."""
     return step
+
+
+def _dirty_entry(intent: Intent, version: int) -> ReadEntry:
+    """READS_SEE_INTENTS: a pending intent shown as if it were committed."""
+    return ReadEntry(
+        key=intent.key,
+        exists=intent.new_exists,
+        value=intent.new_value,
+        version=version + 1 if intent.op.is_write else version,
+        ts=intent.ts,
+        pending=False,
+    )
 
 
 def _view(row: ItemRow) -> ItemView:

@@ -1,0 +1,86 @@
+"""Deliberate protocol bugs, for proving that the chaos harness catches broken stores.
+
+Theory of operation
+-------------------
+A checker that never fails proves nothing. Each :class:`Mutant` names one rule of the protocol
+that the cores can be told to break; the simulator runs with one mutant armed and must report an
+anomaly. The cores consult a :class:`Mutants` value (``PartitionConfig.mutants``, ``ReadTxn``'s and
+``HybridClock``'s ``mutants`` argument). Its default, :data:`NO_MUTANTS`, breaks nothing.
+
+Arming is made impossible by accident: :meth:`Mutants.arm` refuses unless the process
+environment holds ``KVSTORE_MUTANTS=i-want-a-broken-store`` (the chaos commands set it for their
+own process only), no configuration file format has a field for mutants, and the services refuse
+to start with any mutant armed. A ``Mutants`` value cannot be built any other way: the
+constructor checks a private key that only :meth:`arm` passes.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterator
+from typing import Final
+
+__all__ = ["Mutant", "Mutants", "MutantsNotAllowed", "NO_MUTANTS", "ARMING_ENV", "ARMING_VALUE"]
+
+ARMING_ENV: Final = "KVSTORE_MUTANTS"
+ARMING_VALUE: Final = "i-want-a-broken-store"
+_KEY: Final = object()
+
+
+class Mutant(enum.Enum):
+    """One broken rule; the value is its command-line name."""
+
+    SKIP_READ_TS_CHECK = "skip-read-ts-check"  # writes below a key's read_ts are accepted
+    READS_SEE_INTENTS = "reads-see-intents"  # reads return pending intents as committed
+    PRESUME_ABORT = "presume-abort"  # a participant cancels a stale intent on its own
+    NO_TS_TIE_BREAK = "no-ts-tie-break"  # every clock stamps the same origin
+    DOUBLE_APPLY_COMMIT = "double-apply-commit"  # a duplicate commit applies the ops again
+    SKIP_SECOND_READ_ROUND = "skip-second-read-round"  # a read answers after one round
+    WATERMARK_DOWN_ON_DELETE = "watermark-down-on-delete"  # a delete drops the key's floor
+
+
+class MutantsNotAllowed(RuntimeError):
+    """Raised when something tries to arm a mutant outside a chaos run."""
+
+
+class Mutants:
+    """An immutable set of armed mutants; ``bool(m)`` is True when any is armed."""
+
+    __slots__ = ("_armed",)
+
+    def __init__(self, armed: frozenset[Mutant], key: object) -> None:
+        if key is not _KEY:
+            raise MutantsNotAllowed("use Mutants.arm(); mutants are never built directly")
+        self._armed = armed
+
+    @classmethod
+    def arm(cls, *mutants: Mutant) -> Mutants:
+        """Arm ``mutants``; raises :class:`MutantsNotAllowed` unless the environment allows it."""
+        if mutants and os.environ.get(ARMING_ENV) != ARMING_VALUE:
+            raise MutantsNotAllowed(
+                f"arming {[m.value for m in mutants]} needs {ARMING_ENV}={ARMING_VALUE}; "
+                "mutants exist only for the chaos harness"
+            )
+        return cls(frozenset(mutants), _KEY)
+
+    def __contains__(self, mutant: object) -> bool:
+        return mutant in self._armed
+
+    def __bool__(self) -> bool:
+        return bool(self._armed)
+
+    def __iter__(self) -> Iterator[Mutant]:
+        return iter(sorted(self._armed, key=lambda m: m.value))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mutants) and self._armed == other._armed
+
+    def __hash__(self) -> int:
+        return hash(self._armed)
+
+    def __repr__(self) -> str:
+        return f"Mutants({', '.join(sorted(m.value for m in self._armed))})"
+
+
+NO_MUTANTS: Final = Mutants(frozenset(), _KEY)
