@@ -10,8 +10,9 @@ anomaly. The cores consult a :class:`Mutants` value (``PartitionConfig.mutants``
 Arming is made impossible by accident: :meth:`Mutants.arm` refuses unless the process
 environment holds ``KVSTORE_MUTANTS=i-want-a-broken-store`` (the chaos commands set it for their
 own process only), no configuration file format has a field for mutants, and the services refuse
-to start with any mutant armed. A ``Mutants`` value cannot be built any other way: the
-constructor checks a private key that only :meth:`arm` passes.
+to start with any mutant armed (a check each service makes at start-up). The constructor itself
+checks the environment whenever the set is not empty, so there is no way around it, and a
+``Mutants`` value cannot be changed once built.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ __all__ = ["Mutant", "Mutants", "MutantsNotAllowed", "NO_MUTANTS", "ARMING_ENV",
 
 ARMING_ENV: Final = "KVSTORE_MUTANTS"
 ARMING_VALUE: Final = "i-want-a-broken-store"
-_KEY: Final = object()
 
 
 class Mutant(enum.Enum):
@@ -48,21 +48,23 @@ class Mutants:
     """An immutable set of armed mutants; ``bool(m)`` is True when any is armed."""
 
     __slots__ = ("_armed",)
+    _armed: frozenset[Mutant]
 
-    def __init__(self, armed: frozenset[Mutant], key: object) -> None:
-        if key is not _KEY:
-            raise MutantsNotAllowed("use Mutants.arm(); mutants are never built directly")
-        self._armed = armed
+    def __init__(self, armed: frozenset[Mutant] = frozenset()) -> None:
+        if armed and os.environ.get(ARMING_ENV) != ARMING_VALUE:
+            raise MutantsNotAllowed(
+                f"arming {sorted(m.value for m in armed)} needs {ARMING_ENV}={ARMING_VALUE}; "
+                "mutants exist only for the chaos harness"
+            )
+        object.__setattr__(self, "_armed", frozenset(armed))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Mutants values are immutable")
 
     @classmethod
     def arm(cls, *mutants: Mutant) -> Mutants:
         """Arm ``mutants``; raises :class:`MutantsNotAllowed` unless the environment allows it."""
-        if mutants and os.environ.get(ARMING_ENV) != ARMING_VALUE:
-            raise MutantsNotAllowed(
-                f"arming {[m.value for m in mutants]} needs {ARMING_ENV}={ARMING_VALUE}; "
-                "mutants exist only for the chaos harness"
-            )
-        return cls(frozenset(mutants), _KEY)
+        return cls(frozenset(mutants))
 
     def __contains__(self, mutant: object) -> bool:
         return mutant in self._armed
@@ -83,4 +85,4 @@ class Mutants:
         return f"Mutants({', '.join(sorted(m.value for m in self._armed))})"
 
 
-NO_MUTANTS: Final = Mutants(frozenset(), _KEY)
+NO_MUTANTS: Final = Mutants()

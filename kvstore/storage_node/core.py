@@ -336,7 +336,7 @@ class PartitionCore:
             state = self._state(key)
             intent = self.store.get_intent(key)
             if intent is not None and Mutant.READS_SEE_INTENTS in self._mutants:
-                entries.append(_dirty_entry(intent, state.version))
+                entries.append(_dirty_entry(intent, state.exists, state.version))
                 continue
             entries.append(
                 ReadEntry(
@@ -579,7 +579,7 @@ class PartitionCore:
             )
         assert row.version >= state.version and row.write_ts >= state.write_ts
         assert row.read_ts >= state.read_ts
-        if not row.exists and Mutant.WATERMARK_DOWN_ON_DELETE in self._mutants:
+        if kind is OpKind.DELETE and Mutant.WATERMARK_DOWN_ON_DELETE in self._mutants:
             self.store.delete_item(key)  # no tombstone: the key's floor falls to the watermark
             return row
         self.store.put_item(row)
@@ -609,13 +609,14 @@ def _widen(step: Step[Any]) -> Step[Reply]:
     return step
 
 
-def _dirty_entry(intent: Intent, version: int) -> ReadEntry:
+def _dirty_entry(intent: Intent, exists: bool, version: int) -> ReadEntry:
     """READS_SEE_INTENTS: a pending intent shown as if it were committed."""
+    changed = intent.op.is_write and (exists or intent.new_exists)
     return ReadEntry(
         key=intent.key,
         exists=intent.new_exists,
         value=intent.new_value,
-        version=version + 1 if intent.op.is_write else version,
+        version=version + 1 if changed else version,
         ts=intent.ts,
         pending=False,
     )

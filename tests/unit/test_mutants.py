@@ -1,0 +1,283 @@
+"""Deliberate protocol bugs (``kvstore.mutants``): arming is guarded; each mutant breaks a rule.
+
+The safety tests show that a mutant cannot be armed by accident. Then one test per mutant runs
+the same smallest script of requests on a correct core and on a core with that mutant armed,
+and asserts both sides: the correct core keeps the rule, the mutant breaks it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support.coordinator import finishes, partition_of, sends
+from support.partition import P0, Partition, add, check, codes, delete, put, ts
+
+from kvstore.coordinator.read import ReadTxn
+from kvstore.coordinator.results import ReadResult
+from kvstore.messages import ReadEntry, ReadReply, ReadRequest, ReasonCode
+from kvstore.mutants import (
+    ARMING_ENV,
+    ARMING_VALUE,
+    NO_MUTANTS,
+    Mutant,
+    Mutants,
+    MutantsNotAllowed,
+)
+from kvstore.storage_node.core import PartitionConfig
+from kvstore.timestamps import HybridClock
+from kvstore.types import TIMESTAMP_ZERO, PartitionId, Timestamp, TxnId, Value
+
+ROOT = Path(__file__).resolve().parents[2]
+OK = ReasonCode.NONE
+TOO_OLD = ReasonCode.TIMESTAMP_TOO_OLD
+
+Arm = Callable[..., Mutants]
+
+# Every mutant must have a test below showing the behaviour it breaks (see test_every_mutant_...).
+SHOWN: dict[Mutant, str] = {}
+TestFn = Callable[..., None]
+
+
+def shows(mutant: Mutant) -> Callable[[TestFn], TestFn]:
+    def register(test: TestFn) -> TestFn:
+        assert mutant not in SHOWN, f"{mutant} already shown by {SHOWN[mutant]}"
+        SHOWN[mutant] = test.__name__
+        return test
+
+    return register
+
+
+@pytest.fixture
+def unarmed_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ARMING_ENV, raising=False)
+
+
+@pytest.fixture
+def arm(monkeypatch: pytest.MonkeyPatch) -> Arm:
+    """``Mutants.arm`` with the chaos harness's environment set for this test only."""
+    monkeypatch.setenv(ARMING_ENV, ARMING_VALUE)
+    return Mutants.arm
+
+
+def partition(mutants: Mutants, **config: int) -> Partition:
+    return Partition(PartitionConfig(mutants=mutants, **config))
+
+
+# --- safety: a mutant is never armed by accident ----------------------------------------------
+
+
+def test_no_mutants_is_falsy_empty_and_the_default_everywhere() -> None:
+    assert not NO_MUTANTS
+    assert list(NO_MUTANTS) == []
+    assert all(m not in NO_MUTANTS for m in Mutant)
+    assert PartitionConfig().mutants is NO_MUTANTS
+    assert Partition().core.config.mutants is NO_MUTANTS
+
+
+@pytest.mark.usefixtures("unarmed_env")
+@pytest.mark.parametrize("mutant", list(Mutant), ids=lambda m: m.value)
+def test_arming_without_the_environment_raises(mutant: Mutant) -> None:
+    with pytest.raises(MutantsNotAllowed, match=ARMING_ENV):
+        Mutants.arm(mutant)
+
+
+@pytest.mark.parametrize(
+    "value", ["", "1", "true", ARMING_VALUE.upper(), ARMING_VALUE + " "], ids=repr
+)
+def test_arming_with_a_wrong_environment_value_raises(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv(ARMING_ENV, value)
+    with pytest.raises(MutantsNotAllowed):
+        Mutants.arm(Mutant.PRESUME_ABORT)
+
+
+@pytest.mark.usefixtures("unarmed_env")
+def test_direct_construction_checks_the_environment_too() -> None:
+    assert Mutants() == NO_MUTANTS
+    with pytest.raises(MutantsNotAllowed):
+        Mutants(frozenset({Mutant.SKIP_READ_TS_CHECK}))
+
+
+def test_mutants_cannot_be_changed_after_construction() -> None:
+    with pytest.raises(AttributeError):
+        NO_MUTANTS._armed = frozenset({Mutant.PRESUME_ABORT})  # type: ignore[misc]
+    assert not NO_MUTANTS
+
+
+@pytest.mark.usefixtures("unarmed_env")
+def test_arming_nothing_needs_no_environment() -> None:
+    none = Mutants.arm()
+    assert not none
+    assert none == NO_MUTANTS and hash(none) == hash(NO_MUTANTS)
+
+
+def test_arming_with_the_environment_works(arm: Arm) -> None:
+    armed = arm(Mutant.WATERMARK_DOWN_ON_DELETE, Mutant.DOUBLE_APPLY_COMMIT)
+    assert armed
+    assert Mutant.WATERMARK_DOWN_ON_DELETE in armed
+    assert Mutant.DOUBLE_APPLY_COMMIT in armed
+    assert Mutant.PRESUME_ABORT not in armed
+    assert list(armed) == [Mutant.DOUBLE_APPLY_COMMIT, Mutant.WATERMARK_DOWN_ON_DELETE]
+    assert armed == arm(Mutant.DOUBLE_APPLY_COMMIT, Mutant.WATERMARK_DOWN_ON_DELETE)
+    assert armed != NO_MUTANTS
+    assert "double-apply-commit" in repr(armed)
+
+
+def test_the_environment_alone_arms_nothing(arm: Arm) -> None:
+    del arm  # the environment is set, but nothing asked for a mutant
+    assert PartitionConfig().mutants is NO_MUTANTS
+    assert not Mutants.arm()
+
+
+def test_no_production_module_can_arm_a_mutant() -> None:
+    """Only ``kvstore/mutants.py`` may hold the arming value or call ``arm``."""
+    arm_call = re.compile(r"\.arm\s*\(")
+    mutants_py = ROOT / "kvstore" / "mutants.py"
+    own = mutants_py.read_text()
+    # The patterns do find what they look for, so the check below is not vacuous.
+    assert ARMING_VALUE in own and arm_call.search("Mutants.arm(Mutant.X)")
+    offenders: list[str] = []
+    sources = sorted((ROOT / "kvstore").rglob("*.py"))
+    assert len(sources) > 10, "the source tree was not found"
+    for path in sources:
+        if path == mutants_py:
+            continue
+        text = path.read_text()
+        rel = str(path.relative_to(ROOT))
+        if ARMING_VALUE in text:
+            offenders.append(f"{rel}: mentions {ARMING_VALUE!r}")
+        if arm_call.search(text):
+            offenders.append(f"{rel}: calls .arm(")
+    assert offenders == []
+
+
+# --- one test per mutant: the correct core keeps the rule, the mutant breaks it ---------------
+
+
+@shows(Mutant.SKIP_READ_TS_CHECK)
+def test_skip_read_ts_check_accepts_a_write_below_read_ts(arm: Arm) -> None:
+    def script(mutants: Mutants) -> list[ReasonCode]:
+        p = partition(mutants)
+        assert p.prepare("t1", ts(10), put("x", 1)).accepted and p.commit("t1") == 1
+        assert p.prepare("t2", ts(100), check("x")).accepted and p.commit("t2") == 1
+        # A write at 90 would change what t2 (at 100) already checked.
+        return codes(p.prepare("t3", ts(90), put("x", 2)).outcomes)
+
+    assert script(NO_MUTANTS) == [TOO_OLD]
+    assert script(arm(Mutant.SKIP_READ_TS_CHECK)) == [OK]
+
+
+@shows(Mutant.READS_SEE_INTENTS)
+def test_reads_see_intents_returns_a_pending_intent_as_committed(arm: Arm) -> None:
+    def script(mutants: Mutants) -> ReadEntry:
+        p = partition(mutants)
+        assert p.prepare("t1", ts(50), put("x", "old")).accepted and p.commit("t1") == 1
+        assert p.prepare("t2", ts(100), put("x", "new")).accepted
+        (entry,) = p.read("x")
+        return entry
+
+    right = script(NO_MUTANTS)
+    assert (right.exists, right.value, right.version, right.ts, right.pending) == (
+        True,
+        "old",
+        1,
+        ts(50),
+        True,
+    )
+    wrong = script(arm(Mutant.READS_SEE_INTENTS))
+    assert (wrong.exists, wrong.value, wrong.version, wrong.ts, wrong.pending) == (
+        True,
+        "new",
+        2,
+        ts(100),
+        False,
+    )
+
+
+@shows(Mutant.PRESUME_ABORT)
+def test_presume_abort_drops_a_stale_intent_without_asking_the_anchor(arm: Arm) -> None:
+    def script(mutants: Mutants) -> tuple[list[tuple[TxnId, PartitionId]], bool, int, Value]:
+        p = partition(mutants, intent_stale_ms=1)
+        assert p.prepare("t1", ts(10), put("x", 1)).accepted
+        p.now_us += 1_001
+        work = p.core.maintain(p.now_us)
+        stale = [(s.txn_id, s.anchor) for s in work.stale_intents]
+        kept = p.store.get_intent("x") is not None
+        applied = p.commit("t1")  # the anchor had decided COMMITTED after all
+        item = p.get("x")
+        return stale, kept, applied, None if item is None else item.value
+
+    assert script(NO_MUTANTS) == ([("t1", P0)], True, 1, 1)
+    assert script(arm(Mutant.PRESUME_ABORT)) == ([], False, 0, None), "a committed write is lost"
+
+
+@shows(Mutant.DOUBLE_APPLY_COMMIT)
+def test_double_apply_commit_applies_a_duplicate_commit_again(arm: Arm) -> None:
+    def script(mutants: Mutants) -> tuple[int, int, object, int]:
+        p = partition(mutants)
+        assert p.prepare("t1", ts(100), add("n", ("c",), 1)).accepted
+        first = p.commit("t1")
+        duplicate = p.commit("t1")
+        item = p.get("n")
+        assert item is not None
+        return first, duplicate, item.value, item.version
+
+    assert script(NO_MUTANTS) == (1, 0, {"c": 1}, 1)
+    assert script(arm(Mutant.DOUBLE_APPLY_COMMIT)) == (1, 1, {"c": 2}, 2)
+
+
+@shows(Mutant.WATERMARK_DOWN_ON_DELETE)
+def test_watermark_down_on_delete_loses_the_deleted_keys_floor(arm: Arm) -> None:
+    def script(mutants: Mutants) -> tuple[bool, int, Timestamp, bool, list[ReasonCode]]:
+        p = partition(mutants)
+        assert p.prepare("t1", ts(10), put("x", 1)).accepted and p.commit("t1") == 1
+        assert p.prepare("t2", ts(100), delete("x")).accepted and p.commit("t2") == 1
+        (gone,) = p.read("x")
+        tombstone = p.store.get_item("x") is not None
+        late = codes(p.prepare("t3", ts(90), put("x", 3)).outcomes)
+        return gone.exists, gone.version, gone.ts, tombstone, late
+
+    assert script(NO_MUTANTS) == (False, 2, ts(100), True, [TOO_OLD])
+    wrong = script(arm(Mutant.WATERMARK_DOWN_ON_DELETE))
+    assert wrong == (False, 0, TIMESTAMP_ZERO, False, [OK]), "version and timestamp went down"
+
+
+@shows(Mutant.SKIP_SECOND_READ_ROUND)
+def test_skip_second_read_round_answers_after_one_round(arm: Arm) -> None:
+    now = 1_000_000_000
+
+    def script(mutants: Mutants) -> tuple[int, int, list[object]]:
+        txn = ReadTxn(("a:1",), partition_of, now, mutants=mutants)
+        (send,) = sends(txn.step_start(now))
+        assert isinstance(send.request, ReadRequest)
+        entry = ReadEntry(key="a:1", exists=True, value=1, version=1, ts=ts(5), pending=False)
+        effects = txn.step_reply(send.call_id, ReadReply(entries=(entry,)), now)
+        return txn.rounds, len(sends(effects)), finishes(effects)
+
+    assert script(NO_MUTANTS) == (2, 1, []), "a second round is sent"
+    rounds, more, done = script(arm(Mutant.SKIP_SECOND_READ_ROUND))
+    assert (rounds, more) == (1, 0)
+    (result,) = done
+    assert isinstance(result, ReadResult) and result.error is None and result.rounds == 1
+
+
+@shows(Mutant.NO_TS_TIE_BREAK)
+def test_no_ts_tie_break_gives_two_clocks_the_same_timestamp(arm: Arm) -> None:
+    wall = 5_000
+
+    def script(mutants: Mutants) -> tuple[Timestamp, Timestamp]:
+        first = HybridClock(lambda: wall, 7, mutants=mutants)
+        second = HybridClock(lambda: wall, 8, mutants=mutants)
+        return first.now(), second.now()
+
+    assert script(NO_MUTANTS) == (Timestamp(wall, 0, 7), Timestamp(wall, 0, 8))
+    a, b = script(arm(Mutant.NO_TS_TIE_BREAK))
+    assert a == b == Timestamp(wall, 0, 1)
+
+
+def test_every_mutant_has_a_test_showing_what_it_breaks() -> None:
+    assert set(SHOWN) == set(Mutant), f"missing: {set(Mutant) - set(SHOWN)}"
