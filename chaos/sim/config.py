@@ -1,0 +1,108 @@
+"""What a simulated run looks like: cluster shape, workload, phases and the fault profile.
+
+Theory of operation
+-------------------
+:class:`SimConfig` is the fixed part (chosen by the caller). :class:`FaultProfile` is drawn from
+the run's random generator at the start of each run, *swarm testing* style: each fault kind is
+switched on or off and given its own intensity per seed, so some runs drop many messages and never
+crash, others crash often on a quiet network. Uniform mixtures of every fault at once tend to hide
+the bugs that need one fault to dominate (a read overlapping a slow commit, say).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from kvstore.mutants import NO_MUTANTS, Mutants
+
+__all__ = ["WORKLOADS", "SimConfig", "FaultProfile"]
+
+WORKLOADS: tuple[str, ...] = ("list-append", "rw-register", "bank")
+
+_MS = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimConfig:
+    """The caller's choices for one run (everything else comes from the seed)."""
+
+    workload: str = "list-append"
+    nodes: int = 3
+    partitions: int = 6
+    coordinators: int = 2
+    clients: int = 5
+    keys: int = 8  # list-append / rw-register keys; bank accounts
+    ops_max: int = 250  # client operations in the fault phase, all clients together
+    fault_phase_ms: int = 8_000
+    heal_phase_ms_max: int = 120_000  # after this the run is reported as stuck
+    mutants: Mutants = NO_MUTANTS
+    faults: bool = True  # False: a quiet network, for baseline tests
+    bank_total: int = 1_000
+
+    def __post_init__(self) -> None:
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"unknown workload {self.workload!r}; expected one of {WORKLOADS}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultProfile:
+    """Per-run fault intensities (swarm testing); all zero for a quiet run."""
+
+    drop_p: float = 0.0  # a message is lost
+    dup_p: float = 0.0  # a message arrives twice
+    delay_us: int = 500  # mean one-way delay
+    slow_p: float = 0.0  # a message takes up to ``slow_us`` (reordering)
+    slow_us: int = 0
+    fsync_us: int = 300  # group commit: replies wait for the batch's flush
+    crash_node_ms: int = 0  # mean time between node crashes (0: never)
+    crash_coordinator_ms: int = 0
+    partition_ms: int = 0  # mean time between network partitions
+    clock_ms: int = 0  # mean time between clock offset changes
+    clock_offset_max_ms: int = 0
+    think_us: int = 2_000  # a client's pause between operations (mean)
+    clock_resolution_us: int = 1  # local clocks tick in steps of this (coarse clocks tie often)
+    intent_stale_ms: int = 5_000
+    tombstone_retention_ms: int = 60_000
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> FaultProfile:
+        """A swarm draw: each fault on with probability about one half, random intensity."""
+
+        def on(p: float = 0.5) -> bool:
+            return rng.random() < p
+
+        slow = on()
+        return cls(
+            drop_p=rng.choice((0.01, 0.05, 0.15)) if on() else 0.0,
+            dup_p=rng.choice((0.02, 0.1, 0.3)) if on() else 0.0,
+            delay_us=rng.choice((200, 1_000, 5_000)),
+            slow_p=rng.choice((0.05, 0.2)) if slow else 0.0,
+            slow_us=rng.choice((50 * _MS, 500 * _MS, 3_000 * _MS)) if slow else 0,
+            fsync_us=rng.choice((50, 500, 5_000)),
+            crash_node_ms=rng.choice((500, 2_000)) if on() else 0,
+            crash_coordinator_ms=rng.choice((300, 1_500)) if on() else 0,
+            partition_ms=rng.choice((500, 2_000)) if on() else 0,
+            clock_ms=rng.choice((300, 1_500)) if on(0.6) else 0,
+            clock_offset_max_ms=rng.choice((5, 100, 400, 1_500)),
+            think_us=rng.choice((100, 2_000, 20_000)),
+            clock_resolution_us=rng.choice((1, 1_000, 15_000)),
+            intent_stale_ms=rng.choice((300, 1_000, 5_000)),
+            tombstone_retention_ms=rng.choice((200, 2_000, 60_000)),
+        )
+
+    def describe(self) -> str:
+        parts = [
+            f"drop={self.drop_p}",
+            f"dup={self.dup_p}",
+            f"delay={self.delay_us}us",
+            f"slow={self.slow_p}@{self.slow_us}us",
+            f"fsync={self.fsync_us}us",
+            f"crash_node={self.crash_node_ms}ms",
+            f"crash_coord={self.crash_coordinator_ms}ms",
+            f"partition={self.partition_ms}ms",
+            f"clock={self.clock_ms}ms/{self.clock_offset_max_ms}ms/{self.clock_resolution_us}us",
+            f"stale={self.intent_stale_ms}ms",
+            f"tombstones={self.tombstone_retention_ms}ms",
+        ]
+        return " ".join(parts)

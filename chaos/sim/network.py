@@ -1,0 +1,121 @@
+"""The simulated network: per-message delay, loss, duplication, reordering and partitions.
+
+Theory of operation
+-------------------
+Hosts never call each other; every request and every reply is an :class:`Envelope` handed to
+:class:`Network`, which decides its fate with the run's random generator and the current
+:class:`~chaos.sim.config.FaultProfile`: lost (drop probability, or a cut link), delivered once
+or twice, after a normal or a *slow* delay (slow messages overtake nothing and are overtaken by
+everything, which is how reordering happens). A request that reaches a crashed node is refused: the
+sender learns it after one more delay (connection refused), the only failure a sender is told
+about; every other loss is found by the sender's own deadline. Messages a host sends to itself
+(a node resolving its own intents) take a short, fault-free path.
+
+``quiet`` (the heal phase) turns loss, duplication and slowness off; cut links are healed by the
+nemesis itself. Links are symmetric and named by the pair of host names.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from chaos.sim.config import FaultProfile
+from chaos.sim.loop import EventLoop, Trace
+from kvstore.messages import Reply, Request
+from kvstore.types import PartitionId
+
+if TYPE_CHECKING:
+    from chaos.sim.hosts import Host
+
+__all__ = ["Envelope", "Network"]
+
+LOOPBACK_US = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A request on its way, with the address its reply must come back to."""
+
+    src: str
+    incarnation: int  # of the sending host; replies to an older incarnation are discarded
+    actor_id: int
+    call_id: int
+    request: Request
+
+
+def _describe(request: Request | Reply) -> str:
+    name = type(request).__name__
+    txn = getattr(request, "txn_id", None)
+    return f"{name}({txn})" if txn is not None else name
+
+
+class Network:
+    """Carries envelopes between hosts under the run's faults."""
+
+    def __init__(
+        self, loop: EventLoop, rng: random.Random, trace: Trace, profile: FaultProfile
+    ) -> None:
+        self.loop = loop
+        self.rng = rng
+        self.trace = trace
+        self.profile = profile
+        self.hosts: dict[str, Host] = {}
+        self.owner: dict[PartitionId, str] = {}
+        self.cut: set[tuple[str, str]] = set()
+        self.quiet = False
+        self.sent = 0
+        self.dropped = 0
+
+    # --- links -------------------------------------------------------------------------
+
+    @staticmethod
+    def link(a: str, b: str) -> tuple[str, str]:
+        return (a, b) if a <= b else (b, a)
+
+    def is_cut(self, a: str, b: str) -> bool:
+        return self.link(a, b) in self.cut
+
+    # --- sending -------------------------------------------------------------------------
+
+    def send_request(self, envelope: Envelope) -> None:
+        dst = self.owner[envelope.request.partition]
+        what = _describe(envelope.request)
+        self._transmit(envelope.src, dst, what, lambda: self._arrive_request(dst, envelope))
+
+    def _transmit(self, src: str, dst: str, what: str, deliver: Callable[[], None]) -> None:
+        self.sent += 1
+        if src == dst:
+            self.loop.after(LOOPBACK_US, deliver)
+            return
+        profile = self.profile
+        if self.is_cut(src, dst) or (not self.quiet and self.rng.random() < profile.drop_p):
+            self.dropped += 1
+            self.trace.add(self.loop.now_us, f"drop {src}->{dst} {what}")
+            return
+        copies = 2 if not self.quiet and self.rng.random() < profile.dup_p else 1
+        for _ in range(copies):
+            self.loop.after(self._delay_us(), deliver)
+
+    def _delay_us(self) -> int:
+        profile = self.profile
+        if not self.quiet and profile.slow_p and self.rng.random() < profile.slow_p:
+            return self.rng.randint(profile.delay_us, max(profile.delay_us, profile.slow_us))
+        return 1 + int(self.rng.expovariate(1.0 / profile.delay_us))
+
+    def _arrive_request(self, dst: str, envelope: Envelope) -> None:
+        node = self.hosts[dst]
+        if not node.up:
+            self.trace.add(self.loop.now_us, f"refused {envelope.src}->{dst}")
+            sender = self.hosts[envelope.src]
+            self.loop.after(self._delay_us(), lambda: sender.on_failed(envelope))
+            return
+        node.receive(envelope, lambda reply: self._send_reply(dst, envelope, reply))
+
+    def _send_reply(self, src: str, envelope: Envelope, reply: Reply) -> None:
+        sender = self.hosts[envelope.src]
+        self._transmit(
+            src, envelope.src, _describe(reply), lambda: sender.on_reply(envelope, reply)
+        )
