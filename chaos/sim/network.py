@@ -96,8 +96,11 @@ class Network:
             self.trace.add(self.loop.now_us, f"drop {src}->{dst} {what}")
             return
         copies = 2 if not self.quiet and self.rng.random() < profile.dup_p else 1
-        for _ in range(copies):
-            self.loop.after(self._delay_us(), deliver)
+        delays = [self._delay_us() for _ in range(copies)]
+        shown = "+".join(f"{d}us" for d in delays)
+        self.trace.add(self.loop.now_us, f"send {src}->{dst} {what} in {shown}")
+        for delay_us in delays:
+            self.loop.after(delay_us, deliver)
 
     def _delay_us(self) -> int:
         profile = self.profile

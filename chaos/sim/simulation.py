@@ -50,6 +50,7 @@ MODEL = "strict-serializable"
 _MS = 1000
 CLIENT_LINK_US = 100  # client <-> coordinator, fault-free
 SETTLE_CHECK_US = 100 * _MS
+REFUSED_BACKOFF_US = 200 * _MS
 LEDGER_KEPT_MS = 24 * 3600 * 1000  # longer than any run: the omniscient lookup needs every record
 
 
@@ -86,7 +87,8 @@ class Client:
         self.sim = sim
         self.process = process
         self.busy = False
-        self.final = False
+        self.final = False  # final reads: always through the first coordinator
+        self.auto = True  # begin the next operation after a pause (off when a test drives)
 
     def begin(self) -> None:
         sim = self.sim
@@ -100,6 +102,7 @@ class Client:
         sim = self.sim
         self.busy = True
         invoke = sim.history.invoke(self.process, f, value, time_ns=sim.loop.now_us * 1000)
+        sim.trace.add(sim.loop.now_us, f"client {self.process} invoke {f} {value}")
         self._step(invoke, script, None)
 
     def _step(self, invoke: Op, script: Script, answer: Any) -> None:
@@ -146,13 +149,19 @@ class Client:
             txn_id=txn_id,
             error=done.error,
         )
-        sim.trace.add(sim.loop.now_us, f"client {self.process} {op.type} {op.f} {txn_id}")
+        detail = f"ts={op.ts} " if op.ts is not None else ""
+        detail += f"error={op.error} " if op.error is not None else ""
+        sim.trace.add(
+            sim.loop.now_us, f"client {self.process} {op.type} {op.f} {txn_id} {detail}{op.value}"
+        )
         self.busy = False
         if done.type == "info":
             self.process = sim.new_process()
-        if not self.final:
-            think_us = 1 + int(sim.rng.expovariate(1.0 / sim.profile.think_us))
-            sim.loop.after(think_us, self.begin)
+        if self.auto and not self.final:
+            pause_us = 1 + int(sim.rng.expovariate(1.0 / sim.profile.think_us))
+            if done.error == "refused":  # every coordinator is down: back off
+                pause_us += sim.rng.randint(REFUSED_BACKOFF_US // 2, REFUSED_BACKOFF_US)
+            sim.loop.after(pause_us, self.begin)
 
 
 class Simulation:
@@ -298,11 +307,22 @@ class Simulation:
         self.loop.run_until(self.config.fault_phase_ms * _MS)
         self._heal()
         deadline_us = self.loop.now_us + self.config.heal_phase_ms_max * _MS
+        self._settle(deadline_us)
+        self._final_reads(deadline_us)
+
+    def settle_and_check(self) -> CheckResult:
+        """Heal, wait until settled, run the final reads and check (for step-driven tests)."""
+        self._heal()
+        deadline_us = self.loop.now_us + self.config.heal_phase_ms_max * _MS
+        self._settle(deadline_us)
+        self._final_reads(deadline_us)
+        return self.check()
+
+    def _settle(self, deadline_us: int) -> None:
         while not self._settled():
             if self.loop.now_us >= deadline_us:
                 raise Stuck(f"stuck: the cluster did not settle ({self._pending()})")
             self.loop.run_until(self.loop.now_us + SETTLE_CHECK_US)
-        self._final_reads(deadline_us)
 
     def _heal(self) -> None:
         self.trace.add(self.loop.now_us, "heal")

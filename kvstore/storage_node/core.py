@@ -218,13 +218,16 @@ class PartitionCore:
 
     def execute(self, req: ExecuteRequest, now_us: int) -> Step[ExecuteReply]:
         """Prepare and apply in one round, for transactions living on this partition alone."""
-        if self._too_far_ahead(req.ts, now_us):
-            return Step(
-                ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), False
-            )
         recorded = self.store.get_ledger(req.txn_id)
         if recorded is not None:  # a duplicate of a request already answered
             return Step(self._execute_reply(recorded), False)
+        if self._too_far_ahead(req.ts, now_us):
+            # The refusal is final: record it, or a late duplicate arriving once this clock has
+            # caught up would commit a transaction its client was told had failed.
+            self.store.put_ledger(self._cancelled_placeholder(req.txn_id, now_us, ()))
+            return Step(
+                ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), True
+            )
         if req.token is not None:
             hit = self._token_hit(req.token, req.txn_id, req.fingerprint)
             if hit is not None:

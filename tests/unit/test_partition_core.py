@@ -176,6 +176,19 @@ def test_timestamp_far_ahead_of_node_clock_is_refused() -> None:
     assert p.prepare("t3", ts(p.now_us + 10_000), put("x", 1)).accepted
 
 
+def test_a_clock_skew_refusal_of_a_one_round_txn_is_final() -> None:
+    """Regression (simulator seed 1855): the client was told ClockSkew, then a duplicate of the
+    request arrived after the node's clock had caught up, and the transaction committed."""
+    p = Partition(PartitionConfig(max_clock_skew_ms=10))
+    p.now_us = 1_000_000
+    early = ts(p.now_us + 10_001)
+    assert p.execute("t1", early, put("x", 1)).error is ErrorCode.ClockSkew
+    p.now_us += 1_000_000  # the clock caught up; the duplicate arrives
+    again = p.execute("t1", early, put("x", 1))
+    assert not again.committed
+    assert p.get("x") is None
+
+
 # --- absent keys, tombstones and watermarks (gaps 3 and 4) -----------------------------------
 
 

@@ -1,0 +1,114 @@
+"""Command line of the chaos package.
+
+``python -m chaos sim --seeds N [--start S]`` sweeps seeds through the simulator, printing one line
+per failing seed and ending with ``seeds: N, failures: F`` (exit status 1 when F > 0).
+``python -m chaos sim --seed S --verbose`` replays one seed and prints its trace.
+``python -m chaos mutants`` arms each deliberate bug in turn and ends with ``mutants caught: C/T``
+(exit status 1 unless every mutant was caught within its seed budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from chaos.sim.config import WORKLOADS, SimConfig
+from chaos.sim.simulation import run_seed
+from chaos.sim.sweep import MUTANT_SEED_BUDGET, hunt, save_failure, sweep, workload_for
+from kvstore.mutants import ARMING_ENV, ARMING_VALUE, Mutant
+
+__all__ = ["main"]
+
+DEFAULT_OUT = Path("chaos-out") / "sim"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("sim", help="run the deterministic simulator over seeds")
+    sim.add_argument("--seeds", type=int, default=100, help="how many seeds to run (default 100)")
+    sim.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    sim.add_argument("--seed", type=int, help="replay this one seed")
+    sim.add_argument("--verbose", action="store_true", help="print the trace of --seed")
+    sim.add_argument("--workload", choices=WORKLOADS, help="force one workload for every seed")
+    sim.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where failures are saved")
+    sim.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    mutants = sub.add_parser("mutants", help="prove that every deliberate bug is caught")
+    mutants.add_argument("--budget", type=int, default=MUTANT_SEED_BUDGET, help="seeds per mutant")
+    mutants.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    return parser
+
+
+def _replay(seed: int, workload: str | None, verbose: bool, out: Path) -> int:
+    result = run_seed(seed, SimConfig(workload=workload or workload_for(seed)), verbose=verbose)
+    if verbose:
+        for line in result.trace.lines:
+            print(line)
+    print(f"seed {seed} workload {result.config.workload}: {result.summary()}")
+    print(f"profile: {result.profile.describe()}")
+    print(f"stats: {result.stats}")
+    print(f"digest: {result.digest}")
+    for anomaly in result.anomalies():
+        print(f"  {anomaly}")
+    if not result.ok:
+        print(f"saved: {save_failure(result, out)}")
+        if result.error:
+            print(result.error)
+    return 0 if result.ok else 1
+
+
+def _sim(args: argparse.Namespace) -> int:
+    if args.seed is not None:
+        return _replay(args.seed, args.workload, args.verbose, args.out)
+    began = time.monotonic()
+    failures = 0
+    for outcome in sweep(
+        args.start, args.seeds, workload=args.workload, out=args.out, jobs=args.jobs
+    ):
+        if not outcome.ok:
+            failures += 1
+            print(
+                f"seed {outcome.seed} ({outcome.workload}): {outcome.summary}; "
+                f"history: {outcome.saved}/history.jsonl",
+                flush=True,
+            )
+    elapsed = time.monotonic() - began
+    print(f"seeds: {args.seeds}, failures: {failures} ({elapsed:.1f} s)")
+    return 1 if failures else 0
+
+
+def _mutants(args: argparse.Namespace) -> int:
+    os.environ[ARMING_ENV] = ARMING_VALUE  # this process only: it exists to run broken stores
+    caught = 0
+    for mutant in Mutant:
+        began = time.monotonic()
+        outcome = hunt(mutant, args.budget, jobs=args.jobs)
+        elapsed = time.monotonic() - began
+        if outcome is None:
+            print(
+                f"{mutant.value}: NOT caught in {args.budget} seeds ({elapsed:.1f} s)", flush=True
+            )
+            continue
+        caught += 1
+        print(
+            f"{mutant.value}: caught at seed {outcome.seed} ({outcome.workload}): "
+            f"{outcome.summary} ({elapsed:.1f} s)",
+            flush=True,
+        )
+    total = len(Mutant)
+    print(f"mutants caught: {caught}/{total}")
+    return 0 if caught == total else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "sim":
+        return _sim(args)
+    return _mutants(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
