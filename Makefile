@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit install clean fmt sim mutants
+.PHONY: test lint typecheck unit install clean fmt sim sim-check mutants
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,20 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+# The simulator's share of CI: a 50-seed sweep (seeds 100..149; the pytest suite covers others)
+# and the mutant hunt, which must catch every deliberate bug.
+sim-check: $(STAMP)
+	$(BIN)/python -m chaos sim --seeds 50 --start 100
+	$(BIN)/python -m chaos mutants
+
+# A longer sweep for local use: 300 seeds (under 5 minutes on 2 cores).
+sim: $(STAMP)
+	$(BIN)/python -m chaos sim --seeds 300
+
+mutants: $(STAMP)
+	$(BIN)/python -m chaos mutants
+
+test: lint typecheck unit sim-check
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

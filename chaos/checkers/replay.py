@@ -6,10 +6,19 @@ A timestamp-ordering store promises more than serializability: its history must 
 to the serial execution in commit-timestamp order. So we take every transaction that committed and
 carries a ``ts`` (``ok`` ones, plus ``info`` ones when the harness learned their ts, e.g. from the
 participants' logs in simulation), sort by ``ts`` and apply their micro-ops to an empty model:
-a dict of lists for list-append, a dict of values for rw-register. Each read of an ``ok``
-transaction must equal the model at that point; a mismatch names the transaction, the key and both
-values. Two transactions with one ``ts`` are reported (TO requires unique timestamps), as is an
-``ok`` transaction without ``ts`` (the replay cannot place it, so its effects would be missing).
+a dict of lists for list-append, a dict of values for rw-register. In rw-register, ``[w k None]``
+deletes ``k`` from the model and a read of an absent key returns ``None``, so a read after a delete
+must return ``None`` exactly like a read of a key never written. Each read of an ``ok`` transaction
+must equal the model at that point; a mismatch names the transaction, the key and both values. Two
+transactions with one ``ts`` are reported (TO requires unique timestamps), as is an ``ok``
+transaction that writes (or appends) without a ``ts`` (the replay cannot place it, so its effects
+would be missing).
+
+Read-only transactions. The store serializes a read-only transaction at a real-time instant
+between its read rounds, not at a commit timestamp, so an ``ok`` transaction whose micro-ops are
+all reads may come without ``ts``. The replay skips it (it has no effects to place) and says how
+many it skipped in the notes; the Elle-style checkers still check its reads, including against
+real time. A read-only transaction that does carry a ``ts`` is replayed like any other.
 """
 
 from __future__ import annotations
@@ -21,19 +30,31 @@ from chaos.checkers.result import Anomaly, CheckResult, make_result
 from chaos.checkers.txn import Txn, describe, show_list, transactions
 from chaos.history import History
 
-__all__ = ["Workload", "check", "apply"]
+__all__ = ["Workload", "check", "apply", "read_only"]
 
 Workload = Literal["list-append", "rw-register"]
 
 
+def read_only(t: Txn) -> bool:
+    """Whether every micro-op of ``t`` is a read (vacuously true for an empty transaction)."""
+    return all(f == "r" for f, _, _ in t.mops)
+
+
 def apply(state: dict[Any, Any], t: Txn, workload: Workload) -> list[tuple[Any, Any, Any]]:
-    """Run ``t`` against ``state`` in place; return ``(key, read, model value)`` mismatches."""
+    """Run ``t`` against ``state`` in place; return ``(key, read, model value)`` mismatches.
+
+    For rw-register, ``[w k None]`` removes ``k`` from ``state`` (a deleted key and a key never
+    written are the same state) and reads of absent keys return ``None``.
+    """
     bad = []
     for f, k, v in t.mops:
         if f == "append":
             state[k] = (*state.get(k, ()), v)
         elif f == "w":
-            state[k] = v
+            if v is None and workload == "rw-register":
+                state.pop(k, None)
+            else:
+                state[k] = v
         elif f == "r":
             now = state.get(k, () if workload == "list-append" else None)
             unknown = v is None and workload == "list-append"
@@ -53,9 +74,13 @@ def check(
     txns = list(transactions(history, f))
     anomalies: list[Anomaly] = []
     placed = [t for t in txns if t.op.ts is not None and t.type != "fail"]
+    skipped = 0
     for t in txns:
         if t.type == "ok" and t.op.ts is None:
-            anomalies.append(Anomaly("missing-ts", f"committed {t} carries no ts", (t.op,)))
+            if read_only(t):
+                skipped += 1
+            else:
+                anomalies.append(Anomaly("missing-ts", f"committed {t} carries no ts", (t.op,)))
     placed.sort(key=lambda t: t.op.ts or ())
     for a, b in itertools.pairwise(placed):
         if a.op.ts == b.op.ts:
@@ -74,4 +99,6 @@ def check(
                 )
             )
     notes = [f"replayed {len(placed)} transactions in ts order"]
+    if skipped:
+        notes.append(f"skipped {skipped} read-only transactions without ts")
     return make_result("ts-replay", anomalies, model, notes)

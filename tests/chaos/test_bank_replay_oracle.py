@@ -62,7 +62,7 @@ def test_replay_reports_reads_that_disagree_with_ts_order(build: Builder) -> Non
 def test_replay_reports_missing_and_duplicate_ts(build: Builder) -> None:
     build.txn([["w", "x", 1]], ts=(1,))
     build.txn([["w", "y", 1]], ts=(1,))
-    build.txn([["r", "x", 1]])
+    build.txn([["r", "x", 1], ["w", "z", 1]])
     assert replay.check(build.history, "rw-register").kinds() == {"missing-ts", "duplicate-ts"}
 
 
