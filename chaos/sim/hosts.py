@@ -355,8 +355,10 @@ class CoordinatorHost(Host):
         ops: list[Op],
         on_result: Callable[[Any], None],
         on_lost: Callable[[], None],
+        token: str | None = None,
     ) -> None:
-        txn = WriteTxn(txn_id, self.clock.now(), ops, self.pmap.partition_of, self.local_now())
+        now_us = self.local_now()
+        txn = WriteTxn(txn_id, self.clock.now(), ops, self.pmap.partition_of, now_us, token=token)
         self._run(txn, on_result, on_lost)
 
     def read(

@@ -38,8 +38,10 @@ from chaos.sim.config import FaultProfile, SimConfig
 from chaos.sim.hosts import CoordinatorHost, Host, NodeHost
 from chaos.sim.loop import EventLoop, Trace
 from chaos.sim.network import Network
-from chaos.sim.workloads import Completion, Read, Script, Workload, Write, make_workload
-from kvstore.messages import TxnState, WriteRequest
+from chaos.sim.workloads import Completion, Script, Workload, Write, make_workload
+from kvstore.coordinator.results import TxnResult
+from kvstore.errors import ErrorCode
+from kvstore.messages import LedgerRecord, TxnState, WriteRequest
 from kvstore.partitioning import PartitionMap
 from kvstore.storage_node.core import PartitionConfig
 from kvstore.types import PartitionId, TxnId
@@ -51,6 +53,15 @@ _MS = 1000
 CLIENT_LINK_US = 100  # client <-> coordinator, fault-free
 SETTLE_CHECK_US = 100 * _MS
 REFUSED_BACKOFF_US = 200 * _MS
+RETRY_BACKOFF_US = 300 * _MS
+TOKEN_ATTEMPTS_MAX = 4  # a tokened write is sent at most this often before it is left info
+
+
+def _retry_with_token(error: ErrorCode) -> bool:
+    """Ambiguous (3xxx), or the token's first attempt is still in flight."""
+    return error.number // 1000 == 3 or error is ErrorCode.TransactionInProgress
+
+
 LEDGER_KEPT_MS = 24 * 3600 * 1000  # longer than any run: the omniscient lookup needs every record
 
 
@@ -115,31 +126,76 @@ class Client:
         live = [c for c in sim.coordinators if c.up] or sim.coordinators  # clients fail over
         coordinator = sim.coordinators[0] if self.final else sim.rng.choice(live)
 
+        if isinstance(step, Write):
+            self._submit_write(invoke, script, step, 1)
+            return
+
         def deliver(result: Any) -> None:
             sim.loop.after(CLIENT_LINK_US, lambda: self._step(invoke, script, result))
 
-        def lost() -> None:  # the connection broke with the request in flight
-            kind = "info" if isinstance(step, Write) else "fail"
+        def lost() -> None:  # the connection broke: a read changed nothing
             script.close()
-            self._complete(invoke, Completion(kind, invoke.value, error="connection lost"))
+            self._complete(invoke, Completion("fail", invoke.value, error="connection lost"))
 
         def submit() -> None:
             if not coordinator.up:  # refused: nothing was sent
                 script.close()
                 self._complete(invoke, Completion("fail", invoke.value, error="refused"))
-            elif isinstance(step, Read):
-                coordinator.read(step.keys, deliver, lost)
             else:
-                txn_id = coordinator.new_txn_id()
-                sim.writes[invoke.index] = (txn_id, sim.pmap.partition_of(step.ops[0].key))
-                coordinator.write(txn_id, step.ops, deliver, lost)
+                coordinator.read(step.keys, deliver, lost)
+
+        sim.loop.after(CLIENT_LINK_US, submit)
+
+    def _submit_write(self, invoke: Op, script: Script, step: Write, attempt: int) -> None:
+        """Send a write; with a token, retry an ambiguous answer (as the SDK will)."""
+        sim = self.sim
+        live = [c for c in sim.coordinators if c.up] or sim.coordinators
+        coordinator = sim.coordinators[0] if self.final else sim.rng.choice(live)
+
+        def retry_or(answer: Completion | TxnResult) -> None:
+            if step.token is not None and attempt < TOKEN_ATTEMPTS_MAX:
+                sim.trace.add(sim.loop.now_us, f"client {self.process} retries {step.token}")
+                delay_us = sim.rng.randint(RETRY_BACKOFF_US // 2, RETRY_BACKOFF_US)
+                sim.loop.after(
+                    delay_us, lambda: self._submit_write(invoke, script, step, attempt + 1)
+                )
+            elif isinstance(answer, Completion):
+                script.close()
+                self._complete(invoke, answer)
+            else:
+                self._step(invoke, script, answer)
+
+        def deliver(result: TxnResult) -> None:
+            def answer() -> None:
+                if result.error is not None and _retry_with_token(result.error):
+                    retry_or(result)
+                else:
+                    self._step(invoke, script, result)
+
+            sim.loop.after(CLIENT_LINK_US, answer)
+
+        def lost() -> None:  # the connection broke with the request in flight
+            retry_or(Completion("info", invoke.value, error="connection lost"))
+
+        def submit() -> None:
+            if not coordinator.up:
+                if attempt == 1:  # refused: nothing was sent
+                    script.close()
+                    self._complete(invoke, Completion("fail", invoke.value, error="refused"))
+                else:  # an earlier attempt may have committed
+                    retry_or(Completion("info", invoke.value, error="refused on retry"))
+                return
+            txn_id = coordinator.new_txn_id()
+            anchor = sim.pmap.partition_of(step.ops[0].key)
+            sim.writes.setdefault(invoke.index, []).append((txn_id, anchor))
+            coordinator.write(txn_id, step.ops, deliver, lost, step.token)
 
         sim.loop.after(CLIENT_LINK_US, submit)
 
     def _complete(self, invoke: Op, done: Completion) -> None:
         sim = self.sim
-        write = sim.writes.get(invoke.index)
-        txn_id = done.txn_id or (write[0] if write is not None else None)
+        attempts = sim.writes.get(invoke.index)
+        txn_id = done.txn_id or (attempts[-1][0] if attempts else None)
         op = sim.history.complete(
             invoke,
             done.type,  # type: ignore[arg-type]
@@ -178,7 +234,7 @@ class Simulation:
         self.pmap = PartitionMap(config.partitions)
         self.history = History()
         self.workload: Workload = make_workload(config.workload, config.keys, config.bank_total)
-        self.writes: dict[int, tuple[TxnId, PartitionId]] = {}
+        self.writes: dict[int, list[tuple[TxnId, PartitionId]]] = {}  # invoke -> attempts
         self.ops_started = 0
         self.stopping = False
         self._next_process = 0
@@ -359,34 +415,32 @@ class Simulation:
 
     # --- omniscience ---------------------------------------------------------------------------
 
-    def ledger_state(self, txn_id: TxnId, anchor: PartitionId) -> TxnState | None:
+    def ledger_record(self, txn_id: TxnId, anchor: PartitionId) -> LedgerRecord | None:
         node = next(n for n in self.nodes if anchor in n.stores)
-        record = node.stores[anchor].get_ledger(txn_id)
-        return None if record is None else record.state
+        return node.stores[anchor].get_ledger(txn_id)
 
     def resolved_history(self) -> tuple[History, list[Anomaly]]:
         """The history with committed ``info`` writes given their ts, and outcome mismatches."""
         ops = list(self.history.ops)
         wrong: list[Anomaly] = []
         completions = {inv.index: done for inv, done in self.history.pairs()}
-        for index, (txn_id, anchor) in self.writes.items():
+        for index, attempts in self.writes.items():
             done = completions.get(index)
             if done is None:
                 continue
-            state = self.ledger_state(txn_id, anchor)
-            if done.type == "info" and state is TxnState.COMMITTED:
-                node = next(n for n in self.nodes if anchor in n.stores)
-                record = node.stores[anchor].get_ledger(txn_id)
-                assert record is not None
-                ops[done.index] = dataclasses.replace(done, ts=tuple(record.ts))
-            elif done.type == "ok" and state is not TxnState.COMMITTED:
+            records = [self.ledger_record(txn_id, anchor) for txn_id, anchor in attempts]
+            committed = [r for r in records if r is not None and r.state is TxnState.COMMITTED]
+            where = f"op {done.index} (attempts {[t for t, _ in attempts]})"
+            if len(committed) > 1:
                 wrong.append(
-                    Anomaly("ok-not-committed", f"{txn_id} answered ok, ledger {state}", (done,))
+                    Anomaly("committed-twice", f"{where}: one token, two commits", (done,))
                 )
-            elif done.type == "fail" and state is TxnState.COMMITTED:
-                wrong.append(
-                    Anomaly("fail-but-committed", f"{txn_id} answered fail, committed", (done,))
-                )
+            if done.type == "info" and committed:
+                ops[done.index] = dataclasses.replace(done, ts=tuple(committed[0].ts))
+            elif done.type == "ok" and not any(r.txn_id == done.txn_id for r in committed):
+                wrong.append(Anomaly("ok-not-committed", f"{where} answered ok", (done,)))
+            elif done.type == "fail" and committed:
+                wrong.append(Anomaly("fail-but-committed", f"{where} answered fail", (done,)))
         return History.from_ops(ops), wrong
 
     def check(self) -> CheckResult:

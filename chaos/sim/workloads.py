@@ -56,6 +56,7 @@ class Read:
 @dataclass(frozen=True)
 class Write:
     ops: list[Op]
+    token: str | None = None  # idempotency token: ambiguous answers are retried with it
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class Completion:
     txn_id: TxnId | None = None
     error: str | None = None
 
+
+TOKEN_SHARE = 0.5
 
 Script = Generator[Read | Write, Any, Completion]
 
@@ -139,10 +142,14 @@ class Workload:
 
         return "txn", invoke, run()
 
-    def _blind_write(self, mops: list[list[Any]]) -> tuple[str, Any, Script]:
+    def token(self, rng: random.Random) -> str | None:
+        """A fresh idempotency token for about half of the write transactions."""
+        return f"tok-{self.unique()}" if rng.random() < TOKEN_SHARE else None
+
+    def _blind_write(self, mops: list[list[Any]], token: str | None) -> tuple[str, Any, Script]:
         def run() -> Script:
             ops = [self._write_op(k, v, None) for _, k, v in mops]
-            result: TxnResult = yield Write(ops)
+            result: TxnResult = yield Write(ops, token)
             return write_completion(result, mops)
 
         return "txn", mops, run()
@@ -173,7 +180,7 @@ class Workload:
         roll = rng.random()
         if roll < 0.35:
             keys = self._sample(rng, 1, 3)
-            return self._blind_write([self._mop(k, rng) for k in keys])
+            return self._blind_write([self._mop(k, rng) for k in keys], self.token(rng))
         if roll < 0.6:
             return self._read_only(self._sample(rng, 1, 4))
         if roll < 0.8:
@@ -269,6 +276,7 @@ class Bank(Workload):
 
     def _transfer(self, rng: random.Random) -> tuple[str, Any, Script]:
         source, target = rng.sample(self.keys, 2)
+        token = self.token(rng)
         amount = rng.randint(1, max(1, self.total // len(self.keys)))
         value = {"from": source, "to": target, "amount": amount}
 
@@ -285,7 +293,7 @@ class Bank(Workload):
                 actions=(UpdateAction(ActionKind.ADD, ("bal",), amount),),
                 condition=Exists(True),
             )
-            result: TxnResult = yield Write([debit, credit])
+            result: TxnResult = yield Write([debit, credit], token)
             return write_completion(result, value)
 
         return "transfer", value, run()

@@ -120,6 +120,9 @@ class WriteTxn:
         self._fanout: Fanout | None = None
         self._follow: Follow | None = None
         self._answer_is_ours = True  # False once a repeated token decides the answer
+        self._anchor_pending = True  # the anchor's vote (or its failure) has not come in yet
+        self._anchor_answered = False  # the anchor voted (so it checked our token)
+        self._refusal_waiting = False  # refused, but waiting for the anchor's token check
         self.result: TxnResult | None = None
 
     # --- observers ------------------------------------------------------------------------
@@ -252,8 +255,10 @@ class WriteTxn:
         if purpose is Purpose.EXECUTE:
             return self._answer_and_end(self._error(ErrorCode.OutcomeUnknown))
         if purpose is Purpose.PREPARE:
+            if call.partition == self._layout.anchor:
+                self._anchor_pending = False
             self._refused(call.partition, (), NO_ANSWER)
-            return self._decide(TxnState.CANCELLED, now_us)
+            return self._cancel(now_us)
         if purpose is Purpose.DECIDE:
             return self._decide_failed(now_us)
         if purpose in (Purpose.COMMIT, Purpose.CANCEL):
@@ -284,22 +289,43 @@ class WriteTxn:
     # --- prepare ----------------------------------------------------------------------------
 
     def _on_vote(self, partition: PartitionId, reply: Reply, now_us: int) -> list[WriteEffect]:
+        if partition == self._layout.anchor:
+            self._anchor_pending = False
+            self._anchor_answered = isinstance(reply, PrepareReply)
         if not isinstance(reply, PrepareReply) or reply.txn_id != self.txn_id:
             self._refused(partition, (), NO_ANSWER)
-            return self._decide(TxnState.CANCELLED, now_us)
+            return self._cancel(now_us)
         if partition == self._layout.anchor and reply.token_hit is not None:
             effects = self._on_token_hit(reply.token_hit, now_us)
             return effects + self._decide(TxnState.CANCELLED, now_us)
         if reply.error is not None:
             self._refused(partition, reply.outcomes, f"partition refused: {reply.error.name}")
-            return self._decide(TxnState.CANCELLED, now_us)
+            return self._cancel(now_us)
         if not reply.accepted:
             self._refused(partition, reply.outcomes, "the partition rejected the transaction")
-            return self._decide(TxnState.CANCELLED, now_us)
+            return self._cancel(now_us)
         self._yes.add(partition)
+        if self._refusal_waiting:  # the anchor's token check is in; the refusal stands
+            return self._cancel(now_us)
         if len(self._yes) == len(self._layout.partitions):
             return self._decide(TxnState.COMMITTED, now_us)
         return []
+
+    def _cancel(self, now_us: int) -> list[WriteEffect]:
+        """Decide CANCELLED; with a token, not before the anchor's vote is in.
+
+        The anchor's vote says whether our token was used before. If it was, by a transaction
+        with our content, the answer is that transaction's outcome, not our refusal: a client
+        retrying after an ambiguous answer must learn that its first attempt committed
+        (simulator seed 122 found a retry told "cancelled" after its first attempt committed).
+        The wait is bounded by the anchor call's deadline.
+        """
+        if self.token is not None and self._anchor_pending:
+            self._refusal_waiting = True
+            return []
+        if self._machine.state is WriteState.DECIDING:
+            return []
+        return self._decide(TxnState.CANCELLED, now_us)
 
     def _refused(self, partition: PartitionId, outcomes: Sequence[OpOutcome], message: str) -> None:
         """Record a partition's reasons; invent one per op when it gave none."""
@@ -370,7 +396,12 @@ class WriteTxn:
             outcomes = (_conflict(LOST_TO_RECOVERY),) * len(self.ops)
         else:
             outcomes = tuple(self._outcomes)
-        effects = self._answer(self._error(ErrorCode.TransactionCanceled, outcomes))
+        error = ErrorCode.TransactionCanceled
+        if self.token is not None and not self._anchor_answered and not record.participants:
+            # The anchor never took our prepare (the record is a placeholder), so it never told
+            # us whether the token was used before: a first attempt may have committed.
+            error = ErrorCode.OutcomeUnknown
+        effects = self._answer(self._error(error, outcomes))
         return effects + fanout.start(now_us)
 
     def _decide_failed(self, now_us: int) -> list[WriteEffect]:

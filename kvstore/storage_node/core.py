@@ -179,13 +179,13 @@ class PartitionCore:
     # --- write transactions -------------------------------------------------------------
 
     def prepare(self, req: PrepareRequest, now_us: int) -> Step[PrepareReply]:
-        if self._too_far_ahead(req.ts, now_us):
-            refused = PrepareReply(txn_id=req.txn_id, accepted=False, error=ErrorCode.ClockSkew)
-            return Step(refused, False)
-        if req.ledger is not None:
+        if req.ledger is not None:  # before the skew check: a used token answers regardless
             early = self._anchor_precheck(req)
             if early is not None:
                 return Step(early, False)
+        if self._too_far_ahead(req.ts, now_us):
+            refused = PrepareReply(txn_id=req.txn_id, accepted=False, error=ErrorCode.ClockSkew)
+            return Step(refused, False)
         if self._holds_intents(req.txn_id, req.ops):
             return Step(
                 PrepareReply(txn_id=req.txn_id, accepted=True, outcomes=(_NONE,) * len(req.ops)),
@@ -221,6 +221,11 @@ class PartitionCore:
         recorded = self.store.get_ledger(req.txn_id)
         if recorded is not None:  # a duplicate of a request already answered
             return Step(self._execute_reply(recorded), False)
+        if req.token is not None:  # before the skew check: a used token answers regardless
+            hit = self._token_hit(req.token, req.txn_id, req.fingerprint)
+            if hit is not None:
+                reply = ExecuteReply(txn_id=req.txn_id, committed=False, token_hit=hit)
+                return Step(reply, False)
         if self._too_far_ahead(req.ts, now_us):
             # The refusal is final: record it, or a late duplicate arriving once this clock has
             # caught up would commit a transaction its client was told had failed.
@@ -228,11 +233,6 @@ class PartitionCore:
             return Step(
                 ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), True
             )
-        if req.token is not None:
-            hit = self._token_hit(req.token, req.txn_id, req.fingerprint)
-            if hit is not None:
-                reply = ExecuteReply(txn_id=req.txn_id, committed=False, token_hit=hit)
-                return Step(reply, False)
         results = [self._vote(op, req.txn_id, req.ts) for op in req.ops]
         committed = all(outcome is _NONE for outcome, _ in results)
         if committed:

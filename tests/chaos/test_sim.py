@@ -51,6 +51,8 @@ def test_the_run_does_not_depend_on_string_hashing() -> None:
 # does, so each bug also has a unit test in the core's own tests; these stay as a second net.
 REGRESSION_SEEDS = [
     (1855, "fail-but-committed: a ClockSkew refusal of a one-round txn, then a late duplicate"),
+    (122, "fail-but-committed: a token retry refused by a participant before the anchor's vote"),
+    (94, "fail-but-committed: a token retry refused with ClockSkew before the token check"),
 ]
 
 

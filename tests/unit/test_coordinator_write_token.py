@@ -194,3 +194,52 @@ def test_original_cancelled_by_recovery_gets_conflict_reasons() -> None:
     )
     assert [o.code for o in result.outcomes] == [ReasonCode.TRANSACTION_CONFLICT] * 2
     assert result.error is ErrorCode.TransactionCanceled
+
+
+# --- a refusal from another partition must not hide the anchor's token check -----------------
+
+REFUSED = PrepareReply(
+    txn_id=TXN,
+    accepted=False,
+    outcomes=(OpOutcome(code=ReasonCode.TRANSACTION_CONFLICT, message="pending"),),
+)
+
+
+def test_a_refusal_waits_for_the_anchor_vote_when_the_txn_has_a_token() -> None:
+    """Regression (simulator seed 122): a retry whose first attempt had committed got a
+    participant's refusal first, decided at once and told its client "cancelled"."""
+    txn = WriteTxn(TXN, TS, OPS, partition_of, T0, token="tok-1")
+    prepares = {s.request.partition: s for s in sends(txn.step_start(T0))}
+    assert txn.step_reply(prepares[P1].call_id, REFUSED, T0 + 5) == []
+    assert txn.state is WriteState.PREPARING
+    hit = PrepareReply(
+        txn_id=TXN, accepted=False, token_hit=TokenHit(txn_id=ORIGINAL, same_content=True)
+    )
+    effects = txn.step_reply(prepares[ANCHOR].call_id, hit, T0 + 10)
+    assert of_type(effects, DecideRequest) and of_type(effects, LedgerLookupRequest)
+    assert finishes(effects) == []
+    lookup = of_type(effects, LedgerLookupRequest)[0]
+    done = txn.step_reply(lookup.call_id, original(TxnState.COMMITTED, True), T0 + 20)
+    [answer] = finishes(done)
+    assert isinstance(answer, TxnResult) and answer.committed and answer.txn_id == ORIGINAL
+
+
+def test_without_a_token_a_refusal_decides_at_once() -> None:
+    txn = WriteTxn(TXN, TS, OPS, partition_of, T0)
+    prepares = {s.request.partition: s for s in sends(txn.step_start(T0))}
+    effects = txn.step_reply(prepares[P1].call_id, REFUSED, T0 + 5)
+    assert of_type(effects, DecideRequest)
+
+
+def test_a_tokened_cancel_the_anchor_never_voted_on_is_outcome_unknown() -> None:
+    """The anchor's call failed and the decision landed on a placeholder record: the token may
+    belong to a first attempt that committed, so "cancelled" would be a guess."""
+    txn = WriteTxn(TXN, TS, OPS, partition_of, T0, token="tok-1")
+    prepares = {s.request.partition: s for s in sends(txn.step_start(T0))}
+    assert txn.step_reply(prepares[P1].call_id, REFUSED, T0 + 5) == []
+    effects = txn.step_failed(prepares[ANCHOR].call_id, ErrorCode.Unavailable, T0 + 10)
+    [decide] = of_type(effects, DecideRequest)
+    placeholder = LedgerRecord(txn_id=TXN, ts=TS, state=TxnState.CANCELLED, participants=())
+    done = txn.step_reply(decide.call_id, LedgerReply(txn_id=TXN, record=placeholder), T0 + 20)
+    [answer] = finishes(done)
+    assert isinstance(answer, TxnResult) and answer.error is ErrorCode.OutcomeUnknown

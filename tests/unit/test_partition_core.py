@@ -347,6 +347,18 @@ def test_token_reuse_is_detected_with_same_or_other_content() -> None:
     assert found is not None and found.txn_id == "t1" and found.state is TxnState.COMMITTED
 
 
+def test_a_used_token_is_reported_even_when_the_retry_is_too_far_ahead() -> None:
+    """Regression (simulator seed 94): the first attempt committed, its reply was lost, and the
+    retry with the same token came from a clock running ahead: it was refused with ClockSkew
+    (a definite failure) instead of being pointed at the committed first attempt."""
+    p = Partition(PartitionConfig(max_clock_skew_ms=10))
+    p.now_us = 1_000_000
+    assert p.execute("t1", ts(10), put("a", 1), token="tok", fp="F1").committed
+    retry = p.execute("t2", ts(p.now_us + 10_001), put("a", 1), token="tok", fp="F1")
+    assert retry.error is None
+    assert retry.token_hit is not None and retry.token_hit.txn_id == "t1"
+
+
 # --- ledger records ---------------------------------------------------------------------------
 
 

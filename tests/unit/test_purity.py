@@ -9,7 +9,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE_MODULES = sorted(
-    [ROOT / "kvstore/storage_node/core.py", ROOT / "kvstore/storage_node/store.py"]
+    [
+        ROOT / "kvstore/storage_node/core.py",
+        ROOT / "kvstore/storage_node/store.py",
+        ROOT / "kvstore/storage_node/resolver.py",
+    ]
     + [p for p in (ROOT / "kvstore/coordinator").glob("*.py") if p.name != "__init__.py"]
     # Modules every core imports must be pure as well.
     + [
@@ -45,3 +49,18 @@ def test_the_check_can_fail(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import time\nfrom asyncio import sleep\n")
     assert imported_roots(bad) & FORBIDDEN == {"time", "asyncio"}
+
+
+def test_mutants_touch_the_environment_only_to_refuse_arming() -> None:
+    """``kvstore.mutants`` (imported by every core) reads ``os.environ`` and nothing else."""
+    path = ROOT / "kvstore/mutants.py"
+    assert imported_roots(path) & FORBIDDEN == {"os"}
+    tree = ast.parse(path.read_text())
+    uses = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+    }
+    assert uses == {"environ"}
