@@ -148,6 +148,12 @@ def serial_histories(draw: st.DrawFn, workload: str, max_txns: int = 6) -> Histo
 @st.composite
 def perturbed_histories(draw: st.DrawFn, workload: str) -> History:
     txns = draw(planned_txns(workload))
+    _perturb_reads(draw, txns, workload)
+    return build_history(txns, _layout(draw, len(txns), draw(st.booleans())))
+
+
+def _perturb_reads(draw: st.DrawFn, txns: list[Planned], workload: str) -> None:
+    """Change about a quarter of the ok transactions' reads to other values written to the key."""
     pools: dict[Any, list[Any]] = {}
     for t in txns:
         for f, k, v in t.mops:
@@ -157,7 +163,6 @@ def perturbed_histories(draw: st.DrawFn, workload: str) -> History:
         for mop in t.mops:
             if t.outcome == "ok" and draw(st.integers(0, 3)) == 0:
                 _perturb_read(draw, mop, pools.get(mop[1], []), workload)
-    return build_history(txns, _layout(draw, len(txns), draw(st.booleans())))
 
 
 def _ts_realtime_layout(draw: st.DrawFn, txns: list[Planned]) -> list[tuple[int, bool]]:
@@ -182,19 +187,12 @@ def ts_realtime_histories(draw: st.DrawFn, workload: str) -> History:
     oracle may keep or drop either. Read-only ``ok`` transactions may lack a ts.
     """
     txns = draw(planned_txns(workload))
-    pools: dict[Any, list[Any]] = {}
     for t in txns:
         if t.outcome == "info":
             t.outcome = "ok" if t.applied else "fail"
         read_only = all(f == "r" for f, _, _ in t.mops)
         t.no_ts = t.outcome != "ok" or (read_only and draw(st.booleans()))
-        for f, k, v in t.mops:
-            if f != "r":
-                pools.setdefault(k, []).append(v)
-    for t in txns:
-        for mop in t.mops:
-            if t.outcome == "ok" and draw(st.integers(0, 3)) == 0:
-                _perturb_read(draw, mop, pools.get(mop[1], []), workload)
+    _perturb_reads(draw, txns, workload)
     return build_history(txns, _ts_realtime_layout(draw, txns), with_ts=True)
 
 

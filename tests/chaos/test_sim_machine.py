@@ -50,7 +50,6 @@ class SimMachine(RuleBasedStateMachine):
     def build(self, workload: str) -> None:
         config = SimConfig(workload=workload, faults=False, mutants=self.mutants, clients=4)
         self.sim = Simulation(0, config)
-        self.sim.profile = dataclasses.replace(self.sim.profile, intent_stale_ms=300)
         for client in self.sim.clients:
             client.auto = False
 
