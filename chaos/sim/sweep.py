@@ -14,7 +14,6 @@ that survives its budget means the harness cannot see that bug: the hunt fails.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from chaos.sim.config import WORKLOADS, SimConfig
 from chaos.sim.simulation import SimResult, run_seed
-from kvstore.mutants import ARMING_ENV, ARMING_VALUE, NO_MUTANTS, Mutant, Mutants
+from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
 
 __all__ = [
     "SeedOutcome",
@@ -130,8 +129,10 @@ def sweep(
 
 
 def hunt(mutant: Mutant, budget: int = MUTANT_SEED_BUDGET, *, jobs: int = 1) -> SeedOutcome | None:
-    """Run seeds with ``mutant`` armed until one fails; ``None`` if none did within ``budget``."""
-    os.environ.setdefault(ARMING_ENV, ARMING_VALUE)
+    """Run seeds with ``mutant`` armed until one fails; ``None`` if none did within ``budget``.
+
+    The caller must have allowed arming (``KVSTORE_MUTANTS``); workers inherit its environment.
+    """
     workloads = MUTANT_WORKLOADS[mutant]
     batch = max(1, jobs) * 4
     for first in range(0, budget, batch):

@@ -185,7 +185,11 @@ class PartitionCore:
                 return Step(early, False)
         if self._too_far_ahead(req.ts, now_us):
             refused = PrepareReply(txn_id=req.txn_id, accepted=False, error=ErrorCode.ClockSkew)
-            return Step(refused, False)
+            if req.ledger is None:
+                return Step(refused, False)
+            # On the anchor the refusal is final and takes the token, as in ``execute``.
+            self._refuse_for_good(req.txn_id, req.ledger.token, req.ledger.fingerprint, now_us)
+            return Step(refused, True)
         if self._holds_intents(req.txn_id, req.ops):
             return Step(
                 PrepareReply(txn_id=req.txn_id, accepted=True, outcomes=(_NONE,) * len(req.ops)),
@@ -227,9 +231,7 @@ class PartitionCore:
                 reply = ExecuteReply(txn_id=req.txn_id, committed=False, token_hit=hit)
                 return Step(reply, False)
         if self._too_far_ahead(req.ts, now_us):
-            # The refusal is final: record it, or a late duplicate arriving once this clock has
-            # caught up would commit a transaction its client was told had failed.
-            self.store.put_ledger(self._cancelled_placeholder(req.txn_id, now_us, ()))
+            self._refuse_for_good(req.txn_id, req.token, req.fingerprint, now_us)
             return Step(
                 ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), True
             )
@@ -467,6 +469,20 @@ class PartitionCore:
         )
         if ledger.token is not None:
             self._claim_token(ledger.token, ledger.txn_id, ledger.fingerprint, now_us)
+
+    def _refuse_for_good(
+        self, txn_id: TxnId, token: str | None, fingerprint: str | None, now_us: int
+    ) -> None:
+        """Record a refusal as CANCELLED, and let it take the token if the token is free.
+
+        Without the record, a late duplicate arriving once this clock has caught up would commit
+        a transaction its client was told had failed (simulator seed 1855). Without the token, an
+        earlier attempt with the same token still in flight would commit after its retry was
+        told "failed" (seed 708).
+        """
+        self.store.put_ledger(self._cancelled_placeholder(txn_id, now_us, ()))
+        if token is not None:
+            self._claim_token(token, txn_id, fingerprint, now_us)
 
     def _claim_token(self, token: str, txn_id: TxnId, fingerprint: str | None, now_us: int) -> None:
         if self.store.get_token(token) is None:

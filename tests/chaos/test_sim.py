@@ -53,6 +53,7 @@ REGRESSION_SEEDS = [
     (1855, "fail-but-committed: a ClockSkew refusal of a one-round txn, then a late duplicate"),
     (122, "fail-but-committed: a token retry refused by a participant before the anchor's vote"),
     (94, "fail-but-committed: a token retry refused with ClockSkew before the token check"),
+    (708, "fail-but-committed: a retry refused for skew while its first attempt was in flight"),
 ]
 
 

@@ -347,6 +347,20 @@ def test_token_reuse_is_detected_with_same_or_other_content() -> None:
     assert found is not None and found.txn_id == "t1" and found.state is TxnState.COMMITTED
 
 
+def test_a_clock_skew_refusal_takes_the_token_from_an_attempt_still_in_flight() -> None:
+    """Regression (simulator seed 708): a retry overtook its slow first attempt and was refused
+    for clock skew; the first attempt then arrived and committed, though the client had been
+    told the operation failed. The refusal must take the token so the first attempt cannot."""
+    p = Partition(PartitionConfig(max_clock_skew_ms=10))
+    p.now_us = 1_000_000
+    retry = p.execute("t2", ts(p.now_us + 10_001), put("a", 1), token="tok", fp="F1")
+    assert retry.error is ErrorCode.ClockSkew
+    late_first = p.execute("t1", ts(10), put("a", 1), token="tok", fp="F1")
+    assert not late_first.committed
+    assert late_first.token_hit is not None and late_first.token_hit.txn_id == "t2"
+    assert p.get("a") is None
+
+
 def test_a_used_token_is_reported_even_when_the_retry_is_too_far_ahead() -> None:
     """Regression (simulator seed 94): the first attempt committed, its reply was lost, and the
     retry with the same token came from a clock running ahead: it was refused with ClockSkew
