@@ -188,8 +188,10 @@ class PartitionCore:
             if req.ledger is None:
                 return Step(refused, False)
             # On the anchor the refusal is final and takes the token, as in ``execute``.
-            self._refuse_for_good(req.txn_id, req.ledger.token, req.ledger.fingerprint, now_us)
-            return Step(refused, True)
+            wrote = self._refuse_for_good(
+                req.txn_id, req.ledger.token, req.ledger.fingerprint, now_us
+            )
+            return Step(refused, wrote)
         if self._holds_intents(req.txn_id, req.ops):
             return Step(
                 PrepareReply(txn_id=req.txn_id, accepted=True, outcomes=(_NONE,) * len(req.ops)),
@@ -231,9 +233,9 @@ class PartitionCore:
                 reply = ExecuteReply(txn_id=req.txn_id, committed=False, token_hit=hit)
                 return Step(reply, False)
         if self._too_far_ahead(req.ts, now_us):
-            self._refuse_for_good(req.txn_id, req.token, req.fingerprint, now_us)
+            wrote = self._refuse_for_good(req.txn_id, req.token, req.fingerprint, now_us)
             return Step(
-                ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), True
+                ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), wrote
             )
         results = [self._vote(op, req.txn_id, req.ts) for op in req.ops]
         committed = all(outcome is _NONE for outcome, _ in results)
@@ -472,17 +474,22 @@ class PartitionCore:
 
     def _refuse_for_good(
         self, txn_id: TxnId, token: str | None, fingerprint: str | None, now_us: int
-    ) -> None:
+    ) -> bool:
         """Record a refusal as CANCELLED, and let it take the token if the token is free.
 
         Without the record, a late duplicate arriving once this clock has caught up would commit
         a transaction its client was told had failed (simulator seed 1855). Without the token, an
         earlier attempt with the same token still in flight would commit after its retry was
-        told "failed" (seed 708).
+        told "failed" (seed 708). A record that exists already (a duplicate prepare of a
+        transaction still PREPARING) is left alone: only its coordinator or its deadline decides
+        it. Returns whether it wrote.
         """
+        if self.store.get_ledger(txn_id) is not None:
+            return False
         self.store.put_ledger(self._cancelled_placeholder(txn_id, now_us, ()))
         if token is not None:
             self._claim_token(token, txn_id, fingerprint, now_us)
+        return True
 
     def _claim_token(self, token: str, txn_id: TxnId, fingerprint: str | None, now_us: int) -> None:
         if self.store.get_token(token) is None:

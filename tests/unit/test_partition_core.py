@@ -361,6 +361,23 @@ def test_a_clock_skew_refusal_takes_the_token_from_an_attempt_still_in_flight() 
     assert p.get("a") is None
 
 
+def test_an_anchor_clock_skew_refusal_is_final_but_spares_a_preparing_record() -> None:
+    p = Partition(PartitionConfig(max_clock_skew_ms=10))
+    p.now_us = 1_000_000
+    far = ts(p.now_us + 10_001)
+    assert p.prepare("t1", far, put("x", 1), anchor=True, token="tok").error is ErrorCode.ClockSkew
+    record = p.core.store.get_ledger(TxnId("t1"))
+    assert record is not None and record.state is TxnState.CANCELLED
+    found = p.core.lookup_token(TokenLookupRequest(partition=P0, token="tok")).reply.record
+    assert found is not None and found.txn_id == "t1"
+    # A duplicate of an accepted prepare, refused after this clock jumped back, decides nothing.
+    assert p.prepare("t2", ts(p.now_us), put("y", 1), anchor=True).accepted
+    p.now_us = 0
+    assert p.prepare("t2", ts(1_000_000), put("y", 1), anchor=True).error is ErrorCode.ClockSkew
+    kept = p.core.store.get_ledger(TxnId("t2"))
+    assert kept is not None and kept.state is TxnState.PREPARING
+
+
 def test_a_used_token_is_reported_even_when_the_retry_is_too_far_ahead() -> None:
     """Regression (simulator seed 94): the first attempt committed, its reply was lost, and the
     retry with the same token came from a clock running ahead: it was refused with ClockSkew
