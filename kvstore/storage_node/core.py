@@ -434,8 +434,17 @@ class PartitionCore:
         return ts.physical_us > now_us + self.config.max_clock_skew_ms * _US_PER_MS
 
     def _anchor_precheck(self, req: PrepareRequest) -> PrepareReply | None:
-        """On the anchor: an already-decided record or a reused token answers at once."""
+        """On the anchor: a reused token or an already-decided record answers at once.
+
+        The token comes first: our own record may be a CANCELLED placeholder that a participant's
+        stale-intent resolution inserted before this prepare arrived, and the client must still
+        learn that an earlier attempt with its token committed (simulator seed 7291).
+        """
         assert req.ledger is not None
+        if req.ledger.token is not None:
+            hit = self._token_hit(req.ledger.token, req.txn_id, req.ledger.fingerprint)
+            if hit is not None:
+                return PrepareReply(txn_id=req.txn_id, accepted=False, token_hit=hit)
         record = self.store.get_ledger(req.txn_id)
         if record is not None:
             if record.state is TxnState.COMMITTED:
@@ -448,11 +457,6 @@ class PartitionCore:
                     accepted=False,
                     outcomes=(_ALREADY_CANCELLED,) * len(req.ops),
                 )
-            return None
-        if req.ledger.token is not None:
-            hit = self._token_hit(req.ledger.token, req.txn_id, req.ledger.fingerprint)
-            if hit is not None:
-                return PrepareReply(txn_id=req.txn_id, accepted=False, token_hit=hit)
         return None
 
     def _create_record(self, ledger: LedgerRecord, now_us: int) -> None:

@@ -54,6 +54,7 @@ REGRESSION_SEEDS = [
     (122, "fail-but-committed: a token retry refused by a participant before the anchor's vote"),
     (94, "fail-but-committed: a token retry refused with ClockSkew before the token check"),
     (708, "fail-but-committed: a retry refused for skew while its first attempt was in flight"),
+    (7291, "fail-but-committed: a retry's anchor said 'already cancelled' before its token"),
 ]
 
 

@@ -378,6 +378,19 @@ def test_an_anchor_clock_skew_refusal_is_final_but_spares_a_preparing_record() -
     assert kept is not None and kept.state is TxnState.PREPARING
 
 
+def test_a_used_token_is_reported_even_when_the_retry_was_already_cancelled() -> None:
+    """Regression (simulator seed 7291): the retry's prepare reached the anchor after a
+    participant's stale-intent resolution had inserted a CANCELLED record for it; the anchor
+    answered "already cancelled" and hid that the first attempt with the token had committed."""
+    p = Partition()
+    assert p.prepare("t1", ts(10), put("x", 1), anchor=True, token="tok").accepted
+    p.core.decide(DecideRequest(partition=P0, txn_id=TxnId("t1"), decision=TxnState.COMMITTED), 0)
+    resolve = LedgerLookupRequest(partition=P0, txn_id=TxnId("t2"), resolve=True)
+    assert p.core.lookup_ledger(resolve, p.now_us).reply.record is not None
+    retry = p.prepare("t2", ts(20), put("x", 1), anchor=True, token="tok")
+    assert retry.token_hit is not None and retry.token_hit.txn_id == "t1"
+
+
 def test_a_used_token_is_reported_even_when_the_retry_is_too_far_ahead() -> None:
     """Regression (simulator seed 94): the first attempt committed, its reply was lost, and the
     retry with the same token came from a clock running ahead: it was refused with ClockSkew
