@@ -50,6 +50,7 @@ __all__ = ["Actor", "Host", "NodeHost", "CoordinatorHost", "EPOCH_US", "TICK_US"
 EPOCH_US = 1_800_000_000_000_000  # virtual time 0 on every local clock (a 2027 wall clock)
 TICK_US = 10_000
 MAINTAIN_US = 200_000
+ORIGIN_STRIDE = 1 << 16  # origins of one host's incarnations, far apart from other hosts'
 LEDGER_SCAN_MAX = 100_000
 
 
@@ -75,11 +76,17 @@ class Host:
         self.trace = trace
         self.up = True
         self.incarnation = 0
+        self.origin = 0  # set by the subclass
         self.offset_us = 0
         self._actors: dict[int, tuple[Actor, Callable[[Any], None]]] = {}
         self._next_actor = 0
         self._tick_scheduled = False
         net.hosts[name] = self
+
+    def origin_now(self) -> int:
+        """This incarnation's clock origin: a restarted process draws a new one, as
+        ``process_clock`` does, or its fresh clock could reissue a timestamp (seed 8056)."""
+        return self.origin + ORIGIN_STRIDE * self.incarnation
 
     def local_now(self) -> int:
         now_us = EPOCH_US + self.loop.now_us + self.offset_us
@@ -197,7 +204,7 @@ class NodeHost(Host):
         self.cores = {
             pid: PartitionCore(pid, store, self.config) for pid, store in self.stores.items()
         }
-        self.clock = HybridClock(self.local_now, self.origin)
+        self.clock = HybridClock(self.local_now, self.origin_now())
         incarnation = self.incarnation
         self.loop.after(MAINTAIN_US, lambda: self._maintain(incarnation))
 
@@ -334,7 +341,7 @@ class CoordinatorHost(Host):
         self._boot()
 
     def _boot(self) -> None:
-        self.clock = HybridClock(self.local_now, self.origin, mutants=self.mutants)
+        self.clock = HybridClock(self.local_now, self.origin_now(), mutants=self.mutants)
 
     def restart(self) -> None:
         super().restart()

@@ -55,6 +55,7 @@ REGRESSION_SEEDS = [
     (94, "fail-but-committed: a token retry refused with ClockSkew before the token check"),
     (708, "fail-but-committed: a retry refused for skew while its first attempt was in flight"),
     (7291, "fail-but-committed: a retry's anchor said 'already cancelled' before its token"),
+    (8056, "duplicate-ts: a restarted coordinator's fresh clock reissued a timestamp (sim fix)"),
 ]
 
 
