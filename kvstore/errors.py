@@ -99,6 +99,11 @@ class ErrorCode(enum.Enum):
     def retryable(self) -> bool:
         return self.value.retryable
 
+    @property
+    def ambiguous(self) -> bool:
+        """The operation may or may not have taken effect (the 3xxx class)."""
+        return self.value.number // 1000 == 3
+
     @classmethod
     def from_name(cls, name: str) -> ErrorCode:
         """The code for a wire name; unknown names become ``InternalError``."""

@@ -10,7 +10,8 @@ anomaly. The cores consult a :class:`Mutants` value (``PartitionConfig.mutants``
 Arming is made impossible by accident: :meth:`Mutants.arm` refuses unless the process
 environment holds ``KVSTORE_MUTANTS=i-want-a-broken-store`` (the chaos commands set it for their
 own process only), no configuration file format has a field for mutants, and the services refuse
-to start with any mutant armed (a check each service makes at start-up). The constructor itself
+to start with any mutant armed (a check each service must make at start-up; the services do
+not exist yet). The constructor itself
 checks the environment whenever the set is not empty, so there is no way around it, and a
 ``Mutants`` value cannot be changed once built.
 """

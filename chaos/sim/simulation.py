@@ -123,12 +123,10 @@ class Client:
             self._complete(invoke, stop.value)
             return
         sim = self.sim
-        live = [c for c in sim.coordinators if c.up] or sim.coordinators  # clients fail over
-        coordinator = sim.coordinators[0] if self.final else sim.rng.choice(live)
-
         if isinstance(step, Write):
             self._submit_write(invoke, script, step, 1)
             return
+        coordinator = self._coordinator()
 
         def deliver(result: Any) -> None:
             sim.loop.after(CLIENT_LINK_US, lambda: self._step(invoke, script, result))
@@ -146,11 +144,17 @@ class Client:
 
         sim.loop.after(CLIENT_LINK_US, submit)
 
+    def _coordinator(self) -> CoordinatorHost:
+        """Final reads use the first coordinator; others pick a live one (clients fail over)."""
+        sim = self.sim
+        if self.final:
+            return sim.coordinators[0]
+        return sim.rng.choice([c for c in sim.coordinators if c.up] or sim.coordinators)
+
     def _submit_write(self, invoke: Op, script: Script, step: Write, attempt: int) -> None:
         """Send a write; with a token, retry an ambiguous answer (as the SDK will)."""
         sim = self.sim
-        live = [c for c in sim.coordinators if c.up] or sim.coordinators
-        coordinator = sim.coordinators[0] if self.final else sim.rng.choice(live)
+        coordinator = self._coordinator()
 
         def retry_or(answer: Completion | TxnResult) -> None:
             if step.token is not None and attempt < TOKEN_ATTEMPTS_MAX:

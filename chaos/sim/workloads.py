@@ -26,7 +26,7 @@ catalogue calls ambiguous (3xxx) completes ``info``; any other error ``fail``.
 from __future__ import annotations
 
 import random
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,16 +73,12 @@ TOKEN_SHARE = 0.5
 Script = Generator[Read | Write, Any, Completion]
 
 
-def _ambiguous(error: ErrorCode) -> bool:
-    return error.number // 1000 == 3
-
-
 def write_completion(result: TxnResult, value: Any) -> Completion:
     """How a write step's result is recorded."""
     if result.committed:
         return Completion("ok", value, ts=tuple(result.ts), txn_id=result.txn_id)
     error = result.error or ErrorCode.TransactionCanceled
-    kind = "info" if _ambiguous(error) else "fail"
+    kind = "info" if error.ambiguous else "fail"
     return Completion(kind, value, txn_id=result.txn_id, error=error.name)
 
 
@@ -313,7 +309,3 @@ def make_workload(name: str, keys: int, bank_total: int) -> Workload:
     if name == "bank":
         return Bank(keys, bank_total)
     raise ValueError(f"unknown workload {name!r}")
-
-
-def keys_of(ops: Sequence[Op]) -> list[str]:
-    return [op.key for op in ops]

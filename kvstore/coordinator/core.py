@@ -323,8 +323,6 @@ class WriteTxn:
         if self.token is not None and self._anchor_pending:
             self._refusal_waiting = True
             return []
-        if self._machine.state is WriteState.DECIDING:
-            return []
         return self._decide(TxnState.CANCELLED, now_us)
 
     def _refused(self, partition: PartitionId, outcomes: Sequence[OpOutcome], message: str) -> None:

@@ -71,3 +71,10 @@ def test_reason_codes_take_retryable_from_the_catalogue() -> None:
             assert reason.retryable is ErrorCode[reason.value].retryable
     assert ReasonCode.TRANSACTION_CONFLICT.retryable
     assert not ReasonCode.CONDITION_FAILED.retryable
+
+
+def test_ambiguous_is_exactly_the_3xxx_class() -> None:
+    ambiguous = {code for code in ErrorCode if code.ambiguous}
+    assert ambiguous == {code for code in ErrorCode if 3000 <= code.number < 4000}
+    assert ErrorCode.OutcomeUnknown in ambiguous
+    assert ErrorCode.TransactionCanceled not in ambiguous
