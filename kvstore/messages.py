@@ -14,6 +14,7 @@ Write transaction, multi-partition (DESIGN section 6):
   ``CancelRequest`` to every participant until acknowledged, then ``CompleteRequest``.
 Write transaction, one partition: ``ExecuteRequest`` (prepare and apply in one round).
 Read-only transaction: ``ReadRequest`` rounds. Singletons: ``GetRequest``, ``WriteRequest``.
+Scans: ``ScanRequest`` pages, one partition at a time.
 Recovery: ``LedgerLookupRequest`` (optionally resolving an absent or expired record to
 CANCELLED), ``TokenLookupRequest``.
 """
@@ -55,6 +56,8 @@ __all__ = [
     "GetReply",
     "WriteRequest",
     "WriteReply",
+    "ScanRequest",
+    "ScanReply",
     "Request",
     "Reply",
 ]
@@ -297,6 +300,23 @@ class WriteReply:
     ts: Timestamp | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanRequest:
+    """One page of committed items with ``start <= key < end`` (``end=None``: no upper bound),
+    in key order. Intents are invisible, as to ``get``."""
+
+    partition: PartitionId
+    start: Key
+    end: Key | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanReply:
+    items: tuple[ItemView, ...]
+    next_start: Key | None  # where the next page starts; None when the range is exhausted
+
+
 Request = (
     PrepareRequest
     | ExecuteRequest
@@ -309,6 +329,7 @@ Request = (
     | ReadRequest
     | GetRequest
     | WriteRequest
+    | ScanRequest
 )
 Reply = (
     PrepareReply
@@ -320,4 +341,5 @@ Reply = (
     | ReadReply
     | GetReply
     | WriteReply
+    | ScanReply
 )

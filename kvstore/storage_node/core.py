@@ -64,6 +64,8 @@ from kvstore.messages import (
     ReasonCode,
     Reply,
     Request,
+    ScanReply,
+    ScanRequest,
     TokenHit,
     TokenLookupReply,
     TokenLookupRequest,
@@ -174,6 +176,8 @@ class PartitionCore:
                 return _widen(self.get(request))
             case WriteRequest():
                 return _widen(self.write(request, node_ts))
+            case ScanRequest():
+                return _widen(self.scan(request))
         raise ValidationError("request", f"unknown request type {type(request).__name__}")
 
     # --- write transactions -------------------------------------------------------------
@@ -361,6 +365,17 @@ class PartitionCore:
         row = self.store.get_item(req.key)
         item = None if row is None or not row.exists else _view(row)
         return Step(GetReply(item=item), False)
+
+    def scan(self, req: ScanRequest) -> Step[ScanReply]:
+        """A page of committed items in key order; never blocked by intents, like ``get``."""
+        limit = req.limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError("limit", f"must be a positive integer, got {limit!r}")
+        limit = min(limit, limits.SCAN_PAGE_ITEMS_MAX)
+        rows = self.store.scan_items(req.start, req.end, limit + 1)
+        items = tuple(_view(row) for row in rows[:limit])
+        next_start = rows[limit].key if len(rows) > limit else None
+        return Step(ScanReply(items=items, next_start=next_start), False)
 
     def write(self, req: WriteRequest, node_ts: Timestamp) -> Step[WriteReply]:
         """A singleton put/delete/update at ``max(node_ts, successor of the key's floor)``."""
