@@ -260,9 +260,7 @@ class NodeHost(Host):
         out: dict[str, int] = {}
         for store in self.stores.values():
             intents = store.intent_count()
-            open_records = sum(
-                1 for r in store.ledger_records(LEDGER_SCAN_MAX) if r.completed_us is None
-            )
+            open_records = len(store.open_ledger_records(LEDGER_SCAN_MAX))
             if intents:
                 out["intents"] = out.get("intents", 0) + intents
             if open_records:

@@ -420,20 +420,18 @@ class PartitionCore:
                 continue
             stale.setdefault(intent.txn_id, StaleIntent(txn_id=intent.txn_id, anchor=intent.anchor))
         to_drive: list[LedgerRecord] = []
-        for stored in self.store.ledger_records(limit):
+        for stored in self.store.open_ledger_records(limit):
             record = stored
             if record.state is TxnState.PREPARING and now_us >= record.deadline_us:
                 record = replace(record, state=TxnState.CANCELLED)
                 self.store.put_ledger(record)
                 wrote = True
-            if record.state is TxnState.PREPARING:
-                continue
-            if record.completed_us is None:
-                if record.created_us <= cutoff_us:
-                    to_drive.append(record)
-            elif now_us - record.completed_us >= self.config.ledger_retention_ms * _US_PER_MS:
-                self.store.delete_ledger(record.txn_id)
-                wrote = True
+            if record.state is not TxnState.PREPARING and record.created_us <= cutoff_us:
+                to_drive.append(record)
+        retention_us = self.config.ledger_retention_ms * _US_PER_MS
+        for record in self.store.ledger_completed_before(now_us - retention_us + 1, limit):
+            self.store.delete_ledger(record.txn_id)
+            wrote = True
         window_us = self.config.idempotency_window_ms * _US_PER_MS
         for token in self.store.tokens_created_before(now_us - window_us, limit):
             self.store.delete_token(token.token)

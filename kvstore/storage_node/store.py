@@ -85,7 +85,10 @@ class PartitionStore(Protocol):
     def get_item(self, key: Key) -> ItemRow | None: ...
     def put_item(self, row: ItemRow) -> None: ...
     def delete_item(self, key: Key) -> None: ...
-    def tombstones(self, limit: int) -> list[ItemRow]: ...
+    def tombstones(self, limit: int) -> list[ItemRow]:
+        """Rows with ``exists=False``, oldest ``max(write_ts, read_ts).physical_us`` first."""
+        ...
+
     def scan_items(self, start: Key, end: Key | None, limit: int) -> list[ItemRow]: ...
 
     def get_intent(self, key: Key) -> Intent | None: ...
@@ -101,7 +104,14 @@ class PartitionStore(Protocol):
     def get_ledger(self, txn_id: TxnId) -> LedgerRecord | None: ...
     def put_ledger(self, record: LedgerRecord) -> None: ...
     def delete_ledger(self, txn_id: TxnId) -> None: ...
-    def ledger_records(self, limit: int) -> list[LedgerRecord]: ...
+    def open_ledger_records(self, limit: int) -> list[LedgerRecord]:
+        """Records not yet acknowledged by every participant (``completed_us is None``), oldest
+        ``created_us`` first."""
+        ...
+
+    def ledger_completed_before(self, completed_us: int, limit: int) -> list[LedgerRecord]:
+        """Completed records with ``completed_us`` below the bound, oldest first."""
+        ...
 
     def get_token(self, token: str) -> TokenRow | None: ...
     def put_token(self, row: TokenRow) -> None: ...
@@ -233,8 +243,22 @@ class MemoryStore:
     def delete_ledger(self, txn_id: TxnId) -> None:
         self._ledger.delete(txn_id)
 
-    def ledger_records(self, limit: int) -> list[LedgerRecord]:
-        records = sorted(self._ledger.values(), key=lambda r: (r.created_us, r.txn_id))
+    def open_ledger_records(self, limit: int) -> list[LedgerRecord]:
+        records = sorted(
+            (r for r in self._ledger.values() if r.completed_us is None),
+            key=lambda r: (r.created_us, r.txn_id),
+        )
+        return records[:limit]
+
+    def ledger_completed_before(self, completed_us: int, limit: int) -> list[LedgerRecord]:
+        records = sorted(
+            (
+                r
+                for r in self._ledger.values()
+                if r.completed_us is not None and r.completed_us < completed_us
+            ),
+            key=lambda r: (r.completed_us or 0, r.txn_id),
+        )
         return records[:limit]
 
     # tokens

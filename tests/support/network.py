@@ -157,7 +157,7 @@ class Network:
         )
 
     def _undriven(self, core: PartitionCore) -> list[LedgerRecord]:
-        return [r for r in core.store.ledger_records(10_000) if r.completed_us is None]
+        return core.store.open_ledger_records(10_000)
 
     def _maintain(self) -> None:
         for pid, core in self.cores.items():
