@@ -45,6 +45,18 @@ __all__ = [
     "GC_ITEMS_PER_TICK_MAX",
     "STALE_INTENTS_PER_TICK_MAX",
     "SCAN_PAGE_ITEMS_MAX",
+    "RPC_PROTOCOL_VERSION",
+    "RPC_FRAME_BYTES_MAX",
+    "RPC_CALLS_IN_FLIGHT_MAX",
+    "RPC_SERVER_CALLS_IN_FLIGHT_MAX",
+    "RPC_CONNECT_TIMEOUT_MS",
+    "RPC_BACKOFF_BASE_MS",
+    "RPC_BACKOFF_MAX_MS",
+    "PARTITION_QUEUE_MAX",
+    "FLUSH_WRITES_MAX",
+    "SQLITE_CACHE_KIB",
+    "MAINTAIN_INTERVAL_MS",
+    "BACKGROUND_ACTORS_MAX",
 ]
 
 # --- data model (DESIGN section 3) ---------------------------------------------------------
@@ -89,6 +101,22 @@ GC_ITEMS_PER_TICK_MAX: Final = 1_000  # tombstones / ledger records / tokens exp
 STALE_INTENTS_PER_TICK_MAX: Final = 100  # stale intents a partition reports per tick.
 SCAN_PAGE_ITEMS_MAX: Final = 1_000  # items in one scan page.
 
+# --- internal RPC (DESIGN section 2) ----------------------------------------------------------
+RPC_PROTOCOL_VERSION: Final = 1  # checked in the handshake; bump on any incompatible change.
+RPC_FRAME_BYTES_MAX: Final = 2 * TXN_BYTES_MAX  # one WebSocket message; refused before decoding.
+RPC_CALLS_IN_FLIGHT_MAX: Final = 4_096  # calls a client has outstanding on one connection.
+RPC_SERVER_CALLS_IN_FLIGHT_MAX: Final = 4_096  # calls a server runs at once for one connection.
+RPC_CONNECT_TIMEOUT_MS: Final = 1_000  # connecting plus the handshake.
+RPC_BACKOFF_BASE_MS: Final = 10  # first reconnect delay (full jitter below the cap).
+RPC_BACKOFF_MAX_MS: Final = 1_000  # reconnect delay cap.
+
+# --- storage node (DESIGN section 8) -------------------------------------------------------
+PARTITION_QUEUE_MAX: Final = 2_048  # requests waiting on one partition; beyond: Overloaded.
+FLUSH_WRITES_MAX: Final = 4_096  # buffered row writes that start a flush without waiting.
+SQLITE_CACHE_KIB: Final = 2_048  # page cache per SQLite connection.
+MAINTAIN_INTERVAL_MS: Final = 200  # background maintenance tick of a node.
+BACKGROUND_ACTORS_MAX: Final = 1_024  # stale-intent resolutions and recoveries a node runs at once.
+
 # Relations that must hold; checked at import.
 assert TXN_OPS_MAX_DEFAULT <= TXN_OPS_MAX_CEILING
 assert VALUE_BYTES_MAX < TXN_BYTES_MAX
@@ -96,3 +124,5 @@ assert PREPARE_DEADLINE_MS < INTENT_STALE_MS < LEDGER_DECISION_DEADLINE_MS
 assert LEDGER_RETENTION_MS >= IDEMPOTENCY_WINDOW_MS
 assert RESEND_INTERVAL_MS < FINISH_DEADLINE_MS
 assert PATH_SEGMENTS_MAX <= VALUE_DEPTH_MAX
+assert TXN_BYTES_MAX < RPC_FRAME_BYTES_MAX
+assert RPC_BACKOFF_BASE_MS <= RPC_BACKOFF_MAX_MS
