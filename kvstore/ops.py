@@ -91,17 +91,21 @@ _OP_MEMBERS: dict[OpKind, frozenset[str]] = {
 }
 
 
+_OP_KINDS = frozenset(kind.value for kind in OpKind)
+
+
 def op_from_json(obj: object, field: str = "op") -> Op:
     """Parse and validate one operation object of the public API."""
     if not isinstance(obj, Mapping):
         raise ValidationError(field, "an operation must be an object")
     kind_name = obj.get("op")
-    try:
-        kind = OpKind(str(kind_name))
-    except ValueError:
+    if not isinstance(kind_name, str) or kind_name not in _OP_KINDS:
+        # Never repr() an arbitrary value here: a deeply nested one would recurse without end.
+        shown = repr(kind_name)[:40] if isinstance(kind_name, str) else type(kind_name).__name__
         raise ValidationError(
-            f"{field}.op", f"unknown operation {kind_name!r}; expected put, delete, update, check"
-        ) from None
+            f"{field}.op", f"unknown operation {shown}; expected put, delete, update, check"
+        )
+    kind = OpKind(kind_name)
     unknown = sorted(str(k) for k in obj if k not in _OP_MEMBERS[kind])
     if unknown:
         raise ValidationError(f"{field}.{unknown[0]}", f"unknown member of a {kind} operation")

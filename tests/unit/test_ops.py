@@ -100,3 +100,11 @@ def test_bad_tokens_are_refused(token: object) -> None:
 
 def test_good_token() -> None:
     assert validate_token("order-42 retry") == "order-42 retry"
+
+
+def test_a_deeply_nested_op_name_is_a_validation_error_not_a_recursion_error() -> None:
+    nested: object = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(ValidationError, match="unknown operation list"):
+        op_from_json({"op": nested, "key": "k"})

@@ -22,7 +22,7 @@ CORE_MODULES = sorted(
     ]
 )
 FORBIDDEN = {"asyncio", "sqlite3", "time", "random", "os", "socket", "aiohttp", "threading"}
-SERVICE_MODULES = {"service.py", "http_api.py", "server.py", "main.py", "__main__.py"}
+SERVICE_MODULES = {"service.py", "http_api.py", "server.py", "main.py", "__main__.py", "driver.py"}
 
 
 def imported_roots(path: Path) -> set[str]:

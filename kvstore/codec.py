@@ -1,0 +1,921 @@
+"""Internal messages to and from msgpack primitives, for the RPC wire and for SQLite records.
+
+Theory of operation
+-------------------
+Every request and reply of :mod:`kvstore.messages` has one encoder and one decoder here, kept
+in tables keyed by class and by wire method name. Encoders produce only ``None``, ``bool``,
+``int``, ``float``, ``str``, ``bytes``, ``list`` and ``dict`` with ``str`` keys; the transport
+packs those with msgpack and the storage node stores ledger records the same way.
+
+Forms: a dataclass is an object whose members are its field names; a member whose value is
+the field's default may be left out (encoders leave out ``outcomes=()``, ``error=None`` and the
+like to keep frames small) and decoders fill the default back in. A :class:`Timestamp` is the
+list ``[physical_us, logical, origin]``; tuples are lists; ``ReasonCode`` and ``TxnState`` are
+their string values; an ``ErrorCode`` is its member name; an ``Op`` is the public JSON form of
+:func:`kvstore.ops.op_to_json`, so outside data has one parser.
+
+Decoders face whatever a peer or a damaged database sends, so they are strict and total: any
+malformed input (wrong type, missing or unknown member, out-of-range integer, bool where an
+integer belongs, unknown method) raises :class:`ValidationError` naming the offending field by
+its dotted path (``ops[2].key``, ``ledger.ts``, ``entries[0].value.a``) and nothing else ever
+escapes. Nothing is recursive beyond the fixed nesting of the messages themselves; values go
+through the iterative :func:`validate_value` and ops through :func:`op_from_json` (bounded), and
+every list is length-checked before its elements are looked at, so hostile input costs bounded
+work. Write transactions are checked as a whole by :func:`validate_txn_ops` at the ceiling
+``TXN_OPS_MAX_CEILING``; the configured, lower limit is the coordinator's business.
+
+Ranges: partition ids ``0..PARTITIONS_MAX-1``; versions ``0..2**63-1`` (SQLite INTEGER);
+timestamp parts, microsecond times and counts ``0..2**64-1``; transaction ids and fingerprints
+at most 128 characters; lists at most their limit (ops and outcomes ``TXN_OPS_MAX_CEILING``,
+read keys and entries ``READ_KEYS_MAX``, scan items ``SCAN_PAGE_ITEMS_MAX``).
+
+This is the hot path of every internal call, so the functions are plain and explicit: no
+reflection at run time, one subset test of an object's member names against its precomputed
+shape, ``type(x) is int`` checks (which also keep bools out), and a member's error path
+(``ledger.ts``) is formatted only once something is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias, TypeVar
+
+from kvstore import limits
+from kvstore.conditions import VERSION_MAX
+from kvstore.errors import ErrorCode, ValidationError
+from kvstore.messages import (
+    CancelReply,
+    CancelRequest,
+    CommitReply,
+    CommitRequest,
+    CompleteRequest,
+    DecideRequest,
+    ExecuteReply,
+    ExecuteRequest,
+    GetReply,
+    GetRequest,
+    ItemView,
+    LedgerLookupRequest,
+    LedgerRecord,
+    LedgerReply,
+    OpOutcome,
+    PrepareReply,
+    PrepareRequest,
+    ReadEntry,
+    ReadReply,
+    ReadRequest,
+    ReasonCode,
+    Reply,
+    Request,
+    ScanReply,
+    ScanRequest,
+    TokenHit,
+    TokenLookupReply,
+    TokenLookupRequest,
+    TxnState,
+    WriteReply,
+    WriteRequest,
+)
+from kvstore.ops import Op, op_from_json, op_to_json, validate_token, validate_txn_ops
+from kvstore.types import Key, PartitionId, Timestamp, TxnId, Value
+from kvstore.values import validate_key, validate_value
+
+__all__ = [
+    "METHODS",
+    "REPLY_OF",
+    "method_of",
+    "encode_request",
+    "decode_request",
+    "encode_reply",
+    "decode_reply",
+    "encode_timestamp",
+    "decode_timestamp",
+    "encode_ledger_record",
+    "decode_ledger_record",
+    "encode_op",
+    "decode_op",
+]
+
+_U64_MAX: Final = (1 << 64) - 1
+_TXN_ID_CHARS_MAX: Final = 128
+_FINGERPRINT_CHARS_MAX: Final = 128
+_NAME_SHOWN_CHARS: Final = 64  # of an unknown member's name, in an error's field
+_OUTCOMES_MAX: Final = limits.TXN_OPS_MAX_CEILING  # one per op
+
+_T = TypeVar("_T")
+_Obj: TypeAlias = dict[str, object]
+_Get = Callable[[_Obj, str, str], _T]  # (object, its field, member name) -> member value
+
+
+# --- wire forms ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The member names of one wire object: those it must have and all it may have."""
+
+    required: frozenset[str]
+    members: frozenset[str]
+
+
+def _shape(required: str, optional: str = "") -> _Shape:
+    names = frozenset(required.split())
+    return _Shape(names, names | frozenset(optional.split()))
+
+
+# The members each object must have, then those it may have. ``ts`` is a timestamp list,
+# ``ops`` / ``op`` are op_to_json forms, ``ledger`` / ``record`` a ledger record (``record`` may be
+# null), ``item`` an item view (may be null), ``outcomes`` a list of outcome objects.
+
+_ITEM: Final = _shape("key value version ts")
+_OUTCOME: Final = _shape("", "code message item")
+_LEDGER: Final = _shape(
+    "txn_id ts state participants", "created_us deadline_us token fingerprint outcomes completed_us"
+)
+_TOKEN_HIT: Final = _shape("txn_id same_content")
+_PREPARE: Final = _shape("partition txn_id ts ops anchor", "ledger")
+_EXECUTE: Final = _shape("partition txn_id ts ops", "token fingerprint")
+_TXN_CALL: Final = _shape("partition txn_id")  # commit, cancel, complete
+_DECIDE: Final = _shape("partition txn_id decision", "outcomes")
+_LEDGER_LOOKUP: Final = _shape("partition txn_id", "resolve")
+_TOKEN_LOOKUP: Final = _shape("partition token")
+_READ: Final = _shape("partition keys")
+_GET: Final = _shape("partition key")
+_WRITE: Final = _shape("partition op")
+_SCAN: Final = _shape("partition start end limit")  # end may be null
+_PREPARE_REPLY: Final = _shape("txn_id accepted", "outcomes error token_hit")
+_EXECUTE_REPLY: Final = _shape("txn_id committed", "outcomes error token_hit")
+_COMMIT_REPLY: Final = _shape("txn_id applied")
+_CANCEL_REPLY: Final = _shape("txn_id cleared")
+_LEDGER_REPLY: Final = _shape("txn_id record")
+_TOKEN_LOOKUP_REPLY: Final = _shape("token record")
+_READ_REPLY: Final = _shape("entries")
+_READ_ENTRY: Final = _shape("key exists value version ts pending")
+_GET_REPLY: Final = _shape("item")
+_WRITE_REPLY: Final = _shape("outcome", "existed version ts")
+_SCAN_REPLY: Final = _shape("items next_start")  # next_start may be null
+
+
+# --- members --------------------------------------------------------------------------------
+
+
+def _join(field: str, name: str) -> str:
+    return f"{field}.{name}" if field else name
+
+
+def _record(raw: object, field: str, shape: _Shape) -> _Obj:
+    """``raw`` as an object with all required and no unknown members."""
+    if not isinstance(raw, dict):
+        raise ValidationError(field or "body", f"must be an object, not {type(raw).__name__}")
+    keys = raw.keys()
+    if not (shape.required <= keys <= shape.members):
+        missing = sorted(shape.required.difference(keys))
+        if missing:
+            raise ValidationError(_join(field, missing[0]), "is required")
+        name = next(name for name in raw if name not in shape.members)
+        shown = name[:_NAME_SHOWN_CHARS] if isinstance(name, str) else f"<{type(name).__name__}>"
+        raise ValidationError(_join(field, shown), "unknown member")
+    return raw
+
+
+def _opt(obj: _Obj, field: str, name: str, get: _Get[_T]) -> _T | None:
+    """A member whose default is ``None`` (absent or ``None`` both mean the default)."""
+    return None if obj.get(name) is None else get(obj, field, name)
+
+
+def _or(obj: _Obj, field: str, name: str, get: _Get[_T], default: _T) -> _T:
+    """A member with a non-``None`` default: absent means the default."""
+    return get(obj, field, name) if name in obj else default
+
+
+def _list(obj: _Obj, field: str, name: str, most: int) -> list[object]:
+    value = obj[name]
+    if type(value) is not list:
+        raise ValidationError(_join(field, name), f"must be a list, not {type(value).__name__}")
+    if len(value) > most:
+        raise ValidationError(_join(field, name), f"at most {most} elements, got {len(value)}")
+    return value
+
+
+# --- scalar members -----------------------------------------------------------------------
+
+
+def _int_error(value: object, field: str, low: int, high: int) -> ValidationError:
+    if type(value) is not int:
+        return ValidationError(field, f"must be an integer, not {type(value).__name__}")
+    return ValidationError(field, f"must lie in {low}..{high}, got {value}")
+
+
+def _u64(obj: _Obj, field: str, name: str) -> int:
+    value = obj[name]
+    if type(value) is int and 0 <= value <= _U64_MAX:
+        return value
+    raise _int_error(value, _join(field, name), 0, _U64_MAX)
+
+
+def _version(obj: _Obj, field: str, name: str) -> int:
+    value = obj[name]
+    if type(value) is int and 0 <= value <= VERSION_MAX:
+        return value
+    raise _int_error(value, _join(field, name), 0, VERSION_MAX)
+
+
+def _partition_id(value: object, field: str) -> PartitionId:
+    if type(value) is int and 0 <= value < limits.PARTITIONS_MAX:
+        return PartitionId(value)
+    raise _int_error(value, field, 0, limits.PARTITIONS_MAX - 1)
+
+
+def _partition(obj: _Obj, field: str, name: str) -> PartitionId:
+    value = obj[name]
+    if type(value) is int and 0 <= value < limits.PARTITIONS_MAX:
+        return PartitionId(value)
+    return _partition_id(value, _join(field, name))
+
+
+def _bool(obj: _Obj, field: str, name: str) -> bool:
+    value = obj[name]
+    if type(value) is bool:
+        return value
+    raise ValidationError(_join(field, name), f"must be true or false, not {type(value).__name__}")
+
+
+def _str(obj: _Obj, field: str, name: str) -> str:
+    value = obj[name]
+    if type(value) is str:
+        return value
+    raise ValidationError(_join(field, name), f"must be a string, not {type(value).__name__}")
+
+
+def _txn_id(obj: _Obj, field: str, name: str) -> TxnId:
+    value = obj[name]
+    if type(value) is str and 0 < len(value) <= _TXN_ID_CHARS_MAX:
+        return TxnId(value)
+    raise ValidationError(
+        _join(field, name), f"a transaction id is a string of 1..{_TXN_ID_CHARS_MAX} characters"
+    )
+
+
+def _token(obj: _Obj, field: str, name: str) -> str:
+    value = obj[name]
+    if (  # printable ASCII is exactly " ".."~", what validate_token asks for, checked in C
+        type(value) is str
+        and 0 < len(value) <= limits.TOKEN_BYTES_MAX
+        and value.isascii()
+        and value.isprintable()
+    ):
+        return value
+    return validate_token(value, _join(field, name))
+
+
+def _fingerprint(obj: _Obj, field: str, name: str) -> str:
+    value = obj[name]
+    if type(value) is str and len(value) <= _FINGERPRINT_CHARS_MAX:
+        return value
+    raise ValidationError(
+        _join(field, name), f"a fingerprint is a string of at most {_FINGERPRINT_CHARS_MAX} chars"
+    )
+
+
+def _key_at(value: object, field: str) -> Key:
+    if type(value) is str and value.isascii() and 0 < len(value) <= limits.KEY_BYTES_MAX:
+        return value  # the common case, without formatting the field
+    return validate_key(value, field)
+
+
+def _key(obj: _Obj, field: str, name: str) -> Key:
+    value = obj[name]
+    if type(value) is str and value.isascii() and 0 < len(value) <= limits.KEY_BYTES_MAX:
+        return value
+    return validate_key(value, _join(field, name))
+
+
+def _scan_bound(obj: _Obj, field: str, name: str) -> Key:
+    """A scan bound: a key, or ``""`` for the start of the key space."""
+    return "" if obj[name] == "" else _key(obj, field, name)
+
+
+def _value(obj: _Obj, field: str, name: str) -> Value:
+    return validate_value(obj[name], _join(field, name))
+
+
+def _ts(obj: _Obj, field: str, name: str) -> Timestamp:
+    value = obj[name]
+    if type(value) is list and len(value) == 3:
+        physical_us, logical, origin = value
+        if (
+            type(physical_us) is int
+            and type(logical) is int
+            and type(origin) is int
+            and 0 <= physical_us <= _U64_MAX
+            and 0 <= logical <= _U64_MAX
+            and 0 <= origin <= _U64_MAX
+        ):
+            return Timestamp(physical_us, logical, origin)
+    return decode_timestamp(value, _join(field, name))  # raises, naming the bad part
+
+
+def _lookup(table: Mapping[str, _T], what: str) -> _Get[_T]:
+    """A member holding one of the names of ``table``."""
+
+    def get(obj: _Obj, field: str, name: str) -> _T:
+        value = obj[name]
+        found = table.get(value) if type(value) is str else None
+        if found is None:
+            raise ValidationError(_join(field, name), f"not {what}")
+        return found
+
+    return get
+
+
+_reason = _lookup({code.value: code for code in ReasonCode}, "a reason code")
+_txn_state = _lookup({state.value: state for state in TxnState}, "a transaction state")
+_error_code = _lookup(dict(ErrorCode.__members__), "an error code name")
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+def encode_timestamp(ts: Timestamp) -> list[int]:
+    return [ts.physical_us, ts.logical, ts.origin]
+
+
+def decode_timestamp(raw: object, field: str = "ts") -> Timestamp:
+    """``[physical_us, logical, origin]``, each an integer in ``0..2**64-1``."""
+    if type(raw) is not list or len(raw) != 3:
+        raise ValidationError(field, "a timestamp is a list [physical_us, logical, origin]")
+    for index, part in enumerate(raw):
+        if type(part) is not int or not 0 <= part <= _U64_MAX:
+            raise _int_error(part, f"{field}[{index}]", 0, _U64_MAX)
+    return Timestamp(raw[0], raw[1], raw[2])
+
+
+def encode_op(op: Op) -> dict[str, object]:
+    return op_to_json(op)
+
+
+def decode_op(raw: object, field: str = "op") -> Op:
+    # op_from_json formats an odd ``op`` member with repr(), which may recurse without bound.
+    if not isinstance(raw, dict):
+        raise ValidationError(field, f"an operation must be an object, not {type(raw).__name__}")
+    if type(raw.get("op")) is not str:
+        raise ValidationError(f"{field}.op", "expected one of put, delete, update, check")
+    return op_from_json(raw, field)
+
+
+def _txn_ops(obj: _Obj, field: str, name: str) -> tuple[Op, ...]:
+    raw = _list(obj, field, name, limits.TXN_OPS_MAX_CEILING)
+    where = _join(field, name)
+    ops = tuple(decode_op(item, f"{where}[{index}]") for index, item in enumerate(raw))
+    validate_txn_ops(ops, field=where, txn_ops_max=limits.TXN_OPS_MAX_CEILING)
+    return ops
+
+
+def _enc_item(item: ItemView) -> dict[str, object]:
+    return {"key": item.key, "value": item.value, "version": item.version, "ts": list(item.ts)}
+
+
+def _dec_item(raw: object, field: str) -> ItemView:
+    obj = _record(raw, field, _ITEM)
+    return ItemView(
+        key=_key(obj, field, "key"),
+        value=_value(obj, field, "value"),
+        version=_version(obj, field, "version"),
+        ts=_ts(obj, field, "ts"),
+    )
+
+
+def _item(obj: _Obj, field: str, name: str) -> ItemView:
+    return _dec_item(obj[name], _join(field, name))
+
+
+def _enc_outcome(outcome: OpOutcome) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if outcome.code is not ReasonCode.NONE:
+        out["code"] = outcome.code.value
+    if outcome.message:
+        out["message"] = outcome.message
+    if outcome.item is not None:
+        out["item"] = _enc_item(outcome.item)
+    return out
+
+
+def _enc_outcomes(outcomes: tuple[OpOutcome, ...]) -> list[object]:
+    return [_enc_outcome(outcome) for outcome in outcomes]
+
+
+def _dec_outcome(raw: object, field: str) -> OpOutcome:
+    obj = _record(raw, field, _OUTCOME)
+    return OpOutcome(
+        code=_or(obj, field, "code", _reason, ReasonCode.NONE),
+        message=_or(obj, field, "message", _str, ""),
+        item=_opt(obj, field, "item", _item),
+    )
+
+
+def _outcome(obj: _Obj, field: str, name: str) -> OpOutcome:
+    return _dec_outcome(obj[name], _join(field, name))
+
+
+def _outcomes(obj: _Obj, field: str, name: str) -> tuple[OpOutcome, ...]:
+    raw = _list(obj, field, name, _OUTCOMES_MAX)
+    where = _join(field, name)
+    return tuple(_dec_outcome(item, f"{where}[{index}]") for index, item in enumerate(raw))
+
+
+def encode_ledger_record(record: LedgerRecord) -> dict[str, object]:
+    out: dict[str, object] = {
+        "txn_id": record.txn_id,
+        "ts": list(record.ts),
+        "state": record.state.value,
+        "participants": list(record.participants),
+    }
+    if record.created_us:
+        out["created_us"] = record.created_us
+    if record.deadline_us:
+        out["deadline_us"] = record.deadline_us
+    if record.token is not None:
+        out["token"] = record.token
+    if record.fingerprint is not None:
+        out["fingerprint"] = record.fingerprint
+    if record.outcomes:
+        out["outcomes"] = _enc_outcomes(record.outcomes)
+    if record.completed_us is not None:
+        out["completed_us"] = record.completed_us
+    return out
+
+
+def decode_ledger_record(raw: object, field: str = "record") -> LedgerRecord:
+    obj = _record(raw, field, _LEDGER)
+    participants = _list(obj, field, "participants", limits.PARTITIONS_MAX)
+    where = _join(field, "participants")
+    return LedgerRecord(
+        txn_id=_txn_id(obj, field, "txn_id"),
+        ts=_ts(obj, field, "ts"),
+        state=_txn_state(obj, field, "state"),
+        participants=tuple(_partition_id(p, f"{where}[{i}]") for i, p in enumerate(participants)),
+        created_us=_or(obj, field, "created_us", _u64, 0),
+        deadline_us=_or(obj, field, "deadline_us", _u64, 0),
+        token=_opt(obj, field, "token", _token),
+        fingerprint=_opt(obj, field, "fingerprint", _fingerprint),
+        outcomes=_or(obj, field, "outcomes", _outcomes, ()),
+        completed_us=_opt(obj, field, "completed_us", _u64),
+    )
+
+
+def _ledger(obj: _Obj, field: str, name: str) -> LedgerRecord:
+    return decode_ledger_record(obj[name], _join(field, name))
+
+
+def _token_hit(obj: _Obj, field: str, name: str) -> TokenHit:
+    where = _join(field, name)
+    hit = _record(obj[name], where, _TOKEN_HIT)
+    return TokenHit(
+        txn_id=_txn_id(hit, where, "txn_id"), same_content=_bool(hit, where, "same_content")
+    )
+
+
+# --- requests -----------------------------------------------------------------------------
+# Decoders take (raw body, field of the body) and encoders one message; "" is the top level.
+
+
+def _enc_prepare(r: PrepareRequest) -> dict[str, object]:
+    out: dict[str, object] = {
+        "partition": r.partition,
+        "txn_id": r.txn_id,
+        "ts": list(r.ts),
+        "ops": [op_to_json(op) for op in r.ops],
+        "anchor": r.anchor,
+    }
+    if r.ledger is not None:
+        out["ledger"] = encode_ledger_record(r.ledger)
+    return out
+
+
+def _dec_prepare(raw: object, field: str) -> PrepareRequest:
+    obj = _record(raw, field, _PREPARE)
+    return PrepareRequest(
+        partition=_partition(obj, field, "partition"),
+        txn_id=_txn_id(obj, field, "txn_id"),
+        ts=_ts(obj, field, "ts"),
+        ops=_txn_ops(obj, field, "ops"),
+        anchor=_partition(obj, field, "anchor"),
+        ledger=_opt(obj, field, "ledger", _ledger),
+    )
+
+
+def _enc_execute(r: ExecuteRequest) -> dict[str, object]:
+    out: dict[str, object] = {
+        "partition": r.partition,
+        "txn_id": r.txn_id,
+        "ts": list(r.ts),
+        "ops": [op_to_json(op) for op in r.ops],
+    }
+    if r.token is not None:
+        out["token"] = r.token
+    if r.fingerprint is not None:
+        out["fingerprint"] = r.fingerprint
+    return out
+
+
+def _dec_execute(raw: object, field: str) -> ExecuteRequest:
+    obj = _record(raw, field, _EXECUTE)
+    return ExecuteRequest(
+        partition=_partition(obj, field, "partition"),
+        txn_id=_txn_id(obj, field, "txn_id"),
+        ts=_ts(obj, field, "ts"),
+        ops=_txn_ops(obj, field, "ops"),
+        token=_opt(obj, field, "token", _token),
+        fingerprint=_opt(obj, field, "fingerprint", _fingerprint),
+    )
+
+
+def _enc_txn_call(r: CommitRequest | CancelRequest | CompleteRequest) -> dict[str, object]:
+    return {"partition": r.partition, "txn_id": r.txn_id}
+
+
+_TxnCall = TypeVar("_TxnCall", CommitRequest, CancelRequest, CompleteRequest)
+
+
+def _dec_txn_call(cls: type[_TxnCall]) -> Callable[[object, str], _TxnCall]:
+    def decode(raw: object, field: str) -> _TxnCall:
+        obj = _record(raw, field, _TXN_CALL)
+        return cls(
+            partition=_partition(obj, field, "partition"), txn_id=_txn_id(obj, field, "txn_id")
+        )
+
+    return decode
+
+
+def _enc_decide(r: DecideRequest) -> dict[str, object]:
+    out: dict[str, object] = {
+        "partition": r.partition,
+        "txn_id": r.txn_id,
+        "decision": r.decision.value,
+    }
+    if r.outcomes:
+        out["outcomes"] = _enc_outcomes(r.outcomes)
+    return out
+
+
+def _dec_decide(raw: object, field: str) -> DecideRequest:
+    obj = _record(raw, field, _DECIDE)
+    return DecideRequest(
+        partition=_partition(obj, field, "partition"),
+        txn_id=_txn_id(obj, field, "txn_id"),
+        decision=_txn_state(obj, field, "decision"),
+        outcomes=_or(obj, field, "outcomes", _outcomes, ()),
+    )
+
+
+def _enc_ledger_lookup(r: LedgerLookupRequest) -> dict[str, object]:
+    out: dict[str, object] = {"partition": r.partition, "txn_id": r.txn_id}
+    if r.resolve:
+        out["resolve"] = True
+    return out
+
+
+def _dec_ledger_lookup(raw: object, field: str) -> LedgerLookupRequest:
+    obj = _record(raw, field, _LEDGER_LOOKUP)
+    return LedgerLookupRequest(
+        partition=_partition(obj, field, "partition"),
+        txn_id=_txn_id(obj, field, "txn_id"),
+        resolve=_or(obj, field, "resolve", _bool, False),
+    )
+
+
+def _enc_token_lookup(r: TokenLookupRequest) -> dict[str, object]:
+    return {"partition": r.partition, "token": r.token}
+
+
+def _dec_token_lookup(raw: object, field: str) -> TokenLookupRequest:
+    obj = _record(raw, field, _TOKEN_LOOKUP)
+    return TokenLookupRequest(
+        partition=_partition(obj, field, "partition"), token=_token(obj, field, "token")
+    )
+
+
+def _enc_read(r: ReadRequest) -> dict[str, object]:
+    return {"partition": r.partition, "keys": list(r.keys)}
+
+
+def _dec_read(raw: object, field: str) -> ReadRequest:
+    obj = _record(raw, field, _READ)
+    keys = _list(obj, field, "keys", limits.READ_KEYS_MAX)
+    where = _join(field, "keys")
+    return ReadRequest(
+        partition=_partition(obj, field, "partition"),
+        keys=tuple(_key_at(key, f"{where}[{index}]") for index, key in enumerate(keys)),
+    )
+
+
+def _enc_get(r: GetRequest) -> dict[str, object]:
+    return {"partition": r.partition, "key": r.key}
+
+
+def _dec_get(raw: object, field: str) -> GetRequest:
+    obj = _record(raw, field, _GET)
+    return GetRequest(partition=_partition(obj, field, "partition"), key=_key(obj, field, "key"))
+
+
+def _enc_write(r: WriteRequest) -> dict[str, object]:
+    return {"partition": r.partition, "op": op_to_json(r.op)}
+
+
+def _dec_write(raw: object, field: str) -> WriteRequest:
+    obj = _record(raw, field, _WRITE)
+    return WriteRequest(
+        partition=_partition(obj, field, "partition"), op=decode_op(obj["op"], _join(field, "op"))
+    )
+
+
+def _enc_scan(r: ScanRequest) -> dict[str, object]:
+    return {"partition": r.partition, "start": r.start, "end": r.end, "limit": r.limit}
+
+
+def _dec_scan(raw: object, field: str) -> ScanRequest:
+    obj = _record(raw, field, _SCAN)
+    limit = obj["limit"]
+    if type(limit) is not int:  # the partition core checks the range
+        raise _int_error(limit, _join(field, "limit"), 1, limits.SCAN_PAGE_ITEMS_MAX)
+    return ScanRequest(
+        partition=_partition(obj, field, "partition"),
+        start=_scan_bound(obj, field, "start"),
+        end=_opt(obj, field, "end", _scan_bound),
+        limit=limit,
+    )
+
+
+# --- replies ------------------------------------------------------------------------------
+
+
+def _enc_vote(out: dict[str, object], r: PrepareReply | ExecuteReply) -> dict[str, object]:
+    """Adds the members PrepareReply and ExecuteReply share to ``out``."""
+    if r.outcomes:
+        out["outcomes"] = _enc_outcomes(r.outcomes)
+    if r.error is not None:
+        out["error"] = r.error.name
+    if r.token_hit is not None:
+        hit = r.token_hit
+        out["token_hit"] = {"txn_id": hit.txn_id, "same_content": hit.same_content}
+    return out
+
+
+def _enc_prepare_reply(r: PrepareReply) -> dict[str, object]:
+    return _enc_vote({"txn_id": r.txn_id, "accepted": r.accepted}, r)
+
+
+def _dec_prepare_reply(raw: object, field: str) -> PrepareReply:
+    obj = _record(raw, field, _PREPARE_REPLY)
+    return PrepareReply(
+        txn_id=_txn_id(obj, field, "txn_id"),
+        accepted=_bool(obj, field, "accepted"),
+        outcomes=_or(obj, field, "outcomes", _outcomes, ()),
+        error=_opt(obj, field, "error", _error_code),
+        token_hit=_opt(obj, field, "token_hit", _token_hit),
+    )
+
+
+def _enc_execute_reply(r: ExecuteReply) -> dict[str, object]:
+    return _enc_vote({"txn_id": r.txn_id, "committed": r.committed}, r)
+
+
+def _dec_execute_reply(raw: object, field: str) -> ExecuteReply:
+    obj = _record(raw, field, _EXECUTE_REPLY)
+    return ExecuteReply(
+        txn_id=_txn_id(obj, field, "txn_id"),
+        committed=_bool(obj, field, "committed"),
+        outcomes=_or(obj, field, "outcomes", _outcomes, ()),
+        error=_opt(obj, field, "error", _error_code),
+        token_hit=_opt(obj, field, "token_hit", _token_hit),
+    )
+
+
+def _enc_commit_reply(r: CommitReply) -> dict[str, object]:
+    return {"txn_id": r.txn_id, "applied": r.applied}
+
+
+def _dec_commit_reply(raw: object, field: str) -> CommitReply:
+    obj = _record(raw, field, _COMMIT_REPLY)
+    return CommitReply(txn_id=_txn_id(obj, field, "txn_id"), applied=_u64(obj, field, "applied"))
+
+
+def _enc_cancel_reply(r: CancelReply) -> dict[str, object]:
+    return {"txn_id": r.txn_id, "cleared": r.cleared}
+
+
+def _dec_cancel_reply(raw: object, field: str) -> CancelReply:
+    obj = _record(raw, field, _CANCEL_REPLY)
+    return CancelReply(txn_id=_txn_id(obj, field, "txn_id"), cleared=_u64(obj, field, "cleared"))
+
+
+def _enc_ledger_reply(r: LedgerReply) -> dict[str, object]:
+    record = None if r.record is None else encode_ledger_record(r.record)
+    return {"txn_id": r.txn_id, "record": record}
+
+
+def _dec_ledger_reply(raw: object, field: str) -> LedgerReply:
+    obj = _record(raw, field, _LEDGER_REPLY)
+    return LedgerReply(
+        txn_id=_txn_id(obj, field, "txn_id"), record=_opt(obj, field, "record", _ledger)
+    )
+
+
+def _enc_token_lookup_reply(r: TokenLookupReply) -> dict[str, object]:
+    record = None if r.record is None else encode_ledger_record(r.record)
+    return {"token": r.token, "record": record}
+
+
+def _dec_token_lookup_reply(raw: object, field: str) -> TokenLookupReply:
+    obj = _record(raw, field, _TOKEN_LOOKUP_REPLY)
+    return TokenLookupReply(
+        token=_token(obj, field, "token"), record=_opt(obj, field, "record", _ledger)
+    )
+
+
+def _enc_read_reply(r: ReadReply) -> dict[str, object]:
+    entries = [
+        {
+            "key": e.key,
+            "exists": e.exists,
+            "value": e.value,
+            "version": e.version,
+            "ts": list(e.ts),
+            "pending": e.pending,
+        }
+        for e in r.entries
+    ]
+    return {"entries": entries}
+
+
+def _dec_read_entry(raw: object, field: str) -> ReadEntry:
+    obj = _record(raw, field, _READ_ENTRY)
+    return ReadEntry(
+        key=_key(obj, field, "key"),
+        exists=_bool(obj, field, "exists"),
+        value=_value(obj, field, "value"),
+        version=_version(obj, field, "version"),
+        ts=_ts(obj, field, "ts"),
+        pending=_bool(obj, field, "pending"),
+    )
+
+
+def _dec_read_reply(raw: object, field: str) -> ReadReply:
+    obj = _record(raw, field, _READ_REPLY)
+    entries = _list(obj, field, "entries", limits.READ_KEYS_MAX)
+    where = _join(field, "entries")
+    return ReadReply(
+        entries=tuple(_dec_read_entry(e, f"{where}[{index}]") for index, e in enumerate(entries))
+    )
+
+
+def _enc_get_reply(r: GetReply) -> dict[str, object]:
+    return {"item": None if r.item is None else _enc_item(r.item)}
+
+
+def _dec_get_reply(raw: object, field: str) -> GetReply:
+    obj = _record(raw, field, _GET_REPLY)
+    return GetReply(item=_opt(obj, field, "item", _item))
+
+
+def _enc_write_reply(r: WriteReply) -> dict[str, object]:
+    out: dict[str, object] = {"outcome": _enc_outcome(r.outcome)}
+    if r.existed:
+        out["existed"] = True
+    if r.version:
+        out["version"] = r.version
+    if r.ts is not None:
+        out["ts"] = list(r.ts)
+    return out
+
+
+def _dec_write_reply(raw: object, field: str) -> WriteReply:
+    obj = _record(raw, field, _WRITE_REPLY)
+    return WriteReply(
+        outcome=_outcome(obj, field, "outcome"),
+        existed=_or(obj, field, "existed", _bool, False),
+        version=_or(obj, field, "version", _version, 0),
+        ts=_opt(obj, field, "ts", _ts),
+    )
+
+
+def _enc_scan_reply(r: ScanReply) -> dict[str, object]:
+    return {"items": [_enc_item(item) for item in r.items], "next_start": r.next_start}
+
+
+def _dec_scan_reply(raw: object, field: str) -> ScanReply:
+    obj = _record(raw, field, _SCAN_REPLY)
+    items = _list(obj, field, "items", limits.SCAN_PAGE_ITEMS_MAX)
+    where = _join(field, "items")
+    return ScanReply(
+        items=tuple(_dec_item(item, f"{where}[{index}]") for index, item in enumerate(items)),
+        next_start=_opt(obj, field, "next_start", _key),
+    )
+
+
+# --- tables and entry points --------------------------------------------------------------
+
+METHODS: Final[Mapping[str, type[Request]]] = {
+    "prepare": PrepareRequest,
+    "execute": ExecuteRequest,
+    "commit": CommitRequest,
+    "cancel": CancelRequest,
+    "decide": DecideRequest,
+    "ledger_lookup": LedgerLookupRequest,
+    "complete": CompleteRequest,
+    "token_lookup": TokenLookupRequest,
+    "read": ReadRequest,
+    "get": GetRequest,
+    "write": WriteRequest,
+    "scan": ScanRequest,
+}
+
+REPLY_OF: Final[Mapping[type[Request], type[Reply]]] = {
+    PrepareRequest: PrepareReply,
+    ExecuteRequest: ExecuteReply,
+    CommitRequest: CommitReply,
+    CancelRequest: CancelReply,
+    DecideRequest: LedgerReply,
+    LedgerLookupRequest: LedgerReply,
+    CompleteRequest: LedgerReply,
+    TokenLookupRequest: TokenLookupReply,
+    ReadRequest: ReadReply,
+    GetRequest: GetReply,
+    WriteRequest: WriteReply,
+    ScanRequest: ScanReply,
+}
+
+_Encoder: TypeAlias = Callable[[Any], dict[str, object]]  # Any: each takes its own class
+
+_REQUEST_CODECS: Final[dict[type[Request], tuple[_Encoder, Callable[[object, str], Request]]]] = {
+    PrepareRequest: (_enc_prepare, _dec_prepare),
+    ExecuteRequest: (_enc_execute, _dec_execute),
+    CommitRequest: (_enc_txn_call, _dec_txn_call(CommitRequest)),
+    CancelRequest: (_enc_txn_call, _dec_txn_call(CancelRequest)),
+    DecideRequest: (_enc_decide, _dec_decide),
+    LedgerLookupRequest: (_enc_ledger_lookup, _dec_ledger_lookup),
+    CompleteRequest: (_enc_txn_call, _dec_txn_call(CompleteRequest)),
+    TokenLookupRequest: (_enc_token_lookup, _dec_token_lookup),
+    ReadRequest: (_enc_read, _dec_read),
+    GetRequest: (_enc_get, _dec_get),
+    WriteRequest: (_enc_write, _dec_write),
+    ScanRequest: (_enc_scan, _dec_scan),
+}
+
+_REPLY_CODECS: Final[dict[type[Reply], tuple[_Encoder, Callable[[object, str], Reply]]]] = {
+    PrepareReply: (_enc_prepare_reply, _dec_prepare_reply),
+    ExecuteReply: (_enc_execute_reply, _dec_execute_reply),
+    CommitReply: (_enc_commit_reply, _dec_commit_reply),
+    CancelReply: (_enc_cancel_reply, _dec_cancel_reply),
+    LedgerReply: (_enc_ledger_reply, _dec_ledger_reply),
+    TokenLookupReply: (_enc_token_lookup_reply, _dec_token_lookup_reply),
+    ReadReply: (_enc_read_reply, _dec_read_reply),
+    GetReply: (_enc_get_reply, _dec_get_reply),
+    WriteReply: (_enc_write_reply, _dec_write_reply),
+    ScanReply: (_enc_scan_reply, _dec_scan_reply),
+}
+
+# Derived lookups for the entry points: one dict access per call.
+_METHOD_OF: Final = {cls: name for name, cls in METHODS.items()}
+_REQUEST_ENCODERS: Final = {cls: codec[0] for cls, codec in _REQUEST_CODECS.items()}
+_REPLY_ENCODERS: Final = {cls: codec[0] for cls, codec in _REPLY_CODECS.items()}
+_REQUEST_DECODERS: Final = {name: _REQUEST_CODECS[cls][1] for name, cls in METHODS.items()}
+_REPLY_DECODERS: Final = {name: _REPLY_CODECS[REPLY_OF[cls]][1] for name, cls in METHODS.items()}
+
+
+def method_of(request: Request) -> str:
+    """The wire method name of ``request``."""
+    return _METHOD_OF[type(request)]
+
+
+def encode_request(request: Request) -> dict[str, object]:
+    """The body of ``request`` (its method travels separately: :func:`method_of`)."""
+    encoder = _REQUEST_ENCODERS.get(type(request))
+    if encoder is None:
+        raise TypeError(f"not a request: {type(request).__name__}")
+    return encoder(request)
+
+
+def decode_request(method: str, body: object) -> Request:
+    """The request of ``method`` in ``body``; raises only :class:`ValidationError`."""
+    decoder = _REQUEST_DECODERS.get(method) if isinstance(method, str) else None
+    if decoder is None:
+        raise ValidationError("method", "unknown method")
+    return decoder(body, "")
+
+
+def encode_reply(reply: Reply) -> object:
+    """The body of ``reply``."""
+    encoder = _REPLY_ENCODERS.get(type(reply))
+    if encoder is None:
+        raise TypeError(f"not a reply: {type(reply).__name__}")
+    return encoder(reply)
+
+
+def decode_reply(method: str, body: object) -> Reply:
+    """The reply to a ``method`` call in ``body``; raises only :class:`ValidationError`."""
+    decoder = _REPLY_DECODERS.get(method) if isinstance(method, str) else None
+    if decoder is None:
+        raise ValidationError("method", "unknown method")
+    return decoder(body, "")

@@ -1,0 +1,66 @@
+"""``python -m kvstore.storage_node --config cluster.toml --id n1``: run one storage node.
+
+Theory of operation
+-------------------
+Loads the cluster file, starts :class:`~kvstore.storage_node.service.NodeService` on uvloop and
+serves until SIGTERM or SIGINT (graceful: buffered writes reach disk first). A failed flush is
+fatal: the process exits at once with status 70 without touching the disk again, and a restart
+recovers from what is durable. A bad configuration exits with status 2 and one clear line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+import uvloop
+
+from kvstore.config import load_cluster
+from kvstore.errors import KvError
+from kvstore.logs import configure_logging
+from kvstore.storage_node.service import NodeService
+
+__all__ = ["main"]
+
+EXIT_FATAL = 70
+EXIT_CONFIG = 2
+
+
+async def _serve(config_path: str, node_id: str) -> int:
+    service = NodeService(load_cluster(config_path), node_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await service.start()
+    stopping = asyncio.ensure_future(stop.wait())
+    fatal = asyncio.ensure_future(service.fatal.wait())
+    await asyncio.wait({stopping, fatal}, return_when=asyncio.FIRST_COMPLETED)
+    if service.fatal.is_set():
+        os._exit(EXIT_FATAL)  # never flush again after a failed fsync; restart recovers
+    fatal.cancel()
+    await service.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kvstore.storage_node")
+    parser.add_argument("--config", required=True, help="the cluster file (cluster.toml)")
+    parser.add_argument("--id", required=True, help="this node's id in the cluster file")
+    args = parser.parse_args(argv)
+    configure_logging(f"node:{args.id}")
+    try:
+        return uvloop.run(_serve(args.config, args.id))
+    except KvError as error:
+        print(f"kvstore node: {error.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as error:  # the address is taken, the data directory is not writable...
+        print(f"kvstore node: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

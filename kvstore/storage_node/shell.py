@@ -1,0 +1,122 @@
+"""One partition inside a node process: its core, its SQLite store and its group-commit loop.
+
+Theory of operation
+-------------------
+The core writes into the store's open batch synchronously (on the event loop, microseconds). A
+reply may only leave once every write it could depend on is durable, so after each step the
+service awaits :meth:`PartitionShell.durable`:
+
+* the open batch has writes -> wait for the flush that will carry it;
+* else a flush is in flight -> wait for it (this step may have read rows it holds);
+* else nothing: answer at once.
+
+The flush loop runs while the open batch is non-empty: it moves the batch into a flush job
+(``begin_flush``), runs the job on the store's own writer thread (one SQLite transaction, one
+fsync, off the event loop), then ``end_flush`` and releases every reply that waited on that job.
+Writes that arrive meanwhile gather in the next open batch, so under load each fsync carries many
+requests (group commit) and no request waits for more than the batch in flight plus its own. Each
+partition flushes on its own, so one slow partition never holds up another's replies.
+
+A failed flush cannot be retried safely (after a failed fsync the kernel may have dropped the
+dirty pages), so it fails its waiters with ``InternalError`` and calls ``on_fatal``: the node stops
+and recovers from disk on restart, where only acknowledged writes are guaranteed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from kvstore.errors import InternalError
+from kvstore.logs import log_event
+from kvstore.storage_node.core import PartitionCore
+from kvstore.storage_node.metrics import NodeMetrics
+from kvstore.storage_node.sqlite_store import SqliteStore
+from kvstore.types import PartitionId
+
+__all__ = ["PartitionShell"]
+
+_log = logging.getLogger("kvstore.storage_node")
+
+
+class PartitionShell:
+    def __init__(
+        self,
+        pid: PartitionId,
+        core: PartitionCore,
+        store: SqliteStore,
+        metrics: NodeMetrics,
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        self.pid = pid
+        self.core = core
+        self.store = store
+        self.in_progress = 0  # requests admitted and not yet answered (the bounded queue)
+        self._metrics = metrics
+        self._on_fatal = on_fatal
+        self._open_waiters: list[asyncio.Future[None]] = []
+        self._flight_waiters: list[asyncio.Future[None]] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.failed: BaseException | None = None
+
+    def durable(self) -> asyncio.Future[None] | None:
+        """A future that resolves once every write so far is durable; None if already so."""
+        if self.failed is not None:
+            raise InternalError(f"partition {self.pid} failed to flush: {self.failed}")
+        if self.store.dirty:
+            waiter = asyncio.get_running_loop().create_future()
+            self._open_waiters.append(waiter)
+            if self._flusher is None:
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+            return waiter
+        if self._flight_waiters is not None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._flight_waiters.append(waiter)
+            return waiter
+        return None
+
+    async def idle(self) -> None:
+        """Wait until nothing is buffered or in flight (for shutdown)."""
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.store.dirty:
+                writes = self.store.pending_writes
+                job = self.store.begin_flush()
+                if job is None:
+                    break
+                waiters, self._open_waiters = self._open_waiters, []
+                self._flight_waiters = waiters
+                started = time.perf_counter()
+                try:
+                    await loop.run_in_executor(self.store.executor, job.run)
+                except Exception as error:  # disk full, I/O error: see the module docstring
+                    self._fail(error, waiters)
+                    return
+                self.store.end_flush(job)
+                self._flight_waiters = None
+                self._metrics.fsyncs.inc()
+                self._metrics.fsync_seconds.observe(time.perf_counter() - started)
+                self._metrics.batch_writes.observe(writes)
+                self._metrics.batch_waiters.observe(len(waiters))
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._flusher = None
+
+    def _fail(self, error: BaseException, waiters: list[asyncio.Future[None]]) -> None:
+        self.failed = error
+        log_event(_log, "flush.failed", logging.CRITICAL, partition=self.pid, error=repr(error))
+        failure = InternalError(f"partition {self.pid} failed to flush")
+        for waiter in [*waiters, *self._open_waiters]:
+            if not waiter.done():
+                waiter.set_exception(failure)
+        self._open_waiters = []
+        self._flight_waiters = None
+        self._on_fatal(error)

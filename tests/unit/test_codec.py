@@ -1,0 +1,544 @@
+"""The wire codec: every message round-trips through msgpack, and decoding is strict and total."""
+
+from __future__ import annotations
+
+import copy
+import typing
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.partition import check, delete, put
+
+from kvstore import limits
+from kvstore.codec import (
+    METHODS,
+    REPLY_OF,
+    decode_ledger_record,
+    decode_op,
+    decode_reply,
+    decode_request,
+    decode_timestamp,
+    encode_ledger_record,
+    encode_op,
+    encode_reply,
+    encode_request,
+    encode_timestamp,
+    method_of,
+)
+from kvstore.conditions import AllOf, AnyOf, Compare, CompareOperator, Exists, Not, VersionEquals
+from kvstore.errors import ErrorCode, ValidationError
+from kvstore.messages import (
+    CancelReply,
+    CancelRequest,
+    CommitReply,
+    CommitRequest,
+    CompleteRequest,
+    DecideRequest,
+    ExecuteReply,
+    ExecuteRequest,
+    GetReply,
+    GetRequest,
+    ItemView,
+    LedgerLookupRequest,
+    LedgerRecord,
+    LedgerReply,
+    OpOutcome,
+    PrepareReply,
+    PrepareRequest,
+    ReadEntry,
+    ReadReply,
+    ReadRequest,
+    ReasonCode,
+    Reply,
+    Request,
+    ScanReply,
+    ScanRequest,
+    TokenHit,
+    TokenLookupReply,
+    TokenLookupRequest,
+    TxnState,
+    WriteReply,
+    WriteRequest,
+)
+from kvstore.ops import Op, OpKind
+from kvstore.types import ORIGIN_MAX, PartitionId, Timestamp, TxnId
+from kvstore.updates import ActionKind, UpdateAction
+
+U64_MAX = (1 << 64) - 1
+TS = Timestamp(1_700_000_000_123_456, 7, ORIGIN_MAX)
+TXN = TxnId("0123456789abcdef0123456789abcdef")
+OTHER_TXN = TxnId("fedcba9876543210fedcba9876543210")
+P = PartitionId(5)
+ITEM = ItemView(
+    key="user:ada", value={"bin": b"\x00\xff", "list": [1, 2.5, None, True, "é"]}, version=4, ts=TS
+)
+UPDATE = Op(
+    kind=OpKind.UPDATE,
+    key="u",
+    actions=(  # in the canonical order set, remove, add, append
+        UpdateAction(ActionKind.SET, ("a", "b"), {"x": [b"raw"]}),
+        UpdateAction(ActionKind.REMOVE, ("gone",)),
+        UpdateAction(ActionKind.ADD, ("n",), 2),
+        UpdateAction(ActionKind.APPEND, ("log",), ["e"]),
+    ),
+    condition=AllOf(
+        (
+            Compare(("n",), CompareOperator.GE, 1),
+            Not(AnyOf((Exists(True), VersionEquals(9)))),
+        )
+    ),
+    return_item=True,
+)
+OPS = (
+    put("p", b"\x01bytes", Exists(False), return_item=True),
+    delete("d", VersionEquals(3)),
+    UPDATE,
+    check("c", Compare(("x", "y"), CompareOperator.EQ, "v")),
+    put("q", None),
+)
+OUTCOMES = (
+    OpOutcome(),
+    OpOutcome(code=ReasonCode.CONDITION_FAILED, message="version 4, not 3", item=ITEM),
+    OpOutcome(code=ReasonCode.TRANSACTION_CONFLICT),
+)
+RECORD = LedgerRecord(
+    txn_id=TXN,
+    ts=TS,
+    state=TxnState.CANCELLED,
+    participants=(PartitionId(0), P, PartitionId(limits.PARTITIONS_MAX - 1)),
+    created_us=1_700_000_000_000_000,
+    deadline_us=1_700_000_025_000_000,
+    token="tok en~1",
+    fingerprint="f" * 32,
+    outcomes=OUTCOMES,
+    completed_us=1_700_000_001_000_000,
+)
+HIT = TokenHit(txn_id=OTHER_TXN, same_content=False)
+
+REQUESTS: list[Request] = [
+    PrepareRequest(partition=P, txn_id=TXN, ts=TS, ops=OPS, anchor=P, ledger=RECORD),
+    PrepareRequest(partition=P, txn_id=TXN, ts=TS, ops=OPS[:1], anchor=PartitionId(0)),
+    ExecuteRequest(partition=P, txn_id=TXN, ts=TS, ops=OPS, token="t-1", fingerprint="ab" * 16),
+    ExecuteRequest(partition=P, txn_id=TXN, ts=TS, ops=(put("k", 1),)),
+    CommitRequest(partition=P, txn_id=TXN),
+    CancelRequest(partition=P, txn_id=TXN),
+    DecideRequest(partition=P, txn_id=TXN, decision=TxnState.CANCELLED, outcomes=OUTCOMES),
+    DecideRequest(partition=P, txn_id=TXN, decision=TxnState.COMMITTED),
+    LedgerLookupRequest(partition=P, txn_id=TXN, resolve=True),
+    LedgerLookupRequest(partition=P, txn_id=TXN),
+    CompleteRequest(partition=P, txn_id=TXN),
+    TokenLookupRequest(partition=P, token="t-1"),
+    ReadRequest(partition=P, keys=("a", "b", "ключ")),
+    GetRequest(partition=P, key="a"),
+    WriteRequest(partition=P, op=UPDATE),
+    ScanRequest(partition=P, start="", end=None, limit=10),
+    ScanRequest(partition=P, start="a", end="m", limit=1000),
+]
+
+REPLIES: list[tuple[str, Reply]] = [
+    (
+        "prepare",
+        PrepareReply(
+            txn_id=TXN,
+            accepted=False,
+            outcomes=OUTCOMES,
+            error=ErrorCode.ClockSkew,
+            token_hit=HIT,
+        ),
+    ),
+    ("prepare", PrepareReply(txn_id=TXN, accepted=True)),
+    (
+        "execute",
+        ExecuteReply(
+            txn_id=TXN,
+            committed=False,
+            outcomes=OUTCOMES,
+            error=ErrorCode.IdempotencyMismatch,
+            token_hit=TokenHit(txn_id=OTHER_TXN, same_content=True),
+        ),
+    ),
+    ("execute", ExecuteReply(txn_id=TXN, committed=True)),
+    ("commit", CommitReply(txn_id=TXN, applied=3)),
+    ("cancel", CancelReply(txn_id=TXN, cleared=2)),
+    ("decide", LedgerReply(txn_id=TXN, record=RECORD)),
+    ("ledger_lookup", LedgerReply(txn_id=TXN, record=None)),
+    (
+        "complete",
+        LedgerReply(
+            txn_id=TXN,
+            record=LedgerRecord(txn_id=TXN, ts=TS, state=TxnState.PREPARING, participants=(P,)),
+        ),
+    ),
+    ("token_lookup", TokenLookupReply(token="t-1", record=RECORD)),
+    ("token_lookup", TokenLookupReply(token="t-1", record=None)),
+    (
+        "read",
+        ReadReply(
+            entries=(
+                ReadEntry(key="a", exists=True, value=ITEM.value, version=4, ts=TS, pending=False),
+                ReadEntry(key="b", exists=False, value=None, version=0, ts=TS, pending=True),
+            )
+        ),
+    ),
+    ("read", ReadReply(entries=())),
+    ("get", GetReply(item=ITEM)),
+    ("get", GetReply(item=None)),
+    ("write", WriteReply(outcome=OpOutcome(), existed=True, version=5, ts=TS)),
+    ("write", WriteReply(outcome=OUTCOMES[1])),
+    ("scan", ScanReply(items=(ITEM, ITEM), next_start="zz")),
+    ("scan", ScanReply(items=(), next_start=None)),
+]
+
+
+def assert_primitive(obj: object, where: str = "body") -> None:
+    """Only None, bool, int, float, str, bytes, list and str-keyed dict, all the way down."""
+    if obj is None or type(obj) in (bool, int, float, str, bytes):
+        return
+    if type(obj) is list:
+        for index, item in enumerate(obj):
+            assert_primitive(item, f"{where}[{index}]")
+        return
+    assert type(obj) is dict, f"{where}: {type(obj).__name__} is not a primitive"
+    for name, item in obj.items():
+        assert type(name) is str, f"{where}: key {name!r}"
+        assert_primitive(item, f"{where}.{name}")
+
+
+def through_msgpack(body: object) -> object:
+    return msgpack.unpackb(msgpack.packb(body, use_bin_type=True), raw=False)
+
+
+def field_of(method: str, body: object, *, reply: bool = False) -> str:
+    with pytest.raises(ValidationError) as caught:
+        (decode_reply if reply else decode_request)(method, body)
+    return caught.value.field
+
+
+# --- tables and round trips ---------------------------------------------------------------
+
+
+def test_tables_cover_every_message() -> None:
+    assert set(METHODS.values()) == set(typing.get_args(Request))
+    assert len(METHODS) == len(typing.get_args(Request))
+    assert set(REPLY_OF) == set(typing.get_args(Request))
+    assert set(REPLY_OF.values()) == set(typing.get_args(Reply))
+    assert {type(r) for r in REQUESTS} == set(typing.get_args(Request))
+    assert {type(r) for _, r in REPLIES} == set(typing.get_args(Reply))
+    for name, cls in METHODS.items():
+        assert {type(r) for r in REQUESTS if method_of(r) == name} == {cls}
+
+
+@pytest.mark.parametrize("request_", REQUESTS, ids=lambda r: type(r).__name__)
+def test_requests_round_trip_through_msgpack(request_: Request) -> None:
+    method = method_of(request_)
+    body = encode_request(request_)
+    assert_primitive(body)
+    assert decode_request(method, body) == request_
+    assert decode_request(method, through_msgpack(body)) == request_
+
+
+@pytest.mark.parametrize(
+    ("method", "reply"), REPLIES, ids=lambda v: v if isinstance(v, str) else type(v).__name__
+)
+def test_replies_round_trip_through_msgpack(method: str, reply: Reply) -> None:
+    assert isinstance(reply, REPLY_OF[METHODS[method]])
+    body = encode_reply(reply)
+    assert_primitive(body)
+    assert decode_reply(method, body) == reply
+    assert decode_reply(method, through_msgpack(body)) == reply
+
+
+def test_records_ops_and_timestamps_round_trip() -> None:
+    body = encode_ledger_record(RECORD)
+    assert_primitive(body)
+    assert decode_ledger_record(through_msgpack(body)) == RECORD
+    assert encode_timestamp(TS) == [TS.physical_us, TS.logical, TS.origin]
+    assert decode_timestamp(through_msgpack(encode_timestamp(TS))) == TS
+    assert decode_timestamp([0, 0, 0]) == Timestamp(0, 0, 0)
+    assert decode_timestamp([U64_MAX] * 3) == Timestamp(U64_MAX, U64_MAX, U64_MAX)
+    for op in OPS:
+        assert_primitive(encode_op(op))
+        assert decode_op(through_msgpack(encode_op(op))) == op
+
+
+def test_defaults_are_left_off_the_wire_and_filled_back_in() -> None:
+    assert encode_reply(ExecuteReply(txn_id=TXN, committed=True)) == {
+        "txn_id": TXN,
+        "committed": True,
+    }
+    minimal = LedgerRecord(txn_id=TXN, ts=TS, state=TxnState.PREPARING, participants=(P,))
+    assert encode_ledger_record(minimal) == {
+        "txn_id": TXN,
+        "ts": list(TS),
+        "state": "PREPARING",
+        "participants": [P],
+    }
+    assert encode_reply(WriteReply(outcome=OpOutcome())) == {"outcome": {}}
+    # explicit nulls for None defaults are accepted too
+    body = {"partition": 1, "txn_id": TXN, "ts": list(TS), "ops": [encode_op(put("k", 1))]}
+    explicit = decode_request("execute", {**body, "token": None, "fingerprint": None})
+    assert explicit == decode_request("execute", body)
+    assert isinstance(explicit, ExecuteRequest)
+    assert explicit.token is None
+
+
+def test_enums_travel_by_name_or_value() -> None:
+    body = encode_reply(REPLIES[0][1])
+    assert isinstance(body, dict)
+    assert body["error"] == "ClockSkew"
+    assert body["outcomes"][1]["code"] == "ConditionFailed"
+    assert encode_ledger_record(RECORD)["state"] == "CANCELLED"
+
+
+def test_encoders_refuse_the_wrong_kind_of_message() -> None:
+    with pytest.raises(TypeError):
+        encode_request(ExecuteReply(txn_id=TXN, committed=True))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        encode_reply(CommitRequest(partition=P, txn_id=TXN))  # type: ignore[arg-type]
+
+
+# --- strictness ---------------------------------------------------------------------------
+
+GOOD_EXECUTE: dict[str, object] = encode_request(REQUESTS[2])
+
+
+def execute_with(**changes: object) -> dict[str, object]:
+    body = copy.deepcopy(GOOD_EXECUTE)
+    body.update(changes)
+    return body
+
+
+def test_unknown_method() -> None:
+    assert field_of("frob", {}) == "method"
+    assert field_of("frob", {}, reply=True) == "method"
+    assert field_of(typing.cast(str, None), {}) == "method"
+    assert field_of(typing.cast(str, ["execute"]), {}) == "method"
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("body", [None, [], "body", 1, b"x", [("partition", 1)]])
+def test_a_body_must_be_an_object(method: str, body: object) -> None:
+    assert field_of(method, body) == "body"
+    assert field_of(method, body, reply=True) == "body"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"partition": True}, "partition"),
+        ({"partition": 1.0}, "partition"),
+        ({"partition": -1}, "partition"),
+        ({"partition": limits.PARTITIONS_MAX}, "partition"),
+        ({"ts": [True, 0, 0]}, "ts[0]"),
+        ({"ts": [0, False, 0]}, "ts[1]"),
+        ({"ts": [-1, 0, 0]}, "ts[0]"),
+        ({"ts": [0, 0, U64_MAX + 1]}, "ts[2]"),
+        ({"ts": [0, -1, 0]}, "ts[1]"),
+        ({"ts": [0, 0]}, "ts"),
+        ({"ts": (0, 0, 0)}, "ts"),
+        ({"ts": "0.0.0"}, "ts"),
+        ({"txn_id": ""}, "txn_id"),
+        ({"txn_id": "x" * 129}, "txn_id"),
+        ({"txn_id": 7}, "txn_id"),
+        ({"token": ""}, "token"),
+        ({"token": "tab\t"}, "token"),
+        ({"token": "x" * (limits.TOKEN_BYTES_MAX + 1)}, "token"),
+        ({"fingerprint": "f" * 129}, "fingerprint"),
+        ({"fingerprint": b"f"}, "fingerprint"),
+        ({"ops": []}, "ops"),
+        ({"ops": "put"}, "ops"),
+        ({"ops": [{"op": "put", "key": "k"}]}, "ops[0].value"),
+        ({"ops": [encode_op(put("k", 1)), encode_op(delete("k"))]}, "ops[1].key"),
+        ({"ops": [encode_op(put("k", 1)), {"op": ["put"], "key": "j"}]}, "ops[1].op"),
+        ({"ops": [encode_op(put("k", 1)), 7]}, "ops[1]"),
+        ({"ops": [encode_op(put("k", 1)) | {"bogus": 1}]}, "ops[0].bogus"),
+        ({"ops": [encode_op(put(f"k{i}", i)) for i in range(1001)]}, "ops"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_malformed_execute_names_the_field(changes: dict[str, object], field: str) -> None:
+    assert field_of("execute", execute_with(**changes)) == field
+
+
+def test_malformed_members_name_the_field() -> None:
+    body = dict(GOOD_EXECUTE)
+    del body["ts"]
+    assert field_of("execute", body) == "ts"
+    assert field_of("execute", {**GOOD_EXECUTE, 1: 1}) == "<int>"
+    prepare = encode_request(REQUESTS[0])
+    ledger = dict(typing.cast(dict[str, object], prepare["ledger"]))
+    assert (
+        field_of("prepare", {**prepare, "ledger": {**ledger, "ts": [0, 0, -1]}}) == "ledger.ts[2]"
+    )
+    assert field_of("prepare", {**prepare, "ledger": {**ledger, "state": "DONE"}}) == "ledger.state"
+    participants = [0, True]
+    bad = {**prepare, "ledger": {**ledger, "participants": participants}}
+    assert field_of("prepare", bad) == "ledger.participants[1]"
+    outcomes = [{}, {"code": "Nope"}]
+    bad = {**prepare, "ledger": {**ledger, "outcomes": outcomes}}
+    assert field_of("prepare", bad) == "ledger.outcomes[1].code"
+    assert field_of("read", {"partition": 0, "keys": ["a", ""]}) == "keys[1]"
+    too_many = [f"k{i}" for i in range(limits.READ_KEYS_MAX + 1)]
+    assert field_of("read", {"partition": 0, "keys": too_many}) == "keys"
+    assert field_of("scan", {"partition": 0, "start": "", "end": None, "limit": True}) == "limit"
+    assert field_of("scan", {"partition": 0, "start": "", "end": None, "limit": "9"}) == "limit"
+    assert field_of("scan", {"partition": 0, "start": "", "limit": 9}) == "end"
+    assert field_of("write", {"partition": 0, "op": {"op": "put", "key": 3}}) == "op.key"
+    reply = {"txn_id": TXN, "committed": False, "error": "NoSuchCode"}
+    assert field_of("execute", reply, reply=True) == "error"
+    assert field_of("execute", {**reply, "error": 2001}, reply=True) == "error"
+    hit = {"txn_id": TXN, "committed": False, "token_hit": {"txn_id": TXN, "same_content": 1}}
+    assert field_of("execute", hit, reply=True) == "token_hit.same_content"
+    entry = {"key": "a", "exists": True, "value": float("nan"), "version": 1, "ts": [1, 0, 0]}
+    entries = {"entries": [{**entry, "pending": False}]}
+    assert field_of("read", entries, reply=True) == "entries[0].value"
+    item = {"key": "a", "value": {"x": [1, {2: 3}]}, "version": 1, "ts": [1, 0, 0]}
+    assert field_of("get", {"item": item}, reply=True) == "item.value.x[1]"
+    assert field_of("get", {"item": {**item, "value": 1, "version": True}}, reply=True) == (
+        "item.version"
+    )
+    assert field_of("commit", {"txn_id": TXN, "applied": -1}, reply=True) == "applied"
+
+
+def test_bool_is_never_an_integer() -> None:
+    with pytest.raises(ValidationError):
+        decode_timestamp([True, 1, 1])
+    assert field_of("get", {"partition": False, "key": "a"}) == "partition"
+    assert field_of("commit", {"txn_id": TXN, "applied": True}, reply=True) == "applied"
+
+
+def test_decode_timestamp_reports_the_bad_part() -> None:
+    for raw, field in [
+        ([-1, 0, 0], "ts[0]"),
+        ([0, U64_MAX + 1, 0], "ts[1]"),
+        ([0, 0, 2.0], "ts[2]"),
+        ([0, 0, 0, 0], "ts"),
+        (None, "ts"),
+    ]:
+        with pytest.raises(ValidationError) as caught:
+            decode_timestamp(raw)
+        assert caught.value.field == field
+
+
+def test_deep_nesting_is_refused_without_recursion_errors() -> None:
+    deep: object = []
+    for _ in range(1000):
+        deep = [deep]
+    bodies = [
+        ("execute", execute_with(ops=[{"op": deep, "key": "k"}])),
+        ("execute", execute_with(ops=[{"op": "put", "key": "k", "value": deep}])),
+        ("execute", execute_with(ops=deep)),
+        ("execute", execute_with(ts=deep)),
+        ("write", {"partition": 0, "op": {"op": "check", "key": "k", "if": {"not": deep}}}),
+    ]
+    for method, body in bodies:
+        with pytest.raises(ValidationError):
+            decode_request(method, body)
+
+
+# --- property: decoding is total ----------------------------------------------------------
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.sampled_from(["", "put", "PREPARING", "ClockSkew", "\ud800", -1, U64_MAX + 1, 2**63]),
+)
+junk = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.tuples(children, children),
+        st.dictionaries(st.text(max_size=6) | st.integers(), children, max_size=4),
+    ),
+    max_leaves=10,
+)
+
+REQUEST_BODIES = {
+    name: [encode_request(r) for r in REQUESTS if method_of(r) == name] for name in METHODS
+}
+REPLY_BODIES = {name: [encode_reply(r) for m, r in REPLIES if m == name] for name in METHODS}
+
+
+def locations(body: object) -> list[tuple[dict[typing.Any, object] | list[object], typing.Any]]:
+    """Every (container, key or index) inside ``body``."""
+    found: list[tuple[dict[typing.Any, object] | list[object], typing.Any]] = []
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            found.extend((node, name) for name in node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            found.extend((node, index) for index in range(len(node)))
+            stack.extend(node)
+    return found
+
+
+@st.composite
+def mutated(draw: st.DrawFn, bodies: list[object]) -> object:
+    body = copy.deepcopy(draw(st.sampled_from(bodies)))
+    for _ in range(draw(st.integers(1, 3))):
+        places = locations(body)
+        if not places:
+            break
+        container, key = draw(st.sampled_from(places))
+        action = draw(st.sampled_from(["drop", "replace", "add"]))
+        if action == "drop":
+            del container[key]
+        elif action == "replace":
+            container[key] = draw(junk)
+        elif isinstance(container, dict):
+            container[draw(st.text(max_size=6) | st.integers())] = draw(junk)
+        else:
+            container.insert(key, draw(junk))
+    return body
+
+
+def decode_or_refuse(method: str, body: object, *, reply: bool) -> None:
+    """Decoding either refuses with a ValidationError or gives a message that round-trips."""
+    if reply:
+        try:
+            answer = decode_reply(method, body)
+        except ValidationError:
+            return
+        assert type(answer) is REPLY_OF[METHODS[method]]
+        assert decode_reply(method, encode_reply(answer)) == answer
+    else:
+        try:
+            request = decode_request(method, body)
+        except ValidationError:
+            return
+        assert type(request) is METHODS[method]
+        assert decode_request(method, encode_request(request)) == request
+
+
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@PROPERTY
+@given(data=st.data())
+def test_decode_request_raises_only_validation_errors(method: str, data: st.DataObject) -> None:
+    body = data.draw(st.one_of(junk, mutated(REQUEST_BODIES[method])))
+    decode_or_refuse(method, body, reply=False)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@PROPERTY
+@given(data=st.data())
+def test_decode_reply_raises_only_validation_errors(method: str, data: st.DataObject) -> None:
+    body = data.draw(st.one_of(junk, mutated(REPLY_BODIES[method])))
+    decode_or_refuse(method, body, reply=True)
+
+
+@PROPERTY
+@given(method=junk | st.sampled_from(sorted(METHODS)), body=junk)
+def test_any_method_and_body(method: object, body: object) -> None:
+    decode_or_refuse(typing.cast(str, method), body, reply=False)
+    decode_or_refuse(typing.cast(str, method), body, reply=True)
