@@ -8,8 +8,9 @@ in the connection's ``pending`` map; its packed request goes on an outbox that o
 drains, coalescing everything queued into one WebSocket message per send. One reader task
 decodes reply frames, hands every reply's clock to ``on_clock`` first (the hybrid-clock receive
 rule) and then resolves the call's future: the reply body, or the catalogue exception rebuilt
-from the error reply. At most ``calls_in_flight_max`` calls are outstanding; one more raises
-``Overloaded`` at once.
+from the error reply. A large frame is resolved in slices, yielding to the loop in between, so
+the callers woken first send their next requests before the rest are resolved. At most
+``calls_in_flight_max`` calls are outstanding; one more raises ``Overloaded`` at once.
 
 Failure is always a typed error. A call that cannot connect, whose connection is lost, or whose
 deadline (``timeout_ms``) passes raises ``Unavailable`` with ``details["sent"]`` telling whether
@@ -86,7 +87,10 @@ _WS_TIMEOUT: Final = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIM
 # Call deadlines are enforced per tick of this length (a call fails less than a tick late): a
 # timer per tick in use instead of one per call, which costs more than the rest of a call.
 _DEADLINE_TICK_S: Final = 0.005
-_CHUNK: Final = int(__import__("os").environ.get("RPC_CHUNK", "16"))
+# Replies of one frame resolved per event-loop step: the callers woken by one slice send their
+# next requests before the next slice is resolved, so the peer gets work sooner (see the
+# server's DISPATCH_STEP).
+_DISPATCH_STEP: Final = 32
 
 
 def _fresh(error: KvError) -> KvError:
@@ -373,7 +377,7 @@ class _Connection:
         if still:
             await asyncio.wait(still)
 
-    def _on_frame(self, messages: list[Message]) -> None:
+    def _on_replies(self, messages: list[Message]) -> None:
         client = self.client
         pending = self.pending
         for message in messages:
@@ -414,11 +418,11 @@ class _Connection:
                 kind = msg.type
                 if kind is WSMsgType.BINARY:
                     messages = decode_frame(msg.data)  # ProtocolViolation ends the connection
-                    if len(messages) <= _CHUNK:
-                        self._on_frame(messages)
+                    if len(messages) <= _DISPATCH_STEP:
+                        self._on_replies(messages)
                     else:
-                        for start in range(0, len(messages), _CHUNK):
-                            self._on_frame(messages[start : start + _CHUNK])
+                        for start in range(0, len(messages), _DISPATCH_STEP):
+                            self._on_replies(messages[start : start + _DISPATCH_STEP])
                             await asyncio.sleep(0)
                 elif kind is WSMsgType.TEXT:
                     self.client._log.warning("rpc: %s sent a text frame", self.client.url)

@@ -20,7 +20,8 @@ Encoding is split in two so that writers stay cheap and failures stay local: ``e
 one message into bytes (the caller learns right away when a body cannot be encoded or is too
 large, and can answer that one call with an error), and :func:`take_frame` pops queued messages
 off a deque and wraps as many as fit the coalescing bounds in one array header, without packing
-them again.
+them again. Packing reuses one ``msgpack.Packer`` per thread (a new Packer per message costs
+more than the packing).
 
 Decoding is strict and total: :func:`decode_frame` either raises
 :class:`~kvstore.errors.ProtocolViolation` for a frame that is unusable as a whole (not msgpack,

@@ -115,8 +115,14 @@ class NodeMetrics:
         )
         info = Gauge("kvstore_node_info", "This node", ["node"], registry=r)
         info.labels(node=node_id).set(1)
-        for method in METHODS:  # zero series exist from the start, so rates work at once
-            self.request_seconds.labels(method=method)
+        # Children for the hot path, looked up once (``labels()`` takes a lock and builds a key).
+        self._ok = {m: self.requests.labels(m, "ok") for m in (*METHODS, "stats")}
+        self._seconds = {m: self.request_seconds.labels(m) for m in (*METHODS, "stats")}
+
+    def answered(self, method: str, seconds: float) -> None:
+        """Count one successful answer to a known method and its latency."""
+        self._ok[method].inc()
+        self._seconds[method].observe(seconds)
 
     def track_partitions(
         self,
@@ -129,7 +135,7 @@ class NodeMetrics:
             self.intents_pending.labels(partition=str(pid)).set_function(count)
 
     def method_label(self, method: str) -> str:
-        return method if method in METHODS or method == "stats" else "unknown"
+        return method if method in self._ok else "unknown"
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -34,6 +34,7 @@ import fcntl
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -97,6 +98,7 @@ class NodeService:
         self._runner_web: web.AppRunner | None = None
         self._maintainer: asyncio.Task[None] | None = None
         self._started_s = time.monotonic()
+        self._flush_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flush")
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -137,6 +139,7 @@ class NodeService:
             with contextlib.suppress(Exception):
                 await shell.idle()
             shell.store.close()
+        self._flush_executor.shutdown(wait=True)
         await self._pool.close()
         if self._lock_file is not None:
             self._lock_file.close()
@@ -149,7 +152,14 @@ class NodeService:
         for pid in self.cluster_map.partitions_of(self.node_id):
             store = SqliteStore.open(data_dir / f"p{pid:04d}.db")
             core = PartitionCore(pid, store, self.config.partition_config)
-            self.shells[pid] = PartitionShell(pid, core, store, self.metrics, self._on_fatal)
+            self.shells[pid] = PartitionShell(
+                pid,
+                core,
+                store,
+                metrics=self.metrics,
+                on_fatal=self._on_fatal,
+                flush_executor=self._flush_executor,
+            )
         self.metrics.track_partitions(
             {pid: _getter(shell, "in_progress") for pid, shell in self.shells.items()},
             {pid: shell.store.intent_count for pid, shell in self.shells.items()},
@@ -177,8 +187,7 @@ class NodeService:
         except Exception:
             self.metrics.requests.labels(label, "InternalError").inc()
             raise
-        self.metrics.requests.labels(label, "ok").inc()
-        self.metrics.request_seconds.labels(label).observe(time.perf_counter() - started)
+        self.metrics.answered(label, time.perf_counter() - started)
         return out
 
     async def serve(self, request: Request, timeout_ms: int = limits.RPC_TIMEOUT_MS) -> Reply:
@@ -296,6 +305,7 @@ class NodeService:
             log_event(
                 _log,
                 "intent.resolved",
+                logging.INFO if outcome in ("commit", "cancel") else logging.DEBUG,
                 txn_id=stale.txn_id,
                 partition=pid,
                 anchor=stale.anchor,
@@ -321,6 +331,7 @@ class NodeService:
             log_event(
                 _log,
                 "ledger.driven",
+                logging.INFO if label == "completed" else logging.DEBUG,
                 txn_id=txn_id,
                 partition=pid,
                 state=record.state.value,

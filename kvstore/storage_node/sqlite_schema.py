@@ -164,6 +164,7 @@ class Sql:
     INTENTS_BEFORE: Final = f"{_INTENT} WHERE created_us < ? ORDER BY created_us, key LIMIT ?"
     COUNT_INTENTS: Final = "SELECT count(*) FROM intents"
     HAS_INTENT: Final = "SELECT 1 FROM intents WHERE key = ?"
+    INTENT_KEYS: Final = "SELECT key FROM intents"
 
     _LEDGER: Final = "SELECT txn_id, body FROM ledger"
     GET_LEDGER: Final = f"{_LEDGER} WHERE txn_id = ?"
@@ -261,6 +262,22 @@ def write_rows(
 ) -> None:
     """Write one flush job in one transaction and commit it (with ``synchronous=FULL``, the
     fsync). ``None`` rows are deletions. On any failure: roll back and raise, nothing written."""
+    stage_rows(conn, items=items, intents=intents, ledger=ledger, tokens=tokens, meta=meta)
+    commit_rows(conn)
+
+
+def stage_rows(
+    conn: sqlite3.Connection,
+    *,
+    items: Mapping[Key, ItemRow | None],
+    intents: Mapping[Key, Intent | None],
+    ledger: Mapping[TxnId, LedgerRecord | None],
+    tokens: Mapping[str, TokenRow | None],
+    meta: PartitionMeta | None,
+) -> None:
+    """Open a transaction and write one flush job's rows into it, without committing (no disk
+    wait: the pages stay in SQLite's cache or go to the WAL unsynced). On failure: roll back,
+    raise."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         _write_table(conn, items, Sql.PUT_ITEM, Sql.DELETE_ITEM, item_params)
@@ -269,12 +286,25 @@ def write_rows(
         _write_table(conn, tokens, Sql.PUT_TOKEN, Sql.DELETE_TOKEN, token_params)
         if meta is not None:
             conn.execute(Sql.PUT_META, meta_params(meta))
+    except BaseException:
+        _roll_back(conn)
+        raise
+
+
+def commit_rows(conn: sqlite3.Connection) -> None:
+    """Commit the staged transaction: with ``synchronous=FULL`` the WAL is fsynced before this
+    returns. CPython releases the GIL for the whole COMMIT. On failure: roll back, raise."""
+    try:
         conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+        _roll_back(conn)
         raise
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _write_table(
@@ -284,10 +314,13 @@ def _write_table(
     delete_sql: str,
     params: Callable[[V], tuple[object, ...]],
 ) -> None:
+    if not rows:
+        return
     deleted = [(key,) for key, row in rows.items() if row is None]
     if deleted:
         conn.executemany(delete_sql, deleted)
-    conn.executemany(put_sql, (params(row) for row in rows.values() if row is not None))
+    if len(deleted) < len(rows):
+        conn.executemany(put_sql, [params(row) for row in rows.values() if row is not None])
 
 
 def load_meta(conn: sqlite3.Connection) -> PartitionMeta:

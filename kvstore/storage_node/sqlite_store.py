@@ -39,8 +39,15 @@ is lost from view and nothing was acknowledged; the caller may ``run()`` it agai
 node's shell does, treat the store as failed. ``close()`` does not flush: writes not yet flushed
 were never acknowledged and are dropped, as a crash would.
 
-Memory: apart from the open and in-flight batches nothing per key stays in Python; SQLite's page
-cache is bounded by ``SQLITE_CACHE_KIB`` per connection (two connections per store).
+Hot path: point reads first try two in-memory structures, both kept exact by this store being the
+file's only writer. A bounded cache of decoded durable item rows (``ITEM_CACHE_ROWS_MAX``, oldest
+entry evicted first; absent keys are cached too) is filled by reads and by ``end_flush`` with the
+rows just made durable. The set of keys holding a durable intent (loaded at open, updated by
+``end_flush``) answers ``get_intent`` for the common key without an intent without a query.
+
+Memory: apart from the open and in-flight batches, the item cache and the intent keys (bounded by
+pending transactions), nothing per key stays in Python; SQLite's page cache is bounded by
+``SQLITE_CACHE_KIB`` per connection (two connections per store).
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, TypeVar
 
-from kvstore.limits import FLUSH_WRITES_MAX
+from kvstore.limits import FLUSH_WRITES_MAX, ITEM_CACHE_ROWS_MAX
 from kvstore.messages import LedgerRecord
 from kvstore.storage_node import sqlite_schema as schema
 from kvstore.storage_node.sqlite_schema import SCHEMA_VERSION, SchemaError, Sql
@@ -117,7 +124,17 @@ class FlushJob:
     """One batch of writes on its way to disk. Call :meth:`run` once it is begun (on the store's
     executor), then :meth:`SqliteStore.end_flush`. ``rows`` is its number of row writes."""
 
-    __slots__ = ("_writer", "durable", "intents", "items", "ledger", "meta", "rows", "tokens")
+    __slots__ = (
+        "_writer",
+        "durable",
+        "intents",
+        "items",
+        "ledger",
+        "meta",
+        "rows",
+        "staged",
+        "tokens",
+    )
 
     def __init__(
         self,
@@ -136,20 +153,37 @@ class FlushJob:
         self.tokens = tokens
         self.meta = meta
         self.rows = len(items) + len(intents) + len(ledger) + len(tokens) + len(meta)
+        self.staged = False  # stage() wrote the rows into an open transaction
         self.durable = False  # run() committed it
 
+    def stage(self) -> None:
+        """Write the rows into an open SQLite transaction without committing. Meant for the
+        loop thread: it needs the GIL throughout (binding parameters) but never waits for the
+        disk, while :meth:`run` then holds the GIL only around one COMMIT. Doing both in the
+        flush thread made it fight the event loop for the GIL on every row (about 12 ms per
+        flush under load). Raises after rolling back on failure."""
+        if not self.staged:
+            schema.stage_rows(
+                self._writer,
+                items=self.items,
+                intents=self.intents,
+                ledger=self.ledger,
+                tokens=self.tokens,
+                meta=self.meta.get(_META_KEY),
+            )
+            self.staged = True
+
     def run(self) -> None:
-        """Write every row in one SQLite transaction and commit (fsync). Thread: the store's
-        executor (or any single thread while no other uses the writer). Raises on failure, after
-        rolling back; the job then stays in flight and may be run again."""
-        schema.write_rows(
-            self._writer,
-            items=self.items,
-            intents=self.intents,
-            ledger=self.ledger,
-            tokens=self.tokens,
-            meta=self.meta.get(_META_KEY),
-        )
+        """Commit the job (staging it first if needed): one SQLite transaction, one fsync.
+        Thread: the store's executor (or any single thread while no other uses the writer).
+        Raises on failure, after rolling back; the job then stays in flight and may be run
+        again."""
+        self.stage()
+        try:
+            schema.commit_rows(self._writer)
+        except BaseException:
+            self.staged = False
+            raise
         self.durable = True
 
 
@@ -179,6 +213,8 @@ class SqliteStore:
         self._tokens: _Overlay[str, TokenRow] = _Overlay()
         self._meta: _Overlay[int, PartitionMeta] = _Overlay()
         self._meta_durable = schema.load_meta(reader)  # only this store writes the file
+        self._item_cache: dict[Key, ItemRow | None] = {}  # durable rows; None: no row
+        self._intent_keys: set[Key] = {key for (key,) in reader.execute(Sql.INTENT_KEYS)}
         self._job: FlushJob | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
@@ -269,6 +305,13 @@ class SqliteStore:
             raise RuntimeError(f"{self.path}: end_flush before the job ran successfully")
         self._items.drop(job.items)
         self._intents.drop(job.intents)
+        for key, row in job.items.items():
+            self._cache_item(key, row)
+        for key, intent in job.intents.items():
+            if intent is None:
+                self._intent_keys.discard(key)
+            else:
+                self._intent_keys.add(key)
         self._ledger.drop(job.ledger)
         self._tokens.drop(job.tokens)
         self._meta.drop(job.meta)
@@ -345,8 +388,19 @@ class SqliteStore:
         found = self._items.get(key)
         if found is not _MISSING:
             return found
+        cached = self._item_cache.get(key, _MISSING)
+        if cached is not _MISSING:
+            return cached
         row = self._point.execute(Sql.GET_ITEM, (key,)).fetchone()
-        return None if row is None else schema.decode_item(key, *row)
+        item = None if row is None else schema.decode_item(key, *row)
+        self._cache_item(key, item)
+        return item
+
+    def _cache_item(self, key: Key, row: ItemRow | None) -> None:
+        cache = self._item_cache
+        if key not in cache and len(cache) >= ITEM_CACHE_ROWS_MAX:
+            del cache[next(iter(cache))]  # the oldest entry: insertion order
+        cache[key] = row
 
     def put_item(self, row: ItemRow) -> None:
         self._items.open[row.key] = row
@@ -384,6 +438,8 @@ class SqliteStore:
         found = self._intents.get(key)
         if found is not _MISSING:
             return found
+        if key not in self._intent_keys:
+            return None
         row = self._point.execute(Sql.GET_INTENT, (key,)).fetchone()
         return None if row is None else schema.decode_intent(*row)
 

@@ -112,6 +112,25 @@ def test_every_catalogue_code_round_trips(code: ErrorCode) -> None:
     assert type(reply.error) is type(error)
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        [0, 1, "m", {"a": [1]}, 600_000],
+        [0, CALL_ID_MAX, "m" * 128, None, 1],
+        [1, 1, b"body", [0, 0, 0]],
+        [1, CALL_ID_MAX, None, [ORIGIN_MAX, ORIGIN_MAX, ORIGIN_MAX]],
+    ],
+)
+def test_the_fast_path_and_the_full_checks_agree(message: list[object]) -> None:
+    [fast] = decode_frame(pack([message]))
+    full = decode_message(message)
+    assert fast == full
+    assert type(fast) is type(full)
+    assert not isinstance(fast, Malformed)
+    if isinstance(fast, OkReply) and isinstance(full, OkReply):
+        assert type(fast.clock) is type(full.clock) is Timestamp
+
+
 def test_many_messages_in_one_frame_keep_their_order() -> None:
     parts = [encode_request(i, "m", i, 10) for i in range(1, 20)]
     parts.append(encode_ok(3, "x", CLOCK))

@@ -1,0 +1,78 @@
+"""A node service run in the test process (real SQLite files, real sockets): admission control,
+ownership, stats, and a clean stop."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from support.cluster import free_port
+from support.partition import put
+
+from kvstore import limits
+from kvstore.config import load_cluster, write_cluster_file, write_secret
+from kvstore.errors import Overloaded, ValidationError, WrongOwner
+from kvstore.messages import GetReply, GetRequest, WriteReply, WriteRequest
+from kvstore.storage_node.service import NodeService
+from kvstore.types import PartitionId
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def service(tmp_path: Path) -> AsyncIterator[NodeService]:
+    nodes = {"n1": f"127.0.0.1:{free_port()}", "n2": f"127.0.0.1:{free_port()}"}
+    write_cluster_file(tmp_path / "cluster.toml", nodes=nodes, partitions=4)
+    write_secret(tmp_path / "secret")
+    node = NodeService(load_cluster(tmp_path / "cluster.toml"), "n1")
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+async def test_a_full_partition_queue_answers_overloaded_and_others_keep_serving(
+    service: NodeService,
+) -> None:
+    busy, other = service.shells[PartitionId(0)], PartitionId(2)
+    busy.in_progress = limits.PARTITION_QUEUE_MAX  # as if that many requests were waiting
+    try:
+        with pytest.raises(Overloaded):
+            await service.handle_rpc("get", {"partition": 0, "key": "k"}, 1000)
+        with pytest.raises(Overloaded):
+            await service.serve(GetRequest(partition=PartitionId(0), key="k"))
+    finally:
+        busy.in_progress = 0
+    reply = await service.serve(WriteRequest(partition=other, op=put("k2", 1)))
+    assert isinstance(reply, WriteReply) and reply.version == 1
+    got = await service.serve(GetRequest(partition=other, key="k2"))
+    assert isinstance(got, GetReply) and got.item is not None and got.item.value == 1
+    text = service.metrics.render().decode()
+    assert 'kvstore_node_requests_total{code="Overloaded",method="get"}' in text
+
+
+async def test_partitions_of_other_nodes_are_refused_with_the_epoch(service: NodeService) -> None:
+    assert sorted(service.shells) == [0, 2]
+    with pytest.raises(WrongOwner) as caught:
+        await service.serve(GetRequest(partition=PartitionId(1), key="k"))
+    assert caught.value.details == {"epoch": 1, "partition": 1, "owner": "n2"}
+
+
+async def test_stats_report_every_owned_partition(service: NodeService) -> None:
+    stats = service.stats()
+    assert stats["node"] == "n1" and stats["epoch"] == 1
+    partitions = stats["partitions"]
+    assert isinstance(partitions, dict) and sorted(partitions) == ["0", "2"]
+    assert partitions["0"] == {"intents": 0, "open_ledger_records": 0, "in_progress": 0}
+
+
+async def test_a_second_node_on_the_same_data_directory_is_refused(
+    service: NodeService,
+) -> None:
+    twin = NodeService(service.config, "n1")
+    with pytest.raises(ValidationError, match="in use by another running node"):
+        await twin.start()
+    await twin.stop()
