@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from chaos.sim.loop import EventLoop, Trace
 from chaos.sim.network import Envelope, Network
 from kvstore.coordinator.core import WriteTxn
+from kvstore.coordinator.driver import Actor
 from kvstore.coordinator.effects import Finish, Send
 from kvstore.coordinator.read import ReadTxn
 from kvstore.coordinator.recovery import Recovery
@@ -52,15 +53,6 @@ TICK_US = 10_000
 MAINTAIN_US = 200_000
 ORIGIN_STRIDE = 1 << 16  # origins of one host's incarnations, far apart from other hosts'
 LEDGER_SCAN_MAX = 100_000
-
-
-class Actor(Protocol):
-    @property
-    def done(self) -> bool: ...
-    def step_start(self, now_us: int) -> list[Any]: ...
-    def step_reply(self, call_id: int, reply: Reply, now_us: int) -> list[Any]: ...
-    def step_failed(self, call_id: int, error: ErrorCode, now_us: int) -> list[Any]: ...
-    def step_tick(self, now_us: int) -> list[Any]: ...
 
 
 class Host:

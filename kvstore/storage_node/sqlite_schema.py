@@ -27,9 +27,9 @@ logical counter and the origin). Keys, transaction ids and tokens are TEXT under
 collation, which compares UTF-8 bytes: the same order as Python's ``str`` comparison. Every
 listing breaks ties on the table's key, so its order is total.
 
-:func:`write_rows` writes one flush job: deletions and upserts (``INSERT OR REPLACE``, with
-``executemany``) of every table in one ``BEGIN IMMEDIATE ... COMMIT`` transaction, rolled back
-on any failure.
+:func:`stage_rows` writes one flush job into an open ``BEGIN IMMEDIATE`` transaction: deletions
+and upserts (``INSERT OR REPLACE``, with ``executemany``) of every table; :func:`commit_rows`
+commits it (the fsync). Either rolls back on failure.
 
 ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`; :func:`ensure_schema` creates the schema in
 an empty file and refuses any other version with :class:`SchemaError`.
@@ -77,7 +77,8 @@ __all__ = [
     "token_params",
     "decode_token",
     "meta_params",
-    "write_rows",
+    "stage_rows",
+    "commit_rows",
     "BUSY_TIMEOUT_S",
     "WAL_SIZE_LIMIT_BYTES",
 ]
@@ -249,21 +250,6 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
 
 K = TypeVar("K")
 V = TypeVar("V")
-
-
-def write_rows(
-    conn: sqlite3.Connection,
-    *,
-    items: Mapping[Key, ItemRow | None],
-    intents: Mapping[Key, Intent | None],
-    ledger: Mapping[TxnId, LedgerRecord | None],
-    tokens: Mapping[str, TokenRow | None],
-    meta: PartitionMeta | None,
-) -> None:
-    """Write one flush job in one transaction and commit it (with ``synchronous=FULL``, the
-    fsync). ``None`` rows are deletions. On any failure: roll back and raise, nothing written."""
-    stage_rows(conn, items=items, intents=intents, ledger=ledger, tokens=tokens, meta=meta)
-    commit_rows(conn)
 
 
 def stage_rows(
