@@ -54,6 +54,7 @@ __all__ = [
     "RPC_BACKOFF_MAX_MS",
     "PARTITION_QUEUE_MAX",
     "FLUSH_WRITES_MAX",
+    "STAGE_ON_LOOP_ROWS_MAX",
     "SQLITE_CACHE_KIB",
     "ITEM_CACHE_ROWS_MAX",
     "MAINTAIN_INTERVAL_MS",
@@ -114,6 +115,7 @@ RPC_BACKOFF_MAX_MS: Final = 1_000  # reconnect delay cap.
 # --- storage node (DESIGN section 8) -------------------------------------------------------
 PARTITION_QUEUE_MAX: Final = 2_048  # requests waiting on one partition; beyond: Overloaded.
 FLUSH_WRITES_MAX: Final = 4_096  # buffered row writes that start a flush without waiting.
+STAGE_ON_LOOP_ROWS_MAX: Final = 256  # larger flushes stage their rows on the flush thread too.
 SQLITE_CACHE_KIB: Final = 2_048  # page cache per SQLite connection.
 ITEM_CACHE_ROWS_MAX: Final = 2_048  # decoded durable item rows kept per partition (hot keys).
 MAINTAIN_INTERVAL_MS: Final = 200  # background maintenance tick of a node.

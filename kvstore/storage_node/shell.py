@@ -11,7 +11,9 @@ service awaits :meth:`PartitionShell.durable`:
 * else nothing: answer at once.
 
 The flush loop runs while the open batch is non-empty: it moves the batch into a flush job
-(``begin_flush``), writes its rows into an open SQLite transaction on the loop (CPU only), commits
+(``begin_flush``), writes its rows into an open SQLite transaction on the loop (CPU only; a batch
+of more than ``STAGE_ON_LOOP_ROWS_MAX`` rows is written on the flush thread instead, so no batch
+stalls the loop for more than about a millisecond), commits
 it on the node's flush thread (the fsync, off the event loop and without the GIL), then
 ``end_flush`` and releases every reply that waited on that job. One flush thread serves every
 partition of the node: commits queue up there for a fraction of a millisecond each, while a
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 from kvstore.errors import InternalError
+from kvstore.limits import STAGE_ON_LOOP_ROWS_MAX
 from kvstore.logs import log_event
 from kvstore.storage_node.core import PartitionCore
 from kvstore.storage_node.metrics import NodeMetrics
@@ -102,7 +105,8 @@ class PartitionShell:
                 self._flight_waiters = waiters
                 started = time.perf_counter()
                 try:
-                    job.stage()  # on the loop: CPU only, no disk wait (see FlushJob.stage)
+                    if job.rows <= STAGE_ON_LOOP_ROWS_MAX:  # a big batch would stall the loop
+                        job.stage()  # CPU only, no disk wait (see FlushJob.stage)
                     await loop.run_in_executor(self._flush_executor, job.run)
                 except Exception as error:  # disk full, I/O error: see the module docstring
                     self._fail(error, waiters)

@@ -14,9 +14,17 @@ from support.partition import put
 from kvstore import limits
 from kvstore.config import load_cluster, write_cluster_file, write_secret
 from kvstore.errors import Overloaded, ValidationError, WrongOwner
-from kvstore.messages import GetReply, GetRequest, WriteReply, WriteRequest
+from kvstore.messages import (
+    ExecuteReply,
+    ExecuteRequest,
+    GetReply,
+    GetRequest,
+    WriteReply,
+    WriteRequest,
+)
 from kvstore.storage_node.service import NodeService
-from kvstore.types import PartitionId
+from kvstore.timestamps import new_txn_id, system_clock_us
+from kvstore.types import PartitionId, Timestamp
 
 pytestmark = pytest.mark.asyncio
 
@@ -76,3 +84,25 @@ async def test_a_second_node_on_the_same_data_directory_is_refused(
     with pytest.raises(ValidationError, match="in use by another running node"):
         await twin.start()
     await twin.stop()
+
+
+async def test_a_batch_too_big_to_stage_on_the_loop_is_written_by_the_flush_thread(
+    service: NodeService,
+) -> None:
+    pmap = service.cluster_map.partitions
+    keys = [k for k in (f"big-{i}" for i in range(5_000)) if pmap.partition_of(k) == 0]
+    keys = keys[: limits.STAGE_ON_LOOP_ROWS_MAX + 20]
+    assert len(keys) > limits.STAGE_ON_LOOP_ROWS_MAX
+    request = ExecuteRequest(
+        partition=PartitionId(0),
+        txn_id=new_txn_id(),
+        ts=Timestamp(system_clock_us(), 0, 77),
+        ops=tuple(put(k, i) for i, k in enumerate(keys)),
+    )
+    reply = await service.serve(request)
+    assert isinstance(reply, ExecuteReply) and reply.committed, reply
+    store = service.shells[PartitionId(0)].store
+    assert not store.dirty and store.in_flight is None  # acknowledged only once durable
+    for i in (0, len(keys) - 1):
+        got = await service.serve(GetRequest(partition=PartitionId(0), key=keys[i]))
+        assert isinstance(got, GetReply) and got.item is not None and got.item.value == i
