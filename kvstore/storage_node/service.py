@@ -161,7 +161,7 @@ class NodeService:
                 flush_executor=self._flush_executor,
             )
         self.metrics.track_partitions(
-            {pid: _getter(shell, "in_progress") for pid, shell in self.shells.items()},
+            {pid: shell.queue_depth for pid, shell in self.shells.items()},
             {pid: shell.store.intent_count for pid, shell in self.shells.items()},
         )
 
@@ -339,10 +339,6 @@ class NodeService:
             )
 
         done.add_done_callback(finished)
-
-
-def _getter(obj: object, name: str) -> Any:
-    return lambda: getattr(obj, name)
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:

@@ -88,6 +88,10 @@ class PartitionShell:
             return waiter
         return None
 
+    def queue_depth(self) -> int:
+        """Requests admitted and not yet answered (for the queue-depth gauge)."""
+        return self.in_progress
+
     async def idle(self) -> None:
         """Wait until nothing is buffered or in flight (for shutdown)."""
         while self._flusher is not None:
