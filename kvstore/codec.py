@@ -78,7 +78,7 @@ from kvstore.messages import (
     WriteRequest,
 )
 from kvstore.ops import Op, op_from_json, op_to_json, validate_token, validate_txn_ops
-from kvstore.types import Key, PartitionId, Timestamp, TxnId, Value
+from kvstore.types import Key, PartitionId, Timestamp, TxnId, Value, timestamp_from_wire
 from kvstore.values import validate_key, validate_value
 
 __all__ = [
@@ -302,17 +302,9 @@ def _value(obj: _Obj, field: str, name: str) -> Value:
 
 def _ts(obj: _Obj, field: str, name: str) -> Timestamp:
     value = obj[name]
-    if type(value) is list and len(value) == 3:
-        physical_us, logical, origin = value
-        if (
-            type(physical_us) is int
-            and type(logical) is int
-            and type(origin) is int
-            and 0 <= physical_us <= _U64_MAX
-            and 0 <= logical <= _U64_MAX
-            and 0 <= origin <= _U64_MAX
-        ):
-            return Timestamp(physical_us, logical, origin)
+    ts = timestamp_from_wire(value)
+    if ts is not None:
+        return ts
     return decode_timestamp(value, _join(field, name))  # raises, naming the bad part
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "Value",
     "JsonValue",
     "ORIGIN_MAX",
+    "timestamp_from_wire",
     "TIMESTAMP_ZERO",
 ]
 
@@ -57,3 +58,21 @@ class Timestamp(NamedTuple):
 
 
 TIMESTAMP_ZERO: Final = Timestamp(0, 0, 0)
+
+
+def timestamp_from_wire(raw: object) -> Timestamp | None:
+    """``raw`` as a timestamp when it is ``[physical_us, logical, origin]`` of integers in
+    ``0..2**64-1`` (the wire form), else None. Callers that must say what is wrong follow up
+    with their own typed error."""
+    if type(raw) is list and len(raw) == 3:
+        physical_us, logical, origin = raw
+        if (
+            type(physical_us) is int
+            and type(logical) is int
+            and type(origin) is int
+            and 0 <= physical_us <= ORIGIN_MAX
+            and 0 <= logical <= ORIGIN_MAX
+            and 0 <= origin <= ORIGIN_MAX
+        ):
+            return Timestamp(physical_us, logical, origin)
+    return None

@@ -51,7 +51,7 @@ from kvstore.errors import (
     error_from_code,
 )
 from kvstore.limits import RPC_FRAME_BYTES_MAX
-from kvstore.types import ORIGIN_MAX, Timestamp
+from kvstore.types import Timestamp, timestamp_from_wire
 
 __all__ = [
     "KIND_REQUEST",
@@ -277,19 +277,10 @@ def decode_frame(data: bytes) -> list[Message]:
                     and type(kind) is int
                     and type(call_id) is int
                     and 0 < call_id <= CALL_ID_MAX
-                    and type(clock) is list
-                    and len(clock) == 3
                 ):
-                    physical_us, logical, origin = clock
-                    if (
-                        type(physical_us) is int
-                        and type(logical) is int
-                        and type(origin) is int
-                        and 0 <= physical_us <= ORIGIN_MAX
-                        and 0 <= logical <= ORIGIN_MAX
-                        and 0 <= origin <= ORIGIN_MAX
-                    ):
-                        append(_new(OkReply, (call_id, body, _new(Timestamp, clock))))
+                    ts = timestamp_from_wire(clock)
+                    if ts is not None:
+                        append(_new(OkReply, (call_id, body, ts)))
                         continue
         append(decode_message(message))
     return decoded
@@ -297,15 +288,6 @@ def decode_frame(data: bytes) -> list[Message]:
 
 def _malformed(call_id: int, why: str) -> Malformed:
     return Malformed(call_id, ProtocolViolation(f"malformed RPC message: {why}"))
-
-
-def _clock(value: object) -> Timestamp | None:
-    if type(value) is not list or len(value) != 3:
-        return None
-    for part in value:
-        if type(part) is not int or not 0 <= part <= ORIGIN_MAX:
-            return None
-    return Timestamp(value[0], value[1], value[2])
 
 
 def error_from_json(error: object) -> KvError | None:
@@ -349,14 +331,14 @@ def decode_message(message: object) -> Message:
             return _malformed(call_id, "an ok reply has 4 fields")
         if call_id == 0:
             return _malformed(0, "an ok reply's call id must be at least 1")
-        clock = _clock(message[3])
+        clock = timestamp_from_wire(message[3])
         if clock is None:
             return _malformed(call_id, "clock is not [physical_us, logical, origin]")
         return OkReply(call_id, message[2], clock)
     if kind == KIND_ERROR:
         if len(message) != 4:
             return _malformed(call_id, "an error reply has 4 fields")
-        clock = _clock(message[3])
+        clock = timestamp_from_wire(message[3])
         if clock is None:
             return _malformed(call_id, "clock is not [physical_us, logical, origin]")
         error = error_from_json(message[2])

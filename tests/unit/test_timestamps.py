@@ -22,7 +22,7 @@ from kvstore.timestamps import (
     random_origin,
     system_clock_us,
 )
-from kvstore.types import ORIGIN_MAX, TIMESTAMP_ZERO, Timestamp
+from kvstore.types import ORIGIN_MAX, TIMESTAMP_ZERO, Timestamp, timestamp_from_wire
 
 
 class FakeClock:
@@ -250,3 +250,19 @@ def test_fork_child_gets_new_origin_and_distinct_ids() -> None:
     child_ids = set(child["ids"])
     assert len(child_ids) == n
     assert parent_ids.isdisjoint(child_ids)
+
+
+def test_timestamp_from_wire_accepts_only_three_unsigned_64_bit_ints() -> None:
+    assert timestamp_from_wire([1, 2, ORIGIN_MAX]) == Timestamp(1, 2, ORIGIN_MAX)
+    for junk in (
+        [1, 2],
+        [1, 2, 3, 4],
+        (1, 2, 3),
+        [1, True, 3],
+        [-1, 0, 0],
+        [0, 0, ORIGIN_MAX + 1],
+        [1.0, 0, 0],
+        None,
+        "1.0.1",
+    ):
+        assert timestamp_from_wire(junk) is None, junk
