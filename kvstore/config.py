@@ -5,10 +5,13 @@ Theory of operation
 Every process of a cluster reads the same TOML file. It names the map epoch, the partition count,
 each storage node (``address``, ``data_dir``, and optionally the ``partitions`` it owns; either
 every node lists its partitions or none does, and then partitions go round-robin in node order),
-each coordinator's ``address``, the file holding the cluster secret, and optional ``[timing]``
-overrides of the partition core's time constants (tests shorten them). Relative paths are relative
-to the file's directory. Loading is strict: an unknown key, a wrong type or an inconsistent map is
-a :class:`~kvstore.errors.ValidationError` naming the field, before any process starts serving.
+each coordinator's ``address``, the file holding the cluster secret, the API token file
+(``api_tokens_file``, by default ``api_tokens.toml``; see :mod:`kvstore.api.tokens`), the most
+operations one transaction may carry (``txn_ops_max``, at most ``TXN_OPS_MAX_CEILING``), and
+optional ``[timing]`` overrides of the partition core's time constants (tests shorten them).
+Relative paths are relative to the file's directory. Loading is strict: an unknown key, a wrong
+type or an inconsistent map is a :class:`~kvstore.errors.ValidationError` naming the field, before
+any process starts serving.
 
 The secret file must not be readable by group or others (mode 0600): a secret anyone on the box can
 read protects nothing, so :func:`read_secret` refuses it instead of silently accepting it.
@@ -29,7 +32,7 @@ from types import MappingProxyType
 import tomli_w
 
 from kvstore.errors import ValidationError
-from kvstore.limits import PARTITIONS_DEFAULT
+from kvstore.limits import PARTITIONS_DEFAULT, TXN_OPS_MAX_CEILING, TXN_OPS_MAX_DEFAULT
 from kvstore.partitioning import ClusterMap, PartitionMap
 from kvstore.storage_node.core import PartitionConfig
 from kvstore.types import NodeId, PartitionId
@@ -56,7 +59,17 @@ TIMING_KEYS = (
 """The ``[timing]`` keys: fields of :class:`~kvstore.storage_node.core.PartitionConfig`."""
 
 _SECRET_BYTES = 32
-_TOP_KEYS = {"epoch", "partitions", "secret_file", "nodes", "coordinators", "timing"}
+_TOP_KEYS = {
+    "epoch",
+    "partitions",
+    "secret_file",
+    "api_tokens_file",
+    "txn_ops_max",
+    "nodes",
+    "coordinators",
+    "timing",
+}
+_API_TOKENS_FILE_DEFAULT = "api_tokens.toml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +94,24 @@ class ClusterConfig:
     nodes: Mapping[NodeId, NodeSpec]
     coordinators: Mapping[str, CoordinatorSpec]
     secret_file: Path
+    api_tokens_file: Path
     partition_config: PartitionConfig = field(default_factory=PartitionConfig)
+    txn_ops_max: int = TXN_OPS_MAX_DEFAULT
 
     def node(self, node_id: str) -> NodeSpec:
         spec = self.nodes.get(NodeId(node_id))
         if spec is None:
             known = ", ".join(sorted(self.nodes))
             raise ValidationError("id", f"no node {node_id!r} in {self.path} (nodes: {known})")
+        return spec
+
+    def coordinator(self, coordinator_id: str) -> CoordinatorSpec:
+        spec = self.coordinators.get(coordinator_id)
+        if spec is None:
+            known = ", ".join(sorted(self.coordinators))
+            raise ValidationError(
+                "id", f"no coordinator {coordinator_id!r} in {self.path} (coordinators: {known})"
+            )
         return spec
 
     def secret(self) -> str:
@@ -115,6 +139,14 @@ def _int(raw: object, field_name: str, minimum: int = 0) -> int:
 def _str(raw: object, field_name: str) -> str:
     if not isinstance(raw, str) or not raw:
         raise ValidationError(field_name, f"must be a non-empty string, got {raw!r}")
+    return raw
+
+
+def _txn_ops_max(raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= TXN_OPS_MAX_CEILING:
+        raise ValidationError(
+            "txn_ops_max", f"must be an integer in 1..{TXN_OPS_MAX_CEILING}, got {raw!r}"
+        )
     return raw
 
 
@@ -169,13 +201,18 @@ def load_cluster(path: str | os.PathLike[str]) -> ClusterConfig:
     _check_keys(timing, set(TIMING_KEYS), "timing")
     overrides = {name: _int(value, f"timing.{name}", 1) for name, value in timing.items()}
     secret_file = base / _str(doc.get("secret_file", "secret"), "secret_file")
+    api_tokens_file = base / _str(
+        doc.get("api_tokens_file", _API_TOKENS_FILE_DEFAULT), "api_tokens_file"
+    )
     return ClusterConfig(
         path=file,
         cluster_map=cmap,
         nodes=MappingProxyType(nodes),
         coordinators=MappingProxyType(coordinators),
         secret_file=secret_file,
+        api_tokens_file=api_tokens_file,
         partition_config=PartitionConfig(**overrides),  # type: ignore[arg-type]
+        txn_ops_max=_txn_ops_max(doc.get("txn_ops_max", TXN_OPS_MAX_DEFAULT)),
     )
 
 
@@ -213,14 +250,24 @@ def write_cluster_file(
     coordinators: Mapping[str, str] | None = None,
     timing: Mapping[str, int] | None = None,
     secret_file: str = "secret",
+    api_tokens_file: str | None = None,
+    txn_ops_max: int | None = None,
 ) -> None:
-    """Write a cluster file: ``nodes`` maps node id to address; data in ``data/<id>``."""
+    """Write a cluster file: ``nodes`` maps node id to address; data in ``data/<id>``.
+
+    ``api_tokens_file`` and ``txn_ops_max`` are written only when given (else the defaults
+    apply when the file is loaded).
+    """
     doc: dict[str, object] = {
         "epoch": epoch,
         "partitions": partitions,
         "secret_file": secret_file,
         "nodes": {nid: {"address": addr, "data_dir": f"data/{nid}"} for nid, addr in nodes.items()},
     }
+    if api_tokens_file is not None:
+        doc["api_tokens_file"] = api_tokens_file
+    if txn_ops_max is not None:
+        doc["txn_ops_max"] = txn_ops_max
     if coordinators:
         doc["coordinators"] = {cid: {"address": addr} for cid, addr in coordinators.items()}
     if timing:

@@ -59,6 +59,13 @@ __all__ = [
     "ITEM_CACHE_ROWS_MAX",
     "MAINTAIN_INTERVAL_MS",
     "BACKGROUND_ACTORS_MAX",
+    "API_BODY_BYTES_MAX",
+    "SCAN_LIMIT_DEFAULT",
+    "API_TOKEN_NAME_CHARS_MAX",
+    "TOKEN_FILE_RELOAD_INTERVAL_MS",
+    "RETRY_AFTER_S",
+    "COORDINATOR_TXNS_IN_FLIGHT_MAX",
+    "FANOUT_CALLS_MAX",
 ]
 
 # --- data model (DESIGN section 3) ---------------------------------------------------------
@@ -121,6 +128,19 @@ ITEM_CACHE_ROWS_MAX: Final = 2_048  # decoded durable item rows kept per partiti
 MAINTAIN_INTERVAL_MS: Final = 200  # background maintenance tick of a node.
 BACKGROUND_ACTORS_MAX: Final = 1_024  # stale-intent resolutions and recoveries a node runs at once.
 
+# --- public API (docs/api.md) ----------------------------------------------------------------
+# The HTTP JSON API of a coordinator: what a request may carry and how often the token file is
+# looked at. A body holds one transaction's operations plus JSON overhead, hence the margin.
+API_BODY_BYTES_MAX: Final = 2 * TXN_BYTES_MAX  # a request body; larger is 413 before reading.
+SCAN_LIMIT_DEFAULT: Final = 100  # items in a scan page when the caller does not say.
+API_TOKEN_NAME_CHARS_MAX: Final = 64  # the name of an API token, 1..API_TOKEN_NAME_CHARS_MAX.
+TOKEN_FILE_RELOAD_INTERVAL_MS: Final = 1_000  # the API token file is stat-ed at most this often.
+RETRY_AFTER_S: Final = 1  # the Retry-After of a 503 (the SDK adds its own jittered backoff).
+
+# --- coordinator (DESIGN section 6) ---------------------------------------------------------
+COORDINATOR_TXNS_IN_FLIGHT_MAX: Final = 4_096  # transactions running at once; beyond: Overloaded.
+FANOUT_CALLS_MAX: Final = 64  # calls one scan page or token lookup has in flight across partitions.
+
 # Relations that must hold; checked at import.
 assert TXN_OPS_MAX_DEFAULT <= TXN_OPS_MAX_CEILING
 assert VALUE_BYTES_MAX < TXN_BYTES_MAX
@@ -130,3 +150,5 @@ assert RESEND_INTERVAL_MS < FINISH_DEADLINE_MS
 assert PATH_SEGMENTS_MAX <= VALUE_DEPTH_MAX
 assert TXN_BYTES_MAX < RPC_FRAME_BYTES_MAX
 assert RPC_BACKOFF_BASE_MS <= RPC_BACKOFF_MAX_MS
+assert TXN_BYTES_MAX < API_BODY_BYTES_MAX
+assert 1 <= SCAN_LIMIT_DEFAULT <= SCAN_PAGE_ITEMS_MAX
