@@ -487,13 +487,16 @@ def _enc_prepare(r: PrepareRequest) -> dict[str, object]:
 
 def _dec_prepare(raw: object, field: str) -> PrepareRequest:
     obj = _record(raw, field, _PREPARE)
+    ledger = _opt(obj, field, "ledger", _ledger)
+    # The anchor may hold none of the keys (a token's home): it prepares only the ledger record.
+    ledger_only = ledger is not None and obj.get("ops") == []
     return PrepareRequest(
         partition=_partition(obj, field, "partition"),
         txn_id=_txn_id(obj, field, "txn_id"),
         ts=_ts(obj, field, "ts"),
-        ops=_txn_ops(obj, field, "ops"),
+        ops=() if ledger_only else _txn_ops(obj, field, "ops"),
         anchor=_partition(obj, field, "anchor"),
-        ledger=_opt(obj, field, "ledger", _ledger),
+        ledger=ledger,
     )
 
 

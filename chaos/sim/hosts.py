@@ -355,7 +355,15 @@ class CoordinatorHost(Host):
         token: str | None = None,
     ) -> None:
         now_us = self.local_now()
-        txn = WriteTxn(txn_id, self.clock.now(), ops, self.pmap.partition_of, now_us, token=token)
+        txn = WriteTxn(
+            txn_id,
+            self.clock.now(),
+            ops,
+            self.pmap.partition_of,
+            now_us,
+            token=token,
+            token_home=self.pmap.partition_of,
+        )
         self._run(txn, on_result, on_lost)
 
     def read(

@@ -190,7 +190,9 @@ class Client:
                     retry_or(Completion("info", invoke.value, error="refused on retry"))
                 return
             txn_id = coordinator.new_txn_id()
-            anchor = sim.pmap.partition_of(step.ops[0].key)
+            # Where the ledger record lives: the token's home when there is one (WriteTxn's
+            # token_home), else the first key's partition.
+            anchor = sim.pmap.partition_of(step.token or step.ops[0].key)
             sim.writes.setdefault(invoke.index, []).append((txn_id, anchor))
             coordinator.write(txn_id, step.ops, deliver, lost, step.token)
 

@@ -24,7 +24,11 @@ carries out the returned effects (:class:`~kvstore.coordinator.effects.Send`,
   client can read its own write (rule 6); a cancel is answered at once. When all acknowledged, a
   single ``CompleteRequest`` goes to the anchor (its answer does not matter). Past
   ``FINISH_DEADLINE_MS`` from creation it stops waiting (commit -> ``OutcomeUnknown``).
-* **Idempotency token** (rule 2): the anchor may answer that the token was already used. Different
+* **Idempotency token** (rule 2): with ``token_home`` (the service always passes it) a tokened
+  transaction is anchored at its token's home partition, not its first key's, so every submission
+  of one token, whatever its ops, meets the same ledger and token records; the home holds only the
+  ledger record when none of the keys live there (one more participant, no one-round path). The
+  anchor may answer that the token was already used. Different
   content -> ``IdempotencyMismatch`` at once. Same content -> a
   :class:`~kvstore.coordinator.follow.Follow` reports the original transaction's outcome. Either
   way our own attempt is then cancelled like any other (decide CANCELLED, cancels); FOLLOWING is
@@ -99,6 +103,7 @@ class WriteTxn:
         *,
         token: str | None = None,
         txn_ops_max: int = TXN_OPS_MAX_DEFAULT,
+        token_home: Callable[[str], PartitionId] | None = None,
     ) -> None:
         validate_txn_ops(ops, txn_ops_max=txn_ops_max)
         if token is not None:
@@ -108,7 +113,8 @@ class WriteTxn:
         self.ops = tuple(ops)
         self.token = token
         self._fingerprint = txn_fingerprint(self.ops) if token is not None else None
-        self._layout = KeyLayout([op.key for op in self.ops], partition_of)
+        anchor = token_home(token) if token is not None and token_home is not None else None
+        self._layout = KeyLayout([op.key for op in self.ops], partition_of, anchor)
         self._finish_deadline_us = now_us + FINISH_DEADLINE_MS * _US_PER_MS
         self._machine = StateMachine(WriteState.INIT, WRITE_TRANSITIONS, f"write txn {txn_id}")
         self._calls = Calls()
@@ -123,6 +129,7 @@ class WriteTxn:
         self._anchor_pending = True  # the anchor's vote (or its failure) has not come in yet
         self._anchor_answered = False  # the anchor voted (so it checked our token)
         self._refusal_waiting = False  # refused, but waiting for the anchor's token check
+        self.cas_lost = False  # the ledger record had been decided otherwise (by recovery)
         self.result: TxnResult | None = None
 
     # --- observers ------------------------------------------------------------------------
@@ -326,7 +333,16 @@ class WriteTxn:
         return self._decide(TxnState.CANCELLED, now_us)
 
     def _refused(self, partition: PartitionId, outcomes: Sequence[OpOutcome], message: str) -> None:
-        """Record a partition's reasons; invent one per op when it gave none."""
+        """Record a partition's reasons; invent one per op when it gave none.
+
+        A partition holding only the ledger record (a token's home) has no op to blame: its
+        refusal becomes the reason of every op that has none yet.
+        """
+        if not self._layout.indices(partition):
+            self._outcomes = [
+                _conflict(message) if o.code is ReasonCode.NONE else o for o in self._outcomes
+            ]
+            return
         informative = any(o.code is not ReasonCode.NONE for o in outcomes)
         if not (informative and self._layout.place(partition, outcomes, self._outcomes)):
             reasons = [_conflict(message)] * len(self._layout.indices(partition))
@@ -384,6 +400,7 @@ class WriteTxn:
         if record.txn_id != self.txn_id or record.state is TxnState.PREPARING:
             return self._decide_failed(now_us)
         self._decide_due_us = None
+        self.cas_lost = record.state is not self._wanted
         fanout = Fanout(self._calls, self.txn_id, record.state, self._layout.participants)
         self._fanout = fanout
         if record.state is TxnState.COMMITTED:

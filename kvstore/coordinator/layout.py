@@ -6,7 +6,10 @@ A transaction names keys in the client's order. :class:`KeyLayout` groups their 
 partition, keeping request order inside each group, so each partition gets one message with its
 slice. Replies come back per partition, one entry per key of the slice, and :meth:`place` writes
 them back at the keys' request positions: answers are always given in the client's order.
-The *anchor* is the partition of the first key: the home of the transaction's ledger record.
+The *anchor* is the home of the transaction's ledger record: the partition of the first key, or
+the one the caller names (a transaction with an idempotency token is anchored at the token's home
+partition, so every submission of one token meets the same record). A named anchor that holds
+none of the keys is still a participant, with an empty slice: it carries only the ledger record.
 """
 
 from __future__ import annotations
@@ -24,12 +27,18 @@ T = TypeVar("T")
 class KeyLayout:
     """Positions of request keys grouped by partition."""
 
-    def __init__(self, keys: Sequence[str], partition_of: Callable[[str], PartitionId]) -> None:
+    def __init__(
+        self,
+        keys: Sequence[str],
+        partition_of: Callable[[str], PartitionId],
+        anchor: PartitionId | None = None,
+    ) -> None:
         groups: dict[PartitionId, list[int]] = {}
         for index, key in enumerate(keys):
             groups.setdefault(partition_of(key), []).append(index)
         self.size = len(keys)
-        self.anchor: PartitionId = partition_of(keys[0])
+        self.anchor: PartitionId = partition_of(keys[0]) if anchor is None else anchor
+        groups.setdefault(self.anchor, [])
         self._groups = {partition: tuple(indices) for partition, indices in groups.items()}
         # Anchor first (its message creates the ledger record), then the rest in ascending order.
         others = sorted(p for p in self._groups if p != self.anchor)

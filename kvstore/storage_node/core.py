@@ -196,7 +196,7 @@ class PartitionCore:
                 req.txn_id, req.ledger.token, req.ledger.fingerprint, now_us
             )
             return Step(refused, wrote)
-        if self._holds_intents(req.txn_id, req.ops):
+        if req.ops and self._holds_intents(req.txn_id, req.ops):
             return Step(
                 PrepareReply(txn_id=req.txn_id, accepted=True, outcomes=(_NONE,) * len(req.ops)),
                 False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -130,5 +131,7 @@ def test_a_failing_seed_is_reported_saved_and_exits_nonzero(
     assert main(["sim", "--seeds", "2", "--jobs", "1", "--out", str(tmp_path)]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("seeds: 2, failures: ")
-    assert lines[0].startswith("seed 0 (list-append): anomalies: ")
-    assert (tmp_path / "seed-0" / "history.jsonl").exists()
+    # Which of the two seeds catches the mutant depends on the schedule; at least one must.
+    failed = re.match(r"seed (\d+) \([\w-]+\): anomalies: ", lines[0])
+    assert failed is not None, lines
+    assert (tmp_path / f"seed-{failed.group(1)}" / "history.jsonl").exists()

@@ -542,3 +542,26 @@ def test_decode_reply_raises_only_validation_errors(method: str, data: st.DataOb
 def test_any_method_and_body(method: object, body: object) -> None:
     decode_or_refuse(typing.cast(str, method), body, reply=False)
     decode_or_refuse(typing.cast(str, method), body, reply=True)
+
+
+def test_a_ledger_only_prepare_round_trips_and_only_the_anchor_may_send_no_ops() -> None:
+    ledger = LedgerRecord(
+        txn_id=TxnId("a" * 32),
+        ts=Timestamp(1, 0, 1),
+        state=TxnState.PREPARING,
+        participants=(PartitionId(0), PartitionId(3)),
+        token="tok",
+    )
+    request = PrepareRequest(
+        partition=PartitionId(3),
+        txn_id=TxnId("a" * 32),
+        ts=Timestamp(1, 0, 1),
+        ops=(),
+        anchor=PartitionId(3),
+        ledger=ledger,
+    )
+    body = msgpack.unpackb(msgpack.packb(encode_request(request)))
+    assert decode_request("prepare", body) == request
+    without_ledger = {k: v for k, v in body.items() if k != "ledger"}
+    with pytest.raises(ValidationError):
+        decode_request("prepare", without_ledger)

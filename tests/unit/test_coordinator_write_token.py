@@ -23,11 +23,13 @@ from kvstore.messages import (
     CancelRequest,
     CompleteRequest,
     DecideRequest,
+    ExecuteRequest,
     LedgerLookupRequest,
     LedgerRecord,
     LedgerReply,
     OpOutcome,
     PrepareReply,
+    PrepareRequest,
     ReasonCode,
     TokenHit,
     TxnState,
@@ -243,3 +245,40 @@ def test_a_tokened_cancel_the_anchor_never_voted_on_is_outcome_unknown() -> None
     done = txn.step_reply(decide.call_id, LedgerReply(txn_id=TXN, record=placeholder), T0 + 20)
     [answer] = finishes(done)
     assert isinstance(answer, TxnResult) and answer.error is ErrorCode.OutcomeUnknown
+
+
+# --- the token's home partition anchors the transaction -----------------------------------
+
+HOME = PartitionId(9)
+
+
+def test_a_tokened_transaction_is_anchored_at_the_tokens_home_which_holds_only_the_ledger() -> None:
+    """Every submission of one token meets the same record, whatever its keys (regression: the
+    same token with ops whose first key lived elsewhere used to commit a second time)."""
+    txn = WriteTxn(TXN, TS, OPS, partition_of, T0, token="tok-1", token_home=lambda _: HOME)
+    assert txn.anchor == HOME and txn.participants == (P1, P2, HOME)
+    prepares = {s.request.partition: s.request for s in of_type(txn.step_start(T0), PrepareRequest)}
+    assert set(prepares) == {HOME, P1, P2}
+    home = prepares[HOME]
+    assert home.ops == () and home.ledger is not None and home.ledger.token == "tok-1"
+    assert home.ledger.participants == (P1, P2, HOME)
+    assert all(p.anchor == HOME and p.ledger is None for pid, p in prepares.items() if pid != HOME)
+
+
+def test_a_one_partition_transaction_whose_token_lives_elsewhere_runs_two_phase_commit() -> None:
+    one = (Op(kind=OpKind.PUT, key="a:1", value=1),)
+    elsewhere = WriteTxn(TXN, TS, one, partition_of, T0, token="t", token_home=lambda _: HOME)
+    assert {type(s.request) for s in sends(elsewhere.step_start(T0))} == {PrepareRequest}
+    at_home = WriteTxn(TXN, TS, one, partition_of, T0, token="t", token_home=lambda _: P1)
+    assert [type(s.request) for s in sends(at_home.step_start(T0))] == [ExecuteRequest]
+
+
+def test_a_refusal_from_the_ledger_only_home_is_every_ops_reason() -> None:
+    txn = WriteTxn(TXN, TS, OPS, partition_of, T0, token="tok-1", token_home=lambda _: HOME)
+    calls = {s.request.partition: s.call_id for s in sends(txn.step_start(T0))}
+    refused = PrepareReply(txn_id=TXN, accepted=False, error=ErrorCode.ClockSkew)
+    effects = txn.step_reply(calls[HOME], refused, T0)  # the first "no" decides at once
+    decide = of_type(effects, DecideRequest)
+    assert len(decide) == 1 and decide[0].request.decision is TxnState.CANCELLED
+    assert decide[0].request.partition == HOME
+    assert [o.code for o in decide[0].request.outcomes] == [ReasonCode.TRANSACTION_CONFLICT] * 2

@@ -502,3 +502,15 @@ def test_memory_store_crash_loses_only_uncommitted_writes() -> None:
     committed(p, "t2", ts(20), put("y", 1))
     p.store.crash()
     assert p.get("x") is not None and p.get("y") is None
+
+
+def test_a_ledger_only_prepare_creates_the_record_and_is_idempotent() -> None:
+    """A token's home partition may hold none of the keys: it prepares only the ledger record."""
+    p = Partition()
+    assert p.prepare("t1", ts(2_000), anchor=True, token="tok").accepted
+    record = p.store.get_ledger(TxnId("t1"))
+    assert record is not None and record.state is TxnState.PREPARING
+    assert p.prepare("t1", ts(2_000), anchor=True, token="tok").accepted  # a duplicate
+    assert p.commit("t1") == 0  # nothing to apply here
+    hit = p.prepare("t2", ts(3_000), anchor=True, token="tok")
+    assert not hit.accepted and hit.token_hit is not None and hit.token_hit.txn_id == "t1"
