@@ -123,7 +123,10 @@ class KvError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.code.retryable
+        """The code's flag, unless ``details["retryable"]`` refines it: a cancelled transaction
+        whose every failed op failed for a retryable reason (a conflict) may be retried."""
+        refined = self.details.get("retryable")
+        return refined if isinstance(refined, bool) else self.code.retryable
 
     def to_json(self) -> dict[str, object]:
         """The ``error`` object of the HTTP API and of RPC error replies."""
@@ -131,7 +134,7 @@ class KvError(Exception):
             "code": self.code.name,
             "number": self.code.number,
             "message": self.message,
-            "retryable": self.code.retryable,
+            "retryable": self.retryable,
         }
         body.update(self.details)
         return body

@@ -139,7 +139,7 @@ RETRY_AFTER_S: Final = 1  # the Retry-After of a 503 (the SDK adds its own jitte
 
 # --- coordinator (DESIGN section 6) ---------------------------------------------------------
 COORDINATOR_TXNS_IN_FLIGHT_MAX: Final = 4_096  # transactions running at once; beyond: Overloaded.
-FANOUT_CALLS_MAX: Final = 64  # calls one scan page or token lookup has in flight across partitions.
+FANOUT_CALLS_MAX: Final = 64  # partition calls one scan page has in flight at once.
 
 # Relations that must hold; checked at import.
 assert TXN_OPS_MAX_DEFAULT <= TXN_OPS_MAX_CEILING

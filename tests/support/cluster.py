@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kvstore.api.tokens import Role, create_token
 from kvstore.codec import decode_reply, encode_request, method_of
 from kvstore.config import ClusterConfig, load_cluster, write_cluster_file, write_secret
 from kvstore.messages import Reply, Request
@@ -29,6 +30,7 @@ from kvstore.rpc import RpcClient
 from kvstore.types import PartitionId
 
 NODE_COMMAND = (sys.executable, "-m", "kvstore.storage_node")
+COORDINATOR_COMMAND = (sys.executable, "-m", "kvstore.coordinator")
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
@@ -47,7 +49,11 @@ def free_port() -> int:
 
 
 class LocalNodes:
-    """Node processes of one test cluster."""
+    """Node (and coordinator) processes of one test cluster.
+
+    With ``coordinator_ids`` it also writes an API token file with one token per role
+    (``tokens["admin"]``, ``tokens["read-write"]``, ``tokens["read-only"]``).
+    """
 
     def __init__(
         self,
@@ -56,6 +62,7 @@ class LocalNodes:
         *,
         partitions: int = 4,
         timing: Mapping[str, int] | None = None,
+        coordinator_ids: tuple[str, ...] = (),
     ) -> None:
         self.root = root
         self.config_path = root / "cluster.toml"
@@ -66,17 +73,28 @@ class LocalNodes:
             nodes=addresses,
             partitions=partitions,
             timing=FAST_TIMING if timing is None else timing,
+            coordinators={cid: f"127.0.0.1:{free_port()}" for cid in coordinator_ids},
         )
         self.secret = write_secret(root / "secret")
         self.config: ClusterConfig = load_cluster(self.config_path)
+        self.tokens = {
+            role.value: create_token(self.config.api_tokens_file, role.value, role)
+            for role in Role
+        }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
 
     def address(self, node_id: str) -> str:
+        if node_id in self.config.coordinators:
+            return self.config.coordinator(node_id).address
         return self.config.cluster_map.address_of(node_id)  # type: ignore[arg-type]
 
     def url(self, node_id: str, path: str) -> str:
         return f"http://{self.address(node_id)}{path}"
+
+    def api(self, coordinator_id: str = "c1") -> str:
+        """The base URL of a coordinator's public API."""
+        return f"http://{self.address(coordinator_id)}"
 
     def owner(self, pid: int) -> str:
         return self.config.cluster_map.owner_of(PartitionId(pid))
@@ -85,8 +103,9 @@ class LocalNodes:
         log = self.root / f"{node_id}.log"
         self.logs[node_id] = log
         with log.open("ab") as out:
+            command = COORDINATOR_COMMAND if node_id in self.config.coordinators else NODE_COMMAND
             self.procs[node_id] = subprocess.Popen(
-                [*NODE_COMMAND, "--config", str(self.config_path), "--id", node_id],
+                [*command, "--config", str(self.config_path), "--id", node_id],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -94,7 +113,7 @@ class LocalNodes:
         self.wait_healthy(node_id)
 
     def start_all(self) -> None:
-        for node_id in self.config.nodes:
+        for node_id in (*self.config.nodes, *self.config.coordinators):
             self.start(node_id)
 
     def wait_healthy(self, node_id: str) -> None:
@@ -105,7 +124,8 @@ class LocalNodes:
             if proc.poll() is not None:
                 raise RuntimeError(f"{node_id} exited with {proc.returncode}: {self.log(node_id)}")
             try:
-                with urllib.request.urlopen(self.url(node_id, "/health"), timeout=1) as reply:
+                health = "/v1/health" if node_id in self.config.coordinators else "/health"
+                with urllib.request.urlopen(self.url(node_id, health), timeout=1) as reply:
                     if reply.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -1,0 +1,281 @@
+"""The public HTTP JSON API (docs/api.md) over a coordinator library object.
+
+Theory of operation
+-------------------
+:func:`build_app` returns an aiohttp application whose routes are the table ``ROUTES``: method,
+path, route name, the role a token needs, and the handler. A test compares the table with the
+OpenAPI document (``kvstore/api/openapi.json``, served at ``GET /v1/openapi.json``), so the two
+cannot drift apart.
+
+One middleware wraps every request, in this order: authenticate and authorize the bearer token
+(except ``GET /v1/health``); run the handler; turn any :class:`~kvstore.errors.KvError` into the
+catalogue's status and ``{"error": {...}}`` body (``Retry-After`` on 503, ``WWW-Authenticate`` on
+401); turn aiohttp's own 404/405 into the same form; turn anything else into a logged 500
+``InternalError`` (a bug, never a crash); count the request by route and status.
+
+Handlers only parse (:mod:`kvstore.api.requests`), call the
+:class:`~kvstore.coordinator.engine.Coordinator`, and render
+(:mod:`kvstore.coordinator.answers`). Bodies are read with a cap: a ``Content-Length`` above
+``API_BODY_BYTES_MAX`` is refused with 413 before a byte of the body is read, and a chunked body
+is cut off as soon as it passes the cap. Keys and tokens in paths are decoded from the raw
+request target, so ``%2F`` stays inside the key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Final
+
+from aiohttp import web
+
+from kvstore.api import requests as parse
+from kvstore.api.tokens import Role, TokenStore
+from kvstore.coordinator.answers import entry_to_json, item_to_json, record_to_json, ts_to_json
+from kvstore.coordinator.engine import Coordinator
+from kvstore.coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kvstore.errors import (
+    InternalError,
+    KvError,
+    NotFound,
+    TooLarge,
+    ValidationError,
+)
+from kvstore.limits import API_BODY_BYTES_MAX, RETRY_AFTER_S
+from kvstore.logs import log_event
+from kvstore.types import Timestamp
+
+__all__ = ["Route", "ROUTES", "build_app", "openapi_document"]
+
+_log = logging.getLogger("kvstore.api")
+_JSON: Final = "application/json"
+_READ_CHUNK_BYTES: Final = 64 * 1024
+
+Handler = Callable[["Api", web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str  # as in the OpenAPI document
+    name: str
+    role: Role | None  # None: no token needed
+    handler: Handler
+
+
+def openapi_document() -> bytes:
+    """The checked-in OpenAPI 3.1 document."""
+    return resources.files("kvstore.api").joinpath("openapi.json").read_bytes()
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    # A lone surrogate (a member name spelled "\ud800" echoed in an error) becomes its JSON escape.
+    return web.Response(
+        body=text.encode("utf-8", "backslashreplace"), status=status, content_type=_JSON
+    )
+
+
+def error_response(error: KvError, status: int | None = None) -> web.Response:
+    response = _json({"error": error.to_json()}, status or error.code.http_status)
+    if response.status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    elif response.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="kvstore"'
+    return response
+
+
+class Api:
+    """The handlers, bound to one coordinator, token store and identity."""
+
+    def __init__(self, coordinator: Coordinator, tokens: TokenStore, coordinator_id: str) -> None:
+        self.coordinator = coordinator
+        self.tokens = tokens
+        self.coordinator_id = coordinator_id
+        self.metrics = coordinator.metrics
+        self.openapi = openapi_document()
+
+    # --- request helpers --------------------------------------------------------------------
+
+    @staticmethod
+    def _raw_tail(request: web.Request, prefix: str, field: str) -> str:
+        """The percent-decoded rest of the raw path after ``prefix``."""
+        raw = request.raw_path.split("?", 1)[0]
+        if not raw.startswith(prefix) or len(raw) == len(prefix):
+            raise ValidationError(field, "missing from the path")
+        return parse.decode_component(raw[len(prefix) :], field)
+
+    def _key(self, request: web.Request) -> str:
+        return self._raw_tail(request, "/v1/kv/", "key")
+
+    @staticmethod
+    async def _body(request: web.Request, *, optional: bool = False) -> dict[str, object]:
+        length = request.content_length
+        if length is not None and length > API_BODY_BYTES_MAX:
+            raise TooLarge(
+                f"the body is {length} bytes; at most {API_BODY_BYTES_MAX} allowed",
+                details={"limit": API_BODY_BYTES_MAX},
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.read(_READ_CHUNK_BYTES)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > API_BODY_BYTES_MAX:
+                raise TooLarge(
+                    f"the body is over {API_BODY_BYTES_MAX} bytes",
+                    details={"limit": API_BODY_BYTES_MAX},
+                )
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip() and optional:
+            return {}
+        return parse.json_object(raw)
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    async def get_item(self, request: web.Request) -> web.StreamResponse:
+        key = self._key(request)
+        item = await self.coordinator.get(key)
+        if item is None:
+            raise NotFound("no item with this key", details={"key": key})
+        return _json(item_to_json(item))
+
+    async def put_item(self, request: web.Request) -> web.StreamResponse:
+        key = self._key(request)
+        op = parse.put_op(key, await self._body(request))
+        reply = await self.coordinator.write(op)
+        return _json({"version": reply.version, "ts": _ts(reply.ts)})
+
+    async def delete_item(self, request: web.Request) -> web.StreamResponse:
+        key = self._key(request)
+        op = parse.delete_op(key, await self._body(request, optional=True))
+        reply = await self.coordinator.write(op)
+        return _json({"deleted": reply.existed, "ts": _ts(reply.ts)})
+
+    async def transact(self, request: web.Request) -> web.StreamResponse:
+        ops, token = parse.txn_request(await self._body(request), self.coordinator.txn_ops_max)
+        result = await self.coordinator.transact(ops, token=token)
+        return _json({"committed": True, "ts": ts_to_json(result.ts), "txn_id": result.txn_id})
+
+    async def read(self, request: web.Request) -> web.StreamResponse:
+        keys = parse.read_keys(await self._body(request))
+        entries = await self.coordinator.read(keys)
+        return _json({"items": [entry_to_json(entry) for entry in entries]})
+
+    async def scan(self, request: web.Request) -> web.StreamResponse:
+        raw_query = request.raw_path.partition("?")[2]
+        query = parse.scan_query(raw_query)
+        page = await self.coordinator.scan(
+            start=query.start, end=query.end, limit=query.limit, after=query.after
+        )
+        cursor = parse.encode_cursor(page.after) if page.after is not None else None
+        return _json({"items": [item_to_json(item) for item in page.items], "cursor": cursor})
+
+    async def txn_outcome(self, request: web.Request) -> web.StreamResponse:
+        token = self._raw_tail(request, "/v1/txn/", "token")
+        record = await self.coordinator.txn_record(token)
+        if record is None:
+            raise NotFound(
+                "no transaction with this idempotency token (unknown, or older than the "
+                "idempotency window)"
+            )
+        return _json(record_to_json(token, record))
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        del request
+        return _json({"status": "ok", "role": "coordinator", "id": self.coordinator_id})
+
+    async def openapi_json(self, request: web.Request) -> web.StreamResponse:
+        del request
+        return web.Response(body=self.openapi, content_type=_JSON)
+
+    async def metrics_page(self, request: web.Request) -> web.StreamResponse:
+        del request
+        response = web.Response(body=self.metrics.render())
+        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+        return response
+
+
+def _ts(ts: Timestamp | None) -> str | None:
+    return ts_to_json(ts) if ts is not None else None
+
+
+ROUTES: Final[tuple[Route, ...]] = (
+    Route("GET", "/v1/kv/{key}", "get", Role.READ_ONLY, Api.get_item),
+    Route("PUT", "/v1/kv/{key}", "put", Role.READ_WRITE, Api.put_item),
+    Route("DELETE", "/v1/kv/{key}", "delete", Role.READ_WRITE, Api.delete_item),
+    Route("POST", "/v1/txn", "txn", Role.READ_WRITE, Api.transact),
+    Route("POST", "/v1/read", "read", Role.READ_ONLY, Api.read),
+    Route("GET", "/v1/scan", "scan", Role.READ_ONLY, Api.scan),
+    Route("GET", "/v1/txn/{token}", "txn_outcome", Role.READ_ONLY, Api.txn_outcome),
+    Route("GET", "/v1/health", "health", None, Api.health),
+    Route("GET", "/v1/openapi.json", "openapi", Role.READ_ONLY, Api.openapi_json),
+    Route("GET", "/metrics", "metrics", Role.READ_ONLY, Api.metrics_page),
+)
+
+# aiohttp path patterns: a key or token may contain anything, "/" and newlines included.
+_PATTERNS: Final = {"{key}": r"{key:[\s\S]+}", "{token}": r"{token:[\s\S]+}"}
+
+
+def _aiohttp_path(path: str) -> str:
+    for name, pattern in _PATTERNS.items():
+        path = path.replace(name, pattern)
+    return path
+
+
+def build_app(coordinator: Coordinator, tokens: TokenStore, coordinator_id: str) -> web.Application:
+    """The API application; the caller owns the coordinator's life cycle."""
+    api = Api(coordinator, tokens, coordinator_id)
+    routes: dict[tuple[str, str], Route] = {}
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        resource = request.match_info.route.resource
+        pattern = resource.canonical if resource is not None else ""
+        route = routes.get((request.method, pattern))
+        name = route.name if route is not None else "unknown"
+        try:
+            if route is not None and route.role is not None:
+                tokens.authorize(request.headers.get("Authorization"), route.role)
+            response = await handler(request)
+        except KvError as error:
+            response = error_response(error)
+        except web.HTTPMethodNotAllowed as error:
+            response = error_response(
+                ValidationError("method", f"{request.method} is not allowed here"), 405
+            )
+            response.headers["Allow"] = ", ".join(sorted(error.allowed_methods))
+        except web.HTTPNotFound:
+            response = error_response(NotFound(f"no route {request.path[:200]!r}"))
+        except web.HTTPException as error:  # what aiohttp itself refuses (e.g. a bad header)
+            response = error_response(ValidationError("request", error.reason), error.status)
+        except Exception:
+            log_event(_log, "api.bug", logging.ERROR, route=name, method=request.method)
+            _log.exception("api: unhandled error on %s %s", request.method, name)
+            response = error_response(InternalError("an internal error; see the coordinator log"))
+        api.metrics.requests.labels(name, str(response.status)).inc()
+        api.metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
+        return response
+
+    app = web.Application(middlewares=[guard], client_max_size=API_BODY_BYTES_MAX)
+    for route in ROUTES:
+        path = _aiohttp_path(route.path)
+        handler = route.handler
+
+        async def bound(request: web.Request, handler: Handler = handler) -> web.StreamResponse:
+            return await handler(api, request)
+
+        resource_route = app.router.add_route(route.method, path, bound)
+        canonical = resource_route.resource.canonical if resource_route.resource else path
+        routes[(route.method, canonical)] = route
+    return app
