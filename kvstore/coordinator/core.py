@@ -13,8 +13,8 @@ carries out the returned effects (:class:`~kvstore.coordinator.effects.Send`,
   may have been applied, so it answers ``OutcomeUnknown``.
 * **Several partitions** (PREPARING): one ``PrepareRequest`` per participant, in parallel; the
   anchor's (partition of the first op) carries the new PREPARING ``LedgerRecord``. All votes yes ->
-  decide COMMITTED. The first no, refusal, failed call or the prepare deadline -> decide CANCELLED
-  at once with per-op reasons in request order; later votes are ignored.
+  decide COMMITTED. A no, refusal, failed call or the prepare deadline -> decide CANCELLED once
+  every vote is in (or failed), with each op's reason from its own partition, in request order.
 * **DECIDING**: ``DecideRequest`` is a compare-and-set on the anchor's record. The record it
   returns is final, whoever wrote it (we may lose to recovery): COMMITTED -> COMMITTING,
   CANCELLED -> CANCELLING. Failed calls are retried every ``RESEND_INTERVAL_MS``, at most
@@ -126,9 +126,8 @@ class WriteTxn:
         self._fanout: Fanout | None = None
         self._follow: Follow | None = None
         self._answer_is_ours = True  # False once a repeated token decides the answer
-        self._anchor_pending = True  # the anchor's vote (or its failure) has not come in yet
         self._anchor_answered = False  # the anchor voted (so it checked our token)
-        self._refusal_waiting = False  # refused, but waiting for the anchor's token check
+        self._refusal_waiting = False  # refused, but waiting for the remaining votes
         self.cas_lost = False  # the ledger record had been decided otherwise (by recovery)
         self.result: TxnResult | None = None
 
@@ -262,8 +261,6 @@ class WriteTxn:
         if purpose is Purpose.EXECUTE:
             return self._answer_and_end(self._error(ErrorCode.OutcomeUnknown))
         if purpose is Purpose.PREPARE:
-            if call.partition == self._layout.anchor:
-                self._anchor_pending = False
             self._refused(call.partition, (), NO_ANSWER)
             return self._cancel(now_us)
         if purpose is Purpose.DECIDE:
@@ -297,7 +294,6 @@ class WriteTxn:
 
     def _on_vote(self, partition: PartitionId, reply: Reply, now_us: int) -> list[WriteEffect]:
         if partition == self._layout.anchor:
-            self._anchor_pending = False
             self._anchor_answered = isinstance(reply, PrepareReply)
         if not isinstance(reply, PrepareReply) or reply.txn_id != self.txn_id:
             self._refused(partition, (), NO_ANSWER)
@@ -312,22 +308,26 @@ class WriteTxn:
             self._refused(partition, reply.outcomes, "the partition rejected the transaction")
             return self._cancel(now_us)
         self._yes.add(partition)
-        if self._refusal_waiting:  # the anchor's token check is in; the refusal stands
+        if self._refusal_waiting:  # refused before; decide once the last vote is in
             return self._cancel(now_us)
         if len(self._yes) == len(self._layout.partitions):
             return self._decide(TxnState.COMMITTED, now_us)
         return []
 
     def _cancel(self, now_us: int) -> list[WriteEffect]:
-        """Decide CANCELLED; with a token, not before the anchor's vote is in.
+        """Decide CANCELLED, but not before every vote is in (each bounded by its deadline).
 
-        The anchor's vote says whether our token was used before. If it was, by a transaction
-        with our content, the answer is that transaction's outcome, not our refusal: a client
-        retrying after an ambiguous answer must learn that its first attempt committed
+        Every op's reason comes from its own partition's vote. Deciding at the first "no" would
+        report ``None`` for ops on partitions that had not voted yet, even when their condition
+        failed too, and a client would retry a transaction that can never commit because the only
+        reason it saw was a conflict (found by the API contract tests).
+
+        The anchor's vote also says whether our token was used before. If it was, by a
+        transaction with our content, the answer is that transaction's outcome, not our refusal:
+        a client retrying after an ambiguous answer must learn that its first attempt committed
         (simulator seed 122 found a retry told "cancelled" after its first attempt committed).
-        The wait is bounded by the anchor call's deadline.
         """
-        if self.token is not None and self._anchor_pending:
+        if self._calls.outstanding(Purpose.PREPARE) > 0:
             self._refusal_waiting = True
             return []
         return self._decide(TxnState.CANCELLED, now_us)

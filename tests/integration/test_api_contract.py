@@ -5,10 +5,9 @@ One cluster serves the whole module (processes take about a second each to start
 works under its own unique key prefix and idempotency tokens, so tests do not see each other.
 Each test checks one behaviour of the contract: the status code and the body's shape and values.
 
-A cancelled multi-partition transaction is decided at the first "no" vote, so only the reasons
-of the partitions heard by then are known; ops elsewhere read ``"None"`` even when their own
-condition would have failed. Tests that check several failing reasons keep the failing ops on
-one partition.
+A cancelled multi-partition transaction is decided once every vote is in, so every op's reason
+comes from its own partition (regression: it used to be decided at the first "no", and ops on
+partitions that had not voted yet read ``"None"`` even when their condition failed).
 """
 
 from __future__ import annotations
@@ -350,8 +349,7 @@ async def test_cancelled_txn_has_one_reason_per_op_and_applies_nothing(
 ) -> None:
     prefix = unique("cancel")
     a, b, c = keys_on_distinct_partitions(cluster, prefix, 3)
-    # Both failing ops on one partition: its one "no" vote carries both reasons. (Reasons from
-    # partitions that vote after the first "no" are not waited for; see the module docstring.)
+    # Both failing ops on one partition: its one "no" vote carries both reasons.
     d = key_on_partition_of(cluster, prefix + "-d", b)
     await put_ok(api, b, {"state": "closed"})
     await put_ok(api, d, {"n": 1})
@@ -377,6 +375,20 @@ async def test_cancelled_txn_has_one_reason_per_op_and_applies_nothing(
         {"key": c, "found": False},
         d_before,
     ]
+
+
+async def test_every_partitions_failed_condition_is_reported(
+    cluster: LocalNodes, api: ApiClient
+) -> None:
+    """Failing conditions on four different partitions: four ConditionFailed reasons, each with
+    its item, whichever partition votes first."""
+    keys = keys_on_distinct_partitions(cluster, unique("allreasons"), 4)
+    for key in keys:
+        await put_ok(api, key, {"v": 1})
+    ops = [{"op": "check", "key": k, "if": {"version": 99}, "return_item": True} for k in keys]
+    for _ in range(5):  # votes race differently each time
+        error = cancelled(await api.txn(ops), ["ConditionFailed"] * 4)
+        assert [reason["item"]["key"] for reason in error["reasons"]] == keys
 
 
 async def test_return_item_on_an_absent_key_gives_no_item(api: ApiClient) -> None:

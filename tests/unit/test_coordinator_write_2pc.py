@@ -108,9 +108,12 @@ def committing(now: int = T0 + 20) -> tuple[WriteTxn, dict[PartitionId, Send]]:
 
 
 def reject_p1(txn: WriteTxn, prepares: dict[PartitionId, Send], now: int = T0 + 10) -> Send:
+    """P1 votes no, the others yes; returns the decide call, sent once the last vote is in."""
     reason = OpOutcome(code=ReasonCode.CONDITION_FAILED, message="version is 4")
     reply = PrepareReply(txn_id=TXN, accepted=False, outcomes=(reason,))
-    return only_send(txn.step_reply(prepares[P1].call_id, reply, now))
+    assert txn.step_reply(prepares[P1].call_id, reply, now) == []
+    assert txn.step_reply(prepares[P2].call_id, yes(P2), now) == []
+    return only_send(txn.step_reply(prepares[P3].call_id, yes(P3), now))
 
 
 # --- happy path -----------------------------------------------------------------------------
@@ -181,13 +184,15 @@ def test_reject_cancels_with_reasons_in_request_order() -> None:
     reason = OpOutcome(code=ReasonCode.CONDITION_FAILED, message="version is 4")
     conflict = OpOutcome(code=ReasonCode.TRANSACTION_CONFLICT, message="intent of t9")
     anchor_no = PrepareReply(txn_id=TXN, accepted=False, outcomes=(reason, conflict))
-    decide = only_send(txn.step_reply(prepares[P2].call_id, anchor_no, T0 + 10))
-    expected = (reason, OK, conflict, OK)
+    # Not decided at the first "no": P1's vote may carry its op's own reason.
+    assert txn.step_reply(prepares[P2].call_id, anchor_no, T0 + 10) == []
+    p1_reason = OpOutcome(code=ReasonCode.CONDITION_FAILED, message="exists is false")
+    p1_no = PrepareReply(txn_id=TXN, accepted=False, outcomes=(p1_reason,))
+    decide = only_send(txn.step_reply(prepares[P1].call_id, p1_no, T0 + 11))
+    expected = (reason, p1_reason, conflict, OK)
     assert decide.request == DecideRequest(
         partition=ANCHOR, txn_id=TXN, decision=TxnState.CANCELLED, outcomes=expected
     )
-    # Decided at the first reject: the vote still outstanding is ignored.
-    assert txn.step_reply(prepares[P1].call_id, yes(P1), T0 + 11) == []
     effects = txn.step_reply(decide.call_id, ledger(TxnState.CANCELLED), T0 + 20)
     assert txn.state is WriteState.CANCELLING
     # A cancel is answered right away, cancels go to every participant.
@@ -213,7 +218,9 @@ def test_reject_cancels_with_reasons_in_request_order() -> None:
 def test_reject_without_reasons_gets_conflict_reasons() -> None:
     txn, prepares = start()
     reply = PrepareReply(txn_id=TXN, accepted=False)
-    decide = only_send(txn.step_reply(prepares[P2].call_id, reply, T0 + 10))
+    assert txn.step_reply(prepares[P2].call_id, reply, T0 + 10) == []
+    assert txn.step_reply(prepares[P1].call_id, yes(P1), T0 + 10) == []
+    decide = only_send(txn.step_reply(prepares[P3].call_id, yes(P3), T0 + 10))
     assert isinstance(decide.request, DecideRequest)
     codes = [o.code for o in decide.request.outcomes]
     conflict, none = ReasonCode.TRANSACTION_CONFLICT, ReasonCode.NONE
@@ -238,9 +245,11 @@ def test_prepare_timeout_via_tick_cancels_with_no_answer_reasons() -> None:
     assert txn.step_reply(prepares[P3].call_id, yes(P3), deadline + 1) == []  # too late
 
 
-def test_prepare_failure_cancels_at_once() -> None:
+def test_prepare_failure_cancels_once_the_other_votes_are_in() -> None:
     txn, prepares = start()
-    decide = only_send(txn.step_failed(prepares[P1].call_id, ErrorCode.Unavailable, T0 + 3))
+    assert txn.step_failed(prepares[P1].call_id, ErrorCode.Unavailable, T0 + 3) == []
+    assert txn.step_reply(prepares[P2].call_id, yes(P2), T0 + 4) == []
+    decide = only_send(txn.step_reply(prepares[P3].call_id, yes(P3), T0 + 5))
     assert isinstance(decide.request, DecideRequest)
     assert decide.request.decision is TxnState.CANCELLED
     assert decide.request.outcomes[1].message == NO_ANSWER
@@ -249,7 +258,9 @@ def test_prepare_failure_cancels_at_once() -> None:
 def test_prepare_refusal_error_cancels() -> None:
     txn, prepares = start()
     reply = PrepareReply(txn_id=TXN, accepted=False, error=ErrorCode.ClockSkew)
-    decide = only_send(txn.step_reply(prepares[P3].call_id, reply, T0 + 3))
+    assert txn.step_reply(prepares[P3].call_id, reply, T0 + 3) == []
+    assert txn.step_reply(prepares[P1].call_id, yes(P1), T0 + 4) == []
+    decide = only_send(txn.step_reply(prepares[P2].call_id, yes(P2), T0 + 5))
     assert isinstance(decide.request, DecideRequest)
     assert decide.request.decision is TxnState.CANCELLED
     assert "ClockSkew" in decide.request.outcomes[3].message

@@ -226,10 +226,11 @@ def test_a_refusal_waits_for_the_anchor_vote_when_the_txn_has_a_token() -> None:
     assert isinstance(answer, TxnResult) and answer.committed and answer.txn_id == ORIGINAL
 
 
-def test_without_a_token_a_refusal_decides_at_once() -> None:
+def test_a_refusal_decides_once_the_last_vote_is_in() -> None:
     txn = WriteTxn(TXN, TS, OPS, partition_of, T0)
     prepares = {s.request.partition: s for s in sends(txn.step_start(T0))}
-    effects = txn.step_reply(prepares[P1].call_id, REFUSED, T0 + 5)
+    assert txn.step_reply(prepares[P1].call_id, REFUSED, T0 + 5) == []
+    effects = txn.step_failed(prepares[ANCHOR].call_id, ErrorCode.Unavailable, T0 + 6)
     assert of_type(effects, DecideRequest)
 
 
@@ -277,8 +278,10 @@ def test_a_refusal_from_the_ledger_only_home_is_every_ops_reason() -> None:
     txn = WriteTxn(TXN, TS, OPS, partition_of, T0, token="tok-1", token_home=lambda _: HOME)
     calls = {s.request.partition: s.call_id for s in sends(txn.step_start(T0))}
     refused = PrepareReply(txn_id=TXN, accepted=False, error=ErrorCode.ClockSkew)
-    effects = txn.step_reply(calls[HOME], refused, T0)  # the first "no" decides at once
-    decide = of_type(effects, DecideRequest)
+    assert txn.step_reply(calls[HOME], refused, T0) == []  # waits for the other votes
+    yes = PrepareReply(txn_id=TXN, accepted=True, outcomes=(OpOutcome(),))
+    assert txn.step_reply(calls[P1], yes, T0) == []
+    decide = of_type(txn.step_reply(calls[P2], yes, T0), DecideRequest)
     assert len(decide) == 1 and decide[0].request.decision is TxnState.CANCELLED
     assert decide[0].request.partition == HOME
     assert [o.code for o in decide[0].request.outcomes] == [ReasonCode.TRANSACTION_CONFLICT] * 2
