@@ -78,8 +78,7 @@ class LocalNodes:
         self.secret = write_secret(root / "secret")
         self.config: ClusterConfig = load_cluster(self.config_path)
         self.tokens = {
-            role.value: create_token(self.config.api_tokens_file, role.value, role)
-            for role in Role
+            role.value: create_token(self.config.api_tokens_file, role.value, role) for role in Role
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
