@@ -66,6 +66,8 @@ __all__ = [
     "RETRY_AFTER_S",
     "COORDINATOR_TXNS_IN_FLIGHT_MAX",
     "FANOUT_CALLS_MAX",
+    "CONFLICT_RETRIES_MAX",
+    "CONFLICT_BACKOFF_BASE_MS",
 ]
 
 # --- data model (DESIGN section 3) ---------------------------------------------------------
@@ -140,6 +142,8 @@ RETRY_AFTER_S: Final = 1  # the Retry-After of a 503 (the SDK adds its own jitte
 # --- coordinator (DESIGN section 6) ---------------------------------------------------------
 COORDINATOR_TXNS_IN_FLIGHT_MAX: Final = 4_096  # transactions running at once; beyond: Overloaded.
 FANOUT_CALLS_MAX: Final = 64  # partition calls one scan page has in flight at once.
+CONFLICT_RETRIES_MAX: Final = 3  # re-runs of a read or singleton write blocked by an intent.
+CONFLICT_BACKOFF_BASE_MS: Final = 2  # their pause: full jitter below base * 2**attempt.
 
 # Relations that must hold; checked at import.
 assert TXN_OPS_MAX_DEFAULT <= TXN_OPS_MAX_CEILING

@@ -17,6 +17,10 @@ its timestamps follow the nodes'), an RPC pool authenticated with the cluster se
 * :meth:`get` and :meth:`write` are singletons routed to the owning partition. A write whose
   call failed after it was sent may have been applied: that is ``OutcomeUnknown``, never a
   plain failure.
+* A read that met pending intents in every round, and a singleton write refused by a pending
+  intent (nothing applied), are tried again up to ``CONFLICT_RETRIES_MAX`` times after a short
+  jittered pause: intents usually live one commit round trip (a cancelled transaction's intents
+  are cleared just after its client was answered).
 * :meth:`scan` asks every partition for its first ``limit + 1`` keys of the range past the
   cursor, merges the pages in key order and keeps ``limit``: keys are spread over partitions by
   hash, so any partition may hold the next key.
@@ -37,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -64,6 +69,8 @@ from kvstore.errors import (
     error_from_code,
 )
 from kvstore.limits import (
+    CONFLICT_BACKOFF_BASE_MS,
+    CONFLICT_RETRIES_MAX,
     COORDINATOR_TXNS_IN_FLIGHT_MAX,
     FANOUT_CALLS_MAX,
     RPC_TIMEOUT_MS,
@@ -117,6 +124,11 @@ _INTERNAL_FAULTS = frozenset(
 class ScanPage:
     items: tuple[ItemView, ...]
     after: Key | None  # the last key of this page when more may follow; None when exhausted
+
+
+async def _conflict_pause(attempt: int) -> None:
+    """Full jitter below ``CONFLICT_BACKOFF_BASE_MS * 2**attempt``."""
+    await asyncio.sleep(random.uniform(0, CONFLICT_BACKOFF_BASE_MS * 2**attempt) / 1000)
 
 
 class _Observed:
@@ -246,14 +258,24 @@ class Coordinator:
         raise txn_error(result)
 
     async def read(self, keys: Sequence[Key]) -> tuple[ReadEntry, ...]:
-        """A read-only transaction: the entries of ``keys`` at one instant, in request order."""
+        """A read-only transaction: the entries of ``keys`` at one instant, in request order.
+
+        A read that met pending intents in every round is run again, at most
+        ``CONFLICT_RETRIES_MAX`` times after a short jittered pause: an intent usually lives for
+        one commit round trip (often the leftover of a transaction just answered "cancelled").
+        """
         now_us = system_clock_us()
-        txn = ReadTxn(keys, self._partition_of, now_us)
-        result: ReadResult = await self._run(_Observed(txn, self.metrics, now_us))
+        for attempt in range(CONFLICT_RETRIES_MAX + 1):
+            txn = ReadTxn(keys, self._partition_of, system_clock_us())
+            result: ReadResult = await self._run(_Observed(txn, self.metrics, system_clock_us()))
+            self.metrics.read_rounds.observe(result.rounds)
+            if result.error is not ErrorCode.TransactionConflict or attempt == CONFLICT_RETRIES_MAX:
+                break
+            self.metrics.retries.labels("read_txn").inc()
+            await _conflict_pause(attempt)
         self.metrics.txn_seconds.labels("read").observe(
             max(0, system_clock_us() - now_us) / _US_PER_S
         )
-        self.metrics.read_rounds.observe(result.rounds)
         self.metrics.reads.labels("ok" if result.error is None else result.error.name).inc()
         if result.error is not None:
             if result.error is ErrorCode.TransactionConflict:
@@ -292,16 +314,24 @@ class Coordinator:
         if op.kind is OpKind.CHECK:
             raise ValidationError("op", "a check is only allowed inside a transaction")
         request = WriteRequest(partition=self._partition_of(op.key), op=op)
-        try:
-            reply = await self._call(request, WriteReply, op.kind.value)
-        except KvError as error:
-            if error.details.get("sent") is True:
-                raise OutcomeUnknown(
-                    f"the {op.kind.value} of {op.key!r} may or may not have been applied: "
-                    f"{error.message}",
-                    details={"key": op.key},
-                ) from None
-            raise
+        for attempt in range(CONFLICT_RETRIES_MAX + 1):
+            try:
+                reply = await self._call(request, WriteReply, op.kind.value)
+            except KvError as error:
+                if error.details.get("sent") is True:
+                    raise OutcomeUnknown(
+                        f"the {op.kind.value} of {op.key!r} may or may not have been applied: "
+                        f"{error.message}",
+                        details={"key": op.key},
+                    ) from None
+                raise
+            # A pending intent refused the write and nothing was applied: it usually resolves
+            # within one commit round trip, so try again after a short pause (bounded).
+            conflict = reply.outcome.code is ReasonCode.TRANSACTION_CONFLICT
+            if not conflict or attempt == CONFLICT_RETRIES_MAX:
+                break
+            self.metrics.retries.labels("write").inc()
+            await _conflict_pause(attempt)
         outcome = reply.outcome
         if outcome.code is ReasonCode.NONE:
             return reply
