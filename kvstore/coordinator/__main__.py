@@ -9,21 +9,15 @@ unreadable secret, address in use) exits with status 2 and one clear line, no tr
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import sys
 
-import uvloop
-
 from kvstore.config import load_cluster
 from kvstore.coordinator.service import CoordinatorService
-from kvstore.errors import KvError
-from kvstore.logs import configure_logging
+from kvstore.process_main import run_process
 
 __all__ = ["main"]
-
-EXIT_CONFIG = 2
 
 
 async def _serve(config_path: str, coordinator_id: str) -> int:
@@ -41,19 +35,7 @@ async def _serve(config_path: str, coordinator_id: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kvstore.coordinator")
-    parser.add_argument("--config", required=True, help="the cluster file (cluster.toml)")
-    parser.add_argument("--id", required=True, help="this coordinator's id in the cluster file")
-    args = parser.parse_args(argv)
-    configure_logging(f"coordinator:{args.id}")
-    try:
-        return uvloop.run(_serve(args.config, args.id))
-    except KvError as error:
-        print(f"kvstore coordinator: {error.message}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as error:  # the address is taken
-        print(f"kvstore coordinator: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+    return run_process(argv, role="coordinator", serve=_serve)
 
 
 if __name__ == "__main__":

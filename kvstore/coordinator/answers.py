@@ -83,12 +83,9 @@ def entry_to_json(entry: ReadEntry) -> dict[str, JsonValue]:
     """One key of a read-only transaction's answer."""
     if not entry.exists:
         return {"key": entry.key, "found": False}
-    return {
-        "key": entry.key,
-        "value": value_to_json(entry.value),
-        "version": entry.version,
-        "ts": ts_to_json(entry.ts),
-    }
+    return item_to_json(
+        ItemView(key=entry.key, value=entry.value, version=entry.version, ts=entry.ts)
+    )
 
 
 def reason_to_json(outcome: OpOutcome) -> dict[str, JsonValue]:

@@ -14,23 +14,18 @@ that long (one run of bench/node_bench.py: 5.6k against 4.7k durable puts/s; run
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
 import sys
 
-import uvloop
-
 from kvstore.config import load_cluster
-from kvstore.errors import KvError
-from kvstore.logs import configure_logging
+from kvstore.process_main import EXIT_CONFIG, run_process
 from kvstore.storage_node.service import NodeService
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_CONFIG", "EXIT_FATAL"]
 
 EXIT_FATAL = 70
-EXIT_CONFIG = 2
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -55,19 +50,7 @@ async def _serve(config_path: str, node_id: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kvstore.storage_node")
-    parser.add_argument("--config", required=True, help="the cluster file (cluster.toml)")
-    parser.add_argument("--id", required=True, help="this node's id in the cluster file")
-    args = parser.parse_args(argv)
-    configure_logging(f"node:{args.id}")
-    try:
-        return uvloop.run(_serve(args.config, args.id))
-    except KvError as error:
-        print(f"kvstore node: {error.message}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as error:  # the address is taken, the data directory is not writable...
-        print(f"kvstore node: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+    return run_process(argv, role="storage_node", serve=_serve)
 
 
 if __name__ == "__main__":
