@@ -190,7 +190,16 @@ class Api:
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         del request
-        return _json({"status": "ok", "role": "coordinator", "id": self.coordinator_id})
+        cluster_map = self.coordinator.cluster_map
+        return _json(
+            {
+                "status": "ok",
+                "role": "coordinator",
+                "id": self.coordinator_id,
+                "partitions": cluster_map.partitions.partition_count,
+                "epoch": cluster_map.epoch,
+            }
+        )
 
     async def openapi_json(self, request: web.Request) -> web.StreamResponse:
         del request

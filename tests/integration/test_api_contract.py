@@ -794,7 +794,13 @@ async def test_an_admin_token_may_do_everything(cluster: LocalNodes, api: ApiCli
 async def test_health_needs_no_token(api: ApiClient) -> None:
     reply = await api.request("GET", "/v1/health", token=None)
     assert reply.status == 200, reply
-    assert reply.body == {"status": "ok", "role": "coordinator", "id": "c1"}
+    assert reply.body == {
+        "status": "ok",
+        "role": "coordinator",
+        "id": "c1",
+        "partitions": 8,
+        "epoch": 1,
+    }
 
 
 async def test_metrics_need_a_token_and_are_prometheus_text(
