@@ -225,6 +225,7 @@ class NodeService:
     def stats(self) -> dict[str, object]:
         partitions = {
             str(pid): {
+                "items": shell.store.item_count(),
                 "intents": shell.store.intent_count(),
                 "open_ledger_records": len(
                     shell.store.open_ledger_records(limits.GC_ITEMS_PER_TICK_MAX)

@@ -165,6 +165,8 @@ class Sql:
     INTENTS_BEFORE: Final = f"{_INTENT} WHERE created_us < ? ORDER BY created_us, key LIMIT ?"
     COUNT_INTENTS: Final = "SELECT count(*) FROM intents"
     HAS_INTENT: Final = "SELECT 1 FROM intents WHERE key = ?"
+    COUNT_LIVE_ITEMS: Final = "SELECT count(*) FROM items WHERE live = 1"
+    ITEM_LIVE: Final = "SELECT live FROM items WHERE key = ?"
     INTENT_KEYS: Final = "SELECT key FROM intents"
 
     _LEDGER: Final = "SELECT txn_id, body FROM ledger"

@@ -471,6 +471,21 @@ class SqliteStore:
             order=lambda intent: (intent.created_us, intent.key),
         )
 
+    def item_count(self) -> int:
+        """Items that exist (tombstones excluded), unflushed writes included. A full count of
+        the table: for status pages, not for the request path."""
+        merged = self._items.merged()
+        conn = self._reader
+        conn.execute("BEGIN")  # one snapshot: a flush may commit between the statements
+        try:
+            count: int = conn.execute(Sql.COUNT_LIVE_ITEMS).fetchone()[0]
+            for key, row in merged.items():
+                stored = conn.execute(Sql.ITEM_LIVE, (key,)).fetchone()
+                count += (row is not None and row.exists) - (stored is not None and stored[0] == 1)
+        finally:
+            conn.execute("COMMIT")
+        return count
+
     def intent_count(self) -> int:
         merged = self._intents.merged()
         conn = self._reader

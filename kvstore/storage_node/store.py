@@ -97,6 +97,9 @@ class PartitionStore(Protocol):
     def intents_of(self, txn_id: TxnId) -> list[Intent]: ...
     def intents_created_before(self, created_us: int, limit: int) -> list[Intent]: ...
     def intent_count(self) -> int: ...
+    def item_count(self) -> int:
+        """Items that exist (tombstones excluded); a full count, for status pages."""
+        ...
 
     def get_meta(self) -> PartitionMeta: ...
     def put_meta(self, meta: PartitionMeta) -> None: ...
@@ -225,6 +228,9 @@ class MemoryStore:
 
     def intent_count(self) -> int:
         return sum(1 for _ in self._intents.values())
+
+    def item_count(self) -> int:
+        return sum(1 for row in self._items.values() if row.exists)
 
     # meta
     def get_meta(self) -> PartitionMeta:

@@ -202,6 +202,7 @@ def observe_exact(store: PartitionStore, u: Universe) -> dict[str, object]:
         "tokens": [store.get_token(t) for t in u.tokens],
         "meta": store.get_meta(),
         "intent_count": store.intent_count(),
+        "item_count": store.item_count(),
         "intents_of": [store.intents_of(t) for t in u.txns],
     }
     for start, end in u.scan_bounds:
