@@ -68,6 +68,7 @@ __all__ = [
     "FANOUT_CALLS_MAX",
     "CONFLICT_RETRIES_MAX",
     "CONFLICT_BACKOFF_BASE_MS",
+    "INSPECT_ROWS_MAX",
 ]
 
 # --- data model (DESIGN section 3) ---------------------------------------------------------
@@ -129,6 +130,7 @@ SQLITE_CACHE_KIB: Final = 2_048  # page cache per SQLite connection.
 ITEM_CACHE_ROWS_MAX: Final = 2_048  # decoded durable item rows kept per partition (hot keys).
 MAINTAIN_INTERVAL_MS: Final = 200  # background maintenance tick of a node.
 BACKGROUND_ACTORS_MAX: Final = 1_024  # stale-intent resolutions and recoveries a node runs at once.
+INSPECT_ROWS_MAX: Final = 1_000  # intents and ledger records one `inspect` call lists, each.
 
 # --- public API (docs/api.md) ----------------------------------------------------------------
 # The HTTP JSON API of a coordinator: what a request may carry and how often the token file is

@@ -116,8 +116,8 @@ class NodeMetrics:
         info = Gauge("kvstore_node_info", "This node", ["node"], registry=r)
         info.labels(node=node_id).set(1)
         # Children for the hot path, looked up once (``labels()`` takes a lock and builds a key).
-        self._ok = {m: self.requests.labels(m, "ok") for m in (*METHODS, "stats")}
-        self._seconds = {m: self.request_seconds.labels(m) for m in (*METHODS, "stats")}
+        self._ok = {m: self.requests.labels(m, "ok") for m in (*METHODS, "stats", "inspect")}
+        self._seconds = {m: self.request_seconds.labels(m) for m in (*METHODS, "stats", "inspect")}
 
     def answered(self, method: str, seconds: float) -> None:
         """Count one successful answer to a known method and its latency."""

@@ -178,6 +178,8 @@ class NodeService:
         try:
             if method == "stats":
                 out: object = self.stats()
+            elif method == "inspect":
+                out = self.inspect(body)
             else:
                 request = decode_request(method, body)
                 out = encode_reply(await self.serve(request, timeout_ms))
@@ -240,6 +242,49 @@ class NodeService:
             "uptime_s": round(time.monotonic() - self._started_s, 3),
             "background_actors": self._runner.running,
             "partitions": partitions,
+        }
+
+    def inspect(self, body: object) -> dict[str, object]:
+        """One partition in detail, for operators (``kvctl inspect``/``recover``): its counts,
+        its oldest intents and its open ledger records, at most ``limit`` (1..INSPECT_ROWS_MAX)
+        of each. Body: ``{"partition": P, "limit": N}``."""
+        if not isinstance(body, dict) or set(body) - {"partition", "limit"}:
+            raise ValidationError("body", "must be {partition, limit?}")
+        pid, limit = body.get("partition"), body.get("limit", limits.INSPECT_ROWS_MAX)
+        if type(pid) is not int or type(limit) is not int:
+            raise ValidationError("partition", "partition and limit must be integers")
+        if not 1 <= limit <= limits.INSPECT_ROWS_MAX:
+            raise ValidationError("limit", f"must be 1..{limits.INSPECT_ROWS_MAX}")
+        shell = self.shells.get(PartitionId(pid))
+        if shell is None:
+            raise self._wrong_owner(PartitionId(pid))
+        store, now_us = shell.store, system_clock_us()
+        intents = store.intents_created_before(now_us + 1, limit)
+        records = store.open_ledger_records(limit)
+        return {
+            "node": self.node_id,
+            "partition": pid,
+            "items": store.item_count(),
+            "intents": store.intent_count(),
+            "oldest_intents": [
+                {
+                    "key": intent.key,
+                    "txn_id": intent.txn_id,
+                    "anchor": intent.anchor,
+                    "age_ms": (now_us - intent.created_us) // 1000,
+                }
+                for intent in intents
+            ],
+            "open_ledger_records": [
+                {
+                    "txn_id": record.txn_id,
+                    "state": record.state.value,
+                    "participants": list(record.participants),
+                    "age_ms": (now_us - record.created_us) // 1000,
+                    "past_deadline": now_us > record.deadline_us,
+                }
+                for record in records
+            ],
         }
 
     def _on_rpc_event(self, event: str) -> None:

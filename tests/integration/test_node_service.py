@@ -19,6 +19,10 @@ from kvstore.messages import (
     ExecuteRequest,
     GetReply,
     GetRequest,
+    LedgerRecord,
+    PrepareReply,
+    PrepareRequest,
+    TxnState,
     WriteReply,
     WriteRequest,
 )
@@ -74,7 +78,12 @@ async def test_stats_report_every_owned_partition(service: NodeService) -> None:
     assert stats["node"] == "n1" and stats["epoch"] == 1
     partitions = stats["partitions"]
     assert isinstance(partitions, dict) and sorted(partitions) == ["0", "2"]
-    assert partitions["0"] == {"intents": 0, "open_ledger_records": 0, "in_progress": 0}
+    assert partitions["0"] == {
+        "items": 0,
+        "intents": 0,
+        "open_ledger_records": 0,
+        "in_progress": 0,
+    }
 
 
 async def test_a_second_node_on_the_same_data_directory_is_refused(
@@ -106,3 +115,27 @@ async def test_a_batch_too_big_to_stage_on_the_loop_is_written_by_the_flush_thre
     for i in (0, len(keys) - 1):
         got = await service.serve(GetRequest(partition=PartitionId(0), key=keys[i]))
         assert isinstance(got, GetReply) and got.item is not None and got.item.value == i
+
+
+async def test_inspect_lists_counts_intents_and_open_ledger_records(service: NodeService) -> None:
+    pid = PartitionId(0)
+    await service.serve(WriteRequest(partition=pid, op=put("k1", 1)))
+    txn = new_txn_id()
+    ts = Timestamp(system_clock_us(), 0, 5)
+    ledger = LedgerRecord(txn_id=txn, ts=ts, state=TxnState.PREPARING, participants=(pid,))
+    prepare = PrepareRequest(
+        partition=pid, txn_id=txn, ts=ts, ops=(put("k2", 2),), anchor=pid, ledger=ledger
+    )
+    reply = await service.serve(prepare)
+    assert isinstance(reply, PrepareReply) and reply.accepted
+    seen = await service.handle_rpc("inspect", {"partition": 0, "limit": 10}, 1000)
+    assert isinstance(seen, dict)
+    assert (seen["items"], seen["intents"]) == (1, 1)
+    assert [(i["key"], i["txn_id"]) for i in seen["oldest_intents"]] == [("k2", txn)]
+    [record] = seen["open_ledger_records"]
+    assert (record["txn_id"], record["state"], record["past_deadline"]) == (txn, "PREPARING", False)
+    for bad in ({"partition": 0, "limit": 0}, {"partition": "0"}, {"x": 1}, [0]):
+        with pytest.raises(ValidationError):
+            await service.handle_rpc("inspect", bad, 1000)
+    with pytest.raises(WrongOwner):
+        await service.handle_rpc("inspect", {"partition": 1}, 1000)
