@@ -69,6 +69,17 @@ __all__ = [
     "CONFLICT_RETRIES_MAX",
     "CONFLICT_BACKOFF_BASE_MS",
     "INSPECT_ROWS_MAX",
+    "RECOVER_TXNS_MAX",
+    "LOCAL_NODES_MAX",
+    "LOCAL_COORDINATORS_MAX",
+    "LOCAL_READY_TIMEOUT_MS",
+    "LOCAL_STOP_TIMEOUT_MS",
+    "LOCAL_LOCK_WAIT_MS",
+    "LOCAL_PROBE_TIMEOUT_MS",
+    "LOCAL_RATE_SAMPLE_MS",
+    "LOCAL_POLL_MAX_MS",
+    "LOCAL_LOG_TAIL_LINES",
+    "LOCAL_LOG_FOLLOW_BYTES_MAX",
 ]
 
 # --- data model (DESIGN section 3) ---------------------------------------------------------
@@ -131,6 +142,7 @@ ITEM_CACHE_ROWS_MAX: Final = 2_048  # decoded durable item rows kept per partiti
 MAINTAIN_INTERVAL_MS: Final = 200  # background maintenance tick of a node.
 BACKGROUND_ACTORS_MAX: Final = 1_024  # stale-intent resolutions and recoveries a node runs at once.
 INSPECT_ROWS_MAX: Final = 1_000  # intents and ledger records one `inspect` call lists, each.
+RECOVER_TXNS_MAX: Final = 1_000  # stuck transactions one `kvctl recover` drives.
 
 # --- public API (docs/api.md) ----------------------------------------------------------------
 # The HTTP JSON API of a coordinator: what a request may carry and how often the token file is
@@ -147,6 +159,18 @@ FANOUT_CALLS_MAX: Final = 64  # partition calls one scan page has in flight at o
 CONFLICT_RETRIES_MAX: Final = 3  # re-runs of a read or singleton write blocked by an intent.
 CONFLICT_BACKOFF_BASE_MS: Final = 2  # their pause: full jitter below base * 2**attempt.
 
+# --- kvctl / local cluster (kvstore/localcluster.py, kvstore/cli/) ---------------------------
+LOCAL_NODES_MAX: Final = 16  # storage nodes `kvctl cluster up` creates at most.
+LOCAL_COORDINATORS_MAX: Final = 8  # coordinators it creates at most.
+LOCAL_READY_TIMEOUT_MS: Final = 30_000  # a started process must answer its health page by then.
+LOCAL_STOP_TIMEOUT_MS: Final = 10_000  # SIGTERM grace (a node drains up to 5 s), then SIGKILL.
+LOCAL_LOCK_WAIT_MS: Final = 60_000  # a second kvctl waits this long for the first to finish.
+LOCAL_PROBE_TIMEOUT_MS: Final = 2_000  # one health, metrics or stats call of `cluster status`.
+LOCAL_RATE_SAMPLE_MS: Final = 500  # the gap between the two /metrics samples giving request rates.
+LOCAL_POLL_MAX_MS: Final = 200  # cap of the backoff while polling readiness, exits, log files.
+LOCAL_LOG_TAIL_LINES: Final = 20  # log lines shown when a process fails to start.
+LOCAL_LOG_FOLLOW_BYTES_MAX: Final = 64 * 1024  # log bytes `up --foreground` reads per file per poll.
+
 # Relations that must hold; checked at import.
 assert TXN_OPS_MAX_DEFAULT <= TXN_OPS_MAX_CEILING
 assert VALUE_BYTES_MAX < TXN_BYTES_MAX
@@ -158,3 +182,5 @@ assert TXN_BYTES_MAX < RPC_FRAME_BYTES_MAX
 assert RPC_BACKOFF_BASE_MS <= RPC_BACKOFF_MAX_MS
 assert TXN_BYTES_MAX < API_BODY_BYTES_MAX
 assert 1 <= SCAN_LIMIT_DEFAULT <= SCAN_PAGE_ITEMS_MAX
+assert LOCAL_READY_TIMEOUT_MS + LOCAL_STOP_TIMEOUT_MS < LOCAL_LOCK_WAIT_MS
+assert LOCAL_NODES_MAX <= PARTITIONS_MAX
