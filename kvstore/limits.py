@@ -70,6 +70,7 @@ __all__ = [
     "CONFLICT_BACKOFF_BASE_MS",
     "INSPECT_ROWS_MAX",
     "RECOVER_TXNS_MAX",
+    "CLOSE_DRAIN_MS",
     "LOCAL_NODES_MAX",
     "LOCAL_COORDINATORS_MAX",
     "LOCAL_READY_TIMEOUT_MS",
@@ -80,6 +81,18 @@ __all__ = [
     "LOCAL_POLL_MAX_MS",
     "LOCAL_LOG_TAIL_LINES",
     "LOCAL_LOG_FOLLOW_BYTES_MAX",
+    "SDK_TIMEOUT_MS_DEFAULT",
+    "SDK_ATTEMPTS_MAX",
+    "SDK_RUN_ATTEMPTS_MAX",
+    "SDK_BACKOFF_BASE_MS",
+    "SDK_BACKOFF_CAP_MS",
+    "SDK_RETRY_BUDGET_WINDOW_MS",
+    "SDK_RETRY_BUDGET_SLOTS",
+    "SDK_RETRY_BUDGET_PERCENT",
+    "SDK_RETRY_BUDGET_FLOOR",
+    "SDK_TOKEN_DRAWS_MAX",
+    "SDK_HTTP_CONNECTIONS_MAX",
+    "SDK_SYNC_CLOSE_TIMEOUT_MS",
 ]
 
 # --- data model (DESIGN section 3) ---------------------------------------------------------
@@ -158,6 +171,7 @@ COORDINATOR_TXNS_IN_FLIGHT_MAX: Final = 4_096  # transactions running at once; b
 FANOUT_CALLS_MAX: Final = 64  # partition calls one scan page has in flight at once.
 CONFLICT_RETRIES_MAX: Final = 3  # re-runs of a read or singleton write blocked by an intent.
 CONFLICT_BACKOFF_BASE_MS: Final = 2  # their pause: full jitter below base * 2**attempt.
+CLOSE_DRAIN_MS: Final = 2_000  # closing a coordinator waits this long for running transactions.
 
 # --- kvctl / local cluster (kvstore/localcluster.py, kvstore/cli/) ---------------------------
 LOCAL_NODES_MAX: Final = 16  # storage nodes `kvctl cluster up` creates at most.
@@ -169,7 +183,7 @@ LOCAL_PROBE_TIMEOUT_MS: Final = 2_000  # one health, metrics or stats call of `c
 LOCAL_RATE_SAMPLE_MS: Final = 500  # the gap between the two /metrics samples giving request rates.
 LOCAL_POLL_MAX_MS: Final = 200  # cap of the backoff while polling readiness, exits, log files.
 LOCAL_LOG_TAIL_LINES: Final = 20  # log lines shown when a process fails to start.
-LOCAL_LOG_FOLLOW_BYTES_MAX: Final = 64 * 1024  # log bytes `up --foreground` reads per file per poll.
+LOCAL_LOG_FOLLOW_BYTES_MAX: Final = 64 * 1024  # bytes `up --foreground` reads per log per poll.
 
 # Relations that must hold; checked at import.
 assert TXN_OPS_MAX_DEFAULT <= TXN_OPS_MAX_CEILING
@@ -184,3 +198,24 @@ assert TXN_BYTES_MAX < API_BODY_BYTES_MAX
 assert 1 <= SCAN_LIMIT_DEFAULT <= SCAN_PAGE_ITEMS_MAX
 assert LOCAL_READY_TIMEOUT_MS + LOCAL_STOP_TIMEOUT_MS < LOCAL_LOCK_WAIT_MS
 assert LOCAL_NODES_MAX <= PARTITIONS_MAX
+
+# --- SDK (docs/sdk.md) ----------------------------------------------------------------------
+# The Python client: how long one call may take, how it retries, and how much it may retry.
+SDK_TIMEOUT_MS_DEFAULT: Final = 10_000  # one SDK call's overall deadline, its retries included.
+SDK_ATTEMPTS_MAX: Final = 6  # attempts of one SDK call (the first included).
+SDK_RUN_ATTEMPTS_MAX: Final = 50  # transactions `run` starts for one call (conflicts re-run it).
+SDK_BACKOFF_BASE_MS: Final = 10  # first retry pause: full jitter below base * 2**retry ...
+SDK_BACKOFF_CAP_MS: Final = 1_000  # ... capped here (also caps an honoured Retry-After).
+SDK_RETRY_BUDGET_WINDOW_MS: Final = 10_000  # the sliding window of the client's retry budget.
+SDK_RETRY_BUDGET_SLOTS: Final = 10  # the window is counted in this many slots (its resolution).
+SDK_RETRY_BUDGET_PERCENT: Final = 10  # retries allowed per 100 calls within the window ...
+SDK_RETRY_BUDGET_FLOOR: Final = 10  # ... plus this many per window, so a quiet client retries.
+SDK_TOKEN_DRAWS_MAX: Final = 1_024  # random idempotency tokens tried to land on a key's partition.
+SDK_HTTP_CONNECTIONS_MAX: Final = 100  # pooled HTTP connections of one gateway client.
+SDK_SYNC_CLOSE_TIMEOUT_MS: Final = 10_000  # the sync client waits this long for its loop to end.
+
+assert SDK_BACKOFF_BASE_MS <= SDK_BACKOFF_CAP_MS < SDK_TIMEOUT_MS_DEFAULT
+assert SDK_ATTEMPTS_MAX >= 1 and SDK_RUN_ATTEMPTS_MAX >= 1
+assert SDK_RETRY_BUDGET_WINDOW_MS % SDK_RETRY_BUDGET_SLOTS == 0
+assert 0 <= SDK_RETRY_BUDGET_PERCENT <= 100
+assert SDK_TOKEN_DRAWS_MAX >= PARTITIONS_DEFAULT

@@ -76,6 +76,13 @@ class ActorRunner:
         task.add_done_callback(self._actors.discard)
         return result
 
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for the running actors to finish; returns how many still
+        run (a commit in flight reaches its participants instead of being cut off)."""
+        if self._actors:
+            await asyncio.wait(list(self._actors), timeout=timeout_s)
+        return len(self._actors)
+
     async def close(self) -> None:
         tasks = [*self._actors, *self._calls]
         for task in tasks:

@@ -69,6 +69,7 @@ from kvstore.errors import (
     error_from_code,
 )
 from kvstore.limits import (
+    CLOSE_DRAIN_MS,
     CONFLICT_BACKOFF_BASE_MS,
     CONFLICT_RETRIES_MAX,
     COORDINATOR_TXNS_IN_FLIGHT_MAX,
@@ -214,7 +215,10 @@ class Coordinator:
         """Cores still running (including those whose caller was already answered)."""
         return self._runner.running
 
-    async def close(self) -> None:
+    async def close(self, *, drain_s: float = CLOSE_DRAIN_MS / 1000) -> None:
+        """Let running transactions finish (up to ``drain_s``), then stop the rest: what is cut
+        off is finished by recovery on the nodes, after the ledger's decision deadline."""
+        await self._runner.drain(drain_s)
         await self._runner.close()
         await self._pool.close()
 

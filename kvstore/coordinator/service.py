@@ -13,8 +13,8 @@ a storage node, and the nodes finish or cancel whatever a dead coordinator left 
 stale-intent resolution). Any number of coordinators may serve the same nodes at once.
 
 Stopping (SIGTERM) stops accepting requests, lets requests in progress answer for up to
-``SHUTDOWN_GRACE_S``, then closes the library, which stops the cores still running (recovery on
-the nodes finishes their transactions).
+``SHUTDOWN_GRACE_S``, then closes the library, which lets running cores finish for up to
+``CLOSE_DRAIN_MS`` and stops the rest (recovery on the nodes finishes their transactions).
 """
 
 from __future__ import annotations

@@ -101,3 +101,28 @@ async def test_a_core_that_raises_fails_its_caller_instead_of_hanging() -> None:
             await asyncio.wait_for(runner.run(Broken()), 5)  # type: ignore[arg-type]
     finally:
         await runner.close()
+
+
+class Gate(Partitions):
+    """Holds every call until ``open`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = asyncio.Event()
+
+    async def call(self, request: Request, timeout_ms: int) -> Reply:
+        await self.open.wait()
+        return await super().call(request, timeout_ms)
+
+
+async def test_drain_lets_a_running_actor_finish_and_reports_what_is_left() -> None:
+    gate = Gate()
+    runner = ActorRunner(gate, lambda: 1_000_000)
+    try:
+        result = runner.run(Recovery(record(), PartitionId(0), 0))
+        assert await runner.drain(0.01) == 1  # held at the gate: still running
+        gate.open.set()
+        assert await runner.drain(5) == 0
+        assert isinstance(result.result(), RecoveryResult) and result.result().completed
+    finally:
+        await runner.close()
