@@ -43,6 +43,13 @@ mutants: $(STAMP)
 
 test: lint typecheck unit sim-check
 
+# A local cluster in ./.kvstore (3 storage nodes, 1 coordinator, 16 partitions), attached: it
+# prints the API URL, the admin token and first requests, streams every process's log, and
+# Ctrl-C stops it (the data stays; `make run` again starts the same cluster).
+.PHONY: run
+run: $(STAMP)
+	$(BIN)/kvctl cluster up --foreground
+
 fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .

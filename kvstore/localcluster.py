@@ -1,0 +1,1235 @@
+"""A local cluster: real node and coordinator processes on 127.0.0.1, kept in one directory.
+
+Theory of operation
+-------------------
+``kvctl cluster up/down/status/env`` (``kvstore/cli/cluster_cmd.py``) is a thin shell over
+:class:`LocalCluster`; the SDK and tests may use it directly. The directory (:func:`resolve_dir`:
+``--dir``, else ``$KVSTORE_DIR``, else ``./.kvstore``) holds everything::
+
+    kvstore-local.json   {"kind": "kvstore-local-cluster", "format": 1, "cluster_id", "created"}
+    cluster.toml         the cluster file (kvstore.config), first line naming the cluster id;
+                         nodes n1..nN and coordinators c1..cM on 127.0.0.1 ports chosen once
+    secret               the cluster secret (0600)
+    api_tokens.toml      API token digests (0600), one token named "admin"
+    admin.token          that admin token in plaintext (0600): the one place it is kept
+    data/<node id>/      SQLite partition files (the node creates and locks its directory)
+    logs/<id>.log        stdout and stderr of each process (JSON lines), appended across runs
+    run/<id>.pid         the pid of each running process; run/kvctl.lock serialises kvctl
+
+**Identity.** :meth:`LocalCluster.create` builds the whole layout in a fresh 0700 sibling
+directory and renames it into place, so a directory is either absent/empty or complete, never
+half made. ``kvstore-local.json`` carries a random ``cluster_id`` that the cluster file's first
+line repeats. :meth:`LocalCluster.open` refuses, with a sentence saying what to do, a missing or
+empty directory (``NotFound``: "run `kvctl cluster up`"), and a directory without the marker, with
+a broken marker or whose cluster file names another cluster (``ValidationError``): kvctl never
+starts processes against, or writes into, a directory it did not create.
+
+**Processes.** Each process is ``python -P -m kvstore.storage_node|kvstore.coordinator --config
+<abs cluster.toml> --id <id>`` spawned with :func:`os.posix_spawn` in a session of its own
+(``setsid``, what ``start_new_session=True`` does) with default signal dispositions and an empty
+signal mask, stdin from ``/dev/null`` and stdout/stderr appended to its log. ``PYTHONPATH``
+leads with the directory kvctl's own ``kvstore`` package was imported from, so the processes run
+the same code as kvctl whatever the working directory (``-P`` keeps the working directory itself
+off ``sys.path``). A process counts as *running* when
+its pid file names a live process whose command line has ``-m <module>``, ``--config <this
+cluster file>`` and ``--id <id>``; a pid reused by an unrelated program or a zombie does not
+count. When a pid file is missing or stale, one scan of the process table (``/proc``, else
+``ps``) finds a matching process anyway and the pid file is rewritten, so a lost pid file never
+leads to a second process on the same ports and data.
+
+:meth:`LocalCluster.up` holds ``run/kvctl.lock`` (``flock``; a second kvctl waits at most
+``LOCAL_LOCK_WAIT_MS``), starts the nodes and then the coordinators that are not running,
+leaves running ones alone, and waits until every process answers its health page (nodes
+``GET /health``, coordinators ``GET /v1/health``) within ``LOCAL_READY_TIMEOUT_MS``, polling with
+capped backoff. A process that exits first, or a deadline that passes, is ``Unavailable`` naming
+the process, the URL and the last ``LOCAL_LOG_TAIL_LINES`` lines its log got in this run.
+:meth:`LocalCluster.down` sends SIGTERM to the coordinators, then to the nodes (so no coordinator
+works against half-stopped nodes), waits ``LOCAL_STOP_TIMEOUT_MS`` for each group, then SIGKILLs
+what is left (a node that is killed loses nothing acknowledged: every reply waits for fsync), and
+removes the pid files. Processes this object spawned are reaped with ``waitpid`` so their exit
+status can be reported; others are watched through the process table.
+
+**Status** (:meth:`LocalCluster.status`) is cheap and bounded: one concurrent round of probes,
+each bounded by ``LOCAL_PROBE_TIMEOUT_MS`` (health pages; for nodes the ``stats`` RPC with the
+cluster secret, giving per-partition live items, pending intents and open ledger records), and,
+when asked, request rates from two ``/metrics`` samples ``LOCAL_RATE_SAMPLE_MS`` apart (nodes:
+``kvstore_node_requests_total`` without the ``stats`` method; coordinators, with the admin token:
+``kvstore_coordinator_http_requests_total`` without the health and metrics routes, so the probes
+do not count themselves). A probe that fails shows as a missing value, never as an error.
+
+**Env** (:meth:`LocalCluster.env`): ``KV_URL`` (the first coordinator) and ``KV_TOKEN`` (the
+admin token), what the SDK, curl and kvctl's data commands read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal
+
+import aiohttp
+
+import kvstore
+from kvstore.api.tokens import Role, create_token
+from kvstore.config import (
+    ClusterConfig,
+    load_cluster,
+    read_secret,
+    write_cluster_file,
+    write_secret,
+)
+from kvstore.errors import KvError, NotFound, Unavailable, ValidationError
+from kvstore.limits import (
+    LOCAL_COORDINATORS_MAX,
+    LOCAL_LOCK_WAIT_MS,
+    LOCAL_LOG_FOLLOW_BYTES_MAX,
+    LOCAL_LOG_TAIL_LINES,
+    LOCAL_NODES_MAX,
+    LOCAL_POLL_MAX_MS,
+    LOCAL_PROBE_TIMEOUT_MS,
+    LOCAL_RATE_SAMPLE_MS,
+    LOCAL_READY_TIMEOUT_MS,
+    LOCAL_STOP_TIMEOUT_MS,
+    PARTITIONS_DEFAULT,
+    PARTITIONS_MAX,
+)
+from kvstore.rpc import RpcClient
+from kvstore.types import NodeId
+
+__all__ = [
+    "DIR_ENV",
+    "DEFAULT_DIR",
+    "MARKER_FILE",
+    "CLUSTER_FILE",
+    "SECRET_FILE",
+    "API_TOKENS_FILE",
+    "ADMIN_TOKEN_FILE",
+    "ProcessRole",
+    "ProcessSpec",
+    "PartitionStatus",
+    "ProcessStatus",
+    "UpReport",
+    "StopReport",
+    "LogFollower",
+    "LocalCluster",
+    "resolve_dir",
+    "read_pid_file",
+    "process_command_line",
+    "command_matches",
+]
+
+DIR_ENV: Final = "KVSTORE_DIR"
+DEFAULT_DIR: Final = ".kvstore"
+MARKER_FILE: Final = "kvstore-local.json"
+CLUSTER_FILE: Final = "cluster.toml"
+SECRET_FILE: Final = "secret"
+API_TOKENS_FILE: Final = "api_tokens.toml"
+ADMIN_TOKEN_FILE: Final = "admin.token"
+ADMIN_TOKEN_NAME: Final = "admin"
+DATA_DIR: Final = "data"
+LOGS_DIR: Final = "logs"
+RUN_DIR: Final = "run"
+LOCK_FILE: Final = "kvctl.lock"
+
+_DIR_FIELD: Final = "--dir"  # what errors about the directory name: the option that picks it
+_MARKER_KIND: Final = "kvstore-local-cluster"
+_MARKER_FORMAT: Final = 1
+_CLUSTER_ID_PATTERN: Final = re.compile(r"lc-[0-9a-f]{16}")
+_HEADER_PATTERN: Final = re.compile(r"# kvstore local cluster (lc-[0-9a-f]{16})\b")
+_HOST: Final = "127.0.0.1"
+_MODULES: Final[Mapping[str, str]] = {
+    "node": "kvstore.storage_node",
+    "coordinator": "kvstore.coordinator",
+}
+_HEALTH_PATHS: Final[Mapping[str, str]] = {"node": "/health", "coordinator": "/v1/health"}
+_KILL_GRACE_S: Final = 2.0  # after SIGKILL, how long to wait for the process table to agree
+_TAIL_READ_BYTES: Final = 64 * 1024
+_RESET_SIGNALS: Final = (
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTERM,
+)
+
+ProcessRole = Literal["node", "coordinator"]
+
+_probe_log = logging.getLogger("kvstore.localcluster.probe")
+_probe_log.addHandler(logging.NullHandler())
+_probe_log.propagate = False  # a down node during `status` is an answer, not a warning
+
+
+# --- pure helpers ----------------------------------------------------------------------------
+
+
+def resolve_dir(
+    given: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """The cluster directory, absolute: ``given`` (``--dir``), else ``$KVSTORE_DIR``, else
+    ``./.kvstore``."""
+    env = os.environ if environ is None else environ
+    raw = given if given is not None and str(given) != "" else env.get(DIR_ENV) or DEFAULT_DIR
+    return Path(raw).expanduser().resolve()
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid a pid file holds; None when it is missing, unreadable or not one positive int."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    return pid if pid > 0 else None
+
+
+def process_command_line(pid: int) -> list[str] | None:
+    """The argv of a live process; None when there is none (or it is a zombie)."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        try:
+            data = (proc / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            return None
+        if not data:
+            return None  # a zombie or a kernel thread
+        return [part.decode("utf-8", "surrogateescape") for part in data.rstrip(b"\0").split(b"\0")]
+    try:  # no /proc (macOS, BSD): ask ps; a path with spaces splits, good enough for a dev box
+        result = subprocess.run(
+            ["ps", "-ww", "-o", "stat=,command=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=LOCAL_PROBE_TIMEOUT_MS / 1000,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fields = result.stdout.split()
+    if result.returncode != 0 or len(fields) < 2 or fields[0].startswith("Z"):
+        return None
+    return fields[1:]
+
+
+def _option(argv: Sequence[str], name: str) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg == name and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1 :]
+    return None
+
+
+def command_matches(argv: Sequence[str], spec: ProcessSpec, config_path: Path) -> bool:
+    """Whether ``argv`` is ``spec``'s process of the cluster whose file is ``config_path``."""
+    return (
+        _MODULES[spec.role] in argv
+        and _option(argv, "--config") == str(config_path)
+        and _option(argv, "--id") == spec.process_id
+    )
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all sockets held open until every port is known)."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((_HOST, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` with mode 0600 from the start (never wider), failing if it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+
+
+def _replace_file(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
+
+
+def _tail(path: Path, offset: int, lines: int) -> list[str]:
+    """The last ``lines`` lines of ``path`` written after byte ``offset``."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            start = max(offset, size - _TAIL_READ_BYTES)
+            file.seek(start)
+            data = file.read(size - start)
+    except OSError:
+        return []
+    text = data.decode("utf-8", "replace")
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def _counter_sum(text: str, name: str, label: str, excluded: frozenset[str]) -> float | None:
+    """Sum a Prometheus counter's samples over its label sets, skipping ``label`` in ``excluded``.
+
+    None when ``text`` has no sample of ``name`` at all (the process serves no such counter).
+    """
+    total = 0.0
+    seen = False
+    prefix = name + "{"
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        labels, _, rest = line[len(prefix) :].partition("} ")
+        match = re.search(rf'(?:^|,){label}="([^"]*)"', labels)
+        if match is not None and match.group(1) in excluded:
+            seen = True
+            continue
+        try:
+            total += float(rest.split()[0])
+        except (IndexError, ValueError):
+            continue
+        seen = True
+    return total if seen else None
+
+
+# --- what a cluster is made of ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """One process of the cluster file."""
+
+    role: ProcessRole
+    process_id: str
+    address: str  # host:port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    @property
+    def health_url(self) -> str:
+        return self.url + _HEALTH_PATHS[self.role]
+
+    def argv(self, config_path: Path) -> list[str]:
+        """The command that runs this process (``-P``: the working directory is not imported)."""
+        module = _MODULES[self.role]
+        return [
+            sys.executable,
+            "-P",
+            "-m",
+            module,
+            "--config",
+            str(config_path),
+            "--id",
+            self.process_id,
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStatus:
+    partition: int
+    items: int | None  # live items, from the node's stats; None when the node did not answer
+    intents: int | None
+    open_ledger_records: int | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "partition": self.partition,
+            "items": self.items,
+            "intents": self.intents,
+            "open_ledger_records": self.open_ledger_records,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStatus:
+    """What ``kvctl cluster status`` shows of one process."""
+
+    role: ProcessRole
+    process_id: str
+    address: str
+    pid: int | None  # None when not running
+    health: str  # "ok", "failed" (a node after a failed flush), "unreachable", "down"
+    log: Path
+    partitions: tuple[PartitionStatus, ...] | None = None  # nodes only
+    requests_per_s: float | None = None
+    uptime_s: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    @property
+    def healthy(self) -> bool:
+        return self.health == "ok"
+
+    @property
+    def items(self) -> int | None:
+        return _total(self.partitions, "items")
+
+    @property
+    def intents(self) -> int | None:
+        return _total(self.partitions, "intents")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "role": self.role,
+            "id": self.process_id,
+            "address": self.address,
+            "url": self.url,
+            "pid": self.pid,
+            "health": self.health,
+            "healthy": self.healthy,
+            "requests_per_s": self.requests_per_s,
+            "uptime_s": self.uptime_s,
+            "items": self.items,
+            "intents": self.intents,
+            "partitions": None
+            if self.partitions is None
+            else [partition.to_json() for partition in self.partitions],
+            "log": str(self.log),
+        }
+
+
+def _total(partitions: tuple[PartitionStatus, ...] | None, name: str) -> int | None:
+    if partitions is None:
+        return None
+    total = 0
+    for partition in partitions:
+        value = getattr(partition, name)
+        if not isinstance(value, int):
+            return None
+        total += value
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class UpReport:
+    """What :meth:`LocalCluster.up` did."""
+
+    started: tuple[str, ...]
+    already_running: tuple[str, ...]
+    pids: Mapping[str, int]
+    log_offsets: Mapping[str, int]  # where each log stood before this run's processes wrote
+
+
+@dataclass(frozen=True, slots=True)
+class StopReport:
+    """What :meth:`LocalCluster.down` did: ids stopped by SIGTERM, by SIGKILL, not running."""
+
+    terminated: tuple[str, ...]
+    killed: tuple[str, ...]
+    not_running: tuple[str, ...]
+
+
+# --- following logs --------------------------------------------------------------------------
+
+
+class LogFollower:
+    """New complete lines of several log files (``kvctl cluster up --foreground``).
+
+    Each :meth:`poll` reads at most ``LOCAL_LOG_FOLLOW_BYTES_MAX`` bytes per file; a file that
+    shrank (truncated by hand) is read again from its start.
+    """
+
+    def __init__(self, files: Mapping[str, Path], offsets: Mapping[str, int]) -> None:
+        self._files = dict(files)
+        self._offsets = {process_id: offsets.get(process_id, 0) for process_id in files}
+
+    def poll(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for process_id, path in self._files.items():
+            offset = self._offsets[process_id]
+            try:
+                with path.open("rb") as file:
+                    size = file.seek(0, os.SEEK_END)
+                    if size < offset:
+                        offset = 0
+                    if size == offset:
+                        continue
+                    file.seek(offset)
+                    data = file.read(LOCAL_LOG_FOLLOW_BYTES_MAX)
+            except OSError:
+                continue
+            end = data.rfind(b"\n")
+            if end < 0:
+                if len(data) < LOCAL_LOG_FOLLOW_BYTES_MAX:
+                    continue  # a partial line: wait for the rest
+                end = len(data) - 1  # one huge line: show it in pieces rather than stall
+            chunk = data[: end + 1]
+            self._offsets[process_id] = offset + len(chunk)
+            for line in chunk.decode("utf-8", "replace").splitlines():
+                out.append((process_id, line))
+        return out
+
+
+# --- the cluster -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Probe:
+    health: str = "unreachable"
+    stats: Mapping[str, object] | None = None
+    counter: float | None = None
+    counter_at: float = 0.0
+    rate: float | None = None
+
+
+class LocalCluster:
+    """One local cluster directory; see the module docstring."""
+
+    def __init__(self, root: Path, cluster_id: str, created: str, config: ClusterConfig) -> None:
+        self.root = root
+        self.cluster_id = cluster_id
+        self.created = created
+        self.config = config
+        self._children: dict[str, int] = {}  # id -> pid of processes this object spawned
+        self._exit_codes: dict[str, int] = {}  # id -> exit status of reaped children
+        self._lock_depth = 0
+        self._lock_file: int | None = None
+
+    # --- create and open -----------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        *,
+        nodes: int = 3,
+        coordinators: int = 1,
+        partitions: int = PARTITIONS_DEFAULT,
+    ) -> LocalCluster:
+        """Make a new cluster in ``root``, which must be missing or an empty directory."""
+        _check_count("--nodes", nodes, 1, LOCAL_NODES_MAX)
+        _check_count("--coordinators", coordinators, 1, LOCAL_COORDINATORS_MAX)
+        _check_count("--partitions", partitions, nodes, PARTITIONS_MAX)
+        root = root.absolute()
+        if root.exists() and not _is_empty_dir(root):
+            cls.open(root)  # says why this directory will not do
+            raise ValidationError(_DIR_FIELD, f"a cluster already exists in {root}")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
+        try:
+            cluster_id = _populate(staging, nodes, coordinators, partitions)
+            try:
+                os.rename(staging, root)  # replaces an empty directory; never a non-empty one
+            except OSError as error:
+                if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise ValidationError(
+                        _DIR_FIELD, f"{root} was filled by someone else while kvctl was creating it"
+                    ) from None
+                raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        cluster = cls.open(root)
+        assert cluster.cluster_id == cluster_id
+        return cluster
+
+    @classmethod
+    def open(cls, root: Path) -> LocalCluster:
+        """The cluster in ``root``; ``NotFound`` when there is none, ``ValidationError`` when the
+        directory holds something else."""
+        root = root.absolute()
+        if not root.exists() or _is_empty_dir(root):
+            raise NotFound(
+                f"no cluster in {root}; run `kvctl cluster up{_dir_hint(root)}`",
+                details={"dir": str(root)},
+            )
+        if not root.is_dir():
+            raise ValidationError(
+                _DIR_FIELD, f"{root} is not a directory; pass --dir with another one"
+            )
+        marker_path = root / MARKER_FILE
+        if not marker_path.is_file():
+            found = (
+                " (it has a cluster.toml kvctl did not write)"
+                if (root / CLUSTER_FILE).exists()
+                else ""
+            )
+            raise ValidationError(
+                _DIR_FIELD,
+                f"{root} is not a local cluster directory{found}: no {MARKER_FILE}; "
+                "pass --dir with a new or empty directory",
+            )
+        cluster_id, created = _read_marker(marker_path)
+        config_path = root / CLUSTER_FILE
+        try:
+            first_line = config_path.read_text(encoding="utf-8").partition("\n")[0]
+        except FileNotFoundError:
+            raise ValidationError(
+                _DIR_FIELD,
+                f"{root} has {MARKER_FILE} but no {CLUSTER_FILE}; the directory is damaged",
+            ) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValidationError(_DIR_FIELD, f"cannot read {config_path}: {error}") from None
+        header = _HEADER_PATTERN.match(first_line)
+        if header is None or header.group(1) != cluster_id:
+            other = (
+                "a cluster.toml kvctl did not write"
+                if header is None
+                else (f"the cluster file of cluster {header.group(1)}")
+            )
+            raise ValidationError(
+                _DIR_FIELD,
+                f"{root} mixes two clusters: {MARKER_FILE} names {cluster_id} but {CLUSTER_FILE} "
+                f"is {other}; pass --dir with a new or empty directory",
+            )
+        return cls(root, cluster_id, created, load_cluster(config_path))
+
+    @classmethod
+    def open_or_create(
+        cls,
+        root: Path,
+        *,
+        nodes: int = 3,
+        coordinators: int = 1,
+        partitions: int = PARTITIONS_DEFAULT,
+    ) -> tuple[LocalCluster, bool]:
+        """The cluster in ``root``, made first when there is none; True when made now."""
+        try:
+            return cls.open(root), False
+        except NotFound:
+            pass
+        try:
+            return cls.create(
+                root, nodes=nodes, coordinators=coordinators, partitions=partitions
+            ), True
+        except ValidationError:
+            if (root / MARKER_FILE).is_file():  # a concurrent `up` made it first
+                return cls.open(root), False
+            raise
+
+    # --- layout --------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.config.path
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.root / ADMIN_TOKEN_FILE
+
+    def processes(self) -> list[ProcessSpec]:
+        """Nodes, then coordinators, in cluster-file order."""
+        nodes = [ProcessSpec("node", nid, spec.address) for nid, spec in self.config.nodes.items()]
+        coordinators = [
+            ProcessSpec("coordinator", cid, spec.address)
+            for cid, spec in self.config.coordinators.items()
+        ]
+        return [*nodes, *coordinators]
+
+    def process(self, process_id: str) -> ProcessSpec:
+        for spec in self.processes():
+            if spec.process_id == process_id:
+                return spec
+        known = ", ".join(spec.process_id for spec in self.processes())
+        raise ValidationError(
+            "id", f"no process {process_id!r} in {self.root} (processes: {known})"
+        )
+
+    def pid_path(self, process_id: str) -> Path:
+        return self.root / RUN_DIR / f"{process_id}.pid"
+
+    def log_path(self, process_id: str) -> Path:
+        return self.root / LOGS_DIR / f"{process_id}.log"
+
+    def api_url(self) -> str:
+        """The public API of the first coordinator."""
+        return self.processes()[len(self.config.nodes)].url
+
+    def admin_token(self) -> str:
+        """The admin API token (``admin.token``; refused if group or others may read it)."""
+        path = self.admin_token_path
+        try:
+            mode = path.stat().st_mode & 0o777
+            token = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise ValidationError(
+                "admin_token", f"{path} is missing; create a token with kvstore.api.tokens"
+            ) from None
+        if mode & 0o077:
+            raise ValidationError(
+                "admin_token", f"{path} is readable by others (mode {mode:o}); chmod 600 it"
+            )
+        return token
+
+    def env(self) -> dict[str, str]:
+        """``KV_URL`` and ``KV_TOKEN`` for the SDK, curl and kvctl's data commands."""
+        return {"KV_URL": self.api_url(), "KV_TOKEN": self.admin_token()}
+
+    # --- which processes run ---------------------------------------------------------------
+
+    def running(self) -> dict[str, int]:
+        """id -> pid of every process of this cluster that is running (pid files repaired)."""
+        found: dict[str, int] = {}
+        missing: list[ProcessSpec] = []
+        for spec in self.processes():
+            pid = read_pid_file(self.pid_path(spec.process_id))
+            if pid is not None and self._is_ours(pid, spec):
+                found[spec.process_id] = pid
+            else:
+                missing.append(spec)
+        if missing:
+            for spec, pid in self._scan(missing).items():
+                found[spec.process_id] = pid
+                self._write_pid(spec.process_id, pid)
+        return found
+
+    def _is_ours(self, pid: int, spec: ProcessSpec) -> bool:
+        if self._children.get(spec.process_id) == pid:
+            # Our own child: waitpid knows. (Its command line may still read empty for an
+            # instant after posix_spawn returns: the kernel wakes the parent before the new
+            # program's arguments are in place.)
+            return self._reap(spec.process_id) is None
+        argv = process_command_line(pid)
+        return argv is not None and command_matches(argv, spec, self.config_path)
+
+    def _scan(self, specs: Sequence[ProcessSpec]) -> dict[ProcessSpec, int]:
+        """Processes of ``specs`` found in the process table (when pid files do not say)."""
+        out: dict[ProcessSpec, int] = {}
+        config = str(self.config_path)
+        for pid, argv in _process_table(config):
+            for spec in specs:
+                if spec not in out and command_matches(argv, spec, self.config_path):
+                    out[spec] = pid
+        return out
+
+    def _write_pid(self, process_id: str, pid: int) -> None:
+        _replace_file(self.pid_path(process_id), f"{pid}\n")
+
+    def _reap(self, process_id: str) -> int | None:
+        """The exit status of a child this object spawned once it ended; None while it runs."""
+        if process_id in self._exit_codes:
+            return self._exit_codes[process_id]
+        pid = self._children.get(process_id)
+        if pid is None:
+            return None
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 0  # reaped elsewhere; the status is lost
+        if done == 0:
+            return None
+        del self._children[process_id]
+        self._exit_codes[process_id] = os.waitstatus_to_exitcode(status)
+        return self._exit_codes[process_id]
+
+    # --- up ------------------------------------------------------------------------------
+
+    def up(self, *, ready_timeout_ms: int = LOCAL_READY_TIMEOUT_MS) -> UpReport:
+        """Start every process that is not running, then wait until all answer health."""
+        with self.locked():
+            running = self.running()
+            offsets: dict[str, int] = {}
+            started: list[str] = []
+            for spec in self.processes():
+                log = self.log_path(spec.process_id)
+                offsets[spec.process_id] = log.stat().st_size if log.exists() else 0
+                if spec.process_id in running:
+                    continue
+                running[spec.process_id] = self._spawn(spec)
+                started.append(spec.process_id)
+            self.wait_healthy(ready_timeout_ms=ready_timeout_ms, log_offsets=offsets)
+            return UpReport(
+                started=tuple(started),
+                already_running=tuple(name for name in running if name not in started),
+                pids=dict(running),
+                log_offsets=offsets,
+            )
+
+    def _spawn(self, spec: ProcessSpec) -> int:
+        process_id = spec.process_id
+        self._exit_codes.pop(process_id, None)
+        log_fd = os.open(
+            self.log_path(process_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
+        try:
+            package_root = str(Path(kvstore.__file__).resolve().parent.parent)
+            env = dict(os.environ)
+            env["PYTHONUNBUFFERED"] = "1"
+            env["PYTHONPATH"] = os.pathsep.join(
+                part for part in (package_root, env.get("PYTHONPATH", "")) if part
+            )
+            pid = os.posix_spawn(
+                sys.executable,
+                spec.argv(self.config_path),
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                ],
+                setsid=True,
+                # A daemon's start: no blocked signals, default dispositions (kvctl's shell may
+                # have ignored SIGINT for a background job; Python ignores SIGPIPE).
+                setsigmask=(),
+                setsigdef=_RESET_SIGNALS,
+            )
+        finally:
+            os.close(log_fd)
+        self._children[process_id] = pid
+        self._write_pid(process_id, pid)
+        return pid
+
+    def wait_healthy(
+        self,
+        *,
+        ready_timeout_ms: int = LOCAL_READY_TIMEOUT_MS,
+        log_offsets: Mapping[str, int] | None = None,
+    ) -> None:
+        """Wait until every process answers its health page; ``Unavailable`` naming the first
+        that exits or is still silent at the deadline, with the end of its log."""
+        offsets = log_offsets or {}
+        pending = {spec.process_id: spec for spec in self.processes()}
+        deadline = time.monotonic() + ready_timeout_ms / 1000
+        delay_s = 0.02
+        while pending:
+            running = self.running()
+            for process_id, spec in sorted(pending.items()):
+                code = self._exit_codes.get(process_id)
+                if process_id not in running:
+                    how = f"exited with status {code}" if code is not None else "is not running"
+                    raise Unavailable(
+                        f"{process_id} {how} before answering {spec.health_url}"
+                        + self._log_tail(process_id, offsets.get(process_id, 0)),
+                        details={"process": process_id, "process_exit_status": code},
+                    )
+                if _health_ok(spec.health_url, LOCAL_PROBE_TIMEOUT_MS / 1000):
+                    del pending[process_id]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                process_id = min(pending)
+                raise Unavailable(
+                    f"{process_id} did not answer {pending[process_id].health_url} within "
+                    f"{ready_timeout_ms / 1000:g} s"
+                    + self._log_tail(process_id, offsets.get(process_id, 0)),
+                    details={"process": process_id, "waiting_for": sorted(pending)},
+                )
+            time.sleep(delay_s)  # readiness polling, capped backoff, bounded by the deadline
+            delay_s = min(delay_s * 2, LOCAL_POLL_MAX_MS / 1000)
+
+    def _log_tail(self, process_id: str, offset: int) -> str:
+        path = self.log_path(process_id)
+        lines = _tail(path, offset, LOCAL_LOG_TAIL_LINES)
+        if not lines:
+            return f"; its log {path} has nothing new"
+        shown = "\n".join(f"  | {line}" for line in lines)
+        return f"; the end of {path}:\n{shown}"
+
+    def exit_status(self, process_id: str) -> int | None:
+        """The exit status of a process this object spawned, once it ended; else None."""
+        self._reap(process_id)
+        return self._exit_codes.get(process_id)
+
+    def exited(self) -> dict[str, int]:
+        """Children of this object that ended since the last call: id -> exit status."""
+        out: dict[str, int] = {}
+        for process_id in list(self._children):
+            code = self._reap(process_id)
+            if code is not None:
+                out[process_id] = code
+        return out
+
+    # --- down ----------------------------------------------------------------------------
+
+    def down(self, *, stop_timeout_ms: int = LOCAL_STOP_TIMEOUT_MS) -> StopReport:
+        """Stop every process (coordinators first), SIGKILL what outlives the grace period, and
+        remove the pid files."""
+        with self.locked():
+            running = self.running()
+            terminated: list[str] = []
+            killed: list[str] = []
+            for role in ("coordinator", "node"):
+                group = {
+                    spec: running[spec.process_id]
+                    for spec in self.processes()
+                    if spec.role == role and spec.process_id in running
+                }
+                for pid in group.values():
+                    _signal(pid, signal.SIGTERM)
+                left = self._wait_gone(group, stop_timeout_ms / 1000)
+                for spec in left:
+                    _signal(group[spec], signal.SIGKILL)
+                still = self._wait_gone(left, _KILL_GRACE_S)
+                if still:
+                    names = ", ".join(
+                        f"{spec.process_id} (pid {pid})" for spec, pid in still.items()
+                    )
+                    raise Unavailable(f"could not stop {names}, even with SIGKILL")
+                terminated += [spec.process_id for spec in group if spec not in left]
+                killed += [spec.process_id for spec in left]
+            for spec in self.processes():
+                with contextlib.suppress(FileNotFoundError):
+                    self.pid_path(spec.process_id).unlink()
+            return StopReport(
+                terminated=tuple(terminated),
+                killed=tuple(killed),
+                not_running=tuple(
+                    spec.process_id for spec in self.processes() if spec.process_id not in running
+                ),
+            )
+
+    def _wait_gone(
+        self, group: Mapping[ProcessSpec, int], timeout_s: float
+    ) -> dict[ProcessSpec, int]:
+        """Wait until the processes of ``group`` are gone; those still there at the deadline."""
+        left = dict(group)
+        deadline = time.monotonic() + timeout_s
+        delay_s = 0.01
+        while left:
+            left = {spec: pid for spec, pid in left.items() if self._is_ours(pid, spec)}
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(delay_s)  # exit polling, capped backoff, bounded by the deadline
+            delay_s = min(delay_s * 2, LOCAL_POLL_MAX_MS / 1000)
+        return left
+
+    # --- the lock ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``run/kvctl.lock``: one kvctl at a time starts or stops this cluster."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        path = self.root / RUN_DIR / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + LOCAL_LOCK_WAIT_MS / 1000
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise Unavailable(
+                            f"another kvctl has been starting or stopping the cluster in "
+                            f"{self.root} for {LOCAL_LOCK_WAIT_MS / 1000:g} s; try again later"
+                        ) from None
+                    time.sleep(LOCAL_POLL_MAX_MS / 1000)  # waiting on another kvctl, bounded
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+        finally:
+            os.close(fd)  # releases the lock
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self, *, rates: bool = True) -> list[ProcessStatus]:
+        """Every process's status (see the module docstring); at most about two probe timeouts
+        plus, with ``rates``, the sampling gap."""
+        return asyncio.run(self.status_async(rates=rates))
+
+    async def status_async(self, *, rates: bool = True) -> list[ProcessStatus]:
+        running = self.running()
+        specs = self.processes()
+        try:
+            secret: str | None = read_secret(self.config.secret_file)
+        except KvError:
+            secret = None
+        try:
+            token: str | None = self.admin_token()
+        except KvError:
+            token = None
+        probes = {spec: _Probe() for spec in specs if spec.process_id in running}
+        timeout = aiohttp.ClientTimeout(total=LOCAL_PROBE_TIMEOUT_MS / 1000)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await asyncio.gather(
+                *(
+                    self._probe(spec, probe, session, secret=secret, token=token, rates=rates)
+                    for spec, probe in probes.items()
+                )
+            )
+            if rates and probes:
+                await asyncio.sleep(LOCAL_RATE_SAMPLE_MS / 1000)  # the gap between the samples
+                await asyncio.gather(
+                    *(_sample_rate(spec, probe, session, token) for spec, probe in probes.items())
+                )
+        return [
+            self._status_of(spec, running.get(spec.process_id), probes.get(spec)) for spec in specs
+        ]
+
+    async def _probe(
+        self,
+        spec: ProcessSpec,
+        probe: _Probe,
+        session: aiohttp.ClientSession,
+        *,
+        secret: str | None,
+        token: str | None,
+        rates: bool,
+    ) -> None:
+        async def health() -> None:
+            answer = await _get(session, spec.health_url, None)
+            if answer is not None:
+                status, text = answer
+                try:
+                    body = json.loads(text)
+                except ValueError:
+                    body = None
+                ok = status == 200 and isinstance(body, dict) and body.get("status") == "ok"
+                probe.health = "ok" if ok else "failed"
+
+        async def stats() -> None:
+            if spec.role != "node" or secret is None:
+                return
+            client = RpcClient(
+                f"ws://{spec.address}/rpc", secret, session=session, logger=_probe_log
+            )
+            try:
+                body = await client.call("stats", {}, LOCAL_PROBE_TIMEOUT_MS)
+            except KvError:
+                return
+            finally:
+                await client.close()
+            if isinstance(body, dict):
+                probe.stats = body
+
+        async def first_sample() -> None:
+            if rates:
+                await _sample_rate(spec, probe, session, token)
+
+        await asyncio.gather(health(), stats(), first_sample())
+
+    def _status_of(self, spec: ProcessSpec, pid: int | None, probe: _Probe | None) -> ProcessStatus:
+        partitions: tuple[PartitionStatus, ...] | None = None
+        uptime: float | None = None
+        if spec.role == "node":
+            owned = self.config.cluster_map.partitions_of(NodeId(spec.process_id))
+            stats = probe.stats if probe is not None else None
+            by_partition = stats.get("partitions") if stats is not None else None
+            if not isinstance(by_partition, dict):
+                by_partition = {}
+            partitions = tuple(
+                _partition_status(int(part), by_partition.get(str(part))) for part in owned
+            )
+            raw_uptime = stats.get("uptime_s") if stats is not None else None
+            uptime = float(raw_uptime) if isinstance(raw_uptime, int | float) else None
+        health = "down" if pid is None else "unreachable" if probe is None else probe.health
+        return ProcessStatus(
+            role=spec.role,
+            process_id=spec.process_id,
+            address=spec.address,
+            pid=pid,
+            health=health,
+            log=self.log_path(spec.process_id),
+            partitions=partitions,
+            requests_per_s=probe.rate if probe is not None else None,
+            uptime_s=uptime,
+        )
+
+
+# --- helpers of LocalCluster -----------------------------------------------------------------
+
+
+def _check_count(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(name, f"must be an integer in {low}..{high}, got {value!r}")
+
+
+def _is_empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and next(path.iterdir(), None) is None
+    except OSError:
+        return False
+
+
+def _dir_hint(root: Path) -> str:
+    """`` --dir X`` when ``root`` is not what kvctl finds without ``--dir``."""
+    return "" if root == resolve_dir(None) else f" --dir {root}"
+
+
+def _populate(root: Path, nodes: int, coordinators: int, partitions: int) -> str:
+    """Write a new cluster's files into the empty directory ``root``; its cluster id."""
+    cluster_id = "lc-" + secrets.token_hex(8)
+    created = _now_rfc3339()
+    ports = _free_ports(nodes + coordinators)
+    node_addresses = {f"n{i + 1}": f"{_HOST}:{ports[i]}" for i in range(nodes)}
+    coordinator_addresses = {
+        f"c{i + 1}": f"{_HOST}:{ports[nodes + i]}" for i in range(coordinators)
+    }
+    for name in (DATA_DIR, LOGS_DIR, RUN_DIR):
+        (root / name).mkdir(mode=0o700)
+    config_path = root / CLUSTER_FILE
+    write_cluster_file(
+        config_path,
+        nodes=node_addresses,
+        partitions=partitions,
+        coordinators=coordinator_addresses,
+        secret_file=SECRET_FILE,
+        api_tokens_file=API_TOKENS_FILE,
+    )
+    header = (
+        f"# kvstore local cluster {cluster_id}, made by `kvctl cluster up` on {created}.\n"
+        "# Every process of the cluster reads this file (docs/storage-node.md,\n"
+        "# docs/coordinator.md); kvctl checks the id above against kvstore-local.json.\n\n"
+    )
+    _replace_file(config_path, header + config_path.read_text(encoding="utf-8"))
+    write_secret(root / SECRET_FILE)
+    token = create_token(root / API_TOKENS_FILE, ADMIN_TOKEN_NAME, Role.ADMIN)
+    _write_private(root / ADMIN_TOKEN_FILE, token + "\n")
+    marker = {
+        "kind": _MARKER_KIND,
+        "format": _MARKER_FORMAT,
+        "cluster_id": cluster_id,
+        "created": created,
+    }
+    _write_private(root / MARKER_FILE, json.dumps(marker, indent=2) + "\n")
+    load_cluster(config_path)  # what kvctl wrote, the processes must accept
+    return cluster_id
+
+
+def _read_marker(path: Path) -> tuple[str, str]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValidationError(
+            _DIR_FIELD, f"{path} is not a kvctl cluster marker: {error}"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("kind") != _MARKER_KIND:
+        raise ValidationError(
+            _DIR_FIELD, f"{path} is not a kvctl cluster marker (no kind {_MARKER_KIND!r})"
+        )
+    if doc.get("format") != _MARKER_FORMAT:
+        raise ValidationError(
+            _DIR_FIELD,
+            f"{path} has format {doc.get('format')!r}; this kvctl reads format {_MARKER_FORMAT}",
+        )
+    cluster_id, created = doc.get("cluster_id"), doc.get("created")
+    if not isinstance(cluster_id, str) or _CLUSTER_ID_PATTERN.fullmatch(cluster_id) is None:
+        raise ValidationError(_DIR_FIELD, f"{path} has no valid cluster_id")
+    return cluster_id, created if isinstance(created, str) else ""
+
+
+def _process_table(needle: str) -> Iterator[tuple[int, list[str]]]:
+    """(pid, argv) of the processes whose command line mentions ``needle``."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        encoded = needle.encode("utf-8", "surrogateescape")
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                data = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if encoded in data:
+                argv = data.rstrip(b"\0").split(b"\0")
+                yield int(entry.name), [part.decode("utf-8", "surrogateescape") for part in argv]
+        return
+    try:
+        result = subprocess.run(
+            ["ps", "-ax", "-ww", "-o", "pid=,stat=,command="],
+            capture_output=True,
+            text=True,
+            timeout=LOCAL_PROBE_TIMEOUT_MS / 1000,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        live = len(fields) >= 3 and fields[0].isdigit() and not fields[1].startswith("Z")
+        if live and needle in line:
+            yield int(fields[0]), fields[2:]
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _health_ok(url: str, timeout_s: float) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            body = json.loads(reply.read())
+            return reply.status == 200 and isinstance(body, dict) and body.get("status") == "ok"
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+async def _get(
+    session: aiohttp.ClientSession, url: str, token: str | None
+) -> tuple[int, str] | None:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    try:
+        async with session.get(url, headers=headers) as response:
+            return response.status, await response.text()
+    except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError):
+        return None
+
+
+_RATE_COUNTERS: Final[Mapping[str, tuple[str, str, frozenset[str]]]] = {
+    "node": ("kvstore_node_requests_total", "method", frozenset({"stats"})),
+    "coordinator": (
+        "kvstore_coordinator_http_requests_total",
+        "route",
+        frozenset({"health", "metrics"}),
+    ),
+}
+
+
+async def _sample_rate(
+    spec: ProcessSpec, probe: _Probe, session: aiohttp.ClientSession, token: str | None
+) -> None:
+    """Read the request counter; from the second sample on, set the rate since the previous."""
+    if spec.role == "coordinator" and token is None:
+        return
+    answer = await _get(
+        session, spec.url + "/metrics", token if spec.role == "coordinator" else None
+    )
+    now = time.monotonic()
+    if answer is None or answer[0] != 200:
+        return
+    name, label, excluded = _RATE_COUNTERS[spec.role]
+    value = _counter_sum(answer[1], name, label, excluded)
+    value = 0.0 if value is None else value
+    if probe.counter is not None and now > probe.counter_at:
+        probe.rate = round(max(0.0, value - probe.counter) / (now - probe.counter_at), 1)
+    probe.counter, probe.counter_at = value, now
+
+
+def _partition_status(partition: int, raw: object) -> PartitionStatus:
+    def number(name: str) -> int | None:
+        value = raw.get(name) if isinstance(raw, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    return PartitionStatus(
+        partition=partition,
+        items=number("items"),
+        intents=number("intents"),
+        open_ledger_records=number("open_ledger_records"),
+    )

@@ -1,0 +1,239 @@
+"""``kvctl cluster`` end to end: real node and coordinator processes started by the command line.
+
+One cluster directory goes through a whole life: ``up`` (created, healthy, private files),
+``status``, data written and read through the HTTP API, ``up`` again (nothing restarted), a
+node killed with SIGKILL and ``up`` restarting only it, ``down`` (nothing left), ``up`` again
+(the data is intact), ``env``. Error cases (no cluster, a foreign directory, a directory mixing
+two clusters) need no processes. Every test cleans up in teardown whatever happened: ``kvctl
+cluster down`` and SIGKILL of any pid left in ``run/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvstore.localcluster import MARKER_FILE, LocalCluster, process_command_line, read_pid_file
+
+KVCTL = (sys.executable, "-m", "kvstore.cli.kvctl")
+COMMAND_TIMEOUT_S = 90.0
+KEYS = 24
+
+
+def kvctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "KVSTORE_DIR"}
+    result = subprocess.run(
+        [*KVCTL, *args],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        env=env,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    if check:
+        assert result.returncode == 0, f"kvctl {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def kvctl_json(*args: str) -> Any:
+    return json.loads(kvctl(*args, "--json").stdout)
+
+
+def cleanup(root: Path) -> None:
+    """Stop whatever a test left running in ``root``: kvctl first, then SIGKILL by pid file."""
+    if (root / MARKER_FILE).exists():
+        subprocess.run(
+            [*KVCTL, "cluster", "down", "--dir", str(root)],
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT_S,
+            check=False,
+        )
+    for pid_file in (root / "run").glob("*.pid") if (root / "run").is_dir() else ():
+        pid = read_pid_file(pid_file)
+        argv = process_command_line(pid) if pid is not None else None
+        if pid is not None and argv is not None and str(root) in " ".join(argv):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def cluster_dir(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "kv"
+    try:
+        yield root
+    finally:
+        cleanup(root)
+
+
+def api(base: str, token: str, method: str, path: str, body: object = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        base + path, data=data, method=method, headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return json.load(reply)
+
+
+def key_path(key: str) -> str:
+    return "/v1/kv/" + urllib.parse.quote(key, safe="")
+
+
+def alive(pid: int) -> bool:
+    return process_command_line(pid) is not None
+
+
+def by_id(statuses: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {status["id"]: status for status in statuses}
+
+
+def test_cluster_life_cycle(cluster_dir: Path) -> None:
+    root = str(cluster_dir)
+    started_at = time.monotonic()
+
+    # up: made on first use, every process healthy, private files private.
+    up = kvctl_json("cluster", "up", "--dir", root)
+    assert up["created"] is True and up["healthy"] is True
+    assert up["started"] == ["n1", "n2", "n3", "c1"] and up["already_running"] == []
+    pids = {status["id"]: status["pid"] for status in up["processes"]}
+    for name in ("secret", "api_tokens.toml", "admin.token"):
+        assert stat.S_IMODE((cluster_dir / name).stat().st_mode) == 0o600, name
+    for process_id, pid in pids.items():
+        assert read_pid_file(cluster_dir / "run" / f"{process_id}.pid") == pid
+        assert (cluster_dir / "logs" / f"{process_id}.log").exists()
+    token = (cluster_dir / "admin.token").read_text().strip()
+    assert up["token"] == token
+
+    # status: 3 nodes and 1 coordinator, healthy, owning all 16 partitions.
+    statuses = kvctl_json("cluster", "status", "--dir", root)
+    assert [(s["role"], s["id"]) for s in statuses] == [
+        ("node", "n1"),
+        ("node", "n2"),
+        ("node", "n3"),
+        ("coordinator", "c1"),
+    ]
+    assert all(s["health"] == "ok" and s["pid"] == pids[s["id"]] for s in statuses)
+    nodes = [s for s in statuses if s["role"] == "node"]
+    owned = sorted(p["partition"] for s in nodes for p in s["partitions"])
+    assert owned == list(range(16))
+    assert sum(s["items"] for s in nodes) == 0
+
+    # Data through the public API with the admin token.
+    base = up["api"]
+    for i in range(KEYS):
+        api(base, token, "PUT", key_path(f"user/{i}"), {"value": {"n": i}})
+    assert api(base, token, "GET", key_path("user/7"))["value"] == {"n": 7}
+    statuses = kvctl_json("cluster", "status", "--dir", root, "--no-rates")
+    assert sum(s["items"] for s in statuses if s["role"] == "node") == KEYS
+
+    # The text table shows every process.
+    table = kvctl("cluster", "status", "--dir", root, "--no-rates").stdout
+    for process_id in pids:
+        assert f" {process_id} " in table
+    assert "4/4 healthy" in table
+
+    # up again: nothing restarted.
+    again = kvctl_json("cluster", "up", "--dir", root)
+    assert again["created"] is False and again["started"] == []
+    assert {s["id"]: s["pid"] for s in again["processes"]} == pids
+
+    # SIGKILL one node: status says so (exit 6); up restarts it and only it.
+    os.kill(pids["n2"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while alive(pids["n2"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)  # until the kernel has the process gone; bounded
+    down_status = kvctl("cluster", "status", "--dir", root, "--json", "--no-rates", check=False)
+    assert down_status.returncode == 6
+    assert by_id(json.loads(down_status.stdout))["n2"]["health"] == "down"
+    restarted = kvctl_json("cluster", "up", "--dir", root)
+    assert restarted["started"] == ["n2"]
+    new_pids = {s["id"]: s["pid"] for s in restarted["processes"]}
+    assert new_pids["n2"] != pids["n2"]
+    assert {k: v for k, v in new_pids.items() if k != "n2"} == {
+        k: v for k, v in pids.items() if k != "n2"
+    }
+    assert api(base, token, "GET", key_path("user/3"))["value"] == {"n": 3}
+
+    # down: no process left, pid files gone.
+    stopped = kvctl_json("cluster", "down", "--dir", root)
+    assert sorted(stopped["terminated"]) == ["c1", "n1", "n2", "n3"]
+    assert not any(alive(pid) for pid in new_pids.values())
+    assert not list((cluster_dir / "run").glob("*.pid"))
+    assert kvctl_json("cluster", "down", "--dir", root)["not_running"] == ["n1", "n2", "n3", "c1"]
+
+    # up again on the same directory: same cluster, data intact.
+    back = kvctl_json("cluster", "up", "--dir", root)
+    assert back["created"] is False and back["started"] == ["n1", "n2", "n3", "c1"]
+    assert back["api"] == base
+    read = api(base, token, "POST", "/v1/read", {"keys": [f"user/{i}" for i in range(KEYS)]})
+    assert [item["value"] for item in read["items"]] == [{"n": i} for i in range(KEYS)]
+
+    # env: shell exports and JSON.
+    exports = kvctl("cluster", "env", "--dir", root).stdout.splitlines()
+    assert exports == [f"export KV_URL={base}", f"export KV_TOKEN={token}"]
+    assert kvctl_json("cluster", "env", "--dir", root) == {"KV_URL": base, "KV_TOKEN": token}
+
+    assert time.monotonic() - started_at < 60
+
+
+def test_up_prints_the_api_and_first_requests(cluster_dir: Path) -> None:
+    out = kvctl("cluster", "up", "--dir", str(cluster_dir), "--nodes", "1", "--partitions", "2")
+    token = (cluster_dir / "admin.token").read_text().strip()
+    url = LocalCluster.open(cluster_dir).api_url()
+    assert f"API    {url}" in out.stdout
+    assert token in out.stdout
+    assert "curl -s -X PUT" in out.stdout
+    assert "urllib.request" in out.stdout
+    # The shape is fixed once made: a different one is a usage error, not silently ignored.
+    changed = kvctl("cluster", "up", "--dir", str(cluster_dir), "--nodes", "3", check=False)
+    assert changed.returncode == 2
+    assert changed.stderr.startswith("kvctl: --nodes: the cluster in")
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("kvctl: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["status", "down", "env"])
+def test_no_cluster_is_a_one_line_error(tmp_path: Path, command: str) -> None:
+    result = kvctl("cluster", command, "--dir", str(tmp_path / "none"), check=False)
+    assert result.returncode == 3
+    line = one_line_error(result)
+    assert f"no cluster in {tmp_path / 'none'}; run `kvctl cluster up --dir" in line
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_foreign_directory_is_refused(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "cluster.toml").write_text('epoch = 1\n[nodes.x]\naddress = "127.0.0.1:9"\n')
+    for command in ("up", "status", "down"):
+        result = kvctl("cluster", command, "--dir", str(foreign), check=False)
+        assert result.returncode == 2, command
+        assert "is not a local cluster directory" in one_line_error(result)
+    assert [p.name for p in foreign.iterdir()] == ["cluster.toml"]
+    # A marker of another cluster beside this cluster's file.
+    one = LocalCluster.create(tmp_path / "one", nodes=1, partitions=1)
+    two = LocalCluster.create(tmp_path / "two", nodes=1, partitions=1)
+    (two.root / MARKER_FILE).write_bytes((one.root / MARKER_FILE).read_bytes())
+    result = kvctl("cluster", "up", "--dir", str(two.root), "--json", check=False)
+    assert result.returncode == 2
+    error = json.loads(result.stderr)["error"]
+    assert error["code"] == "ValidationError" and "mixes two clusters" in error["message"]
+    assert not list((two.root / "run").glob("*.pid"))

@@ -1,0 +1,390 @@
+"""The local cluster directory and kvctl's shared output, without starting kvstore processes.
+
+Layout and modes of a new directory, the identity checks that refuse foreign or mixed
+directories, the pid-file liveness rules (against stand-in processes whose command line looks
+like a node's), stopping with SIGTERM and SIGKILL, env, log following, and the one mapping from
+every catalogue code to an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvstore.api.tokens import Role, TokenStore
+from kvstore.cli.output import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_STATUS_BY_CODE,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Output,
+    exit_status,
+    run_handler,
+)
+from kvstore.config import load_cluster, read_secret
+from kvstore.errors import ErrorCode, KvError, NotFound, ValidationError, error_from_code
+from kvstore.localcluster import (
+    ADMIN_TOKEN_FILE,
+    API_TOKENS_FILE,
+    CLUSTER_FILE,
+    DEFAULT_DIR,
+    DIR_ENV,
+    MARKER_FILE,
+    SECRET_FILE,
+    LocalCluster,
+    LogFollower,
+    ProcessSpec,
+    command_matches,
+    process_command_line,
+    read_pid_file,
+    resolve_dir,
+)
+
+# A stand-in process: with "ignore-term" among its arguments it ignores SIGTERM; says "ready"
+# once set up, then sleeps.
+SLEEPER = """
+import signal, sys, time
+if "ignore-term" in sys.argv:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> LocalCluster:
+    return LocalCluster.create(tmp_path / "kv", nodes=2, coordinators=1, partitions=4)
+
+
+@pytest.fixture
+def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Stand-in processes; killed and reaped whatever the test did."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def fake_process(
+    procs: list[subprocess.Popen[bytes]], cluster: LocalCluster, process_id: str, *extra: str
+) -> subprocess.Popen[bytes]:
+    """A process whose command line looks like ``process_id``'s of ``cluster``."""
+    spec = cluster.process(process_id)
+    module = "kvstore.storage_node" if spec.role == "node" else "kvstore.coordinator"
+    argv = [sys.executable, "-c", SLEEPER, module, "--config", str(cluster.config_path)]
+    proc = subprocess.Popen([*argv, "--id", process_id, *extra], stdout=subprocess.PIPE)
+    procs.append(proc)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    return proc
+
+
+# --- directory and identity --------------------------------------------------------------------
+
+
+def test_create_writes_the_layout_with_private_modes(cluster: LocalCluster) -> None:
+    root = cluster.root
+    assert mode(root) == 0o700
+    for name in (SECRET_FILE, API_TOKENS_FILE, ADMIN_TOKEN_FILE, MARKER_FILE):
+        assert mode(root / name) == 0o600, name
+    for name in ("data", "logs", "run"):
+        assert (root / name).is_dir() and mode(root / name) == 0o700
+    config = load_cluster(root / CLUSTER_FILE)
+    assert list(config.nodes) == ["n1", "n2"]
+    assert list(config.coordinators) == ["c1"]
+    assert config.cluster_map.partitions.partition_count == 4
+    assert config.api_tokens_file == root / API_TOKENS_FILE
+    assert config.nodes["n1"].data_dir == root / "data" / "n1"
+    addresses = [spec.address for spec in cluster.processes()]
+    assert all(address.startswith("127.0.0.1:") for address in addresses)
+    assert len(set(addresses)) == 3
+    assert len(read_secret(config.secret_file)) >= 16
+    marker = json.loads((root / MARKER_FILE).read_text())
+    assert marker["cluster_id"] == cluster.cluster_id
+    assert (
+        (root / CLUSTER_FILE)
+        .read_text()
+        .startswith(f"# kvstore local cluster {cluster.cluster_id},")
+    )
+    # The admin token in admin.token is the one the token file knows, with the admin role.
+    token = (root / ADMIN_TOKEN_FILE).read_text().strip()
+    entry = TokenStore(root / API_TOKENS_FILE).authorize(f"Bearer {token}", Role.ADMIN)
+    assert entry.name == "admin"
+    assert not list(root.parent.glob(".kv.creating-*"))  # the staging directory is gone
+
+
+def test_create_into_an_empty_directory_and_refuse_an_existing_cluster(tmp_path: Path) -> None:
+    root = tmp_path / "empty"
+    root.mkdir()
+    made = LocalCluster.create(root, nodes=1, coordinators=1, partitions=1)
+    assert LocalCluster.open(root).cluster_id == made.cluster_id
+    with pytest.raises(ValidationError, match="already exists"):
+        LocalCluster.create(root)
+    again, created = LocalCluster.open_or_create(root)
+    assert not created and again.cluster_id == made.cluster_id
+
+
+@pytest.mark.parametrize(
+    ("nodes", "coordinators", "partitions", "field"),
+    [
+        (0, 1, 16, "--nodes"),
+        (17, 1, 16, "--nodes"),
+        (3, 0, 16, "--coordinators"),
+        (4, 1, 3, "--partitions"),
+    ],
+)
+def test_create_checks_the_shape(
+    tmp_path: Path, nodes: int, coordinators: int, partitions: int, field: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        LocalCluster.create(
+            tmp_path / "kv", nodes=nodes, coordinators=coordinators, partitions=partitions
+        )
+    assert caught.value.field == field
+    assert not (tmp_path / "kv").exists()
+
+
+def test_open_a_missing_or_empty_directory_says_run_up(tmp_path: Path) -> None:
+    for root in (tmp_path / "missing", tmp_path):
+        with pytest.raises(NotFound, match=r"no cluster in .*; run `kvctl cluster up"):
+            LocalCluster.open(root)
+
+
+def test_open_refuses_a_directory_kvctl_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / CLUSTER_FILE).write_text('epoch = 1\n[nodes.a]\naddress = "127.0.0.1:1"\n')
+    with pytest.raises(
+        ValidationError, match=r"not a local cluster directory .*kvstore-local.json"
+    ):
+        LocalCluster.open(tmp_path)
+    with pytest.raises(ValidationError, match="not a local cluster directory"):
+        LocalCluster.create(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CLUSTER_FILE]  # nothing written
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValidationError, match="not a directory"):
+        LocalCluster.open(tmp_path / "file")
+
+
+def test_open_refuses_a_marker_of_another_cluster(tmp_path: Path) -> None:
+    one = LocalCluster.create(tmp_path / "one", nodes=1, partitions=1)
+    two = LocalCluster.create(tmp_path / "two", nodes=1, partitions=1)
+    (two.root / MARKER_FILE).write_bytes((one.root / MARKER_FILE).read_bytes())
+    with pytest.raises(ValidationError, match=f"mixes two clusters: .*{one.cluster_id}"):
+        LocalCluster.open(two.root)
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        "not json",
+        "[]",
+        '{"kind": "other"}',
+        '{"kind": "kvstore-local-cluster", "format": 9}',
+        '{"kind": "kvstore-local-cluster", "format": 1, "cluster_id": "x"}',
+    ],
+)
+def test_open_refuses_a_broken_marker(cluster: LocalCluster, marker: str) -> None:
+    (cluster.root / MARKER_FILE).write_text(marker)
+    with pytest.raises(ValidationError) as caught:
+        LocalCluster.open(cluster.root)
+    assert caught.value.field == "--dir"
+
+
+def test_resolve_dir_prefers_the_option_then_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_dir(None, {}) == tmp_path / DEFAULT_DIR
+    assert resolve_dir(None, {DIR_ENV: str(tmp_path / "env")}) == tmp_path / "env"
+    assert resolve_dir("given", {DIR_ENV: str(tmp_path / "env")}) == tmp_path / "given"
+    assert resolve_dir("", {DIR_ENV: "x"}) == tmp_path / "x"
+
+
+# --- pid files and liveness --------------------------------------------------------------------
+
+
+def test_read_pid_file(tmp_path: Path) -> None:
+    path = tmp_path / "n1.pid"
+    assert read_pid_file(path) is None
+    for text, expected in (("123\n", 123), ("0", None), ("-5", None), ("12x", None), ("", None)):
+        path.write_text(text)
+        assert read_pid_file(path) == expected, text
+
+
+def test_command_matches_needs_module_config_and_id(tmp_path: Path) -> None:
+    config = tmp_path / "cluster.toml"
+    spec = ProcessSpec("node", "n1", "127.0.0.1:1")
+    argv = spec.argv(config)
+    assert command_matches(argv, spec, config)
+    assert command_matches(
+        ["python", "-m", "kvstore.storage_node", f"--config={config}", "--id=n1"], spec, config
+    )
+    assert not command_matches([*argv[:-1], "n2"], spec, config)
+    assert not command_matches(argv, spec, tmp_path / "other.toml")
+    assert not command_matches(argv, ProcessSpec("coordinator", "n1", "127.0.0.1:1"), config)
+    assert not command_matches(["python", "--config", str(config), "--id", "n1"], spec, config)
+
+
+def test_running_needs_a_live_process_with_the_cluster_command_line(
+    cluster: LocalCluster, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    assert cluster.running() == {}
+    # A pid file naming some other live process (this one) does not count.
+    cluster.pid_path("n1").write_text(f"{os.getpid()}\n")
+    assert cluster.running() == {}
+    # A process with n1's command line counts, through its pid file.
+    n1 = fake_process(sleepers, cluster, "n1")
+    cluster.pid_path("n1").write_text(f"{n1.pid}\n")
+    assert cluster.running() == {"n1": n1.pid}
+    # Without a pid file, the process table finds it and the pid file is written again.
+    c1 = fake_process(sleepers, cluster, "c1")
+    assert cluster.running() == {"n1": n1.pid, "c1": c1.pid}
+    assert read_pid_file(cluster.pid_path("c1")) == c1.pid
+    # A dead (reaped) process does not count, whatever its pid file says.
+    n1.kill()
+    n1.wait(10)
+    assert cluster.running() == {"c1": c1.pid}
+    # Nor a zombie: c1 killed but not reaped yet.
+    c1.kill()
+    deadline = time.monotonic() + 10
+    while process_command_line(c1.pid) is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)  # until the kernel has turned it into a zombie; bounded
+    assert cluster.running() == {}
+
+
+def test_down_terminates_then_kills_and_removes_pid_files(
+    cluster: LocalCluster, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    n1 = fake_process(sleepers, cluster, "n1")
+    stubborn = fake_process(sleepers, cluster, "c1", "ignore-term")
+    for proc, process_id in ((n1, "n1"), (stubborn, "c1")):
+        cluster.pid_path(process_id).write_text(f"{proc.pid}\n")
+    report = cluster.down(stop_timeout_ms=500)
+    assert report.terminated == ("n1",)
+    assert report.killed == ("c1",)
+    assert report.not_running == ("n2",)
+    assert n1.wait(10) == -signal.SIGTERM
+    assert stubborn.wait(10) == -signal.SIGKILL
+    assert not list((cluster.root / "run").glob("*.pid"))
+    assert cluster.down().not_running == ("n1", "n2", "c1")
+
+
+def test_env_names_the_first_coordinator_and_the_admin_token(cluster: LocalCluster) -> None:
+    env = cluster.env()
+    assert env == {
+        "KV_URL": f"http://{cluster.config.coordinators['c1'].address}",
+        "KV_TOKEN": (cluster.root / ADMIN_TOKEN_FILE).read_text().strip(),
+    }
+    assert env["KV_TOKEN"].startswith("kvt_")
+    (cluster.root / ADMIN_TOKEN_FILE).chmod(0o644)
+    with pytest.raises(ValidationError, match="chmod 600"):
+        cluster.env()
+
+
+def test_status_of_a_stopped_cluster_is_down_with_the_partition_map(
+    cluster: LocalCluster,
+) -> None:
+    statuses = cluster.status(rates=False)
+    assert [(s.role, s.process_id, s.health, s.pid) for s in statuses] == [
+        ("node", "n1", "down", None),
+        ("node", "n2", "down", None),
+        ("coordinator", "c1", "down", None),
+    ]
+    owned = [[p.partition for p in s.partitions or ()] for s in statuses[:2]]
+    assert owned == [[0, 2], [1, 3]]
+    assert statuses[2].partitions is None
+    assert statuses[0].to_json()["healthy"] is False
+
+
+def test_log_follower_yields_complete_lines_and_survives_truncation(tmp_path: Path) -> None:
+    log = tmp_path / "n1.log"
+    log.write_text("old\n")
+    follower = LogFollower({"n1": log}, {"n1": log.stat().st_size})
+    assert follower.poll() == []
+    with log.open("a") as out:
+        out.write("one\ntwo\npart")
+    assert follower.poll() == [("n1", "one"), ("n1", "two")]
+    with log.open("a") as out:
+        out.write("ial\n")
+    assert follower.poll() == [("n1", "partial")]
+    log.write_text("new\n")  # truncated and rewritten
+    assert follower.poll() == [("n1", "new")]
+
+
+# --- exit statuses and output ------------------------------------------------------------------
+
+
+def test_every_error_code_has_an_exit_status() -> None:
+    assert set(EXIT_STATUS_BY_CODE) == set(ErrorCode)
+    for code in ErrorCode:
+        status = exit_status(code)
+        assert 1 <= status <= 7, code
+        if code.retryable and not code.ambiguous:
+            assert status == EXIT_UNAVAILABLE, code
+    assert exit_status(ErrorCode.ValidationError) == EXIT_USAGE
+    assert exit_status(ErrorCode.NotFound) == EXIT_NOT_FOUND
+    assert exit_status(ErrorCode.ConditionFailed) == 4
+    assert exit_status(ErrorCode.TransactionCanceled) == 4
+    assert exit_status(ErrorCode.Unauthorized) == exit_status(ErrorCode.Forbidden) == 5
+    assert exit_status(ErrorCode.Unavailable) == exit_status(ErrorCode.Overloaded) == 6
+    assert exit_status(ErrorCode.OutcomeUnknown) == 7
+    assert exit_status(ErrorCode.InternalError) == EXIT_FAILURE
+
+
+def _run(error: BaseException, *, json_mode: bool = False) -> tuple[int, str, str]:
+    def handler(args: argparse.Namespace, out: Output) -> int:
+        del args, out
+        raise error
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    out = Output(json_mode=json_mode, stdout=stdout, stderr=stderr)
+    return run_handler(handler, argparse.Namespace(), out), stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_run_handler_turns_each_error_into_one_line_and_its_status(code: ErrorCode) -> None:
+    error = error_from_code(code, "what went wrong", details={"field": "f"})
+    status, stdout, stderr = _run(error)
+    assert status == exit_status(code)
+    assert stdout == ""
+    assert stderr == "kvctl: what went wrong\n"
+    status, _, stderr = _run(error, json_mode=True)
+    body = json.loads(stderr)["error"]
+    assert (body["code"], body["exit_status"]) == (code.name, exit_status(code))
+
+
+def test_run_handler_reports_os_errors_and_interrupts() -> None:
+    status, _, stderr = _run(PermissionError(13, "Permission denied", "/x/secret"))
+    assert (status, stderr) == (EXIT_FAILURE, "kvctl: Permission denied (/x/secret)\n")
+    status, _, stderr = _run(KeyboardInterrupt())
+    assert (status, stderr) == (EXIT_INTERRUPTED, "kvctl: interrupted\n")
+    assert issubclass(NotFound, KvError)
+
+
+def test_output_table_prints_missing_values_as_dashes() -> None:
+    stdout = io.StringIO()
+    Output(json_mode=False, stdout=stdout).table(("A", "B"), [(1, None), ("x", 2.5)])
+    lines = [line.split() for line in stdout.getvalue().splitlines() if line.strip()]
+    assert lines[0] == ["A", "B"]
+    assert lines[-2:] == [["1", "-"], ["x", "2.5"]]
