@@ -195,7 +195,7 @@ def test_up_prints_the_api_and_first_requests(cluster_dir: Path) -> None:
     assert f"API    {url}" in out.stdout
     assert token in out.stdout
     assert "curl -s -X PUT" in out.stdout
-    assert "urllib.request" in out.stdout
+    assert "kvstore.connect_sync()" in out.stdout
     # The shape is fixed once made: a different one is a usage error, not silently ignored.
     changed = kvctl("cluster", "up", "--dir", str(cluster_dir), "--nodes", "3", check=False)
     assert changed.returncode == 2
