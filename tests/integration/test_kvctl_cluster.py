@@ -33,7 +33,7 @@ KEYS = 24
 
 
 def kvctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "KVSTORE_DIR"}
+    env = {k: v for k, v in os.environ.items() if k not in ("KVSTORE_DIR", "KV_URL", "KV_TOKEN")}
     result = subprocess.run(
         [*KVCTL, *args],
         capture_output=True,
@@ -134,8 +134,11 @@ def test_cluster_life_cycle(cluster_dir: Path) -> None:
     for i in range(KEYS):
         api(base, token, "PUT", key_path(f"user/{i}"), {"value": {"n": i}})
     assert api(base, token, "GET", key_path("user/7"))["value"] == {"n": 7}
+    # ... and through kvctl's data commands, which find the cluster and its token by --dir.
+    kvctl_json("put", "--dir", root, "cli/note", '{"via": "kvctl"}')
+    assert kvctl_json("get", "--dir", root, "user/7")["value"] == {"n": 7}
     statuses = kvctl_json("cluster", "status", "--dir", root, "--no-rates")
-    assert sum(s["items"] for s in statuses if s["role"] == "node") == KEYS
+    assert sum(s["items"] for s in statuses if s["role"] == "node") == KEYS + 1
 
     # The text table shows every process.
     table = kvctl("cluster", "status", "--dir", root, "--no-rates").stdout
@@ -179,6 +182,7 @@ def test_cluster_life_cycle(cluster_dir: Path) -> None:
     assert back["api"] == base
     read = api(base, token, "POST", "/v1/read", {"keys": [f"user/{i}" for i in range(KEYS)]})
     assert [item["value"] for item in read["items"]] == [{"n": i} for i in range(KEYS)]
+    assert kvctl_json("get", "--dir", root, "cli/note")["value"] == {"via": "kvctl"}
 
     # env: shell exports and JSON.
     exports = kvctl("cluster", "env", "--dir", root).stdout.splitlines()
