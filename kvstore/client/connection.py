@@ -39,6 +39,7 @@ from kvstore.client.sync import SyncClient
 from kvstore.config import ClusterConfig, load_cluster
 from kvstore.errors import ValidationError
 from kvstore.limits import SDK_TIMEOUT_MS_DEFAULT
+from kvstore.localcluster import ADMIN_TOKEN_FILE, CLUSTER_FILE, DEFAULT_DIR, DIR_ENV
 
 __all__ = [
     "ENV_URL",
@@ -52,10 +53,9 @@ __all__ = [
 
 ENV_URL: Final = "KV_URL"
 ENV_TOKEN: Final = "KV_TOKEN"
-ENV_CLUSTER_DIR: Final = "KVSTORE_DIR"
-CLUSTER_DIR_DEFAULT: Final = ".kvstore"
-CLUSTER_FILE: Final = "cluster.toml"
-ADMIN_TOKEN_FILE: Final = "admin.token"
+# The local cluster directory's names, as kvctl makes it (one definition, in kvstore.localcluster).
+ENV_CLUSTER_DIR: Final = DIR_ENV
+CLUSTER_DIR_DEFAULT: Final = DEFAULT_DIR
 _HINT: Final = "set KV_URL and KV_TOKEN, or run `kvctl cluster up`"
 
 
