@@ -93,8 +93,10 @@ def _recover(args: argparse.Namespace, out: Output) -> int:
     )
     if older_than_ms < 0:
         raise ValidationError("older-than-ms", "must not be negative")
-    stuck = asyncio.run(find_stuck(config, older_than_ms=older_than_ms))
-    driven = [] if args.dry_run or not stuck else asyncio.run(drive(config, stuck))
+    with out.spinner("asking every partition for stuck transactions"):
+        stuck = asyncio.run(find_stuck(config, older_than_ms=older_than_ms))
+    with out.spinner(f"driving {len(stuck)} transactions"):
+        driven = [] if args.dry_run or not stuck else asyncio.run(drive(config, stuck))
     outcome = {d.txn_id: d for d in driven}
     if out.json_mode:
         out.json(

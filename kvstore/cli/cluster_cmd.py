@@ -157,14 +157,16 @@ def _up(args: argparse.Namespace, out: Output) -> int:
     if not created:
         _check_shape(cluster, args)
     if not args.foreground:
-        report = cluster.up()
-        statuses = cluster.status(rates=False)
+        with out.spinner(f"starting the cluster in {root} and waiting until it is healthy"):
+            report = cluster.up()
+            statuses = cluster.status(rates=False)
         _print_up(cluster, created=created, report=report, statuses=statuses, args=args, out=out)
         return EXIT_OK if all(status.healthy for status in statuses) else EXIT_UNAVAILABLE
     session = _Foreground(cluster, out)
     with _sigterm_raises():
         try:
-            report = cluster.up()
+            with out.spinner(f"starting the cluster in {root} and waiting until it is healthy"):
+                report = cluster.up()
             _print_up(
                 cluster,
                 created=created,
@@ -449,7 +451,8 @@ def _stopped_text(report: StopReport) -> str:
 
 def _status(args: argparse.Namespace, out: Output) -> int:
     cluster = LocalCluster.open(resolve_dir(args.dir))
-    statuses = cluster.status(rates=args.rates)
+    with out.spinner("probing every process"):
+        statuses = cluster.status(rates=args.rates)
     healthy = all(status.healthy for status in statuses)
     if out.json_mode:
         out.json([status.to_json() for status in statuses])

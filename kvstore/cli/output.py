@@ -40,6 +40,7 @@ exit  name                   codes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -166,6 +167,14 @@ class Output:
         for row in rows:
             table.add_row(*(_cell(value) for value in row))
         self.console.print(table)
+
+    def spinner(self, message: str) -> contextlib.AbstractContextManager[object]:
+        """A transient spinner on stderr while something slow runs: only on a terminal and
+        never with --json, so scripts and logs see nothing of it."""
+        console = Console(file=self.stderr)
+        if self.json_mode or not console.is_terminal:
+            return contextlib.nullcontext()
+        return console.status(message)
 
     # --- errors --------------------------------------------------------------------------
 
