@@ -5,6 +5,9 @@ per failing seed and ending with ``seeds: N, failures: F`` (exit status 1 when F
 ``python -m chaos sim --seed S --verbose`` replays one seed and prints its trace.
 ``python -m chaos mutants`` arms each deliberate bug in turn and ends with ``mutants caught: C/T``
 (exit status 1 unless every mutant was caught within its seed budget).
+``python -m chaos run --workload W --nemesis N1,N2 --duration S [--seed] [--clients] [--out]``
+runs real processes under faults and checks the history (:mod:`chaos.runner`); its last line is
+the verdict, and its exit status 0 only when every checker passed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from chaos.nemesis import NEMESES, parse_nemeses
+from chaos.runner import RUN_CLIENTS_MAX, RUN_DURATION_S_MAX, RunConfig
+from chaos.runner import WORKLOADS as RUN_WORKLOADS
+from chaos.runner import run as run_once
 from chaos.sim.config import WORKLOADS, SimConfig
 from chaos.sim.simulation import run_seed
 from chaos.sim.sweep import MUTANT_SEED_BUDGET, hunt, save_failure, sweep, workload_for
@@ -36,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--workload", choices=WORKLOADS, help="force one workload for every seed")
     sim.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where failures are saved")
     sim.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    run = sub.add_parser("run", help="a real cluster under faults, with a checked history")
+    run.add_argument("--workload", required=True, choices=RUN_WORKLOADS)
+    run.add_argument(
+        "--nemesis", default="all", help=f"comma-separated: {', '.join(NEMESES)}, all, none"
+    )
+    run.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
+    run.add_argument("--seed", type=int, help="the fault schedule's and clients' seed")
+    run.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    run.add_argument("--out", type=Path, help="the report directory (default chaos-out/run/...)")
     mutants = sub.add_parser("mutants", help="prove that every deliberate bug is caught")
     mutants.add_argument("--budget", type=int, default=MUTANT_SEED_BUDGET, help="seeds per mutant")
     mutants.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
@@ -103,10 +119,39 @@ def _mutants(args: argparse.Namespace) -> int:
     return 0 if caught == total else 1
 
 
+def _run(args: argparse.Namespace) -> int:
+    try:
+        nemeses = parse_nemeses(args.nemesis)
+    except ValueError as error:
+        print(f"chaos run: {error}", file=sys.stderr)
+        return 2
+    if not 1 <= args.clients <= RUN_CLIENTS_MAX or not 0 < args.duration <= RUN_DURATION_S_MAX:
+        print(
+            f"chaos run: --clients must be 1..{RUN_CLIENTS_MAX} and --duration "
+            f"0..{RUN_DURATION_S_MAX:g} seconds",
+            file=sys.stderr,
+        )
+        return 2
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
+    out = args.out or Path("chaos-out") / "run" / f"{args.workload}-{seed}"
+    print(f"chaos run: {args.workload}, nemesis {args.nemesis}, seed {seed}, report in {out}")
+    config = RunConfig(
+        workload=args.workload,
+        nemeses=nemeses,
+        duration_s=args.duration,
+        seed=seed,
+        clients=args.clients,
+        out=out,
+    )
+    return run_once(config)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sim":
         return _sim(args)
+    if args.command == "run":
+        return _run(args)
     return _mutants(args)
 
 

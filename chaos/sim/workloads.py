@@ -33,6 +33,7 @@ from typing import Any
 from kvstore.conditions import Compare, CompareOperator, Condition, Exists, VersionEquals
 from kvstore.coordinator.results import ReadResult, TxnResult
 from kvstore.errors import ErrorCode
+from kvstore.limits import READ_KEYS_MAX
 from kvstore.messages import ReadEntry
 from kvstore.ops import Op, OpKind
 from kvstore.types import TxnId
@@ -44,6 +45,7 @@ __all__ = [
     "Completion",
     "Script",
     "Workload",
+    "SetInserts",
     "make_workload",
 ]
 
@@ -308,4 +310,53 @@ def make_workload(name: str, keys: int, bank_total: int) -> Workload:
         return Register(keys)
     if name == "bank":
         return Bank(keys, bank_total)
+    if name == "set":
+        return SetInserts()
     raise ValueError(f"unknown workload {name!r}")
+
+
+class SetInserts(Workload):
+    """``add`` of unique elements (a put of its own key ``set/<n>``), then final reads of every
+    key ever attempted, in read-only transactions of at most ``READ_KEYS_MAX`` keys. Checked by
+    :mod:`chaos.checkers.sets` (no acknowledged insert lost). Real runs only: the simulator's
+    sweep does not draw it."""
+
+    name = "set"
+    prefix = "set/"
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.attempted: list[str] = []
+
+    def read_value(self, entry: ReadEntry) -> Any:
+        return entry.exists
+
+    def script(self, rng: random.Random) -> tuple[str, Any, Script]:
+        element = self.unique()
+        key = f"{self.prefix}{element}"
+        self.attempted.append(key)
+        token = self.token(rng)
+
+        def run() -> Script:
+            put = Op(kind=OpKind.PUT, key=key, value={"e": element})
+            result: TxnResult = yield Write([put], token)
+            return write_completion(result, element)
+
+        return "add", element, run()
+
+    def final_scripts(self) -> list[tuple[str, Any, Script]]:
+        chunks = [
+            self.attempted[i : i + READ_KEYS_MAX]
+            for i in range(0, len(self.attempted), READ_KEYS_MAX)
+        ]
+        return [self._read_present(chunk) for chunk in chunks]
+
+    def _read_present(self, keys: list[str]) -> tuple[str, Any, Script]:
+        def run() -> Script:
+            result: ReadResult = yield Read(keys)
+            if result.error is not None:
+                return Completion("fail", None, error=result.error.name)
+            present = [int(e.key[len(self.prefix) :]) for e in result.items if e.exists]
+            return Completion("ok", sorted(present))
+
+        return "read", None, run()
