@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit install clean fmt sim sim-check mutants
+.PHONY: test lint typecheck unit install clean fmt sim sim-check mutants chaos-check chaos chaos-mutants
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,28 @@ sim: $(STAMP)
 mutants: $(STAMP)
 	$(BIN)/python -m chaos mutants
 
-test: lint typecheck unit sim-check
+# The chaos harness's share of CI: two short runs of real processes under faults (about a minute
+# each), checked for serializability. Reports land in chaos-out/ci/.
+chaos-check: $(STAMP)
+	$(BIN)/python -m chaos run --workload list-append --nemesis all --duration 45 --seed 1 --out chaos-out/ci/list-append
+	$(BIN)/python -m chaos run --workload bank --nemesis kill,partition --duration 45 --seed 2 --out chaos-out/ci/bank
+
+# The longer matrix (about 30 minutes): every workload under every nemesis, 80 s each.
+# Results from this machine are in docs/chaos.md.
+CHAOS_SEED ?= 7
+chaos: $(STAMP)
+	@failed=0; for w in list-append bank register set; do \
+	  for n in kill pause partition clock all; do \
+	    $(BIN)/python -m chaos run --workload $$w --nemesis $$n --duration 80 \
+	      --seed $(CHAOS_SEED) --out chaos-out/matrix/$$w-$$n || failed=$$((failed + 1)); \
+	  done; \
+	done; echo "matrix: 20 runs, $$failed failed"; test $$failed -eq 0
+
+# Test the tests: real processes with deliberate bugs armed must fail their runs.
+chaos-mutants: $(STAMP)
+	$(BIN)/python -m chaos.mutant_runs
+
+test: lint typecheck unit sim-check chaos-check chaos-mutants
 
 # A local cluster in ./.kvstore (3 storage nodes, 1 coordinator, 16 partitions), attached: it
 # prints the API URL, the admin token and first requests, streams every process's log, and

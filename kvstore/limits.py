@@ -219,3 +219,13 @@ assert SDK_ATTEMPTS_MAX >= 1 and SDK_RUN_ATTEMPTS_MAX >= 1
 assert SDK_RETRY_BUDGET_WINDOW_MS % SDK_RETRY_BUDGET_SLOTS == 0
 assert 0 <= SDK_RETRY_BUDGET_PERCENT <= 100
 assert SDK_TOKEN_DRAWS_MAX >= PARTITIONS_DEFAULT
+
+# --- chaos control (kvstore/chaos_control.py; test-only, off unless KVSTORE_CHAOS_CONTROL=1) ---
+# A clock offset moves every wall-clock reading of a process; between two settings it changes by
+# at most twice the bound, which keeps every RPC deadline derived from it under the wire's
+# 10-minute ceiling (Jepsen's clock bumps go up to about 5 minutes; ours are scaled down).
+CHAOS_BLOCKED_MAX: Final = 64  # peer addresses one process may be told to cut itself off from.
+CHAOS_CLOCK_OFFSET_MS_MAX: Final = 120_000  # |offset| of a process's clock from the system's.
+CHAOS_BODY_BYTES_MAX: Final = 16 * 1024  # a POST /chaos body.
+
+__all__ += ["CHAOS_BLOCKED_MAX", "CHAOS_CLOCK_OFFSET_MS_MAX", "CHAOS_BODY_BYTES_MAX"]

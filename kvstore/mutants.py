@@ -9,11 +9,12 @@ anomaly. The cores consult a :class:`Mutants` value (``PartitionConfig.mutants``
 
 Arming is made impossible by accident: :meth:`Mutants.arm` refuses unless the process
 environment holds ``KVSTORE_MUTANTS=i-want-a-broken-store`` (the chaos commands set it for their
-own process only), no configuration file format has a field for mutants, and the services refuse
-to start with any mutant armed (a check each service must make at start-up; the services do
-not exist yet). The constructor itself
-checks the environment whenever the set is not empty, so there is no way around it, and a
-``Mutants`` value cannot be changed once built.
+own process, or for the processes of a chaos run), and no configuration file format has a field
+for mutants. A service arms mutants only through :mod:`kvstore.chaos_control`: it needs
+``KVSTORE_CHAOS_CONTROL=1``, the names in ``KVSTORE_CHAOS_MUTANTS`` *and* the arming variable,
+and refuses to start when asked for mutants without all three. The constructor itself checks the
+environment whenever the set is not empty, so there is no way around it, and a ``Mutants`` value
+cannot be changed once built.
 """
 
 from __future__ import annotations

@@ -95,10 +95,17 @@ from kvstore.messages import (
     WriteReply,
     WriteRequest,
 )
+from kvstore.mutants import NO_MUTANTS, Mutants
 from kvstore.ops import Op, OpKind, validate_token
 from kvstore.partitioning import ClusterMap
 from kvstore.rpc import RpcPool
-from kvstore.timestamps import HybridClock, new_txn_id, random_origin, system_clock_us
+from kvstore.timestamps import (
+    HybridClock,
+    PhysicalClock,
+    new_txn_id,
+    random_origin,
+    system_clock_us,
+)
 from kvstore.transport import PartitionTransport
 from kvstore.types import Key, PartitionId
 from kvstore.values import validate_key
@@ -192,16 +199,29 @@ class Coordinator:
         clock: HybridClock | None = None,
         transport: Transport | None = None,
         txns_in_flight_max: int = COORDINATOR_TXNS_IN_FLIGHT_MAX,
+        physical_clock: PhysicalClock = system_clock_us,
+        mutants: Mutants = NO_MUTANTS,
+        pool: RpcPool | None = None,
     ) -> None:
+        """``physical_clock`` is the wall time the cores and the default ``clock`` read;
+        ``mutants`` and an injected ``pool`` (which this object then closes) serve chaos runs."""
         self.cluster_map = cluster_map
         self.txn_ops_max = txn_ops_max
         self.metrics = metrics if metrics is not None else CoordinatorMetrics()
-        self.clock = clock if clock is not None else HybridClock(system_clock_us, random_origin())
-        self._pool = RpcPool(secret, on_clock=self.clock.observe, logger=_log)
+        self.clock = (
+            clock
+            if clock is not None
+            else HybridClock(physical_clock, random_origin(), mutants=mutants)
+        )
+        self._now_us = physical_clock
+        self._mutants = mutants
+        self._pool = (
+            pool if pool is not None else RpcPool(secret, on_clock=self.clock.observe, logger=_log)
+        )
         self._transport: Transport = (
             transport if transport is not None else PartitionTransport(cluster_map, self._pool)
         )
-        self._runner = ActorRunner(self._transport, system_clock_us)
+        self._runner = ActorRunner(self._transport, physical_clock)
         self._partition_of = cluster_map.partitions.partition_of
         self._in_flight_max = txns_in_flight_max
 
@@ -226,7 +246,8 @@ class Coordinator:
 
     async def transact(self, ops: Sequence[Op], *, token: str | None = None) -> TxnResult:
         """Run one write transaction; the committed result, or the typed error."""
-        now_us = system_clock_us()
+        started_us = system_clock_us()
+        now_us = self._now_us()
         txn = WriteTxn(
             new_txn_id(),
             self.clock.now(),
@@ -238,7 +259,7 @@ class Coordinator:
             token_home=self._partition_of,
         )
         result: TxnResult = await self._run(_Observed(txn, self.metrics, now_us))
-        seconds = max(0, system_clock_us() - now_us) / _US_PER_S
+        seconds = max(0, system_clock_us() - started_us) / _US_PER_S
         outcome = (
             "committed" if result.committed else (result.error or ErrorCode.InternalError).name
         )
@@ -270,8 +291,8 @@ class Coordinator:
         """
         now_us = system_clock_us()
         for attempt in range(CONFLICT_RETRIES_MAX + 1):
-            txn = ReadTxn(keys, self._partition_of, system_clock_us())
-            result: ReadResult = await self._run(_Observed(txn, self.metrics, system_clock_us()))
+            txn = ReadTxn(keys, self._partition_of, self._now_us(), mutants=self._mutants)
+            result: ReadResult = await self._run(_Observed(txn, self.metrics, self._now_us()))
             self.metrics.read_rounds.observe(result.rounds)
             if result.error is not ErrorCode.TransactionConflict or attempt == CONFLICT_RETRIES_MAX:
                 break

@@ -15,6 +15,11 @@ stale-intent resolution). Any number of coordinators may serve the same nodes at
 Stopping (SIGTERM) stops accepting requests, lets requests in progress answer for up to
 ``SHUTDOWN_GRACE_S``, then closes the library, which lets running cores finish for up to
 ``CLOSE_DRAIN_MS`` and stops the rest (recovery on the nodes finishes their transactions).
+
+Only in a process started for chaos runs (``KVSTORE_CHAOS_CONTROL=1``, :mod:`kvstore.chaos_control`)
+the library reads wall time through the control's offset clock, its RPC pool refuses blocked
+nodes, its read core and clock get the armed mutants, and ``GET``/``POST /chaos`` is mounted on
+the API app outside ``ROUTES`` (no API token: the cluster secret; not in the OpenAPI document).
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ from aiohttp import web
 
 from kvstore.api.app import build_app
 from kvstore.api.tokens import TokenStore
+from kvstore.chaos_control import enabled_from_env
 from kvstore.config import ClusterConfig
 from kvstore.coordinator.engine import Coordinator
 from kvstore.coordinator.metrics import CoordinatorMetrics
 from kvstore.logs import log_event
+from kvstore.rpc import RpcPool
+from kvstore.timestamps import HybridClock, random_origin
 
 __all__ = ["CoordinatorService", "SHUTDOWN_GRACE_S"]
 
@@ -45,12 +53,32 @@ class CoordinatorService:
         self.spec = config.coordinator(coordinator_id)
         self.coordinator_id = coordinator_id
         self.metrics = CoordinatorMetrics(coordinator_id)
-        self.coordinator = Coordinator.from_config(config, metrics=self.metrics)
+        self.chaos = enabled_from_env()  # test-only faults; None unless started for chaos
+        if self.chaos is None:
+            self.coordinator = Coordinator.from_config(config, metrics=self.metrics)
+        else:
+            chaos = self.chaos
+            clock = HybridClock(chaos.physical_clock_us, random_origin(), mutants=chaos.mutants)
+            pool = RpcPool(
+                config.secret(), on_clock=clock.observe, logger=_log, blocked=chaos.refuses
+            )
+            chaos.on_block(pool.disconnect)
+            self.coordinator = Coordinator.from_config(
+                config,
+                metrics=self.metrics,
+                clock=clock,
+                physical_clock=chaos.physical_clock_us,
+                mutants=chaos.mutants,
+                pool=pool,
+            )
         self.tokens = TokenStore(config.api_tokens_file)
         self._web: web.AppRunner | None = None
 
     async def start(self) -> None:
         app = build_app(self.coordinator, self.tokens, self.coordinator_id)
+        if self.chaos is not None:  # outside ROUTES: the API's token checks do not apply
+            peers = [spec.address for spec in self.config.nodes.values()]
+            self.chaos.mount(app, self.config.secret(), peers)
         self._web = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
         )
@@ -74,6 +102,14 @@ class CoordinatorService:
             epoch=self.config.cluster_map.epoch,
             pid=os.getpid(),
         )
+        if self.chaos is not None:
+            log_event(
+                _log,
+                "chaos.enabled",
+                logging.WARNING,
+                coordinator=self.coordinator_id,
+                mutants=[m.value for m in self.chaos.mutants],
+            )
 
     async def stop(self) -> None:
         if self._web is not None:

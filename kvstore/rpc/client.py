@@ -30,6 +30,10 @@ successful connect resets the backoff. A refused handshake raises the typed refu
 (``Unauthorized`` for HTTP 401, ``ProtocolViolation`` for 400) rather than ``Unavailable``.
 
 :class:`RpcPool` keeps one client per ``host:port`` over one shared ``aiohttp.ClientSession``.
+For chaos runs only (``kvstore.chaos_control``) it takes a ``blocked(address)`` predicate: a call
+to a blocked address fails at once with ``Unavailable(sent=False)``, and
+:meth:`RpcPool.disconnect` drops the connection to an address that just became blocked, failing
+its calls in flight with ``sent=True``.
 """
 
 from __future__ import annotations
@@ -219,8 +223,9 @@ class RpcClient:
                 f"could not connect to {self.url} before the call's deadline",
                 details={"sent": False},
             )
-        if task.cancelled():
-            raise Unavailable("the RPC client is closed", details={"sent": False})
+        if task.cancelled():  # closed, or the attempt was dropped (disconnect)
+            why = "the RPC client is closed" if self._closed else "the connect attempt was dropped"
+            raise Unavailable(why, details={"sent": False})
         error = task.exception()
         if error is not None:
             raise _fresh(error) if isinstance(error, KvError) else error
@@ -319,6 +324,18 @@ class RpcClient:
         return None
 
     # --- shutdown ----------------------------------------------------------------------------
+
+    async def disconnect(self, why: str) -> None:
+        """Drop the connection (and a connect attempt) but stay usable: outstanding calls fail
+        with ``sent=True`` (those waiting for the attempt with ``sent=False``); the next call
+        connects again."""
+        task = self._connecting
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+        conn = self._conn
+        if conn is not None:
+            await conn.close(why)
 
     async def close(self) -> None:
         """Fail outstanding calls, close the connection and its tasks (and an owned session)."""
@@ -471,10 +488,13 @@ class RpcPool:
         on_clock: ClockSink | None = None,
         logger: logging.Logger | None = None,
         rng: random.Random | None = None,
+        blocked: Callable[[str], bool] | None = None,
     ) -> None:
+        """``blocked(address)`` (the chaos control's, tests only) refuses calls to ``address``."""
         self._secret = secret
         self._on_clock = on_clock
         self._log = logger
+        self._blocked = blocked
         self._rng = rng if rng is not None else random.Random()
         self._clients: dict[str, RpcClient] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -482,6 +502,8 @@ class RpcPool:
 
     def client(self, address: str) -> RpcClient:
         """The client for ``host:port``; call from within the event loop."""
+        if self._blocked is not None and self._blocked(address):
+            raise Unavailable(f"{address} is cut off (chaos control)", details={"sent": False})
         found = self._clients.get(address)
         if found is not None:
             return found
@@ -504,6 +526,12 @@ class RpcPool:
         )
         self._clients[address] = client
         return client
+
+    async def disconnect(self, address: str) -> None:
+        """Drop the connection to ``address``, if any: its calls in flight fail (``sent=True``)."""
+        client = self._clients.get(address)
+        if client is not None:
+            await client.disconnect(f"{address} was cut off (chaos control)")
 
     async def close(self) -> None:
         """Close every client, then the shared session."""

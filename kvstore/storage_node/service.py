@@ -23,7 +23,9 @@ over RPC to their owners. After ``kill -9`` a restart reopens the files and the 
 whatever was in flight: nothing needs an operator.
 
 HTTP: ``GET /rpc`` (WebSocket; protocol version and cluster secret checked in the handshake),
-``GET /health`` (no secret) and ``GET /metrics`` (Prometheus text).
+``GET /health`` (no secret) and ``GET /metrics`` (Prometheus text). Only in a process started for
+chaos runs (``KVSTORE_CHAOS_CONTROL=1``, :mod:`kvstore.chaos_control`): ``GET``/``POST /chaos``
+(cluster secret), and the node's wall time, its RPC pool and its cores' mutants follow the control.
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
 
 from kvstore import limits
+from kvstore.chaos_control import enabled_from_env
 from kvstore.codec import decode_request, encode_reply
 from kvstore.config import ClusterConfig
 from kvstore.coordinator.driver import ActorRunner
@@ -55,7 +59,7 @@ from kvstore.storage_node.metrics import CONTENT_TYPE, NodeMetrics
 from kvstore.storage_node.resolver import IntentResolution
 from kvstore.storage_node.shell import PartitionShell
 from kvstore.storage_node.sqlite_store import SqliteStore
-from kvstore.timestamps import HybridClock, random_origin, system_clock_us
+from kvstore.timestamps import HybridClock, PhysicalClock, random_origin, system_clock_us
 from kvstore.transport import PartitionTransport
 from kvstore.types import TIMESTAMP_ZERO, PartitionId, TxnId
 
@@ -73,19 +77,36 @@ class NodeService:
         self.node_id = self.spec.node_id
         self.cluster_map = config.cluster_map
         self.secret = config.secret()
-        self.clock = HybridClock(system_clock_us, random_origin())  # fresh origin every start
+        # Test-only faults (None unless started for chaos): the wall clock every reading of time
+        # goes through, blocked peers, and mutants of the cores.
+        self.chaos = enabled_from_env()
+        self._now_us: PhysicalClock = system_clock_us
+        self._partition_config = config.partition_config
+        if self.chaos is not None:
+            self._now_us = self.chaos.physical_clock_us
+            self._partition_config = replace(config.partition_config, mutants=self.chaos.mutants)
+        self.clock = HybridClock(  # fresh origin every start
+            self._now_us, random_origin(), mutants=self._partition_config.mutants
+        )
         self.metrics = NodeMetrics(self.node_id)
         self.shells: dict[PartitionId, PartitionShell] = {}
         self.fatal = asyncio.Event()
         self._lock_file: IO[str] | None = None
-        self._pool = RpcPool(self.secret, on_clock=self.clock.observe, logger=_log)
+        self._pool = RpcPool(
+            self.secret,
+            on_clock=self.clock.observe,
+            logger=_log,
+            blocked=self.chaos.refuses if self.chaos is not None else None,
+        )
+        if self.chaos is not None:
+            self.chaos.on_block(self._pool.disconnect)
         self._transport = PartitionTransport(
             self.cluster_map,
             self._pool,
             local=self.serve,
             local_partitions=self.cluster_map.partitions_of(self.node_id),
         )
-        self._runner = ActorRunner(self._transport, system_clock_us)
+        self._runner = ActorRunner(self._transport, self._now_us)
         self._resolving: set[tuple[PartitionId, TxnId]] = set()
         self._driving: set[TxnId] = set()
         self._rpc = RpcServer(
@@ -109,6 +130,9 @@ class NodeService:
         app.router.add_get("/rpc", self._rpc.handle)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics_page)
+        if self.chaos is not None:
+            peers = [spec.address for spec in self.config.nodes.values()]
+            self.chaos.mount(app, self.secret, peers)
         self._runner_web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner_web.setup()
         host, _, port = self.spec.address.rpartition(":")
@@ -124,6 +148,14 @@ class NodeService:
             partitions=sorted(self.shells),
             pid=os.getpid(),
         )
+        if self.chaos is not None:
+            log_event(
+                _log,
+                "chaos.enabled",
+                logging.WARNING,
+                node=self.node_id,
+                mutants=[m.value for m in self.chaos.mutants],
+            )
 
     async def stop(self) -> None:
         """Stop serving, let buffered writes reach disk, close everything."""
@@ -151,7 +183,7 @@ class NodeService:
         self._lock_file = _lock_data_dir(data_dir)
         for pid in self.cluster_map.partitions_of(self.node_id):
             store = SqliteStore.open(data_dir / f"p{pid:04d}.db")
-            core = PartitionCore(pid, store, self.config.partition_config)
+            core = PartitionCore(pid, store, self._partition_config)
             self.shells[pid] = PartitionShell(
                 pid,
                 core,
@@ -206,7 +238,7 @@ class NodeService:
         shell.in_progress += 1
         try:
             node_ts = self.clock.now() if isinstance(request, WriteRequest) else TIMESTAMP_ZERO
-            step = shell.core.handle(request, system_clock_us(), node_ts)
+            step = shell.core.handle(request, self._now_us(), node_ts)
             waiter = shell.durable()
             if waiter is not None:
                 await waiter
@@ -258,7 +290,7 @@ class NodeService:
         shell = self.shells.get(PartitionId(pid))
         if shell is None:
             raise self._wrong_owner(PartitionId(pid))
-        store, now_us = shell.store, system_clock_us()
+        store, now_us = shell.store, self._now_us()
         intents = store.intents_created_before(now_us + 1, limit)
         records = store.open_ledger_records(limit)
         return {
@@ -325,7 +357,7 @@ class NodeService:
                     )
 
     async def _maintain(self, pid: PartitionId, shell: PartitionShell) -> None:
-        work = shell.core.maintain(system_clock_us())
+        work = shell.core.maintain(self._now_us())
         waiter = shell.durable()
         if waiter is not None:
             await waiter  # background sends go out only after the writes they follow are durable
@@ -365,7 +397,7 @@ class NodeService:
         if txn_id in self._driving or not self._room_for_actor():
             return
         self._driving.add(txn_id)
-        done = self._runner.run(Recovery(record, pid, system_clock_us()))
+        done = self._runner.run(Recovery(record, pid, self._now_us()))
 
         def finished(future: asyncio.Future[Any]) -> None:
             self._driving.discard(txn_id)

@@ -52,7 +52,8 @@ class LocalNodes:
     """Node (and coordinator) processes of one test cluster.
 
     With ``coordinator_ids`` it also writes an API token file with one token per role
-    (``tokens["admin"]``, ``tokens["read-write"]``, ``tokens["read-only"]``).
+    (``tokens["admin"]``, ``tokens["read-write"]``, ``tokens["read-only"]``). ``env`` is added
+    to every process's environment (e.g. ``KVSTORE_CHAOS_CONTROL=1``).
     """
 
     def __init__(
@@ -63,8 +64,10 @@ class LocalNodes:
         partitions: int = 4,
         timing: Mapping[str, int] | None = None,
         coordinator_ids: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.root = root
+        self.env = dict(env or {})
         self.config_path = root / "cluster.toml"
         root.mkdir(parents=True, exist_ok=True)
         addresses = {nid: f"127.0.0.1:{free_port()}" for nid in node_ids}
@@ -107,7 +110,7 @@ class LocalNodes:
                 [*command, "--config", str(self.config_path), "--id", node_id],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         self.wait_healthy(node_id)
 

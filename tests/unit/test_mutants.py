@@ -134,7 +134,8 @@ def test_the_environment_alone_arms_nothing(arm: Arm) -> None:
 
 
 def test_no_production_module_can_arm_a_mutant() -> None:
-    """Only ``kvstore/mutants.py`` may hold the arming value or call ``arm``."""
+    """Only ``kvstore/mutants.py`` may hold the arming value, and only it and the chaos control
+    (which needs the chaos switch, the names and the arming value: three variables) call ``arm``."""
     arm_call = re.compile(r"\.arm\s*\(")
     mutants_py = ROOT / "kvstore" / "mutants.py"
     own = mutants_py.read_text()
@@ -150,7 +151,7 @@ def test_no_production_module_can_arm_a_mutant() -> None:
         rel = str(path.relative_to(ROOT))
         if ARMING_VALUE in text:
             offenders.append(f"{rel}: mentions {ARMING_VALUE!r}")
-        if arm_call.search(text):
+        if arm_call.search(text) and rel != "kvstore/chaos_control.py":
             offenders.append(f"{rel}: calls .arm(")
     assert offenders == []
 
