@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from chaos.checkers import sets
 from chaos.history import History
 from chaos.http_client import parse_ts
+from chaos.nemesis import NEMESES, parse_nemeses
 from kvstore.types import Timestamp
 
 
@@ -42,3 +45,11 @@ def test_api_timestamps_parse_back_and_garbage_is_zero() -> None:
     assert parse_ts(str(ts)) == ts
     for bad in (None, "", "1.2", "a.b.c", 5):
         assert parse_ts(bad) == Timestamp(0, 0, 0)
+
+
+def test_nemesis_names_parse_strictly() -> None:
+    assert parse_nemeses("all") == NEMESES
+    assert parse_nemeses("kill,partition") == ("kill", "partition")
+    assert parse_nemeses("none") == ()
+    with pytest.raises(ValueError, match="unknown nemesis"):
+        parse_nemeses("kill,flood")
