@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -30,7 +31,7 @@ from kvstore.messages import ReadEntry
 from kvstore.ops import Op, op_to_json
 from kvstore.types import Timestamp, TxnId
 
-__all__ = ["CALL_TIMEOUT_S", "parse_ts", "write", "read"]
+__all__ = ["CALL_TIMEOUT_S", "parse_ts", "write", "read", "txn_outcome"]
 
 CALL_TIMEOUT_S = 5.0
 _NO_TXN = TxnId("")
@@ -129,3 +130,18 @@ async def read(session: aiohttp.ClientSession, base_url: str, keys: Sequence[str
             )
         )
     return ReadResult(items=tuple(entries), rounds=2)
+
+
+async def txn_outcome(
+    session: aiohttp.ClientSession, base_url: str, token: str
+) -> dict[str, Any] | None:
+    """The recorded outcome of the transaction that used ``token`` (``GET /v1/txn/{token}``);
+    None when the store has no record of it."""
+    url = f"{base_url}/v1/txn/{quote(token, safe='')}"
+    async with asyncio.timeout(CALL_TIMEOUT_S), session.get(url) as reply:
+        if reply.status == 404:
+            return None
+        document = await reply.json(content_type=None)
+        if reply.status != 200 or not isinstance(document, dict):
+            raise RuntimeError(f"token lookup of {token!r}: HTTP {reply.status} {document}")
+        return document

@@ -10,27 +10,36 @@ One run, all on 127.0.0.1 and bounded in count and time:
    any mutants named in ``KVSTORE_MUTANTS`` (the test-the-tests mode).
 2. **Load**: ``clients`` workers run the workload's scripts (:mod:`chaos.sim.workloads`, the
    simulator's own) against a random coordinator over HTTP (:mod:`chaos.http_client`), for
-   ``duration`` seconds, recording every operation in a :class:`~chaos.history.History`. An
-   ambiguous answer to a write with an idempotency token is retried with the same token (at most
-   ``TOKEN_RETRIES_MAX`` times, on the other coordinator); what stays ambiguous is ``info``.
+   ``duration`` seconds, recording every operation in a :class:`~chaos.history.History`. Every
+   write carries an idempotency token (as the SDK's do); an ambiguous answer, or
+   ``TransactionInProgress`` (the same token still running elsewhere), is retried with the same
+   token, at most ``TOKEN_RETRIES_MAX`` times, on the other coordinator; what stays unknown is
+   ``info``.
 3. **Faults**: meanwhile the :class:`~chaos.nemesis.Nemesis` injects the chosen faults.
 4. **Heal and settle**: every fault is healed, then the run waits (bounded by
    ``SETTLE_TIMEOUT_S``) until no node holds an intent or an open ledger record: recovery must
    finish on its own. Not settling is a failure.
-5. **Final reads** through the same scripts, then the cluster is stopped.
-6. **Check**: the history goes through the checkers of :mod:`chaos.checkers` under strict
-   serializability (set: every acknowledged insert is in the final read). The report (history as
-   JSON Lines, cluster logs, checker results, an HTML page) is written to ``out``; the last line
-   printed is the verdict, and the exit status is 0 only when every checker passed.
+5. **Final reads** through the same scripts, then **resolution**: every write's token is looked
+   up in the cluster's own ledger (``GET /v1/txn/{token}``). A committed ``info`` write gets its
+   commit timestamp, so the timestamp-order replay can place it (as the simulator does with its
+   omniscient view); an ``ok`` write that did not commit (or committed as another transaction)
+   and a ``fail`` write that committed are anomalies. Then the cluster is stopped.
+6. **Check**: the resolved history goes through the checkers of :mod:`chaos.checkers` under
+   strict serializability (set: every acknowledged insert is in the final read). The report
+   (history as JSON Lines, cluster logs, checker results, an HTML page) is written to ``out``;
+   the last line printed is the verdict, and the exit status is 0 only when every checker
+   passed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import random
 import shutil
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,13 +49,17 @@ from typing import Any, Final
 import aiohttp
 
 from chaos import http_client
-from chaos.checkers.result import CheckResult
+from chaos.checkers import sets
+from chaos.checkers.result import Anomaly, CheckResult
 from chaos.checkers.suite import check_all
 from chaos.history import History, Op
 from chaos.nemesis import Nemesis
 from chaos.report import verdict_line, write_report
 from chaos.sim.workloads import Completion, Read, Script, Workload, Write, make_workload
+from kvstore.coordinator.results import TxnResult
+from kvstore.errors import ErrorCode
 from kvstore.localcluster import LocalCluster
+from kvstore.ops import Op as KvOp
 
 __all__ = ["RunConfig", "run", "WORKLOADS", "RUN_TIMING", "RUN_CLIENTS_MAX", "RUN_DURATION_S_MAX"]
 
@@ -55,6 +68,7 @@ MODEL: Final = "strict-serializable"
 KEYS: Final = 8
 BANK_TOTAL: Final = 1_000
 TOKEN_RETRIES_MAX: Final = 5
+RESOLVE_CALLS_MAX: Final = 16  # token lookups in flight while resolving the history
 SETTLE_TIMEOUT_S: Final = 30.0
 OPS_PER_CLIENT_MAX: Final = 100_000
 RUN_CLIENTS_MAX: Final = 64
@@ -86,6 +100,8 @@ class _Runner:
         self.rng = random.Random(config.seed)
         self.urls = [spec.url for spec in cluster.processes() if spec.role == "coordinator"]
         self._next_process = config.clients
+        self._next_token = 0
+        self.tokens: dict[int, str] = {}  # invoke index -> the token of its write step
 
     def fresh_process(self) -> int:
         self._next_process += 1
@@ -97,7 +113,7 @@ class _Runner:
         """Run one operation; returns its completion type."""
         invoke = self.history.invoke(process, f, value)
         rng = random.Random(self.rng.random())
-        completion = await self._drive(session, script, rng)
+        completion = await self._drive(session, script, rng, invoke.index)
         self.history.complete(
             invoke,
             completion.type,  # type: ignore[arg-type]
@@ -109,7 +125,7 @@ class _Runner:
         return completion.type
 
     async def _drive(
-        self, session: aiohttp.ClientSession, script: Script, rng: random.Random
+        self, session: aiohttp.ClientSession, script: Script, rng: random.Random, index: int
     ) -> Completion:
         answer: Any = None
         while True:
@@ -122,24 +138,61 @@ class _Runner:
             if isinstance(step, Read):
                 answer = await http_client.read(session, url, step.keys)
             elif isinstance(step, Write):
-                answer = await self._write(session, url, step, rng)
+                token = step.token
+                if token is None:
+                    self._next_token += 1
+                    token = f"run{self.config.seed}-{self._next_token}"
+                self.tokens[index] = token
+                answer = await self._write(session, url, step.ops, token, rng)
 
     async def _write(
-        self, session: aiohttp.ClientSession, url: str, step: Write, rng: random.Random
-    ) -> Any:
-        result = await http_client.write(session, url, step.ops, step.token)
-        retries = 0
-        while (
-            step.token is not None
-            and result.error is not None
-            and result.error.ambiguous
-            and retries < TOKEN_RETRIES_MAX
-        ):
-            retries += 1
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        ops: Sequence[KvOp],
+        token: str,
+        rng: random.Random,
+    ) -> TxnResult:
+        result = await http_client.write(session, url, ops, token)
+        for _ in range(TOKEN_RETRIES_MAX):
+            if result.error is None or not _unknown(result.error):
+                break
             await asyncio.sleep(rng.uniform(0.05, 0.3))
             others = [u for u in self.urls if u != url] or self.urls
-            result = await http_client.write(session, rng.choice(others), step.ops, step.token)
+            result = await http_client.write(session, rng.choice(others), ops, token)
+        if result.error is ErrorCode.TransactionInProgress:  # still unknown: record it as such
+            result = dataclasses.replace(result, error=ErrorCode.OutcomeUnknown)
         return result
+
+    async def resolve(self, session: aiohttp.ClientSession) -> tuple[History, list[Anomaly]]:
+        """The history with committed ``info`` writes given their commit ts, and the writes
+        whose recorded answer the ledger contradicts (see the module docstring)."""
+        completions = {invoke.index: done for invoke, done in self.history.pairs()}
+        slots = asyncio.Semaphore(RESOLVE_CALLS_MAX)
+
+        async def outcome(token: str) -> dict[str, Any] | None:
+            async with slots:
+                return await http_client.txn_outcome(session, self.urls[0], token)
+
+        indexes = [i for i in self.tokens if i in completions]
+        records = await asyncio.gather(*(outcome(self.tokens[i]) for i in indexes))
+        ops = list(self.history.ops)
+        wrong: list[Anomaly] = []
+        for index, record in zip(indexes, records, strict=True):
+            done = completions[index]
+            committed = record is not None and record.get("state") == "COMMITTED"
+            where = f"op {done.index} (token {self.tokens[index]})"
+            if done.type == "info" and committed and record is not None:
+                ops[done.index] = dataclasses.replace(
+                    done, ts=tuple(http_client.parse_ts(record.get("ts"))), txn_id=record["txn_id"]
+                )
+            elif done.type == "ok" and not (
+                committed and record is not None and record.get("txn_id") == done.txn_id
+            ):
+                wrong.append(Anomaly("ok-not-committed", f"{where} answered ok", (done,)))
+            elif done.type == "fail" and committed:
+                wrong.append(Anomaly("fail-but-committed", f"{where} answered fail", (done,)))
+        return History.from_ops(ops), wrong
 
     async def client(self, session: aiohttp.ClientSession, index: int, until: float) -> None:
         process = index
@@ -179,14 +232,21 @@ async def _settled(cluster: LocalCluster) -> bool:
     return False
 
 
-def _check(workload: Workload, history: History) -> CheckResult:
-    if workload.name == "set":
-        from chaos.checkers import sets  # noqa: PLC0415 - only the set workload needs it
+def _unknown(error: ErrorCode) -> bool:
+    """An answer that leaves the write's outcome open: retry it with the same token."""
+    return error.ambiguous or error is ErrorCode.TransactionInProgress
 
-        return sets.check(history)
-    name = "rw-register" if workload.name == "rw-register" else workload.name
-    total = BANK_TOTAL if workload.name == "bank" else None
-    return check_all(history, name, MODEL, total=total)
+
+def _check(workload: Workload, history: History, wrong: list[Anomaly]) -> CheckResult:
+    if workload.name == "set":
+        result = sets.check(history)
+    else:
+        total = BANK_TOTAL if workload.name == "bank" else None
+        result = check_all(history, workload.name, MODEL, total=total)
+    if wrong:
+        result.anomalies.extend(wrong)
+        result.valid = False
+    return result
 
 
 async def _run(config: RunConfig) -> int:
@@ -224,11 +284,12 @@ async def _run(config: RunConfig) -> int:
                 await nemesis.heal()
             settled = await _settled(cluster)
             await runner.finals(session)
+            resolved, wrong = await runner.resolve(session)
     finally:
         await asyncio.to_thread(cluster.down)
-    result = _check(workload, runner.history)
-    runner.history.save(out / "history.jsonl")
-    counts = _counts(runner.history.ops)
+    result = _check(workload, resolved, wrong)
+    resolved.save(out / "history.jsonl")
+    counts = _counts(resolved.ops)
     summary = {
         "workload": config.workload,
         "nemeses": ",".join(config.nemeses) or "none",
@@ -244,14 +305,14 @@ async def _run(config: RunConfig) -> int:
     write_report(
         out,
         title=f"kvstore chaos run: {config.workload}, {summary['nemeses']}",
-        history=runner.history,
+        history=resolved,
         result=result,
         faults=nemesis.windows,
         summary=summary,
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     ok = result.valid is True and settled
-    line = verdict_line(config.workload, runner.history, result)
+    line = verdict_line(config.workload, resolved, result)
     if not settled:
         line += f" — did not settle within {SETTLE_TIMEOUT_S:g} s (intents or open records left)"
     print(line, flush=True)
@@ -266,6 +327,20 @@ def _counts(ops: Sequence[Op]) -> dict[str, int]:
     return counts
 
 
+async def _run_stoppable(config: RunConfig) -> int:
+    """``_run``, cancelled by SIGTERM or SIGINT so that its cleanup (heal, stop the cluster)
+    runs instead of leaving processes behind."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: task.cancel() if task else None)
+    try:
+        return await _run(config)
+    except asyncio.CancelledError:
+        print("chaos run: stopped by a signal; the cluster was shut down", flush=True)
+        return 130
+
+
 def run(config: RunConfig) -> int:
     """Run once; 0 when every checker passed and the cluster settled."""
-    return asyncio.run(_run(config))
+    return asyncio.run(_run_stoppable(config))
