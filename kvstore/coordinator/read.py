@@ -9,7 +9,11 @@ then, so there is an instant between any two rounds. The transaction succeeds wh
 consecutive complete rounds agree, for every key, on ``(exists, version)`` and no key had a
 pending intent in either round: each key then held the returned value over its whole interval,
 so all held together at that instant. Otherwise the latest round becomes the first of the next
-pair. At most ``READ_ROUNDS_MAX`` rounds are run in all; when no success is possible within that
+pair. When every key lives on one partition, one round with no pending intent is enough: the
+partition answers it in one step of its serial order (a single event-loop step, after which the
+reply waits only for durability), so it is a snapshot of those keys at that step, exactly what a
+singleton get of one key is. This saves a round trip on the one-partition reads that DynamoDB
+still reads twice. At most ``READ_ROUNDS_MAX`` rounds are run in all; when no success is possible within that
 bound (a pending intent in the latest round needs two more rounds) it stops early with
 ``TransactionConflict``. Any failed call ends it with ``Unavailable``: a read changes nothing, so
 the client may simply retry. Items are answered in request key order.
@@ -160,6 +164,10 @@ class ReadTxn:
         if self._one_round:  # the mutant trusts a single round
             return self._end(ReadResult(items=latest, rounds=self._rounds))
         if self._previous is not None and _stable(self._previous, latest):
+            return self._end(ReadResult(items=latest, rounds=self._rounds))
+        if len(self._layout.partitions) == 1 and not any(entry.pending for entry in latest):
+            # One partition answers a round in one step of its serial order: the round is
+            # already a snapshot of every key, so a second round would add nothing.
             return self._end(ReadResult(items=latest, rounds=self._rounds))
         rounds_needed = 2 if any(entry.pending for entry in latest) else 1
         if self._rounds + rounds_needed > READ_ROUNDS_MAX:

@@ -94,6 +94,32 @@ def test_two_agreeing_rounds_succeed_in_request_order() -> None:
     assert txn.next_deadline_us is None
 
 
+def test_one_partition_is_answered_after_one_clean_round() -> None:
+    txn = ReadTxn(("b:2", "b:1"), partition_of, T0)
+    (send,) = sends(txn.step_start(T0))
+    assert send.request == ReadRequest(partition=P2, keys=("b:2", "b:1"))
+    entries = tuple(entry(k, CLEAN[k]) for k in ("b:1", "b:2"))
+    effects = txn.step_reply(send.call_id, ReadReply(entries=entries), T0)
+    assert sends(effects) == []
+    assert finishes(effects) == [
+        ReadResult(items=(entry("b:2", CLEAN["b:2"]), entry("b:1", CLEAN["b:1"])), rounds=1)
+    ]
+    assert txn.done
+
+
+def test_one_partition_with_a_pending_intent_reads_again() -> None:
+    txn = ReadTxn(("b:1",), partition_of, T0)
+    (send,) = sends(txn.step_start(T0))
+    pending = changed("b:1", pending=True)
+    (again,) = sends(
+        txn.step_reply(send.call_id, ReadReply(entries=(entry("b:1", pending["b:1"]),)), T0)
+    )
+    effects = txn.step_reply(again.call_id, ReadReply(entries=(entry("b:1", CLEAN["b:1"]),)), T0)
+    (result,) = finishes(effects)
+    assert result.error is None and result.rounds == 2
+    assert result.items == (entry("b:1", CLEAN["b:1"]),)
+
+
 def test_version_change_between_rounds_reads_again() -> None:
     txn = ReadTxn(KEYS, partition_of, T0)
     round2 = sends(answer(txn, sends(txn.step_start(T0)), CLEAN))
