@@ -19,10 +19,12 @@ carries out the returned effects (:class:`~kvstore.coordinator.effects.Send`,
   returns is final, whoever wrote it (we may lose to recovery): COMMITTED -> COMMITTING,
   CANCELLED -> CANCELLING. Failed calls are retried every ``RESEND_INTERVAL_MS``, at most
   ``DECISION_ATTEMPTS_MAX`` attempts in all, then ``OutcomeUnknown`` (recovery finishes it).
-* **COMMITTING / CANCELLING**: a :class:`~kvstore.coordinator.fanout.Fanout` delivers the decision
-  to every participant. A commit is answered only once every participant acknowledged, so the
-  client can read its own write (rule 6); a cancel is answered at once. When all acknowledged, a
-  single ``CompleteRequest`` goes to the anchor (its answer does not matter). Past
+* **COMMITTING / CANCELLING**: the anchor resolved its own intents with the decision (its
+  ``decide`` commits or clears them in the same durable step), so a
+  :class:`~kvstore.coordinator.fanout.Fanout` delivers the decision to every other participant.
+  A commit is answered only once every participant acknowledged, so the client can read its
+  own write (rule 6); a cancel is answered at once. When all acknowledged, a single
+  ``CompleteRequest`` goes to the anchor (its answer does not matter). Past
   ``FINISH_DEADLINE_MS`` from creation it stops waiting (commit -> ``OutcomeUnknown``).
 * **Idempotency token** (rule 2): with ``token_home`` (the service always passes it) a tokened
   transaction is anchored at its token's home partition, not its first key's, so every submission
@@ -401,11 +403,15 @@ class WriteTxn:
             return self._decide_failed(now_us)
         self._decide_due_us = None
         self.cas_lost = record.state is not self._wanted
-        fanout = Fanout(self._calls, self.txn_id, record.state, self._layout.participants)
+        # The anchor resolved its own intents with the decision (rule: decide resolves the
+        # anchor's slice), so the decision goes to the other participants only.
+        anchor = self._layout.anchor
+        others = [p for p in self._layout.participants if p != anchor]
+        fanout = Fanout(self._calls, self.txn_id, record.state, others)
         self._fanout = fanout
         if record.state is TxnState.COMMITTED:
             self._machine.move(WriteState.COMMITTING)
-            return [*fanout.start(now_us)]
+            return [*fanout.start(now_us), *self._after_fanout(now_us)]
         self._machine.move(WriteState.CANCELLING)
         if self._wanted is TxnState.COMMITTED:  # recovery cancelled it before our CAS
             outcomes = (_conflict(LOST_TO_RECOVERY),) * len(self.ops)
@@ -417,7 +423,7 @@ class WriteTxn:
             # us whether the token was used before: a first attempt may have committed.
             error = ErrorCode.OutcomeUnknown
         effects = self._answer(self._error(error, outcomes))
-        return effects + fanout.start(now_us)
+        return effects + fanout.start(now_us) + self._after_fanout(now_us)
 
     def _decide_failed(self, now_us: int) -> list[WriteEffect]:
         if self._decide_attempts >= DECISION_ATTEMPTS_MAX:

@@ -298,9 +298,13 @@ class PartitionCore:
     # --- ledger -------------------------------------------------------------------------
 
     def decide(self, req: DecideRequest, now_us: int) -> Step[LedgerReply]:
+        """The CAS on the anchor's record; once the record is final, the anchor's own intents
+        of the transaction are resolved in the same step (committed or cleared, exactly as a
+        commit or cancel would), so the coordinator's fan-out skips the anchor."""
         if req.decision is TxnState.PREPARING:
             raise ValidationError("decision", "a decision is COMMITTED or CANCELLED")
         record = self.store.get_ledger(req.txn_id)
+        written = True
         if record is None:
             if req.decision is TxnState.COMMITTED:
                 return Step(LedgerReply(txn_id=req.txn_id, record=None), False)
@@ -309,9 +313,15 @@ class PartitionCore:
             outcomes = req.outcomes if req.decision is TxnState.CANCELLED else ()
             record = replace(record, state=req.decision, outcomes=outcomes)
         else:
-            return Step(LedgerReply(txn_id=req.txn_id, record=record), False)
-        self.store.put_ledger(record)
-        return Step(LedgerReply(txn_id=req.txn_id, record=record), True)
+            written = False
+        if written:
+            self.store.put_ledger(record)
+        if record.state is TxnState.COMMITTED:
+            commit = CommitRequest(partition=req.partition, txn_id=req.txn_id)
+            applied = self.commit(commit, now_us).wrote
+        else:
+            applied = self.cancel(CancelRequest(partition=req.partition, txn_id=req.txn_id)).wrote
+        return Step(LedgerReply(txn_id=req.txn_id, record=record), written or applied)
 
     def lookup_ledger(self, req: LedgerLookupRequest, now_us: int) -> Step[LedgerReply]:
         record = self.store.get_ledger(req.txn_id)

@@ -2,7 +2,9 @@
 
 Every test is a small event script: start, hand-made partition replies, ticks; then a look at
 the exact effects. Keys ``a:*`` live on partition 1, ``b:*`` on 2, ``c:*`` on 3. The transaction
-below has four ops; its first op is on partition 2, the anchor.
+below has four ops; its first op is on partition 2, the anchor. The anchor's ``decide`` resolves
+its own intents with the decision, so commits and cancels go to the other participants (1 and 3)
+only.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ OPS = (
 )
 OK = OpOutcome()
 SLICES = {P2: (OPS[0], OPS[2]), P1: (OPS[1],), P3: (OPS[3],)}
+OTHERS = (P1, P3)  # the participants that are not the anchor: they get commits and cancels
 
 
 # --- script helpers -------------------------------------------------------------------------
@@ -99,12 +102,15 @@ def all_yes(txn: WriteTxn, prepares: dict[PartitionId, Send], now: int = T0 + 10
 
 
 def committing(now: int = T0 + 20) -> tuple[WriteTxn, dict[PartitionId, Send]]:
-    """A transaction past a COMMITTED decision; returns its commit calls."""
+    """A transaction past a COMMITTED decision; returns its commit calls (non-anchor only)."""
     txn, prepares = start()
     decide = all_yes(txn, prepares)
     effects = txn.step_reply(decide.call_id, ledger(TxnState.COMMITTED), now)
     assert finishes(effects) == []
-    return txn, {p: to(effects, p) for p in (P1, P2, P3)}
+    assert [s.request for s in sends(effects)] == [
+        CommitRequest(partition=p, txn_id=TXN) for p in OTHERS
+    ]
+    return txn, {p: to(effects, p) for p in OTHERS}
 
 
 def reject_p1(txn: WriteTxn, prepares: dict[PartitionId, Send], now: int = T0 + 10) -> Send:
@@ -144,16 +150,18 @@ def test_happy_path_exact_sends() -> None:
 
     effects = txn.step_reply(decide.call_id, ledger(TxnState.COMMITTED), T0 + 20)
     assert state_of(txn) is WriteState.COMMITTING
+    # The anchor applied its own slice with the decision: commits go to the others only.
     assert [s.request for s in sends(effects)] == [
-        CommitRequest(partition=p, txn_id=TXN) for p in (P1, P2, P3)
+        CommitRequest(partition=p, txn_id=TXN) for p in OTHERS
     ]
+    assert {s.deadline_us for s in sends(effects)} == {T0 + 20 + RPC_TIMEOUT_MS * 1000}
     assert finishes(effects) == []
-    commits = {p: to(effects, p) for p in (P1, P2, P3)}
+    commits = {p: to(effects, p) for p in OTHERS}
 
-    # The answer waits for every participant (read-your-writes), then complete goes out.
+    # The answer waits for every other participant (read-your-writes), then complete goes out.
     assert txn.step_reply(commits[P1].call_id, CommitReply(txn_id=TXN, applied=1), T0 + 30) == []
-    assert txn.step_reply(commits[P3].call_id, CommitReply(txn_id=TXN, applied=1), T0 + 30) == []
-    effects = txn.step_reply(commits[P2].call_id, CommitReply(txn_id=TXN, applied=2), T0 + 40)
+    assert state_of(txn) is WriteState.COMMITTING
+    effects = txn.step_reply(commits[P3].call_id, CommitReply(txn_id=TXN, applied=1), T0 + 40)
     (complete,) = sends(effects)
     assert complete.request == CompleteRequest(partition=ANCHOR, txn_id=TXN)
     assert finishes(effects) == [TxnResult(committed=True, txn_id=TXN, ts=TS)]
@@ -195,7 +203,8 @@ def test_reject_cancels_with_reasons_in_request_order() -> None:
     )
     effects = txn.step_reply(decide.call_id, ledger(TxnState.CANCELLED), T0 + 20)
     assert txn.state is WriteState.CANCELLING
-    # A cancel is answered right away, cancels go to every participant.
+    # A cancel is answered right away; the anchor cleared its own intents with the decision,
+    # so cancels go to the other participants only.
     assert finishes(effects) == [
         TxnResult(
             committed=False,
@@ -205,11 +214,13 @@ def test_reject_cancels_with_reasons_in_request_order() -> None:
             error=ErrorCode.TransactionCanceled,
         )
     ]
-    cancels = {p: to(effects, p) for p in (P1, P2, P3)}
-    assert cancels[P1].request == CancelRequest(partition=P1, txn_id=TXN)
-    for p in (P1, P3):
-        assert txn.step_reply(cancels[p].call_id, CancelReply(txn_id=TXN, cleared=1), T0) == []
-    effects = txn.step_reply(cancels[P2].call_id, CancelReply(txn_id=TXN, cleared=0), T0 + 30)
+    assert [s.request for s in sends(effects)] == [
+        CancelRequest(partition=p, txn_id=TXN) for p in OTHERS
+    ]
+    cancels = {p: to(effects, p) for p in OTHERS}
+    assert txn.step_reply(cancels[P1].call_id, CancelReply(txn_id=TXN, cleared=1), T0) == []
+    assert txn.state is WriteState.CANCELLING  # still waiting for P3's acknowledgement
+    effects = txn.step_reply(cancels[P3].call_id, CancelReply(txn_id=TXN, cleared=0), T0 + 30)
     assert [s.request for s in sends(effects)] == [CompleteRequest(partition=ANCHOR, txn_id=TXN)]
     assert finishes(effects) == []  # answered exactly once
     assert txn.done
@@ -284,7 +295,7 @@ def test_decide_race_lost_to_recovery() -> None:
         )
     ]
     assert [s.request for s in sends(effects)] == [
-        CancelRequest(partition=p, txn_id=TXN) for p in (P1, P2, P3)
+        CancelRequest(partition=p, txn_id=TXN) for p in OTHERS
     ]
     assert txn.state is WriteState.CANCELLING
 
@@ -295,11 +306,15 @@ def test_decision_committed_by_another_is_followed() -> None:
     effects = txn.step_reply(decide.call_id, ledger(TxnState.COMMITTED), T0 + 20)
     assert txn.state is WriteState.COMMITTING
     assert finishes(effects) == []
-    commits = {p: to(effects, p) for p in (P1, P2, P3)}
-    effects = []
-    for p in (P1, P2, P3):
-        effects = txn.step_reply(commits[p].call_id, CommitReply(txn_id=TXN, applied=0), T0)
+    assert [s.request for s in sends(effects)] == [
+        CommitRequest(partition=p, txn_id=TXN) for p in OTHERS
+    ]
+    commits = {p: to(effects, p) for p in OTHERS}
+    ack = CommitReply(txn_id=TXN, applied=0)
+    assert txn.step_reply(commits[P1].call_id, ack, T0) == []
+    effects = txn.step_reply(commits[P3].call_id, ack, T0)
     assert finishes(effects) == [TxnResult(committed=True, txn_id=TXN, ts=TS)]
+    assert txn.done
 
 
 def test_decide_retries_then_outcome_unknown() -> None:
@@ -357,7 +372,7 @@ def test_commit_resent_after_failure() -> None:
     assert again.request == CommitRequest(partition=P3, txn_id=TXN)
     assert again.call_id != commits[P3].call_id
     assert txn.step_reply(commits[P3].call_id, ack, resend_at) == []  # old attempt: ignored
-    assert txn.step_reply(commits[P2].call_id, ack, resend_at) == []
+    assert state_of(txn) is WriteState.COMMITTING  # the old attempt's ack did not count
     effects = txn.step_reply(again.call_id, ack, resend_at + 1)
     assert [r.committed for r in finishes(effects)] == [True]
     assert txn.done
@@ -366,8 +381,7 @@ def test_commit_resent_after_failure() -> None:
 def test_commit_timeout_via_tick_is_resent() -> None:
     txn, commits = committing()
     ack = CommitReply(txn_id=TXN, applied=1)
-    txn.step_reply(commits[P1].call_id, ack, T0 + 30)
-    txn.step_reply(commits[P2].call_id, ack, T0 + 30)
+    assert txn.step_reply(commits[P1].call_id, ack, T0 + 30) == []
     deadline = commits[P3].deadline_us
     assert txn.next_deadline_us == deadline
     assert txn.step_tick(deadline) == []
@@ -386,16 +400,20 @@ def test_wrong_reply_is_not_an_ack() -> None:
 def test_finish_deadline_while_committing_is_outcome_unknown() -> None:
     txn, commits = committing()
     ack = CommitReply(txn_id=TXN, applied=1)
-    txn.step_reply(commits[P1].call_id, ack, T0 + 30)
+    assert txn.step_reply(commits[P1].call_id, ack, T0 + 30) == []
     now = T0 + 30
     deadline = T0 + FINISH_DEADLINE_MS * 1000
+    resends = 0
+    effects: list[WriteEffect] = []
     while now < deadline:  # P3 never answers: re-sent until the deadline
         next_at = txn.next_deadline_us
         assert next_at is not None and next_at > now
         now = min(next_at, deadline)
         effects = txn.step_tick(now)
         for send in sends(effects):
-            assert send.request.partition in (P2, P3)
+            assert send.request == CommitRequest(partition=P3, txn_id=TXN)  # never the anchor
+            resends += 1
+    assert resends > 0
     assert finishes(effects) == [
         TxnResult(committed=False, txn_id=TXN, ts=TS, error=ErrorCode.OutcomeUnknown)
     ]
@@ -420,3 +438,100 @@ def test_undecided_record_after_decide_is_retried(reply_state: TxnState) -> None
     assert txn.step_reply(decide.call_id, ledger(reply_state), T0 + 20) == []
     retry = only_send(txn.step_tick(T0 + 20 + RESEND_INTERVAL_MS * 1000))
     assert retry.request == decide.request
+
+
+# --- the anchor's slice is resolved by its decide -------------------------------------------
+
+
+def test_the_only_other_participants_ack_answers_a_commit() -> None:
+    """Two partitions: the anchor applies its slice at decide, so one ack completes it."""
+    ops = (Op(kind=OpKind.PUT, key="b:1", value=1), Op(kind=OpKind.PUT, key="a:1", value=2))
+    txn = WriteTxn(TXN, TS, ops, partition_of, T0)
+    prepares = {s.request.partition: s for s in sends(txn.step_start(T0))}
+    assert list(prepares) == [P2, P1]
+    one_yes = PrepareReply(txn_id=TXN, accepted=True, outcomes=(OK,))
+    assert txn.step_reply(prepares[P1].call_id, one_yes, T0 + 5) == []
+    decide = only_send(txn.step_reply(prepares[P2].call_id, one_yes, T0 + 10))
+    assert decide.request == DecideRequest(partition=P2, txn_id=TXN, decision=TxnState.COMMITTED)
+    record = LedgerRecord(txn_id=TXN, ts=TS, state=TxnState.COMMITTED, participants=(P1, P2))
+    commit = only_send(
+        txn.step_reply(decide.call_id, LedgerReply(txn_id=TXN, record=record), T0 + 20)
+    )
+    assert commit.request == CommitRequest(partition=P1, txn_id=TXN)
+    assert state_of(txn) is WriteState.COMMITTING
+    effects = txn.step_reply(commit.call_id, CommitReply(txn_id=TXN, applied=1), T0 + 30)
+    assert [s.request for s in sends(effects)] == [CompleteRequest(partition=P2, txn_id=TXN)]
+    assert finishes(effects) == [TxnResult(committed=True, txn_id=TXN, ts=TS)]
+    assert effects[0] == sends(effects)[0]  # completion is sent before the answer is released
+    assert txn.done
+
+
+HOME = PartitionId(9)  # a token's home partition, holding none of the keys
+
+
+def home_anchored() -> tuple[WriteTxn, Send]:
+    """A tokened transaction anchored at HOME, every vote yes; returns the decide call."""
+    txn = WriteTxn(TXN, TS, OPS, partition_of, T0, token="tok-1", token_home=lambda _: HOME)
+    assert txn.anchor == HOME and txn.participants == (P1, P2, P3, HOME)
+    prepares = {s.request.partition: s for s in sends(txn.step_start(T0))}
+    assert list(prepares) == [HOME, P1, P2, P3]
+    home = prepares[HOME].request
+    assert isinstance(home, PrepareRequest)
+    assert home.ops == () and home.ledger is not None  # the home carries only the ledger record
+    ledger_only_yes = PrepareReply(txn_id=TXN, accepted=True, outcomes=())
+    assert txn.step_reply(prepares[HOME].call_id, ledger_only_yes, T0 + 5) == []
+    assert txn.step_reply(prepares[P1].call_id, yes(P1), T0 + 6) == []
+    assert txn.step_reply(prepares[P2].call_id, yes(P2), T0 + 7) == []
+    decide = only_send(txn.step_reply(prepares[P3].call_id, yes(P3), T0 + 10))
+    return txn, decide
+
+
+def home_ledger(state: TxnState) -> LedgerReply:
+    record = LedgerRecord(
+        txn_id=TXN, ts=TS, state=state, participants=(P1, P2, P3, HOME), token="tok-1"
+    )
+    return LedgerReply(txn_id=TXN, record=record)
+
+
+def test_a_ledger_only_token_home_anchor_gets_no_commit_and_the_key_holders_all_do() -> None:
+    txn, decide = home_anchored()
+    assert decide.request == DecideRequest(partition=HOME, txn_id=TXN, decision=TxnState.COMMITTED)
+    effects = txn.step_reply(decide.call_id, home_ledger(TxnState.COMMITTED), T0 + 20)
+    assert finishes(effects) == []
+    # Every key-holding partition is a non-anchor participant here: all of them get a commit.
+    assert [s.request for s in sends(effects)] == [
+        CommitRequest(partition=p, txn_id=TXN) for p in (P1, P2, P3)
+    ]
+    commits = {p: to(effects, p) for p in (P1, P2, P3)}
+    assert txn.step_reply(commits[P2].call_id, CommitReply(txn_id=TXN, applied=2), T0 + 30) == []
+    assert txn.step_reply(commits[P1].call_id, CommitReply(txn_id=TXN, applied=1), T0 + 31) == []
+    assert state_of(txn) is WriteState.COMMITTING
+    effects = txn.step_reply(commits[P3].call_id, CommitReply(txn_id=TXN, applied=1), T0 + 32)
+    assert [s.request for s in sends(effects)] == [CompleteRequest(partition=HOME, txn_id=TXN)]
+    assert finishes(effects) == [TxnResult(committed=True, txn_id=TXN, ts=TS)]
+    assert txn.done
+
+
+def test_a_ledger_only_token_home_anchor_gets_no_cancel_and_the_key_holders_all_do() -> None:
+    txn, decide = home_anchored()
+    effects = txn.step_reply(decide.call_id, home_ledger(TxnState.CANCELLED), T0 + 20)
+    lost = OpOutcome(code=ReasonCode.TRANSACTION_CONFLICT, message=LOST_TO_RECOVERY)
+    assert finishes(effects) == [
+        TxnResult(
+            committed=False,
+            txn_id=TXN,
+            ts=TS,
+            outcomes=(lost,) * 4,
+            error=ErrorCode.TransactionCanceled,
+        )
+    ]
+    assert [s.request for s in sends(effects)] == [
+        CancelRequest(partition=p, txn_id=TXN) for p in (P1, P2, P3)
+    ]
+    cancels = {p: to(effects, p) for p in (P1, P2, P3)}
+    for p in (P1, P2):
+        assert txn.step_reply(cancels[p].call_id, CancelReply(txn_id=TXN, cleared=1), T0 + 30) == []
+    effects = txn.step_reply(cancels[P3].call_id, CancelReply(txn_id=TXN, cleared=1), T0 + 31)
+    assert [s.request for s in sends(effects)] == [CompleteRequest(partition=HOME, txn_id=TXN)]
+    assert finishes(effects) == []  # answered exactly once, earlier
+    assert txn.done

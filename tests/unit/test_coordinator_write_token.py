@@ -1,7 +1,8 @@
 """Write coordinator, repeated idempotency token on a multi-partition transaction.
 
 The anchor (partition 2) answers the prepare with a token hit. Our own attempt is then cancelled
-like any other (decide CANCELLED, cancels to every participant); the client's answer is either
+like any other (decide CANCELLED, which also clears the anchor's own intents, then a cancel to the
+other participant, partition 1); the client's answer is either
 ``IdempotencyMismatch`` at once, or the outcome of the original transaction, followed through
 its ledger record until it is decided and completed.
 """
@@ -79,13 +80,14 @@ def token_hit(same_content: bool) -> tuple[WriteTxn, list[WriteEffect], dict[Par
 
 
 def cancel_own(txn: WriteTxn, decide: Send, now: int) -> list[WriteEffect]:
-    """Our CANCELLED decision lands and both participants acknowledge the cancel."""
+    """Our CANCELLED decision lands (the anchor cleared its own intents with it) and the only
+    other participant, P1, acknowledges the cancel; completion waits for that acknowledgement."""
     effects = txn.step_reply(decide.call_id, own(TxnState.CANCELLED), now)
-    cancels = of_type(effects, CancelRequest)
-    assert [s.request.partition for s in cancels] == [P1, P2]
+    (cancel,) = of_type(effects, CancelRequest)
+    assert cancel.request == CancelRequest(partition=P1, txn_id=TXN)  # never the anchor
+    assert of_type(effects, CompleteRequest) == []
     out = list(effects)
-    for send in cancels:
-        out += txn.step_reply(send.call_id, CancelReply(txn_id=TXN, cleared=0), now)
+    out += txn.step_reply(cancel.call_id, CancelReply(txn_id=TXN, cleared=0), now)
     return out
 
 

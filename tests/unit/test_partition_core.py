@@ -3,6 +3,8 @@ reference section 2.6. Each reads as a short script of events and expected effec
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from support.partition import (
     NODE_ORIGIN,
@@ -22,12 +24,14 @@ from kvstore.messages import (
     CompleteRequest,
     DecideRequest,
     LedgerLookupRequest,
+    LedgerReply,
+    OpOutcome,
     ReasonCode,
     TokenLookupRequest,
     TxnState,
     WriteRequest,
 )
-from kvstore.storage_node.core import PartitionConfig
+from kvstore.storage_node.core import PartitionConfig, Step
 from kvstore.types import Timestamp, TxnId
 
 OK = ReasonCode.NONE
@@ -466,6 +470,142 @@ def test_committed_anchor_answers_a_duplicate_prepare_yes_without_new_intents() 
     p.commit("t1")
     assert p.prepare("t1", ts(10), put("x", 1), anchor=True).accepted
     assert p.store.get_intent("x") is None
+
+
+def decide_step(p: Partition, txn: str, state: TxnState) -> Step[LedgerReply]:
+    req = DecideRequest(partition=P0, txn_id=TxnId(txn), decision=state)
+    return p.core.decide(req, p.now_us)
+
+
+def item(p: Partition, key: str) -> tuple[object, int, Timestamp]:
+    view = p.get(key)
+    assert view is not None, key
+    return (view.value, view.version, view.ts)
+
+
+def anchor_with_pending_t1(p: Partition) -> None:
+    """x committed at version 1 by t0; the anchor holds t1's record and t1's intents on x and y;
+    t2 (another transaction) holds an intent on z."""
+    committed(p, "t0", ts(50), put("x", 0))
+    assert p.prepare("t1", ts(100), put("x", 1), put("y", 2), anchor=True).accepted
+    assert p.prepare("t2", ts(110), put("z", 3)).accepted
+
+
+def test_decide_committed_applies_the_anchors_own_intents_as_a_commit_would() -> None:
+    p = Partition()
+    anchor_with_pending_t1(p)
+    step = decide_step(p, "t1", TxnState.COMMITTED)
+    assert step.wrote
+    assert step.reply.record is not None and step.reply.record.state is TxnState.COMMITTED
+    assert item(p, "x") == (1, 2, ts(100)), "version bumped, write_ts raised"
+    assert item(p, "y") == (2, 1, ts(100))
+    assert p.store.intents_of(TxnId("t1")) == []
+    assert p.commit("t1") == 0, "a later commit finds nothing left to apply"
+    assert item(p, "x") == (1, 2, ts(100))
+
+
+def test_decide_committed_matches_a_commit_exactly() -> None:
+    """Same step as ``commit``: the committed rows equal those of a separate commit."""
+    by_decide, by_commit = Partition(), Partition()
+    for p in (by_decide, by_commit):
+        anchor_with_pending_t1(p)
+    decide_step(by_decide, "t1", TxnState.COMMITTED)
+    assert by_commit.commit("t1") == 2
+    for key in ("x", "y"):
+        assert by_decide.store.get_item(key) == by_commit.store.get_item(key), key
+
+
+def test_decide_cancelled_clears_the_anchors_own_intents_without_applying_them() -> None:
+    p = Partition()
+    anchor_with_pending_t1(p)
+    outcomes = (OpOutcome(code=COND, message="no"), OpOutcome())
+    req = DecideRequest(
+        partition=P0, txn_id=TxnId("t1"), decision=TxnState.CANCELLED, outcomes=outcomes
+    )
+    step = p.core.decide(req, p.now_us)
+    assert step.wrote
+    record = step.reply.record
+    assert record is not None and record.state is TxnState.CANCELLED
+    assert record.outcomes == outcomes
+    assert p.store.intents_of(TxnId("t1")) == []
+    assert item(p, "x") == (0, 1, ts(50)), "the committed value and timestamps are untouched"
+    assert p.get("y") is None and p.store.get_item("y") is None
+    assert p.cancel("t1") == 0, "a later cancel finds nothing left to clear"
+    assert p.prepare("t3", ts(60), put("x", 3)).accepted, "timestamps were not raised"
+
+
+@pytest.mark.parametrize("decision", [TxnState.COMMITTED, TxnState.CANCELLED])
+def test_decide_leaves_other_transactions_intents_alone(decision: TxnState) -> None:
+    p = Partition()
+    anchor_with_pending_t1(p)
+    t2_intent = p.store.get_intent("z")
+    decide_step(p, "t1", decision)
+    assert p.store.get_intent("z") == t2_intent
+    assert [i.key for i in p.store.intents_of(TxnId("t2"))] == ["z"]
+    assert p.get("z") is None, "t2 is not applied"
+    assert p.commit("t2") == 1
+    assert item(p, "z") == (3, 1, ts(110))
+
+
+@pytest.mark.parametrize("decision", [TxnState.COMMITTED, TxnState.CANCELLED])
+def test_a_duplicate_decide_is_idempotent_and_never_applies_twice(decision: TxnState) -> None:
+    p = Partition()
+    anchor_with_pending_t1(p)
+    first = decide_step(p, "t1", decision)
+    before = p.snapshot()
+    for again in (TxnState.COMMITTED, TxnState.CANCELLED):
+        step = decide_step(p, "t1", again)
+        assert not step.wrote
+        assert step.reply.record == first.reply.record, "the first decision stays final"
+        assert p.snapshot() == before
+    expected_x = (1, 2, ts(100)) if decision is TxnState.COMMITTED else (0, 1, ts(50))
+    assert item(p, "x") == expected_x, "versions did not bump twice"
+
+
+def test_a_decide_on_a_record_already_cancelled_clears_leftover_intents() -> None:
+    """A resolver cancelled the expired record without touching the anchor's intents; a late
+    decide (whatever it asks for) follows the final CANCELLED state and clears them."""
+    p = Partition(PartitionConfig(ledger_decision_deadline_ms=5))
+    anchor_with_pending_t1(p)
+    p.now_us += 5_000
+    assert lookup(p, "t1", resolve=True) is TxnState.CANCELLED
+    assert len(p.store.intents_of(TxnId("t1"))) == 2, "the resolver left the intents"
+    step = decide_step(p, "t1", TxnState.COMMITTED)
+    assert step.reply.record is not None and step.reply.record.state is TxnState.CANCELLED
+    assert step.wrote, "clearing the leftover intents is a write"
+    assert p.store.intents_of(TxnId("t1")) == []
+    assert item(p, "x") == (0, 1, ts(50)) and p.get("y") is None
+    before = p.snapshot()
+    assert not decide_step(p, "t1", TxnState.CANCELLED).wrote
+    assert p.snapshot() == before
+
+
+def test_a_decide_on_a_record_already_committed_applies_leftover_intents_once() -> None:
+    """A record found COMMITTED while its intents are still here (decided by an earlier step):
+    a decide, even one asking for CANCELLED, applies them per the final state, and only once."""
+    p = Partition()
+    anchor_with_pending_t1(p)
+    record = p.store.get_ledger(TxnId("t1"))
+    assert record is not None
+    p.store.put_ledger(replace(record, state=TxnState.COMMITTED))
+    step = decide_step(p, "t1", TxnState.CANCELLED)
+    assert step.reply.record is not None and step.reply.record.state is TxnState.COMMITTED
+    assert step.wrote, "applying the leftover intents is a write"
+    assert p.store.intents_of(TxnId("t1")) == []
+    assert item(p, "x") == (1, 2, ts(100)) and item(p, "y") == (2, 1, ts(100))
+    before = p.snapshot()
+    assert not decide_step(p, "t1", TxnState.COMMITTED).wrote
+    assert p.snapshot() == before
+    assert item(p, "x") == (1, 2, ts(100)), "versions did not bump twice"
+
+
+def test_a_commit_decision_without_a_record_touches_no_intent() -> None:
+    p = Partition()
+    assert p.prepare("t1", ts(100), put("x", 1)).accepted  # a participant, not the anchor
+    before = p.snapshot()
+    step = decide_step(p, "t1", TxnState.COMMITTED)
+    assert step.reply.record is None and not step.wrote
+    assert p.snapshot() == before
 
 
 # --- background work ----------------------------------------------------------------------------

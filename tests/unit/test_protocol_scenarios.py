@@ -48,12 +48,20 @@ def describe(inflight: list[Message]) -> list[str]:
     return [f"{type(m.request).__name__}@{m.request.partition}" for m in inflight]
 
 
-def run_to_commit_decision(net: Network, txn: WriteTxn) -> int:
+def run_to_prepared(net: Network, txn: WriteTxn) -> int:
+    """Both partitions hold the transaction's intents; the decide request is in flight."""
     actor = net.start(txn)
     for _ in range(2):
         deliver_where(net, PrepareRequest, reply=False)
     for _ in range(2):
         deliver_where(net, PrepareRequest, reply=True)
+    return actor
+
+
+def run_to_commit_decision(net: Network, txn: WriteTxn) -> int:
+    """The anchor (x's partition 0) decided COMMITTED, applying x with the decision; the commit
+    to the other participant (y's partition 1) is in flight."""
+    actor = run_to_prepared(net, txn)
     deliver_where(net, DecideRequest, reply=False)
     deliver_where(net, DecideRequest, reply=True)
     return actor
@@ -67,15 +75,19 @@ def get(net: Network, key: str) -> object:
 
 def test_read_transaction_never_returns_a_fractured_snapshot() -> None:
     """Reference section 3: y read while T is pending on it; T commits x; x read (new value);
-    round 2 sees both versions unchanged but y still pending: it must not return new x, old y."""
+    round 2 sees both versions unchanged but y still pending: it must not return new x, old y.
+    x is T's anchor, so T's writes on x become visible when its decide lands there."""
     net = Network(2)
     writer = WriteTxn(
         TxnId("t1"), Timestamp(1_000_001, 0, 1), (put(X, 1), put(Y, 1)), partition_of, net.now_us
     )
-    run_to_commit_decision(net, writer)  # both commits now in flight
+    run_to_prepared(net, writer)  # both intents held, the decide in flight
     reader = net.start(ReadTxn([X, Y], partition_of, net.now_us))
     deliver_where(net, ReadRequest, 1, reply=False)  # round 1 reads old y (pending)
-    deliver_where(net, CommitRequest, 0, reply=False)  # T applied on x only
+    deliver_where(net, DecideRequest, 0, reply=False)  # T decided and applied on x only
+    assert get(net, X) == 1 and get(net, Y) is None
+    deliver_where(net, DecideRequest, 0, reply=True)  # y's commit now in flight
+    assert [d for d in describe(net.inflight) if not d.startswith("Read")] == ["CommitRequest@1"]
     deliver_where(net, ReadRequest, 0, reply=False)  # round 1 reads new x
     for _ in range(2):
         deliver_where(net, ReadRequest, reply=True)
@@ -99,8 +111,9 @@ def test_commit_is_answered_only_after_every_participant_applied_it() -> None:
         TxnId("t1"), Timestamp(1_000_001, 0, 1), (put(X, 1), put(Y, 1)), partition_of, net.now_us
     )
     actor = run_to_commit_decision(net, writer)
-    deliver_where(net, CommitRequest, 0, reply=False)
-    deliver_where(net, CommitRequest, 0, reply=True)
+    # The anchor applied x with the decision; only y's partition gets a commit.
+    assert describe(net.inflight) == ["CommitRequest@1"]
+    assert get(net, X) == 1 and get(net, Y) is None
     assert actor not in net.results, "one participant has not applied the commit yet"
     deliver_where(net, CommitRequest, 1, reply=False)
     deliver_where(net, CommitRequest, 1, reply=True)
