@@ -9,7 +9,11 @@ that carries those effects out, in order: a ``Send`` becomes one call through a
 :class:`Transport` (a task, so calls run in parallel), whose answer comes back to the core as an
 event; a ``Finish`` resolves the future :meth:`ActorRunner.run` returned. The core may keep going
 after ``Finish`` (cancels retried after the client was answered): the runner keeps feeding it until
-``done``. A tick every ``tick_ms`` lets the core notice its deadlines. A call still in flight when
+``done``. The runner calls ``step_tick`` at the core's ``next_deadline_us`` and at least every
+``tick_ms`` (so a clock that jumps, as a test's fake clock does, is noticed within a tick); with
+the deadlines of calls, re-sends and decisions in the core, a transaction that gets its replies
+in time is never ticked at all (a fixed 10 ms tick cost a timer and a core step per 10 ms of
+every transaction's life, measured in docs/bench.md). A call still in flight when
 its core is done is left to finish (cores send fire-and-forget messages such as the final
 ``CompleteRequest`` right before finishing; each call is bounded by its deadline). Every actor and
 call is a task the runner tracks, so :meth:`ActorRunner.close` stops them all.
@@ -28,9 +32,10 @@ from kvstore.messages import Reply, Request
 
 __all__ = ["Actor", "Transport", "ActorRunner", "TICK_MS"]
 
-TICK_MS = 10
+TICK_MS = 100
 _log = logging.getLogger("kvstore.actors")
 _US_PER_MS = 1000
+_US_PER_S = 1_000_000
 
 
 class Actor(Protocol):
@@ -40,6 +45,8 @@ class Actor(Protocol):
     def step_reply(self, call_id: int, reply: Reply, now_us: int) -> list[Any]: ...
     def step_failed(self, call_id: int, error: ErrorCode, now_us: int) -> list[Any]: ...
     def step_tick(self, now_us: int) -> list[Any]: ...
+    @property
+    def next_deadline_us(self) -> int | None: ...
 
 
 class Transport(Protocol):
@@ -104,8 +111,12 @@ class ActorRunner:
         try:
             carry(actor.step_start(self._now_us()))
             while not actor.done:
+                wait_s = self._tick_s
+                deadline_us = actor.next_deadline_us
+                if deadline_us is not None:
+                    wait_s = min(wait_s, max(0, deadline_us - self._now_us()) / _US_PER_S)
                 try:
-                    async with asyncio.timeout(self._tick_s):
+                    async with asyncio.timeout(wait_s):
                         call_id, reply, error = await inbox.get()
                 except TimeoutError:
                     carry(actor.step_tick(self._now_us()))

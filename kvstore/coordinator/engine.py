@@ -154,6 +154,10 @@ class _Observed:
     def done(self) -> bool:
         return self.core.done
 
+    @property
+    def next_deadline_us(self) -> int | None:
+        return self.core.next_deadline_us
+
     def step_start(self, now_us: int) -> list[Any]:
         return self._after(self.core.step_start(now_us), now_us)
 
