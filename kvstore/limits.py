@@ -229,3 +229,35 @@ CHAOS_CLOCK_OFFSET_MS_MAX: Final = 120_000  # |offset| of a process's clock from
 CHAOS_BODY_BYTES_MAX: Final = 16 * 1024  # a POST /chaos body.
 
 __all__ += ["CHAOS_BLOCKED_MAX", "CHAOS_CLOCK_OFFSET_MS_MAX", "CHAOS_BODY_BYTES_MAX"]
+
+# --- kvctl bench (kvstore/bench/, docs/bench.md) --------------------------------------------
+# A benchmark is a bounded load on loopback: so many clients, so many seconds, then it stops.
+BENCH_CLIENTS_DEFAULT: Final = 32  # concurrent clients of one run (pgbench -c).
+BENCH_CLIENTS_MAX: Final = 256  # the most a run may ask for (PostgreSQL's max_connections: more).
+BENCH_DURATION_S_DEFAULT: Final = 15  # the measured window of one run.
+BENCH_DURATION_S_MAX: Final = 600  # the longest measured window a run may ask for.
+BENCH_WARMUP_S: Final = 2  # load before the measured window, on both systems (not counted).
+BENCH_TXN_ATTEMPTS_MAX: Final = 100  # tries of one transaction on conflicts (pgbench --max-tries).
+BENCH_LOAD_BATCH_ITEMS: Final = 100  # accounts per loading transaction of the store.
+BENCH_SERVER_START_TIMEOUT_MS: Final = 60_000  # PostgreSQL's initdb + start, or the cluster's up.
+BENCH_SERVER_STOP_TIMEOUT_MS: Final = 10_000  # PostgreSQL's fast shutdown, then SIGKILL.
+BENCH_SQL_TIMEOUT_MS: Final = 120_000  # one psql call of the bench (loading, VACUUM, a check).
+BENCH_RUN_GRACE_MS: Final = 30_000  # how long pgbench may outlive its -T before it is killed.
+
+assert 1 <= BENCH_CLIENTS_DEFAULT <= BENCH_CLIENTS_MAX
+assert 1 <= BENCH_DURATION_S_DEFAULT <= BENCH_DURATION_S_MAX
+assert BENCH_LOAD_BATCH_ITEMS <= TXN_OPS_MAX_DEFAULT
+
+__all__ += [
+    "BENCH_CLIENTS_DEFAULT",
+    "BENCH_CLIENTS_MAX",
+    "BENCH_DURATION_S_DEFAULT",
+    "BENCH_DURATION_S_MAX",
+    "BENCH_WARMUP_S",
+    "BENCH_TXN_ATTEMPTS_MAX",
+    "BENCH_LOAD_BATCH_ITEMS",
+    "BENCH_SERVER_START_TIMEOUT_MS",
+    "BENCH_SERVER_STOP_TIMEOUT_MS",
+    "BENCH_SQL_TIMEOUT_MS",
+    "BENCH_RUN_GRACE_MS",
+]

@@ -44,12 +44,13 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final, TextIO
 
 from rich import box
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -175,6 +176,24 @@ class Output:
         if self.json_mode or not console.is_terminal:
             return contextlib.nullcontext()
         return console.status(message)
+
+    @contextlib.contextmanager
+    def progress(self, description: str) -> Iterator[Callable[[float], None]]:
+        """A transient progress bar on stderr; yields ``update(fraction done)``. Like the
+        spinner, only on a terminal and never with --json (``update`` then does nothing)."""
+        console = Console(file=self.stderr)
+        if self.json_mode or not console.is_terminal:
+            yield lambda _fraction: None
+            return
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(description, total=1.0)
+            yield lambda fraction: bar.update(task, completed=fraction)
 
     # --- errors --------------------------------------------------------------------------
 
