@@ -13,10 +13,10 @@ pair. When every key lives on one partition, one round with no pending intent is
 partition answers it in one step of its serial order (a single event-loop step, after which the
 reply waits only for durability), so it is a snapshot of those keys at that step, exactly what a
 singleton get of one key is. This saves a round trip on the one-partition reads that DynamoDB
-still reads twice. At most ``READ_ROUNDS_MAX`` rounds are run in all; when no success is possible within that
-bound (a pending intent in the latest round needs two more rounds) it stops early with
-``TransactionConflict``. Any failed call ends it with ``Unavailable``: a read changes nothing, so
-the client may simply retry. Items are answered in request key order.
+still reads twice. At most ``READ_ROUNDS_MAX`` rounds are run in all; when no success is
+possible within that bound (a pending intent in the latest round needs two more rounds) it
+stops early with ``TransactionConflict``. Any failed call ends it with ``Unavailable``: a read
+changes nothing, so the client may simply retry. Items are answered in request key order.
 """
 
 from __future__ import annotations
