@@ -161,13 +161,9 @@ class Sql:
         "INSERT OR REPLACE INTO intents (key, txn_id, created_us, body) VALUES (?, ?, ?, ?)"
     )
     DELETE_INTENT: Final = "DELETE FROM intents WHERE key = ?"
-    INTENTS_OF: Final = f"{_INTENT} WHERE txn_id = ? ORDER BY key"
-    INTENTS_BEFORE: Final = f"{_INTENT} WHERE created_us < ? ORDER BY created_us, key LIMIT ?"
-    COUNT_INTENTS: Final = "SELECT count(*) FROM intents"
-    HAS_INTENT: Final = "SELECT 1 FROM intents WHERE key = ?"
     COUNT_LIVE_ITEMS: Final = "SELECT count(*) FROM items WHERE live = 1"
     ITEM_LIVE: Final = "SELECT live FROM items WHERE key = ?"
-    INTENT_KEYS: Final = "SELECT key FROM intents"
+    ALL_INTENTS: Final = _INTENT
 
     _LEDGER: Final = "SELECT txn_id, body FROM ledger"
     GET_LEDGER: Final = f"{_LEDGER} WHERE txn_id = ?"
