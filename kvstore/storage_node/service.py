@@ -52,7 +52,7 @@ from kvstore.coordinator.recovery import Recovery
 from kvstore.coordinator.results import RecoveryResult
 from kvstore.errors import KvError, Overloaded, ValidationError, WrongOwner
 from kvstore.logs import log_event
-from kvstore.messages import LedgerRecord, Reply, Request, WriteRequest
+from kvstore.messages import CompleteRequest, LedgerRecord, Reply, Request, WriteRequest
 from kvstore.rpc import RpcPool, RpcServer
 from kvstore.storage_node.core import PartitionCore, StaleIntent
 from kvstore.storage_node.metrics import CONTENT_TYPE, NodeMetrics
@@ -169,6 +169,9 @@ class NodeService:
             await self._runner_web.cleanup()
         for shell in self.shells.values():
             with contextlib.suppress(Exception):
+                waiter = shell.durable()  # writes that did not force a flush (completions)
+                if waiter is not None:
+                    await waiter
                 await shell.idle()
             shell.store.close()
         self._flush_executor.shutdown(wait=True)
@@ -239,6 +242,12 @@ class NodeService:
         try:
             node_ts = self.clock.now() if isinstance(request, WriteRequest) else TIMESTAMP_ZERO
             step = shell.core.handle(request, self._now_us(), node_ts)
+            if type(request) is CompleteRequest:
+                # Advisory (the coordinator does not wait for the answer, and a lost completion
+                # only means recovery re-sends commits, which are idempotent): the row rides
+                # with the partition's next flush, at the latest the next maintenance tick's,
+                # instead of forcing an fsync of its own.
+                return step.reply
             waiter = shell.durable()
             if waiter is not None:
                 await waiter

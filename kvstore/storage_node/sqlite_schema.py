@@ -9,9 +9,9 @@ A partition's file holds five tables, each keyed like the corresponding map of
   tombstone); ``ts`` is ``write_ts`` then ``read_ts``; ``value`` is msgpack. ``tomb_ts`` is
   ``max(write_ts, read_ts)`` on tombstones and NULL on live rows; the partial index
   ``(tomb_ts, key) WHERE live = 0`` serves ``tombstones()``.
-* ``intents(key, txn_id, created_us, body)`` with indexes ``(created_us, key)`` and
-  ``(txn_id, key)``; ``body`` is msgpack ``[ts, op, new_exists, new_value, anchor]`` (the op and
-  the timestamp in :mod:`kvstore.codec`'s wire form).
+* ``intents(key, txn_id, created_us, body)`` and no secondary index (the store mirrors it in
+  memory and looks intents up there); ``body`` is msgpack ``[ts, op, new_exists, new_value,
+  anchor]`` (the op and the timestamp in :mod:`kvstore.codec`'s wire form).
 * ``ledger(txn_id, created_us, completed_us, body)`` with partial indexes on ``created_us`` for
   open records (``completed_us IS NULL``) and on ``completed_us`` for completed ones; ``body`` is
   msgpack of :func:`kvstore.codec.encode_ledger_record`.
@@ -32,7 +32,8 @@ and upserts (``INSERT OR REPLACE``, with ``executemany``) of every table; :func:
 commits it (the fsync). Either rolls back on failure.
 
 ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`; :func:`ensure_schema` creates the schema in
-an empty file and refuses any other version with :class:`SchemaError`.
+an empty file, upgrades an older version in place (``_UPGRADES``) and refuses any other version
+with :class:`SchemaError`.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ __all__ = [
     "WAL_SIZE_LIMIT_BYTES",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # Extra constants of this module (not protocol limits, so not in kvstore.limits):
 # how long a connection waits for a lock held by another process before failing (seconds); a
@@ -111,8 +112,6 @@ _DDL: Final = (
         created_us INTEGER NOT NULL,
         body BLOB NOT NULL
     ) WITHOUT ROWID""",
-    "CREATE INDEX intents_by_created ON intents (created_us, key)",
-    "CREATE INDEX intents_by_txn ON intents (txn_id, key)",
     """CREATE TABLE ledger (
         txn_id TEXT PRIMARY KEY NOT NULL,
         created_us INTEGER NOT NULL,
@@ -219,6 +218,14 @@ def connect(path: Path, *, writer: bool, synchronous_full: bool = True) -> sqlit
     return conn
 
 
+# In-place upgrades to SCHEMA_VERSION, by the version found. Version 1 had two indexes on intents
+# (by creation time, by transaction); the store now mirrors durable intents in memory and never
+# queries them, so version 2 drops them: two fewer index pages written per intent.
+_UPGRADES: Final[dict[int, tuple[str, ...]]] = {
+    1: ("DROP INDEX IF EXISTS intents_by_created", "DROP INDEX IF EXISTS intents_by_txn"),
+}
+
+
 def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
     """Create the schema in an empty file; refuse a file of another version or another program."""
     conn.execute("BEGIN IMMEDIATE")
@@ -232,6 +239,10 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
                     "schema objects)"
                 )
             for statement in _DDL:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version in _UPGRADES:
+            for statement in _UPGRADES[version]:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:

@@ -838,8 +838,30 @@ def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    with pytest.raises(SchemaError, match=r"schema version 99.*only version 1"):
+    with pytest.raises(SchemaError, match=r"schema version 99.*only version 2"):
         SqliteStore.open(path)
+
+
+def test_version_1_file_is_upgraded_in_place_and_keeps_its_intents(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    with SqliteStore.open(path) as store:
+        store.put_intent(intent("k", TXNS[0], created_us=5))
+        store.commit()
+    conn = sqlite3.connect(path)  # make it the version-1 file an older release wrote
+    conn.execute("CREATE INDEX intents_by_created ON intents (created_us, key)")
+    conn.execute("CREATE INDEX intents_by_txn ON intents (txn_id, key)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with SqliteStore.open(path) as store:
+        assert [i.key for i in store.intents_of(TXNS[0])] == ["k"]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert not names & {"intents_by_created", "intents_by_txn"}
+    finally:
+        conn.close()
 
 
 def test_foreign_database_is_refused(tmp_path: Path) -> None:
