@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -129,6 +130,7 @@ class FlushJob:
 
     __slots__ = (
         "_writer",
+        "commit_s",
         "durable",
         "intents",
         "items",
@@ -158,6 +160,7 @@ class FlushJob:
         self.rows = len(items) + len(intents) + len(ledger) + len(tokens) + len(meta)
         self.staged = False  # stage() wrote the rows into an open transaction
         self.durable = False  # run() committed it
+        self.commit_s = 0.0  # how long run()'s COMMIT took, its fsync included
 
     def stage(self) -> None:
         """Write the rows into an open SQLite transaction without committing. Meant for the
@@ -182,11 +185,13 @@ class FlushJob:
         Raises on failure, after rolling back; the job then stays in flight and may be run
         again."""
         self.stage()
+        started = time.perf_counter()
         try:
             schema.commit_rows(self._writer)
         except BaseException:
             self.staged = False
             raise
+        self.commit_s = time.perf_counter() - started
         self.durable = True
 
 
