@@ -29,8 +29,8 @@ INIT -> DRIVING -> DONE, or INIT -> DONE when there is nothing to drive.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from types import TracebackType
 from typing import Final, Generic, TypeVar
 
 from kvstore.errors import InternalError
@@ -99,13 +99,22 @@ RECOVERY_TRANSITIONS: Final[Mapping[RecoveryState, frozenset[RecoveryState]]] = 
 }
 
 
+_CHECKED_TABLES: set[int] = set()  # ids of transition tables already found complete
+
+
 class StateMachine(Generic[S]):
-    """The current state of one core, moved only along ``table``; poisoned by any bug."""
+    """The current state of one core, moved only along ``table``; poisoned by any bug.
+
+    ``with machine.guard(): ...`` runs one event (see :meth:`guard`). The machine is its own
+    guard (``__enter__``/``__exit__``) rather than a generator context manager: cores enter it on
+    every event, and a generator costs several times as much per use."""
 
     def __init__(self, initial: S, table: Mapping[S, frozenset[S]], name: str) -> None:
-        missing = [state for state in type(initial) if state not in table]
-        if missing:
-            raise InternalError(f"{name}: no transition entry for {missing}")
+        if id(table) not in _CHECKED_TABLES:  # tables are module constants: check each once
+            missing = [state for state in type(initial) if state not in table]
+            if missing:
+                raise InternalError(f"{name}: no transition entry for {missing}")
+            _CHECKED_TABLES.add(id(table))
         self._state = initial
         self._table = table
         self._name = name
@@ -132,13 +141,18 @@ class StateMachine(Generic[S]):
             raise InternalError(f"{self._name}: {self._poison}")
         self._state = to
 
-    @contextmanager
-    def guard(self) -> Iterator[None]:
+    def guard(self) -> StateMachine[S]:
         """Run one event: refuse if poisoned, and poison on anything escaping the event."""
+        return self
+
+    def __enter__(self) -> None:
         self.check()
-        try:
-            yield
-        except BaseException as exc:
-            if self._poison is None:
-                self._poison = f"{type(exc).__name__} during an event"
-            raise
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is not None and self._poison is None:
+            self._poison = f"{kind.__name__} during an event"

@@ -9,6 +9,7 @@ fallback with a generator that never lands.
 from __future__ import annotations
 
 import itertools
+import string
 
 import pytest
 
@@ -36,22 +37,46 @@ def test_tokens_are_short_printable_and_random() -> None:
     assert all(len(token) == 16 and validate_token(token) for token in tokens)
 
 
-def test_no_landing_token_within_the_bound_falls_back_to_a_fresh_one() -> None:
+def test_no_landing_token_within_the_bound_falls_back_to_the_fresh_one() -> None:
     partitions = PartitionMap(16)
     key = "k"
     wanted = partitions.partition_of(key)
-    elsewhere = (f"t{index}" for index in itertools.count())
-    misses = (token for token in elsewhere if partitions.partition_of(token) != wanted)
-    drawn: list[str] = []
+
+    def variants(token: str, count: int) -> list[str]:
+        alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+        return [token[:-2] + alphabet[i >> 6] + alphabet[i & 63] for i in range(count)]
+
+    # A fresh token none of whose first five variants lands on the key's partition.
+    base = next(
+        token
+        for token in (f"token-{index:010d}" for index in itertools.count())
+        if all(partitions.partition_of(v) != wanted for v in variants(token, 5))
+        and partitions.partition_of(token) != wanted
+    )
+    calls: list[str] = []
 
     def generate() -> str:
-        drawn.append(next(misses))
-        return drawn[-1]
+        calls.append(base)
+        return base
 
     token = draw_token(partitions, key, draws_max=5, generate=generate)
-    assert len(drawn) == 5  # bounded
-    assert token == drawn[-1]
+    assert calls == [base]  # one draw from the random source, whatever the tries
+    assert token == base
     assert partitions.partition_of(token) != wanted
+
+
+def test_tries_share_one_draw_and_keep_its_stem() -> None:
+    partitions = PartitionMap(16)
+    calls: list[str] = []
+
+    def generate() -> str:
+        calls.append(new_token())
+        return calls[-1]
+
+    for index in range(100):
+        token = draw_token(partitions, f"key-{index}", generate=generate)
+        assert token[:-2] == calls[-1][:-2]
+    assert len(calls) == 100
 
 
 def test_without_a_partition_map_any_fresh_token_does() -> None:
