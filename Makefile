@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit install clean fmt sim sim-check mutants chaos-check chaos chaos-mutants
+.PHONY: test lint typecheck unit install clean fmt sim sim-check mutants chaos-check chaos chaos-mutants bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ test: lint typecheck unit sim-check chaos-check chaos-mutants
 # prints the API URL, the admin token and first requests, streams every process's log, and
 # Ctrl-C stops it (the data stays; `make run` again starts the same cluster).
 .PHONY: run
+# The store against PostgreSQL on transfers (docs/bench.md); PostgreSQL from Debian's packages.
+bench: $(STAMP)
+	$(BIN)/kvctl bench --workload transfer --compare-postgres --duration 15
+
 run: $(STAMP)
 	$(BIN)/kvctl cluster up --foreground
 

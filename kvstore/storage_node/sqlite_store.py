@@ -45,7 +45,7 @@ entry evicted first; absent keys are cached too) is filled by reads and by ``end
 rows just made durable. The durable intents themselves are mirrored in memory, with an index by
 transaction (loaded at open, updated by ``end_flush``): ``get_intent``, ``intents_of`` (every
 commit, cancel and decide) and ``intents_created_before`` (every maintenance tick) then never
-query or decode a row (the SQL listings cost a commit about 70 µs, measured in docs/bench.md).
+query or decode a row (the SQL listings were 8% of a node's time under transfers, docs/bench.md).
 
 Memory: apart from the open and in-flight batches, the item cache and the durable intents (bounded
 by pending transactions: an intent lives one commit round, or until it is resolved as stale),
