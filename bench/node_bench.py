@@ -17,7 +17,7 @@ RPC connections, for ``--duration`` seconds per workload:
 
 It prints operations/s, p50 and p99 latency per workload. ``--rss-items N`` then loads N items of
 100 bytes (batched 100 per ``execute``) and prints the node's resident set size. The node and its
-files are removed at the end, whatever happens. Figures go in ``docs/benchmarks.md``.
+files are removed at the end, whatever happens. Figures go in ``docs/bench.md``.
 """
 
 from __future__ import annotations
