@@ -106,8 +106,8 @@ def op_from_json(obj: object, field: str = "op") -> Op:
             f"{field}.op", f"unknown operation {shown}; expected put, delete, update, check"
         )
     kind = OpKind(kind_name)
-    unknown = sorted(str(k) for k in obj if k not in _OP_MEMBERS[kind])
-    if unknown:
+    if not _OP_MEMBERS[kind].issuperset(obj):
+        unknown = sorted(str(k) for k in obj if k not in _OP_MEMBERS[kind])
         raise ValidationError(f"{field}.{unknown[0]}", f"unknown member of a {kind} operation")
     key = validate_key(obj.get("key"), f"{field}.key")
     condition = None

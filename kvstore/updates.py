@@ -110,19 +110,19 @@ class _Collector:
 
     def add(self, action: UpdateAction, field: str) -> None:
         path = action.path
-        shown = format_path(path)
         if path in self.paths:
-            raise ValidationError(field, f"path {shown!r} appears twice in the update")
+            raise ValidationError(field, f"path {format_path(path)!r} appears twice in the update")
         if path in self.enclosing:
             raise ValidationError(
-                field, f"path {shown!r} encloses the path of another action of the update"
+                field,
+                f"path {format_path(path)!r} encloses the path of another action of the update",
             )
         for length in range(len(path)):
             if path[:length] in self.paths:
                 raise ValidationError(
                     field,
-                    f"path {shown!r} lies inside path {format_path(path[:length])!r} of"
-                    " another action of the update",
+                    f"path {format_path(path)!r} lies inside path {format_path(path[:length])!r}"
+                    " of another action of the update",
                 )
         self.paths.add(path)
         self.enclosing.update(path[:length] for length in range(len(path)))
@@ -140,18 +140,35 @@ def _object_member(
     return body
 
 
+_KINDS: Final = tuple((kind, kind.value) for kind in ActionKind)  # enum iteration is slow
+
+
+def _entry(kind: ActionKind, text: object, raw: object, where: str) -> UpdateAction:
+    """One ``path: operand`` entry of a ``set``/``add``/``append`` object, checked."""
+    path = parse_path(text, where)
+    operand = validate_value(raw, where)
+    if kind is ActionKind.ADD:
+        if not is_number(operand):
+            raise ValidationError(where, "add takes a number")
+    elif kind is ActionKind.APPEND and not isinstance(operand, list):
+        raise ValidationError(where, "append takes a list of values")
+    return UpdateAction(kind, path, operand)
+
+
 def actions_from_json(op: Mapping[str, object], field: str = "op") -> tuple[UpdateAction, ...]:
     """The actions of an update operation's ``set``/``remove``/``add``/``append`` members.
 
-    Other members of ``op`` are ignored (the caller checks for unknown members).
+    Other members of ``op`` are ignored (the caller checks for unknown members). An entry's field
+    for error messages (``op.add["a.b"]``) is only formatted when the entry is refused: the entry
+    is checked again with it, which raises the same error with the precise field.
     """
     collector = _Collector()
-    for kind in ActionKind:
-        if kind.value not in op:
+    for kind, name in _KINDS:
+        if name not in op:
             continue
-        kind_field = f"{field}.{kind.value}"
+        kind_field = f"{field}.{name}"
         if kind is ActionKind.REMOVE:
-            body = op[kind.value]
+            body = op[name]
             if not isinstance(body, list):
                 raise ValidationError(
                     kind_field, f"remove takes a list of paths, not {type(body).__name__}"
@@ -165,15 +182,13 @@ def actions_from_json(op: Mapping[str, object], field: str = "op") -> tuple[Upda
         entries = _object_member(op, kind, kind_field)
         collector.reserve(len(entries), kind_field)
         for text, raw in entries.items():
-            where = _path_field(kind_field, text)
-            path = parse_path(text, where)
-            operand = validate_value(raw, where)
-            if kind is ActionKind.ADD:
-                if not is_number(operand):
-                    raise ValidationError(where, "add takes a number")
-            elif kind is ActionKind.APPEND and not isinstance(operand, list):
-                raise ValidationError(where, "append takes a list of values")
-            collector.add(UpdateAction(kind, path, operand), where)
+            try:
+                action = _entry(kind, text, raw, kind_field)
+                collector.add(action, kind_field)
+            except ValidationError:
+                where = _path_field(kind_field, text)
+                collector.add(_entry(kind, text, raw, where), where)  # raises, with ``where``
+                raise  # pragma: no cover - the same checks cannot pass the second time
     if not collector.actions:
         raise ValidationError(
             field, "an update needs at least one action (set, remove, add or append)"
