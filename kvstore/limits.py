@@ -56,6 +56,7 @@ __all__ = [
     "FLUSH_WRITES_MAX",
     "STAGE_ON_LOOP_ROWS_MAX",
     "FLUSH_INLINE_COMMIT_US_MAX",
+    "FLUSH_COMMIT_SAMPLES",
     "SQLITE_CACHE_KIB",
     "ITEM_CACHE_ROWS_MAX",
     "MAINTAIN_INTERVAL_MS",
@@ -152,10 +153,13 @@ PARTITION_QUEUE_MAX: Final = 2_048  # requests waiting on one partition; beyond:
 FLUSH_WRITES_MAX: Final = 4_096  # buffered row writes that start a flush without waiting.
 STAGE_ON_LOOP_ROWS_MAX: Final = 256  # larger flushes stage their rows on the flush thread too.
 # A flush of at most STAGE_ON_LOOP_ROWS_MAX rows commits on the event loop itself while the
-# partition's recent COMMITs (a moving average, fsync included) took less than this: the loop
-# then stalls about that long per flush instead of handing the commit to the flush thread and
-# back, which costs more CPU than a fast fsync (docs/bench.md). Slower disks use the thread.
+# fastest of the partition's last FLUSH_COMMIT_SAMPLES COMMITs (fsync included) took less than
+# FLUSH_INLINE_COMMIT_US_MAX: the loop then stalls about that long per flush instead of handing
+# the commit to the flush thread and back, which costs more CPU than a fast fsync (docs/bench.md).
+# The fastest, not an average: on a busy machine a commit's wall time includes waiting for a CPU
+# after the fsync, which says nothing about the disk. Slower disks use the thread.
 FLUSH_INLINE_COMMIT_US_MAX: Final = 1_000
+FLUSH_COMMIT_SAMPLES: Final = 32
 SQLITE_CACHE_KIB: Final = 2_048  # page cache per SQLite connection.
 ITEM_CACHE_ROWS_MAX: Final = 2_048  # decoded durable item rows kept per partition (hot keys).
 MAINTAIN_INTERVAL_MS: Final = 200  # background maintenance tick of a node.

@@ -14,15 +14,17 @@ The flush loop runs while the open batch is non-empty: it moves the batch into a
 (``begin_flush``), writes its rows into an open SQLite transaction on the loop (CPU only; a batch
 of more than ``STAGE_ON_LOOP_ROWS_MAX`` rows is written on the flush thread instead, so no batch
 stalls the loop for more than about a millisecond), commits it, then ``end_flush`` and releases
-every reply that waited on that job. Where it commits depends on the disk: while the partition's
-recent COMMITs (a moving average of their duration, the fsync included) stay under
+every reply that waited on that job. Where it commits depends on the disk: while the fastest of
+the partition's last ``FLUSH_COMMIT_SAMPLES`` COMMITs (fsync included) took under
 ``FLUSH_INLINE_COMMIT_US_MAX``, a small batch commits on the event loop itself, which stalls the
 loop for that long but skips the hand-off to the flush thread and back (a thread-pool submit,
 futex wake-ups of both threads, the GIL changing hands twice and the loop's self-pipe): on this
-machine's disk, with fsync at about 90 µs, that cut the nodes' CPU per transfer by about a
-quarter (docs/bench.md). A slower disk pushes the average over the bound and the commits move
-to the node's flush thread (the fsync off the event loop and without the GIL); the average keeps
-being measured there, so commits come back to the loop when the disk is fast again. One flush
+machine's disk, with fsync at about 90 µs, that cut the nodes' CPU per transfer by a quarter
+(docs/bench.md). The fastest rather than an average, because on a busy machine a commit's wall
+time also counts the wait for a CPU after the fsync (an average of 1 ms sent most commits back to
+the thread under load). A slower disk makes even the fastest commit exceed the bound and the
+commits move to the node's flush thread (the fsync off the event loop and without the GIL);
+they keep being timed there, so they come back to the loop when the disk is fast again. One flush
 thread serves every partition of the node: commits queue up there for a fraction of a
 millisecond each, while a thread per partition made sixteen threads fight the event loop for
 the GIL after every fsync (measured: 4.3k puts/s with a thread per partition against 5.6k with
@@ -41,11 +43,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 
 from kvstore.errors import InternalError
-from kvstore.limits import FLUSH_INLINE_COMMIT_US_MAX, STAGE_ON_LOOP_ROWS_MAX
+from kvstore.limits import (
+    FLUSH_COMMIT_SAMPLES,
+    FLUSH_INLINE_COMMIT_US_MAX,
+    STAGE_ON_LOOP_ROWS_MAX,
+)
 from kvstore.logs import log_event
 from kvstore.storage_node.core import PartitionCore
 from kvstore.storage_node.metrics import NodeMetrics
@@ -55,7 +62,6 @@ from kvstore.types import PartitionId
 __all__ = ["PartitionShell"]
 
 _log = logging.getLogger("kvstore.storage_node")
-_AVG_WEIGHT = 0.125  # of the latest COMMIT in the moving average (as TCP's smoothed RTT)
 
 
 class PartitionShell:
@@ -79,7 +85,9 @@ class PartitionShell:
         self._open_waiters: list[asyncio.Future[None]] = []
         self._flight_waiters: list[asyncio.Future[None]] | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self.commit_us_avg = 0.0  # moving average of this partition's COMMIT durations
+        # This partition's latest COMMIT durations (µs), the fastest of which says how fast
+        # the disk is.
+        self.recent_commits_us: deque[float] = deque(maxlen=FLUSH_COMMIT_SAMPLES)
         self.failed: BaseException | None = None
 
     def durable(self) -> asyncio.Future[None] | None:
@@ -100,7 +108,9 @@ class PartitionShell:
 
     def commits_inline(self, rows: int) -> bool:
         """Whether a flush of ``rows`` rows commits on the event loop (see the module)."""
-        return rows <= STAGE_ON_LOOP_ROWS_MAX and self.commit_us_avg < FLUSH_INLINE_COMMIT_US_MAX
+        recent = self.recent_commits_us
+        fast_disk = not recent or min(recent) < FLUSH_INLINE_COMMIT_US_MAX
+        return rows <= STAGE_ON_LOOP_ROWS_MAX and fast_disk
 
     def queue_depth(self) -> int:
         """Requests admitted and not yet answered (for the queue-depth gauge)."""
@@ -132,7 +142,7 @@ class PartitionShell:
                 except Exception as error:  # disk full, I/O error: see the module docstring
                     self._fail(error, waiters)
                     return
-                self.commit_us_avg += (job.commit_s * 1e6 - self.commit_us_avg) * _AVG_WEIGHT
+                self.recent_commits_us.append(job.commit_s * 1e6)
                 self.store.end_flush(job)
                 self._flight_waiters = None
                 self._metrics.fsyncs.inc()
