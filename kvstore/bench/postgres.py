@@ -531,6 +531,10 @@ class TempPostgres:
     ) -> None:
         self._close()
 
+    def _server_args(self) -> list[str]:
+        """The client options that reach this server as its superuser (psql and pgbench)."""
+        return ["-h", _HOST, "-p", str(self.port), "-U", SUPERUSER]
+
     def _close(self) -> None:
         try:
             self._stop_server()
@@ -710,12 +714,7 @@ class TempPostgres:
             "-t",
             "-v",
             "ON_ERROR_STOP=1",
-            "-h",
-            _HOST,
-            "-p",
-            str(self.port),
-            "-U",
-            SUPERUSER,
+            *self._server_args(),
             "-d",
             database,
         ]
@@ -835,12 +834,7 @@ class TempPostgres:
             f"--max-tries={BENCH_TXN_ATTEMPTS_MAX}",
             "-f",
             str(run_dir / "script.sql"),
-            "-h",
-            _HOST,
-            "-p",
-            str(self.port),
-            "-U",
-            SUPERUSER,
+            *self._server_args(),
         ]
         if log:
             command += ["-l", f"--log-prefix={run_dir / 'txn'}"]
