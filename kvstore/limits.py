@@ -247,6 +247,9 @@ BENCH_CLIENTS_MAX: Final = 256  # the most a run may ask for (PostgreSQL's max_c
 BENCH_DURATION_S_DEFAULT: Final = 15  # the measured window of one run.
 BENCH_DURATION_S_MAX: Final = 600  # the longest measured window a run may ask for.
 BENCH_WARMUP_S: Final = 2  # load before the measured window, on both systems (not counted).
+BENCH_RETRY_PAUSE_BASE_MS: Final = 1  # the store's callers pause below base * 2**retry ...
+BENCH_RETRY_PAUSE_CAP_MS: Final = 50  # ... at most this, between attempts of one transaction.
+BENCH_PROGRESS_INTERVAL_MS: Final = 250  # how often a run reports its progress.
 BENCH_TXN_ATTEMPTS_MAX: Final = 100  # tries of one transaction on conflicts (pgbench --max-tries).
 BENCH_LOAD_BATCH_ITEMS: Final = 100  # accounts per loading transaction of the store.
 BENCH_SERVER_START_TIMEOUT_MS: Final = 60_000  # PostgreSQL's initdb + start, or the cluster's up.
@@ -256,6 +259,7 @@ BENCH_RUN_GRACE_MS: Final = 30_000  # how long pgbench may outlive its -T before
 
 assert 1 <= BENCH_CLIENTS_DEFAULT <= BENCH_CLIENTS_MAX
 assert 1 <= BENCH_DURATION_S_DEFAULT <= BENCH_DURATION_S_MAX
+assert 0 < BENCH_RETRY_PAUSE_BASE_MS <= BENCH_RETRY_PAUSE_CAP_MS
 assert BENCH_LOAD_BATCH_ITEMS <= TXN_OPS_MAX_DEFAULT
 
 __all__ += [
@@ -264,6 +268,9 @@ __all__ += [
     "BENCH_DURATION_S_DEFAULT",
     "BENCH_DURATION_S_MAX",
     "BENCH_WARMUP_S",
+    "BENCH_RETRY_PAUSE_BASE_MS",
+    "BENCH_RETRY_PAUSE_CAP_MS",
+    "BENCH_PROGRESS_INTERVAL_MS",
     "BENCH_TXN_ATTEMPTS_MAX",
     "BENCH_LOAD_BATCH_ITEMS",
     "BENCH_SERVER_START_TIMEOUT_MS",

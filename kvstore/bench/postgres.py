@@ -45,8 +45,8 @@ transaction that hit a serialization failure or a deadlock from the first comman
 with the same random draws, so a retried transfer is the same transfer, and the ``\\set ok 0`` at
 the top re-runs before the ``\\aset`` that may set it again. pgbench runs under
 :class:`subprocess.Popen` and the calling thread polls it, calling ``progress`` about every
-``_PROGRESS_INTERVAL_S`` with the fraction of the measured window elapsed; it is killed when it
-outlives its window by ``BENCH_RUN_GRACE_MS``.
+``BENCH_PROGRESS_INTERVAL_MS`` with the fraction of the measured window elapsed; it is killed
+when it outlives its window by ``BENCH_RUN_GRACE_MS``.
 
 **The per-transaction log** (checked against pgbench 15.18 here) has one line per transaction::
 
@@ -88,6 +88,7 @@ from kvstore.bench.workloads import AMOUNT_MAX, INITIAL_BALANCE, Workload
 from kvstore.errors import InternalError, NotFound, Unavailable, ValidationError
 from kvstore.limits import (
     BENCH_DURATION_S_MAX,
+    BENCH_PROGRESS_INTERVAL_MS,
     BENCH_RUN_GRACE_MS,
     BENCH_SERVER_START_TIMEOUT_MS,
     BENCH_SERVER_STOP_TIMEOUT_MS,
@@ -126,7 +127,7 @@ _TOOLS: Final = ("initdb", "postgres", "pgbench", "psql")
 _PGBENCH_MAJOR_MIN: Final = 15  # --max-tries, retries in the log
 _HOST: Final = "127.0.0.1"
 _PORT_ATTEMPTS: Final = 5  # a port taken between our probe and the server's bind: try another
-_PROGRESS_INTERVAL_S: Final = 0.5
+_PROGRESS_INTERVAL_S: Final = BENCH_PROGRESS_INTERVAL_MS / 1000
 _KILL_WAIT_S: Final = 5.0  # how long SIGKILLed processes may take to vanish
 _TOOL_TIMEOUT_S: Final = 10.0  # `pgbench --version`
 _VERSION_RE: Final = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")

@@ -40,6 +40,9 @@ from kvstore.client import Client, RetryPolicy, connect
 from kvstore.errors import ErrorCode, KvError, ValidationError
 from kvstore.limits import (
     BENCH_LOAD_BATCH_ITEMS,
+    BENCH_PROGRESS_INTERVAL_MS,
+    BENCH_RETRY_PAUSE_BASE_MS,
+    BENCH_RETRY_PAUSE_CAP_MS,
     BENCH_SERVER_START_TIMEOUT_MS,
     BENCH_TXN_ATTEMPTS_MAX,
 )
@@ -48,9 +51,9 @@ from kvstore.localcluster import LocalCluster
 __all__ = ["MODES", "TempCluster", "temp_cluster", "load", "run", "total_balance"]
 
 MODES: Final = ("direct", "gateway")
-_PAUSE_BASE_S: Final = 0.001
-_PAUSE_CAP_S: Final = 0.050
-_PROGRESS_INTERVAL_S: Final = 0.25
+_PAUSE_BASE_S: Final = BENCH_RETRY_PAUSE_BASE_MS / 1000
+_PAUSE_CAP_S: Final = BENCH_RETRY_PAUSE_CAP_MS / 1000
+_PROGRESS_INTERVAL_S: Final = BENCH_PROGRESS_INTERVAL_MS / 1000
 _ONE_ATTEMPT: Final = RetryPolicy(attempts_max=1)
 
 
