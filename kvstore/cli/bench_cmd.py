@@ -60,9 +60,26 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         "1 coordinator) and, with --compare-postgres, against a temporary PostgreSQL server "
         "driven by pgbench; print a table per system and the ratios.",
     )
-    bench.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
-    bench.add_argument("--clients", type=int, default=BENCH_CLIENTS_DEFAULT)
-    bench.add_argument("--duration", type=int, default=BENCH_DURATION_S_DEFAULT, metavar="S")
+    bench.add_argument(
+        "--workload",
+        required=True,
+        choices=sorted(WORKLOADS),
+        help="; ".join(f"{w.name}: {w.summary}" for w in WORKLOADS.values()),
+    )
+    bench.add_argument(
+        "--clients",
+        type=int,
+        default=BENCH_CLIENTS_DEFAULT,
+        help=f"concurrent clients (default {BENCH_CLIENTS_DEFAULT}, at most {BENCH_CLIENTS_MAX})",
+    )
+    bench.add_argument(
+        "--duration",
+        type=int,
+        default=BENCH_DURATION_S_DEFAULT,
+        metavar="S",
+        help=f"measured seconds, after a {BENCH_WARMUP_S} s warm-up (default "
+        f"{BENCH_DURATION_S_DEFAULT}, at most {BENCH_DURATION_S_MAX})",
+    )
     bench.add_argument(
         "--compare-postgres", action="store_true", help="also run PostgreSQL (pgbench)"
     )
