@@ -182,7 +182,8 @@ class _Caller:
                 break
             except KvError as error:
                 if error.code is ErrorCode.TransactionCanceled and not error.retryable:
-                    tally.condition_failed += tally.measuring
+                    if tally.measuring:
+                        tally.condition_failed += 1
                     break
                 if not error.retryable or retries + 1 >= BENCH_TXN_ATTEMPTS_MAX:
                     if tally.measuring:

@@ -99,7 +99,9 @@ RECOVERY_TRANSITIONS: Final[Mapping[RecoveryState, frozenset[RecoveryState]]] = 
 }
 
 
-_CHECKED_TABLES: set[int] = set()  # ids of transition tables already found complete
+# Transition tables already found complete, by id; the table itself is kept, so an id can never
+# be reused by another table (tables are module constants; tests may build their own).
+_CHECKED_TABLES: dict[int, Mapping[object, frozenset[object]]] = {}
 
 
 class StateMachine(Generic[S]):
@@ -110,11 +112,11 @@ class StateMachine(Generic[S]):
     every event, and a generator costs several times as much per use."""
 
     def __init__(self, initial: S, table: Mapping[S, frozenset[S]], name: str) -> None:
-        if id(table) not in _CHECKED_TABLES:  # tables are module constants: check each once
+        if _CHECKED_TABLES.get(id(table)) is not table:  # check each table once
             missing = [state for state in type(initial) if state not in table]
             if missing:
                 raise InternalError(f"{name}: no transition entry for {missing}")
-            _CHECKED_TABLES.add(id(table))
+            _CHECKED_TABLES[id(table)] = table  # type: ignore[assignment]
         self._state = initial
         self._table = table
         self._name = name

@@ -155,7 +155,6 @@ class Sql:
     SCAN_RANGE: Final = f"{_ITEM} WHERE key >= ? AND key < ? AND live = 1 ORDER BY key LIMIT ?"
 
     _INTENT: Final = "SELECT key, txn_id, created_us, body FROM intents"
-    GET_INTENT: Final = f"{_INTENT} WHERE key = ?"
     PUT_INTENT: Final = (
         "INSERT OR REPLACE INTO intents (key, txn_id, created_us, body) VALUES (?, ?, ?, ?)"
     )
