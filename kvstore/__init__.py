@@ -7,15 +7,42 @@ See README.md for the architecture; ``kvstore.client`` is the SDK (docs/sdk.md):
     async with kvstore.connect() as kv:
         await kv.put("greeting", {"text": "hello"})
 
-The SDK's names are re-exported here lazily (PEP 562 ``__getattr__``): ``import kvstore`` stays
-cheap for the processes that never use the client (storage nodes, coordinators), and the SDK and
-its dependencies load on the first use of one of these names.
+The error catalogue's exceptions (:mod:`kvstore.errors`, which imports nothing but the standard
+library) are imported eagerly, so ``except kvstore.TransactionCanceled`` and ``kvstore.errors``
+work right after ``import kvstore``. The SDK's names are re-exported lazily (PEP 562
+``__getattr__``): ``import kvstore`` stays cheap for the processes that never use the client
+(storage nodes, coordinators), and the SDK and its dependencies load on the first use of one of
+these names.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Final
+
+from kvstore import errors
+from kvstore.errors import (
+    ClockSkew,
+    ConditionFailed,
+    ErrorCode,
+    Forbidden,
+    IdempotencyMismatch,
+    InternalError,
+    KvError,
+    NotFound,
+    OutcomeUnknown,
+    Overloaded,
+    ProtocolViolation,
+    TimestampTooOld,
+    TooLarge,
+    TransactionCanceled,
+    TransactionConflict,
+    TransactionInProgress,
+    Unauthorized,
+    Unavailable,
+    ValidationError,
+    WrongOwner,
+)
 
 if TYPE_CHECKING:
     from kvstore.client import (
@@ -76,9 +103,31 @@ __all__ = [
     "all_of",
     "any_of",
     "not_",
+    # The error catalogue (kvstore.errors), imported eagerly.
+    "errors",
+    "KvError",
+    "ErrorCode",
+    "ValidationError",
+    "ConditionFailed",
+    "NotFound",
+    "TooLarge",
+    "TransactionCanceled",
+    "TransactionConflict",
+    "TimestampTooOld",
+    "TransactionInProgress",
+    "IdempotencyMismatch",
+    "ClockSkew",
+    "Overloaded",
+    "Unavailable",
+    "WrongOwner",
+    "OutcomeUnknown",
+    "Unauthorized",
+    "Forbidden",
+    "ProtocolViolation",
+    "InternalError",
 ]
 
-_LAZY: Final = frozenset(__all__)
+_LAZY: Final = frozenset(__all__[: __all__.index("errors")])
 
 
 def __getattr__(name: str) -> object:

@@ -393,6 +393,22 @@ def test_import_kvstore_stays_cheap_and_exports_the_sdk() -> None:
         kvstore.not_a_name  # noqa: B018
 
 
+def test_import_kvstore_exports_every_catalogue_exception() -> None:
+    # A fresh process: nothing else has imported kvstore.errors as a side effect.
+    code = (
+        "import kvstore; "
+        "print(kvstore.TransactionCanceled.__name__, kvstore.errors.KvError.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.split() == ["TransactionCanceled", "KvError"]
+    for code_ in kvstore.ErrorCode:
+        exported = getattr(kvstore, code_.name)
+        assert issubclass(exported, kvstore.KvError) and exported.code is code_
+        assert code_.name in kvstore.__all__
+
+
 @pytest.mark.asyncio
 async def test_a_closed_client_refuses_calls_without_retrying() -> None:
     kv, backend, time = make_client()
