@@ -52,6 +52,7 @@ __all__ = [
     "RPC_CONNECT_TIMEOUT_MS",
     "RPC_BACKOFF_BASE_MS",
     "RPC_BACKOFF_MAX_MS",
+    "RPC_FAILURE_LOG_INTERVAL_MS",
     "PARTITION_QUEUE_MAX",
     "FLUSH_WRITES_MAX",
     "STAGE_ON_LOOP_ROWS_MAX",
@@ -147,6 +148,7 @@ RPC_SERVER_CALLS_IN_FLIGHT_MAX: Final = 4_096  # calls a server runs at once for
 RPC_CONNECT_TIMEOUT_MS: Final = 1_000  # connecting plus the handshake.
 RPC_BACKOFF_BASE_MS: Final = 10  # first reconnect delay (full jitter below the cap).
 RPC_BACKOFF_MAX_MS: Final = 1_000  # reconnect delay cap.
+RPC_FAILURE_LOG_INTERVAL_MS: Final = 30_000  # a peer that stays unreachable: one log line per.
 
 # --- storage node (DESIGN section 8) -------------------------------------------------------
 PARTITION_QUEUE_MAX: Final = 2_048  # requests waiting on one partition; beyond: Overloaded.

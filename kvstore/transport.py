@@ -7,7 +7,9 @@ cluster map and sends the request over that node's persistent RPC connection (``
 encoding and decoding with ``kvstore.codec``. A node passes a ``local`` handler for the partitions
 it owns itself, so its background work reaches them without a socket but through the same path
 (durability wait included) as any remote caller. Every failure surfaces as a
-:class:`~kvstore.errors.KvError`; a reply that does not decode is a ``ProtocolViolation``.
+:class:`~kvstore.errors.KvError`; a reply that does not decode is a ``ProtocolViolation``. An
+unreachable owner is ``Unavailable`` naming the partition and the node id (``details``:
+``partition``, ``node``), never the node's address: these messages reach API callers.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection
 
 from kvstore.codec import decode_reply, encode_request, method_of
-from kvstore.errors import KvError, ProtocolViolation
+from kvstore.errors import KvError, ProtocolViolation, Unavailable
 from kvstore.messages import Reply, Request
 from kvstore.partitioning import ClusterMap
 from kvstore.rpc import RpcPool
@@ -46,9 +48,15 @@ class PartitionTransport:
         if self._local is not None and request.partition in self._local_partitions:
             return await self._local(request, timeout_ms)
         owner = self.cluster_map.owner_of(request.partition)
-        client = self._pool.client(self.cluster_map.address_of(owner))
         method = method_of(request)
-        body = await client.call(method, encode_request(request), timeout_ms)
+        try:
+            client = self._pool.client(self.cluster_map.address_of(owner))
+            body = await client.call(method, encode_request(request), timeout_ms)
+        except Unavailable as error:
+            raise Unavailable(
+                f"partition {request.partition} on node {owner}: {error.message}",
+                details={**error.details, "partition": request.partition, "node": owner},
+            ) from None
         try:
             return decode_reply(method, body)
         except KvError as error:

@@ -307,11 +307,16 @@ class Coordinator:
         )
         self.metrics.reads.labels("ok" if result.error is None else result.error.name).inc()
         if result.error is not None:
+            details: dict[str, object] = {"rounds": result.rounds}
             if result.error is ErrorCode.TransactionConflict:
                 message = f"no stable snapshot after {result.rounds} read rounds; retry"
-            else:
+            elif result.partition is None:
                 message = "a partition did not answer the read; retry"
-            raise error_from_code(result.error, message, details={"rounds": result.rounds})
+            else:
+                node = self.cluster_map.owner_of(result.partition)
+                message = f"partition {result.partition} on node {node} did not answer the read"
+                details.update(partition=result.partition, node=node)
+            raise error_from_code(result.error, message, details=details)
         return result.items
 
     async def _run(self, actor: _Observed) -> Any:
@@ -442,7 +447,9 @@ class Coordinator:
             self.metrics.singletons.labels(label, error.code.name).inc()
             if error.code in _INTERNAL_FAULTS:  # the caller's request is not what is wrong
                 raise Unavailable(
-                    f"partition {request.partition}: {error.message}",
+                    f"partition {request.partition} on node "
+                    f"{self.cluster_map.owner_of(request.partition)}: "
+                    f"{error.message}",
                     details={**error.details, "cause": error.code.name},
                 ) from None
             raise

@@ -117,7 +117,7 @@ class ReadTxn:
             if call is None:
                 return []
             if not self._take_entries(call, reply):
-                return self._end(ReadResult(error=ErrorCode.Unavailable, rounds=self._rounds))
+                return self._unavailable(call)
             if self._waiting:
                 return []
             return self._round_complete(now_us)
@@ -125,15 +125,23 @@ class ReadTxn:
     def step_failed(self, call_id: int, error: ErrorCode, now_us: int) -> list[ReadEffect]:
         del error, now_us  # whatever went wrong, the read can be retried from scratch
         with self._machine.guard():
-            if self._calls.take(call_id) is None:
+            call = self._calls.take(call_id)
+            if call is None:
                 return []
-            return self._end(ReadResult(error=ErrorCode.Unavailable, rounds=self._rounds))
+            return self._unavailable(call)
 
     def step_tick(self, now_us: int) -> list[ReadEffect]:
         with self._machine.guard():
-            if self._calls.take_expired(now_us) is None:
+            call = self._calls.take_expired(now_us)
+            if call is None:
                 return []
-            return self._end(ReadResult(error=ErrorCode.Unavailable, rounds=self._rounds))
+            return self._unavailable(call)
+
+    def _unavailable(self, call: Call) -> list[ReadEffect]:
+        """End with ``Unavailable``, naming the partition that did not answer."""
+        return self._end(
+            ReadResult(error=ErrorCode.Unavailable, rounds=self._rounds, partition=call.partition)
+        )
 
     def _round(self, now_us: int) -> list[ReadEffect]:
         self._machine.move(ReadState.READING)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from kvstore.errors import ErrorCode
 from kvstore.messages import OpOutcome, ReadEntry, TxnState
-from kvstore.types import Timestamp, TxnId
+from kvstore.types import PartitionId, Timestamp, TxnId
 
 __all__ = ["TxnResult", "ReadResult", "RecoveryResult"]
 
@@ -40,6 +40,7 @@ class ReadResult:
     items: tuple[ReadEntry, ...] = ()  # request key order; empty on error
     error: ErrorCode | None = None
     rounds: int = 0
+    partition: PartitionId | None = None  # with Unavailable: the partition that did not answer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

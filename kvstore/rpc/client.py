@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -63,6 +65,7 @@ from kvstore.limits import (
     RPC_BACKOFF_MAX_MS,
     RPC_CALLS_IN_FLIGHT_MAX,
     RPC_CONNECT_TIMEOUT_MS,
+    RPC_FAILURE_LOG_INTERVAL_MS,
     RPC_FRAME_BYTES_MAX,
     RPC_PROTOCOL_VERSION,
     RPC_TIMEOUT_MS,
@@ -82,7 +85,7 @@ from kvstore.rpc.frames import (
 )
 from kvstore.types import Timestamp
 
-__all__ = ["ClockSink", "RpcClient", "RpcPool"]
+__all__ = ["ClockSink", "RpcClient", "RpcPool", "connect_failure_reason"]
 
 ClockSink = Callable[[Timestamp], None]
 
@@ -95,6 +98,22 @@ _DEADLINE_TICK_S: Final = 0.005
 # next requests before the next slice is resolved, so the peer gets work sooner (see the
 # server's DISPATCH_STEP).
 _DISPATCH_STEP: Final = 32
+
+
+def connect_failure_reason(error: BaseException) -> str:
+    """Why a connect attempt failed, in words fit for a public error: the operating system's
+    text for the error number (``"Connection refused"``), never the exception's repr or the
+    address (asyncio's connect errors put the address in their message)."""
+    if isinstance(error, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timed out"
+    cause: BaseException | None = error
+    if isinstance(error, aiohttp.ClientConnectorError):
+        cause = error.os_error
+    if isinstance(cause, OSError) and cause.errno:
+        return os.strerror(cause.errno)
+    if isinstance(error, RuntimeError):
+        return "the client session was closed"
+    return "connection failed"
 
 
 def _fresh(error: KvError) -> KvError:
@@ -131,6 +150,10 @@ class RpcClient:
         self._connecting: asyncio.Task[_Connection] | None = None
         self._failures = 0
         self._retry_at = 0.0  # event-loop time before which no connect attempt starts
+        # Repeated connect failures are logged once, then at most once per
+        # RPC_FAILURE_LOG_INTERVAL_MS with the count of attempts not logged since.
+        self._failures_unlogged = 0
+        self._next_failure_log_at = 0.0
         self._next_id = 1
         self._in_flight = 0
         self._closed = False
@@ -166,7 +189,7 @@ class RpcClient:
             raise ValidationError("timeout_ms", f"must be an integer in 1..{TIMEOUT_MS_MAX}")
         if self._in_flight >= self._calls_in_flight_max:
             raise Overloaded(
-                f"more than {self._calls_in_flight_max} calls in flight to {self.url}",
+                f"more than {self._calls_in_flight_max} calls in flight to one peer",
                 details={"sent": False},
             )
         loop = asyncio.get_running_loop()
@@ -185,7 +208,7 @@ class RpcClient:
                 )
             data = encode_request(call_id, method, body, remaining_ms)
             if conn.closed:
-                raise Unavailable(f"the connection to {self.url} was lost", details={"sent": False})
+                raise Unavailable("the connection was lost", details={"sent": False})
             future: asyncio.Future[object] = loop.create_future()
             pending = conn.pending
             pending[call_id] = future
@@ -209,7 +232,7 @@ class RpcClient:
     async def _connected(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         if deadline <= self._retry_at:
             raise Unavailable(
-                f"{self.url} is unreachable; backing off before the next attempt",
+                "unreachable; backing off before the next connect attempt",
                 details={"sent": False},
             )
         task = self._connecting
@@ -220,7 +243,7 @@ class RpcClient:
         done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
         if not done:
             raise Unavailable(
-                f"could not connect to {self.url} before the call's deadline",
+                "could not connect before the call's deadline",
                 details={"sent": False},
             )
         if task.cancelled():  # closed, or the attempt was dropped (disconnect)
@@ -231,7 +254,7 @@ class RpcClient:
             raise _fresh(error) if isinstance(error, KvError) else error
         conn = task.result()
         if conn.closed:
-            raise Unavailable(f"the connection to {self.url} was lost", details={"sent": False})
+            raise Unavailable("the connection was lost", details={"sent": False})
         return conn
 
     def _expire(self, tick: int) -> None:
@@ -253,6 +276,25 @@ class RpcClient:
             self._connecting = None
         if not task.cancelled():
             task.exception()  # retrieved here so an attempt nobody waited for logs nothing
+
+    def _log_failure(self, why: str) -> None:
+        """Log a failed connect attempt: the first of a run of failures, then one line per
+        ``RPC_FAILURE_LOG_INTERVAL_MS`` (a peer that stays down is not a line per backoff)."""
+        now = time.monotonic()
+        if now < self._next_failure_log_at:
+            self._failures_unlogged += 1
+            return
+        self._next_failure_log_at = now + RPC_FAILURE_LOG_INTERVAL_MS / 1000
+        if self._failures_unlogged:
+            self._log.warning(
+                "rpc: still cannot connect to %s: %s (%d more failed attempts not logged)",
+                self.url,
+                why,
+                self._failures_unlogged,
+            )
+        else:
+            self._log.warning("rpc: cannot connect to %s: %s", self.url, why)
+        self._failures_unlogged = 0
 
     def _note_failure(self, loop: asyncio.AbstractEventLoop) -> None:
         cap_ms = min(RPC_BACKOFF_MAX_MS, RPC_BACKOFF_BASE_MS * (1 << min(self._failures, 32)))
@@ -279,23 +321,28 @@ class RpcClient:
                 )
         except aiohttp.WSServerHandshakeError as exc:
             self._note_failure(loop)
-            self._log.warning("rpc: %s refused the handshake: HTTP %d", self.url, exc.status)
+            self._log_failure(f"refused the handshake: HTTP {exc.status}")
             if exc.status == 401:
-                raise Unauthorized(f"{self.url} refused the cluster secret") from None
+                raise Unauthorized("the peer refused the cluster secret") from None
             if exc.status == 400:
                 raise ProtocolViolation(
-                    f"{self.url} refused the handshake (protocol version {RPC_PROTOCOL_VERSION})"
+                    f"the peer refused the handshake (protocol version {RPC_PROTOCOL_VERSION})"
                 ) from None
             raise Unavailable(
-                f"{self.url} refused the connection: HTTP {exc.status}", details={"sent": False}
+                f"the peer refused the connection: HTTP {exc.status}", details={"sent": False}
             ) from None
         except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as exc:
             # RuntimeError: aiohttp's answer when a shared session was closed under us.
             self._note_failure(loop)
-            self._log.info("rpc: cannot connect to %s: %r", self.url, exc)
-            raise Unavailable(
-                f"cannot connect to {self.url}: {exc!r}", details={"sent": False}
-            ) from None
+            why = connect_failure_reason(exc)
+            self._log_failure(why)
+            raise Unavailable(f"cannot connect: {why}", details={"sent": False}) from None
+        if self._failures_unlogged or self._failures > 1:
+            self._log.info(
+                "rpc: reconnected to %s after %d failed attempts", self.url, self._failures
+            )
+        self._failures_unlogged = 0
+        self._next_failure_log_at = 0.0
         self._failures = 0
         self._retry_at = 0.0
         if self._closed:
@@ -379,7 +426,7 @@ class _Connection:
         self.outbox.clear()
         self.wake.set()
         pending, self.pending = self.pending, {}
-        message = f"connection to {self.client.url} lost: {why}"
+        message = f"the connection was lost: {why}"
         for future in pending.values():
             if not future.done():
                 future.set_exception(Unavailable(message, details={"sent": True}))
@@ -444,7 +491,8 @@ class _Connection:
                 elif kind is WSMsgType.TEXT:
                     self.client._log.warning("rpc: %s sent a text frame", self.client.url)
                 elif kind is WSMsgType.ERROR:
-                    why = f"error: {msg.data!r}"
+                    why = f"error: {type(msg.data).__name__}"
+                    self.client._log.info("rpc: %s: %r", self.client.url, msg.data)
                     break
                 else:  # CLOSE, CLOSING, CLOSED
                     if ws.close_code is not None:
@@ -474,7 +522,8 @@ class _Connection:
                     wake.clear()
                     await wake.wait()
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
-            self.lost(f"write failed: {exc!r}")
+            self.client._log.info("rpc: writing to %s failed: %r", self.client.url, exc)
+            self.lost(f"write failed ({type(exc).__name__})")
             await ws.close()
 
 
@@ -503,7 +552,7 @@ class RpcPool:
     def client(self, address: str) -> RpcClient:
         """The client for ``host:port``; call from within the event loop."""
         if self._blocked is not None and self._blocked(address):
-            raise Unavailable(f"{address} is cut off (chaos control)", details={"sent": False})
+            raise Unavailable("the peer is cut off (chaos control)", details={"sent": False})
         found = self._clients.get(address)
         if found is not None:
             return found
@@ -531,7 +580,7 @@ class RpcPool:
         """Drop the connection to ``address``, if any: its calls in flight fail (``sent=True``)."""
         client = self._clients.get(address)
         if client is not None:
-            await client.disconnect(f"{address} was cut off (chaos control)")
+            await client.disconnect("the peer was cut off (chaos control)")
 
     async def close(self) -> None:
         """Close every client, then the shared session."""

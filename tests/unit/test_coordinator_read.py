@@ -179,7 +179,11 @@ def test_failures_answer_unavailable(how: str) -> None:
     else:
         bad = ReadReply(entries=(entry("b:1", CLEAN["b:1"]),))  # b:2 missing
         effects = txn.step_reply(round1[0].call_id, bad, T0 + 1)
-    assert finishes(effects) == [ReadResult(error=ErrorCode.Unavailable, rounds=1)]
+    # The result names the partition that did not answer (the engine's message names its node).
+    failed = round1[0].request.partition
+    assert finishes(effects) == [
+        ReadResult(error=ErrorCode.Unavailable, rounds=1, partition=failed)
+    ]
     assert txn.state is ReadState.DONE
     assert answer(txn, round1[1:], CLEAN) == []  # late replies are ignored
 
