@@ -64,14 +64,16 @@ chaos-mutants: $(STAMP)
 
 test: lint typecheck unit sim-check chaos-check chaos-mutants
 
-# A local cluster in ./.kvstore (3 storage nodes, 1 coordinator, 16 partitions), attached: it
-# prints the API URL, the admin token and first requests, streams every process's log, and
-# Ctrl-C stops it (the data stays; `make run` again starts the same cluster).
-.PHONY: run
 # The store against PostgreSQL on transfers (docs/bench.md); PostgreSQL from Debian's packages.
 bench: $(STAMP)
 	$(BIN)/kvctl bench --workload transfer --compare-postgres --duration 15
 
+# A local cluster in ./.kvstore (3 storage nodes, 1 coordinator, 16 partitions), attached: it
+# prints the API URL, the admin token and first requests and streams every process's log. Ctrl-C
+# stops the whole cluster (the data stays; `make run` again starts the same cluster); `kvctl
+# cluster down` elsewhere stops it and ends this too; a second `make run` while one is attached
+# is refused. See `kvctl cluster up --help`.
+.PHONY: run
 run: $(STAMP)
 	$(BIN)/kvctl cluster up --foreground
 

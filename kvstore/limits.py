@@ -84,6 +84,10 @@ __all__ = [
     "LOCAL_POLL_MAX_MS",
     "LOCAL_LOG_TAIL_LINES",
     "LOCAL_LOG_FOLLOW_BYTES_MAX",
+    "LOCAL_FOLLOW_INTERVAL_MS",
+    "LOCAL_WATCH_INTERVAL_MS",
+    "LOCAL_DETACH_WAIT_MS",
+    "KVCTL_INPUT_BYTES_MAX",
     "SDK_TIMEOUT_MS_DEFAULT",
     "SDK_ATTEMPTS_MAX",
     "SDK_RUN_ATTEMPTS_MAX",
@@ -196,6 +200,13 @@ LOCAL_RATE_SAMPLE_MS: Final = 500  # the gap between the two /metrics samples gi
 LOCAL_POLL_MAX_MS: Final = 200  # cap of the backoff while polling readiness, exits, log files.
 LOCAL_LOG_TAIL_LINES: Final = 20  # log lines shown when a process fails to start.
 LOCAL_LOG_FOLLOW_BYTES_MAX: Final = 64 * 1024  # bytes `up --foreground` reads per log per poll.
+LOCAL_FOLLOW_INTERVAL_MS: Final = 100  # `up --foreground` polls the logs and for a `cluster down`.
+LOCAL_WATCH_INTERVAL_MS: Final = 500  # `up --foreground` checks that its processes still run.
+LOCAL_DETACH_WAIT_MS: Final = 10_000  # `cluster down` waits this long for an attached `up` to exit.
+# Bytes kvctl reads for one JSON argument given as `-` (stdin) or `@file`: a bound on memory,
+# above TXN_BYTES_MAX since JSON text is larger than its encoding; the parsed value or ops then
+# meet VALUE_BYTES_MAX / TXN_BYTES_MAX.
+KVCTL_INPUT_BYTES_MAX: Final = 16 * 1024 * 1024
 
 # Relations that must hold; checked at import.
 assert TXN_OPS_MAX_DEFAULT <= TXN_OPS_MAX_CEILING
@@ -210,6 +221,8 @@ assert TXN_BYTES_MAX < API_BODY_BYTES_MAX
 assert 1 <= SCAN_LIMIT_DEFAULT <= SCAN_PAGE_ITEMS_MAX
 assert LOCAL_READY_TIMEOUT_MS + LOCAL_STOP_TIMEOUT_MS < LOCAL_LOCK_WAIT_MS
 assert LOCAL_NODES_MAX <= PARTITIONS_MAX
+assert LOCAL_FOLLOW_INTERVAL_MS <= LOCAL_WATCH_INTERVAL_MS < LOCAL_DETACH_WAIT_MS
+assert TXN_BYTES_MAX < KVCTL_INPUT_BYTES_MAX
 
 # --- SDK (docs/sdk.md) ----------------------------------------------------------------------
 # The Python client: how long one call may take, how it retries, and how much it may retry.

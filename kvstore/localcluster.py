@@ -15,6 +15,8 @@ Theory of operation
     data/<node id>/      SQLite partition files (the node creates and locks its directory)
     logs/<id>.log        stdout and stderr of each process (JSON lines), appended across runs
     run/<id>.pid         the pid of each running process; run/kvctl.lock serialises kvctl
+    run/foreground.lock  held by the attached ``up --foreground`` (its pid; see Attachment)
+    run/foreground.stop  a stop notice from ``cluster down`` to that attached session
 
 **Identity.** :meth:`LocalCluster.create` builds the whole layout in a fresh 0700 sibling
 directory and renames it into place, so a directory is either absent/empty or complete, never
@@ -49,11 +51,26 @@ what is left (a node that is killed loses nothing acknowledged: every reply wait
 removes the pid files. Processes this object spawned are reaped with ``waitpid`` so their exit
 status can be reported; others are watched through the process table.
 
+**Attachment.** At most one ``kvctl cluster up --foreground`` is attached to a cluster: it holds
+an exclusive ``flock`` on ``run/foreground.lock`` for as long as it runs (the kernel releases it
+when the session dies, however it dies) and writes its pid, start time and a random session id
+into that file. :meth:`LocalCluster.attach` takes it under ``run/kvctl.lock``, and every probe of
+it (:meth:`LocalCluster.up`, :meth:`LocalCluster.down`) runs under that lock too, so a probe never
+makes an attach fail by accident; a second attach is ``ConditionFailed`` naming the attached pid.
+:meth:`LocalCluster.down` run by anyone but the attached session itself first writes
+``run/foreground.stop`` (the session id, the stopping kvctl's pid), then stops the processes,
+then completes the notice with what it stopped, all under ``run/kvctl.lock``: the session, which
+polls :meth:`LocalCluster.stop_notice`, learns that its processes are going away on purpose
+before the first one exits, waits for the lock (``down`` is done when it gets it) and exits.
+:meth:`LocalCluster.wait_detached` lets ``down`` then wait, bounded by ``LOCAL_DETACH_WAIT_MS``,
+until that session's process is gone.
+
 **Status** (:meth:`LocalCluster.status`) is cheap and bounded: one concurrent round of probes,
 each bounded by ``LOCAL_PROBE_TIMEOUT_MS`` (health pages; for nodes the ``stats`` RPC with the
 cluster secret, giving per-partition live items, pending intents and open ledger records), and,
-when asked, request rates from two ``/metrics`` samples ``LOCAL_RATE_SAMPLE_MS`` apart (nodes:
-``kvstore_node_requests_total`` without the ``stats`` method; coordinators, with the admin token:
+when asked, request rates from two ``/metrics`` samples ``LOCAL_RATE_SAMPLE_MS`` apart, read with
+the admin token (every process's ``/metrics`` needs an API token; nodes:
+``kvstore_node_requests_total`` without the ``stats`` method; coordinators:
 ``kvstore_coordinator_http_requests_total`` without the health and metrics routes, so the probes
 do not count themselves). A probe that fails shows as a missing value, never as an error.
 
@@ -98,9 +115,10 @@ from kvstore.config import (
     write_cluster_file,
     write_secret,
 )
-from kvstore.errors import KvError, NotFound, Unavailable, ValidationError
+from kvstore.errors import ConditionFailed, KvError, NotFound, Unavailable, ValidationError
 from kvstore.limits import (
     LOCAL_COORDINATORS_MAX,
+    LOCAL_DETACH_WAIT_MS,
     LOCAL_LOCK_WAIT_MS,
     LOCAL_LOG_FOLLOW_BYTES_MAX,
     LOCAL_LOG_TAIL_LINES,
@@ -130,6 +148,8 @@ __all__ = [
     "ProcessStatus",
     "UpReport",
     "StopReport",
+    "Attachment",
+    "StopNotice",
     "LogFollower",
     "LocalCluster",
     "resolve_dir",
@@ -150,6 +170,8 @@ DATA_DIR: Final = "data"
 LOGS_DIR: Final = "logs"
 RUN_DIR: Final = "run"
 LOCK_FILE: Final = "kvctl.lock"
+ATTACH_FILE: Final = "foreground.lock"
+NOTICE_FILE: Final = "foreground.stop"
 
 _DIR_FIELD: Final = "--dir"  # what errors about the directory name: the option that picks it
 _MARKER_KIND: Final = "kvstore-local-cluster"
@@ -429,6 +451,18 @@ def _total(partitions: tuple[PartitionStatus, ...] | None, name: str) -> int | N
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """The ``kvctl cluster up --foreground`` session attached to a cluster."""
+
+    pid: int
+    started: str  # RFC 3339
+    session: str  # random; a stop notice names it, so it reaches this session only
+
+    def to_json(self) -> dict[str, object]:
+        return {"pid": self.pid, "started": self.started}
+
+
+@dataclass(frozen=True, slots=True)
 class UpReport:
     """What :meth:`LocalCluster.up` did."""
 
@@ -436,15 +470,35 @@ class UpReport:
     already_running: tuple[str, ...]
     pids: Mapping[str, int]
     log_offsets: Mapping[str, int]  # where each log stood before this run's processes wrote
+    attached: Attachment | None = None  # a foreground session (of another kvctl) attached
 
 
 @dataclass(frozen=True, slots=True)
 class StopReport:
-    """What :meth:`LocalCluster.down` did: ids stopped by SIGTERM, by SIGKILL, not running."""
+    """What :meth:`LocalCluster.down` did: ids stopped by SIGTERM, by SIGKILL, not running,
+    and the attached foreground session it told to exit."""
 
     terminated: tuple[str, ...]
     killed: tuple[str, ...]
     not_running: tuple[str, ...]
+    attached: Attachment | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "terminated": list(self.terminated),
+            "killed": list(self.killed),
+            "not_running": list(self.not_running),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StopNotice:
+    """``cluster down`` (process ``by_pid``) is stopping, or has stopped (``report``), the
+    cluster an attached session runs."""
+
+    by_pid: int
+    at: str  # RFC 3339
+    report: StopReport | None  # None until the stop is complete
 
 
 # --- following logs --------------------------------------------------------------------------
@@ -511,7 +565,8 @@ class LocalCluster:
         self._children: dict[str, int] = {}  # id -> pid of processes this object spawned
         self._exit_codes: dict[str, int] = {}  # id -> exit status of reaped children
         self._lock_depth = 0
-        self._lock_file: int | None = None
+        self._attach_fd: int | None = None  # run/foreground.lock, while this object is attached
+        self._attachment: Attachment | None = None
 
     # --- create and open -----------------------------------------------------------------
 
@@ -761,6 +816,7 @@ class LocalCluster:
                 already_running=tuple(name for name in running if name not in started),
                 pids=dict(running),
                 log_offsets=offsets,
+                attached=self._attached_other(),
             )
 
     def _spawn(self, spec: ProcessSpec) -> int:
@@ -863,6 +919,9 @@ class LocalCluster:
         """Stop every process (coordinators first), SIGKILL what outlives the grace period, and
         remove the pid files."""
         with self.locked():
+            attached = self._attached_other()
+            if attached is not None:  # tell it before its first process goes away
+                self._write_notice(attached, None)
             running = self.running()
             terminated: list[str] = []
             killed: list[str] = []
@@ -888,13 +947,17 @@ class LocalCluster:
             for spec in self.processes():
                 with contextlib.suppress(FileNotFoundError):
                     self.pid_path(spec.process_id).unlink()
-            return StopReport(
+            report = StopReport(
                 terminated=tuple(terminated),
                 killed=tuple(killed),
                 not_running=tuple(
                     spec.process_id for spec in self.processes() if spec.process_id not in running
                 ),
+                attached=attached,
             )
+            if attached is not None:
+                self._write_notice(attached, report)
+            return report
 
     def _wait_gone(
         self, group: Mapping[ProcessSpec, int], timeout_s: float
@@ -945,6 +1008,145 @@ class LocalCluster:
                 self._lock_depth = 0
         finally:
             os.close(fd)  # releases the lock
+
+    # --- the attached foreground session ----------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        """Whether this object is the cluster's attached foreground session."""
+        return self._attach_fd is not None
+
+    def attach(self) -> Attachment:
+        """Become the cluster's one attached foreground session, until :meth:`detach` (or the
+        end of this process); ``ConditionFailed`` naming the attached one when there is one."""
+        if self._attachment is not None:
+            return self._attachment
+        with self.locked():
+            fd = os.open(
+                self.root / RUN_DIR / ATTACH_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_attachment(fd)
+                os.close(fd)
+                raise ConditionFailed(
+                    self._attached_message(holder), details=_holder(holder)
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            attachment = Attachment(
+                pid=os.getpid(), started=_now_rfc3339(), session=secrets.token_hex(8)
+            )
+            document = json.dumps(
+                {
+                    "pid": attachment.pid,
+                    "started": attachment.started,
+                    "session": attachment.session,
+                }
+            )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (document + "\n").encode("utf-8"), 0)
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / RUN_DIR / NOTICE_FILE).unlink()  # for a session that has ended
+            self._attach_fd, self._attachment = fd, attachment
+            return attachment
+
+    def _attached_message(self, holder: Attachment | None) -> str:
+        who = (
+            "another `kvctl cluster up --foreground`"
+            if holder is None
+            else f"`kvctl cluster up --foreground` (pid {holder.pid}, since {holder.started})"
+        )
+        hint = _dir_hint(self.root)
+        return (
+            f"{who} is already attached to the cluster in {self.root} and streams its logs; "
+            f"stop it with Ctrl-C in its terminal or `kvctl cluster down{hint}`, see the processes "
+            f"with `kvctl cluster status{hint}`, their logs in {self.root / LOGS_DIR}"
+        )
+
+    def detach(self) -> None:
+        """End this object's attachment (nothing happens when it has none)."""
+        fd, attachment = self._attach_fd, self._attachment
+        if fd is None or attachment is None:
+            return
+        self._attach_fd = self._attachment = None
+        try:
+            notice = self.root / RUN_DIR / NOTICE_FILE
+            if _notice_session(notice) == attachment.session:
+                with contextlib.suppress(FileNotFoundError):
+                    notice.unlink()
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _attached_other(self) -> Attachment | None:
+        """The foreground session of another kvctl attached to this cluster, if any. Call with
+        the kvctl lock held (an attach takes it too, so this probe never makes one fail)."""
+        if self._attach_fd is not None:
+            return None
+        try:
+            fd = os.open(self.root / RUN_DIR / ATTACH_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _read_attachment(fd)  # None: it is detaching (it empties the file first)
+            return None  # nobody holds it; closing the file releases the probe's lock
+        finally:
+            os.close(fd)
+
+    def _write_notice(self, attached: Attachment, report: StopReport | None) -> None:
+        document: dict[str, object] = {
+            "session": attached.session,
+            "by_pid": os.getpid(),
+            "at": _now_rfc3339(),
+            "done": report is not None,
+        }
+        if report is not None:
+            document.update(report.to_json())
+        _replace_file(self.root / RUN_DIR / NOTICE_FILE, json.dumps(document) + "\n")
+
+    def stop_notice(self) -> StopNotice | None:
+        """A stop notice from ``cluster down`` to this object's attached session, if any."""
+        if self._attachment is None:
+            return None
+        try:
+            doc = json.loads((self.root / RUN_DIR / NOTICE_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("session") != self._attachment.session:
+            return None
+        by_pid = doc.get("by_pid")
+        report = None
+        if doc.get("done") is True:
+            report = StopReport(
+                terminated=_ids(doc.get("terminated")),
+                killed=_ids(doc.get("killed")),
+                not_running=_ids(doc.get("not_running")),
+            )
+        return StopNotice(
+            by_pid=by_pid if isinstance(by_pid, int) else 0,
+            at=str(doc.get("at", "")),
+            report=report,
+        )
+
+    def wait_detached(
+        self, attached: Attachment, *, timeout_ms: int = LOCAL_DETACH_WAIT_MS
+    ) -> bool:
+        """Wait until the process of the ``attached`` session has exited; False when it still
+        runs at the deadline (a session suspended with Ctrl-Z, say)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        delay_s = 0.01
+        while process_command_line(attached.pid) is not None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay_s)  # exit polling, capped backoff, bounded by the deadline
+            delay_s = min(delay_s * 2, LOCAL_POLL_MAX_MS / 1000)
+        return True
 
     # --- status --------------------------------------------------------------------------
 
@@ -1167,6 +1369,36 @@ def _process_table(needle: str) -> Iterator[tuple[int, list[str]]]:
             yield int(fields[0]), fields[2:]
 
 
+def _read_attachment(fd: int) -> Attachment | None:
+    """The attachment an attach lock file describes (None when empty or unreadable)."""
+    try:
+        doc = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    pid, started, session = doc.get("pid"), doc.get("started"), doc.get("session")
+    if not isinstance(pid, int) or not isinstance(started, str) or not isinstance(session, str):
+        return None
+    return Attachment(pid=pid, started=started, session=session)
+
+
+def _holder(holder: Attachment | None) -> dict[str, object]:
+    return {} if holder is None else {"attached_pid": holder.pid, "attached_since": holder.started}
+
+
+def _notice_session(path: Path) -> object:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return doc.get("session") if isinstance(doc, dict) else None
+
+
+def _ids(raw: object) -> tuple[str, ...]:
+    return tuple(str(item) for item in raw) if isinstance(raw, list) else ()
+
+
 def _signal(pid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
@@ -1206,11 +1438,9 @@ async def _sample_rate(
     spec: ProcessSpec, probe: _Probe, session: aiohttp.ClientSession, token: str | None
 ) -> None:
     """Read the request counter; from the second sample on, set the rate since the previous."""
-    if spec.role == "coordinator" and token is None:
+    if token is None:
         return
-    answer = await _get(
-        session, spec.url + "/metrics", token if spec.role == "coordinator" else None
-    )
+    answer = await _get(session, spec.url + "/metrics", token)
     now = time.monotonic()
     if answer is None or answer[0] != 200:
         return

@@ -10,12 +10,30 @@ the processes, health and status; read its docstring first). The directory is ``
   apply only then; giving a different shape for an existing cluster is a usage error, not a
   silent no-op), starts whatever is not running, leaves running processes alone, waits until
   every process is healthy, and prints where the API is, the admin token and first requests.
-  ``--foreground`` then stays attached: it streams every process's log lines prefixed with the
-  process id (text: time, level, event and fields; ``--json``: one ``{"process", "line"}`` object
-  per line), reports a process that exits, and on Ctrl-C, SIGTERM or SIGHUP (the terminal went
-  away) stops the whole cluster. If
-  start-up fails in the foreground, what was started is stopped again before the error is shown.
-* ``down`` stops every process (SIGTERM, then SIGKILL after the grace period); data stays.
+* ``up --foreground`` (what ``make run`` runs) first *attaches* to the cluster
+  (:meth:`LocalCluster.attach`): one attached session per cluster; a second one is refused
+  (``ConditionFailed``, exit 4) naming the attached pid and how to stop it, and touches nothing.
+  Attached, it owns the whole cluster, also processes that were already running (the banner names
+  them), and streams every process's log lines prefixed with the process id (text: time, level,
+  event and fields; ``--json``: one ``{"process", "line"}`` object per line). It ends in one of
+  three ways, each with one closing line:
+
+  - Ctrl-C, SIGTERM or SIGHUP (the terminal went away): it stops the whole cluster, says what it
+    stopped, exit status 0. The first such signal starts the stop; later ones are ignored so that
+    a second Ctrl-C cannot leave half of the cluster running.
+  - ``kvctl cluster down`` from elsewhere: ``down`` leaves a stop notice before it signals any
+    process; the session sees it (polled every ``LOCAL_FOLLOW_INTERVAL_MS``), waits for ``down``
+    to finish (the kvctl lock), says who stopped what, exit status 0.
+  - every process exited on its own: each exit is reported as it is seen (every
+    ``LOCAL_WATCH_INTERVAL_MS``), and when none is left the session ends with ``Unavailable``
+    (exit 6) naming how each one exited. One process exiting only gets its line: ``kvctl cluster
+    up`` elsewhere starts it again, and the session keeps following it.
+
+  If start-up fails in the foreground, what was started is stopped again before the error is
+  shown.
+* ``down`` stops every process (SIGTERM, then SIGKILL after the grace period); data stays. When a
+  foreground session is attached, ``down`` tells it first and then waits (at most
+  ``LOCAL_DETACH_WAIT_MS``) until it has exited, and says so.
 * ``status`` shows every process (role, id, URL, pid, health, partitions, live items, pending
   intents, requests per second); ``--partitions`` adds a row per partition. Exit status 0 when
   every process is healthy, 6 (unavailable) otherwise, so scripts can wait on it.
@@ -37,14 +55,21 @@ from typing import TYPE_CHECKING, Final
 from rich.text import Text
 
 from kvstore.cli.output import EXIT_OK, EXIT_UNAVAILABLE, Output
-from kvstore.errors import ValidationError
-from kvstore.limits import PARTITIONS_DEFAULT
+from kvstore.errors import Unavailable, ValidationError
+from kvstore.limits import (
+    LOCAL_DETACH_WAIT_MS,
+    LOCAL_FOLLOW_INTERVAL_MS,
+    LOCAL_WATCH_INTERVAL_MS,
+    PARTITIONS_DEFAULT,
+)
 from kvstore.localcluster import (
     DEFAULT_DIR,
     DIR_ENV,
+    Attachment,
     LocalCluster,
     LogFollower,
     ProcessStatus,
+    StopNotice,
     StopReport,
     UpReport,
     resolve_dir,
@@ -57,10 +82,13 @@ __all__ = ["register", "NODES_DEFAULT", "COORDINATORS_DEFAULT"]
 
 NODES_DEFAULT: Final = 3
 COORDINATORS_DEFAULT: Final = 1
-_FOLLOW_INTERVAL_S: Final = 0.1  # log polling of --foreground
-_WATCH_INTERVAL_S: Final = 1.0  # how often --foreground checks that every process still runs
 _COLOURS: Final = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
-_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGHUP)
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SIGNAL_NAMES: Final = {
+    signal.SIGINT: "Ctrl-C",
+    signal.SIGTERM: "SIGTERM",
+    signal.SIGHUP: "SIGHUP (the terminal went away)",
+}
 _LOG_SKIP: Final = frozenset({"ts", "level", "process", "logger", "event"})
 
 
@@ -80,7 +108,8 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         help="create the cluster on first use, start what is not running, wait until healthy",
         description="Create the local cluster on first use (--nodes, --coordinators and "
         "--partitions apply then), start every process that is not running, leave running ones "
-        "alone, and wait until all are healthy.",
+        "alone, and wait until all are healthy. With --foreground (what `make run` runs) it then "
+        "stays attached to the cluster.",
     )
     up.add_argument(
         "--nodes", type=int, metavar="N", help=f"storage nodes (default {NODES_DEFAULT})"
@@ -100,7 +129,10 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     up.add_argument(
         "--foreground",
         action="store_true",
-        help="stay attached, stream every process's log, stop everything on Ctrl-C",
+        help="stay attached (one session per cluster; a second is refused, status 4) and stream "
+        "every process's log; Ctrl-C stops the whole cluster, also processes that were already "
+        "running (status 0); `kvctl cluster down` from elsewhere stops it and ends the session "
+        "(status 0); if every process exits on its own the session ends with status 6",
     )
     up.set_defaults(handler=_up)
 
@@ -109,7 +141,9 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="stop every process of the cluster (the data stays)",
         description="Stop every process (SIGTERM, SIGKILL after a grace period). Data, logs, "
-        "the secret and the tokens stay; `kvctl cluster up` starts the same cluster again.",
+        "the secret and the tokens stay; `kvctl cluster up` starts the same cluster again. An "
+        "attached `kvctl cluster up --foreground` (make run) is told first, and `down` waits "
+        f"up to {LOCAL_DETACH_WAIT_MS / 1000:g} s until it has exited.",
     )
     down.set_defaults(handler=_down)
 
@@ -162,25 +196,7 @@ def _up(args: argparse.Namespace, out: Output) -> int:
             statuses = cluster.status(rates=False)
         _print_up(cluster, created=created, report=report, statuses=statuses, args=args, out=out)
         return EXIT_OK if all(status.healthy for status in statuses) else EXIT_UNAVAILABLE
-    session = _Foreground(cluster, out)
-    with _sigterm_raises():
-        try:
-            with out.spinner(f"starting the cluster in {root} and waiting until it is healthy"):
-                report = cluster.up()
-            _print_up(
-                cluster,
-                created=created,
-                report=report,
-                statuses=cluster.status(rates=False),
-                args=args,
-                out=out,
-            )
-            session.follow(report)
-        except (KeyboardInterrupt, _Stop):
-            pass  # the way an attached session ends
-        finally:
-            session.stop()  # also when start-up failed: leave nothing running behind
-    return EXIT_OK
+    return _Foreground(cluster, out, args).run(created=created)
 
 
 def _check_shape(cluster: LocalCluster, args: argparse.Namespace) -> None:
@@ -223,6 +239,7 @@ def _print_up(
             "token_file": str(cluster.admin_token_path),
             "healthy": all(status.healthy for status in statuses),
             "processes": [status.to_json() for status in statuses],
+            "attached_session": None if report.attached is None else report.attached.to_json(),
         }
         if args.foreground:
             out.json_line(document)
@@ -261,12 +278,30 @@ def _print_up(
         out.line("  " + line)
     out.line()
     if args.foreground:
-        out.line("Streaming every process's log below; Ctrl-C stops the whole cluster.")
+        adopted = (
+            f" (also {' '.join(report.already_running)}, already running when it attached)"
+            if report.already_running
+            else ""
+        )
+        out.line(
+            "Attached: streaming every process's log below. Ctrl-C here stops the whole "
+            f"cluster{adopted}; `kvctl cluster down{kvctl_dir}` in another terminal does too, "
+            "and ends this session."
+        )
     else:
         out.line(
             f"More: kvctl cluster status{kvctl_dir} | kvctl cluster env{kvctl_dir} | "
             f"kvctl cluster down{kvctl_dir} (the data stays)"
         )
+        if report.attached is not None:
+            out.line(_attached_text(report.attached, kvctl_dir))
+
+
+def _attached_text(attached: Attachment, kvctl_dir: str) -> str:
+    return (
+        f"Attached: `kvctl cluster up --foreground` (pid {attached.pid}) streams the logs; "
+        f"Ctrl-C there or `kvctl cluster down{kvctl_dir}` stops the cluster and ends it."
+    )
 
 
 _PYTHON_EXAMPLE: Final = (
@@ -285,40 +320,100 @@ def _dir_arg(args: argparse.Namespace) -> str:
     return "" if args.dir is None else f" --dir {shlex.quote(str(args.dir))}"
 
 
-class _Stop(Exception):
-    """SIGTERM or SIGHUP (the terminal went away) arrived while attached."""
+class _Stop(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP arrived while attached. (A KeyboardInterrupt, so that one
+    arriving where the session cannot catch it still ends kvctl as an interrupt would.)"""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def reason(self) -> str:
+        return _SIGNAL_NAMES.get(signal.Signals(self.signum), f"signal {self.signum}")
 
 
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`_Stop` (as Ctrl-C raises KeyboardInterrupt) until
-    restored."""
+class _Signals:
+    """While installed, the first Ctrl-C, SIGTERM or SIGHUP raises :class:`_Stop`; later ones,
+    and all of them once the session is :attr:`ending`, are ignored: the session is stopping the
+    cluster, and a second Ctrl-C must not leave half of it running."""
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        del signum, frame
-        raise _Stop
+    def __init__(self) -> None:
+        self.ending = False
 
-    previous = {signum: signal.signal(signum, on_signal) for signum in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        if self.ending:
+            return
+        self.ending = True
+        raise _Stop(signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 class _Foreground:
-    """An attached ``up --foreground`` session: log lines, exit reports, the final stop."""
+    """An attached ``up --foreground`` session: attach, start, stream log lines and exit
+    reports, and end in one of the three ways of the module docstring."""
 
-    def __init__(self, cluster: LocalCluster, out: Output) -> None:
+    def __init__(self, cluster: LocalCluster, out: Output, args: argparse.Namespace) -> None:
         self.cluster = cluster
         self.out = out
+        self.args = args
         ids = [spec.process_id for spec in cluster.processes()]
         self.colours = {pid: _COLOURS[index % len(_COLOURS)] for index, pid in enumerate(ids)}
         self.width = max(len(pid) for pid in ids)
         self.follower: LogFollower | None = None
+        self.signals = _Signals()
 
-    def follow(self, report: UpReport) -> None:
-        """Stream log lines until Ctrl-C or SIGTERM (which raise); report processes that exit."""
+    def run(self, *, created: bool) -> int:
+        cluster = self.cluster
+        try:
+            with self.signals.installed():
+                try:
+                    with cluster.locked():  # no `down` between attaching and starting
+                        cluster.attach()  # refused: nothing was started, nothing is stopped
+                        with self.out.spinner(
+                            f"starting the cluster in {cluster.root} and waiting until it is "
+                            "healthy"
+                        ):
+                            report = cluster.up()
+                    _print_up(
+                        cluster,
+                        created=created,
+                        report=report,
+                        statuses=cluster.status(rates=False),
+                        args=self.args,
+                        out=self.out,
+                    )
+                    ending = self.follow(report)  # returns with signals.ending set
+                except _Stop as stop:
+                    if not cluster.attached:
+                        raise KeyboardInterrupt from None  # before attaching: nothing to stop
+                    self.stop(stop.reason)
+                    return EXIT_OK
+                except BaseException:
+                    self.signals.ending = True
+                    if cluster.attached:
+                        self.stop(None)  # start-up failed: leave nothing running behind
+                    raise
+                if ending is not None:
+                    self.finish_stopped_elsewhere(ending)
+                    return EXIT_OK
+                raise self.all_exited()
+        finally:
+            cluster.detach()
+
+    def follow(self, report: UpReport) -> StopNotice | None:
+        """Stream log lines and report processes that exit, until a ``cluster down`` from
+        elsewhere (its notice) or until no process is left (None). Signals raise ``_Stop``
+        until it returns; from then on they are ignored (the session is ending)."""
         ids = [spec.process_id for spec in self.cluster.processes()]
         self.follower = LogFollower(
             {pid: self.cluster.log_path(pid) for pid in ids}, report.log_offsets
@@ -326,14 +421,25 @@ class _Foreground:
         running = set(report.pids)
         watched_at = time.monotonic()
         while True:
+            notice = self.cluster.stop_notice()
+            if notice is not None:
+                self.signals.ending = True
+                return notice
             self.drain()
-            if time.monotonic() - watched_at >= _WATCH_INTERVAL_S:
+            if time.monotonic() - watched_at >= LOCAL_WATCH_INTERVAL_MS / 1000:
                 watched_at = time.monotonic()
                 now = set(self.cluster.running())
+                notice = self.cluster.stop_notice()  # `down` writes it before any exit
+                if notice is not None:
+                    self.signals.ending = True
+                    return notice
                 for process_id in sorted(running - now):
                     self._report_exit(process_id)
                 running = now
-            time.sleep(_FOLLOW_INTERVAL_S)  # log polling while attached; Ctrl-C ends it
+                if not running:
+                    self.signals.ending = True
+                    return None
+            time.sleep(LOCAL_FOLLOW_INTERVAL_MS / 1000)  # log and notice polling; bounded
 
     def drain(self) -> None:
         if self.follower is None:
@@ -345,39 +451,84 @@ class _Foreground:
                 prefix = (f"{process_id:<{self.width}} | ", self.colours.get(process_id, ""))
                 self.out.line(Text.assemble(prefix, _pretty(line)))
 
+    def _say(self, text: str) -> None:
+        """A kvctl line among the log lines (text mode); a terminal that went away is no
+        reason to leave the cluster running, so write errors are ignored."""
+        if self.out.json_mode:
+            return
+        with contextlib.suppress(OSError):
+            self.out.line(Text.assemble((f"{'kvctl':<{self.width}} | ", "bold"), text))
+
+    def _event(self, document: dict[str, object]) -> None:
+        if self.out.json_mode:
+            with contextlib.suppress(OSError):
+                self.out.json_line({"process": "kvctl", **document})
+
     def _report_exit(self, process_id: str) -> None:
         code = self.cluster.exit_status(process_id)
+        self._event({"event": "exited", "id": process_id, "status": code})
         if self.out.json_mode:
-            self.out.json_line(
-                {"process": "kvctl", "event": "exited", "id": process_id, "status": code}
-            )
             return
-        self.out.line(
-            Text.assemble(
-                (f"{'kvctl':<{self.width}} | ", "bold red"),
-                f"{process_id} {_how_exited(code)}; see {self.cluster.log_path(process_id)}; "
-                "`kvctl cluster up` in another terminal starts it again",
+        with contextlib.suppress(OSError):
+            self.out.line(
+                Text.assemble(
+                    (f"{'kvctl':<{self.width}} | ", "bold red"),
+                    f"{process_id} {_how_exited(code)}; see {self.cluster.log_path(process_id)}; "
+                    f"`kvctl cluster up{_dir_arg(self.args)}` in another terminal starts it again",
+                )
             )
-        )
 
-    def stop(self) -> None:
-        """Stop the whole cluster; a second Ctrl-C must not leave half of it running."""
-        previous = {
-            signum: signal.signal(signum, signal.SIG_IGN)
-            for signum in (signal.SIGINT, *_STOP_SIGNALS)
+    def stop(self, reason: str | None) -> None:
+        """Stop the whole cluster (``reason``: the signal; None: start-up failed)."""
+        root = self.cluster.root
+        if reason is not None:
+            self._say(f"{reason}: stopping the cluster in {root}")
+        self._event({"event": "stopping", "by": reason or "start-up failed"})
+        report = self.cluster.down()
+        self.drain()  # the processes' last lines
+        self._event({"event": "stopped", "by": reason or "start-up failed", **report.to_json()})
+        self._say(f"{_stopped_text(report)}; the data stays in {root}")
+
+    def finish_stopped_elsewhere(self, notice: StopNotice) -> None:
+        """``cluster down`` from elsewhere is stopping the cluster: wait until it is done (it
+        holds the kvctl lock until then), show the processes' last lines, say who stopped what;
+        ``Unavailable`` when that ``down`` failed (it showed why)."""
+        by = f"`kvctl cluster down` (pid {notice.by_pid})"
+        self._say(f"{by} is stopping the cluster; this session ends when it is done")
+        with self.cluster.locked():
+            final = self.cluster.stop_notice() or notice
+            self.cluster.exited()  # reap the processes this session started
+        self.drain()
+        report = final.report
+        if report is None:  # that `down` failed (it said why); the session ends all the same
+            raise Unavailable(
+                f"{by} did not finish stopping the cluster in {self.cluster.root}; this session "
+                f"has detached; `kvctl cluster status{_dir_arg(self.args)}` shows what still runs"
+            )
+        self._event(
+            {
+                "event": "stopped",
+                "by": "kvctl cluster down",
+                "by_pid": notice.by_pid,
+                **report.to_json(),
+            }
+        )
+        self._say(f"{by}: {_stopped_text(report)}; the data stays in {self.cluster.root}")
+
+    def all_exited(self) -> Unavailable:
+        """The error that ends a session whose every process exited on its own."""
+        codes = {
+            spec.process_id: self.cluster.exit_status(spec.process_id)
+            for spec in self.cluster.processes()
         }
-        try:
-            if not self.out.json_mode:
-                self.out.line("Stopping the cluster...")
-            report = self.cluster.down()
-            self.drain()  # the processes' last lines
-            if self.out.json_mode:
-                self.out.json_line({"process": "kvctl", "event": "stopped", **_stop_json(report)})
-            else:
-                self.out.line(f"{_stopped_text(report)}; the data stays in {self.cluster.root}")
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        self.drain()
+        how = ", ".join(f"{pid} {_how_exited(code)}" for pid, code in codes.items())
+        return Unavailable(
+            f"every process of the cluster in {self.cluster.root} has exited on its own ({how}); "
+            f"the logs are in {self.cluster.root / 'logs'}; `kvctl cluster up"
+            f"{_dir_arg(self.args)}` starts them again",
+            details={"exit_statuses": codes},
+        )
 
 
 def _how_exited(code: int | None) -> str:
@@ -425,19 +576,27 @@ def _pretty(line: str) -> Text:
 def _down(args: argparse.Namespace, out: Output) -> int:
     cluster = LocalCluster.open(resolve_dir(args.dir))
     report = cluster.down()
-    if out.json_mode:
-        out.json({"dir": str(cluster.root), **_stop_json(report)})
-    else:
+    attached = report.attached
+    if attached is not None and not out.json_mode:
         out.line(f"{_stopped_text(report)}; the data stays in {cluster.root}")
+        out.line(
+            f"The attached `kvctl cluster up --foreground` (pid {attached.pid}) was told to exit; "
+            "waiting for it"
+        )
+    exited = attached is not None and cluster.wait_detached(attached)
+    if out.json_mode:
+        session = None if attached is None else {**attached.to_json(), "exited": exited}
+        out.json({"dir": str(cluster.root), **report.to_json(), "attached_session": session})
+    elif attached is None:
+        out.line(f"{_stopped_text(report)}; the data stays in {cluster.root}")
+    elif exited:
+        out.line(f"It has exited (pid {attached.pid}).")
+    else:
+        out.line(
+            f"It is still running after {LOCAL_DETACH_WAIT_MS / 1000:g} s (suspended with "
+            f"Ctrl-Z?); it exits once it runs again (pid {attached.pid})."
+        )
     return EXIT_OK
-
-
-def _stop_json(report: StopReport) -> dict[str, object]:
-    return {
-        "terminated": list(report.terminated),
-        "killed": list(report.killed),
-        "not_running": list(report.not_running),
-    }
 
 
 def _stopped_text(report: StopReport) -> str:

@@ -4,18 +4,23 @@ One cluster directory goes through a whole life: ``up`` (created, healthy, priva
 ``status``, data written and read through the HTTP API, ``up`` again (nothing restarted), a
 node killed with SIGKILL and ``up`` restarting only it, ``down`` (nothing left), ``up`` again
 (the data is intact), ``env``. Error cases (no cluster, a foreign directory, a directory mixing
-two clusters) need no processes. Every test cleans up in teardown whatever happened: ``kvctl
-cluster down`` and SIGKILL of any pid left in ``run/``.
+two clusters) need no processes. ``up --foreground`` (``make run``) is run as a child whose output
+a thread reads: it ends with status 0 and one line when ``cluster down`` runs elsewhere or on
+SIGINT (Ctrl-C), a second one is refused while it runs, and it ends with status 6 when every
+process dies on its own. Every test cleans up in teardown whatever happened: SIGKILL of the
+foreground children, then ``kvctl cluster down`` and SIGKILL of any pid left in ``run/``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -32,8 +37,12 @@ COMMAND_TIMEOUT_S = 90.0
 KEYS = 24
 
 
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("KVSTORE_DIR", "KV_URL", "KV_TOKEN")}
+
+
 def kvctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("KVSTORE_DIR", "KV_URL", "KV_TOKEN")}
+    env = clean_env()
     result = subprocess.run(
         [*KVCTL, *args],
         capture_output=True,
@@ -124,6 +133,8 @@ def test_cluster_life_cycle(cluster_dir: Path) -> None:
         ("coordinator", "c1"),
     ]
     assert all(s["health"] == "ok" and s["pid"] == pids[s["id"]] for s in statuses)
+    # Request rates come from every process's /metrics, which needs the (admin) API token.
+    assert all(isinstance(s["requests_per_s"], float) for s in statuses), statuses
     nodes = [s for s in statuses if s["role"] == "node"]
     owned = sorted(p["partition"] for s in nodes for p in s["partitions"])
     assert owned == list(range(16))
@@ -241,3 +252,200 @@ def test_a_foreign_directory_is_refused(tmp_path: Path) -> None:
     error = json.loads(result.stderr)["error"]
     assert error["code"] == "ValidationError" and "mixes two clusters" in error["message"]
     assert not list((two.root / "run").glob("*.pid"))
+
+
+# --- up --foreground (make run) ----------------------------------------------------------------
+
+ATTACHED = "Attached: streaming every process's log below."
+
+
+class Foreground:
+    """``kvctl cluster up --foreground`` as a child; a thread reads its stdout line by line."""
+
+    def __init__(self, root: Path, stderr_path: Path) -> None:
+        self.stderr_path = stderr_path
+        with stderr_path.open("w") as stderr:
+            self.proc = subprocess.Popen(
+                [*KVCTL, "cluster", "up", "--foreground", "--dir", str(root)],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=clean_env(),
+            )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)  # end of output
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def expect(self, needle: str) -> None:
+        """Read lines until one contains ``needle``; fail at the end of the output (or after
+        COMMAND_TIMEOUT_S without a line: a hung child)."""
+        while True:
+            try:
+                line = self.lines.get(timeout=COMMAND_TIMEOUT_S)
+            except queue.Empty:
+                pytest.fail(f"no {needle!r} after {COMMAND_TIMEOUT_S} s: {self.seen}")
+            if line is None:
+                pytest.fail(f"output ended without {needle!r}: {self.seen} {self.stderr()}")
+            self.seen.append(line)
+            if needle in line:
+                return
+
+    def finish(self) -> tuple[int, list[str], str]:
+        """Wait for the child to exit: its status, the rest of its stdout, its stderr."""
+        status = self.proc.wait(COMMAND_TIMEOUT_S)
+        self.reader.join(COMMAND_TIMEOUT_S)
+        rest: list[str] = []
+        while (line := self.lines.get_nowait()) is not None:
+            rest.append(line)
+        return status, rest, self.stderr()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(COMMAND_TIMEOUT_S)
+        self.reader.join(COMMAND_TIMEOUT_S)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def foreground(cluster_dir: Path, tmp_path: Path) -> Iterator[list[Foreground]]:
+    """Start with ``foreground.append(Foreground(...))``; every child is SIGKILLed in teardown
+    (before ``cluster_dir``'s teardown stops the cluster processes)."""
+    children: list[Foreground] = []
+    try:
+        yield children
+    finally:
+        for child in children:
+            child.kill()
+
+
+def start_foreground(root: Path, children: list[Foreground]) -> Foreground:
+    child = Foreground(root, root.parent / f"foreground-{len(children)}.err")
+    children.append(child)
+    child.expect(ATTACHED)
+    return child
+
+
+def small_cluster(root: Path) -> None:
+    LocalCluster.create(root, nodes=1, coordinators=1, partitions=2)
+
+
+def test_foreground_ends_when_cluster_down_runs_elsewhere(
+    cluster_dir: Path, foreground: list[Foreground]
+) -> None:
+    small_cluster(cluster_dir)
+    fg = start_foreground(cluster_dir, foreground)
+    pids = LocalCluster.open(cluster_dir).running()
+    assert set(pids) == {"n1", "c1"}
+
+    down = kvctl("cluster", "down", "--dir", str(cluster_dir))
+    assert down.stdout.splitlines() == [
+        f"stopped c1 n1; the data stays in {cluster_dir}",
+        f"The attached `kvctl cluster up --foreground` (pid {fg.pid}) was told to exit; "
+        "waiting for it",
+        f"It has exited (pid {fg.pid}).",
+    ]
+    status, rest, stderr = fg.finish()
+    assert status == 0, (rest, stderr)
+    assert stderr == ""
+    said = [line.split(" | ", 1)[1] for line in rest if line.startswith("kvctl | ")]
+    assert len(said) == 2, rest
+    assert said[0].startswith("`kvctl cluster down` (pid ")
+    assert said[0].endswith(") is stopping the cluster; this session ends when it is done")
+    assert said[1].endswith(f"): stopped c1 n1; the data stays in {cluster_dir}")
+    assert not any(alive(pid) for pid in pids.values())
+    # Nothing reports the stopped processes as exits of their own, nothing asks for Ctrl-C.
+    assert not any("starts it again" in line or "Ctrl-C" in line for line in rest), rest
+
+
+def test_a_second_foreground_is_refused_and_the_first_runs_on(
+    cluster_dir: Path, foreground: list[Foreground]
+) -> None:
+    small_cluster(cluster_dir)
+    fg = start_foreground(cluster_dir, foreground)
+    cluster = LocalCluster.open(cluster_dir)
+    before = cluster.running()
+
+    second = kvctl("cluster", "up", "--foreground", "--dir", str(cluster_dir), check=False)
+    assert second.returncode == 4  # refused
+    line = one_line_error(second)  # and nothing on stdout: no banner, no log lines
+    assert f"`kvctl cluster up --foreground` (pid {fg.pid}, since " in line
+    assert f"is already attached to the cluster in {cluster_dir}" in line
+    assert f"Ctrl-C in its terminal or `kvctl cluster down --dir {cluster_dir}`" in line
+    assert fg.proc.poll() is None
+    assert cluster.running() == before
+    refused = kvctl(
+        "cluster", "up", "--foreground", "--dir", str(cluster_dir), "--json", check=False
+    )
+    error = json.loads(refused.stderr)["error"]
+    assert (error["code"], error["attached_pid"], error["exit_status"]) == (
+        "ConditionFailed",
+        fg.pid,
+        4,
+    )
+
+    # A plain `up` has nothing to start, and names the attached session.
+    up = kvctl_json("cluster", "up", "--dir", str(cluster_dir))
+    assert up["started"] == [] and up["attached_session"]["pid"] == fg.pid
+    assert fg.proc.poll() is None
+    assert cluster.running() == before
+
+
+def test_ctrl_c_stops_the_whole_cluster_it_shows(
+    cluster_dir: Path, foreground: list[Foreground]
+) -> None:
+    small_cluster(cluster_dir)
+    # Started in the background first: the foreground adopts it, says so, and stops it too.
+    assert kvctl_json("cluster", "up", "--dir", str(cluster_dir))["started"] == ["n1", "c1"]
+    fg = start_foreground(cluster_dir, foreground)
+    assert "(also n1 c1, already running when it attached)" in fg.seen[-1]
+    pids = LocalCluster.open(cluster_dir).running()
+
+    fg.proc.send_signal(signal.SIGINT)
+    status, rest, stderr = fg.finish()
+    assert status == 0, (rest, stderr)
+    assert stderr == ""
+    said = [line.split(" | ", 1)[1] for line in rest if line.startswith("kvctl | ")]
+    assert said == [
+        f"Ctrl-C: stopping the cluster in {cluster_dir}",
+        f"stopped c1 n1; the data stays in {cluster_dir}",
+    ]
+    assert not any(alive(pid) for pid in pids.values())
+    assert not list((cluster_dir / "run").glob("*.pid"))
+    # The attachment ended with it: the next foreground may attach.
+    after = LocalCluster.open(cluster_dir)
+    assert after.attach().pid == os.getpid()
+    after.detach()
+
+
+def test_foreground_ends_with_status_6_when_every_process_dies(
+    cluster_dir: Path, foreground: list[Foreground]
+) -> None:
+    small_cluster(cluster_dir)
+    fg = start_foreground(cluster_dir, foreground)
+    for pid in LocalCluster.open(cluster_dir).running().values():
+        os.kill(pid, signal.SIGKILL)
+    status, rest, stderr = fg.finish()
+    assert status == 6
+    assert stderr.splitlines() == [
+        f"kvctl: every process of the cluster in {cluster_dir} has exited on its own "
+        "(n1 was killed by SIGKILL, c1 was killed by SIGKILL); the logs are in "
+        f"{cluster_dir / 'logs'}; `kvctl cluster up --dir {cluster_dir}` starts them again"
+    ]
+    reported = [line for line in rest if "was killed by SIGKILL; see" in line]
+    assert len(reported) == 2, rest

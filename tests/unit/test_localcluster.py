@@ -2,8 +2,9 @@
 
 Layout and modes of a new directory, the identity checks that refuse foreign or mixed
 directories, the pid-file liveness rules (against stand-in processes whose command line looks
-like a node's), stopping with SIGTERM and SIGKILL, env, log following, and the one mapping from
-every catalogue code to an exit status.
+like a node's), stopping with SIGTERM and SIGKILL, the one attached foreground session and the
+stop notice ``down`` leaves it, env, log following, and the one mapping from every catalogue code
+to an exit status.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from kvstore.cli.output import (
     run_handler,
 )
 from kvstore.config import load_cluster, read_secret
-from kvstore.errors import ErrorCode, KvError, NotFound, ValidationError, error_from_code
+from kvstore.errors import (
+    ConditionFailed,
+    ErrorCode,
+    KvError,
+    NotFound,
+    ValidationError,
+    error_from_code,
+)
 from kvstore.localcluster import (
     ADMIN_TOKEN_FILE,
     API_TOKENS_FILE,
@@ -44,6 +52,7 @@ from kvstore.localcluster import (
     DIR_ENV,
     MARKER_FILE,
     SECRET_FILE,
+    Attachment,
     LocalCluster,
     LogFollower,
     ProcessSpec,
@@ -288,6 +297,54 @@ def test_down_terminates_then_kills_and_removes_pid_files(
     assert stubborn.wait(10) == -signal.SIGKILL
     assert not list((cluster.root / "run").glob("*.pid"))
     assert cluster.down().not_running == ("n1", "n2", "c1")
+
+
+def test_one_attached_session_which_down_from_elsewhere_notifies(
+    cluster: LocalCluster, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    other = LocalCluster.open(cluster.root)  # another kvctl (flock is per open file)
+    attachment = cluster.attach()
+    assert cluster.attached and attachment.pid == os.getpid()
+    with pytest.raises(ConditionFailed) as refused:
+        other.attach()
+    assert f"(pid {os.getpid()}, since {attachment.started}) is already attached" in str(
+        refused.value
+    )
+    assert refused.value.details["attached_pid"] == os.getpid()
+    assert not other.attached
+    assert cluster.stop_notice() is None
+
+    # `down` from the other kvctl: the attached session gets a notice with what it stopped.
+    n1 = fake_process(sleepers, cluster, "n1")
+    cluster.pid_path("n1").write_text(f"{n1.pid}\n")
+    report = other.down()
+    assert report.attached == attachment
+    assert report.terminated == ("n1",)
+    notice = cluster.stop_notice()
+    assert notice is not None and notice.by_pid == os.getpid()
+    assert notice.report is not None and notice.report.terminated == ("n1",)
+    assert other.stop_notice() is None  # not attached: no notice is for it
+
+    # Detached: the notice is gone and another may attach; its own `down` notifies nobody.
+    cluster.detach()
+    assert not cluster.attached
+    assert not (cluster.root / "run" / "foreground.stop").exists()
+    other.attach()
+    assert cluster.down().attached is not None  # from elsewhere: other is told
+    assert other.down().attached is None  # the attached session stopping its own cluster
+    other.detach()
+    assert cluster.down().attached is None
+
+
+def test_wait_detached_waits_for_the_session_process(
+    cluster: LocalCluster, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    session = fake_process(sleepers, cluster, "n1")  # stands in for the attached kvctl
+    attached = Attachment(pid=session.pid, started="", session="x")
+    assert cluster.wait_detached(attached, timeout_ms=0) is False  # still running
+    session.kill()
+    session.wait(10)
+    assert cluster.wait_detached(attached, timeout_ms=10_000) is True
 
 
 def test_env_names_the_first_coordinator_and_the_admin_token(cluster: LocalCluster) -> None:
