@@ -42,9 +42,11 @@ def cpu_s(pid: int) -> float:
 
 def fsyncs(cluster: store.TempCluster) -> float:
     total = 0.0
+    auth = {"Authorization": f"Bearer {cluster.cluster.admin_token()}"}  # /metrics needs a token
     for spec in cluster.cluster.processes():
         if spec.role == "node":
-            with urllib.request.urlopen(spec.url + "/metrics", timeout=10) as reply:
+            scrape = urllib.request.Request(spec.url + "/metrics", headers=auth)
+            with urllib.request.urlopen(scrape, timeout=10) as reply:
                 total += sum(float(v) for v in _FSYNCS.findall(reply.read().decode()))
     return total
 

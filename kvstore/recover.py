@@ -19,11 +19,15 @@ module lets an operator see that work and trigger it at once, with the same core
 
 Nothing here can decide a transaction that its coordinator could still commit: the only
 decisions taken are the anchor's deadline rule and recovery of what is already decided.
+
+:func:`report_to_json` is the one JSON form of a run, shared by ``kvctl recover --json`` and
+the API's ``POST /v1/admin/recover``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +44,7 @@ from kvstore.timestamps import system_clock_us
 from kvstore.transport import PartitionTransport
 from kvstore.types import PartitionId, TxnId
 
-__all__ = ["Stuck", "Driven", "find_stuck", "drive"]
+__all__ = ["Stuck", "Driven", "find_stuck", "drive", "report_to_json"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +62,7 @@ class Driven:
     txn_id: TxnId
     state: str  # the record's state after driving ("COMMITTED", "CANCELLED", "PREPARING", "absent")
     completed: bool
-    error: str | None = None
+    error: str | None = None  # the catalogue code of what stopped it ("Unavailable", ...)
 
 
 async def _inspect_all(config: ClusterConfig, pool: RpcPool) -> list[dict[str, Any]]:
@@ -147,10 +151,37 @@ async def _drive_one(transport: PartitionTransport, runner: ActorRunner, stuck: 
             return Driven(txn_id=stuck.txn_id, state=record.state.value, completed=False)
         result: RecoveryResult = await runner.run(Recovery(record, stuck.anchor, system_clock_us()))
     except KvError as error:
-        return Driven(txn_id=stuck.txn_id, state=stuck.state, completed=False, error=error.message)
+        # The catalogue code only: a message may name internal addresses, and this reaches the
+        # public API (POST /v1/admin/recover).
+        return Driven(
+            txn_id=stuck.txn_id, state=stuck.state, completed=False, error=error.code.name
+        )
     return Driven(
         txn_id=stuck.txn_id,
         state=result.state.value,
         completed=result.completed,
         error=result.error.name if result.error is not None else None,
     )
+
+
+def report_to_json(stuck: Sequence[Stuck], driven: Sequence[Driven]) -> list[dict[str, object]]:
+    """One object per stuck transaction; ``driven`` is null for one not driven (a dry run)."""
+    outcome = {d.txn_id: d for d in driven}
+    return [
+        {
+            "txn_id": s.txn_id,
+            "anchor": s.anchor,
+            "state": s.state,
+            "age_ms": s.age_ms,
+            "intents": [{"partition": p, "key": k} for p, k in s.intents],
+            "past_deadline": s.past_deadline,
+            "driven": None
+            if s.txn_id not in outcome
+            else {
+                "state": outcome[s.txn_id].state,
+                "completed": outcome[s.txn_id].completed,
+                "error": outcome[s.txn_id].error,
+            },
+        }
+        for s in stuck
+    ]

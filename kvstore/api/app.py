@@ -7,22 +7,32 @@ path, route name, the role a token needs, and the handler. A test compares the t
 OpenAPI document (``kvstore/api/openapi.json``, served at ``GET /v1/openapi.json``), so the two
 cannot drift apart.
 
-One middleware wraps every request, in this order: authenticate and authorize the bearer token
-(except ``GET /v1/health``); run the handler; turn any :class:`~kvstore.errors.KvError` into the
-catalogue's status and ``{"error": {...}}`` body (``Retry-After`` on 503, ``WWW-Authenticate`` on
-401); turn aiohttp's own 404/405 into the same form; turn anything else into a logged 500
-``InternalError`` (a bug, never a crash); count the request by route and status.
+One middleware wraps every request, in this order: authenticate the bearer token and check that
+its role (:class:`~kvstore.api.tokens.Role`) allows the route (except ``GET /v1/health``); run
+the handler; turn any :class:`~kvstore.errors.KvError` into the catalogue's status and
+``{"error": {...}}`` body (``Retry-After`` on 503, ``WWW-Authenticate`` on 401); turn aiohttp's
+own 404/405 into the same form; turn anything else into a logged 500 ``InternalError`` (a bug,
+never a crash); count the request by route and status.
+
+Operator calls live under ``/v1/admin/`` and need role ``admin``: ``POST /v1/admin/recover``
+runs :mod:`kvstore.recover` from this coordinator (with the cluster secret it already holds), so
+an operator with an admin token needs neither the secret nor a shell on a cluster host. Token
+management stays with ``kvctl token`` on purpose: each host holds its own copy of the token file,
+and a token an API call created on one coordinator would be valid there only.
 
 Handlers only parse (:mod:`kvstore.api.requests`), call the
 :class:`~kvstore.coordinator.engine.Coordinator`, and render
 (:mod:`kvstore.coordinator.answers`). Bodies are read with a cap: a ``Content-Length`` above
 ``API_BODY_BYTES_MAX`` is refused with 413 before a byte of the body is read, and a chunked body
-is cut off as soon as it passes the cap. Keys and tokens in paths are decoded from the raw
-request target, so ``%2F`` stays inside the key.
+is cut off as soon as it passes the cap: the 413 goes out with ``Connection: close`` and the
+connection is closed right after it, so not another byte of that body is read (aiohttp would
+otherwise keep reading and discarding it for its lingering time). Keys and tokens in paths are
+decoded from the raw request target, so ``%2F`` stays inside the key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -35,6 +45,7 @@ from aiohttp import web
 
 from kvstore.api import requests as parse
 from kvstore.api.tokens import Role, TokenStore
+from kvstore.config import ClusterConfig
 from kvstore.coordinator.answers import entry_to_json, item_to_json, record_to_json, ts_to_json
 from kvstore.coordinator.engine import Coordinator
 from kvstore.coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -43,17 +54,20 @@ from kvstore.errors import (
     KvError,
     NotFound,
     TooLarge,
+    Unavailable,
     ValidationError,
 )
 from kvstore.limits import API_BODY_BYTES_MAX, RETRY_AFTER_S
 from kvstore.logs import log_event
+from kvstore.recover import drive, find_stuck, report_to_json
 from kvstore.types import Timestamp
 
-__all__ = ["Route", "ROUTES", "build_app", "openapi_document"]
+__all__ = ["Route", "ROUTES", "build_app", "error_response", "openapi_document"]
 
 _log = logging.getLogger("kvstore.api")
 _JSON: Final = "application/json"
 _READ_CHUNK_BYTES: Final = 64 * 1024
+_CUT_OFF: Final = "kvstore.body_cut_off"  # request flag: the body passed the cap mid-stream
 
 Handler = Callable[["Api", web.Request], Awaitable[web.StreamResponse]]
 
@@ -81,6 +95,8 @@ def _json(body: object, status: int = 200) -> web.Response:
 
 
 def error_response(error: KvError, status: int | None = None) -> web.Response:
+    """The catalogue's answer to ``error``: ``{"error": {...}}`` with ``Retry-After`` on 503 and
+    ``WWW-Authenticate`` on 401 (storage nodes answer ``/metrics`` refusals with it too)."""
     response = _json({"error": error.to_json()}, status or error.code.http_status)
     if response.status == 503:
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
@@ -90,12 +106,19 @@ def error_response(error: KvError, status: int | None = None) -> web.Response:
 
 
 class Api:
-    """The handlers, bound to one coordinator, token store and identity."""
+    """The handlers, bound to one coordinator, token store, identity and cluster file."""
 
-    def __init__(self, coordinator: Coordinator, tokens: TokenStore, coordinator_id: str) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        tokens: TokenStore,
+        coordinator_id: str,
+        config: ClusterConfig,
+    ) -> None:
         self.coordinator = coordinator
         self.tokens = tokens
         self.coordinator_id = coordinator_id
+        self.config = config
         self.metrics = coordinator.metrics
         self.openapi = openapi_document()
 
@@ -128,6 +151,7 @@ class Api:
                 break
             size += len(chunk)
             if size > API_BODY_BYTES_MAX:
+                request[_CUT_OFF] = True
                 raise TooLarge(
                     f"the body is over {API_BODY_BYTES_MAX} bytes",
                     details={"limit": API_BODY_BYTES_MAX},
@@ -201,6 +225,35 @@ class Api:
             }
         )
 
+    async def admin_recover(self, request: web.Request) -> web.StreamResponse:
+        asked = parse.recover_request(
+            await self._body(request, optional=True), self.config.partition_config.intent_stale_ms
+        )
+        try:
+            stuck = await find_stuck(self.config, older_than_ms=asked.older_than_ms)
+        except KvError as error:  # the message may name a node's address: keep only the code
+            raise Unavailable(
+                "a storage node did not answer the listing of stuck transactions",
+                details={"cause": error.code.name},
+            ) from None
+        driven = [] if asked.dry_run or not stuck else await drive(self.config, stuck)
+        log_event(
+            _log,
+            "api.recover",
+            coordinator=self.coordinator_id,
+            older_than_ms=asked.older_than_ms,
+            dry_run=asked.dry_run,
+            stuck=len(stuck),
+            driven=len(driven),
+        )
+        return _json(
+            {
+                "older_than_ms": asked.older_than_ms,
+                "dry_run": asked.dry_run,
+                "transactions": report_to_json(stuck, driven),
+            }
+        )
+
     async def openapi_json(self, request: web.Request) -> web.StreamResponse:
         del request
         return web.Response(body=self.openapi, content_type=_JSON)
@@ -210,6 +263,16 @@ class Api:
         response = web.Response(body=self.metrics.render())
         response.headers["Content-Type"] = METRICS_CONTENT_TYPE
         return response
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+    """Send ``response`` with ``Connection: close``, then close the connection without reading
+    the rest of the request body (the transport flushes the answer before it closes)."""
+    response.force_close()
+    with contextlib.suppress(ConnectionError):  # the client may be gone already
+        await response.prepare(request)
+        await response.write_eof()
+    request.protocol.force_close()
 
 
 def _ts(ts: Timestamp | None) -> str | None:
@@ -226,7 +289,8 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/v1/txn/{token}", "txn_outcome", Role.READ_ONLY, Api.txn_outcome),
     Route("GET", "/v1/health", "health", None, Api.health),
     Route("GET", "/v1/openapi.json", "openapi", Role.READ_ONLY, Api.openapi_json),
-    Route("GET", "/metrics", "metrics", Role.READ_ONLY, Api.metrics_page),
+    Route("POST", "/v1/admin/recover", "admin_recover", Role.ADMIN, Api.admin_recover),
+    Route("GET", "/metrics", "metrics", Role.METRICS, Api.metrics_page),
 )
 
 # aiohttp path patterns: a key or token may contain anything, "/" and newlines included.
@@ -239,9 +303,11 @@ def _aiohttp_path(path: str) -> str:
     return path
 
 
-def build_app(coordinator: Coordinator, tokens: TokenStore, coordinator_id: str) -> web.Application:
+def build_app(
+    coordinator: Coordinator, tokens: TokenStore, coordinator_id: str, config: ClusterConfig
+) -> web.Application:
     """The API application; the caller owns the coordinator's life cycle."""
-    api = Api(coordinator, tokens, coordinator_id)
+    api = Api(coordinator, tokens, coordinator_id, config)
     routes: dict[tuple[str, str], Route] = {}
 
     @web.middleware
@@ -259,6 +325,8 @@ def build_app(coordinator: Coordinator, tokens: TokenStore, coordinator_id: str)
             response = await handler(request)
         except KvError as error:
             response = error_response(error)
+            if request.get(_CUT_OFF):
+                await _answer_and_close(request, response)
         except web.HTTPMethodNotAllowed as error:
             response = error_response(
                 ValidationError("method", f"{request.method} is not allowed here"), 405

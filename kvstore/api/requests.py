@@ -15,6 +15,8 @@ reaches a storage node (DESIGN section 6 rule 1). Each function raises only
   bytes that are not UTF-8, are refused, where lenient decoders would pass them through.
 * Scan queries are decoded the same way (``+`` is a space, as in form encoding); an unknown or
   repeated parameter is refused.
+* ``POST /v1/admin/recover`` takes ``{"older_than_ms"?: int >= 0, "dry_run"?: bool}``; an absent
+  ``older_than_ms`` is the cluster's stale-intent time.
 * A scan cursor is ``c1.`` followed by the URL-safe base64 of the last key returned: opaque to
   clients, versioned so its form can change.
 """
@@ -42,6 +44,8 @@ __all__ = [
     "delete_op",
     "txn_request",
     "read_keys",
+    "RecoverRequest",
+    "recover_request",
     "ScanQuery",
     "scan_query",
     "encode_cursor",
@@ -165,6 +169,24 @@ def read_keys(body: Mapping[str, object]) -> list[str]:
     if not isinstance(keys, list):
         raise ValidationError("keys", "must be a list of keys")
     return [validate_key(key, f"keys[{index}]") for index, key in enumerate(keys)]
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverRequest:
+    older_than_ms: int
+    dry_run: bool
+
+
+def recover_request(body: Mapping[str, object], default_older_than_ms: int) -> RecoverRequest:
+    """``POST /v1/admin/recover``: ``{"older_than_ms"?: int >= 0, "dry_run"?: bool}``."""
+    check_members(body, frozenset({"older_than_ms", "dry_run"}))
+    older_than_ms = body.get("older_than_ms", default_older_than_ms)
+    if type(older_than_ms) is not int or older_than_ms < 0:
+        raise ValidationError("older_than_ms", "must be an integer >= 0")
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ValidationError("dry_run", "must be true or false")
+    return RecoverRequest(older_than_ms=older_than_ms, dry_run=dry_run)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,10 @@
 Theory of operation
 -------------------
 A caller of the HTTP API presents ``Authorization: Bearer kvt_<43 URL-safe characters>`` (32
-random bytes). The API token file (TOML, mode 0600, ``api_tokens_file`` in the cluster file)
+random bytes). A role ranks above another when it may do everything the other may and more:
+``metrics`` (only ``GET /metrics``, on coordinators and storage nodes alike: the credential a
+Prometheus server holds), ``read-only``, ``read-write``, ``admin`` (operator calls under
+``/v1/admin/``). The API token file (TOML, mode 0600, ``api_tokens_file`` in the cluster file)
 holds one ``[tokens.<name>]`` table per token with its ``role``, the hex ``sha256`` of the whole
 token string and the ``created`` instant (RFC 3339, UTC). The plaintext exists only in the return
 value of :func:`create_token`: whoever reads the file learns names and roles, not credentials.
@@ -24,7 +27,9 @@ secrets of other tokens. At most once per ``reload_interval_ms`` (time comes fro
 a created or revoked token takes effect without a restart and a ``chmod`` that repairs a refused
 file is noticed. A re-read that fails keeps the tokens in force and logs a warning: a bad edit
 must not lock every caller out or crash the process. The first read, in the constructor, is
-strict instead, so a coordinator does not start serving behind a broken file. (Two rewrites
+strict instead, so a coordinator does not start serving behind a broken file; a storage node,
+which needs the file only for ``/metrics``, passes ``strict=False`` and starts with no token in
+force (every scrape is 401, logged) rather than refusing to serve its data. (Two rewrites
 within one filesystem timestamp tick that reuse an inode and keep the size would look unchanged
 until the next change; operator commands are far slower than a tick.)
 
@@ -97,13 +102,19 @@ class Role(enum.StrEnum):
     ADMIN = "admin"
     READ_WRITE = "read-write"
     READ_ONLY = "read-only"
+    METRICS = "metrics"
 
     def allows(self, needed: Role) -> bool:
         """Whether a token with this role may make a call that needs ``needed``."""
         return _ROLE_RANK[self] >= _ROLE_RANK[needed]
 
 
-_ROLE_RANK: Final[Mapping[Role, int]] = {Role.READ_ONLY: 0, Role.READ_WRITE: 1, Role.ADMIN: 2}
+_ROLE_RANK: Final[Mapping[Role, int]] = {
+    Role.METRICS: 0,
+    Role.READ_ONLY: 1,
+    Role.READ_WRITE: 2,
+    Role.ADMIN: 3,
+}
 _ROLES_BY_VALUE: Final[Mapping[str, Role]] = {role.value: role for role in Role}
 
 
@@ -342,12 +353,18 @@ def _bearer_token(authorization: str | None) -> str:
 
 
 class TokenStore:
-    """The tokens of one API token file, re-read when it changes: who may call what."""
+    """The tokens of one API token file, re-read when it changes: who may call what.
+
+    ``strict`` (the default) makes a file that cannot be read at start a
+    :class:`~kvstore.errors.ValidationError`; with ``strict=False`` the store starts empty, logs
+    ``api_tokens.load_failed`` and picks the file up once it changes (see the module docstring).
+    """
 
     def __init__(
         self,
         path: Path,
         *,
+        strict: bool = True,
         now_ms: Callable[[], int] = _monotonic_ms,
         reload_interval_ms: int = TOKEN_FILE_RELOAD_INTERVAL_MS,
     ) -> None:
@@ -356,13 +373,27 @@ class TokenStore:
         self.path = path
         self._now_ms = now_ms
         self._reload_interval_ms = reload_interval_ms
+        self._by_digest: Mapping[str, TokenEntry] = {}
+        self._signature: _FileSignature | None = None
         try:
-            signature = _signature(path)
-        except OSError as error:
-            raise ValidationError(_FILE_FIELD, f"cannot stat {path}: {error.strerror}") from None
-        # Strict at start: a coordinator must not come up behind a broken token file.
-        self._by_digest: Mapping[str, TokenEntry] = load_token_file(path)
-        self._signature = signature
+            try:
+                self._signature = _signature(path)
+            except OSError as error:
+                raise ValidationError(
+                    _FILE_FIELD, f"cannot stat {path}: {error.strerror}"
+                ) from None
+            self._by_digest = load_token_file(path)
+        except ValidationError as error:
+            if strict:  # a coordinator must not come up behind a broken token file
+                raise
+            log_event(
+                _log,
+                "api_tokens.load_failed",
+                logging.WARNING,
+                path=str(path),
+                error=error.message,
+                hint="no token is valid until the file is fixed",
+            )
         self._checked_at_ms = now_ms()
 
     def __len__(self) -> int:

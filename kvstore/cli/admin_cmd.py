@@ -8,12 +8,16 @@ the API token file it names, and the cluster secret for the storage nodes' inter
 
 * ``token create NAME --role ROLE`` adds a token to the token file (mode 0600; only its SHA-256
   digest is stored) and prints it, the one time it exists in plaintext; ``token revoke NAME``
-  removes it; ``token list`` shows names, roles and creation times. Coordinators pick changes up
-  within a second, without a restart.
+  removes it; ``token list`` shows names, roles and creation times. Roles, least first:
+  ``metrics`` (scrape ``/metrics`` of every process), ``read-only``, ``read-write``, ``admin``
+  (also ``POST /v1/admin/recover``); docs/api.md. Coordinators and storage nodes pick changes up
+  within a second, without a restart. On several hosts, copy the file to every host.
 * ``recover`` lists transactions with an intent or an open ledger record older than
   ``--older-than-ms`` (default: the cluster's stale-intent time) via the nodes' ``inspect``
   method, then drives each with the recovery core (:mod:`kvstore.recover`); ``--dry-run`` only
   lists. Nodes do the same on their own every 200 ms: this shows it and makes it happen now.
+  ``POST /v1/admin/recover`` (an admin token) runs the same from a coordinator, for operators
+  without the cluster secret; ``--json`` prints the same objects as its ``transactions``.
 * ``inspect PARTITION`` shows one partition's counts, oldest intents and open ledger records.
 """
 
@@ -30,7 +34,7 @@ from kvstore.config import ClusterConfig, load_cluster
 from kvstore.errors import NotFound, ProtocolViolation, ValidationError
 from kvstore.limits import INSPECT_ROWS_MAX, RPC_TIMEOUT_MS
 from kvstore.localcluster import LocalCluster, resolve_dir
-from kvstore.recover import Driven, drive, find_stuck
+from kvstore.recover import Driven, drive, find_stuck, report_to_json
 from kvstore.rpc import RpcPool
 from kvstore.types import PartitionId
 
@@ -97,29 +101,10 @@ def _recover(args: argparse.Namespace, out: Output) -> int:
         stuck = asyncio.run(find_stuck(config, older_than_ms=older_than_ms))
     with out.spinner(f"driving {len(stuck)} transactions"):
         driven = [] if args.dry_run or not stuck else asyncio.run(drive(config, stuck))
-    outcome = {d.txn_id: d for d in driven}
     if out.json_mode:
-        out.json(
-            [
-                {
-                    "txn_id": s.txn_id,
-                    "anchor": s.anchor,
-                    "state": s.state,
-                    "age_ms": s.age_ms,
-                    "intents": [{"partition": p, "key": k} for p, k in s.intents],
-                    "past_deadline": s.past_deadline,
-                    "driven": None
-                    if s.txn_id not in outcome
-                    else {
-                        "state": outcome[s.txn_id].state,
-                        "completed": outcome[s.txn_id].completed,
-                        "error": outcome[s.txn_id].error,
-                    },
-                }
-                for s in stuck
-            ]
-        )
+        out.json(report_to_json(stuck, driven))
         return EXIT_OK
+    outcome = {d.txn_id: d for d in driven}
     if not stuck:
         out.line(f"no transaction stuck for more than {older_than_ms} ms")
         return EXIT_OK
@@ -231,7 +216,13 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     actions = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
     create = actions.add_parser("create", parents=parents, help="create a token and print it")
     create.add_argument("name")
-    create.add_argument("--role", choices=[role.value for role in Role], default="read-write")
+    create.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        default="read-write",
+        help="what it may call (default read-write): metrics < read-only < read-write < admin; "
+        "see docs/api.md",
+    )
     create.set_defaults(handler=_token_create)
     revoke = actions.add_parser("revoke", parents=parents, help="revoke a token by name")
     revoke.add_argument("name")

@@ -7,6 +7,7 @@ own, only the cluster file, the cluster secret and the API token file, and wires
 :class:`~kvstore.coordinator.engine.Coordinator` (the library), a
 :class:`~kvstore.api.tokens.TokenStore` and the aiohttp application of :mod:`kvstore.api.app`,
 served on the coordinator's address from the cluster file (127.0.0.1 unless told otherwise).
+The token file is read strictly at start: a coordinator does not come up behind a broken one.
 
 Being stateless is what makes it safe to kill: every transaction's truth is its ledger record on
 a storage node, and the nodes finish or cancel whatever a dead coordinator left (recovery and
@@ -75,7 +76,7 @@ class CoordinatorService:
         self._web: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = build_app(self.coordinator, self.tokens, self.coordinator_id)
+        app = build_app(self.coordinator, self.tokens, self.coordinator_id, self.config)
         if self.chaos is not None:  # outside ROUTES: the API's token checks do not apply
             peers = [spec.address for spec in self.config.nodes.values()]
             self.chaos.mount(app, self.config.secret(), peers)

@@ -23,7 +23,11 @@ over RPC to their owners. After ``kill -9`` a restart reopens the files and the 
 whatever was in flight: nothing needs an operator.
 
 HTTP: ``GET /rpc`` (WebSocket; protocol version and cluster secret checked in the handshake),
-``GET /health`` (no secret) and ``GET /metrics`` (Prometheus text). Only in a process started for
+``GET /health`` (no credential: liveness, nothing secret) and ``GET /metrics`` (Prometheus
+text), which needs an API bearer token of any role, exactly as a coordinator's ``/metrics`` does:
+the node reads the cluster's API token file (:class:`~kvstore.api.tokens.TokenStore`, re-read
+when it changes). It reads it leniently: a missing file, or one it cannot read (logged), means
+every scrape is 401, never a node that refuses to serve its data. Only in a process started for
 chaos runs (``KVSTORE_CHAOS_CONTROL=1``, :mod:`kvstore.chaos_control`): ``GET``/``POST /chaos``
 (cluster secret), and the node's wall time, its RPC pool and its cores' mutants follow the control.
 """
@@ -44,6 +48,8 @@ from typing import IO, Any
 from aiohttp import web
 
 from kvstore import limits
+from kvstore.api.app import error_response
+from kvstore.api.tokens import Role, TokenStore
 from kvstore.chaos_control import enabled_from_env
 from kvstore.codec import decode_request, encode_reply
 from kvstore.config import ClusterConfig
@@ -89,6 +95,7 @@ class NodeService:
             self._now_us, random_origin(), mutants=self._partition_config.mutants
         )
         self.metrics = NodeMetrics(self.node_id)
+        self.tokens = TokenStore(config.api_tokens_file, strict=False)  # for /metrics only
         self.shells: dict[PartitionId, PartitionShell] = {}
         self.fatal = asyncio.Event()
         self._lock_file: IO[str] | None = None
@@ -347,7 +354,10 @@ class NodeService:
         return web.json_response(body, status=200 if status == "ok" else 503)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
-        del request
+        try:
+            self.tokens.authorize(request.headers.get("Authorization"), Role.METRICS)
+        except KvError as error:
+            return error_response(error)
         self.metrics.background_actors.set(self._runner.running)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 

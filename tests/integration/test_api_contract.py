@@ -38,7 +38,7 @@ from support.cluster import LocalNodes
 pytestmark = pytest.mark.asyncio
 
 OPENAPI_FILE = Path(__file__).resolve().parents[2] / "kvstore" / "api" / "openapi.json"
-OUTCOME_WAIT_S = 10.0
+OUTCOME_WAIT_S = 60.0  # a guard against a hang, not a measurement
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def cancelled(reply: Any, codes: list[str]) -> dict[str, Any]:
     ts_order(error["ts"])
     assert [reason["code"] for reason in error["reasons"]] == codes, reply
     for reason in error["reasons"]:
-        assert set(reason) <= {"code", "message", "item"}, reason
+        assert {"code", "key"} <= set(reason) <= {"code", "key", "message", "item"}, reason
         if "message" in reason:
             assert isinstance(reason["message"], str)
     return error
@@ -367,7 +367,9 @@ async def test_cancelled_txn_has_one_reason_per_op_and_applies_nothing(
     assert error["reasons"][1]["item"] == b_item  # return_item: the current item
     assert "item" not in error["reasons"][3]  # not asked for
     assert "item" not in error["reasons"][0] and "item" not in error["reasons"][2]
-    assert error["message"]
+    assert [reason["key"] for reason in error["reasons"]] == [a, b, c, d]
+    assert f'op 1 (key "{b}"): ConditionFailed' in error["message"]
+    assert f'op 3 (key "{d}"): ConditionFailed' in error["message"]
     read = await api.read([a, b, c, d])
     assert read.body["items"] == [
         {"key": a, "found": False},
@@ -745,6 +747,7 @@ async def test_a_missing_or_unknown_token_is_401_with_www_authenticate(
             ("POST", "/v1/read", f'{{"keys": ["{key}"]}}'.encode()),
             ("GET", "/metrics", None),
             ("GET", "/v1/openapi.json", None),
+            ("POST", "/v1/admin/recover", b'{"dry_run": true}'),
         ):
             reply = await api.request(method, target, data=body, token=None, headers=headers)
             assert_error(reply, "Unauthorized")
@@ -789,6 +792,10 @@ async def test_an_admin_token_may_do_everything(cluster: LocalNodes, api: ApiCli
     assert (await api.txn([{"op": "delete", "key": key}], token=admin)).status == 200
     assert (await api.delete_item(key, token=admin)).body["deleted"] is False
     assert (await api.request("GET", "/metrics", token=admin)).status == 200
+    recovered = await api.request(
+        "POST", "/v1/admin/recover", json_body={"dry_run": True}, token=admin
+    )
+    assert recovered.status == 200 and recovered.body["dry_run"] is True, recovered
 
 
 async def test_health_needs_no_token(api: ApiClient) -> None:
@@ -803,17 +810,42 @@ async def test_health_needs_no_token(api: ApiClient) -> None:
     }
 
 
-async def test_metrics_need_a_token_and_are_prometheus_text(
+async def test_metrics_need_a_token_of_any_role_and_are_prometheus_text(
     cluster: LocalNodes, api: ApiClient
 ) -> None:
     await committed(api, [{"op": "put", "key": unique("metrics"), "value": 1}])
     assert_error(await api.request("GET", "/metrics", token=None), "Unauthorized")
-    reply = await api.request("GET", "/metrics", token=cluster.tokens["read-only"])
+    for role in ("read-only", "read-write", "admin"):
+        reply = await api.request("GET", "/metrics", token=cluster.tokens[role])
+        assert reply.status == 200, (role, reply)
+    reply = await api.request("GET", "/metrics", token=cluster.tokens["metrics"])
     assert reply.status == 200, reply
     assert reply.headers["Content-Type"].startswith("text/plain")
     text = reply.raw.decode("utf-8")
     assert "# TYPE kvstore_coordinator_txns_total counter" in text
     assert 'kvstore_coordinator_txns_total{outcome="committed"' in text
+
+
+async def test_a_metrics_token_may_scrape_and_call_nothing_else(
+    cluster: LocalNodes, api: ApiClient
+) -> None:
+    key = unique("metrics-only")
+    await put_ok(api, key, "private")
+    scraper = cluster.tokens["metrics"]
+    assert (await api.request("GET", "/metrics", token=scraper)).status == 200
+    for method, target, body in (
+        ("GET", f"/v1/kv/{key}", None),
+        ("POST", "/v1/read", f'{{"keys": ["{key}"]}}'.encode()),
+        ("GET", f"/v1/scan?prefix={key}", None),
+        ("GET", "/v1/openapi.json", None),
+        ("PUT", f"/v1/kv/{key}", b'{"value": "changed"}'),
+        ("POST", "/v1/admin/recover", b'{"dry_run": true}'),
+    ):
+        reply = await api.request(method, target, data=body, token=scraper)
+        error = assert_error(reply, "Forbidden")
+        assert "private" not in reply.raw.decode(), reply
+        assert "metrics" in error["message"], reply
+    assert_item((await api.get_item(key)).body, key, "private")
 
 
 async def test_the_openapi_document_is_served_byte_for_byte(

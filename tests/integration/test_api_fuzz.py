@@ -9,8 +9,11 @@ without a token. ``positive_data_acceptance`` is left out on purpose: a schema-v
 may be refused for reasons a schema cannot express (a condition that does not hold is 412, a
 key of 1024 characters may exceed 1024 bytes of UTF-8).
 
-Bounded: a fixed seed, at most ``MAX_EXAMPLES`` cases per operation and ``MAX_TIME_S`` in all.
-Schemathesis runs in a temporary directory so it leaves nothing in the repository.
+Bounded: a fixed seed and at most ``MAX_EXAMPLES`` cases per operation, and no time budget
+(``--max-time`` would make what gets tested depend on the machine's speed: on a loaded machine
+fewer cases, or operations left untested). ``RUN_TIMEOUT_S`` and ``REQUEST_TIMEOUT_S`` are guards
+against a hang only. Schemathesis runs in a temporary directory so it leaves nothing in the
+repository.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 from support.cluster import LocalNodes
 
 MAX_EXAMPLES = 25
-MAX_TIME_S = 40
+RUN_TIMEOUT_S = 240
+REQUEST_TIMEOUT_S = 60
 SEED = 20261122
 CHECKS = (
     "not_a_server_error",
@@ -58,8 +62,6 @@ def test_schemathesis_finds_no_server_error_and_no_response_outside_the_document
             ",".join(CHECKS),
             "--max-examples",
             str(MAX_EXAMPLES),
-            "--max-time",
-            str(MAX_TIME_S),
             "--seed",
             str(SEED),
             # One worker: with two, schemathesis's threads call ast.parse concurrently (through
@@ -72,7 +74,7 @@ def test_schemathesis_finds_no_server_error_and_no_response_outside_the_document
             "none",
             "--no-color",
             "--request-timeout",
-            "10",
+            str(REQUEST_TIMEOUT_S),
         ]
         run = subprocess.run(
             command,
@@ -80,12 +82,12 @@ def test_schemathesis_finds_no_server_error_and_no_response_outside_the_document
             cwd=workdir,
             capture_output=True,
             text=True,
-            timeout=MAX_TIME_S + 120,
+            timeout=RUN_TIMEOUT_S,
         )
         assert run.returncode == 0, (
             f"schemathesis failed (exit {run.returncode}):\n{run.stdout[-20_000:]}\n"
             f"{run.stderr[-4_000:]}\ncoordinator log:\n{cluster.log('c1')}"
         )
-        assert "Tested: 9" in run.stdout, run.stdout[-4_000:]
+        assert "Tested: 10" in run.stdout, run.stdout[-4_000:]
     finally:
         cluster.close()

@@ -47,7 +47,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNodes]:
     # n1 owns partitions 0 and 2; n2 (never started) owns 1 and 3.
     nodes = LocalNodes(tmp_path_factory.mktemp("inputs"), ("n1", "n2"), partitions=4)
     try:
-        nodes.start("n1")
+        nodes.start_all("n1")
         yield nodes
     finally:
         nodes.close()
@@ -73,16 +73,24 @@ def owned_key(node: LocalNodes, prefix: str, i: int) -> tuple[PartitionId, str]:
         n += 1
 
 
-async def fetch(node: LocalNodes, path: str) -> tuple[int, str]:
+async def fetch(
+    node: LocalNodes, path: str, authorization: str | None = None
+) -> tuple[int, str, str | None]:
+    """Status, body and ``WWW-Authenticate`` of ``GET path`` on n1."""
+    headers = {"Authorization": authorization} if authorization is not None else {}
     async with (
         aiohttp.ClientSession() as session,
-        session.get(node.url("n1", path), timeout=aiohttp.ClientTimeout(total=5)) as reply,
+        session.get(
+            node.url("n1", path), headers=headers, timeout=aiohttp.ClientTimeout(total=5)
+        ) as reply,
     ):
-        return reply.status, await reply.text()
+        return reply.status, await reply.text(), reply.headers.get("WWW-Authenticate")
 
 
 async def metrics(node: LocalNodes) -> str:
-    return (await fetch(node, "/metrics"))[1]
+    status, text, _ = await fetch(node, "/metrics", f"Bearer {node.tokens['metrics']}")
+    assert status == 200, text
+    return text
 
 
 def metric_value(text: str, prefix: str) -> float:
@@ -93,11 +101,22 @@ def metric_value(text: str, prefix: str) -> float:
     return total
 
 
-async def test_health_needs_no_secret_and_metrics_are_prometheus(node: LocalNodes) -> None:
-    status, body = await fetch(node, "/health")
+async def test_health_needs_no_credential_and_metrics_need_an_api_token(node: LocalNodes) -> None:
+    status, body, _ = await fetch(node, "/health")
     assert status == 200
     health = json.loads(body)
     assert health["status"] == "ok" and health["node"] == "n1" and health["partitions"] == [0, 2]
+    unknown = "kvt_" + "A" * 43
+    for authorization in (None, f"Bearer {unknown}", f"Bearer {node.secret}", "Basic eDp5"):
+        status, body, challenge = await fetch(node, "/metrics", authorization)
+        assert status == 401, (authorization, body)
+        assert challenge == 'Bearer realm="kvstore"'
+        error = json.loads(body)["error"]
+        assert error["code"] == "Unauthorized" and "kvstore_node" not in body
+        assert unknown not in body and node.secret not in body
+    for role in ("admin", "read-write", "read-only"):  # every role may scrape
+        status, body, _ = await fetch(node, "/metrics", f"Bearer {node.tokens[role]}")
+        assert status == 200 and "kvstore_node_requests_total" in body, role
     text = await metrics(node)
     assert "# TYPE kvstore_node_requests_total counter" in text
     assert "kvstore_node_fsync_seconds_bucket" in text
@@ -295,3 +314,38 @@ async def test_an_oversize_frame_is_refused_before_decoding(node: LocalNodes) ->
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     text = await metrics(node)
     assert metric_value(text, 'kvstore_node_rpc_events_total{event="oversize_frame"}') >= 1
+
+
+async def test_a_broken_token_file_costs_only_metrics_until_it_is_fixed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The token file serves only ``/metrics`` on a node: a group-readable one at start is
+    logged and leaves every scrape 401, while the node serves its data; a chmod repairs it."""
+    nodes = LocalNodes(tmp_path_factory.mktemp("tokens"), ("n1",), partitions=1)
+    try:
+        token_file = nodes.config.api_tokens_file
+        token_file.chmod(0o640)
+        nodes.start("n1")
+        assert "api_tokens.load_failed" in nodes.log("n1")
+        scrape = f"Bearer {nodes.tokens['metrics']}"
+        assert (await fetch(nodes, "/metrics", scrape))[0] == 401
+        client = nodes.client("n1")
+        try:
+            key = "still-serving"
+            written = await client.request(WriteRequest(partition=PartitionId(0), op=put(key, 1)))
+            assert isinstance(written, WriteReply)
+            got = await client.request(GetRequest(partition=PartitionId(0), key=key))
+            assert isinstance(got, GetReply) and got.item is not None and got.item.value == 1
+        finally:
+            await client.close()
+        token_file.chmod(0o600)
+        # The node re-reads the file at most once per reload interval: poll, bounded.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20 * limits.TOKEN_FILE_RELOAD_INTERVAL_MS / 1000
+        status = 401
+        while status != 200 and loop.time() < deadline:
+            await asyncio.sleep(limits.TOKEN_FILE_RELOAD_INTERVAL_MS / 4000)
+            status = (await fetch(nodes, "/metrics", scrape))[0]
+        assert status == 200
+    finally:
+        nodes.close()

@@ -59,6 +59,26 @@ def test_put_and_delete_bodies_allow_exactly_their_members() -> None:
         parse.delete_op("k", {"value": 1})
 
 
+def test_recover_request_defaults_and_refusals() -> None:
+    assert parse.recover_request({}, 5000) == parse.RecoverRequest(
+        older_than_ms=5000, dry_run=False
+    )
+    asked = parse.recover_request({"older_than_ms": 0, "dry_run": True}, 5000)
+    assert asked == parse.RecoverRequest(older_than_ms=0, dry_run=True)
+    for bad, field in (
+        ({"older_than_ms": -1}, "older_than_ms"),
+        ({"older_than_ms": 1.5}, "older_than_ms"),
+        ({"older_than_ms": True}, "older_than_ms"),
+        ({"older_than_ms": "10"}, "older_than_ms"),
+        ({"dry_run": 1}, "dry_run"),
+        ({"dry_run": None}, "dry_run"),
+        ({"force": True}, "force"),
+    ):
+        with pytest.raises(ValidationError) as caught:
+            parse.recover_request(bad, 5000)
+        assert caught.value.field == field, bad
+
+
 def test_txn_request_checks_members_ops_and_token() -> None:
     ops, token = parse.txn_request(
         {"ops": [{"op": "put", "key": "a", "value": 1}], "token": "t 1"}, 100

@@ -88,9 +88,13 @@ ALLOWED = {
     (Role.ADMIN, Role.ADMIN),
     (Role.ADMIN, Role.READ_WRITE),
     (Role.ADMIN, Role.READ_ONLY),
+    (Role.ADMIN, Role.METRICS),
     (Role.READ_WRITE, Role.READ_WRITE),
     (Role.READ_WRITE, Role.READ_ONLY),
+    (Role.READ_WRITE, Role.METRICS),
     (Role.READ_ONLY, Role.READ_ONLY),
+    (Role.READ_ONLY, Role.METRICS),
+    (Role.METRICS, Role.METRICS),
 }
 
 
@@ -101,8 +105,9 @@ def test_roles_matrix(held: Role, needed: Role) -> None:
 
 
 def test_role_wire_names() -> None:
-    assert [role.value for role in Role] == ["admin", "read-write", "read-only"]
+    assert [role.value for role in Role] == ["admin", "read-write", "read-only", "metrics"]
     assert Role("read-write") is Role.READ_WRITE
+    assert Role("metrics") is Role.METRICS
 
 
 # --- the file -------------------------------------------------------------------------------
@@ -492,6 +497,38 @@ def test_broken_file_at_start_is_an_error(path: Path) -> None:
     with pytest.raises(ValidationError) as caught:
         TokenStore(path)
     assert caught.value.field == "tokens.t.role"
+
+
+def test_broken_file_at_start_of_a_lenient_store_is_logged_then_picked_up_once_fixed(
+    path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a storage node does (its file serves only /metrics): start with no token valid."""
+    write_private(path, entry_toml(role="root"))
+    with caplog.at_level(logging.WARNING, logger="kvstore.api.tokens"):
+        store = TokenStore(path, strict=False, now_ms=clock)
+    assert len(store) == 0
+    assert [r.getMessage() for r in caplog.records] == ["api_tokens.load_failed"]
+    path.unlink()
+    token = create_token(path, "scraper", Role.METRICS)
+    with pytest.raises(Unauthorized):
+        store.authenticate(bearer(token))  # not looked at before the interval
+    clock.advance()
+    assert store.authorize(bearer(token), Role.METRICS).name == "scraper"
+    with pytest.raises(Forbidden):
+        store.authorize(bearer(token), Role.READ_ONLY)
+
+
+def test_group_readable_file_at_start_of_a_lenient_store_counts_after_chmod(
+    path: Path, clock: Clock
+) -> None:
+    token = create_token(path, "scraper", Role.METRICS)
+    path.chmod(0o640)
+    store = TokenStore(path, strict=False, now_ms=clock)
+    with pytest.raises(Unauthorized):
+        store.authenticate(bearer(token))
+    path.chmod(0o600)  # only the mode changes: noticed
+    clock.advance()
+    assert store.authenticate(bearer(token)).name == "scraper"
 
 
 def test_negative_reload_interval_is_refused(path: Path) -> None:

@@ -41,8 +41,9 @@ from kvstore.errors import ErrorCode, ValidationError
 from kvstore.messages import ReasonCode, TxnState
 from kvstore.ops import Op, OpKind, op_from_json, op_to_json, validate_token
 from kvstore.paths import parse_path
+from kvstore.recover import Driven, Stuck, report_to_json
 from kvstore.timestamps import new_txn_id
-from kvstore.types import ORIGIN_MAX, Timestamp
+from kvstore.types import ORIGIN_MAX, PartitionId, Timestamp
 from kvstore.updates import ActionKind, UpdateAction
 from kvstore.values import INT_MAX, INT_MIN, validate_key
 
@@ -59,6 +60,7 @@ EXPECTED_OPERATIONS = {
     ("/v1/txn/{token}", "get"): "getTxnOutcome",
     ("/v1/health", "get"): "health",
     ("/v1/openapi.json", "get"): "openapi",
+    ("/v1/admin/recover", "post"): "adminRecover",
     ("/metrics", "get"): "metrics",
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -156,7 +158,9 @@ def test_security() -> None:
         else:
             assert "security" not in operation, (path, method)
             assert "401" in operation["responses"], (path, method)
-            assert "403" in operation["responses"], (path, method)
+            # Every role allows /metrics, so only there no token is ever refused with 403.
+            forbidden_possible = (path, method) != ("/metrics", "get")
+            assert ("403" in operation["responses"]) == forbidden_possible, (path, method)
 
 
 @pytest.mark.parametrize(
@@ -179,7 +183,8 @@ def test_security() -> None:
         ("/v1/txn/{token}", "get", {"200", "400", "401", "403", "404", "503"}),
         ("/v1/health", "get", {"200"}),
         ("/v1/openapi.json", "get", {"200", "401", "403"}),
-        ("/metrics", "get", {"200", "401", "403"}),
+        ("/v1/admin/recover", "post", {"200", "400", "401", "403", "413", "503"}),
+        ("/metrics", "get", {"200", "401"}),
     ],
 )
 def test_documented_statuses(path: str, method: str, statuses: set[str]) -> None:
@@ -279,6 +284,9 @@ def test_request_objects_refuse_unknown_members() -> None:
         "ReadRequest",
         "PutRequest",
         "DeleteRequest",
+        "RecoverRequest",
+        "RecoverResponse",
+        "StuckTransaction",
         "PutOp",
         "DeleteOp",
         "UpdateOp",
@@ -295,6 +303,9 @@ def test_request_objects_refuse_unknown_members() -> None:
     assert not validator("PutRequest").is_valid({"value": 1, "extra": 2})
     assert not validator("DeleteRequest").is_valid({"if": {"exists": True}, "x": 1})
     assert validator("DeleteRequest").is_valid({})
+    assert validator("RecoverRequest").is_valid({})
+    assert not validator("RecoverRequest").is_valid({"older_than_ms": -1})
+    assert not validator("RecoverRequest").is_valid({"dry_run": 1})
     assert not validator("TxnRequest").is_valid({"ops": [{"op": "delete", "key": "a"}], "x": 1})
 
 
@@ -377,6 +388,30 @@ def txn_ops(draw: st.DrawFn) -> Op:
 def assert_valid(name: str, instance: object) -> None:
     errors = [error.message for error in validator(name).iter_errors(instance)]
     assert not errors, (name, instance, errors)
+
+
+def test_recover_response_schema_accepts_report_to_json() -> None:
+    txn, other = new_txn_id(), new_txn_id()
+    stuck = [
+        Stuck(
+            txn_id=txn,
+            anchor=PartitionId(3),
+            state="COMMITTED",
+            age_ms=7000,
+            intents=((PartitionId(5), "accounts/alice"),),
+        ),
+        Stuck(txn_id=other, anchor=PartitionId(0), state="intent", age_ms=6000),
+    ]
+    for driven in (
+        [],
+        [
+            Driven(txn_id=txn, state="COMMITTED", completed=True),
+            Driven(txn_id=other, state="intent", completed=False, error="Unavailable"),
+        ],
+    ):
+        body = {"older_than_ms": 5000, "dry_run": not driven}
+        assert_valid("RecoverResponse", {**body, "transactions": report_to_json(stuck, driven)})
+    assert not validator("RecoverResponse").is_valid({"older_than_ms": 0, "dry_run": True})
 
 
 @given(conditions())
