@@ -7,7 +7,9 @@ The public API, the SDK in direct mode and ``kvctl`` all need the same two thing
 JSON form (items, timestamps, per-op reasons, recorded outcomes) and, for a failure, the typed
 exception of the error catalogue carrying the details a caller acts on (``reasons``, ``txn_id``,
 ``ts``). Both live here, once, so a cancelled transaction looks the same through every door
-(docs/api.md).
+(docs/api.md). A cancelled transaction's reasons name each op's ``key`` and its message names
+the failed ops with their keys (:func:`cancel_message`, shared with the SDK's in-memory backend),
+so a caller sees which key failed without counting ops.
 
 Timestamps are rendered as ``"<physical_us>.<logical>.<origin as 16 hex digits>"``
 (``str(Timestamp)``). Bytes inside values (possible only through msgpack clients) are rendered as
@@ -17,7 +19,9 @@ base64 strings, since JSON has no bytes.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from typing import Final
 
 from kvstore.coordinator.results import TxnResult
 from kvstore.errors import ErrorCode, KvError, error_from_code
@@ -31,8 +35,12 @@ __all__ = [
     "entry_to_json",
     "reason_to_json",
     "record_to_json",
+    "cancel_message",
     "txn_error",
 ]
+
+_REASONS_SHOWN: Final = 3  # failed ops a cancellation's message names (all are in its reasons)
+_KEY_SHOWN_CHARS: Final = 60  # a longer key is cut in messages (never in the reasons)
 
 
 def ts_to_json(ts: Timestamp) -> str:
@@ -111,28 +119,51 @@ def record_to_json(token: str, record: LedgerRecord) -> dict[str, JsonValue]:
     return body
 
 
-def _describe(outcomes: Sequence[OpOutcome]) -> str:
-    failed = [
-        f"op {index}: {outcome.code.value}" + (f" ({outcome.message})" if outcome.message else "")
-        for index, outcome in enumerate(outcomes)
-        if outcome.code is not ReasonCode.NONE
-    ]
-    return "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
+def _shown_key(key: str) -> str:
+    """A key in a message: JSON-quoted, cut to ``_KEY_SHOWN_CHARS`` characters."""
+    shown = key if len(key) <= _KEY_SHOWN_CHARS else key[: _KEY_SHOWN_CHARS - 1] + "…"
+    return json.dumps(shown, ensure_ascii=False)
 
 
-def txn_error(result: TxnResult) -> KvError:
-    """The typed error for a transaction that did not commit."""
+def cancel_message(reasons: Sequence[Mapping[str, object]]) -> str:
+    """The message of a ``TransactionCanceled`` with these JSON ``reasons`` (one per op, in
+    request order): each failed op by index and key, its code and message, the first
+    ``_REASONS_SHOWN`` of them."""
+    failed: list[str] = []
+    for index, reason in enumerate(reasons):
+        code = reason.get("code")
+        if code == ReasonCode.NONE.value:
+            continue
+        key = reason.get("key")
+        where = f"op {index}" + (f" (key {_shown_key(key)})" if isinstance(key, str) else "")
+        message = reason.get("message")
+        failed.append(f"{where}: {code}" + (f" ({message})" if message else ""))
+    more = len(failed) - _REASONS_SHOWN
+    described = "; ".join(failed[:_REASONS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+    return "the transaction was cancelled: " + (described or "no reason")
+
+
+def txn_error(result: TxnResult, keys: Sequence[str] = ()) -> KvError:
+    """The typed error for a transaction that did not commit; ``keys`` are its ops' keys, in
+    request order, which its reasons then name."""
     code = result.error or ErrorCode.InternalError
     details: dict[str, object] = {"txn_id": result.txn_id, "ts": ts_to_json(result.ts)}
+    reasons: list[dict[str, JsonValue]] = []
     if result.outcomes:
-        details["reasons"] = [reason_to_json(outcome) for outcome in result.outcomes]
+        reasons = [reason_to_json(outcome) for outcome in result.outcomes]
+        if len(keys) == len(reasons):
+            reasons = [
+                {"code": reason["code"], "key": key, **reason}
+                for key, reason in zip(keys, reasons, strict=True)
+            ]
+        details["reasons"] = reasons
         # Retrying the same ops can succeed only when every failed op failed for a retryable
         # reason (a conflict, an old timestamp); a failed condition fails again.
         details["retryable"] = code.retryable or all(
             outcome.code is ReasonCode.NONE or outcome.code.retryable for outcome in result.outcomes
         )
     if code is ErrorCode.TransactionCanceled:
-        message = "the transaction was cancelled: " + (_describe(result.outcomes) or "no reason")
+        message = cancel_message(reasons)
     elif code is ErrorCode.OutcomeUnknown:
         message = "the transaction's outcome is not known; retry with the same token"
     elif code is ErrorCode.IdempotencyMismatch:

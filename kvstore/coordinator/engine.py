@@ -284,7 +284,7 @@ class Coordinator:
         )
         if result.committed:
             return result
-        raise txn_error(result)
+        raise txn_error(result, keys=[op.key for op in ops])
 
     async def read(self, keys: Sequence[Key]) -> tuple[ReadEntry, ...]:
         """A read-only transaction: the entries of ``keys`` at one instant, in request order.
