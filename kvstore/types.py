@@ -13,6 +13,7 @@ Transaction ids are 32 lowercase hex digits (128 random bits) drawn by ``kvstore
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Final, NamedTuple, NewType, TypeAlias
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Key",
     "Value",
     "JsonValue",
+    "ValueInput",
     "ORIGIN_MAX",
     "timestamp_from_wire",
     "TIMESTAMP_ZERO",
@@ -36,6 +38,13 @@ Key: TypeAlias = str
 # A stored value: JSON-compatible, plus bytes through msgpack clients (base64 in JSON).
 Value: TypeAlias = bool | int | float | str | bytes | list["Value"] | dict[str, "Value"] | None
 JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
+# What the SDK's writes accept for a Value (the static type; values are validated at run time):
+# any sequence for a list and any str-keyed mapping for an object, so that a ``list[int]`` or a
+# TypedDict type-checks where a value goes (``list`` and ``dict`` are invariant, and a TypedDict
+# is only a ``Mapping[str, object]`` to a type checker). The SDK sends them as lists and objects.
+ValueInput: TypeAlias = (
+    bool | int | float | str | bytes | Sequence["ValueInput"] | Mapping[str, object] | None
+)
 
 ORIGIN_MAX: Final = (1 << 64) - 1
 

@@ -12,7 +12,8 @@ budget (:mod:`kvstore.client.client`, :mod:`kvstore.client.retry`). Interactive 
 transaction. Errors are the catalogue's typed exceptions (:mod:`kvstore.errors`). docs/sdk.md
 is the guide.
 
-Modules: ``builders`` (ops and conditions), ``results`` (answers), ``backend`` (the one-attempt
+Modules: ``builders`` (ops and conditions), ``results`` (answers), ``typed`` (value types: what
+writes accept, the caller's ``value_type`` for reads), ``backend`` (the one-attempt
 interface) with ``http``, ``direct`` and ``memory`` implementations, ``tokens``, ``retry``,
 ``client``, ``transaction``, ``sync``, ``connection``.
 """

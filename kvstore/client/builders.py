@@ -19,6 +19,10 @@ and nothing is ever sent. The SDK validates again, as a whole transaction, befor
 (:func:`kvstore.ops.ops_from_json`: op count, distinct keys, total size), so raw JSON dicts are
 accepted wherever builders are.
 
+Values are typed :data:`~kvstore.types.ValueInput` (so ``object()`` does not type-check) and
+made plain lists and dicts when built (:func:`kvstore.client.typed.to_value`): a ``Put``'s
+``value`` is what is sent.
+
 ``if_`` has its trailing underscore because ``if`` is a keyword; the JSON member is ``"if"``.
 """
 
@@ -28,9 +32,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
 from typing import TypeAlias
 
+from kvstore.client.typed import to_value
 from kvstore.conditions import condition_from_json
 from kvstore.errors import ValidationError
 from kvstore.ops import op_from_json
+from kvstore.types import ValueInput
 
 __all__ = [
     "JsonCondition",
@@ -64,15 +70,24 @@ def _with_condition(obj: dict[str, object], if_: JsonCondition | None) -> dict[s
     return obj
 
 
+def _values(paths: Mapping[str, ValueInput]) -> object:
+    """``{path: value}`` with each value made plain (a non-mapping is left for the parser to
+    refuse with its typed error)."""
+    if not isinstance(paths, Mapping):
+        return paths
+    return {path: to_value(value) for path, value in paths.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Put:
     """Store ``value`` at ``key`` (creating or replacing the item) if ``if_`` holds."""
 
     key: str
-    value: object
+    value: ValueInput
     if_: JsonCondition | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "value", to_value(self.value))
         op_from_json(self.to_json())
 
     def to_json(self) -> dict[str, object]:
@@ -101,10 +116,10 @@ class Update:
 
     key: str
     _: KW_ONLY
-    set: Mapping[str, object] | None = None  # the API's member name, hence the builtin's
+    set: Mapping[str, ValueInput] | None = None  # the API's member name, hence the builtin's
     remove: Sequence[str] | None = None
-    add: Mapping[str, object] | None = None
-    append: Mapping[str, Sequence[object]] | None = None
+    add: Mapping[str, int | float] | None = None
+    append: Mapping[str, Sequence[ValueInput]] | None = None
     if_: JsonCondition | None = None
 
     def __post_init__(self) -> None:
@@ -113,7 +128,7 @@ class Update:
     def to_json(self) -> dict[str, object]:
         obj: dict[str, object] = {"op": "update", "key": self.key}
         if self.set is not None:
-            obj["set"] = dict(self.set)
+            obj["set"] = _values(self.set)
         if self.remove is not None:
             if isinstance(self.remove, str):
                 raise ValidationError("op.remove", "must be a list of paths, not one string")
@@ -121,10 +136,7 @@ class Update:
         if self.add is not None:
             obj["add"] = dict(self.add)
         if self.append is not None:
-            obj["append"] = {
-                path: list(items) if isinstance(items, list | tuple) else items
-                for path, items in self.append.items()
-            }
+            obj["append"] = _values(self.append)
         return _with_condition(obj, self.if_)
 
 
@@ -176,36 +188,36 @@ def version_is(version: int) -> dict[str, object]:
     return _checked({"version": version})
 
 
-def _compare(operator: str, path: str, value: object) -> dict[str, object]:
-    return _checked({"path": path, operator: value})
+def _compare(operator: str, path: str, value: ValueInput) -> dict[str, object]:
+    return _checked({"path": path, operator: to_value(value)})
 
 
-def eq(path: str, value: object) -> dict[str, object]:
+def eq(path: str, value: ValueInput) -> dict[str, object]:
     """The value at ``path`` (``""``: the whole value) equals ``value`` (JSON equality)."""
     return _compare("eq", path, value)
 
 
-def ne(path: str, value: object) -> dict[str, object]:
+def ne(path: str, value: ValueInput) -> dict[str, object]:
     """The value at ``path`` exists and differs from ``value`` (a missing path is false)."""
     return _compare("ne", path, value)
 
 
-def lt(path: str, value: object) -> dict[str, object]:
+def lt(path: str, value: ValueInput) -> dict[str, object]:
     """The value at ``path`` is below ``value`` (numbers with numbers, strings with strings)."""
     return _compare("lt", path, value)
 
 
-def le(path: str, value: object) -> dict[str, object]:
+def le(path: str, value: ValueInput) -> dict[str, object]:
     """The value at ``path`` is at most ``value``."""
     return _compare("le", path, value)
 
 
-def gt(path: str, value: object) -> dict[str, object]:
+def gt(path: str, value: ValueInput) -> dict[str, object]:
     """The value at ``path`` is above ``value``."""
     return _compare("gt", path, value)
 
 
-def ge(path: str, value: object) -> dict[str, object]:
+def ge(path: str, value: ValueInput) -> dict[str, object]:
     """The value at ``path`` is at least ``value``."""
     return _compare("ge", path, value)
 

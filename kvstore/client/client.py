@@ -28,6 +28,10 @@ an embedded coordinator) and adds what every call needs, in this order:
      could apply it twice, so that is raised as ``OutcomeUnknown`` instead (use a transaction,
      which has a token, when a write must be retried blindly).
 
+Reads take an optional ``value_type`` (``await kv.get("acct/1", Account)``): the answer is then
+an ``Item[Account]`` whose value was checked against the type (:mod:`kvstore.client.typed`).
+Writes take :data:`~kvstore.types.ValueInput`.
+
 Interactive transactions (:meth:`transaction`, :meth:`run`) are in
 :mod:`kvstore.client.transaction`; they use the same calls.
 """
@@ -42,7 +46,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from kvstore.client.backend import Backend, ScanPage
 from kvstore.client.builders import Delete, JsonCondition, Put, TxnOp, Update, op_json
@@ -55,6 +59,7 @@ from kvstore.client.retry import (
     validate_timeout_s,
 )
 from kvstore.client.tokens import draw_token
+from kvstore.client.typed import checker, typed_item, typed_items
 from kvstore.errors import (
     ErrorCode,
     KvError,
@@ -73,6 +78,7 @@ from kvstore.limits import (
 )
 from kvstore.ops import Op, op_from_json, ops_from_json, validate_token
 from kvstore.partitioning import PartitionMap
+from kvstore.types import ValueInput
 from kvstore.values import validate_key
 
 if TYPE_CHECKING:
@@ -81,6 +87,7 @@ if TYPE_CHECKING:
 __all__ = ["Client", "Sleep"]
 
 T = TypeVar("T")
+V = TypeVar("V")
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -112,6 +119,7 @@ class _ScanRange:
     start: str | None
     end: str | None
     page_size: int
+    value_type: type[Any] | None  # None: no check
 
 
 class Client:
@@ -194,12 +202,23 @@ class Client:
 
     # --- singletons -----------------------------------------------------------------------
 
-    async def get(self, key: str) -> Item | None:
-        """The committed item at ``key``, or None when there is none."""
+    @overload
+    async def get(self, key: str) -> Item | None: ...
+    @overload
+    async def get(self, key: str, value_type: type[V]) -> Item[V] | None: ...
+    async def get(self, key: str, value_type: type[Any] | None = None) -> Item[Any] | None:
+        """The committed item at ``key``, or None when there is none; with ``value_type``, an
+        ``Item[value_type]`` whose value was checked (``ValidationError`` when it does not
+        match; see :mod:`kvstore.client.typed`)."""
         validate_key(key)
-        return await self._call(lambda timeout_s: self.backend.get(key, timeout_s))
+        if value_type is not None:
+            checker(value_type)  # an unknown type is refused before anything is sent
+        item = await self._call(lambda timeout_s: self.backend.get(key, timeout_s))
+        return item if value_type is None else typed_item(item, value_type)
 
-    async def put(self, key: str, value: object, *, if_: JsonCondition | None = None) -> Written:
+    async def put(
+        self, key: str, value: ValueInput, *, if_: JsonCondition | None = None
+    ) -> Written:
         """Store ``value`` at ``key`` (a singleton write); ``ConditionFailed`` when ``if_`` does
         not hold."""
         op = op_from_json(Put(key, value, if_).to_json())
@@ -226,10 +245,10 @@ class Client:
         self,
         key: str,
         *,
-        set: Mapping[str, object] | None = None,  # the API's member name, hence the builtin's
+        set: Mapping[str, ValueInput] | None = None,  # the API's member name, hence the builtin's
         remove: Sequence[str] | None = None,
-        add: Mapping[str, object] | None = None,
-        append: Mapping[str, Sequence[object]] | None = None,
+        add: Mapping[str, int | float] | None = None,
+        append: Mapping[str, Sequence[ValueInput]] | None = None,
         if_: JsonCondition | None = None,
     ) -> Committed:
         """Change parts of the value at ``key`` (a one-op transaction, so retried safely)."""
@@ -277,9 +296,17 @@ class Client:
             self._partitions = PartitionMap(count)
         return self._partitions
 
-    async def read(self, keys: Sequence[str]) -> list[Item | None]:
+    @overload
+    async def read(self, keys: Sequence[str]) -> list[Item | None]: ...
+    @overload
+    async def read(self, keys: Sequence[str], value_type: type[V]) -> list[Item[V] | None]: ...
+    async def read(
+        self, keys: Sequence[str], value_type: type[Any] | None = None
+    ) -> list[Item[Any] | None]:
         """The items of ``keys`` as of one instant (a read-only transaction), in request order;
-        None for an absent key."""
+        None for an absent key. ``value_type`` as for :meth:`get`, for every item."""
+        if value_type is not None:
+            checker(value_type)
         if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
             raise ValidationError("keys", "must be a list of keys")
         if not 1 <= len(keys) <= READ_KEYS_MAX:
@@ -287,7 +314,8 @@ class Client:
         checked = [validate_key(key, f"keys[{index}]") for index, key in enumerate(keys)]
         if len(set(checked)) != len(checked):
             raise ValidationError("keys", "must be distinct")
-        return await self._call(lambda timeout_s: self.backend.read(checked, timeout_s))
+        items = await self._call(lambda timeout_s: self.backend.read(checked, timeout_s))
+        return items if value_type is None else typed_items(items, value_type)
 
     async def txn_outcome(self, token: str) -> dict[str, object] | None:
         """The recorded outcome of the transaction that used idempotency ``token``
@@ -298,6 +326,7 @@ class Client:
 
     # --- scans ----------------------------------------------------------------------------
 
+    @overload
     def scan(
         self,
         *,
@@ -305,10 +334,30 @@ class Client:
         start: str | None = None,
         end: str | None = None,
         page_size: int = SCAN_LIMIT_DEFAULT,
-    ) -> AsyncIterator[Item]:
+    ) -> AsyncIterator[Item]: ...
+    @overload
+    def scan(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        page_size: int = SCAN_LIMIT_DEFAULT,
+        value_type: type[V],
+    ) -> AsyncIterator[Item[V]]: ...
+    def scan(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        page_size: int = SCAN_LIMIT_DEFAULT,
+        value_type: type[Any] | None = None,
+    ) -> AsyncIterator[Item[Any]]:
         """The items with ``prefix`` and ``start <= key < end``, in key order, fetched
         ``page_size`` at a time. Pages are read one after another, each a fresh read: the whole
-        scan is not one snapshot (use :meth:`read` for that)."""
+        scan is not one snapshot (use :meth:`read` for that). ``value_type`` as for :meth:`get`,
+        checked item by item as they arrive."""
         checked_prefix = _optional_key(prefix, "prefix")
         checked_start = _optional_key(start, "start")
         checked_end = _optional_key(end, "end")
@@ -318,14 +367,18 @@ class Client:
             or not 1 <= page_size <= SCAN_PAGE_ITEMS_MAX
         ):
             raise ValidationError("page_size", f"must be an integer in 1..{SCAN_PAGE_ITEMS_MAX}")
-        return self._pages(_ScanRange(checked_prefix, checked_start, checked_end, page_size))
+        if value_type is not None:
+            checker(value_type)
+        return self._pages(
+            _ScanRange(checked_prefix, checked_start, checked_end, page_size, value_type)
+        )
 
-    async def _pages(self, scan: _ScanRange) -> AsyncIterator[Item]:
+    async def _pages(self, scan: _ScanRange) -> AsyncIterator[Item[Any]]:
         cursor: str | None = None
         while True:
             page = await self._call(partial(self._page, scan, cursor))
             for item in page.items:
-                yield item
+                yield item if scan.value_type is None else typed_item(item, scan.value_type)
             if page.cursor is None:
                 return
             cursor = page.cursor

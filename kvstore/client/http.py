@@ -22,13 +22,15 @@ Answers map back to the SDK's terms:
   is ``Unavailable`` with ``sent=True`` (retryable, but the request may have been applied), any
   other status ``ProtocolViolation``.
 * No answer: a refused or timed-out connection is ``Unavailable`` with ``sent=False`` (nothing
-  reached the server); a connection lost or timed out after the request went out is
+  reached the server), its message the URL and the OS's reason (``connection refused``); a
+  connection lost or timed out after the request went out is
   ``Unavailable`` with ``sent=True``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Final
 from urllib.parse import quote, urlsplit
@@ -100,6 +102,18 @@ def _error_from_answer(status: int, raw: bytes, headers: Mapping[str, str]) -> K
     return ProtocolViolation(f"HTTP {status} without an API error: {shown!r}", details=details)
 
 
+def _connect_failure(error: aiohttp.ClientError) -> str:
+    """Why a connection could not be made, in words: the OS's reason for its error number (the
+    exception's own text repeats the address as a Python tuple), the resolver's for a name."""
+    os_error = getattr(error, "os_error", None)
+    if isinstance(os_error, OSError):
+        if os_error.errno is not None and os_error.errno > 0:
+            return os.strerror(os_error.errno).lower()
+        if os_error.strerror:
+            return os_error.strerror.lower()
+    return "timed out" if isinstance(error, aiohttp.ConnectionTimeoutError) else "failed"
+
+
 def _absent(entry: object) -> bool:
     """A read entry ``{"key": K, "found": false}``."""
     return isinstance(entry, dict) and entry.get("found") is False
@@ -158,7 +172,7 @@ class HttpBackend:
                 answer_headers = dict(response.headers)
         except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as error:
             raise Unavailable(
-                f"cannot connect to {self.url}: {error}", details={"sent": False}
+                f"cannot connect to {self.url}: {_connect_failure(error)}", details={"sent": False}
             ) from None
         except (aiohttp.ClientError, TimeoutError) as error:
             shown = str(error) or type(error).__name__

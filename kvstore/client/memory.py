@@ -31,7 +31,7 @@ from typing import Final
 from kvstore.client.backend import ScanPage
 from kvstore.client.results import Committed, Deleted, Item, Written
 from kvstore.conditions import evaluate
-from kvstore.coordinator.answers import value_to_json
+from kvstore.coordinator.answers import cancel_message, value_to_json
 from kvstore.errors import (
     ConditionFailed,
     IdempotencyMismatch,
@@ -139,9 +139,13 @@ class MemoryBackend:
         return version
 
     def _reason(self, op: Op) -> dict[str, object]:
-        """The op's reason in a cancelled transaction, or ``{"code": "None"}``."""
+        """The op's reason in a cancelled transaction, or ``{"code": "None", "key": ...}``."""
         if not self._holds(op):
-            reason: dict[str, object] = {"code": "ConditionFailed", "message": "condition failed"}
+            reason: dict[str, object] = {
+                "code": "ConditionFailed",
+                "key": op.key,
+                "message": "condition failed",
+            }
             item = self._item(op.key)
             if op.return_item and item is not None:
                 reason["item"] = {
@@ -154,8 +158,8 @@ class MemoryBackend:
         try:
             self._result(op)
         except ValidationError as error:
-            return {"code": "ValidationError", "message": error.message}
-        return {"code": "None"}
+            return {"code": "ValidationError", "key": op.key, "message": error.message}
+        return {"code": "None", "key": op.key}
 
     # --- the Backend protocol ---------------------------------------------------------------
 
@@ -214,9 +218,8 @@ class MemoryBackend:
         outcome = _Outcome(fingerprint=fingerprint, record=record)
         if any(reason["code"] != "None" for reason in reasons):
             record.update(state="CANCELLED", reasons=reasons)
-            failed = [f"op {i}: {r['code']}" for i, r in enumerate(reasons) if r["code"] != "None"]
             outcome.error = TransactionCanceled(
-                "the transaction was cancelled: " + "; ".join(failed),
+                cancel_message(reasons),
                 details={"txn_id": txn_id, "ts": ts, "reasons": reasons, "retryable": False},
             )
         else:

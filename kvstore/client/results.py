@@ -9,6 +9,10 @@ opaque ``"<physical_us>.<logical>.<origin>"`` strings. Failures are the error ca
 exceptions (:mod:`kvstore.errors`); :func:`reasons` reads the per-op reasons a cancelled
 transaction carries, since the catalogue's classes are shared and get no SDK-only members.
 
+An :class:`Item` is generic in its value's type: ``Item`` alone is ``Item[JsonValue]``, what every
+read gives without ``value_type=``; with it, ``Item[YourType]`` after the SDK checked the value
+(:mod:`kvstore.client.typed`).
+
 An :class:`Item` that an interactive transaction wrote itself and reads back before committing
 has no version or timestamp yet: it comes back with ``version == UNCOMMITTED_VERSION`` (0, below
 every committed version) and ``ts == ""``; :attr:`Item.committed` tells the two apart.
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Generic
+
+from typing_extensions import TypeVar
 
 from kvstore.errors import KvError, ProtocolViolation
 from kvstore.types import JsonValue
@@ -33,16 +39,21 @@ __all__ = [
     "item_from_json",
 ]
 
+V = TypeVar("V", default=JsonValue)
+"""The type of an item's value: JSON unless a read was given ``value_type=``."""
+
 UNCOMMITTED_VERSION: Final = 0
 """The version of an item a transaction wrote and has not committed (committed ones are >= 1)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Item:
-    """A stored item: ``version`` grows with every write of the key, ``ts`` is its last write's."""
+class Item(Generic[V]):
+    """A stored item: ``version`` grows with every write of the key, ``ts`` is its last write's.
+    ``value`` is a :data:`~kvstore.types.JsonValue`, or of the ``value_type`` the read asked for
+    (checked when it arrived)."""
 
     key: str
-    value: JsonValue
+    value: V
     version: int
     ts: str
 
@@ -80,7 +91,7 @@ class Committed:
 def reasons(error: KvError) -> list[dict[str, object]]:
     """The per-op reasons of a cancelled transaction (``TransactionCanceled``, or the
     ``TransactionConflict`` of an interactive transaction), one per op in request order, each
-    ``{"code": ..., "message"?: ..., "item"?: ...}``; empty for any other error."""
+    ``{"code": ..., "key": ..., "message"?: ..., "item"?: ...}``; empty for any other error."""
     found = error.details.get("reasons")
     if not isinstance(found, list):
         return []

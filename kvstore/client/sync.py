@@ -34,7 +34,7 @@ from collections.abc import (
 )
 from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from kvstore.client.builders import JsonCondition, TxnOp
 from kvstore.client.client import Client
@@ -42,10 +42,12 @@ from kvstore.client.results import Committed, Deleted, Item, Written
 from kvstore.client.transaction import CommitPlan, Transaction
 from kvstore.errors import KvError, Unavailable
 from kvstore.limits import SCAN_LIMIT_DEFAULT, SDK_RUN_ATTEMPTS_MAX, SDK_SYNC_CLOSE_TIMEOUT_MS
+from kvstore.types import ValueInput
 
 __all__ = ["SyncClient", "SyncTransaction"]
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 class SyncClient:
@@ -103,10 +105,16 @@ class SyncClient:
 
     # --- calls ----------------------------------------------------------------------------
 
-    def get(self, key: str) -> Item | None:
-        return self._wait(self.client.get(key))
+    @overload
+    def get(self, key: str) -> Item | None: ...
+    @overload
+    def get(self, key: str, value_type: type[V]) -> Item[V] | None: ...
+    def get(self, key: str, value_type: type[Any] | None = None) -> Item[Any] | None:
+        if value_type is None:
+            return self._wait(self.client.get(key))
+        return self._wait(self.client.get(key, value_type))
 
-    def put(self, key: str, value: object, *, if_: JsonCondition | None = None) -> Written:
+    def put(self, key: str, value: ValueInput, *, if_: JsonCondition | None = None) -> Written:
         return self._wait(self.client.put(key, value, if_=if_))
 
     def delete(self, key: str, *, if_: JsonCondition | None = None) -> Deleted:
@@ -116,10 +124,10 @@ class SyncClient:
         self,
         key: str,
         *,
-        set: Mapping[str, object] | None = None,  # the API's member name, hence the builtin's
+        set: Mapping[str, ValueInput] | None = None,  # the API's member name, hence the builtin's
         remove: Sequence[str] | None = None,
-        add: Mapping[str, object] | None = None,
-        append: Mapping[str, Sequence[object]] | None = None,
+        add: Mapping[str, int | float] | None = None,
+        append: Mapping[str, Sequence[ValueInput]] | None = None,
         if_: JsonCondition | None = None,
     ) -> Committed:
         return self._wait(
@@ -129,12 +137,21 @@ class SyncClient:
     def transact(self, ops: Sequence[TxnOp], *, token: str | None = None) -> Committed:
         return self._wait(self.client.transact(ops, token=token))
 
-    def read(self, keys: Sequence[str]) -> list[Item | None]:
-        return self._wait(self.client.read(keys))
+    @overload
+    def read(self, keys: Sequence[str]) -> list[Item | None]: ...
+    @overload
+    def read(self, keys: Sequence[str], value_type: type[V]) -> list[Item[V] | None]: ...
+    def read(
+        self, keys: Sequence[str], value_type: type[Any] | None = None
+    ) -> list[Item[Any] | None]:
+        if value_type is None:
+            return self._wait(self.client.read(keys))
+        return self._wait(self.client.read(keys, value_type))
 
     def txn_outcome(self, token: str) -> dict[str, object] | None:
         return self._wait(self.client.txn_outcome(token))
 
+    @overload
     def scan(
         self,
         *,
@@ -142,13 +159,37 @@ class SyncClient:
         start: str | None = None,
         end: str | None = None,
         page_size: int = SCAN_LIMIT_DEFAULT,
-    ) -> Generator[Item, None, None]:
+    ) -> Generator[Item, None, None]: ...
+    @overload
+    def scan(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        page_size: int = SCAN_LIMIT_DEFAULT,
+        value_type: type[V],
+    ) -> Generator[Item[V], None, None]: ...
+    def scan(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        page_size: int = SCAN_LIMIT_DEFAULT,
+        value_type: type[Any] | None = None,
+    ) -> Generator[Item[Any], None, None]:
         """As :meth:`Client.scan`; arguments are checked now, pages fetched as you iterate."""
-        pages = self.client.scan(prefix=prefix, start=start, end=end, page_size=page_size)
+        if value_type is None:
+            pages = self.client.scan(prefix=prefix, start=start, end=end, page_size=page_size)
+        else:
+            pages = self.client.scan(
+                prefix=prefix, start=start, end=end, page_size=page_size, value_type=value_type
+            )
         return self._iterate(pages)
 
-    def _iterate(self, pages: AsyncIterator[Item]) -> Generator[Item, None, None]:
-        async def next_item() -> tuple[bool, Item | None]:
+    def _iterate(self, pages: AsyncIterator[Item[Any]]) -> Generator[Item[Any], None, None]:
+        async def next_item() -> tuple[bool, Item[Any] | None]:
             try:
                 return True, await anext(pages)
             except StopAsyncIteration:
@@ -222,10 +263,16 @@ class SyncTransaction:
     def committed(self) -> Committed | None:
         return self.tx.committed
 
-    def get(self, key: str) -> Item | None:
-        return self._owner._wait(self.tx.get(key))
+    @overload
+    def get(self, key: str) -> Item | None: ...
+    @overload
+    def get(self, key: str, value_type: type[V]) -> Item[V] | None: ...
+    def get(self, key: str, value_type: type[Any] | None = None) -> Item[Any] | None:
+        if value_type is None:
+            return self._owner._wait(self.tx.get(key))
+        return self._owner._wait(self.tx.get(key, value_type))
 
-    def put(self, key: str, value: object, *, if_: JsonCondition | None = None) -> None:
+    def put(self, key: str, value: ValueInput, *, if_: JsonCondition | None = None) -> None:
         self.tx.put(key, value, if_=if_)
 
     def delete(self, key: str, *, if_: JsonCondition | None = None) -> None:
@@ -235,10 +282,10 @@ class SyncTransaction:
         self,
         key: str,
         *,
-        set: Mapping[str, object] | None = None,  # the API's member name, hence the builtin's
+        set: Mapping[str, ValueInput] | None = None,  # the API's member name, hence the builtin's
         remove: Sequence[str] | None = None,
-        add: Mapping[str, object] | None = None,
-        append: Mapping[str, Sequence[object]] | None = None,
+        add: Mapping[str, int | float] | None = None,
+        append: Mapping[str, Sequence[ValueInput]] | None = None,
         if_: JsonCondition | None = None,
     ) -> None:
         self.tx.update(key, set=set, remove=remove, add=add, append=append, if_=if_)

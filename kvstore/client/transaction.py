@@ -52,20 +52,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from kvstore.client.builders import Check, Delete, JsonCondition, Put, Update
 from kvstore.client.results import UNCOMMITTED_VERSION, Committed, Item
+from kvstore.client.typed import checker, to_value, typed_item
 from kvstore.coordinator.answers import value_to_json
 from kvstore.errors import KvError, TransactionCanceled, TransactionConflict, ValidationError
 from kvstore.ops import apply_op, op_from_json, ops_from_json
-from kvstore.types import Value
+from kvstore.types import Value, ValueInput
 from kvstore.values import validate_key
 
 if TYPE_CHECKING:
     from kvstore.client.client import Client
 
 __all__ = ["ReadMark", "PlannedOp", "CommitPlan", "commit_plan", "Transaction"]
+
+V = TypeVar("V")
 
 _RETRYABLE_REASONS = frozenset({"TransactionConflict", "TimestampTooOld"})
 
@@ -81,7 +84,7 @@ class ReadMark:
         """The condition that holds exactly while the key is as seen."""
         return {"version": self.version} if self.exists else {"exists": False}
 
-    def matches(self, item: Mapping[str, object] | Item | None) -> bool:
+    def matches(self, item: Mapping[str, object] | Item[Any] | None) -> bool:
         """Whether ``item`` (an Item, its JSON form, or None for absent) is as seen."""
         if item is None:
             return not self.exists
@@ -214,10 +217,22 @@ class Transaction:
         self._reads[key] = ReadMark(True, item.version) if item is not None else ReadMark(False)
         return item
 
-    async def get(self, key: str) -> Item | None:
-        """The item at ``key`` as this transaction sees it (see the module)."""
+    @overload
+    async def get(self, key: str) -> Item | None: ...
+    @overload
+    async def get(self, key: str, value_type: type[V]) -> Item[V] | None: ...
+    async def get(self, key: str, value_type: type[Any] | None = None) -> Item[Any] | None:
+        """The item at ``key`` as this transaction sees it (see the module); ``value_type`` as
+        for :meth:`Client.get <kvstore.client.client.Client.get>` (its own writes are checked
+        too)."""
         self._check_open()
         validate_key(key)
+        if value_type is not None:
+            checker(value_type)
+        item = await self._get(key)
+        return item if value_type is None else typed_item(item, value_type)
+
+    async def _get(self, key: str) -> Item | None:
         entry = self._entries.get(key)
         write = entry.write if entry is not None else None
         if write is None:
@@ -246,10 +261,11 @@ class Transaction:
         if if_ is not None:
             entry.conditions.append(dict(if_))
 
-    def put(self, key: str, value: object, *, if_: JsonCondition | None = None) -> None:
+    def put(self, key: str, value: ValueInput, *, if_: JsonCondition | None = None) -> None:
         """Write ``value`` at ``key`` when the transaction commits."""
-        Put(key, value, if_)  # validates
-        self._record(key, {"op": "put", "key": key, "value": value}, if_)
+        plain = to_value(value)
+        Put(key, plain, if_)  # validates
+        self._record(key, {"op": "put", "key": key, "value": plain}, if_)
 
     def delete(self, key: str, *, if_: JsonCondition | None = None) -> None:
         """Delete ``key`` when the transaction commits."""
@@ -260,10 +276,10 @@ class Transaction:
         self,
         key: str,
         *,
-        set: Mapping[str, object] | None = None,  # the API's member name, hence the builtin's
+        set: Mapping[str, ValueInput] | None = None,  # the API's member name, hence the builtin's
         remove: Sequence[str] | None = None,
-        add: Mapping[str, object] | None = None,
-        append: Mapping[str, Sequence[object]] | None = None,
+        add: Mapping[str, int | float] | None = None,
+        append: Mapping[str, Sequence[ValueInput]] | None = None,
         if_: JsonCondition | None = None,
     ) -> None:
         """Apply update actions to ``key`` when the transaction commits (see the module)."""
