@@ -209,6 +209,25 @@ def test_json_fields_recursive_typeddicts_and_unresolvable_annotations() -> None
     assert raised.value.field == "value_type" and "do not resolve" in raised.value.message
 
 
+class Card(TypedDict):
+    number: str
+
+
+def test_forms_msgspec_would_refuse_or_blur_are_checked() -> None:
+    """Why the checker is hand-written (module docstring): unions of dict-like or list types,
+    dict keys in paths, and bytes (direct mode reads them) only where anything goes."""
+    either = checker(Account | Card)
+    assert either({"number": "4111"}, "value") is None and either({"balance": 1}, "value") is None
+    assert either({"number": 4111}, "value") is not None
+    assert checker(list[int] | list[str])(["a", "b"], "value") is None
+    assert checker(dict[str, int] | Card)({"x": 1}, "value") is None
+    assert checker(Order)(
+        {"state": "new", "lines": [{"qty": 1, "price": "x"}], "note": None}, "value"
+    ) == ("value.lines[0].price", "float, got str")
+    assert checker(str)(b"raw", "value") == ("value", "str, got bytes")
+    assert [checker(t)(b"raw", "value") for t in (Any, object, JsonValue)] == [None] * 3
+
+
 def test_checkers_are_built_once_per_type() -> None:
     assert checker(Account) is checker(Account)
     assert checker(list[int]) is checker(list[int])
