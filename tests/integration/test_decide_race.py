@@ -15,12 +15,14 @@ the test, not by luck:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from support.cluster import LocalNodes
+from support.cluster import PATIENT_TIMING, LocalNodes
 from support.partition import add, put
 from support.workload import key_apart
 
@@ -46,11 +48,12 @@ pytestmark = pytest.mark.asyncio
 
 NODES = ("n1", "n2", "n3")
 PARTITIONS = 8
-CALL_TIMEOUT_MS = 2_000
-WAIT_S = 10.0
+CALL_TIMEOUT_MS = 30_000  # a guard: an RPC answers at once unless held by the test
+# Guards against a hang, not measurements: a loaded machine is slow, not wrong.
+WAIT_S = 60.0
 # FAST_TIMING: ledger_decision_deadline_ms 1500; node maintenance every 200 ms.
 POLL_S = 0.05
-RECOVERY_POLLS_MAX = 100  # 5 s: the 1.5 s deadline, a maintenance tick, and slack
+RECOVERY_WAIT_S = 60.0
 
 
 class GatedTransport:
@@ -151,9 +154,9 @@ class Side:
         await self.pool.close()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNodes]:
-    nodes = LocalNodes(tmp_path_factory.mktemp("decide-race"), NODES, partitions=PARTITIONS)
+@contextlib.contextmanager
+def started_cluster(root: Path, timing: dict[str, int] | None) -> Iterator[LocalNodes]:
+    nodes = LocalNodes(root, NODES, partitions=PARTITIONS, timing=timing)
     try:
         nodes.start_all()
         yield nodes
@@ -161,8 +164,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNodes]:
         nodes.close()
 
 
-@pytest_asyncio.fixture
-async def sides(cluster: LocalNodes) -> AsyncIterator[tuple[Side, Side]]:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNodes]:
+    """FAST_TIMING: the anchor's own recovery cancels an undecided record after 1.5 s."""
+    with started_cluster(tmp_path_factory.mktemp("decide-race"), None) as nodes:
+        yield nodes
+
+
+@pytest.fixture(scope="module")
+def patient_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNodes]:
+    """PATIENT_TIMING: for a race the anchor's recovery must not enter, however long a loaded
+    machine takes between A's prepare and its released decision."""
+    with started_cluster(tmp_path_factory.mktemp("decide-race-patient"), PATIENT_TIMING) as nodes:
+        yield nodes
+
+
+@contextlib.asynccontextmanager
+async def two_sides(cluster: LocalNodes) -> AsyncIterator[tuple[Side, Side]]:
     a, b = Side(cluster), Side(cluster)
     try:
         yield a, b
@@ -170,6 +188,18 @@ async def sides(cluster: LocalNodes) -> AsyncIterator[tuple[Side, Side]]:
         for side in (a, b):
             side.transport.release_all()  # nothing may stay blocked behind a gate
             await side.close()
+
+
+@pytest_asyncio.fixture
+async def sides(cluster: LocalNodes) -> AsyncIterator[tuple[Side, Side]]:
+    async with two_sides(cluster) as both:
+        yield both
+
+
+@pytest_asyncio.fixture
+async def patient_sides(patient_cluster: LocalNodes) -> AsyncIterator[tuple[Side, Side]]:
+    async with two_sides(patient_cluster) as both:
+        yield both
 
 
 def keys_for(cluster: LocalNodes, prefix: str) -> tuple[str, str]:
@@ -252,9 +282,9 @@ async def test_rival_cancel_lands_first_and_the_committer_adopts_it(
 
 
 async def test_committer_lands_first_and_the_rival_cancel_gets_committed(
-    cluster: LocalNodes, sides: tuple[Side, Side]
+    patient_cluster: LocalNodes, patient_sides: tuple[Side, Side]
 ) -> None:
-    a, b = sides
+    cluster, (a, b) = patient_cluster, patient_sides
     k_anchor, k_other = keys_for(cluster, "race-b")
     await seed_values(b, k_anchor, k_other)
     a.transport.hold(DecideRequest)
@@ -307,13 +337,13 @@ async def test_decision_held_past_the_deadline_is_cancelled_by_the_anchor(
         txn_id, anchor = held.txn_id, held.partition
 
         # No coordinator decides: the anchor's own recovery must (PREPARING past its deadline).
-        for _ in range(RECOVERY_POLLS_MAX):
+        deadline = time.monotonic() + RECOVERY_WAIT_S
+        while True:
             record = await b.ledger(anchor, txn_id)
             if record is not None and record.state is not TxnState.PREPARING:
                 break
-            await asyncio.sleep(POLL_S)  # polling the ledger record, bounded in count
-        else:
-            raise AssertionError(f"the anchor left {txn_id} undecided: {record}")
+            assert time.monotonic() < deadline, f"the anchor left {txn_id} undecided: {record}"
+            await asyncio.sleep(POLL_S)  # polling the ledger record, bounded by the deadline
         recovered_s = time.monotonic() - started
         assert record is not None and record.state is TxnState.CANCELLED, record
         assert not task.done()

@@ -109,7 +109,6 @@ def by_id(statuses: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_cluster_life_cycle(cluster_dir: Path) -> None:
     root = str(cluster_dir)
-    started_at = time.monotonic()
 
     # up: made on first use, every process healthy, private files private.
     up = kvctl_json("cluster", "up", "--dir", root)
@@ -199,8 +198,6 @@ def test_cluster_life_cycle(cluster_dir: Path) -> None:
     exports = kvctl("cluster", "env", "--dir", root).stdout.splitlines()
     assert exports == [f"export KV_URL={base}", f"export KV_TOKEN={token}"]
     assert kvctl_json("cluster", "env", "--dir", root) == {"KV_URL": base, "KV_TOKEN": token}
-
-    assert time.monotonic() - started_at < 60
 
 
 def test_up_prints_the_api_and_first_requests(cluster_dir: Path) -> None:

@@ -8,11 +8,12 @@ and restarts them from the same data directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cluster import LocalNodes, NodeClient
+from support.cluster import FAST_TIMING, PATIENT_TIMING, LocalNodes, NodeClient
 from support.partition import put
 
 from kvstore.errors import KvError
@@ -39,6 +40,7 @@ pytestmark = pytest.mark.asyncio
 
 WRITERS = 16
 WRITES_PER_WRITER_MAX = 5_000
+ACKS_WAIT_S = 120.0  # a guard: 1500 fsynced writes take long on a loaded machine, not forever
 
 
 def key_on(pmap: PartitionMap, pid: int, prefix: str) -> str:
@@ -49,9 +51,9 @@ def key_on(pmap: PartitionMap, pid: int, prefix: str) -> str:
     raise AssertionError(f"no key for partition {pid}")
 
 
-@pytest.fixture
-def two_nodes(tmp_path: Path) -> Iterator[LocalNodes]:
-    nodes = LocalNodes(tmp_path / "cluster", ("n1", "n2"), partitions=4)
+@contextlib.contextmanager
+def two_nodes(tmp_path: Path, timing: dict[str, int]) -> Iterator[LocalNodes]:
+    nodes = LocalNodes(tmp_path / "cluster", ("n1", "n2"), partitions=4, timing=timing)
     try:
         nodes.start_all()
         yield nodes
@@ -92,9 +94,9 @@ async def test_kill9_during_a_stream_of_writes_loses_no_acknowledged_write(
                     enough.set()
 
         writers = [asyncio.create_task(writer(w)) for w in range(WRITERS)]
-        await asyncio.wait_for(enough.wait(), 30)
+        await asyncio.wait_for(enough.wait(), ACKS_WAIT_S)
         nodes.kill("n1")
-        await asyncio.wait_for(asyncio.gather(*writers), 30)
+        await asyncio.wait_for(asyncio.gather(*writers), ACKS_WAIT_S)
         await client.close()
         assert len(acked) >= kill_after_acks
 
@@ -112,60 +114,62 @@ async def test_kill9_during_a_stream_of_writes_loses_no_acknowledged_write(
 @pytest.mark.parametrize("decided", [False, True], ids=["undecided", "committed"])
 @pytest.mark.parametrize("victims", [("n2",), ("n1",), ("n1", "n2")])
 async def test_kill9_between_prepare_and_commit_resolves_on_every_participant(
-    two_nodes: LocalNodes, decided: bool, victims: tuple[str, ...]
+    tmp_path: Path, decided: bool, victims: tuple[str, ...]
 ) -> None:
-    nodes = two_nodes
-    pmap = nodes.config.cluster_map.partitions
-    anchor, other = PartitionId(0), PartitionId(1)
-    assert (nodes.owner(anchor), nodes.owner(other)) == ("n1", "n2")
-    k_anchor, k_other = key_on(pmap, anchor, "a"), key_on(pmap, other, "b")
-    txn_id = new_txn_id()
-    ts = Timestamp(system_clock_us(), 0, 4242)
-    ledger = LedgerRecord(
-        txn_id=txn_id, ts=ts, state=TxnState.PREPARING, participants=(anchor, other)
-    )
-    n1, n2 = nodes.client("n1"), nodes.client("n2")
-    try:
-        for client, pid, key in ((n1, anchor, k_anchor), (n2, other, k_other)):
-            prepare = PrepareRequest(
-                partition=pid,
-                txn_id=txn_id,
-                ts=ts,
-                ops=(put(key, "v"),),
-                anchor=anchor,
-                ledger=ledger if pid == anchor else None,
-            )
-            vote = await client.request(prepare)
-            assert isinstance(vote, PrepareReply) and vote.accepted, vote
-        if decided:
-            decide = DecideRequest(partition=anchor, txn_id=txn_id, decision=TxnState.COMMITTED)
-            answer = await n1.request(decide)
-            assert isinstance(answer, LedgerReply) and answer.record is not None
-            assert answer.record.state is TxnState.COMMITTED
-    finally:
-        await n1.close()
-        await n2.close()
+    # A decision must land however slow the machine is, so the anchor's decision deadline is
+    # kept out of its way; without one the test waits for that deadline to cancel.
+    with two_nodes(tmp_path, PATIENT_TIMING if decided else FAST_TIMING) as nodes:
+        pmap = nodes.config.cluster_map.partitions
+        anchor, other = PartitionId(0), PartitionId(1)
+        assert (nodes.owner(anchor), nodes.owner(other)) == ("n1", "n2")
+        k_anchor, k_other = key_on(pmap, anchor, "a"), key_on(pmap, other, "b")
+        txn_id = new_txn_id()
+        ts = Timestamp(system_clock_us(), 0, 4242)
+        ledger = LedgerRecord(
+            txn_id=txn_id, ts=ts, state=TxnState.PREPARING, participants=(anchor, other)
+        )
+        n1, n2 = nodes.client("n1"), nodes.client("n2")
+        try:
+            for client, pid, key in ((n1, anchor, k_anchor), (n2, other, k_other)):
+                prepare = PrepareRequest(
+                    partition=pid,
+                    txn_id=txn_id,
+                    ts=ts,
+                    ops=(put(key, "v"),),
+                    anchor=anchor,
+                    ledger=ledger if pid == anchor else None,
+                )
+                vote = await client.request(prepare)
+                assert isinstance(vote, PrepareReply) and vote.accepted, vote
+            if decided:
+                decide = DecideRequest(partition=anchor, txn_id=txn_id, decision=TxnState.COMMITTED)
+                answer = await n1.request(decide)
+                assert isinstance(answer, LedgerReply) and answer.record is not None
+                assert answer.record.state is TxnState.COMMITTED
+        finally:
+            await n1.close()
+            await n2.close()
 
-    for victim in victims:
-        nodes.kill(victim)
-    for victim in victims:
-        nodes.start(victim)
+        for victim in victims:
+            nodes.kill(victim)
+        for victim in victims:
+            nodes.start(victim)
 
-    n1, n2 = nodes.client("n1"), nodes.client("n2")
-    try:
-        for client in (n1, n2):
-            await client.wait_until(settled)
-        lookup = LedgerLookupRequest(partition=anchor, txn_id=txn_id)
-        record = await n1.request(lookup)
-        assert isinstance(record, LedgerReply) and record.record is not None
-        expected = TxnState.COMMITTED if decided else TxnState.CANCELLED
-        assert record.record.state is expected
-        value = "v" if decided else None
-        assert await get_value(n1, pmap, k_anchor) == value
-        assert await get_value(n2, pmap, k_other) == value
-    finally:
-        await n1.close()
-        await n2.close()
+        n1, n2 = nodes.client("n1"), nodes.client("n2")
+        try:
+            for client in (n1, n2):
+                await client.wait_until(settled)
+            lookup = LedgerLookupRequest(partition=anchor, txn_id=txn_id)
+            record = await n1.request(lookup)
+            assert isinstance(record, LedgerReply) and record.record is not None
+            expected = TxnState.COMMITTED if decided else TxnState.CANCELLED
+            assert record.record.state is expected
+            value = "v" if decided else None
+            assert await get_value(n1, pmap, k_anchor) == value
+            assert await get_value(n2, pmap, k_other) == value
+        finally:
+            await n1.close()
+            await n2.close()
 
 
 def settled(stats: dict[str, object]) -> bool:

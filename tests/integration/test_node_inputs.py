@@ -40,6 +40,7 @@ pytestmark = pytest.mark.asyncio
 
 FUZZ_FRAMES = 1_500
 SEEDED_KEYS = 40
+WAIT_S = 30.0  # a guard on one request or reply, not a measurement
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ async def fetch(
     async with (
         aiohttp.ClientSession() as session,
         session.get(
-            node.url("n1", path), headers=headers, timeout=aiohttp.ClientTimeout(total=5)
+            node.url("n1", path), headers=headers, timeout=aiohttp.ClientTimeout(total=WAIT_S)
         ) as reply,
     ):
         return reply.status, await reply.text(), reply.headers.get("WWW-Authenticate")
@@ -275,7 +276,7 @@ async def test_fuzzed_frames_leave_the_node_serving_with_its_data_intact(
                     await ws.send_bytes(fuzz_frame(rng, valid, sent))
                     if sent % 50 == 0:  # a clean ping through the same connection
                         await ws.send_bytes(msgpack.packb([[0, 10**9 + sent, "stats", {}, 1000]]))
-                        async with asyncio.timeout(10):
+                        async with asyncio.timeout(WAIT_S):
                             async for message in ws:
                                 if message.type != aiohttp.WSMsgType.BINARY:
                                     break
@@ -310,7 +311,7 @@ async def test_an_oversize_frame_is_refused_before_decoding(node: LocalNodes) ->
     ):
         with contextlib.suppress(ConnectionError):  # the node may close it mid-send
             await ws.send_bytes(b"\x00" * (limits.RPC_FRAME_BYTES_MAX + 16))
-        message = await ws.receive(timeout=10)
+        message = await ws.receive(timeout=WAIT_S)
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     text = await metrics(node)
     assert metric_value(text, 'kvstore_node_rpc_events_total{event="oversize_frame"}') >= 1

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cluster import LocalNodes
+from support.cluster import PATIENT_TIMING, LocalNodes
 from support.partition import put
 
 from kvstore.messages import (
@@ -28,7 +28,8 @@ P0, P1 = PartitionId(0), PartitionId(1)
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[LocalNodes]:
-    cluster = LocalNodes(tmp_path, ("n1", "n2"), partitions=2)
+    # PATIENT_TIMING: a decision lands however slow the machine is (no anchor cancels first).
+    cluster = LocalNodes(tmp_path, ("n1", "n2"), partitions=2, timing=PATIENT_TIMING)
     try:
         cluster.start_all()
         yield cluster

@@ -37,14 +37,22 @@ TXN_ID_PATTERN: Final = re.compile(r"[0-9a-f]{32}")
 ITEM_MEMBERS: Final = frozenset({"key", "value", "version", "ts"})
 ERROR_MEMBERS: Final = frozenset({"code", "number", "message", "retryable"})
 REQUEST_TIMEOUT_S: Final = 30.0
+PRODUCTION_TIMING: Final[dict[str, int]] = {}  # no timing in the cluster file: the defaults
 _UNSET: Final = object()
 _BYTES_INLINE_MAX: Final = 512 * 1024  # larger bodies are streamed (aiohttp warns otherwise)
 
 
 @contextlib.contextmanager
 def api_cluster(root: Path) -> Iterator[LocalNodes]:
-    """Three storage nodes (8 partitions) and coordinator ``c1``; killed on the way out."""
-    nodes = LocalNodes(root, ("n1", "n2", "n3"), partitions=8, coordinator_ids=("c1",))
+    """Three storage nodes (8 partitions) and coordinator ``c1``; killed on the way out.
+
+    The protocol times are the production defaults, not ``FAST_TIMING``: no API test waits for
+    recovery, and with a 1.5 s decision deadline a loaded machine that stalls a coordinator
+    between prepare and decide would see the anchor cancel a transaction the test expects to
+    commit."""
+    nodes = LocalNodes(
+        root, ("n1", "n2", "n3"), partitions=8, coordinator_ids=("c1",), timing=PRODUCTION_TIMING
+    )
     try:
         nodes.start_all()
         yield nodes

@@ -10,6 +10,7 @@ kills every process it started, whatever state the test left them in; use it thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,11 @@ from kvstore.types import PartitionId
 
 NODE_COMMAND = (sys.executable, "-m", "kvstore.storage_node")
 COORDINATOR_COMMAND = (sys.executable, "-m", "kvstore.coordinator")
-READY_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 60.0  # a guard against a process that never gets ready, not a measurement
+STOP_TIMEOUT_S = 30.0
+PORT_ATTEMPTS_MAX = 3
+CALL_TIMEOUT_MS = 30_000  # a guard on one RPC to a node: answered at once unless the node is gone
+PORT_TAKEN = "address already in use"
 
 # Short protocol times so recovery happens within a test's patience.
 FAST_TIMING = {
@@ -40,19 +44,35 @@ FAST_TIMING = {
     "ledger_decision_deadline_ms": 1_500,
     "tombstone_retention_ms": 1_000,
 }
+# FAST_TIMING without the decision deadline (10 minutes): for tests whose decision must land
+# however long a loaded machine takes between prepare and decide (with 1.5 s the anchor may
+# cancel first). Stale intents are still resolved at once.
+PATIENT_TIMING = {**FAST_TIMING, "ledger_decision_deadline_ms": 600_000}
 
 
 def free_port() -> int:
+    """A loopback port that was free a moment ago, for a server started later (racy: see
+    :meth:`LocalNodes.start_all`). For "nobody listens here" use :func:`refusing_port`."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses every connection for as long as the block runs: it is bound
+    (so no other process can take it) but not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
 class LocalNodes:
     """Node (and coordinator) processes of one test cluster.
 
-    With ``coordinator_ids`` it also writes an API token file with one token per role
-    (``tokens["admin"]``, ``tokens["read-write"]``, ``tokens["read-only"]``). ``env`` is added
+    It also writes an API token file with one token per role (``tokens["admin"]``,
+    ``tokens["read-write"]``, ``tokens["read-only"]``, ``tokens["metrics"]``): coordinators
+    check every API call against it, nodes their ``/metrics``. ``env`` is added
     to every process's environment (e.g. ``KVSTORE_CHAOS_CONTROL=1``).
     """
 
@@ -70,21 +90,28 @@ class LocalNodes:
         self.env = dict(env or {})
         self.config_path = root / "cluster.toml"
         root.mkdir(parents=True, exist_ok=True)
-        addresses = {nid: f"127.0.0.1:{free_port()}" for nid in node_ids}
-        write_cluster_file(
-            self.config_path,
-            nodes=addresses,
-            partitions=partitions,
-            timing=FAST_TIMING if timing is None else timing,
-            coordinators={cid: f"127.0.0.1:{free_port()}" for cid in coordinator_ids},
-        )
+        self._layout = (node_ids, partitions, FAST_TIMING if timing is None else timing)
+        self._coordinator_ids = coordinator_ids
+        self.config: ClusterConfig = self._write_config()
         self.secret = write_secret(root / "secret")
-        self.config: ClusterConfig = load_cluster(self.config_path)
         self.tokens = {
             role.value: create_token(self.config.api_tokens_file, role.value, role) for role in Role
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
+
+    def _write_config(self) -> ClusterConfig:
+        """Write the cluster file with freshly picked free ports; the loaded config."""
+        node_ids, partitions, timing = self._layout
+        write_cluster_file(
+            self.config_path,
+            nodes={nid: f"127.0.0.1:{free_port()}" for nid in node_ids},
+            partitions=partitions,
+            timing=timing,
+            coordinators={cid: f"127.0.0.1:{free_port()}" for cid in self._coordinator_ids},
+        )
+        self.config = load_cluster(self.config_path)
+        return self.config
 
     def address(self, node_id: str) -> str:
         if node_id in self.config.coordinators:
@@ -114,9 +141,22 @@ class LocalNodes:
             )
         self.wait_healthy(node_id)
 
-    def start_all(self) -> None:
-        for node_id in (*self.config.nodes, *self.config.coordinators):
-            self.start(node_id)
+    def start_all(self, *node_ids: str) -> None:
+        """Start every process (or only ``node_ids``), the first time. A port is picked free but
+        bound only by the process, later, so another process on the machine may take it first:
+        then they all start again on new ports (bounded). Call it before anything reads ports
+        from ``config``; restart a process later with :meth:`start`."""
+        for attempt in range(1, PORT_ATTEMPTS_MAX + 1):
+            try:
+                for node_id in node_ids or (*self.config.nodes, *self.config.coordinators):
+                    self.start(node_id)
+                return
+            except RuntimeError as error:
+                if PORT_TAKEN not in str(error) or attempt == PORT_ATTEMPTS_MAX:
+                    raise
+                self.close()
+                self.procs.clear()
+                self._write_config()
 
     def wait_healthy(self, node_id: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -167,17 +207,17 @@ class NodeClient:
     def __init__(self, rpc: RpcClient) -> None:
         self.rpc = rpc
 
-    async def request(self, request: Request, timeout_ms: int = 5_000) -> Reply:
+    async def request(self, request: Request, timeout_ms: int = CALL_TIMEOUT_MS) -> Reply:
         method = method_of(request)
         body = await self.rpc.call(method, encode_request(request), timeout_ms)
         return decode_reply(method, body)
 
     async def stats(self) -> dict[str, Any]:
-        body = await self.rpc.call("stats", {}, 5_000)
+        body = await self.rpc.call("stats", {}, CALL_TIMEOUT_MS)
         assert isinstance(body, dict)
         return body
 
-    async def wait_until(self, predicate: Any, timeout_s: float = 20.0) -> dict[str, Any]:
+    async def wait_until(self, predicate: Any, timeout_s: float = 60.0) -> dict[str, Any]:
         """Poll ``stats`` until ``predicate(stats)`` holds (bounded); return the last stats."""
         deadline = time.monotonic() + timeout_s
         while True:

@@ -24,7 +24,9 @@ from kvstore.partitioning import PartitionMap
 JsonOps = list[dict[str, Any]]
 
 REQUEST_TIMEOUT_S = 15.0  # one HTTP call (a follow waits for recovery: seconds, not minutes)
-RETRIES_MAX = 40
+# A guard, not a measurement: a retry waits for recovery (about the 1.5 s decision deadline of
+# FAST_TIMING), which takes longer on a loaded machine; 150 attempts are over a minute of backoff.
+RETRIES_MAX = 150
 BACKOFF_BASE_S = 0.02
 BACKOFF_MAX_S = 0.5
 READ_ATTEMPTS_MAX = 50

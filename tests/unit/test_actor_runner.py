@@ -24,6 +24,8 @@ from kvstore.types import PartitionId, Timestamp, TxnId
 
 pytestmark = pytest.mark.asyncio
 
+WAIT_S = 60.0  # a guard against a hang, not a measurement
+
 
 class Partitions:
     """Answers cancels and completes like partitions would, and records every request."""
@@ -60,9 +62,9 @@ async def test_a_message_sent_just_before_finishing_still_goes_out() -> None:
     partitions = Partitions()
     runner = ActorRunner(partitions, lambda: 1_000_000)
     try:
-        result = await asyncio.wait_for(runner.run(Recovery(record(), PartitionId(0), 0)), 5)
+        result = await asyncio.wait_for(runner.run(Recovery(record(), PartitionId(0), 0)), WAIT_S)
         assert isinstance(result, RecoveryResult) and result.completed
-        await asyncio.wait_for(partitions.all_seen.wait(), 5)
+        await asyncio.wait_for(partitions.all_seen.wait(), WAIT_S)
     finally:
         await runner.close()
     kinds = [type(r).__name__ for r in partitions.seen]
@@ -98,7 +100,7 @@ async def test_a_core_that_raises_fails_its_caller_instead_of_hanging() -> None:
     runner = ActorRunner(Partitions(), lambda: 0)
     try:
         with pytest.raises(RuntimeError, match="core bug"):
-            await asyncio.wait_for(runner.run(Broken()), 5)  # type: ignore[arg-type]
+            await asyncio.wait_for(runner.run(Broken()), WAIT_S)  # type: ignore[arg-type]
     finally:
         await runner.close()
 

@@ -29,6 +29,8 @@ from kvstore.types import TIMESTAMP_ZERO, PartitionId
 
 pytestmark = pytest.mark.asyncio
 
+WAIT_S = 60.0  # a guard against a hang: a flush is done in milliseconds unless the disk is busy
+
 
 class RecordingExecutor(ThreadPoolExecutor):
     def __init__(self) -> None:
@@ -79,7 +81,7 @@ def write(shell: PartitionShell, key: str) -> None:
 async def flush(shell: PartitionShell) -> None:
     waiter = shell.durable()
     assert waiter is not None
-    await asyncio.wait_for(waiter, 10)
+    await asyncio.wait_for(waiter, WAIT_S)
 
 
 async def test_a_small_flush_on_a_fast_disk_commits_on_the_loop(parts: Any) -> None:
@@ -99,8 +101,12 @@ async def test_slow_commits_move_to_the_flush_thread_and_keep_being_measured(par
     write(shell, "a")
     await flush(shell)
     assert executor.submitted == 1
-    assert min(shell.recent_commits_us) < slow  # the fast commit on the thread was timed too
-    assert shell.commits_inline(1)  # so the next flush commits on the loop again
+    # The commit on the thread was timed too: its sample pushed the oldest slow one out. (How
+    # fast it was is the disk's business: under load an fsync may well take milliseconds; what
+    # a fast sample does is the next test.)
+    assert len(shell.recent_commits_us) == FLUSH_COMMIT_SAMPLES
+    assert list(shell.recent_commits_us)[:-1] == [slow] * (FLUSH_COMMIT_SAMPLES - 1)
+    assert 0 < shell.recent_commits_us[-1] != slow
 
 
 async def test_one_fast_commit_among_slow_ones_keeps_commits_on_the_loop(parts: Any) -> None:
@@ -133,7 +139,7 @@ async def test_a_failed_inline_commit_fails_its_waiters_and_the_node(
     waiter = shell.durable()
     assert waiter is not None
     with pytest.raises(InternalError, match="failed to flush"):
-        await asyncio.wait_for(waiter, 10)
+        await asyncio.wait_for(waiter, WAIT_S)
     assert executor.submitted == 0
     assert len(fatal) == 1 and isinstance(fatal[0], OSError)
     with pytest.raises(InternalError):
