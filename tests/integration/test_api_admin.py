@@ -17,11 +17,8 @@ import pytest
 import pytest_asyncio
 from support.api import ApiClient, api_client, assert_error
 from support.cluster import LocalNodes
-from support.partition import put
 
-from kvstore.messages import DecideRequest, LedgerRecord, PrepareRequest, TxnState
-from kvstore.timestamps import new_txn_id, system_clock_us
-from kvstore.types import PartitionId, Timestamp
+from kvstore.types import PartitionId
 
 pytestmark = pytest.mark.asyncio
 
@@ -58,35 +55,6 @@ def key_on(cluster: LocalNodes, pid: PartitionId, prefix: str) -> str:
     return next(f"{prefix}/{i}" for i in range(10_000) if partition_of(f"{prefix}/{i}") == pid)
 
 
-async def decided_but_undelivered(cluster: LocalNodes, key0: str, key1: str) -> str:
-    """A transaction writing ``key0`` (P0, the anchor) and ``key1`` (P1), COMMITTED in its
-    ledger record and applied nowhere."""
-    txn = new_txn_id()
-    ts = Timestamp(system_clock_us(), 0, 77)
-    ledger = LedgerRecord(txn_id=txn, ts=ts, state=TxnState.PREPARING, participants=(P0, P1))
-    for pid, key in ((P0, key0), (P1, key1)):
-        client = cluster.client(cluster.owner(pid))
-        try:
-            await client.request(
-                PrepareRequest(
-                    partition=pid,
-                    txn_id=txn,
-                    ts=ts,
-                    ops=(put(key, "v"),),
-                    anchor=P0,
-                    ledger=ledger if pid == P0 else None,
-                )
-            )
-        finally:
-            await client.close()
-    client = cluster.client(cluster.owner(P0))
-    try:
-        await client.request(DecideRequest(partition=P0, txn_id=txn, decision=TxnState.COMMITTED))
-    finally:
-        await client.close()
-    return txn
-
-
 async def recover(api: ApiClient, body: dict[str, Any] | None, **kwargs: Any) -> Any:
     reply = await api.request(
         "POST", RECOVER, **({} if body is None else {"json_body": body}), **kwargs
@@ -100,7 +68,7 @@ async def test_only_an_admin_token_may_recover_and_a_refusal_changes_nothing(
     cluster: LocalNodes, api: ApiClient
 ) -> None:
     key0, key1 = key_on(cluster, P0, "refused"), key_on(cluster, P1, "refused")
-    txn = await decided_but_undelivered(cluster, key0, key1)
+    txn = await cluster.stuck_transaction(key0, key1, decided=True)
     assert_error(await api.request("POST", RECOVER, json_body={}, token=None), "Unauthorized")
     for role in ("read-write", "read-only", "metrics"):
         reply = await api.request(
@@ -117,7 +85,7 @@ async def test_recover_lists_then_delivers_a_decided_transaction(
     cluster: LocalNodes, api: ApiClient
 ) -> None:
     key0, key1 = key_on(cluster, P0, "stuck"), key_on(cluster, P1, "stuck")
-    txn = await decided_but_undelivered(cluster, key0, key1)
+    txn = await cluster.stuck_transaction(key0, key1, decided=True)
 
     # No body: the cluster's stale-intent time, which this young transaction is below.
     default = await recover(api, None)

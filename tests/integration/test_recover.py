@@ -8,19 +8,13 @@ from pathlib import Path
 
 import pytest
 from support.cluster import PATIENT_TIMING, LocalNodes
-from support.partition import put
 
 from kvstore.messages import (
-    DecideRequest,
     GetReply,
     GetRequest,
-    LedgerRecord,
-    PrepareRequest,
-    TxnState,
 )
 from kvstore.recover import drive, find_stuck
-from kvstore.timestamps import new_txn_id, system_clock_us
-from kvstore.types import PartitionId, Timestamp
+from kvstore.types import PartitionId
 
 pytestmark = pytest.mark.asyncio
 P0, P1 = PartitionId(0), PartitionId(1)
@@ -37,34 +31,8 @@ def nodes(tmp_path: Path) -> Iterator[LocalNodes]:
         cluster.close()
 
 
-async def _prepare(nodes: LocalNodes, key0: str, key1: str) -> str:
-    txn = new_txn_id()
-    ts = Timestamp(system_clock_us(), 0, 77)
-    ledger = LedgerRecord(txn_id=txn, ts=ts, state=TxnState.PREPARING, participants=(P0, P1))
-    for pid, key in ((P0, key0), (P1, key1)):
-        client = nodes.client(nodes.owner(pid))
-        try:
-            request = PrepareRequest(
-                partition=pid,
-                txn_id=txn,
-                ts=ts,
-                ops=(put(key, "v"),),
-                anchor=P0,
-                ledger=ledger if pid == P0 else None,
-            )
-            await client.request(request)
-        finally:
-            await client.close()
-    return txn
-
-
 async def test_a_decided_transaction_is_found_and_delivered(nodes: LocalNodes) -> None:
-    txn = await _prepare(nodes, "a0", "b0")
-    client = nodes.client(nodes.owner(P0))
-    try:
-        await client.request(DecideRequest(partition=P0, txn_id=txn, decision=TxnState.COMMITTED))
-    finally:
-        await client.close()
+    txn = await nodes.stuck_transaction("a0", "b0", decided=True)
     stuck = await find_stuck(nodes.config, older_than_ms=0)
     mine = [s for s in stuck if s.txn_id == txn]
     # The nodes' own maintenance may have finished it already; if listed, it is on the anchor.
@@ -85,7 +53,7 @@ async def test_a_decided_transaction_is_found_and_delivered(nodes: LocalNodes) -
 async def test_an_undecided_transaction_is_left_alone_until_its_deadline(
     nodes: LocalNodes,
 ) -> None:
-    txn = await _prepare(nodes, "a1", "b1")
+    txn = await nodes.stuck_transaction("a1", "b1", decided=False)
     [stuck] = [s for s in await find_stuck(nodes.config, older_than_ms=0) if s.txn_id == txn]
     assert stuck.state == "PREPARING" and stuck.anchor == P0
     assert {pid for pid, _ in stuck.intents} == {P0, P1}

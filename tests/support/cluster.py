@@ -26,9 +26,18 @@ from typing import Any
 from kvstore.api.tokens import Role, create_token
 from kvstore.codec import decode_reply, encode_request, method_of
 from kvstore.config import ClusterConfig, load_cluster, write_cluster_file, write_secret
-from kvstore.messages import Reply, Request
+from kvstore.messages import (
+    DecideRequest,
+    LedgerRecord,
+    PrepareRequest,
+    Reply,
+    Request,
+    TxnState,
+)
 from kvstore.rpc import RpcClient
-from kvstore.types import PartitionId
+from kvstore.timestamps import new_txn_id, system_clock_us
+from kvstore.types import PartitionId, Timestamp
+from support.partition import put
 
 NODE_COMMAND = (sys.executable, "-m", "kvstore.storage_node")
 COORDINATOR_COMMAND = (sys.executable, "-m", "kvstore.coordinator")
@@ -196,6 +205,39 @@ class LocalNodes:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(STOP_TIMEOUT_S)
+
+    async def stuck_transaction(self, key0: str, key1: str, *, decided: bool) -> str:
+        """The id of a transaction writing ``"v"`` to ``key0`` on partition 0 (its anchor, with
+        the ledger record) and to ``key1`` on partition 1, prepared on both and applied nowhere;
+        ``decided``: COMMITTED in its ledger record, else still PREPARING."""
+        anchor, other = PartitionId(0), PartitionId(1)
+        txn = new_txn_id()
+        ts = Timestamp(system_clock_us(), 0, 77)
+        ledger = LedgerRecord(
+            txn_id=txn, ts=ts, state=TxnState.PREPARING, participants=(anchor, other)
+        )
+        requests: list[Request] = [
+            PrepareRequest(
+                partition=pid,
+                txn_id=txn,
+                ts=ts,
+                ops=(put(key, "v"),),
+                anchor=anchor,
+                ledger=ledger if pid == anchor else None,
+            )
+            for pid, key in ((anchor, key0), (other, key1))
+        ]
+        if decided:
+            requests.append(
+                DecideRequest(partition=anchor, txn_id=txn, decision=TxnState.COMMITTED)
+            )
+        for request in requests:
+            client = self.client(self.owner(request.partition))
+            try:
+                await client.request(request)
+            finally:
+                await client.close()
+        return txn
 
     def client(self, node_id: str, **kwargs: Any) -> NodeClient:
         return NodeClient(RpcClient(f"ws://{self.address(node_id)}/rpc", self.secret, **kwargs))
