@@ -21,6 +21,7 @@ the SDK can map a code from the wire back to the same class with :func:`error_fr
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -48,6 +49,7 @@ __all__ = [
     "ProtocolViolation",
     "InternalError",
     "error_from_code",
+    "connect_failure_reason",
 ]
 
 
@@ -258,3 +260,20 @@ def error_from_code(
         error.args = (message,)
         return error
     return _CLASS_BY_CODE[code](message, details=details)
+
+
+def connect_failure_reason(error: BaseException) -> str:
+    """Why a connection could not be made, in words fit for a public error message: the
+    operating system's text for the error number (``"connection refused"``), never the
+    exception's text or repr, which name the address (asyncio's connect errors put it in their
+    message, aiohttp's the whole connection key). ``error`` is an ``OSError``, a
+    ``TimeoutError``, or a client error carrying the OS error as ``os_error`` (aiohttp's)."""
+    if isinstance(error, TimeoutError):  # aiohttp's connect and server timeouts included
+        return "timed out"
+    cause = getattr(error, "os_error", error)
+    if isinstance(cause, OSError):
+        if cause.errno is not None and cause.errno > 0:
+            return os.strerror(cause.errno).lower()
+        if cause.strerror:  # the resolver's (gaierror), whose errno is negative
+            return cause.strerror.lower()
+    return "connection failed"

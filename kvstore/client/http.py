@@ -30,7 +30,6 @@ Answers map back to the SDK's terms:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Final
 from urllib.parse import quote, urlsplit
@@ -47,6 +46,7 @@ from kvstore.errors import (
     ProtocolViolation,
     Unavailable,
     ValidationError,
+    connect_failure_reason,
     error_from_code,
 )
 from kvstore.limits import SDK_HTTP_CONNECTIONS_MAX, TXN_OPS_MAX_CEILING
@@ -100,18 +100,6 @@ def _error_from_answer(status: int, raw: bytes, headers: Mapping[str, str]) -> K
         details["sent"] = True
         return Unavailable(f"HTTP {status} without an API error: {shown!r}", details=details)
     return ProtocolViolation(f"HTTP {status} without an API error: {shown!r}", details=details)
-
-
-def _connect_failure(error: aiohttp.ClientError) -> str:
-    """Why a connection could not be made, in words: the OS's reason for its error number (the
-    exception's own text repeats the address as a Python tuple), the resolver's for a name."""
-    os_error = getattr(error, "os_error", None)
-    if isinstance(os_error, OSError):
-        if os_error.errno is not None and os_error.errno > 0:
-            return os.strerror(os_error.errno).lower()
-        if os_error.strerror:
-            return os_error.strerror.lower()
-    return "timed out" if isinstance(error, aiohttp.ConnectionTimeoutError) else "failed"
 
 
 def _absent(entry: object) -> bool:
@@ -171,9 +159,9 @@ class HttpBackend:
                 status = response.status
                 answer_headers = dict(response.headers)
         except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as error:
-            raise Unavailable(
-                f"cannot connect to {self.url}: {_connect_failure(error)}", details={"sent": False}
-            ) from None
+            why = connect_failure_reason(error)
+            message = f"cannot connect to {self.url}: {why}"
+            raise Unavailable(message, details={"sent": False}) from None
         except (aiohttp.ClientError, TimeoutError) as error:
             shown = str(error) or type(error).__name__
             raise Unavailable(

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections import deque
@@ -58,6 +57,7 @@ from kvstore.errors import (
     Unauthorized,
     Unavailable,
     ValidationError,
+    connect_failure_reason,
     error_from_code,
 )
 from kvstore.limits import (
@@ -85,7 +85,7 @@ from kvstore.rpc.frames import (
 )
 from kvstore.types import Timestamp
 
-__all__ = ["ClockSink", "RpcClient", "RpcPool", "connect_failure_reason"]
+__all__ = ["ClockSink", "RpcClient", "RpcPool"]
 
 ClockSink = Callable[[Timestamp], None]
 
@@ -98,22 +98,6 @@ _DEADLINE_TICK_S: Final = 0.005
 # next requests before the next slice is resolved, so the peer gets work sooner (see the
 # server's DISPATCH_STEP).
 _DISPATCH_STEP: Final = 32
-
-
-def connect_failure_reason(error: BaseException) -> str:
-    """Why a connect attempt failed, in words fit for a public error: the operating system's
-    text for the error number (``"Connection refused"``), never the exception's repr or the
-    address (asyncio's connect errors put the address in their message)."""
-    if isinstance(error, TimeoutError | aiohttp.ServerTimeoutError):
-        return "timed out"
-    cause: BaseException | None = error
-    if isinstance(error, aiohttp.ClientConnectorError):
-        cause = error.os_error
-    if isinstance(cause, OSError) and cause.errno:
-        return os.strerror(cause.errno)
-    if isinstance(error, RuntimeError):
-        return "the client session was closed"
-    return "connection failed"
 
 
 def _fresh(error: KvError) -> KvError:
@@ -334,10 +318,11 @@ class RpcClient:
         except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as exc:
             # RuntimeError: aiohttp's answer when a shared session was closed under us.
             self._note_failure(loop)
-            why = connect_failure_reason(exc)
+            closed = isinstance(exc, RuntimeError)
+            why = "the client session was closed" if closed else connect_failure_reason(exc)
             self._log_failure(why)
             raise Unavailable(f"cannot connect: {why}", details={"sent": False}) from None
-        if self._failures_unlogged or self._failures > 1:
+        if self._failures:  # the first failure was logged: say that it is over
             self._log.info(
                 "rpc: reconnected to %s after %d failed attempts", self.url, self._failures
             )

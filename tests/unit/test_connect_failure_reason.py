@@ -4,12 +4,13 @@ reach public errors (``kvstore.transport`` adds the partition and the node id)."
 from __future__ import annotations
 
 import errno
+import socket
 
 import aiohttp
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
-from kvstore.rpc.client import connect_failure_reason
+from kvstore.errors import connect_failure_reason
 
 
 def connector_error(os_error: OSError) -> aiohttp.ClientConnectorError:
@@ -26,15 +27,18 @@ def connector_error(os_error: OSError) -> aiohttp.ClientConnectorError:
                     errno.ECONNREFUSED, "Connect call failed ('127.0.0.1', 53265)"
                 )
             ),
-            "Connection refused",
+            "connection refused",
         ),
         (
             ConnectionResetError(errno.ECONNRESET, "reset by 127.0.0.1:53265"),
-            "Connection reset by peer",
+            "connection reset by peer",
         ),
         (TimeoutError(), "timed out"),
         (aiohttp.ServerTimeoutError("127.0.0.1:53265"), "timed out"),
-        (RuntimeError("Session is closed"), "the client session was closed"),
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "name or service not known",
+        ),
         (aiohttp.ClientPayloadError("at 127.0.0.1:53265"), "connection failed"),
     ],
 )
