@@ -33,7 +33,6 @@ decoded from the raw request target, so ``%2F`` stays inside the key.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -44,6 +43,7 @@ from typing import Final
 from aiohttp import web
 
 from kvstore.api import requests as parse
+from kvstore.api.responses import JSON_CONTENT_TYPE, error_response, json_response
 from kvstore.api.tokens import Role, TokenStore
 from kvstore.config import ClusterConfig
 from kvstore.coordinator.answers import entry_to_json, item_to_json, record_to_json, ts_to_json
@@ -57,15 +57,14 @@ from kvstore.errors import (
     Unavailable,
     ValidationError,
 )
-from kvstore.limits import API_BODY_BYTES_MAX, RETRY_AFTER_S
+from kvstore.limits import API_BODY_BYTES_MAX
 from kvstore.logs import log_event
 from kvstore.recover import drive, find_stuck, report_to_json
 from kvstore.types import Timestamp
 
-__all__ = ["Route", "ROUTES", "build_app", "error_response", "openapi_document"]
+__all__ = ["Route", "ROUTES", "build_app", "openapi_document"]
 
 _log = logging.getLogger("kvstore.api")
-_JSON: Final = "application/json"
 _READ_CHUNK_BYTES: Final = 64 * 1024
 _CUT_OFF: Final = "kvstore.body_cut_off"  # request flag: the body passed the cap mid-stream
 
@@ -84,25 +83,6 @@ class Route:
 def openapi_document() -> bytes:
     """The checked-in OpenAPI 3.1 document."""
     return resources.files("kvstore.api").joinpath("openapi.json").read_bytes()
-
-
-def _json(body: object, status: int = 200) -> web.Response:
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    # A lone surrogate (a member name spelled "\ud800" echoed in an error) becomes its JSON escape.
-    return web.Response(
-        body=text.encode("utf-8", "backslashreplace"), status=status, content_type=_JSON
-    )
-
-
-def error_response(error: KvError, status: int | None = None) -> web.Response:
-    """The catalogue's answer to ``error``: ``{"error": {...}}`` with ``Retry-After`` on 503 and
-    ``WWW-Authenticate`` on 401 (storage nodes answer ``/metrics`` refusals with it too)."""
-    response = _json({"error": error.to_json()}, status or error.code.http_status)
-    if response.status == 503:
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
-    elif response.status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="kvstore"'
-    return response
 
 
 class Api:
@@ -169,29 +149,31 @@ class Api:
         item = await self.coordinator.get(key)
         if item is None:
             raise NotFound("no item with this key", details={"key": key})
-        return _json(item_to_json(item))
+        return json_response(item_to_json(item))
 
     async def put_item(self, request: web.Request) -> web.StreamResponse:
         key = self._key(request)
         op = parse.put_op(key, await self._body(request))
         reply = await self.coordinator.write(op)
-        return _json({"version": reply.version, "ts": _ts(reply.ts)})
+        return json_response({"version": reply.version, "ts": _ts(reply.ts)})
 
     async def delete_item(self, request: web.Request) -> web.StreamResponse:
         key = self._key(request)
         op = parse.delete_op(key, await self._body(request, optional=True))
         reply = await self.coordinator.write(op)
-        return _json({"deleted": reply.existed, "ts": _ts(reply.ts)})
+        return json_response({"deleted": reply.existed, "ts": _ts(reply.ts)})
 
     async def transact(self, request: web.Request) -> web.StreamResponse:
         ops, token = parse.txn_request(await self._body(request), self.coordinator.txn_ops_max)
         result = await self.coordinator.transact(ops, token=token)
-        return _json({"committed": True, "ts": ts_to_json(result.ts), "txn_id": result.txn_id})
+        return json_response(
+            {"committed": True, "ts": ts_to_json(result.ts), "txn_id": result.txn_id}
+        )
 
     async def read(self, request: web.Request) -> web.StreamResponse:
         keys = parse.read_keys(await self._body(request))
         entries = await self.coordinator.read(keys)
-        return _json({"items": [entry_to_json(entry) for entry in entries]})
+        return json_response({"items": [entry_to_json(entry) for entry in entries]})
 
     async def scan(self, request: web.Request) -> web.StreamResponse:
         raw_query = request.raw_path.partition("?")[2]
@@ -200,7 +182,9 @@ class Api:
             start=query.start, end=query.end, limit=query.limit, after=query.after
         )
         cursor = parse.encode_cursor(page.after) if page.after is not None else None
-        return _json({"items": [item_to_json(item) for item in page.items], "cursor": cursor})
+        return json_response(
+            {"items": [item_to_json(item) for item in page.items], "cursor": cursor}
+        )
 
     async def txn_outcome(self, request: web.Request) -> web.StreamResponse:
         token = self._raw_tail(request, "/v1/txn/", "token")
@@ -210,12 +194,12 @@ class Api:
                 "no transaction with this idempotency token (unknown, or older than the "
                 "idempotency window)"
             )
-        return _json(record_to_json(token, record))
+        return json_response(record_to_json(token, record))
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         del request
         cluster_map = self.coordinator.cluster_map
-        return _json(
+        return json_response(
             {
                 "status": "ok",
                 "role": "coordinator",
@@ -246,7 +230,7 @@ class Api:
             stuck=len(stuck),
             driven=len(driven),
         )
-        return _json(
+        return json_response(
             {
                 "older_than_ms": asked.older_than_ms,
                 "dry_run": asked.dry_run,
@@ -256,7 +240,7 @@ class Api:
 
     async def openapi_json(self, request: web.Request) -> web.StreamResponse:
         del request
-        return web.Response(body=self.openapi, content_type=_JSON)
+        return web.Response(body=self.openapi, content_type=JSON_CONTENT_TYPE)
 
     async def metrics_page(self, request: web.Request) -> web.StreamResponse:
         del request

@@ -48,7 +48,7 @@ from typing import IO, Any
 from aiohttp import web
 
 from kvstore import limits
-from kvstore.api.app import error_response
+from kvstore.api.responses import error_response
 from kvstore.api.tokens import Role, TokenStore
 from kvstore.chaos_control import enabled_from_env
 from kvstore.codec import decode_request, encode_reply
