@@ -98,7 +98,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -964,14 +964,13 @@ class LocalCluster:
     ) -> dict[ProcessSpec, int]:
         """Wait until the processes of ``group`` are gone; those still there at the deadline."""
         left = dict(group)
-        deadline = time.monotonic() + timeout_s
-        delay_s = 0.01
-        while left:
+
+        def gone() -> bool:
+            nonlocal left
             left = {spec: pid for spec, pid in left.items() if self._is_ours(pid, spec)}
-            if not left or time.monotonic() >= deadline:
-                break
-            time.sleep(delay_s)  # exit polling, capped backoff, bounded by the deadline
-            delay_s = min(delay_s * 2, LOCAL_POLL_MAX_MS / 1000)
+            return not left
+
+        _poll_until(gone, timeout_s)
         return left
 
     # --- the lock ------------------------------------------------------------------------
@@ -1139,14 +1138,7 @@ class LocalCluster:
     ) -> bool:
         """Wait until the process of the ``attached`` session has exited; False when it still
         runs at the deadline (a session suspended with Ctrl-Z, say)."""
-        deadline = time.monotonic() + timeout_ms / 1000
-        delay_s = 0.01
-        while process_command_line(attached.pid) is not None:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(delay_s)  # exit polling, capped backoff, bounded by the deadline
-            delay_s = min(delay_s * 2, LOCAL_POLL_MAX_MS / 1000)
-        return True
+        return _poll_until(lambda: process_command_line(attached.pid) is None, timeout_ms / 1000)
 
     # --- status --------------------------------------------------------------------------
 
@@ -1402,6 +1394,19 @@ def _ids(raw: object) -> tuple[str, ...]:
 def _signal(pid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
+
+
+def _poll_until(done: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether ``done()`` became true within ``timeout_s``: process-exit polling with a capped
+    backoff (10 ms doubling up to ``LOCAL_POLL_MAX_MS``), bounded by the deadline."""
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.01
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay_s)
+        delay_s = min(delay_s * 2, LOCAL_POLL_MAX_MS / 1000)
+    return True
 
 
 def _health_ok(url: str, timeout_s: float) -> bool:
