@@ -33,7 +33,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kvstore.rpc import RpcClient, RpcServer  # noqa: E402
+from kvstore.rpc import AsyncHandler, RpcClient, RpcServer  # noqa: E402
 from kvstore.timestamps import process_clock  # noqa: E402
 
 SECRET = "bench-secret"
@@ -61,7 +61,7 @@ async def serve(port: int) -> None:
     async def echo(method: str, body: object, timeout_ms: int) -> object:
         return body
 
-    server = RpcServer(echo, secret=SECRET, clock=clock.now)
+    server = RpcServer(AsyncHandler(echo), secret=SECRET, clock=clock.now)
     app = web.Application()
     server.install(app)
     runner = web.AppRunner(app, access_log=None)

@@ -156,7 +156,7 @@ RPC_FAILURE_LOG_INTERVAL_MS: Final = 30_000  # a peer that stays unreachable: on
 
 # --- storage node (DESIGN section 8) -------------------------------------------------------
 PARTITION_QUEUE_MAX: Final = 2_048  # requests waiting on one partition; beyond: Overloaded.
-FLUSH_WRITES_MAX: Final = 4_096  # buffered row writes that start a flush without waiting.
+FLUSH_WRITES_MAX: Final = 4_096  # a node's buffered row writes that flush without waiting.
 STAGE_ON_LOOP_ROWS_MAX: Final = 256  # larger flushes stage their rows on the flush thread too.
 # A flush of at most STAGE_ON_LOOP_ROWS_MAX rows commits on the event loop itself while the
 # fastest of the partition's last FLUSH_COMMIT_SAMPLES COMMITs (fsync included) took less than

@@ -33,13 +33,13 @@ from typing import Any
 
 from kvstore.codec import method_of
 from kvstore.config import ClusterConfig
-from kvstore.coordinator.driver import ActorRunner
 from kvstore.coordinator.recovery import Recovery
 from kvstore.coordinator.results import RecoveryResult
 from kvstore.errors import KvError, ProtocolViolation
 from kvstore.limits import INSPECT_ROWS_MAX, RECOVER_TXNS_MAX, RPC_TIMEOUT_MS
 from kvstore.messages import LedgerLookupRequest, LedgerReply, TxnState
 from kvstore.rpc import RpcPool
+from kvstore.runtime.aio import ActorRunner
 from kvstore.timestamps import system_clock_us
 from kvstore.transport import PartitionTransport
 from kvstore.types import PartitionId, TxnId

@@ -4,9 +4,8 @@ Theory of operation
 -------------------
 Requests name a partition, never a node. :class:`PartitionTransport` looks the owner up in the
 cluster map and sends the request over that node's persistent RPC connection (``kvstore.rpc``),
-encoding and decoding with ``kvstore.codec``. A node passes a ``local`` handler for the partitions
-it owns itself, so its background work reaches them without a socket but through the same path
-(durability wait included) as any remote caller. Every failure surfaces as a
+encoding and decoding with ``kvstore.codec``. (A node's requests to its own partitions never get
+here: its runtime submits them directly.) Every failure surfaces as a
 :class:`~kvstore.errors.KvError`; a reply that does not decode is a ``ProtocolViolation``. An
 unreachable owner is ``Unavailable`` naming the partition and the node id (``details``:
 ``partition``, ``node``), never the node's address: these messages reach API callers.
@@ -14,18 +13,13 @@ unreachable owner is ``Unavailable`` naming the partition and the node id (``det
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
-
 from kvstore.codec import decode_reply, encode_request, method_of
 from kvstore.errors import KvError, ProtocolViolation, Unavailable
 from kvstore.messages import Reply, Request
 from kvstore.partitioning import ClusterMap
 from kvstore.rpc import RpcPool
-from kvstore.types import PartitionId
 
-__all__ = ["PartitionTransport", "LocalHandler"]
-
-LocalHandler = Callable[[Request, int], Awaitable[Reply]]
+__all__ = ["PartitionTransport"]
 
 
 class PartitionTransport:
@@ -35,18 +29,11 @@ class PartitionTransport:
         self,
         cluster_map: ClusterMap,
         pool: RpcPool,
-        *,
-        local: LocalHandler | None = None,
-        local_partitions: Collection[PartitionId] = (),
     ) -> None:
         self.cluster_map = cluster_map
         self._pool = pool
-        self._local = local
-        self._local_partitions = frozenset(local_partitions)
 
     async def call(self, request: Request, timeout_ms: int) -> Reply:
-        if self._local is not None and request.partition in self._local_partitions:
-            return await self._local(request, timeout_ms)
         owner = self.cluster_map.owner_of(request.partition)
         method = method_of(request)
         try:

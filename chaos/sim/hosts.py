@@ -1,25 +1,29 @@
-"""Simulated processes: storage nodes and coordinators, each running the production cores.
+"""Simulated processes: storage nodes and coordinators, each running the production runtime.
 
 Theory of operation
 -------------------
-A :class:`Host` is one process. It has a name, a local clock (virtual time plus an offset the
-nemesis moves), an *incarnation* that grows at every crash, and the actor cores it runs (write and
-read transactions, recoveries, intent resolutions), all with the same event interface. The host
-is the thin shell the services will be: it feeds the cores their events and carries out their
-effects in order (``Send`` through the :class:`~chaos.sim.network.Network`, ``Finish`` to the
-callback that started the actor), and ticks them every ``TICK_US`` while any is running.
+A :class:`Host` is one process: a name, a local clock (virtual time plus an offset the nemesis
+moves), and an *incarnation* that grows at every crash. It holds no protocol logic of its own:
+it instantiates the production runtime (:mod:`kvstore.runtime`) with simulated parts and nothing
+else:
 
-:class:`NodeHost` owns partitions: one :class:`~kvstore.storage_node.core.PartitionCore` per
-partition over a :class:`~kvstore.storage_node.store.MemoryStore` whose committed part is the
-disk. It applies the durability rule of the real node: writes are group-committed by a flush
-``fsync_us`` after the first unflushed write, and *every* reply and every background send waits
-for the flush that covers the writes before it. A crash discards unflushed writes, queued replies,
-the cores' memory and every actor; a restart builds fresh cores over the surviving stores. Its
-maintenance tick runs ``maintain`` on each partition and starts (at most one per transaction)
-intent resolutions and recoveries.
+* :class:`SimScheduler`: the host's local clock and the virtual event loop's timers; a callback
+  scheduled by an earlier incarnation (or while the host is down) never runs.
+* :class:`SimSender`: requests travel as :class:`~chaos.sim.network.Envelope` through the
+  :class:`~chaos.sim.network.Network`, which decides their fate.
+* :class:`SimDisk`: a flush job completes (``run()``: the batch becomes durable) ``fsync_us``
+  after it starts.
 
-:class:`CoordinatorHost` runs client transactions. A crash loses every actor; the clients whose
-requests were in flight are told the connection was lost.
+:class:`NodeHost` runs one :class:`~kvstore.runtime.node.NodeRuntime` over a
+:class:`~kvstore.storage_node.store.MemoryNodeStore` whose durable part is the disk: group
+commit, durability gating, completions, maintenance and background actors are production's own
+code. A crash drops the runtime, the store's unflushed writes and every actor; a restart builds a
+fresh runtime (fresh cores and clock origin) over the surviving store.
+
+:class:`CoordinatorHost` runs client transactions on a production
+:class:`~kvstore.runtime.actors.ActorDriver`, built with the same constructor as the coordinator
+library's (:func:`~kvstore.coordinator.core.new_write_txn`). A crash loses every actor; the
+clients whose requests were in flight are told the connection was lost.
 """
 
 from __future__ import annotations
@@ -30,33 +34,95 @@ from typing import Any
 
 from chaos.sim.loop import EventLoop, Trace
 from chaos.sim.network import Envelope, Network
-from kvstore.coordinator.core import WriteTxn
-from kvstore.coordinator.driver import Actor
-from kvstore.coordinator.effects import Finish, Send
+from kvstore.coordinator.core import new_write_txn
 from kvstore.coordinator.read import ReadTxn
-from kvstore.coordinator.recovery import Recovery
-from kvstore.errors import ErrorCode
-from kvstore.messages import Reply, WriteRequest
+from kvstore.errors import KvError, WrongOwner
+from kvstore.messages import Reply, Request
 from kvstore.mutants import Mutants
 from kvstore.ops import Op
 from kvstore.partitioning import PartitionMap
-from kvstore.storage_node.core import PartitionConfig, PartitionCore
-from kvstore.storage_node.resolver import IntentResolution
-from kvstore.storage_node.store import MemoryStore
+from kvstore.runtime.actors import Actor, ActorDriver, Answer
+from kvstore.runtime.disk import FlushDone
+from kvstore.runtime.node import NodeRuntime
+from kvstore.storage_node.core import PartitionConfig
+from kvstore.storage_node.store import FlushJob, MemoryNodeStore
 from kvstore.timestamps import HybridClock
-from kvstore.types import TIMESTAMP_ZERO, PartitionId, TxnId
+from kvstore.types import PartitionId, TxnId
 
-__all__ = ["Actor", "Host", "NodeHost", "CoordinatorHost", "EPOCH_US", "TICK_US"]
+__all__ = ["Host", "NodeHost", "CoordinatorHost", "EPOCH_US"]
 
 EPOCH_US = 1_800_000_000_000_000  # virtual time 0 on every local clock (a 2027 wall clock)
-TICK_US = 10_000
-MAINTAIN_US = 200_000
 ORIGIN_STRIDE = 1 << 16  # origins of one host's incarnations, far apart from other hosts'
 LEDGER_SCAN_MAX = 100_000
 
 
+class _SimTimer:
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class SimScheduler:
+    """One incarnation's view of time: the host's local clock, the loop's timers."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self._incarnation = host.incarnation
+
+    def now_us(self) -> int:
+        return self._host.local_now()
+
+    def _live(self) -> bool:
+        return self._host.up and self._host.incarnation == self._incarnation
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self._host.loop.after(0, lambda: callback() if self._live() else None)
+
+    def call_later(self, delay_us: int, callback: Callable[[], None]) -> _SimTimer:
+        timer = _SimTimer()
+
+        def fire() -> None:
+            if not timer.cancelled and self._live():
+                callback()
+
+        self._host.loop.after(delay_us, fire)
+        return timer
+
+
+class SimSender:
+    """Requests as envelopes through the simulated network."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self._incarnation = host.incarnation
+
+    def send(self, request: Request, deadline_us: int, answer: Answer) -> None:
+        del deadline_us  # losses are found by the cores' own deadlines
+        envelope = Envelope(self._host.name, self._incarnation, request, answer)
+        self._host.net.send_request(envelope)
+
+
+class SimDisk:
+    """A flush job is durable ``fsync_us`` after it starts (if the host is still the same)."""
+
+    def __init__(self, scheduler: SimScheduler, fsync_us: int) -> None:
+        self._scheduler = scheduler
+        self._fsync_us = fsync_us
+
+    def write(self, job: FlushJob, done: FlushDone) -> None:
+        def fsynced() -> None:
+            job.run()
+            done(None)
+
+        self._scheduler.call_later(self._fsync_us, fsynced)
+
+
 class Host:
-    """A process: clock, incarnation, running actors."""
+    """A process: clock, incarnation, the envelopes it gets back."""
 
     def __init__(
         self, name: str, loop: EventLoop, net: Network, trace: Trace, resolution_us: int = 1
@@ -70,9 +136,7 @@ class Host:
         self.incarnation = 0
         self.origin = 0  # set by the subclass
         self.offset_us = 0
-        self._actors: dict[int, tuple[Actor, Callable[[Any], None]]] = {}
-        self._next_actor = 0
-        self._tick_scheduled = False
+        self.actors: ActorDriver | None = None
         net.hosts[name] = self
 
     def origin_now(self) -> int:
@@ -86,86 +150,31 @@ class Host:
 
     @property
     def busy(self) -> int:
-        return len(self._actors)
+        return 0 if self.actors is None else self.actors.running
 
-    def start(self, actor: Actor, on_finish: Callable[[Any], None]) -> int:
-        self._next_actor += 1
-        actor_id = self._next_actor
-        self._actors[actor_id] = (actor, on_finish)
-        self._carry(actor_id, actor.step_start(self.local_now()))
-        self._schedule_tick()
-        return actor_id
+    def receive(self, envelope: Envelope, respond: Callable[[Reply | KvError], None]) -> None:
+        respond(WrongOwner(f"{self.name} serves no partitions"))
 
-    def receive(self, envelope: Envelope, send_reply: Callable[[Reply], None]) -> None:
-        raise NotImplementedError(f"{self.name} serves no partitions")
-
-    def on_reply(self, envelope: Envelope, reply: Reply) -> None:
-        if self._current(envelope):
-            actor = self._actors[envelope.actor_id][0]
-            self._carry(
-                envelope.actor_id, actor.step_reply(envelope.call_id, reply, self.local_now())
-            )
-
-    def on_failed(self, envelope: Envelope) -> None:
-        if self._current(envelope):
-            actor = self._actors[envelope.actor_id][0]
-            effects = actor.step_failed(envelope.call_id, ErrorCode.Unavailable, self.local_now())
-            self._carry(envelope.actor_id, effects)
+    def answer(self, envelope: Envelope, reply: Reply | None, error: KvError | None) -> None:
+        """An envelope's outcome is back at this host: hand it to its actor if still alive."""
+        if self.up and envelope.incarnation == self.incarnation:
+            envelope.answer(reply, None if error is None else error.code)
 
     def crash(self) -> None:
         self.trace.add(self.loop.now_us, f"crash {self.name} ({self.busy} actors lost)")
         self.up = False
         self.incarnation += 1
-        self._actors.clear()
+        if self.actors is not None:
+            self.actors.stop()
+            self.actors = None
 
     def restart(self) -> None:
         self.trace.add(self.loop.now_us, f"restart {self.name}")
         self.up = True
 
-    def _current(self, envelope: Envelope) -> bool:
-        return (
-            self.up
-            and envelope.incarnation == self.incarnation
-            and envelope.actor_id in self._actors
-        )
-
-    def _carry(self, actor_id: int, effects: list[Any]) -> None:
-        for effect in effects:
-            if isinstance(effect, Send):
-                envelope = Envelope(
-                    self.name, self.incarnation, actor_id, effect.call_id, effect.request
-                )
-                self._send(envelope)
-            elif isinstance(effect, Finish):
-                entry = self._actors.get(actor_id)
-                if entry is not None:
-                    entry[1](effect.result)
-        entry = self._actors.get(actor_id)
-        if entry is not None and entry[0].done:
-            del self._actors[actor_id]
-
-    def _send(self, envelope: Envelope) -> None:
-        self.net.send_request(envelope)
-
-    def _schedule_tick(self) -> None:
-        if not self._tick_scheduled and self._actors:
-            self._tick_scheduled = True
-            incarnation = self.incarnation
-            self.loop.after(TICK_US, lambda: self._tick(incarnation))
-
-    def _tick(self, incarnation: int) -> None:
-        self._tick_scheduled = False
-        if not self.up or incarnation != self.incarnation:
-            return
-        for actor_id in list(self._actors):
-            entry = self._actors.get(actor_id)
-            if entry is not None:
-                self._carry(actor_id, entry[0].step_tick(self.local_now()))
-        self._schedule_tick()
-
 
 class NodeHost(Host):
-    """A storage node: partitions on durable stores, group commit, background maintenance."""
+    """A storage node: the production node runtime over a memory store."""
 
     def __init__(
         self,
@@ -184,73 +193,57 @@ class NodeHost(Host):
         self.origin = origin
         self.config = config
         self.fsync_us = fsync_us
-        self.stores = {pid: MemoryStore() for pid in partitions}
-        self.cores: dict[PartitionId, PartitionCore] = {}
-        self._after_flush: list[Callable[[], None]] = []
-        self._dirty = False
-        self._resolving: dict[tuple[PartitionId, TxnId], int] = {}
-        self._driving: dict[TxnId, int] = {}
+        self.store = MemoryNodeStore(partitions)
+        self.runtime: NodeRuntime | None = None
         self._boot()
 
     def _boot(self) -> None:
-        self.cores = {
-            pid: PartitionCore(pid, store, self.config) for pid, store in self.stores.items()
-        }
+        scheduler = SimScheduler(self)
         self.clock = HybridClock(self.local_now, self.origin_now())
-        incarnation = self.incarnation
-        self.loop.after(MAINTAIN_US, lambda: self._maintain(incarnation))
+        self.runtime = NodeRuntime(
+            self.name,
+            self.store,
+            disk=SimDisk(scheduler, self.fsync_us),
+            scheduler=scheduler,
+            sender=SimSender(self),
+            clock=self.clock,
+            config=self.config,
+            wrong_owner=lambda pid: WrongOwner(f"{self.name} does not own partition {pid}"),
+            note=lambda line: self.trace.add(self.loop.now_us, line),
+        )
+        self.actors = self.runtime.actors
+        self.runtime.start()
 
     def crash(self) -> None:
+        if self.runtime is not None:
+            self.runtime.stop()
+            self.runtime = None
         super().crash()
-        for store in self.stores.values():
-            store.crash()
-        self.cores = {}
-        self._after_flush = []
-        self._dirty = False
-        self._resolving = {}
-        self._driving = {}
+        self.store.crash()
 
     def restart(self) -> None:
         super().restart()
         self._boot()
 
-    # --- requests ------------------------------------------------------------------------
-
-    def receive(self, envelope: Envelope, send_reply: Callable[[Reply], None]) -> None:
-        request = envelope.request
-        core = self.cores[request.partition]
-        node_ts = self.clock.now() if isinstance(request, WriteRequest) else TIMESTAMP_ZERO
-        step = core.handle(request, self.local_now(), node_ts)
-        self._after_writes(step.wrote, lambda: send_reply(step.reply))
-
-    def _after_writes(self, wrote: bool, then: Callable[[], None]) -> None:
-        """Run ``then`` once every write so far is durable (at once when nothing is pending)."""
-        if wrote and not self._dirty:
-            self._dirty = True
-            incarnation = self.incarnation
-            self.loop.after(self.fsync_us, lambda: self._flush(incarnation))
-        if self._dirty:
-            self._after_flush.append(then)
-        else:
-            then()
-
-    def _flush(self, incarnation: int) -> None:
-        if incarnation != self.incarnation:
-            return
-        for store in self.stores.values():
-            store.commit()
-        self._dirty = False
-        waiting, self._after_flush = self._after_flush, []
-        for then in waiting:
-            then()
+    def receive(self, envelope: Envelope, respond: Callable[[Reply | KvError], None]) -> None:
+        assert self.runtime is not None
+        self.runtime.submit(envelope.request, respond)
 
     def settled(self) -> bool:
         """No unflushed write, no intent, every ledger record decided and acknowledged."""
-        return self.up and not self._dirty and not self.pending()
+        runtime = self.runtime
+        return (
+            self.up
+            and runtime is not None
+            and not self.store.dirty
+            and not runtime.flushing
+            and not self.pending()
+        )
 
     def pending(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for store in self.stores.values():
+        for pid in self.store.partitions:
+            store = self.store.partition(pid)
             intents = store.intent_count()
             open_records = len(store.open_ledger_records(LEDGER_SCAN_MAX))
             if intents:
@@ -258,51 +251,6 @@ class NodeHost(Host):
             if open_records:
                 out["open_records"] = out.get("open_records", 0) + open_records
         return out
-
-    # --- background ----------------------------------------------------------------------
-
-    def _maintain(self, incarnation: int) -> None:
-        if not self.up or incarnation != self.incarnation:
-            return
-        for pid, core in self.cores.items():
-            work = core.maintain(self.local_now())
-            for stale in work.stale_intents:
-                key = (pid, stale.txn_id)
-                if key not in self._resolving:
-                    resolution = IntentResolution(stale.txn_id, stale.anchor, pid)
-                    self._resolving[key] = 0
-                    self._after_writes(work.wrote, self._starter(resolution, key))
-            for record in work.records_to_drive:
-                if record.txn_id not in self._driving:
-                    self._driving[record.txn_id] = 0
-                    recovery = Recovery(record, pid, self.local_now())
-                    self._after_writes(work.wrote, self._recovery_starter(recovery))
-            self._after_writes(work.wrote, lambda: None)
-        self.loop.after(MAINTAIN_US, lambda: self._maintain(incarnation))
-
-    def _starter(
-        self, resolution: IntentResolution, key: tuple[PartitionId, TxnId]
-    ) -> Callable[[], None]:
-        def start() -> None:
-            self.trace.add(self.loop.now_us, f"{self.name} resolves {key[1]} on p{key[0]}")
-            self.start(resolution, lambda outcome: self._forget_resolution(key))
-
-        return start
-
-    def _forget_resolution(self, key: tuple[PartitionId, TxnId]) -> None:
-        self._resolving.pop(key, None)
-
-    def _forget_recovery(self, txn_id: TxnId) -> None:
-        self._driving.pop(txn_id, None)
-
-    def _recovery_starter(self, recovery: Recovery) -> Callable[[], None]:
-        txn_id = recovery.record.txn_id
-
-        def start() -> None:
-            self.trace.add(self.loop.now_us, f"{self.name} drives {txn_id}")
-            self.start(recovery, lambda result: self._forget_recovery(txn_id))
-
-        return start
 
 
 class CoordinatorHost(Host):
@@ -332,6 +280,7 @@ class CoordinatorHost(Host):
 
     def _boot(self) -> None:
         self.clock = HybridClock(self.local_now, self.origin_now(), mutants=self.mutants)
+        self.actors = ActorDriver(SimScheduler(self), SimSender(self))
 
     def restart(self) -> None:
         super().restart()
@@ -354,15 +303,8 @@ class CoordinatorHost(Host):
         on_lost: Callable[[], None],
         token: str | None = None,
     ) -> None:
-        now_us = self.local_now()
-        txn = WriteTxn(
-            txn_id,
-            self.clock.now(),
-            ops,
-            self.pmap.partition_of,
-            now_us,
-            token=token,
-            token_home=self.pmap.partition_of,
+        txn = new_write_txn(
+            txn_id, self.clock.now(), ops, self.pmap.partition_of, self.local_now(), token=token
         )
         self._run(txn, on_result, on_lost)
 
@@ -383,4 +325,5 @@ class CoordinatorHost(Host):
             if self._sessions.pop(session, None) is not None:
                 on_result(result)
 
-        self.start(actor, finish)
+        assert self.actors is not None
+        self.actors.start(actor, finish)

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 
 from chaos.sim.config import FaultProfile
 from chaos.sim.loop import EventLoop, Trace
+from kvstore.errors import KvError, Unavailable
 from kvstore.messages import Reply, Request
+from kvstore.runtime.actors import Answer
 from kvstore.types import PartitionId
 
 if TYPE_CHECKING:
@@ -37,16 +39,15 @@ LOOPBACK_US = 20
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A request on its way, with the address its reply must come back to."""
+    """A request on its way, with where its answer must come back to."""
 
     src: str
-    incarnation: int  # of the sending host; replies to an older incarnation are discarded
-    actor_id: int
-    call_id: int
+    incarnation: int  # of the sending host; answers to an older incarnation are discarded
     request: Request
+    answer: Answer  # the sending actor's callback (kvstore.runtime.actors)
 
 
-def _describe(request: Request | Reply) -> str:
+def _describe(request: Request | Reply | KvError) -> str:
     name = type(request).__name__
     txn = getattr(request, "txn_id", None)
     return f"{name}({txn})" if txn is not None else name
@@ -113,12 +114,15 @@ class Network:
         if not node.up:
             self.trace.add(self.loop.now_us, f"refused {envelope.src}->{dst}")
             sender = self.hosts[envelope.src]
-            self.loop.after(self._delay_us(), lambda: sender.on_failed(envelope))
+            refused = Unavailable("connection refused")
+            self.loop.after(self._delay_us(), lambda: sender.answer(envelope, None, refused))
             return
-        node.receive(envelope, lambda reply: self._send_reply(dst, envelope, reply))
+        node.receive(envelope, lambda outcome: self._send_reply(dst, envelope, outcome))
 
-    def _send_reply(self, src: str, envelope: Envelope, reply: Reply) -> None:
+    def _send_reply(self, src: str, envelope: Envelope, outcome: Reply | KvError) -> None:
         sender = self.hosts[envelope.src]
-        self._transmit(
-            src, envelope.src, _describe(reply), lambda: sender.on_reply(envelope, reply)
-        )
+        if isinstance(outcome, KvError):
+            deliver = lambda: sender.answer(envelope, None, outcome)  # noqa: E731
+        else:
+            deliver = lambda: sender.answer(envelope, outcome, None)  # noqa: E731
+        self._transmit(src, envelope.src, _describe(outcome), deliver)

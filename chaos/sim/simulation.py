@@ -298,10 +298,10 @@ class Simulation:
     def _setup(self) -> None:
         for op in self.workload.setup_ops():
             pid = self.pmap.partition_of(op.key)
-            node = next(n for n in self.nodes if pid in n.cores)
-            core = node.cores[pid]
-            core.write(WriteRequest(partition=pid, op=op), node.clock.now())
-            core.store.commit()
+            node = next(n for n in self.nodes if pid in n.store.partitions)
+            assert node.runtime is not None
+            node.runtime.cores[pid].write(WriteRequest(partition=pid, op=op), node.clock.now())
+            node.store.commit()
 
     # --- the nemesis -------------------------------------------------------------------------
 
@@ -422,8 +422,8 @@ class Simulation:
     # --- omniscience ---------------------------------------------------------------------------
 
     def ledger_record(self, txn_id: TxnId, anchor: PartitionId) -> LedgerRecord | None:
-        node = next(n for n in self.nodes if anchor in n.stores)
-        return node.stores[anchor].get_ledger(txn_id)
+        node = next(n for n in self.nodes if anchor in n.store.partitions)
+        return node.store.partition(anchor).get_ledger(txn_id)
 
     def resolved_history(self) -> tuple[History, list[Anomaly]]:
         """The history with committed ``info`` writes given their ts, and outcome mismatches."""

@@ -78,7 +78,7 @@ from kvstore.messages import (
 from kvstore.ops import Op, txn_fingerprint, validate_token, validate_txn_ops
 from kvstore.types import PartitionId, Timestamp, TxnId
 
-__all__ = ["WriteTxn", "WriteEffect", "NO_ANSWER", "LOST_TO_RECOVERY"]
+__all__ = ["WriteTxn", "new_write_txn", "WriteEffect", "NO_ANSWER", "LOST_TO_RECOVERY"]
 
 WriteEffect = Send | Finish[TxnResult]
 
@@ -517,3 +517,28 @@ class WriteTxn:
         if self._follow is None:
             raise InternalError(f"write txn {self.txn_id}: no follow in {self.state.name}")
         return self._follow
+
+
+def new_write_txn(
+    txn_id: TxnId,
+    ts: Timestamp,
+    ops: Sequence[Op],
+    partition_of: Callable[[str], PartitionId],
+    now_us: int,
+    *,
+    token: str | None = None,
+    txn_ops_max: int = TXN_OPS_MAX_DEFAULT,
+) -> WriteTxn:
+    """A client's write transaction as every runtime builds it (the coordinator library and
+    the simulator alike): a tokened one is anchored on its token's home partition, so every
+    submission of one token meets the same token record, whatever its keys."""
+    return WriteTxn(
+        txn_id,
+        ts,
+        ops,
+        partition_of,
+        now_us,
+        token=token,
+        txn_ops_max=txn_ops_max,
+        token_home=partition_of,
+    )

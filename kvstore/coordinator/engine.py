@@ -7,7 +7,7 @@ HTTP in it. The coordinator service wraps one behind the public API; the SDK emb
 "direct" mode to talk to storage nodes itself. It owns an HLC (observing every reply's clock, so
 its timestamps follow the nodes'), an RPC pool authenticated with the cluster secret, a
 :class:`~kvstore.transport.PartitionTransport` routing by partition owner, and an
-:class:`~kvstore.coordinator.driver.ActorRunner` that carries out the pure cores' effects.
+:class:`~kvstore.runtime.aio.ActorRunner` that carries out the pure cores' effects.
 
 * :meth:`transact` runs a :class:`~kvstore.coordinator.core.WriteTxn` (validation in its
   constructor, before any message; one round on one partition; 2PC otherwise) and returns the
@@ -49,8 +49,7 @@ from typing import Any, TypeVar
 from kvstore.codec import method_of
 from kvstore.config import ClusterConfig
 from kvstore.coordinator.answers import item_to_json, txn_error
-from kvstore.coordinator.core import WriteTxn
-from kvstore.coordinator.driver import ActorRunner, Transport
+from kvstore.coordinator.core import WriteTxn, new_write_txn
 from kvstore.coordinator.effects import Send
 from kvstore.coordinator.metrics import CoordinatorMetrics, participants_label
 from kvstore.coordinator.read import ReadTxn
@@ -99,6 +98,7 @@ from kvstore.mutants import NO_MUTANTS, Mutants
 from kvstore.ops import Op, OpKind, validate_token
 from kvstore.partitioning import ClusterMap
 from kvstore.rpc import RpcPool
+from kvstore.runtime.aio import ActorRunner, Transport
 from kvstore.timestamps import (
     HybridClock,
     PhysicalClock,
@@ -252,7 +252,7 @@ class Coordinator:
         """Run one write transaction; the committed result, or the typed error."""
         started_us = system_clock_us()
         now_us = self._now_us()
-        txn = WriteTxn(
+        txn = new_write_txn(
             new_txn_id(),
             self.clock.now(),
             ops,
@@ -260,7 +260,6 @@ class Coordinator:
             now_us,
             token=token,
             txn_ops_max=self.txn_ops_max,
-            token_home=self._partition_of,
         )
         result: TxnResult = await self._run(_Observed(txn, self.metrics, now_us))
         seconds = max(0, system_clock_us() - started_us) / _US_PER_S

@@ -13,6 +13,15 @@ of the store's message classes: encoding them into bodies is the caller's busine
 from __future__ import annotations
 
 from kvstore.rpc.client import ClockSink, RpcClient, RpcPool
-from kvstore.rpc.server import EventSink, Handler, RpcServer
+from kvstore.rpc.server import AsyncHandler, EventSink, Handler, Respond, RpcServer
 
-__all__ = ["RpcClient", "RpcPool", "RpcServer", "Handler", "EventSink", "ClockSink"]
+__all__ = [
+    "RpcClient",
+    "RpcPool",
+    "RpcServer",
+    "Handler",
+    "Respond",
+    "AsyncHandler",
+    "EventSink",
+    "ClockSink",
+]

@@ -11,20 +11,25 @@ through ``on_event``.
 
 An accepted connection is a WebSocket whose incoming messages are size-capped by aiohttp
 (``RPC_FRAME_BYTES_MAX``; an oversize message closes the connection with 1009 before any
-decoding). The connection's task reads frames and starts one task per request, so calls run
-concurrently and their replies may leave in any order. A large frame is started in slices of
-``DISPATCH_STEP`` requests, yielding to the loop in between, so the first replies leave while
-later requests are still being started (both ends of a busy connection then work at once).
+decoding). The connection's task reads frames and runs each request through the handler
+synchronously, in one pass over the frame, with no task per request: the handler is called as
+``handler(method, body, timeout_ms, respond)`` and calls ``respond`` (now, or later: a storage
+node answers after the group commit its writes need) with the reply body or a typed error.
+Replies may therefore leave in any order. A large frame is run in slices of ``DISPATCH_STEP``
+requests, yielding to the loop in between, so the first replies leave while later requests are
+still being run (both ends of a busy connection then work at once). An ``async`` handler is
+wrapped by :class:`AsyncHandler`, which runs each call as a task (tests and tools).
 
 At most ``calls_in_flight_max`` calls run per connection (replies still queued for sending count
 too); a request beyond that is answered ``Overloaded`` at once, without running. The handler's
-reply body becomes an ok reply; a :class:`~kvstore.errors.KvError` becomes an error reply with
-its code; any other exception (or a reply body msgpack cannot encode) is a bug: it is logged
-with its traceback and answered ``InternalError``, and the connection keeps serving. A malformed
+reply body becomes an ok reply; a :class:`~kvstore.errors.KvError` (given to ``respond`` or
+raised) becomes an error reply with its code; any other exception (or a reply body msgpack
+cannot encode) is a bug: it is logged with its traceback and answered ``InternalError``, and the
+connection keeps serving. ``respond`` acts once; later calls are ignored. A malformed
 message is answered ``ProtocolViolation`` (with its call id when readable, else 0) and the rest
 of its frame and connection are served; so are text frames.
 
-Replies are packed by the request task that produced them and queued; one writer task per
+Replies are packed when the handler responds and queued; one writer task per
 connection drains the queue and coalesces everything queued into one WebSocket message per send
 (:func:`~kvstore.rpc.frames.take_frame`). A peer that stops reading its replies makes that queue
 grow; past ``OUTBOX_MESSAGES_MAX`` the connection is closed. Every reply carries the server's
@@ -38,6 +43,7 @@ to ``grace_ms``, closes every connection (1001, going away) and cancels what is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 from collections import deque
@@ -77,6 +83,8 @@ from kvstore.types import Timestamp
 
 __all__ = [
     "Handler",
+    "Respond",
+    "AsyncHandler",
     "EventSink",
     "RpcServer",
     "SHUTDOWN_GRACE_MS",
@@ -84,7 +92,9 @@ __all__ = [
     "DISPATCH_STEP",
 ]
 
-Handler = Callable[[str, object, int], Awaitable[object]]
+Respond = Callable[[object], None]
+"""A call's outcome: the reply body, or a :class:`~kvstore.errors.KvError`."""
+Handler = Callable[[str, object, int, Respond], None]
 EventSink = Callable[[str], None]
 
 # Server-side limits of this module (not in kvstore.limits: nothing else enforces them).
@@ -130,7 +140,9 @@ class RpcServer:
         self._log = logger if logger is not None else logging.getLogger("kvstore.rpc.server")
         self._calls_in_flight_max = calls_in_flight_max
         self._connections: set[_Connection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._calls = 0  # handler calls not yet responded to
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._closing = False
 
     # --- wiring --------------------------------------------------------------------------
@@ -150,7 +162,7 @@ class RpcServer:
 
     @property
     def calls_in_flight(self) -> int:
-        return len(self._tasks)
+        return self._calls
 
     def event(self, name: str) -> None:
         if self._on_event is None:
@@ -215,32 +227,44 @@ class RpcServer:
 
     # --- calls -------------------------------------------------------------------------------
 
-    async def _run_call(self, connection: _Connection, request: Request) -> None:
-        call_id = request.call_id
-        try:
-            try:
-                body = await self._handler(request.method, request.body, request.timeout_ms)
-            except KvError as exc:
-                data = self._encode_error(call_id, exc, request.method)
-            except Exception:
-                self._log.exception(
-                    "rpc: handler for %r from %s failed", request.method, connection.peer
-                )
-                data = self._internal_error(call_id, request.method)
+    def _run_call(self, connection: _Connection, request: Request) -> None:
+        """Run one request through the handler; its reply is queued when it responds."""
+        call_id, method = request.call_id, request.method
+        connection.running += 1
+        self._calls += 1
+        self._idle.clear()
+        answered = False
+
+        def respond(outcome: object) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            connection.running -= 1
+            self._calls -= 1
+            if self._calls == 0:
+                self._idle.set()
+            if outcome is _BUG:
+                data = self._internal_error(call_id, method)
+            elif isinstance(outcome, KvError):
+                data = self._encode_error(call_id, outcome, method)
             else:
                 try:
-                    data = encode_ok(call_id, body, self._clock())
+                    data = encode_ok(call_id, outcome, self._clock())
                 except TooLarge as exc:  # a reply too large for one frame: the caller's problem
-                    data = self._encode_error(call_id, exc, request.method)
+                    data = self._encode_error(call_id, exc, method)
                 except KvError:  # a body msgpack cannot encode: the handler's bug
-                    self._log.exception("rpc: reply of %r cannot be encoded", request.method)
-                    data = self._internal_error(call_id, request.method)
+                    self._log.exception("rpc: reply of %r cannot be encoded", method)
+                    data = self._internal_error(call_id, method)
             connection.send(data)
-        finally:
-            connection.running -= 1
-            task = asyncio.current_task()
-            if task is not None:
-                self._tasks.discard(task)
+
+        try:
+            self._handler(method, request.body, request.timeout_ms, respond)
+        except KvError as exc:
+            respond(exc)
+        except Exception:
+            self._log.exception("rpc: handler for %r from %s failed", method, connection.peer)
+            respond(_BUG)
 
     def _internal_error(self, call_id: int, method: str) -> bytes:
         self.event("internal_error")
@@ -259,16 +283,51 @@ class RpcServer:
     async def close(self, grace_ms: int = SHUTDOWN_GRACE_MS) -> None:
         """Refuse new work, let running calls finish for ``grace_ms``, close every connection."""
         self._closing = True
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace_ms / 1000)
+        if self._calls:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_ms / 1000):
+                    await self._idle.wait()
         for connection in list(self._connections):
             connection.flush_then_close()
-        for task in list(self._tasks):
-            task.cancel()
-        pending: set[asyncio.Future[None]] = set(self._tasks)
-        pending.update(connection.finished for connection in self._connections)
+        if isinstance(self._handler, AsyncHandler):
+            await self._handler.close()
+        pending = {connection.finished for connection in self._connections}
         if pending:
             await asyncio.wait(pending, timeout=2 * CLOSE_TIMEOUT_MS / 1000)
+
+
+class AsyncHandler:
+    """An ``async`` handler ``(method, body, timeout_ms) -> reply body`` as a :data:`Handler`:
+    each call runs as a task; :meth:`close` cancels those still running."""
+
+    def __init__(self, handler: Callable[[str, object, int], Awaitable[object]]) -> None:
+        self._handler = handler
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, method: str, body: object, timeout_ms: int, respond: Respond) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(method, body, timeout_ms, respond))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, method: str, body: object, timeout_ms: int, respond: Respond) -> None:
+        try:
+            outcome = await self._handler(method, body, timeout_ms)
+        except KvError as exc:
+            respond(exc)
+        except Exception:
+            logging.getLogger("kvstore.rpc.server").exception("rpc: handler for %r failed", method)
+            respond(_BUG)
+        else:
+            respond(outcome)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_BUG: Final = object()  # the handler failed with a bug: answered InternalError
 
 
 class _Connection:
@@ -384,8 +443,7 @@ class _Connection:
                         Overloaded(f"more than {cap} calls in flight on this connection"),
                     )
                 else:
-                    self.running += 1  # counted from now: the task only starts next iteration
-                    server._tasks.add(self.loop.create_task(server._run_call(self, message)))
+                    server._run_call(self, message)
             elif type(message) is Malformed:
                 server.event("malformed_frame")
                 server._log.warning("rpc: from %s: %s", self.peer, message.error.message)

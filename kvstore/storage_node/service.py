@@ -2,25 +2,16 @@
 
 Theory of operation
 -------------------
-:class:`NodeService` is the thin asyncio shell around the partition cores (DESIGN sections 2, 5,
-7, 8). It owns the partitions the cluster map gives its node id, one
-:class:`~kvstore.storage_node.shell.PartitionShell` (core + SQLite file + group-commit loop) each.
-
-A request arrives as an RPC call (``kvstore.rpc``), is decoded strictly (``kvstore.codec``), and is
-checked for ownership (``WrongOwner`` with the map epoch) and admission (at most
-``PARTITION_QUEUE_MAX`` requests in progress per partition, else a retryable ``Overloaded``). The
-core runs it synchronously; the reply leaves only once every write it could depend on is durable
-(``PartitionShell.durable``). Replies carry the node's hybrid clock (the RPC layer stamps them).
-
-Background work runs every ``MAINTAIN_INTERVAL_MS``: each core's bounded ``maintain`` (cancel
-PREPARING records past their deadline, expire ledger records and idempotency tokens, fold
-tombstones into the watermark), then, once those writes are durable, one
-:class:`~kvstore.storage_node.resolver.IntentResolution` per stale transaction and one
-:class:`~kvstore.coordinator.recovery.Recovery` per decided record not yet acknowledged by every
-participant; at most one of each per transaction at a time and ``BACKGROUND_ACTORS_MAX`` in all.
-Requests to partitions this node owns go through :meth:`NodeService.serve` directly; others go
-over RPC to their owners. After ``kill -9`` a restart reopens the files and the same loop finishes
-whatever was in flight: nothing needs an operator.
+Process wiring around the one node runtime (DESIGN sections 2, 2a, 7, 8): the node's partitions
+live in one SQLite database (:class:`~kvstore.storage_node.sqlite_store.SqliteNodeStore`;
+per-partition files of older versions are imported into it at the first start), served by a
+:class:`~kvstore.runtime.node.NodeRuntime` on the asyncio loop with production's disk
+(:class:`~kvstore.runtime.disk.ThreadDisk`) and a sender over the RPC pool. Ownership,
+admission, group commit, durability gating, maintenance and background actors are all the
+runtime's: this module only decodes RPC calls into requests (``kvstore.codec``), awaits the
+runtime's answer, counts it, and serves the HTTP pages. Replies carry the node's hybrid clock
+(the RPC layer stamps them). After ``kill -9`` a restart reopens the database and the runtime's
+maintenance finishes whatever was in flight: nothing needs an operator.
 
 HTTP: ``GET /rpc`` (WebSocket; protocol version and cluster secret checked in the handshake),
 ``GET /health`` (no credential: liveness, nothing secret) and ``GET /metrics`` (Prometheus
@@ -40,10 +31,10 @@ import fcntl
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from aiohttp import web
 
@@ -53,21 +44,19 @@ from kvstore.api.tokens import Role, TokenStore
 from kvstore.chaos_control import enabled_from_env
 from kvstore.codec import decode_request, encode_reply
 from kvstore.config import ClusterConfig
-from kvstore.coordinator.driver import ActorRunner
-from kvstore.coordinator.recovery import Recovery
-from kvstore.coordinator.results import RecoveryResult
-from kvstore.errors import KvError, Overloaded, ValidationError, WrongOwner
+from kvstore.errors import KvError, ValidationError, WrongOwner
 from kvstore.logs import log_event
-from kvstore.messages import CompleteRequest, LedgerRecord, Reply, Request, WriteRequest
-from kvstore.rpc import RpcPool, RpcServer
-from kvstore.storage_node.core import PartitionCore, StaleIntent
+from kvstore.messages import Reply, Request
+from kvstore.rpc import Respond, RpcPool, RpcServer
+from kvstore.runtime.aio import TransportSender
+from kvstore.runtime.disk import ThreadDisk
+from kvstore.runtime.node import NodeRuntime
+from kvstore.runtime.scheduler import AsyncioScheduler
 from kvstore.storage_node.metrics import CONTENT_TYPE, NodeMetrics
-from kvstore.storage_node.resolver import IntentResolution
-from kvstore.storage_node.shell import PartitionShell
-from kvstore.storage_node.sqlite_store import SqliteStore
+from kvstore.storage_node.sqlite_store import SqliteNodeStore
 from kvstore.timestamps import HybridClock, PhysicalClock, random_origin, system_clock_us
 from kvstore.transport import PartitionTransport
-from kvstore.types import TIMESTAMP_ZERO, PartitionId, TxnId
+from kvstore.types import PartitionId
 
 __all__ = ["NodeService"]
 
@@ -96,7 +85,7 @@ class NodeService:
         )
         self.metrics = NodeMetrics(self.node_id)
         self.tokens = TokenStore(config.api_tokens_file, strict=False)  # for /metrics only
-        self.shells: dict[PartitionId, PartitionShell] = {}
+        self.runtime: NodeRuntime | None = None  # built by start(), on the running loop
         self.fatal = asyncio.Event()
         self._lock_file: IO[str] | None = None
         self._pool = RpcPool(
@@ -107,15 +96,8 @@ class NodeService:
         )
         if self.chaos is not None:
             self.chaos.on_block(self._pool.disconnect)
-        self._transport = PartitionTransport(
-            self.cluster_map,
-            self._pool,
-            local=self.serve,
-            local_partitions=self.cluster_map.partitions_of(self.node_id),
-        )
-        self._runner = ActorRunner(self._transport, self._now_us)
-        self._resolving: set[tuple[PartitionId, TxnId]] = set()
-        self._driving: set[TxnId] = set()
+        self._sender: TransportSender | None = None
+        self._disk = ThreadDisk()
         self._rpc = RpcServer(
             handler=self.handle_rpc,
             secret=self.secret,
@@ -124,15 +106,13 @@ class NodeService:
             logger=_log,
         )
         self._runner_web: web.AppRunner | None = None
-        self._maintainer: asyncio.Task[None] | None = None
         self._started_s = time.monotonic()
-        self._flush_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flush")
 
     # --- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the partitions, then listen on the node's address."""
-        self._open_partitions()
+        """Open the node's database, start its runtime, then listen on the node's address."""
+        runtime = self._open()
         app = web.Application()
         app.router.add_get("/rpc", self._rpc.handle)
         app.router.add_get("/health", self._health)
@@ -145,14 +125,14 @@ class NodeService:
         host, _, port = self.spec.address.rpartition(":")
         site = web.TCPSite(self._runner_web, host, int(port), reuse_address=True)
         await site.start()
-        self._maintainer = asyncio.get_running_loop().create_task(self._maintain_loop())
+        runtime.start()
         log_event(
             _log,
             "node.started",
             node=self.node_id,
             address=self.spec.address,
             epoch=self.cluster_map.epoch,
-            partitions=sorted(self.shells),
+            partitions=sorted(runtime.cores),
             pid=os.getpid(),
         )
         if self.chaos is not None:
@@ -166,57 +146,90 @@ class NodeService:
 
     async def stop(self) -> None:
         """Stop serving, let buffered writes reach disk, close everything."""
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintainer
-        await self._runner.close()
+        runtime = self.runtime
+        if runtime is not None:
+            runtime.stop()
+        if self._sender is not None:
+            await self._sender.close()
         await self._rpc.close()
         if self._runner_web is not None:
             await self._runner_web.cleanup()
-        for shell in self.shells.values():
-            with contextlib.suppress(Exception):
-                waiter = shell.durable()  # writes that did not force a flush (completions)
-                if waiter is not None:
-                    await waiter
-                await shell.idle()
-            shell.store.close()
-        self._flush_executor.shutdown(wait=True)
+        if runtime is not None:
+            if runtime.failed is None:
+                with contextlib.suppress(KvError):
+                    await self._durable(runtime)  # writes that forced no flush (completions)
+            self._disk.close()
+            runtime.store.close()
         await self._pool.close()
         if self._lock_file is not None:
             self._lock_file.close()
         log_event(_log, "node.stopped", node=self.node_id)
 
-    def _open_partitions(self) -> None:
+    def _open(self) -> NodeRuntime:
         data_dir = self.spec.data_dir
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock_file = _lock_data_dir(data_dir)
-        for pid in self.cluster_map.partitions_of(self.node_id):
-            store = SqliteStore.open(data_dir / f"p{pid:04d}.db")
-            core = PartitionCore(pid, store, self._partition_config)
-            self.shells[pid] = PartitionShell(
-                pid,
-                core,
-                store,
-                metrics=self.metrics,
-                on_fatal=self._on_fatal,
-                flush_executor=self._flush_executor,
+        owned = self.cluster_map.partitions_of(self.node_id)
+        store = SqliteNodeStore.open(data_dir, owned)
+        if store.migrated_files:
+            log_event(
+                _log,
+                "node.upgraded",
+                logging.WARNING,
+                node=self.node_id,
+                data_dir=str(data_dir),
+                imported=sorted(store.migrated_files),
             )
-        self.metrics.track_partitions(
-            {pid: shell.queue_depth for pid, shell in self.shells.items()},
-            {pid: shell.store.intent_count for pid, shell in self.shells.items()},
+        self._sender = TransportSender(
+            PartitionTransport(self.cluster_map, self._pool), self._now_us
         )
+        runtime = NodeRuntime(
+            self.node_id,
+            store,
+            disk=self._disk,
+            scheduler=AsyncioScheduler(self._now_us),
+            sender=self._sender,
+            clock=self.clock,
+            config=self._partition_config,
+            wrong_owner=self._wrong_owner,
+            metrics=self.metrics,
+            on_fatal=self._on_fatal,
+        )
+        self.runtime = runtime
+        self.metrics.track_partitions(
+            {pid: _depth(runtime, pid) for pid in runtime.cores},
+            {pid: store.partition(pid).intent_count for pid in runtime.cores},
+        )
+        return runtime
 
     def _on_fatal(self, error: BaseException) -> None:
         log_event(_log, "node.fatal", logging.CRITICAL, node=self.node_id, error=repr(error))
         self.fatal.set()
 
+    @staticmethod
+    def _durable(runtime: NodeRuntime) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def durable() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def failed(error: KvError) -> None:
+            if not done.done():
+                done.set_exception(error)
+
+        runtime.when_durable(durable, failed)
+        return done
+
     # --- requests ------------------------------------------------------------------------
 
-    async def handle_rpc(self, method: str, body: object, timeout_ms: int) -> object:
-        """The RPC handler: decode, serve, encode; counts every answer by method and code."""
+    def handle_rpc(self, method: str, body: object, timeout_ms: int, respond: Respond) -> None:
+        """The RPC handler, run synchronously for every request of a frame: decode, submit to
+        the runtime, encode its answer when it comes; counts every answer by method and code."""
+        del timeout_ms  # the caller's deadline; the durability wait is bounded by one flush
         label = self.metrics.method_label(method)
         started = time.perf_counter()
+        metrics = self.metrics
         try:
             if method == "stats":
                 out: object = self.stats()
@@ -224,43 +237,52 @@ class NodeService:
                 out = self.inspect(body)
             else:
                 request = decode_request(method, body)
-                out = encode_reply(await self.serve(request, timeout_ms))
+                runtime = self.runtime
+                if runtime is None:
+                    raise self._wrong_owner(request.partition)
+
+                def answered(outcome: Reply | KvError) -> None:
+                    if isinstance(outcome, KvError):
+                        metrics.requests.labels(label, outcome.code.name).inc()
+                        respond(outcome)
+                        return
+                    try:
+                        encoded = encode_reply(outcome)
+                    except Exception:
+                        metrics.requests.labels(label, "InternalError").inc()
+                        raise
+                    metrics.answered(label, time.perf_counter() - started)
+                    respond(encoded)
+
+                runtime.submit(request, answered)
+                return
         except KvError as error:
-            self.metrics.requests.labels(label, error.code.name).inc()
+            metrics.requests.labels(label, error.code.name).inc()
             raise
         except Exception:
-            self.metrics.requests.labels(label, "InternalError").inc()
+            metrics.requests.labels(label, "InternalError").inc()
             raise
-        self.metrics.answered(label, time.perf_counter() - started)
-        return out
+        metrics.answered(label, time.perf_counter() - started)
+        respond(out)
 
     async def serve(self, request: Request, timeout_ms: int = limits.RPC_TIMEOUT_MS) -> Reply:
         """Run one request on its partition and return the reply once it is safe to release."""
         del timeout_ms  # the caller's deadline; the durability wait is bounded by one flush
-        shell = self.shells.get(request.partition)
-        if shell is None:
+        runtime = self.runtime
+        if runtime is None:
             raise self._wrong_owner(request.partition)
-        if shell.in_progress >= limits.PARTITION_QUEUE_MAX:
-            raise Overloaded(
-                f"partition {request.partition} has {shell.in_progress} requests in progress",
-                details={"partition": request.partition},
-            )
-        shell.in_progress += 1
-        try:
-            node_ts = self.clock.now() if isinstance(request, WriteRequest) else TIMESTAMP_ZERO
-            step = shell.core.handle(request, self._now_us(), node_ts)
-            if type(request) is CompleteRequest:
-                # Advisory (the coordinator does not wait for the answer, and a lost completion
-                # only means recovery re-sends commits, which are idempotent): the row rides
-                # with the partition's next flush, at the latest the next maintenance tick's,
-                # instead of forcing an fsync of its own.
-                return step.reply
-            waiter = shell.durable()
-            if waiter is not None:
-                await waiter
-            return step.reply
-        finally:
-            shell.in_progress -= 1
+        answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def respond(outcome: Reply | KvError) -> None:
+            if answer.done():
+                return
+            if isinstance(outcome, KvError):
+                answer.set_exception(outcome)
+            else:
+                answer.set_result(outcome)
+
+        runtime.submit(request, respond)
+        return await answer
 
     def _wrong_owner(self, pid: int) -> KvError:
         try:
@@ -273,22 +295,22 @@ class NodeService:
         )
 
     def stats(self) -> dict[str, object]:
-        partitions = {
-            str(pid): {
-                "items": shell.store.item_count(),
-                "intents": shell.store.intent_count(),
-                "open_ledger_records": len(
-                    shell.store.open_ledger_records(limits.GC_ITEMS_PER_TICK_MAX)
-                ),
-                "in_progress": shell.in_progress,
+        runtime = self.runtime
+        assert runtime is not None
+        partitions = {}
+        for pid in runtime.cores:
+            store = runtime.store.partition(pid)
+            partitions[str(pid)] = {
+                "items": store.item_count(),
+                "intents": store.intent_count(),
+                "open_ledger_records": len(store.open_ledger_records(limits.GC_ITEMS_PER_TICK_MAX)),
+                "in_progress": runtime.in_progress[pid],
             }
-            for pid, shell in self.shells.items()
-        }
         return {
             "node": self.node_id,
             "epoch": self.cluster_map.epoch,
             "uptime_s": round(time.monotonic() - self._started_s, 3),
-            "background_actors": self._runner.running,
+            "background_actors": runtime.actors.running,
             "partitions": partitions,
         }
 
@@ -303,10 +325,10 @@ class NodeService:
             raise ValidationError("partition", "partition and limit must be integers")
         if not 1 <= limit <= limits.INSPECT_ROWS_MAX:
             raise ValidationError("limit", f"must be 1..{limits.INSPECT_ROWS_MAX}")
-        shell = self.shells.get(PartitionId(pid))
-        if shell is None:
+        runtime = self.runtime
+        if runtime is None or PartitionId(pid) not in runtime.cores:
             raise self._wrong_owner(PartitionId(pid))
-        store, now_us = shell.store, self._now_us()
+        store, now_us = runtime.store.partition(PartitionId(pid)), self._now_us()
         intents = store.intents_created_before(now_us + 1, limit)
         records = store.open_ledger_records(limit)
         return {
@@ -348,7 +370,7 @@ class NodeService:
             "role": "node",
             "node": self.node_id,
             "epoch": self.cluster_map.epoch,
-            "partitions": sorted(self.shells),
+            "partitions": sorted(self.runtime.cores) if self.runtime is not None else [],
             "pid": os.getpid(),
         }
         return web.json_response(body, status=200 if status == "ok" else 503)
@@ -358,84 +380,13 @@ class NodeService:
             self.tokens.authorize(request.headers.get("Authorization"), Role.METRICS)
         except KvError as error:
             return error_response(error)
-        self.metrics.background_actors.set(self._runner.running)
+        if self.runtime is not None:
+            self.metrics.background_actors.set(self.runtime.actors.running)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
-    # --- background ----------------------------------------------------------------------
 
-    async def _maintain_loop(self) -> None:
-        interval_s = limits.MAINTAIN_INTERVAL_MS / 1000
-        while True:
-            await asyncio.sleep(interval_s)  # the tick period, not a synchronization
-            for pid, shell in self.shells.items():
-                try:
-                    await self._maintain(pid, shell)
-                except KvError as error:
-                    log_event(
-                        _log, "maintain.failed", logging.WARNING, partition=pid, error=str(error)
-                    )
-
-    async def _maintain(self, pid: PartitionId, shell: PartitionShell) -> None:
-        work = shell.core.maintain(self._now_us())
-        waiter = shell.durable()
-        if waiter is not None:
-            await waiter  # background sends go out only after the writes they follow are durable
-        for stale in work.stale_intents:
-            self._resolve(pid, stale)
-        for record in work.records_to_drive:
-            self._drive(pid, record)
-
-    def _room_for_actor(self) -> bool:
-        return self._runner.running < limits.BACKGROUND_ACTORS_MAX
-
-    def _resolve(self, pid: PartitionId, stale: StaleIntent) -> None:
-        key = (pid, stale.txn_id)
-        if key in self._resolving or not self._room_for_actor():
-            return
-        self._resolving.add(key)
-        done = self._runner.run(IntentResolution(stale.txn_id, stale.anchor, pid))
-
-        def finished(future: asyncio.Future[Any]) -> None:
-            self._resolving.discard(key)
-            outcome = "error" if future.cancelled() or future.exception() else future.result()
-            self.metrics.stale_intents_resolved.labels(outcome).inc()
-            log_event(
-                _log,
-                "intent.resolved",
-                logging.INFO if outcome in ("commit", "cancel") else logging.DEBUG,
-                txn_id=stale.txn_id,
-                partition=pid,
-                anchor=stale.anchor,
-                outcome=outcome,
-            )
-
-        done.add_done_callback(finished)
-
-    def _drive(self, pid: PartitionId, record: LedgerRecord) -> None:
-        txn_id = record.txn_id
-        if txn_id in self._driving or not self._room_for_actor():
-            return
-        self._driving.add(txn_id)
-        done = self._runner.run(Recovery(record, pid, self._now_us()))
-
-        def finished(future: asyncio.Future[Any]) -> None:
-            self._driving.discard(txn_id)
-            result: RecoveryResult | None = None
-            if not future.cancelled() and future.exception() is None:
-                result = future.result()
-            label = "error" if result is None else ("completed" if result.completed else "pending")
-            self.metrics.records_driven.labels(label).inc()
-            log_event(
-                _log,
-                "ledger.driven",
-                logging.INFO if label == "completed" else logging.DEBUG,
-                txn_id=txn_id,
-                partition=pid,
-                state=record.state.value,
-                result=label,
-            )
-
-        done.add_done_callback(finished)
+def _depth(runtime: NodeRuntime, pid: PartitionId) -> Callable[[], int]:
+    return lambda: runtime.in_progress[pid]
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:

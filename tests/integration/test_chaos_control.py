@@ -27,7 +27,7 @@ from kvstore.errors import Unavailable
 from kvstore.limits import CHAOS_BLOCKED_MAX, CHAOS_BODY_BYTES_MAX, CHAOS_CLOCK_OFFSET_MS_MAX
 from kvstore.mutants import ARMING_ENV, ARMING_VALUE, Mutant
 from kvstore.process_main import EXIT_CONFIG
-from kvstore.rpc import RpcPool, RpcServer
+from kvstore.rpc import AsyncHandler, RpcPool, RpcServer
 from kvstore.timestamps import system_clock_us
 from kvstore.types import Timestamp
 
@@ -271,7 +271,7 @@ async def test_blocking_fails_calls_in_flight_as_sent_and_later_calls_as_unsent(
         return body
 
     secret = "chaos-control-test-secret"
-    server = RpcServer(handler, secret=secret, clock=lambda: Timestamp(1, 0, 1))
+    server = RpcServer(AsyncHandler(handler), secret=secret, clock=lambda: Timestamp(1, 0, 1))
     app = web.Application()
     server.install(app)
     runner = web.AppRunner(app, access_log=None)

@@ -3,6 +3,7 @@ ownership, stats, and a clean stop."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from support.partition import put
 
 from kvstore import limits
 from kvstore.config import load_cluster, write_cluster_file, write_secret
-from kvstore.errors import Overloaded, ValidationError, WrongOwner
+from kvstore.errors import KvError, Overloaded, ValidationError, WrongOwner
 from kvstore.messages import (
     ExecuteReply,
     ExecuteRequest,
@@ -33,6 +34,20 @@ from kvstore.types import PartitionId, Timestamp
 pytestmark = pytest.mark.asyncio
 
 
+async def rpc(service: NodeService, method: str, body: object) -> object:
+    """One call through the node's RPC handler, as the RPC server makes it."""
+    answer: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+    def respond(outcome: object) -> None:
+        if isinstance(outcome, KvError):
+            answer.set_exception(outcome)
+        else:
+            answer.set_result(outcome)
+
+    service.handle_rpc(method, body, 1000, respond)
+    return await answer
+
+
 @pytest_asyncio.fixture
 async def service(tmp_path: Path) -> AsyncIterator[NodeService]:
     nodes = {"n1": f"127.0.0.1:{free_port()}", "n2": f"127.0.0.1:{free_port()}"}
@@ -49,15 +64,17 @@ async def service(tmp_path: Path) -> AsyncIterator[NodeService]:
 async def test_a_full_partition_queue_answers_overloaded_and_others_keep_serving(
     service: NodeService,
 ) -> None:
-    busy, other = service.shells[PartitionId(0)], PartitionId(2)
-    busy.in_progress = limits.PARTITION_QUEUE_MAX  # as if that many requests were waiting
+    runtime, other = service.runtime, PartitionId(2)
+    assert runtime is not None
+    # As if that many requests were waiting on partition 0:
+    runtime.in_progress[PartitionId(0)] = limits.PARTITION_QUEUE_MAX
     try:
         with pytest.raises(Overloaded):
-            await service.handle_rpc("get", {"partition": 0, "key": "k"}, 1000)
+            await rpc(service, "get", {"partition": 0, "key": "k"})
         with pytest.raises(Overloaded):
             await service.serve(GetRequest(partition=PartitionId(0), key="k"))
     finally:
-        busy.in_progress = 0
+        runtime.in_progress[PartitionId(0)] = 0
     reply = await service.serve(WriteRequest(partition=other, op=put("k2", 1)))
     assert isinstance(reply, WriteReply) and reply.version == 1
     got = await service.serve(GetRequest(partition=other, key="k2"))
@@ -67,7 +84,7 @@ async def test_a_full_partition_queue_answers_overloaded_and_others_keep_serving
 
 
 async def test_partitions_of_other_nodes_are_refused_with_the_epoch(service: NodeService) -> None:
-    assert sorted(service.shells) == [0, 2]
+    assert service.runtime is not None and sorted(service.runtime.cores) == [0, 2]
     with pytest.raises(WrongOwner) as caught:
         await service.serve(GetRequest(partition=PartitionId(1), key="k"))
     assert caught.value.details == {"epoch": 1, "partition": 1, "owner": "n2"}
@@ -110,7 +127,8 @@ async def test_a_batch_too_big_to_stage_on_the_loop_is_written_by_the_flush_thre
     )
     reply = await service.serve(request)
     assert isinstance(reply, ExecuteReply) and reply.committed, reply
-    store = service.shells[PartitionId(0)].store
+    assert service.runtime is not None
+    store = service.runtime.store
     assert not store.dirty and store.in_flight is None  # acknowledged only once durable
     for i in (0, len(keys) - 1):
         got = await service.serve(GetRequest(partition=PartitionId(0), key=keys[i]))
@@ -128,7 +146,7 @@ async def test_inspect_lists_counts_intents_and_open_ledger_records(service: Nod
     )
     reply = await service.serve(prepare)
     assert isinstance(reply, PrepareReply) and reply.accepted
-    seen = await service.handle_rpc("inspect", {"partition": 0, "limit": 10}, 1000)
+    seen = await rpc(service, "inspect", {"partition": 0, "limit": 10})
     assert isinstance(seen, dict)
     assert (seen["items"], seen["intents"]) == (1, 1)
     assert [(i["key"], i["txn_id"]) for i in seen["oldest_intents"]] == [("k2", txn)]
@@ -136,6 +154,6 @@ async def test_inspect_lists_counts_intents_and_open_ledger_records(service: Nod
     assert (record["txn_id"], record["state"], record["past_deadline"]) == (txn, "PREPARING", False)
     for bad in ({"partition": 0, "limit": 0}, {"partition": "0"}, {"x": 1}, [0]):
         with pytest.raises(ValidationError):
-            await service.handle_rpc("inspect", bad, 1000)
+            await rpc(service, "inspect", bad)
     with pytest.raises(WrongOwner):
-        await service.handle_rpc("inspect", {"partition": 1}, 1000)
+        await rpc(service, "inspect", {"partition": 1})

@@ -40,7 +40,7 @@ from kvstore.limits import (
     RPC_FRAME_BYTES_MAX,
     RPC_PROTOCOL_VERSION,
 )
-from kvstore.rpc import RpcClient, RpcPool, RpcServer
+from kvstore.rpc import AsyncHandler, RpcClient, RpcPool, RpcServer
 from kvstore.rpc.frames import (
     FRAME_COALESCE_BYTES_MAX,
     MESSAGE_BYTES_MAX,
@@ -95,7 +95,9 @@ async def serving(
 ) -> AsyncIterator[Served]:
     clock = Clock()
     events: list[str] = []
-    server = RpcServer(handler, secret=secret, clock=clock, on_event=events.append, **options)
+    server = RpcServer(
+        AsyncHandler(handler), secret=secret, clock=clock, on_event=events.append, **options
+    )
     app = web.Application()
     server.install(app)
     runner = web.AppRunner(app, access_log=None)
@@ -477,7 +479,7 @@ async def test_concurrent_callers_share_one_connect_attempt() -> None:
 SERVER_SCRIPT = """
 import asyncio, sys
 from aiohttp import web
-from kvstore.rpc import RpcServer
+from kvstore.rpc import AsyncHandler, RpcServer
 from kvstore.types import Timestamp
 
 async def main():
@@ -485,7 +487,7 @@ async def main():
         print("started", flush=True)
         await asyncio.Event().wait()
 
-    server = RpcServer(handler, secret=sys.argv[1], clock=lambda: Timestamp(1, 0, 1))
+    server = RpcServer(AsyncHandler(handler), secret=sys.argv[1], clock=lambda: Timestamp(1, 0, 1))
     app = web.Application()
     server.install(app)
     runner = web.AppRunner(app)

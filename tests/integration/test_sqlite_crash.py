@@ -1,12 +1,13 @@
-"""``kill -9`` of a process writing a ``SqliteStore`` loses no acknowledged write and no job
+"""``kill -9`` of a process writing a ``SqliteNodeStore`` loses no acknowledged write and no job
 survives in part.
 
-A child process writes batches of items in a loop the way a node's shell does: it begins a flush
-job, runs it on the store's executor while it keeps writing into the next open batch, ends the
-job and only then prints the keys the job made durable (its acknowledgements). The test reads
-acknowledgements until it has ``N``, waits a moment, sends SIGKILL, and reopens the file: every
-acknowledged key holds its value, every batch is either whole or absent, the batches present are
-a prefix of those written, and SQLite's integrity check passes.
+A child process writes batches of items over two partitions of one node store in a loop, the way
+a node's runtime does: it begins a flush job (one for both partitions), runs it on a flush thread
+while it keeps writing into the next open batch, ends the job and only then prints the keys the
+job made durable (its acknowledgements). The test reads acknowledgements until it has ``N``, waits
+a moment, sends SIGKILL, and reopens the store: every acknowledged key holds its value, every
+batch is either whole or absent in both partitions, the batches present are a prefix of those
+written, and SQLite's integrity check passes.
 """
 
 from __future__ import annotations
@@ -24,19 +25,23 @@ from typing import IO
 
 import pytest
 
-from kvstore.storage_node.sqlite_store import SqliteStore
+from kvstore.storage_node.sqlite_store import NODE_DB, SqliteNodeStore
+from kvstore.types import PartitionId
 
+PARTS = (PartitionId(0), PartitionId(1))
 DEADLINE_S = 60.0
 
 CHILD = r"""
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kvstore.storage_node.sqlite_store import SqliteStore
+from kvstore.storage_node.sqlite_store import SqliteNodeStore
 from kvstore.storage_node.store import ItemRow
-from kvstore.types import Timestamp
+from kvstore.types import PartitionId, Timestamp
 
-store = SqliteStore.open(Path(sys.argv[1]))
+store = SqliteNodeStore.open(Path(sys.argv[1]), (PartitionId(0), PartitionId(1)))
+flusher = ThreadPoolExecutor(max_workers=1)
 seq = 0
 batch = 0
 
@@ -50,7 +55,7 @@ def write_batch():
         seq += 1
         key = f"k{seq:09d}"
         value = {"seq": seq, "batch": batch, "size": size, "pad": "x" * 64}
-        store.put_item(
+        store.partition(PartitionId(seq % 2)).put_item(
             ItemRow(
                 key=key,
                 exists=True,
@@ -65,14 +70,15 @@ def write_batch():
         key="last", exists=True, value=batch, version=batch, write_ts=Timestamp(seq, 1, 1),
         read_ts=Timestamp(0, 0, 0),
     )
-    store.put_item(last)
+    for pid in (0, 1):
+        store.partition(PartitionId(pid)).put_item(last)
     return keys
 
 
 pending = write_batch()
 while True:
     job = store.begin_flush()
-    future = store.executor.submit(job.run)
+    future = flusher.submit(job.run)
     following = write_batch()  # the next batch gathers while this one is on its way to disk
     future.result()
     store.end_flush(job)
@@ -88,14 +94,14 @@ def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
-def run_and_kill(db: Path, acks_before_kill: int, delay_s: float, log: Path) -> list[str]:
+def run_and_kill(data_dir: Path, acks_before_kill: int, delay_s: float, log: Path) -> list[str]:
     """Run the writer, kill it after ``acks_before_kill`` acknowledgements and ``delay_s``;
     return every acknowledged key (complete lines only)."""
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     with log.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(db)],
+            [sys.executable, "-c", CHILD, str(data_dir)],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -131,17 +137,18 @@ def run_and_kill(db: Path, acks_before_kill: int, delay_s: float, log: Path) -> 
     [(1, 0.0), (17, 0.0013), (60, 0.004), (250, 0.0), (400, 0.0171)],
 )
 def test_kill_9_loses_no_acknowledged_write(tmp_path: Path, acks: int, delay_s: float) -> None:
-    db = tmp_path / "p0000.db"
-    acked = run_and_kill(db, acks, delay_s, tmp_path / "child.log")
+    acked = run_and_kill(tmp_path, acks, delay_s, tmp_path / "child.log")
     assert len(acked) >= acks
-    with SqliteStore.open(db) as store:
+    with SqliteNodeStore.open(tmp_path, PARTS) as store:
         batches: dict[int, list[int]] = {}
-        for row in store.scan_items("k", "l", 1 << 30):
-            assert isinstance(row.value, dict)
-            assert row.key == f"k{row.value['seq']:09d}"
-            batches.setdefault(int(row.value["batch"]), []).append(int(row.value["size"]))
+        for pid in PARTS:
+            for row in store.partition(pid).scan_items("k", "l", 1 << 30):
+                assert isinstance(row.value, dict)
+                assert row.key == f"k{row.value['seq']:09d}"
+                assert row.value["seq"] % 2 == pid
+                batches.setdefault(int(row.value["batch"]), []).append(int(row.value["size"]))
         for key in acked:
-            row = store.get_item(key)
+            row = store.partition(PARTS[int(key[1:]) % 2]).get_item(key)
             assert row is not None, f"acknowledged {key} was lost"
             assert isinstance(row.value, dict)
             assert row.value["seq"] == int(key[1:])
@@ -149,9 +156,10 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path: Path, acks: int, delay_s: 
         for number, sizes in batches.items():
             assert len(sizes) == sizes[0], f"batch {number} is partial"
         assert sorted(batches) == list(range(1, len(batches) + 1)), "batches form a prefix"
-        last = store.get_item("last")
-        assert last is not None and last.value == max(batches)
-    conn = sqlite3.connect(db)
+        for pid in PARTS:
+            last = store.partition(pid).get_item("last")
+            assert last is not None and last.value == max(batches)
+    conn = sqlite3.connect(tmp_path / NODE_DB)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:

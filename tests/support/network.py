@@ -1,102 +1,175 @@
-"""An in-memory network joining coordinator cores to partition cores, driven step by step.
+"""The production node runtime on a network the test drives message by message.
 
-Messages sit in ``inflight`` until the test delivers, drops, fails or duplicates one, so a test (or
-Hypothesis) chooses every interleaving. Partition replies are released only after the store's
-``commit()`` (the durability rule of the services). Coordinators may crash: their replies are then
-discarded, and only the nodes' recovery (stale intents and undriven ledger records) finishes their
-transactions. ``heal()`` delivers everything and runs recovery until no intent is left.
+Every partition lives in one :class:`~kvstore.runtime.node.NodeRuntime` over a
+:class:`~kvstore.storage_node.store.MemoryNodeStore`, on a :class:`ManualScheduler` whose clock
+only the test moves. Coordinator cores started with :meth:`Network.start` run on a production
+:class:`~kvstore.runtime.actors.ActorDriver`; their requests sit in ``inflight`` until the test
+delivers, drops, fails or duplicates one, so a test (or Hypothesis) chooses every interleaving.
+Partition replies come back only when the runtime releases them (after the group commit that
+covers their writes). Coordinators may crash: their replies are then ignored, and only the node's
+own recovery (its maintenance tick: stale intents, undriven ledger records) finishes their
+transactions. ``heal()`` delivers everything and lets time pass until nothing is pending.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from kvstore.coordinator.effects import Finish, Send
-from kvstore.coordinator.recovery import Recovery, resolve_intent_action
-from kvstore.errors import ErrorCode
-from kvstore.messages import (
-    CancelRequest,
-    CommitRequest,
-    LedgerLookupRequest,
-    LedgerRecord,
-    Reply,
-    Request,
-)
+from kvstore.errors import ErrorCode, KvError, WrongOwner
+from kvstore.messages import Reply, Request
+from kvstore.runtime.actors import Actor, ActorDriver, Answer
+from kvstore.runtime.disk import ImmediateDisk
+from kvstore.runtime.node import NodeRuntime
 from kvstore.storage_node.core import PartitionConfig, PartitionCore
-from kvstore.storage_node.store import MemoryStore
-from kvstore.types import PartitionId, Timestamp
+from kvstore.storage_node.store import MemoryNodeStore
+from kvstore.timestamps import HybridClock
+from kvstore.types import PartitionId
 
-NODE_ORIGIN_BASE = 1 << 48
+NODE_ORIGIN = 1 << 48
 HEAL_ROUNDS_MAX = 200
 HEAL_TICK_US = 500_000
+SETTLE_STEPS_MAX = 100_000  # callbacks run by one ``settle`` (a guard against a livelock)
 
 
-class Actor(Protocol):
-    @property
-    def done(self) -> bool: ...
-    def step_start(self, now_us: int) -> list[Send | Finish]: ...  # type: ignore[type-arg]
-    def step_reply(self, call_id: int, reply: Reply, now_us: int) -> list[Send | Finish]: ...  # type: ignore[type-arg]
-    def step_failed(self, call_id: int, error: ErrorCode, now_us: int) -> list[Send | Finish]: ...  # type: ignore[type-arg]
-    def step_tick(self, now_us: int) -> list[Send | Finish]: ...  # type: ignore[type-arg]
+class _Timer:
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualScheduler:
+    """Time moves only when the test says so; ``settle`` runs what is ready."""
+
+    def __init__(self, now_us: int) -> None:
+        self.now = now_us
+        self._ready: list[Callable[[], None]] = []
+        self._timers: list[tuple[int, int, Callable[[], None], _Timer]] = []
+        self._seq = 0
+
+    def now_us(self) -> int:
+        return self.now
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self._ready.append(callback)
+
+    def call_later(self, delay_us: int, callback: Callable[[], None]) -> _Timer:
+        timer = _Timer()
+        self._seq += 1
+        heapq.heappush(self._timers, (self.now + max(0, delay_us), self._seq, callback, timer))
+        return timer
+
+    def settle(self) -> None:
+        for _ in range(SETTLE_STEPS_MAX):
+            if not self._ready:
+                return
+            self._ready.pop(0)()
+        raise AssertionError("callbacks kept scheduling callbacks")
+
+    def advance(self, dt_us: int) -> None:
+        end = self.now + dt_us
+        self.settle()
+        while self._timers and self._timers[0][0] <= end:
+            due, _, callback, timer = heapq.heappop(self._timers)
+            self.now = max(self.now, due)
+            if not timer.cancelled:
+                callback()
+            self.settle()
+        self.now = end
 
 
 @dataclass
 class Message:
-    actor: int
-    call_id: int
     request: Request
-    reply: Reply | None = None  # None while the request travels; set when the reply travels
+    answer: Answer
+    reply: Reply | KvError | None = None  # None while the request travels; set when it returns
 
 
 @dataclass
 class Network:
     partitions: int
     config: PartitionConfig = field(default_factory=PartitionConfig)
-    now_us: int = 1_000_000
+    start_us: int = 1_000_000
     inflight: list[Message] = field(default_factory=list)
-    actors: dict[int, Actor] = field(default_factory=dict)
     crashed: set[int] = field(default_factory=set)
     results: dict[int, object] = field(default_factory=dict)
-    node_seq: int = 0
 
     def __post_init__(self) -> None:
-        self.cores = {
-            PartitionId(p): PartitionCore(PartitionId(p), MemoryStore(), self.config)
-            for p in range(self.partitions)
-        }
+        self.scheduler = ManualScheduler(self.start_us)
+        self.store = MemoryNodeStore([PartitionId(p) for p in range(self.partitions)])
+        self.node = NodeRuntime(
+            "n1",
+            self.store,
+            disk=ImmediateDisk(),
+            scheduler=self.scheduler,
+            sender=self,  # never used: the node owns every partition
+            clock=HybridClock(self.scheduler.now_us, NODE_ORIGIN),
+            config=self.config,
+            wrong_owner=lambda pid: WrongOwner(f"no partition {pid}"),
+        )
+        self.node.start()
+        self.coordinators = ActorDriver(self.scheduler, _Wire(self))
+        self._recorders: dict[int, list[object]] = {}
+
+    @property
+    def now_us(self) -> int:
+        return self.scheduler.now
+
+    @property
+    def cores(self) -> dict[PartitionId, PartitionCore]:
+        return self.node.cores
+
+    def send(self, request: Request, deadline_us: int, answer: Answer) -> None:
+        raise AssertionError(f"the test node owns every partition, not {request.partition}")
 
     # --- driving ------------------------------------------------------------------------
 
     def start(self, actor: Actor) -> int:
-        actor_id = len(self.actors)
-        self.actors[actor_id] = actor
-        self._carry_out(actor_id, actor.step_start(self.now_us))
+        answers: list[object] = []  # the id is known only once start returns
+        actor_id = self.coordinators.start(actor, answers.append)
+        self._recorders[actor_id] = answers
+        self.scheduler.settle()
+        self._collect()
         return actor_id
 
-    def node_ts(self, pid: PartitionId) -> Timestamp:
-        self.node_seq += 1
-        return Timestamp(self.now_us, self.node_seq, NODE_ORIGIN_BASE + pid)
+    def _collect(self) -> None:
+        for actor_id, answers in self._recorders.items():
+            for result in answers:
+                assert actor_id not in self.results, "a client is answered exactly once"
+                self.results[actor_id] = result
+            answers.clear()
 
     def call(self, request: Request) -> Reply:
-        """A request handled at once (as a node's own background work would)."""
-        core = self.cores[request.partition]
-        step = core.handle(request, self.now_us, self.node_ts(request.partition))
-        core.store.commit()
-        return step.reply
+        """A request handled at once (as a node's own background work would be)."""
+        outcome: list[Reply | KvError] = []
+        self.node.submit(request, outcome.append)
+        self.scheduler.settle()
+        assert outcome, "the runtime did not answer"
+        if isinstance(outcome[0], KvError):
+            raise outcome[0]
+        return outcome[0]
 
     def deliver(self, index: int) -> None:
         message = self.inflight.pop(index % len(self.inflight))
         if message.reply is None:
-            message.reply = self.call(message.request)
+            outcome: list[Reply | KvError] = []
+            self.node.submit(message.request, outcome.append)
+            self.scheduler.settle()
+            assert outcome, "the runtime did not answer"
+            message.reply = outcome[0]
             self.inflight.append(message)
             return
-        if message.actor in self.crashed:
-            return
-        actor = self.actors[message.actor]
-        self._carry_out(
-            message.actor, actor.step_reply(message.call_id, message.reply, self.now_us)
-        )
+        if isinstance(message.reply, KvError):
+            message.answer(None, message.reply.code)
+        else:
+            message.answer(message.reply, None)
+        self.scheduler.settle()
+        self._collect()
 
     def drop(self, index: int) -> None:
         """Lose a message silently: the caller finds out by its deadline."""
@@ -105,34 +178,21 @@ class Network:
     def fail(self, index: int) -> None:
         """Lose a message and tell the caller at once (connection refused or reset)."""
         message = self.inflight.pop(index % len(self.inflight))
-        if message.actor in self.crashed:
-            return
-        actor = self.actors[message.actor]
-        effects = actor.step_failed(message.call_id, ErrorCode.Unavailable, self.now_us)
-        self._carry_out(message.actor, effects)
+        message.answer(None, ErrorCode.Unavailable)
+        self.scheduler.settle()
+        self._collect()
 
     def duplicate(self, index: int) -> None:
         message = self.inflight[index % len(self.inflight)]
-        self.inflight.append(
-            Message(message.actor, message.call_id, message.request, message.reply)
-        )
+        self.inflight.append(Message(message.request, message.answer, message.reply))
 
     def crash(self, actor_id: int) -> None:
         self.crashed.add(actor_id)
+        self.coordinators.drop(actor_id)
 
     def tick(self, dt_us: int) -> None:
-        self.now_us += dt_us
-        for actor_id, actor in list(self.actors.items()):
-            if actor_id not in self.crashed and not actor.done:
-                self._carry_out(actor_id, actor.step_tick(self.now_us))
-
-    def _carry_out(self, actor_id: int, effects: list[Send | Finish]) -> None:  # type: ignore[type-arg]
-        for effect in effects:
-            if isinstance(effect, Send):
-                self.inflight.append(Message(actor_id, effect.call_id, effect.request))
-            else:
-                assert actor_id not in self.results, "a client is answered exactly once"
-                self.results[actor_id] = effect.result
+        self.scheduler.advance(dt_us)
+        self._collect()
 
     # --- healing --------------------------------------------------------------------------
 
@@ -144,39 +204,32 @@ class Network:
             if self._settled():
                 return
             self.tick(HEAL_TICK_US)
-            self._maintain()
         raise AssertionError("the cluster did not settle: " + self._pending_summary())
 
     def _settled(self) -> bool:
-        live = [a for i, a in self.actors.items() if i not in self.crashed]
+        stores = [self.store.partition(pid) for pid in self.store.partitions]
         return (
             not self.inflight
-            and all(a.done for a in live)
-            and all(c.store.intent_count() == 0 for c in self.cores.values())
-            and all(self._undriven(c) == [] for c in self.cores.values())
+            and self.coordinators.running == 0
+            and self.node.actors.running == 0
+            and all(store.intent_count() == 0 for store in stores)
+            and all(store.open_ledger_records(10_000) == [] for store in stores)
         )
 
-    def _undriven(self, core: PartitionCore) -> list[LedgerRecord]:
-        return core.store.open_ledger_records(10_000)
-
-    def _maintain(self) -> None:
-        for pid, core in self.cores.items():
-            work = core.maintain(self.now_us)
-            core.store.commit()
-            for stale in work.stale_intents:
-                lookup = LedgerLookupRequest(
-                    partition=stale.anchor, txn_id=stale.txn_id, resolve=True
-                )
-                record = self.call(lookup).record  # type: ignore[union-attr]
-                action = resolve_intent_action(record)
-                if action == "commit":
-                    self.call(CommitRequest(partition=pid, txn_id=stale.txn_id))
-                elif action == "cancel":
-                    self.call(CancelRequest(partition=pid, txn_id=stale.txn_id))
-            for record in work.records_to_drive:
-                self.start(Recovery(record, pid, self.now_us))
-
     def _pending_summary(self) -> str:
-        intents = {pid: c.store.intent_count() for pid, c in self.cores.items()}
-        busy = [i for i, a in self.actors.items() if i not in self.crashed and not a.done]
-        return f"intents={intents} busy_actors={busy} inflight={len(self.inflight)}"
+        intents = {pid: self.store.partition(pid).intent_count() for pid in self.store.partitions}
+        return (
+            f"intents={intents} coordinators={self.coordinators.running} "
+            f"background={self.node.actors.running} inflight={len(self.inflight)}"
+        )
+
+
+class _Wire:
+    """The coordinators' sender: every request waits in ``inflight`` for the test."""
+
+    def __init__(self, net: Network) -> None:
+        self._net = net
+
+    def send(self, request: Request, deadline_us: int, answer: Answer) -> None:
+        del deadline_us  # the cores keep their own deadlines
+        self._net.inflight.append(Message(request, answer))

@@ -113,17 +113,15 @@ class Partition:
 
     def snapshot(self) -> tuple[object, ...]:
         """Everything the store holds, to show that a step wrote nothing."""
-        s = self.store
+        node = self.store.node
+        durable = node.durable_rows[P0]
         return (
-            dict(s._items.durable),
-            dict(s._items.overlay),
-            dict(s._intents.durable),
-            dict(s._intents.overlay),
-            dict(s._ledger.durable),
-            dict(s._ledger.overlay),
-            dict(s._tokens.durable),
-            dict(s._tokens.overlay),
-            s.get_meta(),
+            dict(durable.items),
+            dict(durable.intent_rows),
+            dict(durable.ledger),
+            dict(durable.tokens),
+            durable.meta,
+            node.partition(P0).open_writes(),
         )
 
 

@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from kvstore.coordinator.driver import ActorRunner
 from kvstore.coordinator.recovery import Recovery
 from kvstore.coordinator.results import RecoveryResult
 from kvstore.errors import Unavailable
@@ -20,6 +19,7 @@ from kvstore.messages import (
     Request,
     TxnState,
 )
+from kvstore.runtime.aio import ActorRunner
 from kvstore.types import PartitionId, Timestamp, TxnId
 
 pytestmark = pytest.mark.asyncio

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from support.coordinator import finishes, partition_of, sends
 from support.partition import P0, Partition, add, check, codes, delete, put, ts
+from support.runtime import P1, Node
 
 from kvstore.coordinator.read import ReadTxn
 from kvstore.coordinator.results import ReadResult
@@ -281,6 +282,30 @@ def test_no_ts_tie_break_gives_two_clocks_the_same_timestamp(arm: Arm) -> None:
     assert script(NO_MUTANTS) == (Timestamp(wall, 0, 7), Timestamp(wall, 0, 8))
     a, b = script(arm(Mutant.NO_TS_TIE_BREAK))
     assert a == b == Timestamp(wall, 0, 1)
+
+
+@shows(Mutant.REPLY_BEFORE_FLUSH)
+def test_reply_before_flush_answers_before_the_write_is_durable(arm: Arm) -> None:
+    def script(mutants: Mutants) -> tuple[int, int]:
+        node = Node(mutants)
+        answers = node.put(P0, "a")
+        return len(answers), len(node.disk.jobs)  # answered?, flushes not yet done
+
+    assert script(NO_MUTANTS) == (0, 1)
+    assert script(arm(Mutant.REPLY_BEFORE_FLUSH)) == (1, 1), "answered, not yet durable"
+
+
+@shows(Mutant.ACK_WITH_EARLIER_FLUSH)
+def test_ack_with_earlier_flush_answers_with_the_flush_in_flight(arm: Arm) -> None:
+    def script(mutants: Mutants) -> tuple[int, bool]:
+        node = Node(mutants)
+        node.put(P0, "a")
+        second = node.put(P1, "b")  # joins the next batch while the first is in flight
+        node.finish_flush()
+        return len(second), node.store.dirty
+
+    assert script(NO_MUTANTS) == (0, False)  # waiting on its own flush, now in flight
+    assert script(arm(Mutant.ACK_WITH_EARLIER_FLUSH)) == (1, True), "answered, not durable"
 
 
 def test_every_mutant_has_a_test_showing_what_it_breaks() -> None:

@@ -12,6 +12,7 @@ CORE_MODULES = sorted(
     [
         ROOT / "kvstore/storage_node/core.py",
         ROOT / "kvstore/storage_node/store.py",
+        ROOT / "kvstore/storage_node/overlay.py",  # store.py's memory store runs it
         ROOT / "kvstore/storage_node/resolver.py",
     ]
     + [p for p in (ROOT / "kvstore/coordinator").glob("*.py") if p.name != "__init__.py"]

@@ -1,19 +1,19 @@
-"""The ``PartitionStore`` contract, run over ``MemoryStore`` and ``SqliteStore``.
+"""The ``PartitionStore`` contract, run over views of ``MemoryNodeStore`` and ``SqliteNodeStore``.
 
-Three layers of evidence that the SQLite engine answers exactly as the reference does:
+Three layers of evidence that both node stores answer as the reference :class:`Model` (plain
+dicts, no overlay: every write applied at once) does:
 
-* scenario tests of every Protocol method, parametrized over both stores and over where the data
-  sits on its way to disk (open batch, a flush job begun, run, ended, the file reopened), and
-  scenarios of overlays over the database (overwrites and deletions in the open batch and in a
-  flush job that has not ended);
-* a Hypothesis state machine of random writes to every table, interleaved with ``begin_flush`` /
-  ``run`` / ``end_flush``, ``commit`` and close-and-reopen, comparing every read and listing with a
-  ``MemoryStore`` after each step;
-* a real ``PartitionCore`` on each store, driven by the same random requests: identical replies.
+* scenario tests of every Protocol method, parametrized over both node stores and over where the
+  data sits on its way to disk (open batch, a flush job begun, run, ended, the store reopened or
+  crashed), scenarios of overlays over durable rows, and of two partitions of one node store that
+  never see each other's rows;
+* a Hypothesis state machine of random writes to every table of two partitions, interleaved with
+  ``begin_flush`` / ``run`` / ``end_flush``, ``commit`` and crash-and-reopen, comparing every read
+  and listing of both node stores with the model after each step (and the two stores' batches);
+* real ``PartitionCore``\\ s on the model and on each node store, driven by the same random
+  requests: identical replies.
 
-``MemoryStore`` orders ties of ``tombstones`` (equal ``max(write_ts, read_ts)``) and of
-``tokens_created_before`` (equal ``created_us``) by set iteration, so those two listings are
-compared up to the order within a tie; ``SqliteStore`` must order ties by key.
+Every listing orders ties by the table's key, in the model too, so answers compare exactly.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import random
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -58,19 +60,25 @@ from kvstore.messages import (
 from kvstore.ops import Op, OpKind
 from kvstore.storage_node import sqlite_schema
 from kvstore.storage_node.core import PartitionConfig, PartitionCore
-from kvstore.storage_node.sqlite_store import FlushJob, SchemaError, SqliteStore
+from kvstore.storage_node.overlay import PartitionBatch
+from kvstore.storage_node.sqlite_store import NODE_DB, SchemaError, SqliteNodeStore
 from kvstore.storage_node.store import (
+    FlushJob,
     Intent,
     ItemRow,
+    MemoryNodeStore,
     MemoryStore,
+    NodeStore,
     PartitionMeta,
     PartitionStore,
     TokenRow,
 )
 from kvstore.types import TIMESTAMP_ZERO, PartitionId, Timestamp, TxnId, Value
 
-T = TypeVar("T")
 U64 = (1 << 64) - 1
+P1 = PartitionId(1)
+P2 = PartitionId(2)
+PARTS = (P0, P1)
 
 # The universes every comparison reads back.
 KEYS = ("a", "b", "c", "c\x00", "d", "é", "\U0001f600")
@@ -85,6 +93,7 @@ SCAN_BOUNDS: tuple[tuple[str, str | None], ...] = (
 )
 LIMITS = (0, 1, 2, 3, 1000)
 TIME_BOUNDS = (0, 2, 4, 1000)
+EVERYTHING = 1 << 62
 
 
 def tsp(physical: int, logical: int = 0, origin: int = 1) -> Timestamp:
@@ -147,38 +156,138 @@ def token(name: str, txn: TxnId, created_us: int) -> TokenRow:
     return TokenRow(token=name, txn_id=txn, fingerprint="fp-" + name, created_us=created_us)
 
 
+# --- the reference --------------------------------------------------------------------------
+
+
+class Model:
+    """A ``PartitionStore`` in plain dicts with no overlay: every write applies at once.
+    ``begin()`` remembers the state as a flush job would, ``ran()`` makes that state the durable
+    one (``commit()`` does both), ``crash()`` returns to the durable state. Listings sort
+    everything on each call, ties by the table's key."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, ItemRow] = {}
+        self.intents: dict[str, Intent] = {}
+        self.ledger: dict[TxnId, LedgerRecord] = {}
+        self.tokens: dict[str, TokenRow] = {}
+        self.meta = PartitionMeta()
+        self._durable = self._flushing = self._snapshot()
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        return (
+            dict(self.items),
+            dict(self.intents),
+            dict(self.ledger),
+            dict(self.tokens),
+            self.meta,
+        )
+
+    def begin(self) -> None:
+        """A flush job begins: it holds the state now."""
+        self._flushing = self._snapshot()
+
+    def ran(self) -> None:
+        """The flush job ran: its state is durable."""
+        self._durable = self._flushing
+
+    def commit(self) -> None:
+        self.begin()
+        self.ran()
+
+    def crash(self) -> None:
+        items, intents, ledger, tokens, self.meta = self._durable
+        self.items, self.intents, self.ledger, self.tokens = (
+            dict(items),
+            dict(intents),
+            dict(ledger),
+            dict(tokens),
+        )
+
+    def get_item(self, key: str) -> ItemRow | None:
+        return self.items.get(key)
+
+    def put_item(self, row: ItemRow) -> None:
+        self.items[row.key] = row
+
+    def delete_item(self, key: str) -> None:
+        self.items.pop(key, None)
+
+    def tombstones(self, limit: int) -> list[ItemRow]:
+        dead = [r for r in self.items.values() if not r.exists]
+        return sorted(dead, key=lambda r: (max(r.write_ts, r.read_ts), r.key))[:limit]
+
+    def scan_items(self, start: str, end: str | None, limit: int) -> list[ItemRow]:
+        rows = [
+            r
+            for r in self.items.values()
+            if r.exists and r.key >= start and (end is None or r.key < end)
+        ]
+        return sorted(rows, key=lambda r: r.key)[:limit]
+
+    def item_count(self) -> int:
+        return sum(1 for r in self.items.values() if r.exists)
+
+    def get_intent(self, key: str) -> Intent | None:
+        return self.intents.get(key)
+
+    def put_intent(self, intent: Intent) -> None:
+        self.intents[intent.key] = intent
+
+    def delete_intent(self, key: str) -> None:
+        self.intents.pop(key, None)
+
+    def intents_of(self, txn_id: TxnId) -> list[Intent]:
+        return sorted((i for i in self.intents.values() if i.txn_id == txn_id), key=lambda i: i.key)
+
+    def intents_created_before(self, created_us: int, limit: int) -> list[Intent]:
+        old = [i for i in self.intents.values() if i.created_us < created_us]
+        return sorted(old, key=lambda i: (i.created_us, i.key))[:limit]
+
+    def intent_count(self) -> int:
+        return len(self.intents)
+
+    def get_meta(self) -> PartitionMeta:
+        return self.meta
+
+    def put_meta(self, meta: PartitionMeta) -> None:
+        self.meta = meta
+
+    def get_ledger(self, txn_id: TxnId) -> LedgerRecord | None:
+        return self.ledger.get(txn_id)
+
+    def put_ledger(self, record: LedgerRecord) -> None:
+        self.ledger[record.txn_id] = record
+
+    def delete_ledger(self, txn_id: TxnId) -> None:
+        self.ledger.pop(txn_id, None)
+
+    def open_ledger_records(self, limit: int) -> list[LedgerRecord]:
+        found = [r for r in self.ledger.values() if r.completed_us is None]
+        return sorted(found, key=lambda r: (r.created_us, r.txn_id))[:limit]
+
+    def ledger_completed_before(self, completed_us: int, limit: int) -> list[LedgerRecord]:
+        found = [
+            r
+            for r in self.ledger.values()
+            if r.completed_us is not None and r.completed_us < completed_us
+        ]
+        return sorted(found, key=lambda r: (r.completed_us or 0, r.txn_id))[:limit]
+
+    def get_token(self, token: str) -> TokenRow | None:
+        return self.tokens.get(token)
+
+    def put_token(self, row: TokenRow) -> None:
+        self.tokens[row.token] = row
+
+    def delete_token(self, token: str) -> None:
+        self.tokens.pop(token, None)
+
+    def tokens_created_before(self, created_us: int, limit: int) -> list[TokenRow]:
+        found = [t for t in self.tokens.values() if t.created_us < created_us]
+        return sorted(found, key=lambda t: (t.created_us, t.token))[:limit]
+
+
 # --- comparing two stores -------------------------------------------------------------------
-
-
-def rank_tomb(row: ItemRow) -> Timestamp:
-    return max(row.write_ts, row.read_ts)
-
-
-def rank_token(row: TokenRow) -> int:
-    return row.created_us
-
-
-def name_of(row: ItemRow | TokenRow) -> str:
-    return row.key if isinstance(row, ItemRow) else row.token
-
-
-def assert_same_up_to_ties(
-    got: Sequence[T],
-    want: Sequence[T],
-    full: Sequence[T],
-    rank: Callable[[T], Any],
-    name: Callable[[T], str],
-) -> None:
-    """Equal ranks in order; equal rows but within the last (possibly cut) tie group, whose rows
-    need only belong to the complete listing ``full``."""
-    assert [rank(row) for row in got] == [rank(row) for row in want]
-    if not got:
-        return
-    last = rank(got[-1])
-    assert sorted((r for r in got if rank(r) != last), key=name) == sorted(
-        (r for r in want if rank(r) != last), key=name
-    )
-    assert all(row in full for row in got if rank(row) == last)
 
 
 @dataclass(frozen=True)
@@ -186,15 +295,15 @@ class Universe:
     """What a comparison reads back: these keys, transactions and tokens, listings at these
     bounds."""
 
-    keys: Sequence[str] = KEYS
-    txns: Sequence[TxnId] = TXNS
-    tokens: Sequence[str] = TOKENS
-    time_bounds: Sequence[int] = TIME_BOUNDS
-    scan_bounds: Sequence[tuple[str, str | None]] = SCAN_BOUNDS
+    keys: tuple[str, ...] = KEYS
+    txns: tuple[TxnId, ...] = TXNS
+    tokens: tuple[str, ...] = TOKENS
+    time_bounds: tuple[int, ...] = TIME_BOUNDS
+    scan_bounds: tuple[tuple[str, str | None], ...] = SCAN_BOUNDS
 
 
-def observe_exact(store: PartitionStore, u: Universe) -> dict[str, object]:
-    """Everything a store answers that must be identical, element for element."""
+def observe(store: PartitionStore, u: Universe) -> dict[str, object]:
+    """Everything a store answers about the universe."""
     seen: dict[str, object] = {
         "items": [store.get_item(k) for k in u.keys],
         "intents": [store.get_intent(k) for k in u.keys],
@@ -204,72 +313,66 @@ def observe_exact(store: PartitionStore, u: Universe) -> dict[str, object]:
         "intent_count": store.intent_count(),
         "item_count": store.item_count(),
         "intents_of": [store.intents_of(t) for t in u.txns],
+        "all tombstones": store.tombstones(EVERYTHING),
+        "all tokens": store.tokens_created_before(EVERYTHING, EVERYTHING),
     }
     for start, end in u.scan_bounds:
         for limit in LIMITS:
             seen[f"scan {start!r} {end!r} {limit}"] = store.scan_items(start, end, limit)
     for limit in LIMITS:
         seen[f"open ledger {limit}"] = store.open_ledger_records(limit)
+        seen[f"tombstones {limit}"] = store.tombstones(limit)
         for bound in u.time_bounds:
             seen[f"intents before {bound} {limit}"] = store.intents_created_before(bound, limit)
             seen[f"completed before {bound} {limit}"] = store.ledger_completed_before(bound, limit)
+            seen[f"tokens before {bound} {limit}"] = store.tokens_created_before(bound, limit)
     return seen
 
 
 def assert_same_answers(
     want: PartitionStore, got: PartitionStore, u: Universe = Universe()
 ) -> None:
-    assert observe_exact(got, u) == observe_exact(want, u)
-    everything = 1 << 62
-    full_want, full_got = want.tombstones(everything), got.tombstones(everything)
-    assert sorted(full_got, key=name_of) == sorted(full_want, key=name_of)
-    for limit in LIMITS:
-        assert_same_up_to_ties(
-            got.tombstones(limit), want.tombstones(limit), full_got, rank_tomb, name_of
-        )
-        for bound in u.time_bounds:
-            assert_same_up_to_ties(
-                got.tokens_created_before(bound, limit),
-                want.tokens_created_before(bound, limit),
-                got.tokens_created_before(bound, everything),
-                rank_token,
-                name_of,
-            )
-    if isinstance(got, SqliteStore):  # ties broken by key
-        assert full_got == sorted(full_got, key=lambda r: (rank_tomb(r), r.key))
-        tokens = got.tokens_created_before(everything, everything)
-        assert tokens == sorted(tokens, key=lambda r: (r.created_us, r.token))
+    assert observe(got, u) == observe(want, u)
 
 
-# --- a store and the path of its writes to disk ---------------------------------------------
+# --- a node store and the path of its writes to disk ----------------------------------------
 
 PHASES = ("open", "begun", "ran", "ended", "reopened")
 
 
-class Harness:
-    """A store under test. ``settle(phase)`` moves every write so far to ``phase``: still in the
-    open batch, in a flush job begun / run / ended, or ended and the file reopened. For
-    ``MemoryStore`` every phase but ``open`` is a commit (plus a crash for ``reopened``)."""
+def open_node(kind: str, data_dir: Path, parts: tuple[PartitionId, ...] = PARTS) -> Any:
+    """A ``MemoryNodeStore`` or ``SqliteNodeStore`` (``Any``: tests use either's extras)."""
+    if kind == "memory":
+        return MemoryNodeStore(parts)
+    return SqliteNodeStore.open(data_dir, parts)
 
-    def __init__(self, kind: str, path: Path) -> None:
+
+class Harness:
+    """A node store under test, partitions ``P0`` and ``P1``; ``store`` is the view of ``P0``,
+    ``other`` that of ``P1``. ``settle(phase)`` moves every write so far to ``phase``: still in
+    the open batch, in a flush job begun / run / ended, or ended and the store reopened (SQLite)
+    or crashed (memory)."""
+
+    def __init__(self, kind: str, data_dir: Path) -> None:
         self.kind = kind
-        self.path = path
-        self.store: MemoryStore | SqliteStore = (
-            MemoryStore() if kind == "memory" else SqliteStore.open(path)
-        )
+        self.data_dir = data_dir
+        self.node = open_node(kind, data_dir)
         self.job: FlushJob | None = None
 
+    @property
+    def store(self) -> PartitionStore:
+        view: PartitionStore = self.node.partition(P0)
+        return view
+
+    @property
+    def other(self) -> PartitionStore:
+        view: PartitionStore = self.node.partition(P1)
+        return view
+
     def settle(self, phase: str) -> None:
-        store = self.store
-        if isinstance(store, MemoryStore):
-            if phase != "open":
-                store.commit()
-            if phase == "reopened":
-                store.crash()
-            return
         if phase == "open":
             return
-        self.job = store.begin_flush()
+        self.job = self.node.begin_flush()
         assert self.job is not None
         if phase in {"ran", "ended", "reopened"}:
             self.job.run()
@@ -280,23 +383,23 @@ class Harness:
 
     def finish(self) -> None:
         """End the flush job in flight, running it first if needed."""
-        if isinstance(self.store, SqliteStore) and self.job is not None:
+        if self.job is not None:
             if not self.job.durable:
                 self.job.run()
-            self.store.end_flush(self.job)
+            self.node.end_flush(self.job)
         self.job = None
 
     def reopen(self) -> None:
-        if isinstance(self.store, SqliteStore):
-            self.store.close()
-            self.store = SqliteStore.open(self.path)
+        """Lose what no job has run: a crash of the memory store, close and open of SQLite."""
+        if self.kind == "memory":
+            self.node.crash()
         else:
-            self.store.crash()
+            self.node.close()
+            self.node = open_node(self.kind, self.data_dir)
         self.job = None
 
     def close(self) -> None:
-        if isinstance(self.store, SqliteStore):
-            self.store.close()
+        self.node.close()
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -306,7 +409,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def harness(kind: str, tmp_path: Path) -> Iterator[Harness]:
-    h = Harness(kind, tmp_path / "p0000.db")
+    h = Harness(kind, tmp_path)
     try:
         yield h
     finally:
@@ -314,8 +417,17 @@ def harness(kind: str, tmp_path: Path) -> Iterator[Harness]:
 
 
 @pytest.fixture
-def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
-    store = SqliteStore.open(tmp_path / "p.db")
+def node(kind: str, tmp_path: Path) -> Iterator[Any]:
+    store = open_node(kind, tmp_path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def sqlite_node(tmp_path: Path) -> Iterator[SqliteNodeStore]:
+    store = SqliteNodeStore.open(tmp_path, PARTS)
     try:
         yield store
     finally:
@@ -414,11 +526,8 @@ def test_tombstone_ties(harness: Harness, phase: str) -> None:
     harness.store.put_item(tomb("z", write=tsp(4)))
     harness.settle(phase)
     rows = harness.store.tombstones(10)
-    assert rows[0].key == "z"
-    assert sorted(row.key for row in rows[1:]) == ["a", "b", "c"]
-    if harness.kind == "sqlite":
-        assert [row.key for row in rows] == ["z", "a", "b", "c"]
-        assert [row.key for row in harness.store.tombstones(2)] == ["z", "a"]
+    assert [row.key for row in rows] == ["z", "a", "b", "c"]  # ties by key
+    assert [row.key for row in harness.store.tombstones(2)] == ["z", "a"]
 
 
 @pytest.mark.parametrize("phase", PHASES)
@@ -524,13 +633,80 @@ def test_tokens(harness: Harness, phase: str) -> None:
     assert store.tokens_created_before(10, 10) == []
 
 
-def test_a_store_is_a_partition_store(sqlite_store: SqliteStore) -> None:
-    store: PartitionStore = sqlite_store
-    store.commit()  # nothing to write: a no-op
-    assert sqlite_store.flushes == 0
+def test_node_stores_implement_the_protocols(node: Any) -> None:
+    store: NodeStore = node
+    view: PartitionStore = store.partition(P0)
+    assert store.partitions == PARTS
+    assert store.partition(P0) is view, "one view per partition"
+    view.commit()  # nothing to write: a no-op
+    assert node.flushes == 0
+    with pytest.raises(KeyError, match="partition 2 is not in this store"):
+        store.partition(P2)
 
 
-# --- overlays over the database -------------------------------------------------------------
+# --- two partitions of one node store --------------------------------------------------------
+
+
+def write_partition(store: PartitionStore, tag: str, created_us: int) -> None:
+    """The same keys, transactions and tokens in every partition, with different rows."""
+    for key in ("a", "b", "é"):
+        store.put_item(item(key, {"tag": tag}, write=tsp(created_us)))
+    store.put_item(tomb("t-" + tag, write=tsp(created_us)))
+    store.put_intent(intent("a", TXNS[0], created_us))
+    store.put_intent(intent("i-" + tag, TXNS[1], created_us))
+    store.put_ledger(record(TXNS[0], created_us))
+    store.put_ledger(record(TXNS[1], created_us, completed_us=created_us + 2))
+    store.put_token(token("tok-a", TXNS[0], created_us))
+    store.put_meta(PartitionMeta(max_delete_ts=tsp(created_us), max_deleted_version=created_us))
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_partitions_never_see_each_others_rows(harness: Harness, phase: str) -> None:
+    models = {P0: Model(), P1: Model()}
+    for pid, tag, created in ((P0, "zero", 2), (P1, "one", 4)):
+        for store in (models[pid], harness.node.partition(pid)):
+            write_partition(store, tag, created)
+    models[P1].delete_item("b")  # a deletion in one partition only
+    harness.other.delete_item("b")
+    harness.settle(phase)
+    universe = Universe(keys=(*KEYS, "t-zero", "t-one", "i-zero", "i-one"))
+    for pid in PARTS:
+        assert_same_answers(models[pid], harness.node.partition(pid), universe)
+    assert harness.store.get_item("b") == item("b", {"tag": "zero"}, write=tsp(2))
+    assert harness.other.get_item("b") is None
+    assert [r.key for r in harness.other.tombstones(10)] == ["t-one"]
+    assert [i.key for i in harness.store.intents_of(TXNS[1])] == ["i-zero"]
+    assert harness.other.get_meta().max_deleted_version == 4
+    assert harness.store.item_count() == 3 and harness.other.item_count() == 2
+
+
+def test_one_job_carries_every_partition_and_empty_partitions_are_left_out(node: Any) -> None:
+    node.partition(P0).put_item(item("a", 0))
+    node.partition(P1).delete_item("b")
+    node.partition(P1).put_meta(PartitionMeta(max_delete_ts=tsp(1), max_deleted_version=1))
+    assert node.dirty and node.pending_writes == 3
+    job = node.begin_flush()
+    assert job is not None and job.rows == 3
+    assert job.batch == {
+        P0: PartitionBatch(items={"a": item("a", 0)}, intents={}, ledger={}, tokens={}, meta=None),
+        P1: PartitionBatch(
+            items={"b": None},
+            intents={},
+            ledger={},
+            tokens={},
+            meta=PartitionMeta(max_delete_ts=tsp(1), max_deleted_version=1),
+        ),
+    }
+    node.partition(P0).put_item(item("c", 1))  # the next batch: P0 only
+    job.run()
+    node.end_flush(job)
+    job = node.begin_flush()
+    assert job is not None and list(job.batch) == [P0]
+    job.run()
+    node.end_flush(job)
+
+
+# --- overlays over durable rows -------------------------------------------------------------
 
 
 def write_base(store: PartitionStore) -> None:
@@ -597,7 +773,7 @@ def check_changed(store: PartitionStore) -> None:
 @pytest.mark.parametrize("change_phase", PHASES)
 def test_overlay_over_database(harness: Harness, base_phase: str, change_phase: str) -> None:
     """Base rows on disk; then changes in the open batch or in a flush job not yet ended."""
-    oracle = MemoryStore()
+    oracle = Model()
     write_base(oracle)
     write_base(harness.store)
     harness.settle(base_phase)
@@ -621,8 +797,8 @@ def test_overlay_over_database(harness: Harness, base_phase: str, change_phase: 
     assert_same_answers(oracle, harness.store)
 
 
-def test_intent_count_over_stored_intents(sqlite_store: SqliteStore) -> None:
-    store = sqlite_store
+def test_intent_count_over_stored_intents(node: Any) -> None:
+    store = node.partition(P0)
     for key in ("a", "b", "c"):
         store.put_intent(intent(key, TXNS[0], 1))
     store.commit()
@@ -632,21 +808,21 @@ def test_intent_count_over_stored_intents(sqlite_store: SqliteStore) -> None:
     store.delete_intent("zz")  # never existed
     store.put_intent(intent("d", TXNS[1], 2))
     assert store.intent_count() == 3
-    job = store.begin_flush()
+    job = node.begin_flush()
     assert job is not None
     store.delete_intent("d")  # above the job
     assert store.intent_count() == 2
     job.run()
     assert store.intent_count() == 2
-    store.end_flush(job)
+    node.end_flush(job)
     assert store.intent_count() == 2
     store.commit()
     assert store.intent_count() == 2
 
 
-def test_reads_never_pin_an_old_snapshot(sqlite_store: SqliteStore) -> None:
+def test_reads_never_pin_an_old_snapshot(node: Any) -> None:
     """Each point read and listing runs to its end, so the next read sees the latest flush."""
-    store = sqlite_store
+    store = node.partition(P0)
     for n in range(3):
         store.put_item(item("a", n, version=n + 1))
         store.put_intent(intent("a", TXNS[n], n))
@@ -657,8 +833,8 @@ def test_reads_never_pin_an_old_snapshot(sqlite_store: SqliteStore) -> None:
         assert store.get_item("zz") is None
 
 
-def test_listing_pages_are_not_starved_by_overlay_deletions(sqlite_store: SqliteStore) -> None:
-    store = sqlite_store
+def test_listing_pages_are_not_starved_by_overlay_deletions(node: Any) -> None:
+    store = node.partition(P0)
     for n in range(50):
         store.put_item(item(f"k{n:02d}", n))
         store.put_item(tomb(f"t{n:02d}", write=tsp(n)))
@@ -676,10 +852,10 @@ def test_listing_pages_are_not_starved_by_overlay_deletions(sqlite_store: Sqlite
 # --- group commit: the flush job's life -----------------------------------------------------
 
 
-def test_dirty_and_pending_writes(sqlite_store: SqliteStore) -> None:
-    store = sqlite_store
-    assert not store.dirty and store.pending_writes == 0
-    assert store.begin_flush() is None
+def test_dirty_and_pending_writes(node: Any) -> None:
+    store = node.partition(P0)
+    assert not node.dirty and node.pending_writes == 0
+    assert node.begin_flush() is None
     store.put_item(item("a", 1))
     store.put_item(item("a", 2))  # the same row twice counts once
     store.delete_item("b")
@@ -687,194 +863,301 @@ def test_dirty_and_pending_writes(sqlite_store: SqliteStore) -> None:
     store.put_ledger(record(TXNS[0], 1))
     store.put_token(token("tok-a", TXNS[0], 1))
     store.put_meta(PartitionMeta())
-    assert store.dirty and store.pending_writes == 6
-    assert not store.flush_due
-    job = store.begin_flush()
-    assert job is not None and job.rows == 6
-    assert not store.dirty and store.pending_writes == 0
+    node.partition(P1).put_item(item("a", 1))  # the same key in another partition: another row
+    assert node.dirty and node.pending_writes == 7
+    assert not node.flush_due
+    job = node.begin_flush()
+    assert job is not None and job.rows == 7
+    assert not node.dirty and node.pending_writes == 0
     store.put_item(item("c", 3))
-    assert store.dirty and store.pending_writes == 1
+    assert node.dirty and node.pending_writes == 1
     job.run()
-    store.end_flush(job)
-    assert store.dirty and store.flushes == 1
-    store.commit()
-    assert not store.dirty and store.flushes == 2
+    node.end_flush(job)
+    assert node.dirty and node.flushes == 1
+    node.commit()
+    assert not node.dirty and node.flushes == 2
 
 
-def test_flush_due_at_flush_writes_max(sqlite_store: SqliteStore) -> None:
+def test_flush_due_at_flush_writes_max(node: Any) -> None:
     for n in range(FLUSH_WRITES_MAX - 1):
-        sqlite_store.delete_item(f"k{n}")
-    assert not sqlite_store.flush_due
-    sqlite_store.delete_item("last")
-    assert sqlite_store.flush_due
+        node.partition(PARTS[n % 2]).delete_item(f"k{n}")
+    assert not node.flush_due
+    node.partition(P0).delete_item("last")
+    assert node.flush_due
 
 
-def test_one_job_at_a_time_and_ended_only_once_durable(sqlite_store: SqliteStore) -> None:
-    store = sqlite_store
+def test_one_job_at_a_time_and_ended_only_once_durable(node: Any) -> None:
+    store = node.partition(P0)
     store.put_item(item("a", 1))
-    job = store.begin_flush()
-    assert job is not None and store.in_flight is job
+    job = node.begin_flush()
+    assert job is not None and node.in_flight is job
     store.put_item(item("b", 2))
     with pytest.raises(RuntimeError, match="in flight"):
-        store.begin_flush()
+        node.begin_flush()
     with pytest.raises(RuntimeError, match="in flight"):
         store.commit()
     with pytest.raises(RuntimeError, match="before the job ran"):
-        store.end_flush(job)
+        node.end_flush(job)
+    job.stage()
     job.run()
-    store.end_flush(job)
-    assert store.in_flight is None
+    job.run()  # a job already durable: nothing to do
+    node.end_flush(job)
+    assert node.in_flight is None
     with pytest.raises(RuntimeError, match="not in flight"):
-        store.end_flush(job)
+        node.end_flush(job)
     store.commit()
     assert store.get_item("b") == item("b", 2)
 
 
-def test_job_runs_on_the_store_executor(sqlite_store: SqliteStore, tmp_path: Path) -> None:
-    store = sqlite_store
+def test_close_drops_unflushed_writes(node: Any) -> None:
+    store = node.partition(P0)
+    store.put_item(item("durable", 1))
+    store.commit()
+    store.put_item(item("begun", 2))
+    assert node.begin_flush() is not None
+    store.put_item(item("open", 3))
+    node.close()
+    node.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        node.begin_flush()
+
+
+def test_memory_crash_keeps_what_ran_and_drops_the_rest() -> None:
+    node = MemoryNodeStore(PARTS)
+    store = node.partition(P0)
+    store.put_item(item("ran", 1))
+    ran = node.begin_flush()
+    assert ran is not None
+    ran.run()
+    node.crash()  # after run, before end_flush: durable
+    assert store.get_item("ran") == item("ran", 1)
+    store.put_item(item("begun", 2))
+    begun = node.begin_flush()
+    assert begun is not None
+    node.partition(P1).put_item(item("open", 3))
+    node.crash()
+    assert node.in_flight is None and not node.dirty
+    assert store.get_item("begun") is None
+    assert node.partition(P1).get_item("open") is None
+    with pytest.raises(RuntimeError, match="crashed before this job ran"):
+        begun.run()
+    assert store.get_item("begun") is None
+    store.put_item(item("after", 4))  # the views stay valid
+    node.commit()
+    assert store.get_item("after") == item("after", 4)
+
+
+def test_memory_store_is_one_partition_with_commit_and_crash() -> None:
+    store = MemoryStore()
     store.put_item(item("a", 1))
-    job = store.begin_flush()
-    assert job is not None
-    assert store.executor is store.executor
-    store.executor.submit(job.run).result(timeout=30)
-    other = sqlite3.connect(tmp_path / "p.db")
-    try:  # committed: visible to another reader
-        assert other.execute("SELECT key FROM items").fetchall() == [("a",)]
+    store.commit()
+    store.put_item(item("b", 2))
+    store.crash()
+    assert store.get_item("a") == item("a", 1)
+    assert store.get_item("b") is None
+    assert store.commits == 1
+    assert store.node.partitions == (P0,)
+
+
+# --- SQLite: the file, threads, failures ------------------------------------------------------
+
+
+def test_sqlite_close_keeps_durable_writes_only(tmp_path: Path) -> None:
+    node = SqliteNodeStore.open(tmp_path, PARTS)
+    node.partition(P0).put_item(item("durable", 1))
+    node.partition(P1).put_item(item("durable", 2))
+    node.commit()
+    node.partition(P0).put_item(item("begun", 2))
+    begun = node.begin_flush()
+    assert begun is not None
+    node.partition(P1).put_item(item("open", 3))
+    node.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        begun.run()
+    with SqliteNodeStore.open(tmp_path, PARTS) as again:
+        assert again.partition(P0).get_item("durable") == item("durable", 1)
+        assert again.partition(P1).get_item("durable") == item("durable", 2)
+        assert again.partition(P0).get_item("begun") is None
+        assert again.partition(P1).get_item("open") is None
+
+
+def test_one_flush_job_is_one_transaction_for_every_partition(tmp_path: Path) -> None:
+    with SqliteNodeStore.open(tmp_path, (P0, P1, P2)) as node:
+        statements: list[str] = []
+        node._writer.set_trace_callback(statements.append)
+        for n, pid in enumerate((P0, P1, P2)):
+            view = node.partition(pid)
+            view.put_item(item("k", n))
+            view.put_item(tomb("t", write=tsp(n)))
+            view.put_intent(intent("k", TXNS[n], n))
+            view.put_ledger(record(TXNS[n], n))
+            view.put_token(token("tok-a", TXNS[n], n))
+            view.put_meta(PartitionMeta(max_deleted_version=n))
+        node.partition(P1).delete_item("gone")
+        job = node.begin_flush()
+        assert job is not None and set(job.batch) == {P0, P1, P2} and job.rows == 19
+        job.run()
+        node.end_flush(job)
+        node._writer.set_trace_callback(None)
+        assert [s for s in statements if s in {"BEGIN IMMEDIATE", "COMMIT"}] == [
+            "BEGIN IMMEDIATE",
+            "COMMIT",
+        ]
+        assert len(statements) == 2 + 19, "one statement run per row written"
+    other = sqlite3.connect(tmp_path / NODE_DB)
+    try:
+        for table, count in (("items", 6), ("intents", 3), ("ledger", 3), ("tokens", 3)):
+            found = other.execute(f"SELECT partition, count(*) FROM {table} GROUP BY partition")
+            assert found.fetchall() == [(p, count // 3) for p in (0, 1, 2)], table
+        assert other.execute("SELECT partition FROM meta").fetchall() == [(0,), (1,), (2,)]
     finally:
         other.close()
-    store.end_flush(job)
-    assert store.get_item("a") == item("a", 1)
+
+
+def test_job_runs_on_another_thread(sqlite_node: SqliteNodeStore, tmp_path: Path) -> None:
+    sqlite_node.partition(P0).put_item(item("a", 1))
+    sqlite_node.partition(P1).put_item(item("b", 2))
+    job = sqlite_node.begin_flush()
+    assert job is not None
+    job.stage()  # on this thread, then the commit on another
+    with ThreadPoolExecutor(max_workers=1) as flusher:
+        flusher.submit(job.run).result(timeout=30)
+    assert job.commit_s > 0
+    other = sqlite3.connect(tmp_path / NODE_DB)
+    try:  # committed: visible to another reader
+        found = other.execute("SELECT partition, key FROM items ORDER BY partition").fetchall()
+        assert found == [(0, "a"), (1, "b")]
+    finally:
+        other.close()
+    sqlite_node.end_flush(job)
+    assert sqlite_node.partition(P0).get_item("a") == item("a", 1)
 
 
 def test_failed_run_rolls_back_keeps_the_overlay_and_may_be_retried(
-    sqlite_store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_node: SqliteNodeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = sqlite_store
+    node = sqlite_node
+    store = node.partition(P0)
     store.put_item(item("base", 0))
-    store.commit()
+    node.commit()
     store.put_item(item("a", 1))  # written before the intents in the job's transaction
+    node.partition(P1).put_item(item("p1", 1))
     store.delete_item("base")
     store.put_intent(intent("x", TXNS[0], 1))
     real = sqlite_schema.intent_params
     failures = [OSError("disk on fire")]
 
-    def failing(i: Intent) -> tuple[object, ...]:
+    def failing(pid: PartitionId, i: Intent) -> tuple[object, ...]:
         if failures:
             raise failures.pop()
-        return real(i)
+        return real(pid, i)
 
     monkeypatch.setattr(sqlite_schema, "intent_params", failing)
-    job = store.begin_flush()
+    job = node.begin_flush()
     assert job is not None
     with pytest.raises(OSError, match="disk on fire"):
         job.run()
     assert not job.durable
-    other = sqlite3.connect(tmp_path / "p.db")
+    other = sqlite3.connect(tmp_path / NODE_DB)
     try:  # nothing of the job reached the file
         assert other.execute("SELECT key FROM items").fetchall() == [("base",)]
     finally:
         other.close()
     assert store.get_item("a") == item("a", 1), "the job's rows stay visible"
+    assert node.partition(P1).get_item("p1") == item("p1", 1)
     assert store.get_item("base") is None
     assert store.intent_count() == 1
     with pytest.raises(RuntimeError):
-        store.end_flush(job)
+        node.end_flush(job)
     job.run()
-    store.end_flush(job)
-    store.close()
-    with SqliteStore.open(tmp_path / "p.db") as again:
-        assert again.get_item("a") == item("a", 1)
-        assert again.get_item("base") is None
-        assert again.get_intent("x") == intent("x", TXNS[0], 1)
+    node.end_flush(job)
+    node.close()
+    with SqliteNodeStore.open(tmp_path, PARTS) as again:
+        assert again.partition(P0).get_item("a") == item("a", 1)
+        assert again.partition(P1).get_item("p1") == item("p1", 1)
+        assert again.partition(P0).get_item("base") is None
+        assert again.partition(P0).get_intent("x") == intent("x", TXNS[0], 1)
 
 
-def test_close_drops_unflushed_writes_and_keeps_durable_ones(tmp_path: Path) -> None:
-    path = tmp_path / "p.db"
-    store = SqliteStore.open(path)
-    store.put_item(item("durable", 1))
-    store.commit()
-    store.put_item(item("begun", 2))
-    assert store.begin_flush() is not None
-    store.put_item(item("open", 3))
-    store.close()
-    store.close()  # idempotent
-    with pytest.raises(RuntimeError, match="closed"):
-        store.begin_flush()
-    with SqliteStore.open(path) as again:
-        assert again.get_item("durable") == item("durable", 1)
-        assert again.get_item("begun") is None
-        assert again.get_item("open") is None
-
-
-def test_close_waits_for_a_job_on_the_executor(tmp_path: Path) -> None:
-    path = tmp_path / "p.db"
-    store = SqliteStore.open(path)
+def test_close_waits_for_a_job_running_on_another_thread(tmp_path: Path) -> None:
+    node = SqliteNodeStore.open(tmp_path, PARTS)
     for n in range(2000):
-        store.put_item(item(f"k{n:05d}", "x" * 100))
-    job = store.begin_flush()
+        node.partition(PARTS[n % 2]).put_item(item(f"k{n:05d}", "x" * 100))
+    job = node.begin_flush()
     assert job is not None
-    future = store.executor.submit(job.run)
-    store.close()
-    assert future.done() and future.exception() is None
-    with SqliteStore.open(path) as again:
-        assert len(again.scan_items("", None, 5000)) == 2000
+    started = threading.Event()
+
+    def run() -> None:
+        started.set()
+        job.run()
+
+    with ThreadPoolExecutor(max_workers=1) as flusher:
+        future = flusher.submit(run)
+        started.wait(timeout=30)
+        node.close()
+        future.result(timeout=30)
+    with SqliteNodeStore.open(tmp_path, PARTS) as again:
+        found = sum(len(again.partition(p).scan_items("", None, 5000)) for p in PARTS)
+        assert found == 2000
 
 
-def test_file_is_wal_with_full_sync_and_versioned(
-    sqlite_store: SqliteStore, tmp_path: Path
+def test_file_is_wal_with_full_sync_versioned_and_private(
+    sqlite_node: SqliteNodeStore, tmp_path: Path
 ) -> None:
-    assert sqlite_store._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    other = sqlite3.connect(tmp_path / "p.db")
+    assert sqlite_node._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    path = tmp_path / NODE_DB
+    assert path.stat().st_mode & 0o777 == 0o600
+    other = sqlite3.connect(path)
     try:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert other.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
     finally:
         other.close()
+    assert sqlite_node.migrated_files == () and sqlite_node.deleted_files == ()
+    normal_dir = tmp_path / "normal"
+    normal_dir.mkdir()
+    with SqliteNodeStore.open(normal_dir, PARTS, synchronous_full=False) as normal:
+        assert normal._writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_indexes_serve_every_listing(sqlite_node: SqliteNodeStore) -> None:
+    """No listing sorts in a temporary b-tree or scans another partition's rows."""
+    conn = sqlite_node._reader
+    sql_ = sqlite_schema.Sql
+    for sql, params in (
+        (sql_.TOMBSTONES, (0, 10)),
+        (sql_.SCAN_FROM, (0, "a", 10)),
+        (sql_.SCAN_RANGE, (0, "a", "b", 10)),
+        (sql_.LEDGER_OPEN, (0, 10)),
+        (sql_.LEDGER_COMPLETED_BEFORE, (0, 5, 10)),
+        (sql_.TOKENS_BEFORE, (0, 5, 10)),
+        (sql_.ALL_INTENTS, (0,)),
+        (sql_.COUNT_LIVE_ITEMS, (0,)),
+    ):
+        plan = [row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+        assert all(line.startswith("SEARCH") and "partition=?" in line for line in plan), plan
+        assert not any("TEMP B-TREE" in line for line in plan), plan
 
 
 def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "p.db"
-    SqliteStore.open(path).close()
-    conn = sqlite3.connect(path)
+    SqliteNodeStore.open(tmp_path, PARTS).close()
+    conn = sqlite3.connect(tmp_path / NODE_DB)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    with pytest.raises(SchemaError, match=r"schema version 99.*only version 2"):
-        SqliteStore.open(path)
-
-
-def test_version_1_file_is_upgraded_in_place_and_keeps_its_intents(tmp_path: Path) -> None:
-    path = tmp_path / "p.db"
-    with SqliteStore.open(path) as store:
-        store.put_intent(intent("k", TXNS[0], created_us=5))
-        store.commit()
-    conn = sqlite3.connect(path)  # make it the version-1 file an older release wrote
-    conn.execute("CREATE INDEX intents_by_created ON intents (created_us, key)")
-    conn.execute("CREATE INDEX intents_by_txn ON intents (txn_id, key)")
-    conn.execute("PRAGMA user_version = 1")
-    conn.commit()
-    conn.close()
-    with SqliteStore.open(path) as store:
-        assert [i.key for i in store.intents_of(TXNS[0])] == ["k"]
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
-        names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert not names & {"intents_by_created", "intents_by_txn"}
-    finally:
-        conn.close()
+    with pytest.raises(SchemaError, match=r"schema version 99.*only version 3"):
+        SqliteNodeStore.open(tmp_path, PARTS)
 
 
 def test_foreign_database_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "other.db"
-    conn = sqlite3.connect(path)
+    conn = sqlite3.connect(tmp_path / NODE_DB)
     conn.execute("CREATE TABLE t (x)")
     conn.commit()
     conn.close()
-    with pytest.raises(SchemaError, match="not a kvstore partition database"):
-        SqliteStore.open(path)
+    with pytest.raises(SchemaError, match="not a kvstore node database"):
+        SqliteNodeStore.open(tmp_path, PARTS)
 
 
-# --- random operation sequences against MemoryStore ----------------------------------------
+# --- random operation sequences against the model --------------------------------------------
 
 timestamps = st.builds(
     Timestamp,
@@ -898,6 +1181,7 @@ values: st.SearchStrategy[Value] = st.recursive(
 keys = st.sampled_from(KEYS)
 txns = st.sampled_from(TXNS)
 small_us = st.integers(0, 5)
+parts = st.sampled_from(PARTS)
 ops = st.builds(
     lambda kind, key, value: {
         "put": put(key, value),
@@ -912,26 +1196,28 @@ ops = st.builds(
 
 
 class StoreComparison(RuleBasedStateMachine):
-    """Random writes to both stores; every answer compared after every step. ``MemoryStore``
-    commits when a SQLite flush job begins (reads cannot tell), and crashes when the SQLite file
-    is closed and reopened; a job not yet run is run before that, so the two stay comparable."""
+    """Random writes to two partitions of both node stores and of their models; every answer
+    compared after every step. Flush moves go to both node stores at once (their batches must be
+    equal) and to the models (``begin`` / ``ran``); a crash is a crash of the memory store and a
+    close and reopen of the SQLite file, and the models go back to their durable state."""
 
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="kvstore-contract-"))
-        self.path = self.dir / "p.db"
-        self.mem = MemoryStore()
-        self.sql = SqliteStore.open(self.path, synchronous_full=False)
-        self.job: FlushJob | None = None
+        self.models = {pid: Model() for pid in PARTS}
+        self.mem = MemoryNodeStore(PARTS)
+        self.sql = SqliteNodeStore.open(self.dir, PARTS, synchronous_full=False)
+        self.jobs: tuple[FlushJob, FlushJob] | None = None
 
     def teardown(self) -> None:
         self.sql.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def both(self) -> tuple[PartitionStore, PartitionStore]:
-        return (self.mem, self.sql)
+    def stores(self, pid: PartitionId) -> tuple[PartitionStore, ...]:
+        return (self.models[pid], self.mem.partition(pid), self.sql.partition(pid))
 
     @rule(
+        pid=parts,
         key=keys,
         exists=st.booleans(),
         value=values,
@@ -942,6 +1228,7 @@ class StoreComparison(RuleBasedStateMachine):
     def put_item(
         self,
         *,
+        pid: PartitionId,
         key: str,
         exists: bool,
         value: Value,
@@ -952,15 +1239,16 @@ class StoreComparison(RuleBasedStateMachine):
         row = ItemRow(
             key=key, exists=exists, value=value, version=version, write_ts=write, read_ts=read
         )
-        for store in self.both():
+        for store in self.stores(pid):
             store.put_item(row)
 
-    @rule(key=keys)
-    def delete_item(self, key: str) -> None:
-        for store in self.both():
+    @rule(pid=parts, key=keys)
+    def delete_item(self, pid: PartitionId, key: str) -> None:
+        for store in self.stores(pid):
             store.delete_item(key)
 
     @rule(
+        pid=parts,
         key=keys,
         txn=txns,
         ts=timestamps,
@@ -972,6 +1260,7 @@ class StoreComparison(RuleBasedStateMachine):
     def put_intent(
         self,
         *,
+        pid: PartitionId,
         key: str,
         txn: TxnId,
         ts: Timestamp,
@@ -990,80 +1279,105 @@ class StoreComparison(RuleBasedStateMachine):
             anchor=PartitionId(created_us),
             created_us=created_us,
         )
-        for store in self.both():
+        for store in self.stores(pid):
             store.put_intent(i)
 
-    @rule(key=keys)
-    def delete_intent(self, key: str) -> None:
-        for store in self.both():
+    @rule(pid=parts, key=keys)
+    def delete_intent(self, pid: PartitionId, key: str) -> None:
+        for store in self.stores(pid):
             store.delete_intent(key)
 
-    @rule(txn=txns, created_us=small_us, completed_us=st.none() | small_us)
-    def put_ledger(self, txn: TxnId, created_us: int, completed_us: int | None) -> None:
-        for store in self.both():
+    @rule(pid=parts, txn=txns, created_us=small_us, completed_us=st.none() | small_us)
+    def put_ledger(
+        self, pid: PartitionId, txn: TxnId, created_us: int, completed_us: int | None
+    ) -> None:
+        for store in self.stores(pid):
             store.put_ledger(record(txn, created_us, completed_us))
 
-    @rule(txn=txns)
-    def delete_ledger(self, txn: TxnId) -> None:
-        for store in self.both():
+    @rule(pid=parts, txn=txns)
+    def delete_ledger(self, pid: PartitionId, txn: TxnId) -> None:
+        for store in self.stores(pid):
             store.delete_ledger(txn)
 
-    @rule(name=st.sampled_from(TOKENS), txn=txns, created_us=small_us)
-    def put_token(self, name: str, txn: TxnId, created_us: int) -> None:
-        for store in self.both():
+    @rule(pid=parts, name=st.sampled_from(TOKENS), txn=txns, created_us=small_us)
+    def put_token(self, pid: PartitionId, name: str, txn: TxnId, created_us: int) -> None:
+        for store in self.stores(pid):
             store.put_token(token(name, txn, created_us))
 
-    @rule(name=st.sampled_from(TOKENS))
-    def delete_token(self, name: str) -> None:
-        for store in self.both():
+    @rule(pid=parts, name=st.sampled_from(TOKENS))
+    def delete_token(self, pid: PartitionId, name: str) -> None:
+        for store in self.stores(pid):
             store.delete_token(name)
 
-    @rule(ts=timestamps, version=st.integers(0, 100))
-    def put_meta(self, ts: Timestamp, version: int) -> None:
-        for store in self.both():
+    @rule(pid=parts, ts=timestamps, version=st.integers(0, 100))
+    def put_meta(self, pid: PartitionId, ts: Timestamp, version: int) -> None:
+        for store in self.stores(pid):
             store.put_meta(PartitionMeta(max_delete_ts=ts, max_deleted_version=version))
 
-    @precondition(lambda self: self.job is None)
+    @precondition(lambda self: self.jobs is None)
     @rule()
     def begin_flush(self) -> None:
-        self.job = self.sql.begin_flush()
-        self.mem.commit()
+        mem, sql = self.mem.begin_flush(), self.sql.begin_flush()
+        for model in self.models.values():
+            model.begin()
+        if mem is None or sql is None:
+            assert mem is None and sql is None
+            for model in self.models.values():
+                model.ran()
+            return
+        assert mem.batch == sql.batch and mem.rows == sql.rows
+        self.jobs = (mem, sql)
 
-    @precondition(lambda self: self.job is not None and not self.job.durable)
-    @rule()
-    def run_job(self) -> None:
-        assert self.job is not None
-        self.job.run()
+    @precondition(lambda self: self.jobs is not None and not self.jobs[0].durable)
+    @rule(stage=st.booleans())
+    def run_jobs(self, stage: bool) -> None:
+        assert self.jobs is not None
+        for job in self.jobs:
+            if stage:
+                job.stage()
+            job.run()
+        for model in self.models.values():
+            model.ran()
 
-    @precondition(lambda self: self.job is not None and self.job.durable)
+    @precondition(lambda self: self.jobs is not None and self.jobs[0].durable)
     @rule()
     def end_flush(self) -> None:
-        assert self.job is not None
-        self.sql.end_flush(self.job)
-        self.job = None
+        assert self.jobs is not None
+        self.mem.end_flush(self.jobs[0])
+        self.sql.end_flush(self.jobs[1])
+        self.jobs = None
 
-    @precondition(lambda self: self.job is None)
+    @precondition(lambda self: self.jobs is None)
     @rule()
     def commit(self) -> None:
-        self.sql.commit()
         self.mem.commit()
+        self.sql.commit()
+        for model in self.models.values():
+            model.commit()
 
     @rule()
-    def reopen(self) -> None:
-        if self.job is not None and not self.job.durable:
-            self.job.run()
-        self.sql.close()
+    def crash(self) -> None:
         self.mem.crash()
-        self.sql = SqliteStore.open(self.path, synchronous_full=False)
-        self.job = None
+        self.sql.close()
+        self.sql = SqliteNodeStore.open(self.dir, PARTS, synchronous_full=False)
+        for model in self.models.values():
+            model.crash()
+        self.jobs = None
 
     @invariant()
     def same_answers(self) -> None:
-        assert_same_answers(self.mem, self.sql)
+        assert (self.mem.dirty, self.mem.pending_writes) == (
+            self.sql.dirty,
+            self.sql.pending_writes,
+        )
+        for pid in PARTS:
+            want = observe(self.models[pid], Universe())
+            assert observe(self.mem.partition(pid), Universe()) == want
+            assert observe(self.sql.partition(pid), Universe()) == want
 
 
 StoreComparison.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
-test_random_operations_match_memory_store = StoreComparison.TestCase
+test_random_operations_match_the_model = StoreComparison.TestCase
 
 
 # --- a partition core on each store ---------------------------------------------------------
@@ -1079,36 +1393,49 @@ CORE_CONFIG = PartitionConfig(
 
 
 class CoreTwins:
-    """Two partition cores, on a ``MemoryStore`` and on a ``SqliteStore``, fed identically."""
+    """Partition cores of ``P0`` and ``P1`` on the models and on views of both node stores, fed
+    identically; each step goes to one partition."""
 
-    def __init__(self, path: Path, rng: random.Random) -> None:
-        self.path = path
+    def __init__(self, data_dir: Path, rng: random.Random) -> None:
+        self.data_dir = data_dir
         self.rng = rng
-        self.mem = MemoryStore()
-        self.sql = SqliteStore.open(path, synchronous_full=False)
+        self.models = {pid: Model() for pid in PARTS}
+        self.mem = MemoryNodeStore(PARTS)
+        self.sql = SqliteNodeStore.open(data_dir, PARTS, synchronous_full=False)
         self.cores = self._cores()
-        self.job: FlushJob | None = None
+        self.jobs: tuple[FlushJob, FlushJob] | None = None
         self.now_us = 1_000_000
         self.serial = 0
         self.txns: list[TxnId] = []
 
-    def _cores(self) -> tuple[PartitionCore, PartitionCore]:
-        return (
-            PartitionCore(P0, self.mem, CORE_CONFIG),
-            PartitionCore(P0, self.sql, CORE_CONFIG),
-        )
+    def _cores(self) -> dict[PartitionId, tuple[PartitionCore, ...]]:
+        return {
+            pid: tuple(
+                PartitionCore(pid, store, CORE_CONFIG)
+                for store in (self.models[pid], self.mem.partition(pid), self.sql.partition(pid))
+            )
+            for pid in PARTS
+        }
+
+    def views(self, pid: PartitionId) -> tuple[PartitionStore, PartitionStore]:
+        return (self.mem.partition(pid), self.sql.partition(pid))
 
     def close(self) -> None:
         self.sql.close()
 
     def handle(self, request: Request) -> None:
         node_ts = Timestamp(self.now_us, 0, 1 << 40)
-        mem, sql = (core.handle(request, self.now_us, node_ts) for core in self.cores)
-        assert sql == mem, request
+        model, mem, sql = (
+            core.handle(request, self.now_us, node_ts) for core in self.cores[request.partition]
+        )
+        assert mem == model, request
+        assert sql == model, request
 
     def maintain(self) -> None:
-        mem, sql = (core.maintain(self.now_us) for core in self.cores)
-        assert sql == mem
+        for cores in self.cores.values():
+            model, mem, sql = (core.maintain(self.now_us) for core in cores)
+            assert mem == model
+            assert sql == model
 
     def new_txn(self) -> TxnId:
         self.serial += 1
@@ -1145,6 +1472,7 @@ class CoreTwins:
 
     def step(self) -> None:
         rng = self.rng
+        pid = rng.choice(PARTS)
         self.now_us += rng.randint(0, 8_000)
         choice = rng.randrange(16)
         if choice <= 1:
@@ -1158,24 +1486,24 @@ class CoreTwins:
                     txn_id=txn,
                     ts=at,
                     state=TxnState.PREPARING,
-                    participants=(P0, PartitionId(1)),
+                    participants=(pid, PartitionId(9)),
                     token=tok,
                     fingerprint="fp" if tok else None,
                 )
             self.handle(
                 PrepareRequest(
-                    partition=P0, txn_id=txn, ts=at, ops=self.ops(), anchor=P0, ledger=ledger
+                    partition=pid, txn_id=txn, ts=at, ops=self.ops(), anchor=pid, ledger=ledger
                 )
             )
         elif choice == 2:
-            self.handle(CommitRequest(partition=P0, txn_id=self.known_txn()))
+            self.handle(CommitRequest(partition=pid, txn_id=self.known_txn()))
         elif choice == 3:
-            self.handle(CancelRequest(partition=P0, txn_id=self.known_txn()))
+            self.handle(CancelRequest(partition=pid, txn_id=self.known_txn()))
         elif choice == 4:
             tok = self.token()
             self.handle(
                 ExecuteRequest(
-                    partition=P0,
+                    partition=pid,
                     txn_id=self.new_txn(),
                     ts=self.stamp(),
                     ops=self.ops(),
@@ -1185,75 +1513,95 @@ class CoreTwins:
             )
         elif choice == 5:
             decision = rng.choice([TxnState.COMMITTED, TxnState.CANCELLED])
-            self.handle(DecideRequest(partition=P0, txn_id=self.known_txn(), decision=decision))
+            self.handle(DecideRequest(partition=pid, txn_id=self.known_txn(), decision=decision))
         elif choice == 6:
             txn = self.known_txn() if rng.random() < 0.8 else self.new_txn()
             resolve = rng.random() < 0.5
-            self.handle(LedgerLookupRequest(partition=P0, txn_id=txn, resolve=resolve))
+            self.handle(LedgerLookupRequest(partition=pid, txn_id=txn, resolve=resolve))
         elif choice == 7:
-            self.handle(CompleteRequest(partition=P0, txn_id=self.known_txn()))
+            self.handle(CompleteRequest(partition=pid, txn_id=self.known_txn()))
         elif choice == 8:
-            self.handle(TokenLookupRequest(partition=P0, token=rng.choice(["tok-1", "tok-2"])))
+            self.handle(TokenLookupRequest(partition=pid, token=rng.choice(["tok-1", "tok-2"])))
         elif choice == 9:
             keys = tuple(rng.sample(CORE_KEYS, rng.randint(1, 4)))
-            self.handle(ReadRequest(partition=P0, keys=keys))
-            self.handle(GetRequest(partition=P0, key=keys[0]))
+            self.handle(ReadRequest(partition=pid, keys=keys))
+            self.handle(GetRequest(partition=pid, key=keys[0]))
         elif choice == 10:
             writes = [op for op in self.ops() if op.kind is not OpKind.CHECK]
             if writes:
-                self.handle(WriteRequest(partition=P0, op=writes[0]))
+                self.handle(WriteRequest(partition=pid, op=writes[0]))
         elif choice == 11:
             start = rng.choice(["", "k2", "k3"])
             end = rng.choice([None, "k4", "k1"])
-            self.handle(ScanRequest(partition=P0, start=start, end=end, limit=rng.randint(1, 4)))
+            self.handle(ScanRequest(partition=pid, start=start, end=end, limit=rng.randint(1, 4)))
         elif choice == 12:
             self.maintain()
         else:
             self.flush_step()
 
     def flush_step(self) -> None:
-        """Move writes along the path to disk, or close and reopen (or crash) the stores."""
+        """Move writes along the path to disk, or crash (and reopen) the stores."""
         rng = self.rng
         move = rng.randrange(5)
-        if move == 0 and self.job is None:
-            self.job = self.sql.begin_flush()
+        if move == 0 and self.jobs is None:
+            jobs = (self.mem.begin_flush(), self.sql.begin_flush())
+            for model in self.models.values():
+                model.begin()
+            if jobs[0] is not None and jobs[1] is not None:
+                assert jobs[0].batch == jobs[1].batch
+                self.jobs = (jobs[0], jobs[1])
+            else:
+                assert jobs == (None, None)
+                for model in self.models.values():
+                    model.ran()
+        elif move == 1 and self.jobs is not None and not self.jobs[0].durable:
+            for job in self.jobs:
+                job.run()
+            for model in self.models.values():
+                model.ran()
+        elif move == 2 and self.jobs is not None and self.jobs[0].durable:
+            self.mem.end_flush(self.jobs[0])
+            self.sql.end_flush(self.jobs[1])
+            self.jobs = None
+        elif move == 3 and self.jobs is None:
             self.mem.commit()
-        elif move == 1 and self.job is not None and not self.job.durable:
-            self.job.run()
-        elif move == 2 and self.job is not None and self.job.durable:
-            self.sql.end_flush(self.job)
-            self.job = None
-        elif move == 3 and self.job is None:
             self.sql.commit()
-            self.mem.commit()
-        elif move == 4 and rng.random() < 0.3:  # a crash: unflushed writes vanish from both
-            if self.job is not None and not self.job.durable:
-                self.job.run()
-            self.sql.close()
+            for model in self.models.values():
+                model.commit()
+        elif move == 4 and rng.random() < 0.3:  # a crash: what no job ran vanishes everywhere
             self.mem.crash()
-            self.sql = SqliteStore.open(self.path, synchronous_full=False)
+            self.sql.close()
+            self.sql = SqliteNodeStore.open(self.data_dir, PARTS, synchronous_full=False)
+            for model in self.models.values():
+                model.crash()
             self.cores = self._cores()
-            self.job = None
+            self.jobs = None
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_partition_core_replies_alike_on_both_stores(tmp_path: Path, seed: int) -> None:
-    twins = CoreTwins(tmp_path / "p.db", random.Random(seed))
+def test_partition_cores_reply_alike_on_the_model_and_both_node_stores(
+    tmp_path: Path, seed: int
+) -> None:
+    twins = CoreTwins(tmp_path, random.Random(seed))
     try:
         for _ in range(400):
             twins.step()
         universe = Universe(
             keys=CORE_KEYS,
-            txns=twins.txns,
+            txns=tuple(twins.txns),
             tokens=("tok-1", "tok-2", "tok-3"),
             time_bounds=(0, twins.now_us - 50_000, twins.now_us + 1),
             scan_bounds=(("", None), ("k2", "k4")),
         )
-        assert_same_answers(twins.mem, twins.sql, universe)
+        for pid in PARTS:
+            for view in twins.views(pid):
+                assert_same_answers(twins.models[pid], view, universe)
         twins.now_us += 10_000_000  # everything expires
         for _ in range(5):
             twins.maintain()
-        assert_same_answers(twins.mem, twins.sql, universe)
-        assert twins.sql.tombstones(10) == []
+        for pid in PARTS:
+            for view in twins.views(pid):
+                assert_same_answers(twins.models[pid], view, universe)
+                assert view.tombstones(10) == []
     finally:
         twins.close()

@@ -1,0 +1,96 @@
+"""How a node's flush job reaches the disk: the :class:`Disk` protocol and production's.
+
+Theory of operation
+-------------------
+The node runtime decides *when* a flush runs and what waits on it; a :class:`Disk` decides only
+*where* the job's ``run()`` (one SQLite transaction, one fsync) executes, and calls ``done``
+once with ``None`` or the error. The simulator's disk completes a job after a simulated fsync
+delay, the tests' at once.
+
+:class:`ThreadDisk` is production's. A job of at most ``STAGE_ON_LOOP_ROWS_MAX`` rows is staged
+on the event loop (CPU only: binding rows into an open transaction; a bigger one would stall the
+loop, so it is staged on the flush thread). While the fastest of the node's last
+``FLUSH_COMMIT_SAMPLES`` COMMITs (fsync included) took under ``FLUSH_INLINE_COMMIT_US_MAX``, a
+small job also commits on the loop itself: that stalls the loop for the fsync but skips the
+hand-off to the flush thread and back (a thread-pool submit, futex wake-ups of both threads, the
+GIL changing hands twice, the loop's self-pipe), which on this machine's disk cut the nodes' CPU
+per transfer by a quarter (docs/bench.md). The fastest rather than an average, because on a busy
+machine a commit's wall time also counts the wait for a CPU after the fsync. A slower disk makes
+even the fastest commit exceed the bound and commits move to the one flush thread (the fsync off
+the loop and without the GIL); they keep being timed there, so they come back to the loop when
+the disk is fast again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from kvstore.limits import FLUSH_COMMIT_SAMPLES, FLUSH_INLINE_COMMIT_US_MAX, STAGE_ON_LOOP_ROWS_MAX
+from kvstore.storage_node.store import FlushJob
+
+__all__ = ["Disk", "FlushDone", "ThreadDisk", "ImmediateDisk"]
+
+FlushDone = Callable[[BaseException | None], None]
+
+
+class Disk(Protocol):
+    def write(self, job: FlushJob, done: FlushDone) -> None:
+        """Run ``job`` (make it durable) and call ``done`` once, maybe synchronously."""
+        ...
+
+
+class ImmediateDisk:
+    """Runs every job at once on the calling thread (tests, tools)."""
+
+    def write(self, job: FlushJob, done: FlushDone) -> None:
+        try:
+            job.run()
+        except Exception as error:
+            done(error)
+            return
+        done(None)
+
+
+class ThreadDisk:
+    """Production's disk: on the event loop while the disk is fast, else on one flush thread."""
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flush")
+        # The latest COMMIT durations (µs), the fastest of which says how fast the disk is.
+        self.recent_commits_us: deque[float] = deque(maxlen=FLUSH_COMMIT_SAMPLES)
+
+    def commits_inline(self, rows: int) -> bool:
+        """Whether a job of ``rows`` rows commits on the event loop (see the module)."""
+        recent = self.recent_commits_us
+        fast_disk = not recent or min(recent) < FLUSH_INLINE_COMMIT_US_MAX
+        return rows <= STAGE_ON_LOOP_ROWS_MAX and fast_disk
+
+    def write(self, job: FlushJob, done: FlushDone) -> None:
+        try:
+            if job.rows <= STAGE_ON_LOOP_ROWS_MAX:  # a big batch would stall the loop
+                job.stage()
+            if self.commits_inline(job.rows):
+                job.run()
+            else:
+                future = asyncio.get_running_loop().run_in_executor(self._thread, job.run)
+                future.add_done_callback(lambda f: self._ran(job, f, done))
+                return
+        except Exception as error:  # disk full, I/O error: the runtime fails the node
+            done(error)
+            return
+        self.recent_commits_us.append(job.commit_s * 1e6)
+        done(None)
+
+    def _ran(self, job: FlushJob, future: asyncio.Future[None], done: FlushDone) -> None:
+        error = future.exception() if not future.cancelled() else asyncio.CancelledError()
+        if error is None:
+            self.recent_commits_us.append(job.commit_s * 1e6)
+        done(error)
+
+    def close(self) -> None:
+        """Wait for a job running on the flush thread, then stop the thread."""
+        self._thread.shutdown(wait=True)

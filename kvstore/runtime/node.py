@@ -1,0 +1,381 @@
+"""One storage node's runtime: its partition cores, one group commit, and background work.
+
+Theory of operation
+-------------------
+:class:`NodeRuntime` is the only shell around the partition cores (DESIGN sections 2a, 5, 8).
+Production's node process, the simulator's node hosts and the test network each build one,
+giving it a :class:`~kvstore.storage_node.store.NodeStore` (SQLite, or memory), a
+:class:`~kvstore.runtime.disk.Disk`, a :class:`~kvstore.runtime.scheduler.Scheduler` and a
+:class:`~kvstore.runtime.actors.Sender` for requests to partitions it does not own.
+
+**Requests.** :meth:`NodeRuntime.submit` runs one request synchronously: ownership (the
+``wrong_owner`` error), admission (at most ``PARTITION_QUEUE_MAX`` requests in progress per
+partition, else a retryable ``Overloaded``), then the core's step. Its writes land in the node's
+one open batch. The answer goes to ``respond`` once it is safe to release:
+
+* the open batch has writes -> after the flush that will carry it;
+* else a flush is in flight -> after it (the step may have read rows it holds);
+* else at once.
+
+A ``CompleteRequest`` is the exception: it is advisory (the coordinator does not wait for it, and
+a lost completion only means recovery re-sends commits, which are idempotent), so it is answered
+at once and its row rides with the next flush, at the latest the next maintenance tick's.
+
+**Group commit, one per node.** The first request that leaves the open batch dirty schedules a
+flush (``call_soon``: every request of the current frame joins it). The flush moves the batch of
+every partition into one job and hands it to the disk; requests that arrive meanwhile gather in
+the next batch, which is flushed as soon as the job ends if anything waits on it. Under load each
+fsync thus carries many requests of many partitions. A failed flush cannot be retried safely
+(after a failed fsync the kernel may have dropped the dirty pages): its waiters and every later
+request get ``InternalError`` and ``on_fatal`` is called; the process stops and recovers from
+disk on restart, where only acknowledged writes are guaranteed.
+
+**Background work**, every ``MAINTAIN_INTERVAL_MS``: each core's bounded ``maintain`` (cancel
+PREPARING records past their deadline, expire ledger records and tokens, fold tombstones), then,
+once those writes are durable, one :class:`~kvstore.storage_node.resolver.IntentResolution` per
+stale transaction and one :class:`~kvstore.coordinator.recovery.Recovery` per decided record not
+acknowledged by every participant: at most one of each per transaction at a time and
+``BACKGROUND_ACTORS_MAX`` in all, run by this runtime's :class:`ActorDriver`. Their requests to
+partitions of this node are submitted here directly (same path, durability wait included); the
+rest go through the sender.
+
+Mutants of the runtime itself (chaos runs only, ``kvstore.mutants``): ``REPLY_BEFORE_FLUSH``
+releases every answer at once; ``ACK_WITH_EARLIER_FLUSH`` releases answers waiting on the open
+batch when the flush *in flight* ends, one flush before their own writes are durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from kvstore import limits
+from kvstore.coordinator.recovery import Recovery
+from kvstore.coordinator.results import RecoveryResult
+from kvstore.errors import InternalError, KvError, Overloaded
+from kvstore.logs import log_event
+from kvstore.messages import CompleteRequest, LedgerRecord, Reply, Request, WriteRequest
+from kvstore.mutants import Mutant
+from kvstore.runtime.actors import ActorDriver, Answer, Sender
+from kvstore.runtime.disk import Disk
+from kvstore.runtime.scheduler import Scheduler, Timer
+from kvstore.storage_node.core import PartitionConfig, PartitionCore, StaleIntent
+from kvstore.storage_node.metrics import NodeMetrics
+from kvstore.storage_node.resolver import IntentResolution
+from kvstore.storage_node.store import FlushJob, NodeStore
+from kvstore.timestamps import HybridClock
+from kvstore.types import TIMESTAMP_ZERO, PartitionId, TxnId
+
+__all__ = ["NodeRuntime", "Respond"]
+
+_log = logging.getLogger("kvstore.storage_node")
+_US_PER_MS = 1000
+
+Respond = Callable[[Reply | KvError], None]
+"""Where a request's answer goes: the reply, or the typed error."""
+
+
+class NodeRuntime:
+    """One storage node's partitions, group commit and background work; see the module."""
+
+    def __init__(
+        self,
+        node_id: str,
+        store: NodeStore,
+        *,
+        disk: Disk,
+        scheduler: Scheduler,
+        sender: Sender,
+        clock: HybridClock,
+        config: PartitionConfig,
+        wrong_owner: Callable[[PartitionId], KvError],
+        metrics: NodeMetrics | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        note: Callable[[str], None] | None = None,
+    ) -> None:
+        """``note`` receives one line per background actor started (the simulator's trace)."""
+        self.node_id = node_id
+        self.store = store
+        self.clock = clock
+        self.cores = {
+            pid: PartitionCore(pid, store.partition(pid), config) for pid in store.partitions
+        }
+        self.in_progress = dict.fromkeys(self.cores, 0)  # admitted, not yet answered
+        self.failed: BaseException | None = None
+        self._disk = disk
+        self._scheduler = scheduler
+        self._sender = sender
+        self._wrong_owner = wrong_owner
+        self._metrics = metrics
+        self._on_fatal = on_fatal
+        self._note = note
+        self._early_reply = Mutant.REPLY_BEFORE_FLUSH in config.mutants
+        self._ack_early = Mutant.ACK_WITH_EARLIER_FLUSH in config.mutants
+        self._open_waiters: list[Callable[[], None]] = []
+        self._flight_waiters: list[Callable[[], None]] | None = None
+        self._flush_scheduled = False
+        self.actors = ActorDriver(scheduler, self)
+        self._resolving: set[tuple[PartitionId, TxnId]] = set()
+        self._driving: set[TxnId] = set()
+        self._maintain_timer: Timer | None = None
+        self.stopped = False
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the maintenance ticks."""
+        self._schedule_maintenance()
+
+    def stop(self) -> None:
+        """Stop background work and forget running actors (writes already made stay queued
+        for the next flush: :meth:`when_durable` flushes them)."""
+        self.stopped = True
+        if self._maintain_timer is not None:
+            self._maintain_timer.cancel()
+        self.actors.stop()
+
+    @property
+    def flushing(self) -> bool:
+        """A flush is scheduled or in flight."""
+        return self._flush_scheduled or self._flight_waiters is not None
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def submit(self, request: Request, respond: Respond) -> None:
+        """Run ``request`` on its partition; ``respond`` gets the answer when it is safe."""
+        pid = request.partition
+        core = self.cores.get(pid)
+        if core is None:
+            respond(self._wrong_owner(pid))
+            return
+        if self.failed is not None:
+            respond(InternalError(f"node {self.node_id} failed to flush"))
+            return
+        in_progress = self.in_progress[pid]
+        if in_progress >= limits.PARTITION_QUEUE_MAX:
+            respond(
+                Overloaded(
+                    f"partition {pid} has {in_progress} requests in progress",
+                    details={"partition": pid},
+                )
+            )
+            return
+        node_ts = self.clock.now() if type(request) is WriteRequest else TIMESTAMP_ZERO
+        try:
+            step = core.handle(request, self._scheduler.now_us(), node_ts)
+        except KvError as error:
+            respond(error)
+            return
+        reply = step.reply
+        if type(request) is CompleteRequest:
+            respond(reply)  # advisory: see the module docstring
+            return
+        self.in_progress[pid] = in_progress + 1
+
+        def release() -> None:
+            self.in_progress[pid] -= 1
+            respond(reply)
+
+        self.when_durable(release, failed=lambda error: self._fail_request(pid, respond, error))
+
+    def _fail_request(self, pid: PartitionId, respond: Respond, error: KvError) -> None:
+        self.in_progress[pid] -= 1
+        respond(error)
+
+    # --- group commit -----------------------------------------------------------------------
+
+    def when_durable(
+        self, then: Callable[[], None], failed: Callable[[KvError], None] | None = None
+    ) -> None:
+        """Call ``then`` once every write made so far is durable (at once when it is)."""
+        if self._early_reply:  # the mutant: the flush still happens, nobody waits for it
+            if self.store.dirty:
+                self._schedule_flush()
+            then()
+            return
+        waiter = then if failed is None else _Waiter(then, failed)
+        if self.store.dirty:
+            self._open_waiters.append(waiter)
+            self._schedule_flush()
+        elif self._flight_waiters is not None:
+            self._flight_waiters.append(waiter)
+        else:
+            then()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._flight_waiters is None:
+            self._flush_scheduled = True
+            self._scheduler.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.failed is not None or self._flight_waiters is not None:
+            return
+        waiters, self._open_waiters = self._open_waiters, []
+        job = self.store.begin_flush()
+        if job is None:
+            for waiter in waiters:
+                waiter()
+            return
+        self._flight_waiters = waiters
+        started_s = time.perf_counter()
+        writes = job.rows
+        self._disk.write(job, lambda error: self._flushed(job, error, started_s, writes))
+
+    def _flushed(
+        self, job: FlushJob, error: BaseException | None, started_s: float, writes: int
+    ) -> None:
+        waiters = self._flight_waiters or []
+        if error is not None:
+            self._fail(error, waiters)
+            return
+        self.store.end_flush(job)
+        self._flight_waiters = None
+        if self._ack_early:  # the mutant: the next batch's waiters ride with this flush
+            waiters = [*waiters, *self._open_waiters]
+            self._open_waiters = []
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.fsyncs.inc()
+            metrics.fsync_seconds.observe(time.perf_counter() - started_s)
+            metrics.batch_writes.observe(writes)
+            metrics.batch_waiters.observe(len(waiters))
+        for waiter in waiters:
+            waiter()
+        if self._open_waiters or (self._early_reply and self.store.dirty):
+            self._schedule_flush()
+
+    def _fail(self, error: BaseException, waiters: list[Callable[[], None]]) -> None:
+        self.failed = error
+        log_event(_log, "flush.failed", logging.CRITICAL, node=self.node_id, error=repr(error))
+        failure = InternalError(f"node {self.node_id} failed to flush")
+        pending = [*waiters, *self._open_waiters]
+        self._open_waiters = []
+        self._flight_waiters = None
+        for waiter in pending:
+            if isinstance(waiter, _Waiter):
+                waiter.failed(failure)
+        if self._on_fatal is not None:
+            self._on_fatal(error)
+
+    # --- the sender of this node's background actors ----------------------------------------
+
+    def send(self, request: Request, deadline_us: int, answer: Answer) -> None:
+        if request.partition not in self.cores:
+            self._sender.send(request, deadline_us, answer)
+            return
+
+        def respond(outcome: Reply | KvError) -> None:
+            if isinstance(outcome, KvError):
+                answer(None, outcome.code)
+            else:
+                answer(outcome, None)
+
+        self.submit(request, respond)
+
+    # --- background -------------------------------------------------------------------------
+
+    def _schedule_maintenance(self) -> None:
+        if not self.stopped:
+            self._maintain_timer = self._scheduler.call_later(
+                limits.MAINTAIN_INTERVAL_MS * _US_PER_MS, self._maintain
+            )
+
+    def _maintain(self) -> None:
+        self._maintain_timer = None
+        if self.stopped:
+            return
+        if self.failed is None:
+            self.maintain_now()
+        self._schedule_maintenance()
+
+    def maintain_now(self) -> None:
+        """One maintenance pass over every partition (the tick's work; tests call it too)."""
+        now_us = self._scheduler.now_us()
+        stale: list[tuple[PartitionId, StaleIntent]] = []
+        drive: list[tuple[PartitionId, LedgerRecord]] = []
+        for pid, core in self.cores.items():
+            work = core.maintain(now_us)
+            stale.extend((pid, intent) for intent in work.stale_intents)
+            drive.extend((pid, record) for record in work.records_to_drive)
+
+        def start_actors() -> None:  # background sends only after the writes they follow
+            for pid, intent in stale:
+                self._resolve(pid, intent)
+            for pid, record in drive:
+                self._drive(pid, record)
+
+        # Also flushes what rode along (completions), at the latest here.
+        self.when_durable(start_actors, failed=lambda error: None)
+
+    def _room_for_actor(self) -> bool:
+        return not self.stopped and self.actors.running < limits.BACKGROUND_ACTORS_MAX
+
+    def _resolve(self, pid: PartitionId, stale: StaleIntent) -> None:
+        key = (pid, stale.txn_id)
+        if key in self._resolving or not self._room_for_actor():
+            return
+        self._resolving.add(key)
+        if self._note is not None:
+            self._note(f"{self.node_id} resolves {stale.txn_id} on p{pid}")
+
+        def finished(outcome: object) -> None:
+            self._resolving.discard(key)
+            label = str(outcome)
+            if self._metrics is not None:
+                self._metrics.stale_intents_resolved.labels(label).inc()
+            log_event(
+                _log,
+                "intent.resolved",
+                logging.INFO if label in ("commit", "cancel") else logging.DEBUG,
+                txn_id=stale.txn_id,
+                partition=pid,
+                anchor=stale.anchor,
+                outcome=label,
+            )
+
+        self.actors.start(
+            IntentResolution(stale.txn_id, stale.anchor, pid),
+            finished,
+            lambda error: finished("error"),
+        )
+
+    def _drive(self, pid: PartitionId, record: LedgerRecord) -> None:
+        txn_id = record.txn_id
+        if txn_id in self._driving or not self._room_for_actor():
+            return
+        self._driving.add(txn_id)
+        if self._note is not None:
+            self._note(f"{self.node_id} drives {txn_id}")
+
+        def finished(result: RecoveryResult | None) -> None:
+            self._driving.discard(txn_id)
+            label = "error" if result is None else ("completed" if result.completed else "pending")
+            if self._metrics is not None:
+                self._metrics.records_driven.labels(label).inc()
+            log_event(
+                _log,
+                "ledger.driven",
+                logging.INFO if label == "completed" else logging.DEBUG,
+                txn_id=txn_id,
+                partition=pid,
+                state=record.state.value,
+                result=label,
+            )
+
+        now_us = self._scheduler.now_us()
+        self.actors.start(Recovery(record, pid, now_us), finished, lambda error: finished(None))
+
+
+class _Waiter:
+    """A durability waiter that also wants to hear about a failed flush."""
+
+    __slots__ = ("_then", "failed")
+
+    def __init__(self, then: Callable[[], None], failed: Callable[[KvError], None]) -> None:
+        self._then = then
+        self.failed = failed
+
+    def __call__(self) -> None:
+        self._then()
