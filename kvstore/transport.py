@@ -13,6 +13,9 @@ unreachable owner is ``Unavailable`` naming the partition and the node id (``det
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 from kvstore.codec import decode_reply, encode_request, method_of
 from kvstore.errors import KvError, ProtocolViolation, Unavailable
 from kvstore.messages import Reply, Request
@@ -40,11 +43,54 @@ class PartitionTransport:
             client = self._pool.client(self.cluster_map.address_of(owner))
             body = await client.call(method, encode_request(request), timeout_ms)
         except Unavailable as error:
-            raise Unavailable(
-                f"partition {request.partition} on node {owner}: {error.message}",
-                details={**error.details, "partition": request.partition, "node": owner},
-            ) from None
+            raise _naming(error, request, owner) from None
+        return _reply(method, body, owner)
+
+    def start(
+        self, request: Request, timeout_ms: int, answer: Callable[[Reply | KvError], None]
+    ) -> bool:
+        """:meth:`call` without a coroutine while the owner's connection is open: ``answer``
+        gets the reply or the error later. False (nothing sent) when :meth:`call` is needed."""
+        owner = self.cluster_map.owner_of(request.partition)
+        method = method_of(request)
         try:
-            return decode_reply(method, body)
-        except KvError as error:
-            raise ProtocolViolation(f"malformed {method} reply from {owner}: {error}") from None
+            client = self._pool.client(self.cluster_map.address_of(owner))
+        except KvError:
+            return False
+        future = client.start(method, encode_request(request), timeout_ms)
+        if future is None:
+            return False
+
+        def ended(done: asyncio.Future[object]) -> None:
+            if done.cancelled():
+                answer(Unavailable("the call was cancelled", details={"sent": True}))
+                return
+            error = done.exception()
+            if error is None:
+                try:
+                    answer(_reply(method, done.result(), owner))
+                except KvError as refused:
+                    answer(refused)
+            elif isinstance(error, Unavailable):
+                answer(_naming(error, request, owner))
+            elif isinstance(error, KvError):
+                answer(error)
+            else:
+                raise error
+
+        future.add_done_callback(ended)
+        return True
+
+
+def _naming(error: Unavailable, request: Request, owner: str) -> Unavailable:
+    return Unavailable(
+        f"partition {request.partition} on node {owner}: {error.message}",
+        details={**error.details, "partition": request.partition, "node": owner},
+    )
+
+
+def _reply(method: str, body: object, owner: str) -> Reply:
+    try:
+        return decode_reply(method, body)
+    except KvError as error:
+        raise ProtocolViolation(f"malformed {method} reply from {owner}: {error}") from None

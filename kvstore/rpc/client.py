@@ -183,33 +183,71 @@ class RpcClient:
             conn = self._conn
             if conn is None:
                 conn = await self._connected(loop, deadline)
-            call_id = self._next_id
-            self._next_id = call_id + 1 if call_id < CALL_ID_MAX else 1
-            remaining_ms = int((deadline - loop.time()) * 1000)
-            if remaining_ms <= 0:
-                raise Unavailable(
-                    "the call's deadline passed while connecting", details={"sent": False}
-                )
-            data = encode_request(call_id, method, body, remaining_ms)
-            if conn.closed:
-                raise Unavailable("the connection was lost", details={"sent": False})
-            future: asyncio.Future[object] = loop.create_future()
-            pending = conn.pending
-            pending[call_id] = future
-            conn.outbox.append(data)
-            conn.wake.set()
-            tick = int(deadline / _DEADLINE_TICK_S) + 1  # the first tick after the deadline
-            expiring = self._deadlines.get(tick)
-            if expiring is None:
-                timer = loop.call_at(tick * _DEADLINE_TICK_S, self._expire, tick)
-                expiring = self._deadlines[tick] = (timer, [])
-            expiring[1].append(call_id)
+            future, call_id = self._send(conn, loop, deadline, method, body)
             try:
                 return await future
             finally:
-                pending.pop(call_id, None)
+                conn.pending.pop(call_id, None)
         finally:
             self._in_flight -= 1
+
+    def start(
+        self, method: str, body: object, timeout_ms: int = RPC_TIMEOUT_MS
+    ) -> asyncio.Future[object] | None:
+        """:meth:`call` without a coroutine, for callers that take a callback: the future of the
+        reply body (or of the catalogue error), or None when there is no open connection or no
+        room (the caller then uses :meth:`call`, which connects, backs off and refuses)."""
+        conn = self._conn
+        if (
+            conn is None
+            or conn.closed
+            or self._closed
+            or self._in_flight >= self._calls_in_flight_max
+            or type(timeout_ms) is not int
+            or not 0 < timeout_ms <= TIMEOUT_MS_MAX
+        ):
+            return None
+        loop = asyncio.get_running_loop()
+        future, call_id = self._send(conn, loop, loop.time() + timeout_ms / 1000, method, body)
+        self._in_flight += 1
+
+        def ended(_: asyncio.Future[object]) -> None:
+            self._in_flight -= 1
+            conn.pending.pop(call_id, None)
+
+        future.add_done_callback(ended)
+        return future
+
+    def _send(
+        self,
+        conn: _Connection,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+        method: str,
+        body: object,
+    ) -> tuple[asyncio.Future[object], int]:
+        """Queue one request on ``conn``; its future is failed by the deadline tick."""
+        call_id = self._next_id
+        self._next_id = call_id + 1 if call_id < CALL_ID_MAX else 1
+        remaining_ms = int((deadline - loop.time()) * 1000)
+        if remaining_ms <= 0:
+            raise Unavailable(
+                "the call's deadline passed while connecting", details={"sent": False}
+            )
+        data = encode_request(call_id, method, body, remaining_ms)
+        if conn.closed:
+            raise Unavailable("the connection was lost", details={"sent": False})
+        future: asyncio.Future[object] = loop.create_future()
+        conn.pending[call_id] = future
+        conn.outbox.append(data)
+        conn.wake.set()
+        tick = int(deadline / _DEADLINE_TICK_S) + 1  # the first tick after the deadline
+        expiring = self._deadlines.get(tick)
+        if expiring is None:
+            timer = loop.call_at(tick * _DEADLINE_TICK_S, self._expire, tick)
+            expiring = self._deadlines[tick] = (timer, [])
+        expiring[1].append(call_id)
+        return future, call_id
 
     # --- connecting ------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 :class:`TransportSender` is production's :class:`~kvstore.runtime.actors.Sender`: each request
 becomes one call of a :class:`Transport` (``kvstore.transport.PartitionTransport``: the owner's
-RPC connection), run as a task so calls proceed in parallel, bounded by the core's deadline. A
+RPC connection), bounded by the core's deadline. While the owner's connection is open the call
+is started without a coroutine (``start``: the reply's future calls back); otherwise (first
+call, reconnects, backoff) it runs as a task of ``call``. A
 typed failure is answered with its error code. Every call task is tracked so :meth:`close` stops
 them.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from kvstore.errors import KvError
@@ -39,16 +42,35 @@ class Transport(Protocol):
     async def call(self, request: Request, timeout_ms: int) -> Reply: ...
 
 
+class StartingTransport(Transport, Protocol):
+    """A transport that can also start a call without a coroutine (see ``PartitionTransport``)."""
+
+    def start(
+        self, request: Request, timeout_ms: int, answer: Callable[[Reply | KvError], None]
+    ) -> bool: ...
+
+
 class TransportSender:
     """A ``Sender`` over an async ``Transport``; see the module docstring."""
 
-    def __init__(self, transport: Transport, now_us: PhysicalClock) -> None:
+    def __init__(self, transport: Transport | StartingTransport, now_us: PhysicalClock) -> None:
         self._transport = transport
+        self._start = getattr(transport, "start", None)
         self._now_us = now_us
         self._calls: set[asyncio.Task[None]] = set()
 
     def send(self, request: Request, deadline_us: int, answer: Answer) -> None:
         timeout_ms = max(1, (deadline_us - self._now_us()) // _US_PER_MS)
+        if self._start is not None:
+
+            def answered(outcome: Reply | KvError) -> None:
+                if isinstance(outcome, KvError):
+                    answer(None, outcome.code)
+                else:
+                    answer(outcome, None)
+
+            if self._start(request, timeout_ms, answered):
+                return  # on the open connection, no task: the reply's callback answers
         call = asyncio.get_running_loop().create_task(self._call(request, timeout_ms, answer))
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)

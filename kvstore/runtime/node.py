@@ -40,8 +40,9 @@ partitions of this node are submitted here directly (same path, durability wait 
 rest go through the sender.
 
 Mutants of the runtime itself (chaos runs only, ``kvstore.mutants``): ``REPLY_BEFORE_FLUSH``
-releases every answer at once; ``ACK_WITH_EARLIER_FLUSH`` releases answers waiting on the open
-batch when the flush *in flight* ends, one flush before their own writes are durable.
+applies the completion rule to every request (answered at once, its rows left to the next
+maintenance tick's flush); ``ACK_WITH_EARLIER_FLUSH`` releases answers waiting on the open batch
+when the flush *in flight* ends, one flush before their own writes are durable.
 """
 
 from __future__ import annotations
@@ -189,9 +190,7 @@ class NodeRuntime:
         self, then: Callable[[], None], failed: Callable[[KvError], None] | None = None
     ) -> None:
         """Call ``then`` once every write made so far is durable (at once when it is)."""
-        if self._early_reply:  # the mutant: the flush still happens, nobody waits for it
-            if self.store.dirty:
-                self._schedule_flush()
+        if self._early_reply:  # the mutant: every answer at once, rows at the next tick
             then()
             return
         waiter = then if failed is None else _Waiter(then, failed)
@@ -243,7 +242,7 @@ class NodeRuntime:
             metrics.batch_waiters.observe(len(waiters))
         for waiter in waiters:
             waiter()
-        if self._open_waiters or (self._early_reply and self.store.dirty):
+        if self._open_waiters:
             self._schedule_flush()
 
     def _fail(self, error: BaseException, waiters: list[Callable[[], None]]) -> None:
@@ -307,6 +306,8 @@ class NodeRuntime:
                 self._drive(pid, record)
 
         # Also flushes what rode along (completions), at the latest here.
+        if self.store.dirty:
+            self._schedule_flush()
         self.when_durable(start_actors, failed=lambda error: None)
 
     def _room_for_actor(self) -> bool:
