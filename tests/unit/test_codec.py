@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.partition import check, delete, put
 
-from kvstore import limits
+from kvstore import codec, limits
+from kvstore import ops as ops_module
 from kvstore.codec import (
     METHODS,
     REPLY_OF,
@@ -65,6 +66,7 @@ from kvstore.messages import (
 from kvstore.ops import Op, OpKind
 from kvstore.types import ORIGIN_MAX, PartitionId, Timestamp, TxnId
 from kvstore.updates import ActionKind, UpdateAction
+from kvstore.values import validate_value
 
 U64_MAX = (1 << 64) - 1
 TS = Timestamp(1_700_000_000_123_456, 7, ORIGIN_MAX)
@@ -565,3 +567,235 @@ def test_a_ledger_only_prepare_round_trips_and_only_the_anchor_may_send_no_ops()
     without_ledger = {k: v for k, v in body.items() if k != "ledger"}
     with pytest.raises(ValidationError):
         decode_request("prepare", without_ledger)
+
+
+# --- the trusted path (the storage node's, for peers) --------------------------------------
+
+DOC: dict[str, object] = {"name": "Ada", "n": 12_345, "x": 98.5, "tags": ["a", b"b", None, True]}
+TRUSTED_OPS = (
+    put("doc", DOC, VersionEquals(3)),
+    put("plain", "x" * 100),
+    put("cmp", [1, {"a": [2.5]}], Compare(("a", "b"), CompareOperator.LT, {"k": [1, "v"]})),
+    put("gone", None, Exists(False), return_item=True),
+    delete("d", Exists(True)),
+    delete("d2"),
+    check("c", VersionEquals(0)),
+    check("c2", Compare((), CompareOperator.NE, 1.5)),
+    UPDATE,  # the strict parser's, like every shape below
+    put("ключ", 1),
+    put("all", 1, AllOf((Exists(True), VersionEquals(2)))),
+    check("not", Not(Exists(True))),
+)
+
+
+def decoded(method: str, body: object, *, trusted: bool) -> tuple[str, object]:
+    """("ok", the message) or ("refused", field and message of the ValidationError)."""
+    try:
+        return "ok", decode_request(method, body, trusted=trusted)
+    except ValidationError as error:
+        return "refused", (error.field, error.message)
+
+
+def same_on_both_paths(method: str, body: object) -> tuple[str, object]:
+    strict = decoded(method, body, trusted=False)
+    assert decoded(method, body, trusted=True) == strict
+    return strict
+
+
+@pytest.mark.parametrize("request_", REQUESTS, ids=lambda r: type(r).__name__)
+def test_trusted_decoding_gives_the_strict_message(request_: Request) -> None:
+    method = method_of(request_)
+    body = encode_request(request_)
+    assert decode_request(method, body, trusted=True) == request_
+    assert decode_request(method, through_msgpack(body), trusted=True) == request_
+
+
+def test_trusted_decoding_of_every_op_shape() -> None:
+    for op in TRUSTED_OPS:
+        for request_ in (
+            ExecuteRequest(partition=P, txn_id=TXN, ts=TS, ops=(op,)),
+            WriteRequest(partition=P, op=op),
+        ):
+            body = through_msgpack(encode_request(request_))
+            assert same_on_both_paths(method_of(request_), body) == ("ok", request_)
+    prepare = PrepareRequest(partition=P, txn_id=TXN, ts=TS, ops=TRUSTED_OPS, anchor=P)
+    body = through_msgpack(encode_request(prepare))
+    assert same_on_both_paths("prepare", body) == ("ok", prepare)
+
+
+def test_trusted_op_shapes_are_those_of_the_ops_parser() -> None:
+    for kind, members in codec._TRUSTED_OPS.values():
+        assert members == ops_module._OP_MEMBERS[kind]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"partition": True}, "partition"),
+        ({"partition": limits.PARTITIONS_MAX}, "partition"),
+        ({"ts": [0, 0]}, "ts"),
+        ({"txn_id": 7}, "txn_id"),
+        ({"token": "tab\t"}, "token"),
+        ({"ops": []}, "ops"),
+        ({"ops": "put"}, "ops"),
+        ({"ops": [encode_op(put(f"k{i}", i)) for i in range(1001)]}, "ops"),
+        ({"ops": [encode_op(put("k", 1)), encode_op(delete("k"))]}, "ops[1].key"),
+        ({"ops": [encode_op(put("k", 1)), 7]}, "ops[1]"),
+        ({"ops": [{"op": "put", "key": "k"}]}, "ops[0].value"),
+        ({"ops": [{"op": "put", "key": 3, "value": 1}]}, "ops[0].key"),
+        ({"ops": [{"op": "put", "key": "", "value": 1}]}, "ops[0].key"),
+        ({"ops": [{"op": "put", "key": "k" * 1025, "value": 1}]}, "ops[0].key"),
+        ({"ops": [{"op": "put", "key": "k", "value": 1, "return_item": 1}]}, "ops[0].return_item"),
+        ({"ops": [{"op": "delete", "key": "k", "value": 1}]}, "ops[0].value"),
+        ({"ops": [{"op": "check", "key": "k"}]}, "ops[0].if"),
+        ({"ops": [{"op": "put", "key": "k", "value": 1, "if": None}]}, "ops[0].if"),
+        (
+            {"ops": [{"op": "put", "key": "k", "value": 1, "if": {"version": True}}]},
+            "ops[0].if.version",
+        ),
+        (
+            {"ops": [{"op": "put", "key": "k", "value": 1, "if": {"version": -1}}]},
+            "ops[0].if.version",
+        ),
+        ({"ops": [{"op": "put", "key": "k", "value": 1, "if": {"exists": 1}}]}, "ops[0].if.exists"),
+        ({"ops": [{"op": "check", "key": "k", "if": {"path": "a..b", "eq": 1}}]}, "ops[0].if.path"),
+        ({"ops": [{"op": "check", "key": "k", "if": {"path": "a", "is": 1}}]}, "ops[0].if.is"),
+        ({"ops": [{"op": "check", "key": "k", "if": {"path": 1, "eq": 1}}]}, "ops[0].if.path"),
+        (
+            {"ops": [{"op": "check", "key": "k", "if": {"path": "a", "eq": float("nan")}}]},
+            "ops[0].if.eq",
+        ),
+        ({"ops": [{"op": ["put"], "key": "k"}]}, "ops[0].op"),
+        ({"ops": [{"op": "frob", "key": "k"}]}, "ops[0].op"),
+    ],
+)
+def test_trusted_decoding_refuses_what_the_strict_path_refuses(
+    changes: dict[str, object], field: str
+) -> None:
+    outcome, found = same_on_both_paths("execute", execute_with(**changes))
+    assert outcome == "refused"
+    assert isinstance(found, tuple)
+    assert found[0] == field
+
+
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+BAD_VALUES: list[tuple[object, str]] = [
+    (float("nan"), ""),
+    (float("inf"), ""),
+    ({"a": [1, float("-inf")]}, ".a[1]"),
+    (nested(limits.VALUE_DEPTH_MAX + 1), "[0]" * limits.VALUE_DEPTH_MAX),
+    ({"a": {1: 2}}, ".a"),
+    ([(1, 2)], "[0]"),
+    ({"s": {1, 2}}, ".s"),
+    ([2**64], "[0]"),
+    ([-(2**63) - 1], "[0]"),
+    (["\ud800"], "[0]"),
+    ({"\ud800": 1}, '["\\ud800"]'),
+    (b"x" * limits.VALUE_BYTES_MAX, ""),
+    (["x" * (limits.VALUE_BYTES_MAX // 2)] * 2, ""),
+]
+
+
+@pytest.mark.parametrize(("value", "where"), BAD_VALUES, ids=range(len(BAD_VALUES)))
+def test_trusted_decoding_refuses_the_values_validate_value_refuses(
+    value: object, where: str
+) -> None:
+    # The node reads its intents back through the strict decode_op at every start, so a value
+    # validate_value refuses must never reach one, whichever path decoded the request.
+    body = execute_with(ops=[{"op": "put", "key": "k", "value": value}])
+    outcome, found = same_on_both_paths("execute", body)
+    assert outcome == "refused"
+    assert isinstance(found, tuple)
+    assert found[0] == "ops[0].value" + where
+    operand = {"op": "check", "key": "k", "if": {"path": "a", "eq": value}}
+    outcome, found = same_on_both_paths("write", {"partition": 0, "op": operand})
+    assert outcome == "refused"
+    assert isinstance(found, tuple)
+    assert found[0] == "op.if.eq" + where
+
+
+def test_values_at_the_limits_are_accepted_on_both_paths() -> None:
+    deepest = nested(limits.VALUE_DEPTH_MAX)
+    largest = b"x" * (limits.VALUE_BYTES_MAX - 5)  # bin 32 header: 5 bytes
+    extremes = [-(2**63), 2**64 - 1, -0.0, 1e308, "é" * 1000, {"": {"é": [b"", None]}}]
+    for value in (deepest, largest, extremes):
+        body = execute_with(ops=[{"op": "put", "key": "k", "value": value}])
+        outcome, request_ = same_on_both_paths("execute", body)
+        assert outcome == "ok"
+        assert isinstance(request_, ExecuteRequest)
+        assert request_.ops[0].value is value
+
+
+def test_a_value_holding_itself_is_refused_in_bounded_time() -> None:
+    narrow: list[object] = []
+    narrow.append(narrow)
+    wide: list[object] = []
+    wide.extend([wide] * 1000)
+    for value in (narrow, wide):
+        assert not codec._value_ok(value)
+        body = execute_with(ops=[{"op": "put", "key": "k", "value": value}])
+        assert same_on_both_paths("execute", body)[0] == "refused"
+
+
+def test_only_the_transaction_size_is_not_checked_again() -> None:
+    # Each value is under the value limit, together they are over the transaction's: the
+    # coordinator refuses that; a peer's call is bounded by the frame size instead.
+    chunk = b"x" * (limits.VALUE_BYTES_MAX - 100)
+    count = limits.TXN_BYTES_MAX // len(chunk) + 1
+    request_ = ExecuteRequest(
+        partition=P, txn_id=TXN, ts=TS, ops=tuple(put(f"k{i}", chunk) for i in range(count))
+    )
+    body = encode_request(request_)
+    with pytest.raises(ValidationError) as caught:
+        decode_request("execute", body)
+    assert caught.value.field == "ops"
+    assert decode_request("execute", body, trusted=True) == request_
+
+
+def test_trusted_deep_nesting_is_refused_without_recursion_errors() -> None:
+    deep = nested(1000)
+    bodies = [
+        ("execute", execute_with(ops=[{"op": deep, "key": "k"}])),
+        ("execute", execute_with(ops=[{"op": "put", "key": "k", "value": deep}])),
+        ("execute", execute_with(ops=[{"op": "put", "key": "k", "value": 1, "if": deep}])),
+        ("execute", execute_with(ops=deep)),
+        ("write", {"partition": 0, "op": {"op": "check", "key": "k", "if": {"not": deep}}}),
+        (
+            "write",
+            {"partition": 0, "op": {"op": "check", "key": "k", "if": {"path": "a", "eq": deep}}},
+        ),
+    ]
+    for method, body in bodies:
+        with pytest.raises(ValidationError):
+            decode_request(method, body, trusted=True)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@PROPERTY
+@given(data=st.data())
+def test_trusted_and_strict_decoding_agree(method: str, data: st.DataObject) -> None:
+    """Same message or same refusal, field and message included, for any body whose
+    transaction is within the size limit (all of these)."""
+    body = data.draw(
+        st.one_of(junk, mutated(REQUEST_BODIES[method] + TRUSTED_BODIES.get(method, [])))
+    )
+    same_on_both_paths(method, body)
+
+
+TRUSTED_BODIES: dict[str, list[object]] = {
+    "execute": [encode_request(ExecuteRequest(partition=P, txn_id=TXN, ts=TS, ops=TRUSTED_OPS))],
+    "write": [encode_request(WriteRequest(partition=P, op=op)) for op in TRUSTED_OPS],
+}
+
+
+@PROPERTY
+@given(value=junk)
+def test_the_fast_value_check_never_accepts_what_validate_value_refuses(value: object) -> None:
+    if codec._value_ok(value):
+        validate_value(value)
