@@ -57,6 +57,7 @@ __all__ = [
     "FLUSH_WRITES_MAX",
     "STAGE_ON_LOOP_ROWS_MAX",
     "FLUSH_INLINE_COMMIT_US_MAX",
+    "FLUSH_INLINE_ROWS_MAX",
     "FLUSH_COMMIT_SAMPLES",
     "SQLITE_CACHE_KIB",
     "ITEM_CACHE_ROWS_MAX",
@@ -165,6 +166,10 @@ STAGE_ON_LOOP_ROWS_MAX: Final = 256  # larger flushes stage their rows on the fl
 # The fastest, not an average: on a busy machine a commit's wall time includes waiting for a CPU
 # after the fsync, which says nothing about the disk. Slower disks use the thread.
 FLUSH_INLINE_COMMIT_US_MAX: Final = 1_000
+# Only a flush of at most this many rows (a quiet node) commits on the loop: a bigger one means
+# requests keep arriving, and committing on the flush thread lets the loop run them during the
+# fsync (one group commit per node serializes every partition's flushes).
+FLUSH_INLINE_ROWS_MAX: Final = 16
 FLUSH_COMMIT_SAMPLES: Final = 32
 SQLITE_CACHE_KIB: Final = 2_048  # page cache per SQLite connection.
 ITEM_CACHE_ROWS_MAX: Final = 2_048  # decoded durable item rows kept per partition (hot keys).

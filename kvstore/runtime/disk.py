@@ -9,16 +9,18 @@ delay, the tests' at once.
 
 :class:`ThreadDisk` is production's. A job of at most ``STAGE_ON_LOOP_ROWS_MAX`` rows is staged
 on the event loop (CPU only: binding rows into an open transaction; a bigger one would stall the
-loop, so it is staged on the flush thread). While the fastest of the node's last
-``FLUSH_COMMIT_SAMPLES`` COMMITs (fsync included) took under ``FLUSH_INLINE_COMMIT_US_MAX``, a
-small job also commits on the loop itself: that stalls the loop for the fsync but skips the
-hand-off to the flush thread and back (a thread-pool submit, futex wake-ups of both threads, the
-GIL changing hands twice, the loop's self-pipe), which on this machine's disk cut the nodes' CPU
-per transfer by a quarter (docs/bench.md). The fastest rather than an average, because on a busy
-machine a commit's wall time also counts the wait for a CPU after the fsync. A slower disk makes
-even the fastest commit exceed the bound and commits move to the one flush thread (the fsync off
-the loop and without the GIL); they keep being timed there, so they come back to the loop when
-the disk is fast again.
+loop, so it is staged on the flush thread). A job of at most ``FLUSH_INLINE_ROWS_MAX`` rows (a
+quiet node) also commits on the loop itself while the fastest of the node's last
+``FLUSH_COMMIT_SAMPLES`` COMMITs (fsync included) took under ``FLUSH_INLINE_COMMIT_US_MAX``: that
+stalls the loop for the fsync but skips the hand-off to the flush thread and back (a thread-pool
+submit, futex wake-ups of both threads, the GIL changing hands twice, the loop's self-pipe). A
+bigger job means a busy node: it commits on the flush thread, so the loop runs the next requests
+(and stages their batch) during the fsync. With one group commit per node that overlap is worth
+more than the hand-off (docs/bench.md has the alternating runs). The fastest commit rather than
+an average, because on a busy machine a commit's wall time also counts the wait for a CPU after
+the fsync. A slower disk makes even the fastest commit exceed the bound and every commit moves to
+the flush thread (the fsync off the loop and without the GIL); they keep being timed there, so
+small ones come back to the loop when the disk is fast again.
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from kvstore.limits import FLUSH_COMMIT_SAMPLES, FLUSH_INLINE_COMMIT_US_MAX, STAGE_ON_LOOP_ROWS_MAX
+from kvstore.limits import (
+    FLUSH_COMMIT_SAMPLES,
+    FLUSH_INLINE_COMMIT_US_MAX,
+    FLUSH_INLINE_ROWS_MAX,
+    STAGE_ON_LOOP_ROWS_MAX,
+)
 from kvstore.storage_node.store import FlushJob
 
 __all__ = ["Disk", "FlushDone", "ThreadDisk", "ImmediateDisk"]
@@ -67,7 +74,7 @@ class ThreadDisk:
         """Whether a job of ``rows`` rows commits on the event loop (see the module)."""
         recent = self.recent_commits_us
         fast_disk = not recent or min(recent) < FLUSH_INLINE_COMMIT_US_MAX
-        return rows <= STAGE_ON_LOOP_ROWS_MAX and fast_disk
+        return rows <= FLUSH_INLINE_ROWS_MAX and fast_disk
 
     def write(self, job: FlushJob, done: FlushDone) -> None:
         try:
