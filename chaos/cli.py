@@ -1,7 +1,8 @@
 """Command line of the chaos package.
 
 ``python -m chaos sim --seeds N [--start S]`` sweeps seeds through the simulator, printing one line
-per failing seed and ending with ``seeds: N, failures: F`` (exit status 1 when F > 0).
+per failing seed, then how much the seeds did (``ops per seed: median ..., ok median ...; fail
+...%, info ...%``) and ``seeds: N, failures: F`` (exit status 1 when F > 0).
 ``python -m chaos sim --seed S --verbose`` replays one seed and prints its trace.
 ``python -m chaos mutants`` arms each deliberate bug in turn and ends with ``mutants caught: C/T``
 (exit status 1 unless every mutant was caught within its seed budget).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -81,9 +83,12 @@ def _sim(args: argparse.Namespace) -> int:
         return _replay(args.seed, args.workload, args.verbose, args.out)
     began = time.monotonic()
     failures = 0
+    per_seed: list[dict[str, int]] = []
     for outcome in sweep(
         args.start, args.seeds, workload=args.workload, out=args.out, jobs=args.jobs
     ):
+        ops = outcome.stats.get("ops")
+        per_seed.append(ops if isinstance(ops, dict) else {})
         if not outcome.ok:
             failures += 1
             print(
@@ -92,8 +97,25 @@ def _sim(args: argparse.Namespace) -> int:
                 flush=True,
             )
     elapsed = time.monotonic() - began
+    print(_ops_summary(per_seed))
     print(f"seeds: {args.seeds}, failures: {failures} ({elapsed:.1f} s)")
     return 1 if failures else 0
+
+
+def _ops_summary(per_seed: list[dict[str, int]]) -> str:
+    """Operations per seed (median), committed ones (median), and the shares that failed or
+    stayed unknown over the whole sweep."""
+    if not per_seed:
+        return "ops per seed: none"
+    totals = [sum(ops.values()) for ops in per_seed]
+    everything = sum(totals) or 1
+    fail = sum(ops.get("fail", 0) for ops in per_seed)
+    info = sum(ops.get("info", 0) for ops in per_seed)
+    return (
+        f"ops per seed: median {statistics.median(totals):g}, "
+        f"ok median {statistics.median(ops.get('ok', 0) for ops in per_seed):g}; "
+        f"fail {100 * fail / everything:.1f}%, info {100 * info / everything:.1f}%"
+    )
 
 
 def _mutants(args: argparse.Namespace) -> int:

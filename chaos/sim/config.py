@@ -7,6 +7,14 @@ the run's random generator at the start of each run, *swarm testing* style: each
 switched on or off and given its own intensity per seed, so some runs drop many messages and never
 crash, others crash often on a quiet network. Uniform mixtures of every fault at once tend to hide
 the bugs that need one fault to dominate (a read overlapping a slow commit, say).
+
+The intensities are chosen so that a typical seed still does a lot (hundreds of committed
+operations): message loss stays rare (on TCP a lost message is a broken connection, and each
+silent loss costs a one-second deadline), crashed processes restart within a second, and
+fsyncs take realistic times (0.5 to 8 ms) so that a crash can land between an answer and the
+flush it depends on. Some runs also shorten the ledger's decision deadline (a crashed
+coordinator's keys are then freed sooner; safety never depends on it, the decision is a
+compare-and-set) or give the coordinators a small admission limit (``Overloaded`` refusals).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from kvstore.limits import COORDINATOR_TXNS_IN_FLIGHT_MAX
 from kvstore.mutants import NO_MUTANTS, Mutants
 
 __all__ = ["WORKLOADS", "SimConfig", "FaultProfile"]
@@ -30,11 +39,12 @@ class SimConfig:
     workload: str = "list-append"
     nodes: int = 3
     partitions: int = 6
-    coordinators: int = 2
-    clients: int = 5
-    keys: int = 8  # list-append / rw-register keys; bank accounts
-    ops_max: int = 250  # client operations in the fault phase, all clients together
-    fault_phase_ms: int = 8_000
+    coordinators: int = 3
+    clients: int = 8
+    keys: int = 12  # list-append / rw-register keys
+    accounts: int = 10  # bank accounts
+    ops_max: int = 300  # client operations in the fault phase, all clients together
+    fault_phase_ms: int = 10_000
     heal_phase_ms_max: int = 120_000  # after this the run is reported as stuck
     mutants: Mutants = NO_MUTANTS
     faults: bool = True  # False: a quiet network, for baseline tests
@@ -56,14 +66,19 @@ class FaultProfile:
     slow_us: int = 0
     fsync_us: int = 300  # group commit: replies wait for the batch's flush
     crash_node_ms: int = 0  # mean time between node crashes (0: never)
+    node_down_ms_max: int = 1_000  # a crashed node restarts within this (uniform)
     crash_coordinator_ms: int = 0
+    coordinator_down_ms_max: int = 1_000
     partition_ms: int = 0  # mean time between network partitions
+    cut_ms_max: int = 2_000  # a cut link heals within this (uniform, at least 100 ms)
     clock_ms: int = 0  # mean time between clock offset changes
     clock_offset_max_ms: int = 0
     think_us: int = 2_000  # a client's pause between operations (mean)
     clock_resolution_us: int = 1  # local clocks tick in steps of this (coarse clocks tie often)
     intent_stale_ms: int = 5_000
+    decision_deadline_ms: int = 25_000  # PREPARING records older than this are cancelled
     tombstone_retention_ms: int = 60_000
+    admission_max: int = COORDINATOR_TXNS_IN_FLIGHT_MAX  # cores a coordinator runs at once
 
     @classmethod
     def draw(cls, rng: random.Random) -> FaultProfile:
@@ -72,23 +87,28 @@ class FaultProfile:
         def on(p: float = 0.5) -> bool:
             return rng.random() < p
 
-        slow = on()
+        slow = on(0.4)
         return cls(
-            drop_p=rng.choice((0.01, 0.05, 0.15)) if on() else 0.0,
+            drop_p=rng.choice((0.001, 0.005, 0.02)) if on(0.4) else 0.0,
             dup_p=rng.choice((0.02, 0.1, 0.3)) if on() else 0.0,
-            delay_us=rng.choice((200, 1_000, 5_000)),
-            slow_p=rng.choice((0.05, 0.2)) if slow else 0.0,
-            slow_us=rng.choice((50 * _MS, 500 * _MS, 3_000 * _MS)) if slow else 0,
-            fsync_us=rng.choice((50, 500, 5_000)),
-            crash_node_ms=rng.choice((500, 2_000)) if on() else 0,
-            crash_coordinator_ms=rng.choice((300, 1_500)) if on() else 0,
-            partition_ms=rng.choice((500, 2_000)) if on() else 0,
+            delay_us=rng.choice((200, 1_000, 3_000)),
+            slow_p=rng.choice((0.01, 0.05)) if slow else 0.0,
+            slow_us=rng.choice((20 * _MS, 200 * _MS, 1_000 * _MS)) if slow else 0,
+            fsync_us=rng.choice((500, 2_000, 8_000)),
+            crash_node_ms=rng.choice((500, 1_500)) if on(0.7) else 0,
+            node_down_ms_max=rng.choice((100, 1_000)),
+            crash_coordinator_ms=rng.choice((1_000, 3_000)) if on() else 0,
+            coordinator_down_ms_max=rng.choice((100, 1_000)),
+            partition_ms=rng.choice((1_000, 3_000)) if on() else 0,
+            cut_ms_max=rng.choice((200, 2_000)),
             clock_ms=rng.choice((300, 1_500)) if on(0.6) else 0,
             clock_offset_max_ms=rng.choice((5, 100, 400, 1_500)),
-            think_us=rng.choice((100, 2_000, 20_000)),
+            think_us=rng.choice((500, 2_000, 10_000)),
             clock_resolution_us=rng.choice((1, 1_000, 15_000)),
             intent_stale_ms=rng.choice((300, 1_000, 5_000)),
+            decision_deadline_ms=rng.choice((3_000, 8_000, 25_000)),
             tombstone_retention_ms=rng.choice((200, 2_000, 60_000)),
+            admission_max=rng.choice((4, 6)) if on(0.2) else COORDINATOR_TXNS_IN_FLIGHT_MAX,
         )
 
     def describe(self) -> str:
@@ -98,11 +118,13 @@ class FaultProfile:
             f"delay={self.delay_us}us",
             f"slow={self.slow_p}@{self.slow_us}us",
             f"fsync={self.fsync_us}us",
-            f"crash_node={self.crash_node_ms}ms",
-            f"crash_coord={self.crash_coordinator_ms}ms",
-            f"partition={self.partition_ms}ms",
+            f"crash_node={self.crash_node_ms}ms/down<={self.node_down_ms_max}ms",
+            f"crash_coord={self.crash_coordinator_ms}ms/down<={self.coordinator_down_ms_max}ms",
+            f"partition={self.partition_ms}ms/cut<={self.cut_ms_max}ms",
             f"clock={self.clock_ms}ms/{self.clock_offset_max_ms}ms/{self.clock_resolution_us}us",
             f"stale={self.intent_stale_ms}ms",
+            f"decision_deadline={self.decision_deadline_ms}ms",
             f"tombstones={self.tombstone_retention_ms}ms",
+            f"admission={self.admission_max}",
         ]
         return " ".join(parts)

@@ -20,10 +20,18 @@ commit, durability gating, completions, maintenance and background actors are pr
 code. A crash drops the runtime, the store's unflushed writes and every actor; a restart builds a
 fresh runtime (fresh cores and clock origin) over the surviving store.
 
-:class:`CoordinatorHost` runs client transactions on a production
-:class:`~kvstore.runtime.actors.ActorDriver`, built with the same constructor as the coordinator
-library's (:func:`~kvstore.coordinator.core.new_write_txn`). A crash loses every actor; the
-clients whose requests were in flight are told the connection was lost.
+:class:`CoordinatorHost` runs client operations on a production
+:class:`~kvstore.runtime.actors.ActorDriver`: every kind the coordinator library runs (write and
+read transactions, singleton gets and writes, scan pages, token lookups), built by the same
+constructors (``new_write_txn``, ``new_read``, ``new_get``, ``new_singleton_write``, ``Scan``,
+``new_token_lookup``) with the jitter of conflict retries drawn from the run's generator, and
+behind the same admission check (:func:`~kvstore.coordinator.admission.admit`, with the run's
+own small limit so that refusals happen). A crash loses every actor; the clients whose requests
+were in flight are told the connection was lost.
+
+Omniscience: a node host reports every singleton write it applied (its reply, released once the
+write is durable) to ``on_applied``, so the checker can place a singleton write whose client
+never heard back.
 """
 
 from __future__ import annotations
@@ -34,10 +42,21 @@ from typing import Any
 
 from chaos.sim.loop import EventLoop, Trace
 from chaos.sim.network import Envelope, Network
+from kvstore.coordinator.admission import admit
 from kvstore.coordinator.core import new_write_txn
-from kvstore.coordinator.read import ReadTxn
+from kvstore.coordinator.read import new_read
+from kvstore.coordinator.retry import Retrying
+from kvstore.coordinator.scan import Scan
+from kvstore.coordinator.singleton import new_get, new_singleton_write, new_token_lookup
 from kvstore.errors import KvError, WrongOwner
-from kvstore.messages import Reply, Request
+from kvstore.messages import (
+    CompleteRequest,
+    ReasonCode,
+    Reply,
+    Request,
+    WriteReply,
+    WriteRequest,
+)
 from kvstore.mutants import Mutants
 from kvstore.ops import Op
 from kvstore.partitioning import PartitionMap
@@ -47,7 +66,7 @@ from kvstore.runtime.node import NodeRuntime
 from kvstore.storage_node.core import PartitionConfig
 from kvstore.storage_node.store import FlushJob, MemoryNodeStore
 from kvstore.timestamps import HybridClock
-from kvstore.types import PartitionId, TxnId
+from kvstore.types import PartitionId, Timestamp, TxnId
 
 __all__ = ["Host", "NodeHost", "CoordinatorHost", "EPOCH_US"]
 
@@ -124,6 +143,8 @@ class SimDisk:
 class Host:
     """A process: clock, incarnation, the envelopes it gets back."""
 
+    clock: HybridClock  # this incarnation's, set by the subclass when it boots
+
     def __init__(
         self, name: str, loop: EventLoop, net: Network, trace: Trace, resolution_us: int = 1
     ) -> None:
@@ -155,9 +176,20 @@ class Host:
     def receive(self, envelope: Envelope, respond: Callable[[Reply | KvError], None]) -> None:
         respond(WrongOwner(f"{self.name} serves no partitions"))
 
-    def answer(self, envelope: Envelope, reply: Reply | None, error: KvError | None) -> None:
-        """An envelope's outcome is back at this host: hand it to its actor if still alive."""
+    def answer(
+        self,
+        envelope: Envelope,
+        reply: Reply | None,
+        error: KvError | None,
+        clock: Timestamp | None,
+    ) -> None:
+        """An envelope's outcome is back at this host: the HLC receive rule on the responder's
+        ``clock`` (None: nobody answered), then the outcome to its actor if still alive."""
         if self.up and envelope.incarnation == self.incarnation:
+            if clock is not None:
+                if clock > self.clock.last:
+                    self.net.count("clock moved by a reply")
+                self.clock.observe(clock)
             envelope.answer(reply, None if error is None else error.code)
 
     def crash(self) -> None:
@@ -188,11 +220,14 @@ class NodeHost(Host):
         partitions: list[PartitionId],
         config: PartitionConfig,
         fsync_us: int,
+        on_applied: Callable[[WriteRequest, WriteReply], None] | None = None,
     ) -> None:
         super().__init__(name, loop, net, trace, resolution_us)
         self.origin = origin
         self.config = config
         self.fsync_us = fsync_us
+        self.on_applied = on_applied
+        self._armed: Callable[[], None] | None = None
         self.store = MemoryNodeStore(partitions)
         self.runtime: NodeRuntime | None = None
         self._boot()
@@ -215,11 +250,22 @@ class NodeHost(Host):
         self.runtime.start()
 
     def crash(self) -> None:
+        self._armed = None
         if self.runtime is not None:
             self.runtime.stop()
             self.runtime = None
         super().crash()
         self.store.crash()
+
+    def arm_crash(self, crash: Callable[[], None]) -> None:
+        """Call ``crash`` (once) right after this node next answers a request while it still
+        holds writes that are not durable: the answer is on the wire, the process dies."""
+        self._armed = crash
+
+    def disarm_crash(self) -> bool:
+        """Forget an armed crash; True if one was armed."""
+        armed, self._armed = self._armed, None
+        return armed is not None
 
     def restart(self) -> None:
         super().restart()
@@ -227,7 +273,34 @@ class NodeHost(Host):
 
     def receive(self, envelope: Envelope, respond: Callable[[Reply | KvError], None]) -> None:
         assert self.runtime is not None
-        self.runtime.submit(envelope.request, respond)
+        request = envelope.request
+        on_applied = self.on_applied
+        incarnation = self.incarnation
+
+        def answer(outcome: Reply | KvError) -> None:
+            if (
+                on_applied is not None
+                and type(request) is WriteRequest
+                and type(outcome) is WriteReply
+                and outcome.outcome.code is ReasonCode.NONE
+            ):
+                on_applied(request, outcome)
+            respond(outcome)
+            if (
+                self._armed is not None
+                and self.incarnation == incarnation
+                and self.store.dirty
+                and type(request) is not CompleteRequest  # answered at once, by design
+            ):
+                crash, self._armed = self._armed, None
+                self.loop.after(0, crash)  # after this step: its other answers leave too
+
+        self.runtime.submit(request, answer)
+
+    def unflushed(self) -> bool:
+        """Up, with writes not yet durable (in the open batch or in a flush in flight)."""
+        runtime = self.runtime
+        return self.up and runtime is not None and (self.store.dirty or runtime.flushing)
 
     def settled(self) -> bool:
         """No unflushed write, no intent, every ledger record decided and acknowledged."""
@@ -268,12 +341,17 @@ class CoordinatorHost(Host):
         pmap: PartitionMap,
         mutants: Mutants,
         rng: random.Random,
+        admission_max: int,
+        count: Callable[[str], None] = lambda what: None,
     ) -> None:
         super().__init__(name, loop, net, trace, resolution_us)
         self.origin = origin
         self.pmap = pmap
+        self.partitions = tuple(PartitionId(p) for p in pmap.partitions())
         self.mutants = mutants
         self.rng = rng
+        self.admission_max = admission_max
+        self.count = count  # notable events, for the run's statistics
         self._sessions: dict[int, Callable[[], None]] = {}
         self._next_session = 0
         self._boot()
@@ -303,6 +381,8 @@ class CoordinatorHost(Host):
         on_lost: Callable[[], None],
         token: str | None = None,
     ) -> None:
+        """A write transaction; raises ``Overloaded`` when admission refuses it."""
+        self._admit()
         txn = new_write_txn(
             txn_id, self.clock.now(), ops, self.pmap.partition_of, self.local_now(), token=token
         )
@@ -311,8 +391,46 @@ class CoordinatorHost(Host):
     def read(
         self, keys: list[str], on_result: Callable[[Any], None], on_lost: Callable[[], None]
     ) -> None:
-        txn = ReadTxn(keys, self.pmap.partition_of, self.local_now(), mutants=self.mutants)
+        self._admit()
+        txn = new_read(
+            keys, self.pmap.partition_of, self.local_now(), self.rng.random, mutants=self.mutants
+        )
         self._run(txn, on_result, on_lost)
+
+    def get(self, key: str, on_result: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
+        self._admit()
+        self._run(new_get(key, self.pmap.partition_of), on_result, on_lost)
+
+    def singleton(
+        self, op: Op, on_result: Callable[[Any], None], on_lost: Callable[[], None]
+    ) -> None:
+        self._admit()
+        core = new_singleton_write(op, self.pmap.partition_of, self.local_now(), self.rng.random)
+        self._run(core, on_result, on_lost)
+
+    def scan(
+        self,
+        start: str,
+        end: str | None,
+        limit: int,
+        on_result: Callable[[Any], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._admit()
+        self._run(Scan(self.partitions, start=start, end=end, limit=limit), on_result, on_lost)
+
+    def lookup(
+        self, token: str, on_result: Callable[[Any], None], on_lost: Callable[[], None]
+    ) -> None:
+        self._admit()
+        self._run(new_token_lookup(token, self.pmap.partition_of), on_result, on_lost)
+
+    def _admit(self) -> None:
+        try:
+            admit(self.busy, self.admission_max)
+        except KvError:
+            self.count("admission refused")
+            raise
 
     def _run(
         self, actor: Actor, on_result: Callable[[Any], None], on_lost: Callable[[], None]
@@ -322,6 +440,8 @@ class CoordinatorHost(Host):
         self._sessions[session] = on_lost
 
         def finish(result: Any) -> None:
+            if isinstance(actor, Retrying) and actor.retries:
+                self.count("conflict retry")
             if self._sessions.pop(session, None) is not None:
                 on_result(result)
 

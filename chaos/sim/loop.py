@@ -35,12 +35,10 @@ class Trace:
         self.count = 0
 
     def add(self, now_us: int, line: str) -> None:
-        text = f"{now_us / 1e6:10.6f} {line}"
-        self._hash.update(text.encode())
-        self._hash.update(b"\n")
+        self._hash.update(f"{now_us} {line}\n".encode())
         self.count += 1
         if self.keep and len(self.lines) < self._lines_max:
-            self.lines.append(text)
+            self.lines.append(f"{now_us / 1e6:10.6f} {line}")
 
     @property
     def digest(self) -> str:
@@ -62,7 +60,9 @@ class EventLoop:
         heapq.heappush(self._heap, (max(time_us, self.now_us), self._seq, callback))
 
     def after(self, delay_us: int, callback: Callable[[], None]) -> None:
-        self.at(self.now_us + max(0, delay_us), callback)
+        """Run ``callback`` ``delay_us`` from now (``at``, inlined: the hottest call)."""
+        self._seq += 1
+        heapq.heappush(self._heap, (self.now_us + max(0, delay_us), self._seq, callback))
 
     def run_until(self, end_us: int, stop: Callable[[], bool] | None = None) -> bool:
         """Run events up to ``end_us``; return True if ``stop()`` became true first."""

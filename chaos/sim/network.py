@@ -11,6 +11,11 @@ sender learns it after one more delay (connection refused), the only failure a s
 about; every other loss is found by the sender's own deadline. Messages a host sends to itself
 (a node resolving its own intents) take a short, fault-free path.
 
+A singleton write (``WriteRequest``) is never duplicated: it is not idempotent (each delivery
+would apply it at a new timestamp), and production never delivers a request twice (one ordered
+connection per peer; the coordinator re-sends a singleton write only when a conflict refused it,
+nothing applied). Every other request is idempotent by transaction id, or a read.
+
 ``quiet`` (the heal phase) turns loss, duplication and slowness off; cut links are healed by the
 nemesis itself. Links are symmetric and named by the pair of host names.
 """
@@ -25,9 +30,9 @@ from typing import TYPE_CHECKING
 from chaos.sim.config import FaultProfile
 from chaos.sim.loop import EventLoop, Trace
 from kvstore.errors import KvError, Unavailable
-from kvstore.messages import Reply, Request
+from kvstore.messages import Reply, Request, WriteRequest
 from kvstore.runtime.actors import Answer
-from kvstore.types import PartitionId
+from kvstore.types import PartitionId, Timestamp
 
 if TYPE_CHECKING:
     from chaos.sim.hosts import Host
@@ -69,6 +74,10 @@ class Network:
         self.quiet = False
         self.sent = 0
         self.dropped = 0
+        self.counts: dict[str, int] = {}  # notable events of the hosts, for the statistics
+
+    def count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
 
     # --- links -------------------------------------------------------------------------
 
@@ -83,10 +92,24 @@ class Network:
 
     def send_request(self, envelope: Envelope) -> None:
         dst = self.owner[envelope.request.partition]
-        what = _describe(envelope.request)
-        self._transmit(envelope.src, dst, what, lambda: self._arrive_request(dst, envelope))
+        request = envelope.request
+        self._transmit(
+            envelope.src,
+            dst,
+            _describe(request),
+            lambda: self._arrive_request(dst, envelope),
+            duplicable=type(request) is not WriteRequest,
+        )
 
-    def _transmit(self, src: str, dst: str, what: str, deliver: Callable[[], None]) -> None:
+    def _transmit(
+        self,
+        src: str,
+        dst: str,
+        what: str,
+        deliver: Callable[[], None],
+        *,
+        duplicable: bool = True,
+    ) -> None:
         self.sent += 1
         if src == dst:
             self.loop.after(LOOPBACK_US, deliver)
@@ -96,12 +119,16 @@ class Network:
             self.dropped += 1
             self.trace.add(self.loop.now_us, f"drop {src}->{dst} {what}")
             return
-        copies = 2 if not self.quiet and self.rng.random() < profile.dup_p else 1
-        delays = [self._delay_us() for _ in range(copies)]
-        shown = "+".join(f"{d}us" for d in delays)
-        self.trace.add(self.loop.now_us, f"send {src}->{dst} {what} in {shown}")
-        for delay_us in delays:
-            self.loop.after(delay_us, deliver)
+        delay_us = self._delay_us()
+        if duplicable and not self.quiet and self.rng.random() < profile.dup_p:
+            again_us = self._delay_us()
+            self.trace.add(
+                self.loop.now_us, f"send {src}->{dst} {what} in {delay_us}us+{again_us}us"
+            )
+            self.loop.after(again_us, deliver)
+        else:
+            self.trace.add(self.loop.now_us, f"send {src}->{dst} {what} in {delay_us}us")
+        self.loop.after(delay_us, deliver)
 
     def _delay_us(self) -> int:
         profile = self.profile
@@ -115,14 +142,15 @@ class Network:
             self.trace.add(self.loop.now_us, f"refused {envelope.src}->{dst}")
             sender = self.hosts[envelope.src]
             refused = Unavailable("connection refused")
-            self.loop.after(self._delay_us(), lambda: sender.answer(envelope, None, refused))
+            self.loop.after(self._delay_us(), lambda: sender.answer(envelope, None, refused, None))
             return
         node.receive(envelope, lambda outcome: self._send_reply(dst, envelope, outcome))
 
     def _send_reply(self, src: str, envelope: Envelope, outcome: Reply | KvError) -> None:
         sender = self.hosts[envelope.src]
+        clock: Timestamp = self.hosts[src].clock.now()  # the responder's reading, as sent
         if isinstance(outcome, KvError):
-            deliver = lambda: sender.answer(envelope, None, outcome)  # noqa: E731
+            deliver = lambda: sender.answer(envelope, None, outcome, clock)  # noqa: E731
         else:
-            deliver = lambda: sender.answer(envelope, outcome, None)  # noqa: E731
+            deliver = lambda: sender.answer(envelope, outcome, None, clock)  # noqa: E731
         self._transmit(src, envelope.src, _describe(outcome), deliver)

@@ -6,9 +6,13 @@ Theory of operation
 draw), the cluster (``nodes`` storage nodes owning ``partitions`` partitions round-robin, and
 ``coordinators`` coordinators), the workload and its clients. The run has three phases:
 
-1. **fault phase** (``fault_phase_ms`` of virtual time): clients issue operations (at most
-   ``ops_max`` in all) while the nemesis crashes and restarts nodes and coordinators, cuts links,
-   and moves clocks, and the network drops, duplicates and delays messages per the profile;
+1. **fault phase** (at most ``fault_phase_ms`` of virtual time; it ends early once all
+   ``ops_max`` operations were answered, since faults would then only hit an idle cluster):
+   clients (:mod:`chaos.sim.client`) issue operations of every kind while the nemesis crashes
+   and restarts nodes and coordinators, cuts links, and moves clocks, and the network drops,
+   duplicates and delays messages per the profile. Three node crashes in four are *armed*: the
+   node dies right after it next answers a request while it holds writes not yet durable (see
+   :meth:`Simulation.crash_node`);
 2. **heal phase**: every fault is lifted (quiet network, links healed, processes restarted, clocks
    set right), clients finish what is in flight, and the cluster runs until it has *settled*: no
    actor running, no intent left, every decided ledger record acknowledged by its participants.
@@ -17,10 +21,13 @@ draw), the cluster (``nodes`` storage nodes owning ``partitions`` partitions rou
 3. **final reads** of every key, one read-only and one checked (placed at a timestamp).
 
 The history then goes through every checker of the workload (strict serializability, plus the
-timestamp-order replay). The simulator is omniscient where the history is not: each ``info``
-write's fate is looked up in its anchor's ledger, so the replay can place the ones that committed,
-and an ``ok`` write whose record is not COMMITTED, or a ``fail`` one whose record is, is reported.
-Any exception raised by a core is a failure of the run, with its traceback.
+timestamp-order replay), gets and scan pages as single-key reads checked for serializability
+only (:func:`~chaos.sim.workloads.unanchor_reads`). The simulator is omniscient where the
+history is not: each ``info`` write transaction's fate is looked up in its anchor's ledger, and
+each singleton write's in what the nodes applied (a node reports every singleton write it
+answered as applied), so the replay can place the ones that committed; an ``ok`` write that did
+not commit, or a ``fail`` one that did, is reported. Any exception raised by a core is a
+failure of the run, with its traceback.
 """
 
 from __future__ import annotations
@@ -33,35 +40,25 @@ from typing import Any
 
 from chaos.checkers.result import Anomaly, CheckResult
 from chaos.checkers.suite import check_all
-from chaos.history import History, Op
+from chaos.history import History
+from chaos.sim.client import Client
 from chaos.sim.config import FaultProfile, SimConfig
 from chaos.sim.hosts import CoordinatorHost, Host, NodeHost
 from chaos.sim.loop import EventLoop, Trace
 from chaos.sim.network import Network
-from chaos.sim.workloads import Completion, Script, Workload, Write, make_workload
-from kvstore.coordinator.results import TxnResult
-from kvstore.errors import ErrorCode
-from kvstore.messages import LedgerRecord, TxnState, WriteRequest
+from chaos.sim.workloads import Workload, make_workload, unanchor_reads
+from kvstore.messages import LedgerRecord, TxnState, WriteReply, WriteRequest
+from kvstore.ops import Op as KvOp
 from kvstore.partitioning import PartitionMap
 from kvstore.storage_node.core import PartitionConfig
-from kvstore.types import PartitionId, TxnId
+from kvstore.types import PartitionId, Timestamp, TxnId
 
-__all__ = ["SimResult", "Simulation", "run_seed", "MODEL"]
+__all__ = ["Client", "SimResult", "Simulation", "run_seed", "MODEL"]
 
 MODEL = "strict-serializable"
 _MS = 1000
-CLIENT_LINK_US = 100  # client <-> coordinator, fault-free
 SETTLE_CHECK_US = 100 * _MS
-REFUSED_BACKOFF_US = 200 * _MS
-RETRY_BACKOFF_US = 300 * _MS
-TOKEN_ATTEMPTS_MAX = 4  # a tokened write is sent at most this often before it is left info
-
-
-def _retry_with_token(error: ErrorCode) -> bool:
-    """Ambiguous (3xxx), or the token's first attempt is still in flight."""
-    return error.number // 1000 == 3 or error is ErrorCode.TransactionInProgress
-
-
+ARMED_CRASH_MAX_MS = 200  # an armed node crash happens within this, answer or not
 LEDGER_KEPT_MS = 24 * 3600 * 1000  # longer than any run: the omniscient lookup needs every record
 
 
@@ -91,141 +88,6 @@ class SimResult:
         return "ok" if self.ok else "anomalies: " + ", ".join(kinds)
 
 
-class Client:
-    """One simulated client: runs scripts one at a time through random coordinators."""
-
-    def __init__(self, sim: Simulation, process: int) -> None:
-        self.sim = sim
-        self.process = process
-        self.busy = False
-        self.final = False  # final reads: always through the first coordinator
-        self.auto = True  # begin the next operation after a pause (off when a test drives)
-
-    def begin(self) -> None:
-        sim = self.sim
-        if self.busy or sim.stopping or sim.ops_started >= sim.config.ops_max:
-            return
-        sim.ops_started += 1
-        f, value, script = sim.workload.script(sim.rng)
-        self.run(f, value, script)
-
-    def run(self, f: str, value: Any, script: Script) -> None:
-        sim = self.sim
-        self.busy = True
-        invoke = sim.history.invoke(self.process, f, value, time_ns=sim.loop.now_us * 1000)
-        sim.trace.add(sim.loop.now_us, f"client {self.process} invoke {f} {value}")
-        self._step(invoke, script, None)
-
-    def _step(self, invoke: Op, script: Script, answer: Any) -> None:
-        try:
-            step = script.send(answer)
-        except StopIteration as stop:
-            self._complete(invoke, stop.value)
-            return
-        sim = self.sim
-        if isinstance(step, Write):
-            self._submit_write(invoke, script, step, 1)
-            return
-        coordinator = self._coordinator()
-
-        def deliver(result: Any) -> None:
-            sim.loop.after(CLIENT_LINK_US, lambda: self._step(invoke, script, result))
-
-        def lost() -> None:  # the connection broke: a read changed nothing
-            script.close()
-            self._complete(invoke, Completion("fail", invoke.value, error="connection lost"))
-
-        def submit() -> None:
-            if not coordinator.up:  # refused: nothing was sent
-                script.close()
-                self._complete(invoke, Completion("fail", invoke.value, error="refused"))
-            else:
-                coordinator.read(step.keys, deliver, lost)
-
-        sim.loop.after(CLIENT_LINK_US, submit)
-
-    def _coordinator(self) -> CoordinatorHost:
-        """Final reads use the first coordinator; others pick a live one (clients fail over)."""
-        sim = self.sim
-        if self.final:
-            return sim.coordinators[0]
-        return sim.rng.choice([c for c in sim.coordinators if c.up] or sim.coordinators)
-
-    def _submit_write(self, invoke: Op, script: Script, step: Write, attempt: int) -> None:
-        """Send a write; with a token, retry an ambiguous answer (as the SDK will)."""
-        sim = self.sim
-        coordinator = self._coordinator()
-
-        def retry_or(answer: Completion | TxnResult) -> None:
-            if step.token is not None and attempt < TOKEN_ATTEMPTS_MAX:
-                sim.trace.add(sim.loop.now_us, f"client {self.process} retries {step.token}")
-                delay_us = sim.rng.randint(RETRY_BACKOFF_US // 2, RETRY_BACKOFF_US)
-                sim.loop.after(
-                    delay_us, lambda: self._submit_write(invoke, script, step, attempt + 1)
-                )
-            elif isinstance(answer, Completion):
-                script.close()
-                self._complete(invoke, answer)
-            else:
-                self._step(invoke, script, answer)
-
-        def deliver(result: TxnResult) -> None:
-            def answer() -> None:
-                if result.error is not None and _retry_with_token(result.error):
-                    retry_or(result)
-                else:
-                    self._step(invoke, script, result)
-
-            sim.loop.after(CLIENT_LINK_US, answer)
-
-        def lost() -> None:  # the connection broke with the request in flight
-            retry_or(Completion("info", invoke.value, error="connection lost"))
-
-        def submit() -> None:
-            if not coordinator.up:
-                if attempt == 1:  # refused: nothing was sent
-                    script.close()
-                    self._complete(invoke, Completion("fail", invoke.value, error="refused"))
-                else:  # an earlier attempt may have committed
-                    retry_or(Completion("info", invoke.value, error="refused on retry"))
-                return
-            txn_id = coordinator.new_txn_id()
-            # Where the ledger record lives: the token's home when there is one (WriteTxn's
-            # token_home), else the first key's partition.
-            anchor = sim.pmap.partition_of(step.token or step.ops[0].key)
-            sim.writes.setdefault(invoke.index, []).append((txn_id, anchor))
-            coordinator.write(txn_id, step.ops, deliver, lost, step.token)
-
-        sim.loop.after(CLIENT_LINK_US, submit)
-
-    def _complete(self, invoke: Op, done: Completion) -> None:
-        sim = self.sim
-        attempts = sim.writes.get(invoke.index)
-        txn_id = done.txn_id or (attempts[-1][0] if attempts else None)
-        op = sim.history.complete(
-            invoke,
-            done.type,  # type: ignore[arg-type]
-            done.value,
-            time_ns=sim.loop.now_us * 1000,
-            ts=done.ts,
-            txn_id=txn_id,
-            error=done.error,
-        )
-        detail = f"ts={op.ts} " if op.ts is not None else ""
-        detail += f"error={op.error} " if op.error is not None else ""
-        sim.trace.add(
-            sim.loop.now_us, f"client {self.process} {op.type} {op.f} {txn_id} {detail}{op.value}"
-        )
-        self.busy = False
-        if done.type == "info":
-            self.process = sim.new_process()
-        if self.auto and not self.final:
-            pause_us = 1 + int(sim.rng.expovariate(1.0 / sim.profile.think_us))
-            if done.error == "refused":  # every coordinator is down: back off
-                pause_us += sim.rng.randint(REFUSED_BACKOFF_US // 2, REFUSED_BACKOFF_US)
-            sim.loop.after(pause_us, self.begin)
-
-
 class Simulation:
     """A cluster of cores on virtual time, with clients and a nemesis, built from one seed."""
 
@@ -239,14 +101,19 @@ class Simulation:
         self.net = Network(self.loop, self.rng, self.trace, self.profile)
         self.pmap = PartitionMap(config.partitions)
         self.history = History()
-        self.workload: Workload = make_workload(config.workload, config.keys, config.bank_total)
+        keys = config.accounts if config.workload == "bank" else config.keys
+        self.workload: Workload = make_workload(
+            config.workload, keys, config.bank_total, every_kind=True
+        )
         self.writes: dict[int, list[tuple[TxnId, PartitionId]]] = {}  # invoke -> attempts
+        self.singletons: dict[int, KvOp] = {}  # invoke -> its singleton write's op
+        self.applied: dict[int, Timestamp] = {}  # id(op) -> the ts a node applied it at
         self.ops_started = 0
         self.stopping = False
         self._next_process = 0
-        self.counts: dict[str, int] = {}
         partition_config = PartitionConfig(
             intent_stale_ms=self.profile.intent_stale_ms,
+            ledger_decision_deadline_ms=self.profile.decision_deadline_ms,
             tombstone_retention_ms=self.profile.tombstone_retention_ms,
             ledger_retention_ms=LEDGER_KEPT_MS,
             idempotency_window_ms=LEDGER_KEPT_MS,
@@ -265,6 +132,7 @@ class Simulation:
                 partitions=owned,
                 config=partition_config,
                 fsync_us=self.profile.fsync_us,
+                on_applied=self._applied,
             )
             self.nodes.append(node)
             for pid in owned:
@@ -280,6 +148,8 @@ class Simulation:
                 pmap=self.pmap,
                 mutants=config.mutants,
                 rng=self.rng,
+                admission_max=self.profile.admission_max,
+                count=self.count,
             )
             for i in range(config.coordinators)
         ]
@@ -292,8 +162,12 @@ class Simulation:
         self._next_process += 1
         return process
 
+    def _applied(self, request: WriteRequest, reply: WriteReply) -> None:
+        if reply.ts is not None:
+            self.applied[id(request.op)] = reply.ts
+
     def count(self, what: str) -> None:
-        self.counts[what] = self.counts.get(what, 0) + 1
+        self.net.count(what)
 
     def _setup(self) -> None:
         for op in self.workload.setup_ops():
@@ -320,11 +194,20 @@ class Simulation:
     def _every_next(self, mean_ms: int, fire: Any) -> None:
         self.loop.after(1 + int(self.rng.expovariate(1.0 / (mean_ms * _MS))), fire)
 
+    def _load_done(self) -> bool:
+        """Every operation of the fault phase was started and answered: faults from now on
+        would only hit an idle cluster."""
+        return self.ops_started >= self.config.ops_max and not any(c.busy for c in self.clients)
+
     def _fault_crash(self, hosts: list[Any], down_ms_max: int) -> None:
         host = self.rng.choice(hosts)
+        if host.up:
+            self._crash(host, down_ms_max)
+
+    def _crash(self, host: Host, down_ms_max: int, how: str = "") -> None:
         if not host.up:
             return
-        self.count(f"crash {type(host).__name__}")
+        self.count(f"crash {type(host).__name__}{how}")
         host.crash()
         incarnation = host.incarnation
 
@@ -335,10 +218,37 @@ class Simulation:
         self.loop.after(self.rng.randint(1, down_ms_max) * _MS, restart)
 
     def crash_node(self) -> None:
-        self._fault_crash(self.nodes, 3_000)
+        """Crash a node now, or (three times in four) just after it next answers a request while
+        it holds writes not yet durable (within ``ARMED_CRASH_MAX_MS``, else anyway).
+
+        The second kind is where durability bugs show: a correct node has made the answered
+        request's writes durable before answering, so only the unanswered writes die with it,
+        while a node that answered early (``REPLY_BEFORE_FLUSH``) or with the wrong flush
+        (``ACK_WITH_EARLIER_FLUSH``) loses writes a client was told about. At a random instant
+        a lightly loaded node is mostly idle and such a crash is rare."""
+        node = self.rng.choice(self.nodes)
+        if not node.up:
+            return
+        down_ms_max = self.profile.node_down_ms_max
+        if self.rng.random() < 0.25:
+            self._crash(node, down_ms_max)
+            return
+        incarnation = node.incarnation
+
+        def crash() -> None:
+            if node.incarnation == incarnation:
+                self._crash(node, down_ms_max, " after an answer")
+
+        node.arm_crash(crash)
+
+        def anyway() -> None:
+            if node.disarm_crash():
+                crash()
+
+        self.loop.after(ARMED_CRASH_MAX_MS * _MS, anyway)
 
     def crash_coordinator(self) -> None:
-        self._fault_crash(self.coordinators, 1_000)
+        self._fault_crash(self.coordinators, self.profile.coordinator_down_ms_max)
 
     def partition(self) -> None:
         names = [h.name for h in self.hosts]
@@ -347,7 +257,8 @@ class Simulation:
         self.count("partition")
         self.trace.add(self.loop.now_us, f"cut {a}<->{b}")
         self.net.cut.add(link)
-        self.loop.after(self.rng.randint(100, 4_000) * _MS, lambda: self.net.cut.discard(link))
+        cut_ms = self.rng.randint(100, max(100, self.profile.cut_ms_max))
+        self.loop.after(cut_ms * _MS, lambda: self.net.cut.discard(link))
 
     def move_clock(self) -> None:
         host = self.rng.choice(self.hosts)
@@ -366,7 +277,7 @@ class Simulation:
         self._every(profile.crash_coordinator_ms, "crash_coordinator")
         self._every(profile.partition_ms, "partition")
         self._every(profile.clock_ms, "move_clock")
-        self.loop.run_until(self.config.fault_phase_ms * _MS)
+        self.loop.run_until(self.config.fault_phase_ms * _MS, stop=self._load_done)
         self._heal()
         deadline_us = self.loop.now_us + self.config.heal_phase_ms_max * _MS
         self._settle(deadline_us)
@@ -426,10 +337,23 @@ class Simulation:
         return node.store.partition(anchor).get_ledger(txn_id)
 
     def resolved_history(self) -> tuple[History, list[Anomaly]]:
-        """The history with committed ``info`` writes given their ts, and outcome mismatches."""
+        """The history with committed ``info`` writes given their ts, gets and scans as
+        single-key reads (:func:`~chaos.sim.workloads.unanchor_reads`), and outcome mismatches."""
         ops = list(self.history.ops)
         wrong: list[Anomaly] = []
         completions = {inv.index: done for inv, done in self.history.pairs()}
+        for index, op in self.singletons.items():
+            done = completions.get(index)
+            if done is None:
+                continue
+            applied = self.applied.get(id(op))
+            where = f"op {done.index} (singleton {op.kind.value} of {op.key!r})"
+            if done.type == "info" and applied is not None:
+                ops[done.index] = dataclasses.replace(done, ts=tuple(applied))
+            elif done.type == "ok" and (applied is None or tuple(applied) != done.ts):
+                wrong.append(Anomaly("ok-not-committed", f"{where} answered ok", (done,)))
+            elif done.type == "fail" and applied is not None:
+                wrong.append(Anomaly("fail-but-committed", f"{where} answered fail", (done,)))
         for index, attempts in self.writes.items():
             done = completions.get(index)
             if done is None:
@@ -447,7 +371,7 @@ class Simulation:
                 wrong.append(Anomaly("ok-not-committed", f"{where} answered ok", (done,)))
             elif done.type == "fail" and committed:
                 wrong.append(Anomaly("fail-but-committed", f"{where} answered fail", (done,)))
-        return History.from_ops(ops), wrong
+        return unanchor_reads(History.from_ops(ops)), wrong
 
     def check(self) -> CheckResult:
         history, wrong = self.resolved_history()
@@ -468,7 +392,7 @@ class Simulation:
             "messages": self.net.sent,
             "dropped": self.net.dropped,
             "virtual_s": round(self.loop.now_us / 1e6, 3),
-            "faults": dict(sorted(self.counts.items())),
+            "counts": dict(sorted(self.net.counts.items())),  # faults and notable events
         }
 
 

@@ -2,11 +2,26 @@
 
 Theory of operation
 -------------------
-A client operation is a generator (a *script*) that yields :class:`Read` and :class:`Write` steps
-and returns a :class:`Completion`. The client that runs it sends each step to a coordinator and
-sends the result back in; if the coordinator is lost during a ``Write`` step the operation becomes
-``info`` (it may still commit), during a ``Read`` step ``fail`` (a read changes nothing). The
-script's *invoke value* is recorded first, its completion last, in Jepsen form:
+A client operation is a generator (a *script*) that yields steps and returns a
+:class:`Completion`. The client that runs it sends each step to a coordinator, which runs the
+core production runs for it, and sends the result back in:
+
+========================  ==========================================  ========================
+step                      core (``kvstore.coordinator``)              result sent back
+========================  ==========================================  ========================
+:class:`Read`             ``read.new_read`` (conflict retries)        ``ReadResult``
+:class:`Write`            ``core.new_write_txn`` (2PC / one round)    ``TxnResult``
+:class:`Get`              ``singleton.new_get``                       ``CallResult[GetReply]``
+:class:`Put`              ``singleton.new_singleton_write``           ``CallResult[WriteReply]``
+:class:`ScanKeys`         ``scan.Scan`` (one page)                    ``ScanResult``
+========================  ==========================================  ========================
+
+An interactive transaction cancelled because what it read changed (or by conflicts) yields
+:class:`Rerun` and, when the client allows it (the SDK's ``run`` policy), reads and writes again;
+every attempt's transaction is known to the checker, and only the last one's reads are recorded.
+If the coordinator is lost during a write step (``Write``, ``Put``) the operation becomes
+``info`` (it may still take effect), during any other step ``fail`` (a read changes nothing).
+The script's *invoke value* is recorded first, its completion last, in Jepsen form:
 
 * **list-append**: transactions of ``["append", k, v]`` (unique ``v``, an ``update`` with
   ``append`` on attribute ``l``) and ``["r", k, list]``. Reads come from read-only transactions
@@ -16,8 +31,17 @@ script's *invoke value* is recorded first, its completion last, in Jepsen form:
   the write step made only of ``check`` ops: a read placed at a timestamp.
 * **rw-register**: ``["w", k, v]`` puts of unique ``v``, ``["w", k, None]`` deletes, and reads
   of ``v`` or ``None``, in the same three shapes.
-* **bank**: ``transfer`` (two ``add`` updates, the debit conditioned on ``bal >= amount``) and
-  ``read`` of every account, recorded as ``{account: balance}``.
+* Both also run **singletons**: a singleton write is a one-op write transaction
+  ``[["append", k, v]]`` / ``[["w", k, v]]`` stamped with the node's timestamp, checked like any
+  transaction; a get is recorded with ``f="get"`` as ``[["r", k, v]]``. And **scans**: one page
+  over a range of the workload's keys, recorded with ``f="scan"`` as ``["r", k, v]`` for every key
+  of the range the page covers (absent keys read as ``[]`` / ``None``). Neither is a snapshot
+  taken at one instant of the transactions' order (a page reads each partition at its own
+  instant, and both ignore pending intents), so before checking, :func:`unanchor_reads` turns
+  each into single-key reads checked for serializability only (see there).
+* **bank**: ``transfer`` (two ``add`` updates, the debit conditioned on ``bal >= amount``; run
+  again, with a fresh token, when only conflicts cancelled it) and ``read`` of every account,
+  recorded as ``{account: balance}``.
 
 A committed write step completes ``ok`` with the commit ``ts`` and ``txn_id``; an error the
 catalogue calls ambiguous (3xxx) completes ``info``; any other error ``fail``.
@@ -25,28 +49,39 @@ catalogue calls ambiguous (3xxx) completes ``info``; any other error ``fail``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
+from chaos.history import History
+from chaos.history import Op as HistoryOp
 from kvstore.conditions import Compare, CompareOperator, Condition, Exists, VersionEquals
 from kvstore.coordinator.results import ReadResult, TxnResult
+from kvstore.coordinator.scan import ScanResult
+from kvstore.coordinator.singleton import CallResult
 from kvstore.errors import ErrorCode
 from kvstore.limits import READ_KEYS_MAX
-from kvstore.messages import ReadEntry
+from kvstore.messages import GetReply, ItemView, ReadEntry, ReasonCode, WriteReply
 from kvstore.ops import Op, OpKind
-from kvstore.types import TxnId
+from kvstore.types import Timestamp, TxnId
 from kvstore.updates import ActionKind, UpdateAction
 
 __all__ = [
     "Read",
     "Write",
+    "Get",
+    "Put",
+    "ScanKeys",
+    "Rerun",
+    "Step",
     "Completion",
     "Script",
     "Workload",
     "SetInserts",
     "make_workload",
+    "unanchor_reads",
 ]
 
 
@@ -62,6 +97,34 @@ class Write:
 
 
 @dataclass(frozen=True)
+class Get:
+    key: str
+
+
+@dataclass(frozen=True)
+class Put:
+    """A singleton write (put, delete or update) at the owning node's timestamp."""
+
+    op: Op
+
+
+@dataclass(frozen=True)
+class ScanKeys:
+    start: str
+    end: str | None
+    limit: int
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """Ask to run an interactive transaction again after a conflict (the SDK's ``run``): the
+    client answers True after the SDK's backoff, or False when its attempts are spent."""
+
+
+Step = Read | Write | Get | Put | ScanKeys | Rerun
+
+
+@dataclass(frozen=True)
 class Completion:
     type: str  # ok | fail | info
     value: Any
@@ -72,7 +135,7 @@ class Completion:
 
 TOKEN_SHARE = 0.5
 
-Script = Generator[Read | Write, Any, Completion]
+Script = Generator[Step, Any, Completion]
 
 
 def write_completion(result: TxnResult, value: Any) -> Completion:
@@ -82,6 +145,18 @@ def write_completion(result: TxnResult, value: Any) -> Completion:
     error = result.error or ErrorCode.TransactionCanceled
     kind = "info" if error.ambiguous else "fail"
     return Completion(kind, value, txn_id=result.txn_id, error=error.name)
+
+
+def singleton_completion(result: CallResult[WriteReply], value: Any) -> Completion:
+    """How a singleton write's result is recorded: applied (ok, the node's ts), a refusal
+    (fail: nothing was applied), or a call that may have run (info)."""
+    reply = result.reply
+    if reply is not None:
+        if reply.outcome.code is ReasonCode.NONE and reply.ts is not None:
+            return Completion("ok", value, ts=tuple(reply.ts))
+        return Completion("fail", value, error=reply.outcome.code.value)
+    error = result.error or ErrorCode.InternalError
+    return Completion("info" if error.ambiguous else "fail", value, error=error.name)
 
 
 def version_condition(entry: ReadEntry) -> Condition:
@@ -94,8 +169,11 @@ class Workload:
 
     name = ""
 
-    def __init__(self, keys: int) -> None:
+    def __init__(self, keys: int, *, every_kind: bool = False) -> None:
+        """``every_kind``: also singletons, scans and SDK re-runs (the simulator's clients run
+        them; the real-process runner sends only read and write transactions)."""
         self.keys = [f"{self.prefix}{i}" for i in range(keys)]
+        self.every_kind = every_kind
         self._next_value = 0
 
     prefix = "k"
@@ -157,38 +235,130 @@ class Workload:
         invoke = [["r", k, None] for k in read_keys] + mops
 
         def run() -> Script:
-            read: ReadResult = yield Read(read_keys)
-            if read.error is not None:
-                return Completion("fail", invoke, error=read.error.name)
-            seen = {e.key: e for e in read.items}
-            written = {k for _, k, _ in mops}
-            ops = [
-                Op(kind=OpKind.CHECK, key=k, condition=version_condition(seen[k]))
-                for k in read_keys
-                if k not in written
-            ]
-            ops += [self._write_op(k, v, _maybe(seen.get(k))) for _, k, v in mops]
-            value = [["r", e.key, self.read_value(e)] for e in read.items] + mops
-            result: TxnResult = yield Write(ops)
-            return write_completion(result, value)
+            while True:
+                read: ReadResult = yield Read(read_keys)
+                if read.error is not None:
+                    return Completion("fail", invoke, error=read.error.name)
+                seen = {e.key: e for e in read.items}
+                written = {k for _, k, _ in mops}
+                ops = [
+                    Op(kind=OpKind.CHECK, key=k, condition=version_condition(seen[k]))
+                    for k in read_keys
+                    if k not in written
+                ]
+                ops += [self._write_op(k, v, _maybe(seen.get(k))) for _, k, v in mops]
+                value = [["r", e.key, self.read_value(e)] for e in read.items] + mops
+                result: TxnResult = yield Write(ops)
+                done = write_completion(result, value)
+                if not self.every_kind or not _conflicted(result, stale=_STALE_READ):
+                    return done
+                again: bool = yield Rerun()
+                if not again:
+                    return done
 
         return "txn", invoke, run()
 
     def _generic(self, rng: random.Random) -> tuple[str, Any, Script]:
-        roll = rng.random()
-        if roll < 0.35:
+        roll = rng.random() * (1.0 if self.every_kind else 0.56)
+        if roll < 0.2:
             keys = self._sample(rng, 1, 3)
             return self._blind_write([self._mop(k, rng) for k in keys], self.token(rng))
-        if roll < 0.6:
+        if roll < 0.32:
             return self._read_only(self._sample(rng, 1, 4))
-        if roll < 0.8:
+        if roll < 0.42:
             return self._interactive(self._sample(rng, 1, 3), [])
-        read_keys = self._sample(rng, 1, 2)
-        write_keys = self._sample(rng, 1, 2)
-        return self._interactive(read_keys, [self._mop(k, rng) for k in write_keys])
+        if roll < 0.56:
+            read_keys = self._sample(rng, 1, 2)
+            write_keys = self._sample(rng, 1, 2)
+            return self._interactive(read_keys, [self._mop(k, rng) for k in write_keys])
+        if roll < 0.74:
+            return self._singleton(self._mop(rng.choice(self.keys), rng))
+        if roll < 0.92:
+            return self._get(rng.choice(self.keys))
+        return self._scan(rng)
+
+    def item_value(self, item: ItemView | None) -> Any:
+        """A committed item as recorded (``None``: absent)."""
+        if item is None:
+            return self.read_value(
+                ReadEntry(key="", exists=False, value=None, version=0, ts=_NO_TS, pending=False)
+            )
+        return self.read_value(
+            ReadEntry(
+                key=item.key,
+                exists=True,
+                value=item.value,
+                version=item.version,
+                ts=item.ts,
+                pending=False,
+            )
+        )
+
+    def _get(self, key: str) -> tuple[str, Any, Script]:
+        invoke = [["r", key, None]]
+
+        def run() -> Script:
+            result: CallResult[GetReply] = yield Get(key)
+            if result.reply is None:
+                error = result.error or ErrorCode.InternalError
+                return Completion("fail", invoke, error=error.name)
+            return Completion("ok", [["r", key, self.item_value(result.reply.item)]])
+
+        return "get", invoke, run()
+
+    def _singleton(self, mop: list[Any]) -> tuple[str, Any, Script]:
+        _, key, value = mop
+
+        def run() -> Script:
+            result: CallResult[WriteReply] = yield Put(self._write_op(key, value, None))
+            return singleton_completion(result, [mop])
+
+        return "txn", [mop], run()
+
+    def _scan(self, rng: random.Random) -> tuple[str, Any, Script]:
+        """One page from a random key on, of a random size: every key of the range it covers
+        is read (present or absent)."""
+        keys = sorted(self.keys)
+        first = rng.randrange(len(keys))
+        start = keys[first]
+        end = (
+            keys[rng.randrange(first + 1, len(keys))]
+            if rng.random() < 0.5 and first + 1 < len(keys)
+            else None
+        )
+        in_range = [k for k in keys if k >= start and (end is None or k < end)]
+        limit = rng.randint(1, len(keys))
+        invoke = [["r", k, None] for k in in_range]
+
+        def run() -> Script:
+            result: ScanResult = yield ScanKeys(start, end, limit)
+            page = result.page
+            if page is None:
+                error = result.error or ErrorCode.InternalError
+                return Completion("fail", invoke, error=error.name)
+            found = {item.key: item for item in page.items}
+            covered = [k for k in in_range if page.after is None or k <= page.after]
+            return Completion("ok", [["r", k, self.item_value(found.get(k))] for k in covered])
+
+        return "scan", invoke, run()
 
     def _finals(self) -> list[tuple[str, Any, Script]]:
         return [self._read_only(list(self.keys)), self._interactive(list(self.keys), [])]
+
+
+_NO_TS = Timestamp(0, 0, 0)
+_CONFLICTS = frozenset({ReasonCode.TRANSACTION_CONFLICT, ReasonCode.TIMESTAMP_TOO_OLD})
+_STALE_READ = frozenset({ReasonCode.CONDITION_FAILED})
+
+
+def _conflicted(result: TxnResult, stale: frozenset[ReasonCode]) -> bool:
+    """Cancelled only by conflicts, or by conditions in ``stale`` (an interactive transaction's
+    conditions are all version checks of what it read: a failed one means a stale read). The
+    SDK's ``run`` runs such a transaction again; any other cancellation is the answer."""
+    if result.error is not ErrorCode.TransactionCanceled:
+        return False
+    failed = {o.code for o in result.outcomes} - {ReasonCode.NONE}
+    return bool(failed) and failed <= _CONFLICTS | stale
 
 
 def _maybe(entry: ReadEntry | None) -> Condition | None:
@@ -245,8 +415,8 @@ class Bank(Workload):
     name = "bank"
     prefix = "acct"
 
-    def __init__(self, keys: int, total: int) -> None:
-        super().__init__(keys)
+    def __init__(self, keys: int, total: int, *, every_kind: bool = False) -> None:
+        super().__init__(keys, every_kind=every_kind)
         self.total = total
 
     def setup_ops(self) -> list[Op]:
@@ -275,7 +445,7 @@ class Bank(Workload):
     def _transfer(self, rng: random.Random) -> tuple[str, Any, Script]:
         source, target = rng.sample(self.keys, 2)
         token = self.token(rng)
-        amount = rng.randint(1, max(1, self.total // len(self.keys)))
+        amount = rng.randint(1, max(1, self.total // len(self.keys) // 3))
         value = {"from": source, "to": target, "amount": amount}
 
         def run() -> Script:
@@ -291,25 +461,35 @@ class Bank(Workload):
                 actions=(UpdateAction(ActionKind.ADD, ("bal",), amount),),
                 condition=Exists(True),
             )
-            result: TxnResult = yield Write([debit, credit], token)
-            return write_completion(result, value)
+            attempt_token = token
+            while True:
+                result: TxnResult = yield Write([debit, credit], attempt_token)
+                done = write_completion(result, value)
+                if not self.every_kind or not _conflicted(result, stale=frozenset()):
+                    return done
+                again: bool = yield Rerun()
+                if not again:
+                    return done
+                if token is not None:  # a new transaction: its own token (as the SDK draws)
+                    attempt_token = f"tok-{self.unique()}"
 
         return "transfer", value, run()
 
     def script(self, rng: random.Random) -> tuple[str, Any, Script]:
-        return self._read_all() if rng.random() < 0.4 else self._transfer(rng)
+        return self._read_all() if rng.random() < 0.3 else self._transfer(rng)
 
     def final_scripts(self) -> list[tuple[str, Any, Script]]:
         return [self._read_all()]
 
 
-def make_workload(name: str, keys: int, bank_total: int) -> Workload:
+def make_workload(name: str, keys: int, bank_total: int, *, every_kind: bool = False) -> Workload:
+    """The workload ``name``; ``every_kind`` adds singletons, scans and re-runs (simulator)."""
     if name == "list-append":
-        return ListAppend(keys)
+        return ListAppend(keys, every_kind=every_kind)
     if name == "rw-register":
-        return Register(keys)
+        return Register(keys, every_kind=every_kind)
     if name == "bank":
-        return Bank(keys, bank_total)
+        return Bank(keys, bank_total, every_kind=every_kind)
     if name == "set":
         return SetInserts()
     raise ValueError(f"unknown workload {name!r}")
@@ -360,3 +540,69 @@ class SetInserts(Workload):
             return Completion("ok", sorted(present))
 
         return "read", None, run()
+
+
+def unanchor_reads(history: History) -> History:
+    """``history`` as the checkers take it: every ``get`` and ``scan`` turned into single-key
+    ``txn`` reads that claim no real-time or process order.
+
+    A scan page reads each partition at its own instant, so its keys must not be checked as one
+    snapshot: each key becomes its own read-only transaction (a key the page did not cover, or
+    any key of a failed scan, a ``fail`` read: nothing was observed). And a get, like each
+    partition's part of a scan, returns the last *applied* value without looking at intents
+    (DESIGN section 5): a transaction already decided and visible on one partition may still be
+    pending on another, so two such reads, one after the other, may see it and then not (found
+    by seed 150 of the first sweep with gets). They are serializable, not strictly
+    serializable. So every such read is invoked before the first event of the history and
+    completed after the last, on a process of its own: it is checked against every other
+    transaction for serializability (Elle's cycles, aborted and intermediate reads, the
+    incompatible orders of list-append), with no real-time or session edge.
+    """
+    floating = {"get", "scan"}
+    if not any(op.f in floating for op in history.ops):
+        return history
+    next_process = max(op.process for op in history.ops) + 1
+    first_ns = history.ops[0].time_ns
+    last_ns = history.ops[-1].time_ns
+    invokes: dict[int, HistoryOp] = {}  # process -> its outstanding get or scan
+    front: list[HistoryOp] = []
+    middle: list[HistoryOp] = []
+    back: list[HistoryOp] = []
+    for op in history.ops:
+        if op.f not in floating:
+            middle.append(op)
+            continue
+        if op.type == "invoke":
+            invokes[op.process] = op
+            continue
+        invoke = invokes.pop(op.process)
+        read = {k: v for _, k, v in op.value} if op.type == "ok" else {}
+        for _, key, _ in invoke.value:
+            mop = [["r", key, None]]
+            front.append(
+                dataclasses.replace(
+                    invoke, process=next_process, time_ns=first_ns, f="txn", value=mop
+                )
+            )
+            if key in read:
+                done = dataclasses.replace(
+                    op,
+                    process=next_process,
+                    time_ns=last_ns,
+                    f="txn",
+                    value=[["r", key, read[key]]],
+                )
+            else:
+                done = dataclasses.replace(
+                    op,
+                    type="fail",
+                    process=next_process,
+                    time_ns=last_ns,
+                    f="txn",
+                    value=mop,
+                    error=op.error or "not covered by the page",
+                )
+            back.append(done)
+            next_process += 1
+    ops = [dataclasses.replace(op, index=i) for i, op in enumerate([*front, *middle, *back])]
+    return History.from_ops(ops)

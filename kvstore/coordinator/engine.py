@@ -14,23 +14,28 @@ its timestamps follow the nodes'), an RPC pool authenticated with the cluster se
   committed :class:`~kvstore.coordinator.results.TxnResult`, or raises the typed error with the
   per-op reasons (:func:`~kvstore.coordinator.answers.txn_error`).
 * :meth:`read` runs a :class:`~kvstore.coordinator.read.ReadTxn` (read rounds until two agree).
-* :meth:`get` and :meth:`write` are singletons routed to the owning partition. A write whose
-  call failed after it was sent may have been applied: that is ``OutcomeUnknown``, never a
-  plain failure.
+* :meth:`get`, :meth:`write` and :meth:`txn_record` are singletons routed to the owning
+  partition (:mod:`~kvstore.coordinator.singleton`). A write whose call failed after it was sent
+  may have been applied: that is ``OutcomeUnknown``, never a plain failure.
 * A read that met pending intents in every round, and a singleton write refused by a pending
-  intent (nothing applied), are tried again up to ``CONFLICT_RETRIES_MAX`` times after a short
-  jittered pause: intents usually live one commit round trip (a cancelled transaction's intents
-  are cleared just after its client was answered).
-* :meth:`scan` asks every partition for its first ``limit + 1`` keys of the range past the
-  cursor, merges the pages in key order and keeps ``limit``: keys are spread over partitions by
-  hash, so any partition may hold the next key.
+  intent (nothing applied), are run again up to ``CONFLICT_RETRIES_MAX`` times after a short
+  jittered pause, inside their cores (:mod:`~kvstore.coordinator.retry`; the jitter is drawn
+  here, from ``random``).
+* :meth:`scan` runs one :class:`~kvstore.coordinator.scan.Scan` page: every partition asked
+  for its first ``limit + 1`` keys past the cursor, merged in key order.
 * :meth:`txn_record` finds the ledger record of the transaction that used an idempotency token,
   on the token's home partition: a tokened transaction is anchored there (``token_home``), so
   every submission of one token meets the same token record, whatever its keys.
 
+Every operation is a pure core run by the :class:`~kvstore.runtime.aio.ActorRunner`; the
+simulator runs the same cores, built by the same constructors. The runner's transport is
+wrapped so that a call that failed after it was sent (``details["sent"]``) reaches the core as
+``OutcomeUnknown`` (it may have run), any other failure as its own code (nothing ran).
+
 A caller that stops waiting (an HTTP client hanging up) does not stop a transaction: the core
 keeps running to its end, so a commit still reaches every participant. Admission is bounded:
-more than ``COORDINATOR_TXNS_IN_FLIGHT_MAX`` transactions at once get ``Overloaded``.
+more than ``COORDINATOR_TXNS_IN_FLIGHT_MAX`` cores at once (every kind) get ``Overloaded``
+(:func:`~kvstore.coordinator.admission.admit`, shared with the simulator).
 
 Each core runs inside an :class:`_Observed` wrapper that times the core's states (the phases of
 the metrics), counts messages re-sent to a partition, and notes ledger races lost to recovery.
@@ -39,63 +44,56 @@ the metrics), counts messages re-sent to a partition, and notes ledger races los
 from __future__ import annotations
 
 import asyncio
-import heapq
+import enum
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from kvstore.codec import method_of
 from kvstore.config import ClusterConfig
+from kvstore.coordinator.admission import admit
 from kvstore.coordinator.answers import item_to_json, txn_error
 from kvstore.coordinator.core import WriteTxn, new_write_txn
 from kvstore.coordinator.effects import Send
 from kvstore.coordinator.metrics import CoordinatorMetrics, participants_label
-from kvstore.coordinator.read import ReadTxn
+from kvstore.coordinator.read import new_read
 from kvstore.coordinator.results import ReadResult, TxnResult
+from kvstore.coordinator.retry import Retrying
+from kvstore.coordinator.scan import Scan, ScanPage, ScanResult
+from kvstore.coordinator.singleton import (
+    CallResult,
+    new_get,
+    new_singleton_write,
+    new_token_lookup,
+)
+from kvstore.coordinator.state import RetryState
 from kvstore.errors import (
     ConditionFailed,
     ErrorCode,
     KvError,
     OutcomeUnknown,
-    Overloaded,
-    ProtocolViolation,
     TimestampTooOld,
     TransactionConflict,
     Unavailable,
     ValidationError,
     error_from_code,
 )
-from kvstore.limits import (
-    CLOSE_DRAIN_MS,
-    CONFLICT_BACKOFF_BASE_MS,
-    CONFLICT_RETRIES_MAX,
-    COORDINATOR_TXNS_IN_FLIGHT_MAX,
-    FANOUT_CALLS_MAX,
-    RPC_TIMEOUT_MS,
-    SCAN_PAGE_ITEMS_MAX,
-    TXN_OPS_MAX_DEFAULT,
-)
+from kvstore.limits import CLOSE_DRAIN_MS, COORDINATOR_TXNS_IN_FLIGHT_MAX, TXN_OPS_MAX_DEFAULT
 from kvstore.logs import log_event
 from kvstore.messages import (
     GetReply,
-    GetRequest,
     ItemView,
     LedgerRecord,
     ReadEntry,
     ReasonCode,
     Reply,
     Request,
-    ScanReply,
-    ScanRequest,
     TokenLookupReply,
-    TokenLookupRequest,
     WriteReply,
-    WriteRequest,
 )
 from kvstore.mutants import NO_MUTANTS, Mutants
-from kvstore.ops import Op, OpKind, validate_token
+from kvstore.ops import Op
 from kvstore.partitioning import ClusterMap
 from kvstore.rpc import RpcPool
 from kvstore.runtime.aio import ActorRunner, Transport
@@ -108,7 +106,6 @@ from kvstore.timestamps import (
 )
 from kvstore.transport import PartitionTransport
 from kvstore.types import Key, PartitionId
-from kvstore.values import validate_key
 
 __all__ = ["Coordinator", "ScanPage"]
 
@@ -128,24 +125,70 @@ _INTERNAL_FAULTS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScanPage:
-    items: tuple[ItemView, ...]
-    after: Key | None  # the last key of this page when more may follow; None when exhausted
+class _Core(Protocol):
+    """What :class:`_Observed` needs of a core (the actor interface plus its state)."""
+
+    @property
+    def done(self) -> bool: ...
+    @property
+    def state(self) -> enum.Enum: ...
+    @property
+    def next_deadline_us(self) -> int | None: ...
+    def step_start(self, now_us: int) -> list[Any]: ...
+    def step_reply(self, call_id: int, reply: Reply, now_us: int) -> list[Any]: ...
+    def step_failed(self, call_id: int, error: ErrorCode, now_us: int) -> list[Any]: ...
+    def step_tick(self, now_us: int) -> list[Any]: ...
 
 
-async def _conflict_pause(attempt: int) -> None:
-    """Full jitter below ``CONFLICT_BACKOFF_BASE_MS * 2**attempt``."""
-    await asyncio.sleep(random.uniform(0, CONFLICT_BACKOFF_BASE_MS * 2**attempt) / 1000)
+def _phase(core: _Core) -> enum.Enum:
+    """The state a core is in; for a running retried operation, its current attempt's."""
+    if isinstance(core, Retrying) and core.state is RetryState.RUNNING:
+        return core.attempt.state
+    return core.state
+
+
+def _maybe_ran(error: KvError) -> KvError:
+    """A call that failed after it was sent (it may have run) is ``OutcomeUnknown``."""
+    if error.details.get("sent") is True:
+        return OutcomeUnknown(error.message, details=error.details)
+    return error
+
+
+class _SentAware:
+    """The transport as the cores need it: a call that failed after it was sent (it may have
+    run) fails with ``OutcomeUnknown``; a failure before sending keeps its own code. Both ways
+    of calling are kept: ``call`` (a coroutine) and, when the transport has it, ``start`` (no
+    coroutine on an open connection)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self._start: Callable[..., bool] | None = getattr(transport, "start", None)
+
+    async def call(self, request: Request, timeout_ms: int) -> Reply:
+        try:
+            return await self._transport.call(request, timeout_ms)
+        except KvError as error:
+            raise _maybe_ran(error) from None
+
+    def start(
+        self, request: Request, timeout_ms: int, answer: Callable[[Reply | KvError], None]
+    ) -> bool:
+        if self._start is None:
+            return False  # the runner then runs ``call`` as a task
+
+        def answered(outcome: Reply | KvError) -> None:
+            answer(_maybe_ran(outcome) if isinstance(outcome, KvError) else outcome)
+
+        return self._start(request, timeout_ms, answered)
 
 
 class _Observed:
     """An actor core with its phases timed and its re-sent messages counted (see the module)."""
 
-    def __init__(self, core: WriteTxn | ReadTxn, metrics: CoordinatorMetrics, now_us: int) -> None:
+    def __init__(self, core: _Core, metrics: CoordinatorMetrics, now_us: int) -> None:
         self.core = core
         self._metrics = metrics
-        self._state = core.state
+        self._state = _phase(core)
         self._since_us = now_us
         self._sent: set[tuple[str, PartitionId]] = set()
         self._cas_lost = False
@@ -171,7 +214,7 @@ class _Observed:
         return self._after(self.core.step_tick(now_us), now_us)
 
     def _after(self, effects: list[Any], now_us: int) -> list[Any]:
-        state = self.core.state
+        state = _phase(self.core)
         if state is not self._state:
             if self._state.name != "INIT":
                 seconds = max(0, now_us - self._since_us) / _US_PER_S
@@ -225,8 +268,9 @@ class Coordinator:
         self._transport: Transport = (
             transport if transport is not None else PartitionTransport(cluster_map, self._pool)
         )
-        self._runner = ActorRunner(self._transport, physical_clock)
+        self._runner = ActorRunner(_SentAware(self._transport), physical_clock)
         self._partition_of = cluster_map.partitions.partition_of
+        self._partitions = tuple(PartitionId(p) for p in cluster_map.partitions.partitions())
         self._in_flight_max = txns_in_flight_max
 
     @classmethod
@@ -261,7 +305,7 @@ class Coordinator:
             token=token,
             txn_ops_max=self.txn_ops_max,
         )
-        result: TxnResult = await self._run(_Observed(txn, self.metrics, now_us))
+        result: TxnResult = await self._run(txn, now_us)
         seconds = max(0, system_clock_us() - started_us) / _US_PER_S
         outcome = (
             "committed" if result.committed else (result.error or ErrorCode.InternalError).name
@@ -286,23 +330,15 @@ class Coordinator:
         raise txn_error(result, keys=[op.key for op in ops])
 
     async def read(self, keys: Sequence[Key]) -> tuple[ReadEntry, ...]:
-        """A read-only transaction: the entries of ``keys`` at one instant, in request order.
-
-        A read that met pending intents in every round is run again, at most
-        ``CONFLICT_RETRIES_MAX`` times after a short jittered pause: an intent usually lives for
-        one commit round trip (often the leftover of a transaction just answered "cancelled").
-        """
-        now_us = system_clock_us()
-        for attempt in range(CONFLICT_RETRIES_MAX + 1):
-            txn = ReadTxn(keys, self._partition_of, self._now_us(), mutants=self._mutants)
-            result: ReadResult = await self._run(_Observed(txn, self.metrics, self._now_us()))
-            self.metrics.read_rounds.observe(result.rounds)
-            if result.error is not ErrorCode.TransactionConflict or attempt == CONFLICT_RETRIES_MAX:
-                break
-            self.metrics.retries.labels("read_txn").inc()
-            await _conflict_pause(attempt)
+        """A read-only transaction: the entries of ``keys`` at one instant, in request order
+        (run again after conflicts, see the module)."""
+        started_us = system_clock_us()
+        now_us = self._now_us()
+        core = new_read(keys, self._partition_of, now_us, random.random, mutants=self._mutants)
+        result: ReadResult = await self._run(core, now_us)
+        self.metrics.read_rounds.observe(result.rounds)
         self.metrics.txn_seconds.labels("read").observe(
-            max(0, system_clock_us() - now_us) / _US_PER_S
+            max(0, system_clock_us() - started_us) / _US_PER_S
         )
         self.metrics.reads.labels("ok" if result.error is None else result.error.name).inc()
         if result.error is not None:
@@ -318,24 +354,19 @@ class Coordinator:
             raise error_from_code(result.error, message, details=details)
         return result.items
 
-    async def _run(self, actor: _Observed) -> Any:
+    async def _run(self, core: _Core, now_us: int) -> Any:
         # Counts cores still running after their caller stopped waiting, too.
-        if self._runner.running >= self._in_flight_max:
-            raise Overloaded(
-                f"{self._runner.running} transactions in flight; back off and retry",
-                details={"limit": self._in_flight_max},
-            )
+        admit(self._runner.running, self._in_flight_max)
         # Shielded: a caller that stops waiting must not stop the transaction.
-        return await asyncio.shield(self._runner.run(actor))
+        return await asyncio.shield(self._runner.run(_Observed(core, self.metrics, now_us)))
 
     # --- singletons -----------------------------------------------------------------------
 
     async def get(self, key: Key) -> ItemView | None:
         """The committed item at ``key``, or None."""
-        validate_key(key)
-        request = GetRequest(partition=self._partition_of(key), key=key)
-        reply = await self._call(request, GetReply, "get")
-        return reply.item
+        core = new_get(key, self._partition_of)
+        result: CallResult[GetReply] = await self._run(core, self._now_us())
+        return self._reply(result, "get").item
 
     async def write(self, op: Op) -> WriteReply:
         """A singleton put, delete or update at the owning node's timestamp.
@@ -344,27 +375,18 @@ class Coordinator:
         ``TransactionConflict`` (a transaction holds the key), ``ValidationError`` (the result
         would break a limit), or ``OutcomeUnknown`` when the call failed after it was sent.
         """
-        if op.kind is OpKind.CHECK:
-            raise ValidationError("op", "a check is only allowed inside a transaction")
-        request = WriteRequest(partition=self._partition_of(op.key), op=op)
-        for attempt in range(CONFLICT_RETRIES_MAX + 1):
-            try:
-                reply = await self._call(request, WriteReply, op.kind.value)
-            except KvError as error:
-                if error.details.get("sent") is True:
-                    raise OutcomeUnknown(
-                        f"the {op.kind.value} of {op.key!r} may or may not have been applied: "
-                        f"{error.message}",
-                        details={"key": op.key},
-                    ) from None
-                raise
-            # A pending intent refused the write and nothing was applied: it usually resolves
-            # within one commit round trip, so try again after a short pause (bounded).
-            conflict = reply.outcome.code is ReasonCode.TRANSACTION_CONFLICT
-            if not conflict or attempt == CONFLICT_RETRIES_MAX:
-                break
-            self.metrics.retries.labels("write").inc()
-            await _conflict_pause(attempt)
+        now_us = self._now_us()
+        core = new_singleton_write(op, self._partition_of, now_us, random.random)
+        result: CallResult[WriteReply] = await self._run(core, now_us)
+        if result.error is ErrorCode.OutcomeUnknown:
+            self.metrics.singletons.labels(op.kind.value, result.error.name).inc()
+            node = self.cluster_map.owner_of(result.partition)
+            raise OutcomeUnknown(
+                f"the {op.kind.value} of {op.key!r} may or may not have been applied: "
+                f"partition {result.partition} on node {node} did not answer",
+                details={"key": op.key},
+            )
+        reply = self._reply(result, op.kind.value)
         outcome = reply.outcome
         if outcome.code is ReasonCode.NONE:
             return reply
@@ -388,72 +410,46 @@ class Coordinator:
         self, *, start: Key = "", end: Key | None = None, limit: int, after: Key | None = None
     ) -> ScanPage:
         """At most ``limit`` items with ``start <= key < end`` and ``key > after``, in order."""
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= SCAN_PAGE_ITEMS_MAX
-        ):
-            raise ValidationError("limit", f"must be an integer in 1..{SCAN_PAGE_ITEMS_MAX}")
-        lower = after if after is not None and after > start else start
-        if end is not None and lower >= end:
-            return ScanPage(items=(), after=None)
-        per_partition = min(limit + 1, SCAN_PAGE_ITEMS_MAX)
-        replies = await self._fan_out(
-            lambda pid: self._call(
-                ScanRequest(partition=pid, start=lower, end=end, limit=per_partition),
-                ScanReply,
-                "scan",
-            )
-        )
-        merged = heapq.merge(*(reply.items for reply in replies), key=lambda item: item.key)
-        items = [item for item in merged if after is None or item.key > after]
-        more = len(items) > limit or any(reply.next_start is not None for reply in replies)
-        page = tuple(items[:limit])
-        return ScanPage(items=page, after=page[-1].key if more and page else None)
+        core = Scan(self._partitions, start=start, end=end, limit=limit, after=after)
+        result: ScanResult = await self._run(core, self._now_us())
+        if result.page is not None:
+            self.metrics.singletons.labels("scan", "ok").inc()
+            return result.page
+        code = result.error or ErrorCode.InternalError
+        self.metrics.singletons.labels("scan", code.name).inc()
+        raise self._call_error(code, result.partition)
 
     async def txn_record(self, token: str) -> LedgerRecord | None:
         """The ledger record of the transaction that used idempotency ``token``, if known."""
-        validate_token(token)
-        request = TokenLookupRequest(partition=self._partition_of(token), token=token)
-        reply = await self._call(request, TokenLookupReply, "token")
-        return reply.record
+        core = new_token_lookup(token, self._partition_of)
+        result: CallResult[TokenLookupReply] = await self._run(core, self._now_us())
+        return self._reply(result, "token").record
 
-    # --- plumbing -------------------------------------------------------------------------
+    # --- answers ----------------------------------------------------------------------------
 
-    async def _fan_out(self, call: Callable[[PartitionId], Awaitable[R]]) -> list[R]:
-        """``call`` for every partition (a scan page), at most ``FANOUT_CALLS_MAX`` at a time;
-        the first error (in partition order) is raised after all calls ended."""
+    def _reply(self, result: CallResult[R], label: str) -> R:
+        """The call's reply, or its failure raised as the typed error."""
+        if result.error is None and result.reply is not None:
+            self.metrics.singletons.labels(label, "ok").inc()
+            return result.reply
+        code = result.error or ErrorCode.InternalError
+        self.metrics.singletons.labels(label, code.name).inc()
+        raise self._call_error(code, result.partition)
 
-        slots = asyncio.Semaphore(FANOUT_CALLS_MAX)
-
-        async def bounded(pid: PartitionId) -> R:
-            async with slots:
-                return await call(pid)
-
-        partitions = [PartitionId(p) for p in self.cluster_map.partitions.partitions()]
-        results = await asyncio.gather(
-            *(bounded(pid) for pid in partitions), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return [r for r in results if not isinstance(r, BaseException)]
-
-    async def _call(self, request: Request, reply_type: type[R], label: str) -> R:
-        try:
-            reply = await self._transport.call(request, RPC_TIMEOUT_MS)
-        except KvError as error:
-            self.metrics.singletons.labels(label, error.code.name).inc()
-            if error.code in _INTERNAL_FAULTS:  # the caller's request is not what is wrong
-                raise Unavailable(
-                    f"partition {request.partition} on node "
-                    f"{self.cluster_map.owner_of(request.partition)}: "
-                    f"{error.message}",
-                    details={**error.details, "cause": error.code.name},
-                ) from None
-            raise
-        if not isinstance(reply, reply_type):
-            self.metrics.singletons.labels(label, ErrorCode.ProtocolViolation.name).inc()
-            raise ProtocolViolation(f"expected {reply_type.__name__}, got {type(reply).__name__}")
-        self.metrics.singletons.labels(label, "ok").inc()
-        return reply
+    def _call_error(self, code: ErrorCode, partition: PartitionId | None) -> KvError:
+        """The error for a failed call of a read or a refused one (nothing was applied)."""
+        where = "a partition"
+        details: dict[str, object] = {}
+        if partition is not None:
+            node = self.cluster_map.owner_of(partition)
+            where = f"partition {partition} on node {node}"
+            details.update(partition=partition, node=node)
+        if code is ErrorCode.OutcomeUnknown:  # a read that was not answered: retry it
+            return Unavailable(f"{where} did not answer", details=details)
+        if code is ErrorCode.Unavailable:
+            return Unavailable(f"{where} is unreachable", details=details)
+        if code in _INTERNAL_FAULTS:  # the caller's request is not what is wrong
+            return Unavailable(
+                f"{where}: {code.value.summary}", details={**details, "cause": code.name}
+            )
+        return error_from_code(code, f"{where}: {code.value.summary}", details=details)

@@ -17,6 +17,11 @@ still reads twice. At most ``READ_ROUNDS_MAX`` rounds are run in all; when no su
 possible within that bound (a pending intent in the latest round needs two more rounds) it
 stops early with ``TransactionConflict``. Any failed call ends it with ``Unavailable``: a read
 changes nothing, so the client may simply retry. Items are answered in request key order.
+
+:func:`new_read` is the read every runtime runs (the coordinator library and the simulator): a
+``ReadTxn`` that ended in ``TransactionConflict`` is run again, from scratch, after a short
+jittered pause (:class:`~kvstore.coordinator.retry.Retrying`, at most ``CONFLICT_RETRIES_MAX``
+times): intents usually live one commit round trip.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from kvstore.coordinator.calls import Call, Calls, Purpose
 from kvstore.coordinator.effects import Finish, Send
 from kvstore.coordinator.layout import KeyLayout
 from kvstore.coordinator.results import ReadResult
+from kvstore.coordinator.retry import Jitter, Retrying
 from kvstore.coordinator.state import READ_TRANSITIONS, ReadState, StateMachine
 from kvstore.errors import ErrorCode, ValidationError
 from kvstore.limits import READ_KEYS_MAX, READ_ROUNDS_MAX, RPC_TIMEOUT_MS
@@ -35,7 +41,7 @@ from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
 from kvstore.types import PartitionId
 from kvstore.values import validate_key
 
-__all__ = ["ReadTxn", "ReadEffect", "validate_read_keys"]
+__all__ = ["ReadTxn", "ReadEffect", "validate_read_keys", "new_read", "read_conflicted"]
 
 ReadEffect = Send | Finish[ReadResult]
 
@@ -188,3 +194,27 @@ class ReadTxn:
         self._machine.move(ReadState.DONE)
         self.result = result
         return [Finish(result)]
+
+
+def read_conflicted(result: ReadResult) -> bool:
+    """The read met pending intents in every round it could run."""
+    return result.error is ErrorCode.TransactionConflict
+
+
+def new_read(
+    keys: Sequence[str],
+    partition_of: Callable[[str], PartitionId],
+    now_us: int,
+    jitter: Jitter,
+    *,
+    mutants: Mutants = NO_MUTANTS,
+) -> Retrying[ReadResult]:
+    """A client's read-only transaction, run again after conflicts (see the module)."""
+    checked = validate_read_keys(keys)
+    return Retrying(
+        lambda at_us: ReadTxn(checked, partition_of, at_us, mutants=mutants),
+        read_conflicted,
+        jitter,
+        now_us,
+        name="read txn",
+    )

@@ -24,6 +24,11 @@ FOLLOWING means "our own transaction needs nothing more; the client's answer is 
 the earlier transaction that used the same idempotency token". Read transaction (``ReadState``):
 INIT -> READING (-> READING for each further round) -> DONE. Recovery (``RecoveryState``):
 INIT -> DRIVING -> DONE, or INIT -> DONE when there is nothing to drive.
+
+One call or one fan-out of calls (``CallState``: singleton get and write, token lookup, a scan
+page): INIT -> CALLING -> DONE, or INIT -> DONE when there is nothing to ask (an empty scan
+range). Conflict retries (``RetryState``, around a read or a singleton write): INIT -> RUNNING
+(an attempt) -> PAUSED (the jittered pause before the next attempt) -> RUNNING ... -> DONE.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ __all__ = [
     "READ_TRANSITIONS",
     "RecoveryState",
     "RECOVERY_TRANSITIONS",
+    "CallState",
+    "CALL_TRANSITIONS",
+    "RetryState",
+    "RETRY_TRANSITIONS",
 ]
 
 S = TypeVar("S", bound=enum.Enum)
@@ -96,6 +105,34 @@ RECOVERY_TRANSITIONS: Final[Mapping[RecoveryState, frozenset[RecoveryState]]] = 
     RecoveryState.INIT: frozenset({RecoveryState.DRIVING, RecoveryState.DONE}),
     RecoveryState.DRIVING: frozenset({RecoveryState.DONE}),
     RecoveryState.DONE: frozenset(),
+}
+
+
+class CallState(enum.Enum):
+    INIT = "INIT"
+    CALLING = "CALLING"  # the call (or a scan page's calls) in flight
+    DONE = "DONE"
+
+
+CALL_TRANSITIONS: Final[Mapping[CallState, frozenset[CallState]]] = {
+    CallState.INIT: frozenset({CallState.CALLING, CallState.DONE}),
+    CallState.CALLING: frozenset({CallState.DONE}),
+    CallState.DONE: frozenset(),
+}
+
+
+class RetryState(enum.Enum):
+    INIT = "INIT"
+    RUNNING = "RUNNING"  # an attempt is running
+    PAUSED = "PAUSED"  # the last attempt met a conflict; the next starts at the pause's end
+    DONE = "DONE"
+
+
+RETRY_TRANSITIONS: Final[Mapping[RetryState, frozenset[RetryState]]] = {
+    RetryState.INIT: frozenset({RetryState.RUNNING}),
+    RetryState.RUNNING: frozenset({RetryState.PAUSED, RetryState.DONE}),
+    RetryState.PAUSED: frozenset({RetryState.RUNNING}),
+    RetryState.DONE: frozenset(),
 }
 
 

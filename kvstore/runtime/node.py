@@ -56,7 +56,14 @@ from kvstore.coordinator.recovery import Recovery
 from kvstore.coordinator.results import RecoveryResult
 from kvstore.errors import InternalError, KvError, Overloaded
 from kvstore.logs import log_event
-from kvstore.messages import CompleteRequest, LedgerRecord, Reply, Request, WriteRequest
+from kvstore.messages import (
+    CompleteRequest,
+    LedgerRecord,
+    Reply,
+    Request,
+    WriteReply,
+    WriteRequest,
+)
 from kvstore.mutants import Mutant
 from kvstore.runtime.actors import ActorDriver, Answer, Sender
 from kvstore.runtime.disk import Disk
@@ -169,6 +176,8 @@ class NodeRuntime:
             respond(error)
             return
         reply = step.reply
+        if type(reply) is WriteReply and reply.ts is not None:
+            self.clock.observe(reply.ts)  # a ts above the key's floor: never issue it again
         if type(request) is CompleteRequest:
             respond(reply)  # advisory: see the module docstring
             return

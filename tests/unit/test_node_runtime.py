@@ -167,3 +167,23 @@ def test_an_execute_that_commits_is_answered_after_its_flush(node: Node) -> None
     node.finish_flush()
     [reply] = answers
     assert isinstance(reply, ExecuteReply) and reply.committed
+
+
+def test_singleton_writes_above_their_keys_floors_never_share_a_timestamp(node: Node) -> None:
+    """Both keys were written at a ts ahead of the node's clock; each singleton write then gets
+    the successor of its key's floor. The node's clock must move past the first, or the second
+    reissues it (simulator, seed 136 of the first sweep with singletons)."""
+    ahead = Timestamp(START_US + 100_000, 0, 1)  # within the clock-skew guard
+    request = ExecuteRequest(
+        partition=P0, txn_id=TxnId("t"), ts=ahead, ops=(put("a", 1), put("b", 1))
+    )
+    node.submit(request)
+    node.finish_flush()
+    stamps = []
+    for key in ("a", "b"):
+        answers = node.put(P0, key, 2)
+        node.finish_flush()
+        [reply] = answers
+        assert isinstance(reply, WriteReply) and reply.ts is not None and reply.ts > ahead
+        stamps.append(reply.ts)
+    assert stamps[0] != stamps[1]
