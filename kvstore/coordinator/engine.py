@@ -43,7 +43,6 @@ the metrics), counts messages re-sent to a partition, and notes ledger races los
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import random
@@ -357,8 +356,9 @@ class Coordinator:
     async def _run(self, core: _Core, now_us: int) -> Any:
         # Counts cores still running after their caller stopped waiting, too.
         admit(self._runner.running, self._in_flight_max)
-        # Shielded: a caller that stops waiting must not stop the transaction.
-        return await asyncio.shield(self._runner.run(_Observed(core, self.metrics, now_us)))
+        # A caller that stops waiting cancels only this future, its mailbox: the core runs on
+        # in the runner to its end (a commit still reaches every participant).
+        return await self._runner.run(_Observed(core, self.metrics, now_us))
 
     # --- singletons -----------------------------------------------------------------------
 
