@@ -63,6 +63,7 @@ from kvstore.partitioning import PartitionMap
 from kvstore.runtime.actors import Actor, ActorDriver, Answer
 from kvstore.runtime.disk import FlushDone
 from kvstore.runtime.node import NodeRuntime
+from kvstore.runtime.scheduler import FlagTimer
 from kvstore.storage_node.core import PartitionConfig
 from kvstore.storage_node.store import FlushJob, MemoryNodeStore
 from kvstore.timestamps import HybridClock
@@ -73,16 +74,6 @@ __all__ = ["Host", "NodeHost", "CoordinatorHost", "EPOCH_US"]
 EPOCH_US = 1_800_000_000_000_000  # virtual time 0 on every local clock (a 2027 wall clock)
 ORIGIN_STRIDE = 1 << 16  # origins of one host's incarnations, far apart from other hosts'
 LEDGER_SCAN_MAX = 100_000
-
-
-class _SimTimer:
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 class SimScheduler:
@@ -101,8 +92,8 @@ class SimScheduler:
     def call_soon(self, callback: Callable[[], None]) -> None:
         self._host.loop.after(0, lambda: callback() if self._live() else None)
 
-    def call_later(self, delay_us: int, callback: Callable[[], None]) -> _SimTimer:
-        timer = _SimTimer()
+    def call_later(self, delay_us: int, callback: Callable[[], None]) -> FlagTimer:
+        timer = FlagTimer()
 
         def fire() -> None:
             if not timer.cancelled and self._live():

@@ -47,7 +47,7 @@ import enum
 import logging
 import random
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from kvstore.codec import method_of
 from kvstore.config import ClusterConfig
@@ -58,7 +58,7 @@ from kvstore.coordinator.effects import Send
 from kvstore.coordinator.metrics import CoordinatorMetrics, participants_label
 from kvstore.coordinator.read import new_read
 from kvstore.coordinator.results import ReadResult, TxnResult
-from kvstore.coordinator.retry import Retrying
+from kvstore.coordinator.retry import Attempt, Retrying
 from kvstore.coordinator.scan import Scan, ScanPage, ScanResult
 from kvstore.coordinator.singleton import (
     CallResult,
@@ -124,19 +124,7 @@ _INTERNAL_FAULTS = frozenset(
 )
 
 
-class _Core(Protocol):
-    """What :class:`_Observed` needs of a core (the actor interface plus its state)."""
-
-    @property
-    def done(self) -> bool: ...
-    @property
-    def state(self) -> enum.Enum: ...
-    @property
-    def next_deadline_us(self) -> int | None: ...
-    def step_start(self, now_us: int) -> list[Any]: ...
-    def step_reply(self, call_id: int, reply: Reply, now_us: int) -> list[Any]: ...
-    def step_failed(self, call_id: int, error: ErrorCode, now_us: int) -> list[Any]: ...
-    def step_tick(self, now_us: int) -> list[Any]: ...
+_Core = Attempt  # what _Observed needs of a core: the actor interface plus its state
 
 
 def _phase(core: _Core) -> enum.Enum:

@@ -15,12 +15,12 @@ quiet node) also commits on the loop itself while the fastest of the node's last
 stalls the loop for the fsync but skips the hand-off to the flush thread and back (a thread-pool
 submit, futex wake-ups of both threads, the GIL changing hands twice, the loop's self-pipe). A
 bigger job means a busy node: it commits on the flush thread, so the loop runs the next requests
-(and stages their batch) during the fsync. With one group commit per node that overlap is worth
-more than the hand-off (docs/bench.md has the alternating runs). The fastest commit rather than
-an average, because on a busy machine a commit's wall time also counts the wait for a CPU after
-the fsync. A slower disk makes even the fastest commit exceed the bound and every commit moves to
-the flush thread (the fsync off the loop and without the GIL); they keep being timed there, so
-small ones come back to the loop when the disk is fast again.
+(and stages their batch) during the fsync, which matters once one group commit serves every
+partition of the node (docs/bench.md: the comparison runs so far were too noisy to rank the two).
+The fastest commit rather than an average, because on a busy machine a commit's wall time also
+counts the wait for a CPU after the fsync. A slower disk makes even the fastest commit exceed the
+bound and every commit moves to the flush thread (the fsync off the loop and without the GIL);
+they keep being timed there, so small ones come back to the loop when the disk is fast again.
 """
 
 from __future__ import annotations

@@ -21,13 +21,26 @@ from typing import Protocol
 
 from kvstore.timestamps import PhysicalClock
 
-__all__ = ["Timer", "Scheduler", "AsyncioScheduler"]
+__all__ = ["Timer", "FlagTimer", "Scheduler", "AsyncioScheduler"]
 
 _US_PER_S = 1_000_000
 
 
 class Timer(Protocol):
     def cancel(self) -> None: ...
+
+
+class FlagTimer:
+    """A timer for schedulers on their own event loops (simulated, hand-moved): the loop checks
+    ``cancelled`` when the timer comes due."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class Scheduler(Protocol):

@@ -22,6 +22,7 @@ from kvstore.messages import Reply, Request
 from kvstore.runtime.actors import Actor, ActorDriver, Answer
 from kvstore.runtime.disk import ImmediateDisk
 from kvstore.runtime.node import NodeRuntime
+from kvstore.runtime.scheduler import FlagTimer
 from kvstore.storage_node.core import PartitionConfig, PartitionCore
 from kvstore.storage_node.store import MemoryNodeStore
 from kvstore.timestamps import HybridClock
@@ -33,23 +34,13 @@ HEAL_TICK_US = 500_000
 SETTLE_STEPS_MAX = 100_000  # callbacks run by one ``settle`` (a guard against a livelock)
 
 
-class _Timer:
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 class ManualScheduler:
     """Time moves only when the test says so; ``settle`` runs what is ready."""
 
     def __init__(self, now_us: int) -> None:
         self.now = now_us
         self._ready: list[Callable[[], None]] = []
-        self._timers: list[tuple[int, int, Callable[[], None], _Timer]] = []
+        self._timers: list[tuple[int, int, Callable[[], None], FlagTimer]] = []
         self._seq = 0
 
     def now_us(self) -> int:
@@ -58,8 +49,8 @@ class ManualScheduler:
     def call_soon(self, callback: Callable[[], None]) -> None:
         self._ready.append(callback)
 
-    def call_later(self, delay_us: int, callback: Callable[[], None]) -> _Timer:
-        timer = _Timer()
+    def call_later(self, delay_us: int, callback: Callable[[], None]) -> FlagTimer:
+        timer = FlagTimer()
         self._seq += 1
         heapq.heappush(self._timers, (self.now + max(0, delay_us), self._seq, callback, timer))
         return timer
