@@ -62,6 +62,7 @@ __all__ = [
     "SQLITE_CACHE_KIB",
     "ITEM_CACHE_ROWS_MAX",
     "MAINTAIN_INTERVAL_MS",
+    "ACTOR_TICK_MS",
     "BACKGROUND_ACTORS_MAX",
     "API_BODY_BYTES_MAX",
     "SCAN_LIMIT_DEFAULT",
@@ -174,6 +175,9 @@ FLUSH_COMMIT_SAMPLES: Final = 32
 SQLITE_CACHE_KIB: Final = 2_048  # page cache per SQLite connection.
 ITEM_CACHE_ROWS_MAX: Final = 2_048  # decoded durable item rows kept per partition (hot keys).
 MAINTAIN_INTERVAL_MS: Final = 200  # background maintenance tick of a node.
+# A running actor core is ticked at least this often (its deadlines tick it sooner), so a clock
+# that jumps is noticed within one tick.
+ACTOR_TICK_MS: Final = 100
 BACKGROUND_ACTORS_MAX: Final = 1_024  # stale-intent resolutions and recoveries a node runs at once.
 INSPECT_ROWS_MAX: Final = 1_000  # intents and ledger records one `inspect` call lists, each.
 RECOVER_TXNS_MAX: Final = 1_000  # stuck transactions one `kvctl recover` drives.

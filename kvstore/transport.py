@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Callable
 
 from kvstore.codec import decode_reply, encode_request, method_of
-from kvstore.errors import KvError, ProtocolViolation, Unavailable
+from kvstore.errors import InternalError, KvError, ProtocolViolation, Unavailable
 from kvstore.messages import Reply, Request
 from kvstore.partitioning import ClusterMap
 from kvstore.rpc import RpcPool
@@ -75,8 +75,8 @@ class PartitionTransport:
                 answer(_naming(error, request, owner))
             elif isinstance(error, KvError):
                 answer(error)
-            else:
-                raise error
+            else:  # a bug below: answer with the catalogue's code rather than never
+                answer(InternalError(f"{method} to node {owner} failed: {type(error).__name__}"))
 
         future.add_done_callback(ended)
         return True

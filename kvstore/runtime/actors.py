@@ -30,13 +30,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from kvstore.coordinator.effects import Finish, Send
-from kvstore.errors import ErrorCode
+from kvstore.errors import ErrorCode, InternalError
+from kvstore.limits import ACTOR_TICK_MS
 from kvstore.messages import Reply, Request
 from kvstore.runtime.scheduler import Scheduler, Timer
 
-__all__ = ["Actor", "Sender", "Answer", "ActorDriver", "ACTOR_TICK_MS"]
+__all__ = ["Actor", "Sender", "Answer", "ActorDriver"]
 
-ACTOR_TICK_MS = 100
 _US_PER_MS = 1000
 
 Answer = Callable[[Reply | None, ErrorCode | None], None]
@@ -175,7 +175,7 @@ class ActorDriver:
             self.drop(actor_id)
             if not running.finished:  # a core bug: never leave a caller hanging
                 running.finished = True
-                failure = RuntimeError(f"{type(running.actor).__name__} ended without an answer")
+                failure = InternalError(f"{type(running.actor).__name__} ended without an answer")
                 if running.on_error is None:
                     raise failure
                 running.on_error(failure)

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from kvstore.errors import KvError
+from kvstore.limits import ACTOR_TICK_MS
 from kvstore.messages import Reply, Request
-from kvstore.runtime.actors import ACTOR_TICK_MS, Actor, ActorDriver, Answer
+from kvstore.runtime.actors import Actor, ActorDriver, Answer
 from kvstore.runtime.scheduler import AsyncioScheduler
 from kvstore.timestamps import PhysicalClock
 

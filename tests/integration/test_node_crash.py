@@ -18,22 +18,17 @@ from support.partition import put
 
 from kvstore.errors import KvError
 from kvstore.messages import (
-    DecideRequest,
     GetReply,
     GetRequest,
     LedgerLookupRequest,
-    LedgerRecord,
     LedgerReply,
-    PrepareReply,
-    PrepareRequest,
     ReasonCode,
     TxnState,
     WriteReply,
     WriteRequest,
 )
 from kvstore.partitioning import PartitionMap
-from kvstore.timestamps import new_txn_id, system_clock_us
-from kvstore.types import PartitionId, Timestamp
+from kvstore.types import PartitionId
 from kvstore.values import Value
 
 pytestmark = pytest.mark.asyncio
@@ -123,32 +118,7 @@ async def test_kill9_between_prepare_and_commit_resolves_on_every_participant(
         anchor, other = PartitionId(0), PartitionId(1)
         assert (nodes.owner(anchor), nodes.owner(other)) == ("n1", "n2")
         k_anchor, k_other = key_on(pmap, anchor, "a"), key_on(pmap, other, "b")
-        txn_id = new_txn_id()
-        ts = Timestamp(system_clock_us(), 0, 4242)
-        ledger = LedgerRecord(
-            txn_id=txn_id, ts=ts, state=TxnState.PREPARING, participants=(anchor, other)
-        )
-        n1, n2 = nodes.client("n1"), nodes.client("n2")
-        try:
-            for client, pid, key in ((n1, anchor, k_anchor), (n2, other, k_other)):
-                prepare = PrepareRequest(
-                    partition=pid,
-                    txn_id=txn_id,
-                    ts=ts,
-                    ops=(put(key, "v"),),
-                    anchor=anchor,
-                    ledger=ledger if pid == anchor else None,
-                )
-                vote = await client.request(prepare)
-                assert isinstance(vote, PrepareReply) and vote.accepted, vote
-            if decided:
-                decide = DecideRequest(partition=anchor, txn_id=txn_id, decision=TxnState.COMMITTED)
-                answer = await n1.request(decide)
-                assert isinstance(answer, LedgerReply) and answer.record is not None
-                assert answer.record.state is TxnState.COMMITTED
-        finally:
-            await n1.close()
-            await n2.close()
+        txn_id = await nodes.stuck_transaction(k_anchor, k_other, decided=decided)
 
         for victim in victims:
             nodes.kill(victim)

@@ -29,6 +29,8 @@ from kvstore.config import ClusterConfig, load_cluster, write_cluster_file, writ
 from kvstore.messages import (
     DecideRequest,
     LedgerRecord,
+    LedgerReply,
+    PrepareReply,
     PrepareRequest,
     Reply,
     Request,
@@ -234,9 +236,14 @@ class LocalNodes:
         for request in requests:
             client = self.client(self.owner(request.partition))
             try:
-                await client.request(request)
+                answer = await client.request(request)
             finally:
                 await client.close()
+            if isinstance(request, PrepareRequest):
+                assert isinstance(answer, PrepareReply) and answer.accepted, answer
+            else:
+                assert isinstance(answer, LedgerReply) and answer.record is not None, answer
+                assert answer.record.state is TxnState.COMMITTED
         return txn
 
     def client(self, node_id: str, **kwargs: Any) -> NodeClient:
