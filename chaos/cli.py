@@ -6,9 +6,9 @@ per failing seed, then how much the seeds did (``ops per seed: median ..., ok me
 ``python -m chaos sim --seed S --verbose`` replays one seed and prints its trace.
 ``python -m chaos mutants`` arms each deliberate bug in turn and ends with ``mutants caught: C/T``
 (exit status 1 unless every mutant was caught within its seed budget).
-``python -m chaos run --workload W --nemesis N1,N2 --duration S [--seed] [--clients] [--out]``
-runs real processes under faults and checks the history (:mod:`chaos.runner`); its last line is
-the verdict, and its exit status 0 only when every checker passed.
+``python -m chaos run --workload W --nemesis N1,N2 --duration S [--seed] [--clients] [--out]
+[--txn-only]`` runs real processes under faults and checks the history (:mod:`chaos.runner`);
+its last line is the verdict, and its exit status 0 only when every checker passed.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="the fault schedule's and clients' seed")
     run.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     run.add_argument("--out", type=Path, help="the report directory (default chaos-out/run/...)")
+    run.add_argument(
+        "--txn-only",
+        action="store_true",
+        help="only read and write transactions, no singletons, scans or re-runs (the default "
+        "mixes every kind, as the simulator does)",
+    )
     mutants = sub.add_parser("mutants", help="prove that every deliberate bug is caught")
     mutants.add_argument("--budget", type=int, default=MUTANT_SEED_BUDGET, help="seeds per mutant")
     mutants.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
@@ -164,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=seed,
         clients=args.clients,
         out=out,
+        every_kind=not args.txn_only,
     )
     return run_once(config)
 

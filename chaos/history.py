@@ -17,6 +17,12 @@ op built in memory compares equal to the same op loaded back from JSON Lines. A 
 are not all strings (a bank read keyed by account number, say) is written as
 ``{"~dict": [[key, value], ...]}`` so that its key types survive the round trip. ``ts`` (a commit
 timestamp) is a tuple of ints in memory and a JSON list on disk.
+
+Why an operation failed. A ``fail`` or ``info`` completion carries ``error``, the error code
+(``ConditionFailed``, ``Unavailable``, ``OutcomeUnknown``, ...), and, for a cancelled transaction,
+``reasons``: the per-op cancellation reasons the API returned, in request order (``"None"`` for
+an op that did not fail), e.g. ``("None", "ConditionFailed")``. :func:`failure_code` folds both
+into the one label the reports count: ``TransactionCanceled(ConditionFailed)``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "HistoryError",
     "History",
     "canonical",
+    "failure_code",
 ]
 
 OpType = Literal["invoke", "ok", "fail", "info"]
@@ -92,6 +99,7 @@ class Op:
     ts: tuple[int, ...] | None = None
     txn_id: str | None = None
     error: str | None = None
+    reasons: tuple[str, ...] | None = None  # per-op cancellation reasons, request order
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
@@ -99,6 +107,8 @@ class Op:
         object.__setattr__(self, "value", canonical(self.value))
         if self.ts is not None:
             object.__setattr__(self, "ts", tuple(int(t) for t in self.ts))
+        if self.reasons is not None:
+            object.__setattr__(self, "reasons", tuple(str(r) for r in self.reasons))
 
     def __hash__(self) -> int:
         return hash((self.index, self.type, self.process))
@@ -119,12 +129,15 @@ class Op:
             out["txn_id"] = self.txn_id
         if self.error is not None:
             out["error"] = self.error
+        if self.reasons is not None:
+            out["reasons"] = list(self.reasons)
         return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Op:
         """Inverse of :meth:`to_json`."""
         ts = obj.get("ts")
+        reasons = obj.get("reasons")
         return cls(
             index=int(obj["index"]),
             type=cast(OpType, obj["type"]),
@@ -135,7 +148,17 @@ class Op:
             ts=None if ts is None else tuple(ts),
             txn_id=obj.get("txn_id"),
             error=obj.get("error"),
+            reasons=None if reasons is None else tuple(reasons),
         )
+
+
+def failure_code(op: Op) -> str:
+    """What a ``fail`` or ``info`` completion is counted as: its error code, followed for a
+    cancelled transaction by the distinct per-op reasons that were not ``None``, e.g.
+    ``TransactionCanceled(ConditionFailed+TransactionConflict)``."""
+    code = op.error or "unknown"
+    failed = sorted({r for r in op.reasons or () if r != "None"})
+    return f"{code}({'+'.join(failed)})" if failed else code
 
 
 _UNSET: Any = object()
@@ -179,6 +202,7 @@ class History:
         ts: Iterable[int] | None = None,
         txn_id: str | None = None,
         error: str | None = None,
+        reasons: Iterable[str] | None = None,
     ) -> Op:
         """Record the completion of ``invoke_op``; ``value`` defaults to the invoke's value."""
         if type not in _COMPLETIONS:
@@ -195,6 +219,7 @@ class History:
             ts=None if ts is None else tuple(ts),
             txn_id=txn_id,
             error=error,
+            reasons=None if reasons is None else tuple(reasons),
         )
         self.ops.append(op)
         del self._outstanding[invoke_op.process]

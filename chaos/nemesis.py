@@ -16,9 +16,11 @@ A :class:`Nemesis` acts on the processes of a local cluster (:mod:`kvstore.local
 
 The control exists only in processes started with ``KVSTORE_CHAOS_CONTROL=1`` and answers only
 to the cluster secret. The schedule is a loop bounded by the run's end: wait a random gap, pick a
-kind and a target, open the window, wait its random length, close it. Every window is recorded as
-a :class:`~chaos.report.FaultWindow` for the report. :meth:`Nemesis.heal` ends whatever is open
-and returns every process to health; it is called whatever happens.
+kind and a target, open the window, wait its random length, close it; no window opens with less
+than the shortest window length (``WINDOW_S[0]``) left before the run's end, so no window is cut
+short and the report's failure buckets (no wider than the shortest window) stay readable. Every
+window is recorded as a :class:`~chaos.report.FaultWindow` for the report. :meth:`Nemesis.heal`
+ends whatever is open and returns every process to health; it is called whatever happens.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class Nemesis:
             return
         while time.monotonic() < until_monotonic:
             await asyncio.sleep(self.rng.uniform(*GAP_S))
-            if time.monotonic() >= until_monotonic:
+            if until_monotonic - time.monotonic() < WINDOW_S[0]:
                 return
             kind = self.rng.choice(self.kinds)
             target = self.rng.choice(self.cluster.processes())

@@ -14,7 +14,20 @@ intervals and a free-form ``summary`` (workload, nemeses, seed, duration, client
   counts by operation function, the fault windows, and each anomaly's explanation step by step
   with the ops involved. Every piece of text goes through :func:`html.escape`.
 * ``results.json``: the checker result as data (valid, verdicts, anomaly names and counts,
-  explanations, op indexes) plus the run ``summary`` and the fault windows.
+  explanations, op indexes) plus the run ``summary``, the fault windows and the failure split
+  (below).
+* ``report.txt``: the same in plain text for a terminal: verdict, outcomes by operation, the
+  failure split by code and its timeline.
+
+Failures: contention or faults? Every ``fail`` and ``info`` completion is counted under its
+code (:func:`~chaos.history.failure_code`: the error code, and a cancellation's per-op reasons,
+e.g. ``TransactionCanceled(ConditionFailed)``), split into *during faults* (the op's interval,
+invoke to completion, overlaps a fault window) and *outside faults*, and over time in buckets of
+completion time no wider than the shortest fault window (:func:`failure_bucket_ns`: the shortest
+window and ``FAILURE_BUCKET_CAP_NS``, rounded down to 1, 2 or 5 times a power of ten; each bucket
+names the fault kinds that overlap it). Conflicts and failed conditions outside every window are
+contention; ``Unavailable`` and ``OutcomeUnknown`` inside windows are the faults at work
+(:func:`failure_split`).
 
 Time. Op and fault times share one clock (``time.monotonic_ns()`` of the harness, or the
 simulator's virtual clock). Both plots measure time in seconds since the history's first event,
@@ -47,7 +60,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from chaos.checkers.result import MODELS, Anomaly, CheckResult, prohibits
-from chaos.history import History, Op, OpType
+from chaos.history import History, Op, OpType, failure_code
 
 __all__ = [
     "MAX_ANOMALIES_SHOWN",
@@ -57,7 +70,10 @@ __all__ = [
     "MAX_VALUE_CHARS",
     "MAX_FAULTS_LISTED",
     "MAX_ANOMALIES_JSON",
+    "FAILURE_BUCKET_CAP_NS",
+    "FAILURE_BUCKET_FLOOR_NS",
     "FaultWindow",
+    "FailureBucket",
     "ThroughputBucket",
     "LatencyBucket",
     "COMPLETION_TYPES",
@@ -66,9 +82,14 @@ __all__ = [
     "outcome_counts",
     "throughput_series",
     "latency_series",
+    "failure_bucket_ns",
+    "failure_series",
+    "failure_split",
+    "failures_text",
     "verdict_line",
     "results_json",
     "render_html",
+    "report_text",
     "write_report",
 ]
 
@@ -79,6 +100,9 @@ MAX_EXPLANATION_LINES = 60
 MAX_VALUE_CHARS = 240
 MAX_FAULTS_LISTED = 200
 MAX_ANOMALIES_JSON = 1000
+FAILURE_BUCKET_CAP_NS = 1_000_000_000  # failure buckets: at most 1 s wide...
+FAILURE_BUCKET_FLOOR_NS = 1_000_000  # ... and at least 1 ms (a shorter window is not resolved)
+MAX_FAILURE_CODES_PLOTTED = 6
 
 COMPLETION_TYPES: tuple[OpType, ...] = ("ok", "fail", "info")
 _TYPE_COLOURS: dict[str, str] = {"ok": "#2e7d32", "fail": "#c62828", "info": "#ef6c00"}
@@ -129,6 +153,15 @@ class ThroughputBucket(NamedTuple):
     def total(self) -> int:
         """All completions in the bucket."""
         return self.ok + self.fail + self.info
+
+
+class FailureBucket(NamedTuple):
+    """Failures (``fail``/``info``) completed in ``[start_ns, start_ns + bucket)`` (relative to
+    the origin), by code, and the kinds of the fault windows that overlap the bucket."""
+
+    start_ns: int
+    faults: tuple[str, ...]
+    codes: dict[str, int]
 
 
 class LatencyBucket(NamedTuple):
@@ -226,6 +259,118 @@ def latency_series(history: History, bucket_ns: int) -> list[LatencyBucket]:
     return out
 
 
+def _nice_floor(raw: float) -> int:
+    """The largest of 1, 2, 5 times a power of ten that is <= ``raw`` (>= 1)."""
+    exp = math.floor(math.log10(raw))
+    best = 10**exp
+    for m in (2, 5):
+        if m * 10**exp <= raw:
+            best = m * 10**exp
+    return int(best)
+
+
+def failure_bucket_ns(faults: Sequence[FaultWindow], cap_ns: int = FAILURE_BUCKET_CAP_NS) -> int:
+    """The failure timeline's bucket: ``min(cap_ns, shortest fault window)`` rounded down to 1,
+    2 or 5 times a power of ten, never below ``FAILURE_BUCKET_FLOOR_NS``."""
+    _check_bucket(cap_ns)
+    widths = [f.end_ns - f.start_ns for f in faults if f.end_ns > f.start_ns]
+    return max(FAILURE_BUCKET_FLOOR_NS, _nice_floor(min([cap_ns, *widths])))
+
+
+def _overlapping(start_ns: int, end_ns: int, faults: Sequence[FaultWindow]) -> tuple[str, ...]:
+    """The kinds (sorted, distinct) of the windows that overlap ``[start_ns, end_ns]``."""
+    return tuple(sorted({f.kind for f in faults if f.start_ns <= end_ns and start_ns <= f.end_ns}))
+
+
+def failure_series(
+    history: History, faults: Sequence[FaultWindow], bucket_ns: int
+) -> list[FailureBucket]:
+    """Failures per bucket of completion time, by code, every bucket from the origin to the
+    last failure or fault (see the module)."""
+    _check_bucket(bucket_ns)
+    t0 = origin_ns(history)
+    per: dict[int, Counter[str]] = {}
+    for op in history.ops:
+        if op.type in ("fail", "info"):
+            per.setdefault((op.time_ns - t0) // bucket_ns, Counter())[failure_code(op)] += 1
+    last_fault = max((f.end_ns - t0 for f in faults), default=-1)
+    count = max(max(per, default=-1), last_fault // bucket_ns if last_fault >= 0 else -1) + 1
+    out = []
+    for i in range(count):
+        start = t0 + i * bucket_ns
+        codes = per.get(i, Counter())
+        out.append(
+            FailureBucket(
+                i * bucket_ns,
+                _overlapping(start, start + bucket_ns - 1, faults),
+                dict(sorted(codes.items())),
+            )
+        )
+    return out
+
+
+def failure_split(
+    history: History, faults: Sequence[FaultWindow], bucket_ns: int | None = None
+) -> dict[str, Any]:
+    """The failure split as data: ``bucket_ns``, ``by_code`` (per code: ``fail``, ``info``,
+    ``during_faults``, ``outside_faults``, most frequent first) and ``series`` (the non-empty
+    buckets of :func:`failure_series`, times in seconds since the origin)."""
+    bucket = failure_bucket_ns(faults) if bucket_ns is None else bucket_ns
+    by_code: dict[str, Counter[str]] = {}
+    for inv, done in history.pairs():
+        if done.type not in ("fail", "info"):
+            continue
+        counts = by_code.setdefault(failure_code(done), Counter())
+        counts[done.type] += 1
+        during = _overlapping(inv.time_ns, done.time_ns, faults)
+        counts["during_faults" if during else "outside_faults"] += 1
+    ordered = sorted(by_code.items(), key=lambda kv: (-kv[1]["fail"] - kv[1]["info"], kv[0]))
+    fields = ("fail", "info", "during_faults", "outside_faults")
+    return {
+        "bucket_ns": bucket,
+        "by_code": {code: {f: c[f] for f in fields} for code, c in ordered},
+        "series": [
+            {"start_s": b.start_ns / 1e9, "faults": list(b.faults), "codes": b.codes}
+            for b in failure_series(history, faults, bucket)
+            if b.codes or b.faults
+        ],
+    }
+
+
+def failures_text(
+    history: History,
+    faults: Sequence[FaultWindow],
+    bucket_ns: int | None = None,
+    *,
+    timeline: bool = True,
+) -> str:
+    """The failure split as text: one line per code, then (``timeline``) one line per bucket
+    with failures or faults."""
+    split = failure_split(history, faults, bucket_ns)
+    by_code: dict[str, dict[str, int]] = split["by_code"]
+    if not by_code:
+        lines = ["failures by code: none"]
+    else:
+        width = max(len(code) for code in by_code)
+        lines = ["failures by code (fail/info; during fault windows/outside):"]
+        lines += [
+            f"  {code:<{width}}  fail {c['fail']:>5}  info {c['info']:>4}  "
+            f"during faults {c['during_faults']:>5}  outside {c['outside_faults']:>5}"
+            for code, c in by_code.items()
+        ]
+    if timeline:
+        bucket = int(split["bucket_ns"])
+        lines.append(
+            f"failures over time (buckets of {_fmt(bucket / 1e9)} s of completion time; "
+            "[kinds] = fault windows overlapping the bucket):"
+        )
+        for row in split["series"]:
+            kinds = f"[{','.join(row['faults'])}]" if row["faults"] else ""
+            codes = ", ".join(f"{code} {n}" for code, n in row["codes"].items()) or "-"
+            lines.append(f"  {row['start_s']:>8.3f} s {kinds:<24} {codes}")
+    return "\n".join(lines) + "\n"
+
+
 def _kind_counts(anomalies: Iterable[Anomaly]) -> dict[str, int]:
     return dict(sorted(Counter(a.kind for a in anomalies).items()))
 
@@ -292,6 +437,7 @@ def results_json(
         ],
         "notes": list(result.notes),
         "faults": [f.to_json() for f in faults],
+        "failures": failure_split(history, faults),
         "summary": _jsonable(dict(summary)),
     }
 
@@ -592,6 +738,69 @@ def _faults_section(faults: Sequence[FaultWindow], t0: int, colours: Mapping[str
     return out
 
 
+def _failures_section(
+    history: History,
+    faults: Sequence[FaultWindow],
+    t0: int,
+    x_max_s: float,
+    colours: Mapping[str, str],
+) -> str:
+    split = failure_split(history, faults)
+    by_code: dict[str, dict[str, int]] = split["by_code"]
+    if not by_code:
+        return "<p>No operation failed.</p>"
+    bucket = int(split["bucket_ns"])
+    rows = [
+        [
+            f"<td><code>{_e(code)}</code></td>",
+            *(_num(c[f]) for f in ("fail", "info", "during_faults", "outside_faults")),
+        ]
+        for code, c in by_code.items()
+    ]
+    table = _table(("code", "fail", "info", "during faults", "outside faults"), rows, "failures")
+    series = failure_series(history, faults, bucket)
+    per_s = 1e9 / bucket
+    lines = [
+        _Line(
+            code,
+            _FAULT_PALETTE[(i + 3) % len(_FAULT_PALETTE)] if i else _TYPE_COLOURS["fail"],
+            [((b.start_ns + bucket / 2) / 1e9, b.codes.get(code, 0) * per_s) for b in series],
+        )
+        for i, code in enumerate(list(by_code)[:MAX_FAILURE_CODES_PLOTTED])
+    ]
+    plot = _svg_plot(
+        label="failures by code over time",
+        lines=lines,
+        y_label="failures/s",
+        log_y=False,
+        x_max_s=x_max_s,
+        faults=faults,
+        t0=t0,
+        colours=colours,
+    )
+    intro = (
+        "<p>Every <code>fail</code> and <code>info</code> by code (a cancellation with its "
+        "per-op reasons). <em>During faults</em>: the op's interval overlaps a fault window. "
+        "Conflicts and failed conditions outside the windows are contention; "
+        "<code>Unavailable</code> and <code>OutcomeUnknown</code> inside them are faults.</p>"
+    )
+    more = (
+        f'<p class="limit">The plot shows the {MAX_FAILURE_CODES_PLOTTED} most frequent codes '
+        f"(limit MAX_FAILURE_CODES_PLOTTED).</p>"
+        if len(by_code) > MAX_FAILURE_CODES_PLOTTED
+        else ""
+    )
+    return (
+        intro
+        + table
+        + f"<p>Failures per second by code, in buckets of {_e(_fmt(bucket / 1e9))} s of "
+        "completion time (no wider than the shortest fault window).</p>"
+        + plot
+        + _legends(lines, colours)
+        + more
+    )
+
+
 def _choose_anomalies(result: CheckResult) -> list[Anomaly]:
     ordered = sorted(result.anomalies, key=lambda a: not prohibits(result.model, a.kind))
     per_kind: Counter[str] = Counter()
@@ -682,6 +891,7 @@ def render_html(
     faults: Sequence[FaultWindow],
     summary: Mapping[str, object],
     bucket_ns: int | None = None,
+    checked: History | None = None,
 ) -> str:
     """The whole ``report.html`` as a string (see :func:`write_report`)."""
     t0 = origin_ns(history)
@@ -782,10 +992,12 @@ def render_html(
         _legends(l_lines, colours),
         "<h2>Outcomes by operation</h2>",
         _outcomes_section(history),
+        "<h2>Failures by code: contention or faults</h2>",
+        _failures_section(history, faults, t0, x_max_s, colours),
         "<h2>Fault windows</h2>",
         _faults_section(faults, t0, colours),
         "<h2>Anomalies</h2>",
-        _anomalies_section(history, result),
+        _anomalies_section(checked or history, result),
         notes,
         "</body></html>",
     ]
@@ -801,10 +1013,14 @@ def write_report(
     faults: Sequence[FaultWindow],
     summary: Mapping[str, object],
     bucket_ns: int | None = None,
+    checked: History | None = None,
 ) -> Path:
-    """Write ``out_dir/report.html`` and ``out_dir/results.json``; return the HTML path.
+    """Write ``out_dir/report.html``, ``out_dir/results.json`` and ``out_dir/report.txt``;
+    return the HTML path.
 
-    ``bucket_ns`` is the plots' bucket width (default: :func:`auto_bucket_ns` of the run's span).
+    ``bucket_ns`` is the plots' bucket width (default: :func:`auto_bucket_ns` of the run's span;
+    the failure timeline has its own, :func:`failure_bucket_ns`). ``checked`` is the history
+    the checkers saw when it differs from ``history`` (their anomalies' op indexes refer to it).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -819,7 +1035,53 @@ def write_report(
         faults=faults,
         summary=summary,
         bucket_ns=bucket_ns,
+        checked=checked,
     )
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")
+    (out_dir / "report.txt").write_text(
+        report_text(title=title, history=history, result=result, faults=faults, summary=summary),
+        encoding="utf-8",
+    )
     return path
+
+
+def report_text(
+    *,
+    title: str,
+    history: History,
+    result: CheckResult,
+    faults: Sequence[FaultWindow],
+    summary: Mapping[str, object],
+) -> str:
+    """``report.txt``: verdict, outcomes by operation (and by kind when the summary has
+    ``kinds``), fault counts, the failure split and its timeline, anomaly counts, notes."""
+    workload = str(summary.get("workload", result.checker or "check"))
+    lines = [title, verdict_line(workload, history, result), "", "outcomes by f:"]
+    per: dict[str, Counter[str]] = {}
+    for op in history.ops:
+        if op.type != "invoke":
+            per.setdefault(op.f, Counter())[op.type] += 1
+    for f, c in sorted(per.items()):
+        lines.append(f"  {f:<16} " + "  ".join(f"{t} {c[t]}" for t in COMPLETION_TYPES))
+    kinds = summary.get("kinds")
+    if isinstance(kinds, Mapping):
+        lines.append("outcomes by kind:")
+        for kind, c in kinds.items():
+            counts = c if isinstance(c, Mapping) else {}
+            lines.append(
+                f"  {kind:<16} " + "  ".join(f"{t} {counts.get(t, 0)}" for t in COMPLETION_TYPES)
+            )
+    fault_counts = Counter(f.kind for f in faults)
+    lines.append(
+        "faults: " + (", ".join(f"{k} {n}" for k, n in sorted(fault_counts.items())) or "none")
+    )
+    lines.append("")
+    lines.append(failures_text(history, faults).rstrip("\n"))
+    kinds_found = _kind_counts(result.anomalies)
+    lines.append("")
+    lines.append(
+        "anomalies: " + (", ".join(f"{k} ({n})" for k, n in kinds_found.items()) or "none")
+    )
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines) + "\n"

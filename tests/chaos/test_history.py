@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.history import History, HistoryError, Op
+from chaos.history import History, HistoryError, Op, failure_code
 
 
 def _sample() -> History:
@@ -20,12 +20,15 @@ def _sample() -> History:
     h.complete(c, "info", time_ns=6, error="timeout", txn_id="t-9")
     d = h.invoke(2, "txn", [["append", "y", 3]], time_ns=7)
     h.complete(d, "fail", time_ns=8, error="conflict")
+    e = h.invoke(3, "txn", [["append", "x", 4], ["append", "y", 4]], time_ns=9)
+    reasons = ["None", "ConditionFailed"]
+    h.complete(e, "fail", time_ns=10, error="TransactionCanceled", reasons=reasons)
     return h
 
 
 def test_invoke_and_complete_build_indexed_ops() -> None:
     h = _sample()
-    assert [op.index for op in h] == list(range(8))
+    assert [op.index for op in h] == list(range(10))
     assert [op.type for op in h] == [
         "invoke",
         "invoke",
@@ -33,6 +36,8 @@ def test_invoke_and_complete_build_indexed_ops() -> None:
         "ok",
         "invoke",
         "info",
+        "invoke",
+        "fail",
         "invoke",
         "fail",
     ]
@@ -44,7 +49,7 @@ def test_invoke_and_complete_build_indexed_ops() -> None:
 
 def test_pairs_match_invokes_with_their_completions() -> None:
     pairs = list(_sample().pairs())
-    assert [(i.index, c.index) for i, c in pairs] == [(0, 2), (1, 3), (4, 5), (6, 7)]
+    assert [(i.index, c.index) for i, c in pairs] == [(0, 2), (1, 3), (4, 5), (6, 7), (8, 9)]
     assert all(i.process == c.process and i.f == c.f for i, c in pairs)
 
 
@@ -64,6 +69,32 @@ def test_jsonl_round_trip_is_exact(tmp_path: Path) -> None:
         "f": "txn",
         "value": [["append", "x", 1], ["r", "y", None]],
     }
+    cancelled = json.loads(path.read_text().splitlines()[-1])
+    assert cancelled["error"] == "TransactionCanceled"
+    assert cancelled["reasons"] == ["None", "ConditionFailed"]
+    assert loaded.ops[-1].reasons == ("None", "ConditionFailed")
+
+
+def test_failures_keep_their_code_and_per_op_reasons() -> None:
+    h = _sample()
+    assert h.ops[9].reasons == ("None", "ConditionFailed")
+    assert h.ops[7].reasons is None
+    assert failure_code(h.ops[9]) == "TransactionCanceled(ConditionFailed)"
+    assert failure_code(h.ops[7]) == "conflict"
+    assert failure_code(h.ops[5]) == "timeout"
+    mixed = Op(
+        0,
+        "fail",
+        0,
+        0,
+        "txn",
+        [],
+        error="TransactionCanceled",
+        reasons=("TimestampTooOld", "None", "TransactionConflict", "TimestampTooOld"),
+    )
+    assert failure_code(mixed) == "TransactionCanceled(TimestampTooOld+TransactionConflict)"
+    assert failure_code(Op(0, "info", 0, 0, "txn", [])) == "unknown"
+    assert failure_code(Op(0, "fail", 0, 0, "txn", [], error="X", reasons=("None",))) == "X"
 
 
 def test_one_outstanding_op_per_process() -> None:

@@ -66,7 +66,10 @@ def test_info_and_fail_without_ts_are_neither_reported_nor_counted(build: Builde
     build.txn([["w", "x", 1]], type="info")
     build.txn([["w", "x", 2]], type="fail")
     result = replay.check(build.history, "rw-register")
-    assert result.valid and result.notes == ["replayed 0 transactions in ts order"]
+    assert result.valid and result.notes == [
+        "replayed 0 transactions in ts order",
+        "did not compare reads of 1 keys written by ambiguous writes of unknown ts",
+    ]
 
 
 def test_stale_read_only_transaction_is_left_to_the_elle_checker(build: Builder) -> None:
@@ -86,3 +89,17 @@ def test_register_read_only_reads_are_checked_by_elle(build: Builder) -> None:
     build.txn([["r", "x", None]])
     assert replay.check(build.history, "rw-register").valid
     assert rw_register.check(build.history, STRICT).kinds() == {"G-single-realtime"}
+
+
+def test_reads_of_keys_with_an_unplaced_ambiguous_write_are_not_compared(build: Builder) -> None:
+    build.txn([["append", "x", 1]], ts=(1,))
+    build.txn([["append", "x", 2]], type="info")  # applied, at a ts nobody learned
+    build.txn([["r", "x", [1, 2]]], ts=(3,))
+    build.txn([["append", "y", 1]], ts=(4,))
+    build.txn([["r", "y", [7]]], ts=(5,))  # a key without ambiguity is still compared
+    result = replay.check(build.history)
+    assert result.kinds() == {"ts-replay-mismatch"}
+    assert [a.ops[0].index for a in result.anomalies] == [9]
+    assert result.notes[-1] == (
+        "did not compare reads of 1 keys written by ambiguous writes of unknown ts"
+    )

@@ -14,12 +14,18 @@ from chaos.checkers import check_all
 from chaos.checkers.result import Anomaly, CheckResult, make_result
 from chaos.history import History, Op
 from chaos.report import (
+    FAILURE_BUCKET_CAP_NS,
+    FAILURE_BUCKET_FLOOR_NS,
     MAX_ANOMALIES_PER_KIND,
     MAX_OPS_PER_ANOMALY,
     FaultWindow,
     LatencyBucket,
     ThroughputBucket,
     auto_bucket_ns,
+    failure_bucket_ns,
+    failure_series,
+    failure_split,
+    failures_text,
     latency_series,
     origin_ns,
     outcome_counts,
@@ -175,6 +181,88 @@ def test_auto_bucket_and_fault_window_checks() -> None:
 # -- verdict line -------------------------------------------------------------------------------
 
 
+def _window(start_ms: int, length_ms: int, kind: str = "kill") -> FaultWindow:
+    return FaultWindow(T0 + start_ms * MS, T0 + (start_ms + length_ms) * MS, kind, "n1")
+
+
+@pytest.mark.parametrize(
+    ("lengths_ms", "bucket_ns"),
+    [
+        ([], FAILURE_BUCKET_CAP_NS),  # no faults: the cap
+        ([3000, 2500], FAILURE_BUCKET_CAP_NS),  # every window longer than the cap
+        ([3000, 730, 1200], 500 * MS),  # the shortest window, rounded down to 1-2-5
+        ([2000, 200], 200 * MS),
+        ([999], 500 * MS),
+        ([0, 1000], FAILURE_BUCKET_CAP_NS),  # an empty window is ignored
+        ([1, 1000], FAILURE_BUCKET_FLOOR_NS),  # never below the floor
+    ],
+)
+def test_failure_buckets_are_no_wider_than_the_shortest_window(
+    lengths_ms: list[int], bucket_ns: int
+) -> None:
+    faults = [_window(10_000 * i, n) for i, n in enumerate(lengths_ms)]
+    assert failure_bucket_ns(faults) == bucket_ns
+    shortest = min((f.end_ns - f.start_ns for f in faults if f.end_ns > f.start_ns), default=None)
+    if shortest is not None and shortest >= FAILURE_BUCKET_FLOOR_NS:
+        assert bucket_ns <= shortest
+    assert failure_bucket_ns(faults, cap_ns=100 * MS) == min(bucket_ns, 100 * MS)
+    with pytest.raises(ValueError, match="positive"):
+        failure_bucket_ns(faults, cap_ns=0)
+
+
+def _failures_history() -> History:
+    """Contention outside the window, faults inside it, and a cancellation's reasons."""
+    h = History()
+
+    def op(process: int, start_ms: int, end_ms: int, type_: str, error: str | None, **kw: object):
+        inv = h.invoke(process, "txn", [["append", "x", process]], time_ns=T0 + start_ms * MS)
+        h.complete(inv, type_, time_ns=T0 + end_ms * MS, error=error, **kw)  # type: ignore[arg-type]
+
+    op(0, 0, 100, "ok", None)
+    op(1, 100, 200, "fail", "TransactionCanceled", reasons=["None", "ConditionFailed"])
+    op(2, 200, 250, "fail", "TransactionConflict")
+    op(3, 1000, 1100, "fail", "Unavailable")  # inside the window [1000, 1500]
+    op(4, 1200, 1400, "info", "OutcomeUnknown")
+    op(5, 1400, 1600, "fail", "Unavailable")  # begins inside, ends after: during
+    op(6, 2000, 2100, "fail", "TransactionConflict")
+    return h
+
+
+def test_failure_split_tells_contention_from_faults() -> None:
+    h = _failures_history()
+    faults = [_window(1000, 500)]
+    split = failure_split(h, faults)
+    assert split["bucket_ns"] == 500 * MS
+    assert split["by_code"] == {
+        "Unavailable": {"fail": 2, "info": 0, "during_faults": 2, "outside_faults": 0},
+        "TransactionConflict": {"fail": 2, "info": 0, "during_faults": 0, "outside_faults": 2},
+        "OutcomeUnknown": {"fail": 0, "info": 1, "during_faults": 1, "outside_faults": 0},
+        "TransactionCanceled(ConditionFailed)": {
+            "fail": 1,
+            "info": 0,
+            "during_faults": 0,
+            "outside_faults": 1,
+        },
+    }
+    series = failure_series(h, faults, 500 * MS)
+    assert [b.start_ns for b in series] == [0, 500 * MS, 1000 * MS, 1500 * MS, 2000 * MS]
+    assert [b.faults for b in series] == [(), (), ("kill",), ("kill",), ()]
+    assert series[0].codes == {
+        "TransactionCanceled(ConditionFailed)": 1,
+        "TransactionConflict": 1,
+    }
+    assert series[1].codes == {}
+    assert series[2].codes == {"OutcomeUnknown": 1, "Unavailable": 1}
+    assert series[3].codes == {"Unavailable": 1}
+    assert series[4].codes == {"TransactionConflict": 1}
+    # The JSON series keeps the buckets with failures or faults only.
+    assert [row["start_s"] for row in split["series"]] == [0.0, 1.0, 1.5, 2.0]
+    text = failures_text(h, faults)
+    assert "Unavailable" in text and "buckets of 0.5 s" in text
+    assert "   1.000 s [kill]" in text
+    assert failures_text(History(), []).startswith("failures by code: none")
+
+
 def test_verdict_line_pass_and_fail(build: Builder) -> None:
     h = small_history()
     assert verdict_line("list-append", h, make_result("list-append", [])) == (
@@ -208,7 +296,7 @@ def test_valid_report(tmp_path: Path) -> None:
     assert path == tmp_path / "run" / "report.html"
     page = path.read_text(encoding="utf-8")
     parsed = parse(page)
-    assert parsed.tags.count("svg") == 2
+    assert parsed.tags.count("svg") == 3  # throughput, latency, failures by code
     assert "polyline" in parsed.tags
     assert "script" not in parsed.tags
     assert "banner pass" in parsed.classes
@@ -226,11 +314,17 @@ def test_valid_report(tmp_path: Path) -> None:
     ):
         assert needle in text
     assert "list-append: 4 ops (ok 2, fail 1, info 1), anomalies: none — PASS" in text
-    # Fault windows: shaded in both plots, one colour per kind, a legend under each plot.
+    # Fault windows: shaded in every plot, one colour per kind, a legend under each plot.
     fault_rects = re.findall(r'<rect class="fault"[^>]*fill="(#[0-9a-f]{6})"', page)
-    assert len(fault_rects) == 4 and len(set(fault_rects)) == 2
+    assert len(fault_rects) == 6 and len(set(fault_rects)) == 2
     legends = re.findall(r'<div class="legend fault-legend">(.*?)</div>', page)
-    assert len(legends) == 2 and all("partition" in g and "kill" in g for g in legends)
+    assert len(legends) == 3 and all("partition" in g and "kill" in g for g in legends)
+    # Failures by code: the fail (conflict) and the info (timeout) both overlap the partition.
+    assert re.search(
+        r"<td><code>conflict</code></td><td[^>]*>1</td><td[^>]*>0</td><td[^>]*>1</td>"
+        r"<td[^>]*>0</td>",
+        page,
+    )
     assert "n1 | n2 n3" in text  # fault list
     # Outcome table by f: read has ok 1 + info 1, txn has ok 1 + fail 1.
     assert re.search(r"<td>read</td><td[^>]*>1</td><td[^>]*>0</td><td[^>]*>1</td>", page)
@@ -251,6 +345,15 @@ def test_valid_report(tmp_path: Path) -> None:
         "end_ns": T0 + 900 * MS,
     }
     assert data["verdict_line"].endswith("— PASS")
+    # The shortest window is 500 ms: the failure buckets are 500 ms wide.
+    assert data["failures"]["bucket_ns"] == 500 * MS
+    assert data["failures"]["by_code"] == {
+        "conflict": {"fail": 1, "info": 0, "during_faults": 1, "outside_faults": 0},
+        "timeout": {"fail": 0, "info": 1, "during_faults": 1, "outside_faults": 0},
+    }
+    text_report = (tmp_path / "run" / "report.txt").read_text(encoding="utf-8")
+    assert text_report.splitlines()[1].endswith("— PASS")
+    assert "failures by code" in text_report and "conflict" in text_report
 
 
 def test_anomalous_report_explains_the_cycle(build: Builder, tmp_path: Path) -> None:
