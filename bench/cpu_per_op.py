@@ -27,17 +27,10 @@ import urllib.request
 import uvloop
 
 from kvstore.bench import store
+from kvstore.bench.procfs import cpu_s
 from kvstore.bench.workloads import ACCOUNTS, workload
 
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 _FSYNCS = re.compile(r"^kvstore_node_fsyncs_total (\S+)", re.MULTILINE)
-
-
-def cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
 def fsyncs(cluster: store.TempCluster) -> float:
@@ -57,13 +50,15 @@ async def measure(cluster: store.TempCluster, args: argparse.Namespace) -> None:
     async with cluster.connect(args.mode) as kv:
         await store.load(kv, ACCOUNTS)
         for name in args.workloads.split(","):
-            before = {who: cpu_s(pid) for who, pid in pids.items()}
+            before = {who: cpu_s(pid) or 0.0 for who, pid in pids.items()}
             fsyncs_before = fsyncs(cluster)
             result = await store.run(
                 kv, workload(name), clients=args.clients, duration_s=args.duration, warmup_s=1
             )
             ops = max(1, result.completed)
-            per_op = {who: (cpu_s(pid) - before[who]) * 1e6 / ops for who, pid in pids.items()}
+            per_op = {
+                who: ((cpu_s(pid) or 0.0) - before[who]) * 1e6 / ops for who, pid in pids.items()
+            }
             parts = " ".join(f"{who}={us:.0f}" for who, us in per_op.items())
             print(
                 f"{name:9} {result.throughput_per_s:>7,.0f}/s p50 {result.p50_ms:6.2f} ms | "

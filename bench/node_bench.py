@@ -50,8 +50,14 @@ from kvstore.messages import ExecuteRequest, GetRequest, WriteRequest  # noqa: E
 from kvstore.ops import Op, OpKind  # noqa: E402
 from kvstore.partitioning import PartitionMap  # noqa: E402
 from kvstore.rpc import RpcClient  # noqa: E402
-from kvstore.timestamps import new_txn_id, process_clock  # noqa: E402
+from kvstore.timestamps import (  # noqa: E402
+    HybridClock,
+    new_txn_id,
+    random_origin,
+    system_clock_us,
+)
 
+CLOCK = HybridClock(system_clock_us, random_origin())  # this process's; a fork re-draws its origin
 KEYS = 10_000
 VALUE = "x" * 100
 CONNECTIONS_PER_PROC = 4
@@ -84,15 +90,13 @@ def request_for(workload: str, pmap: PartitionMap, i: int) -> tuple[str, dict[st
     op = Op(kind=OpKind.PUT, key=key, value=VALUE)
     if workload == "put":
         return "write", encode_request(WriteRequest(partition=pid, op=op))
-    request = ExecuteRequest(
-        partition=pid, txn_id=new_txn_id(), ts=process_clock().now(), ops=(op,)
-    )
+    request = ExecuteRequest(partition=pid, txn_id=new_txn_id(), ts=CLOCK.now(), ops=(op,))
     return "execute", encode_request(request)
 
 
 async def drive(load: Load, clients: int, seed: int) -> dict[str, Any]:
     pmap = PartitionMap(load.partitions)
-    clock = process_clock()
+    clock = CLOCK
     conns = [
         RpcClient(load.url, load.secret, on_clock=clock.observe)
         for _ in range(CONNECTIONS_PER_PROC)
@@ -160,7 +164,7 @@ def run_workload(load: Load, procs: int) -> dict[str, Any]:
 
 async def load_items(url: str, secret: str, partitions: int, items: int) -> None:
     pmap = PartitionMap(partitions)
-    conn = RpcClient(url, secret, on_clock=process_clock().observe)
+    conn = RpcClient(url, secret, on_clock=CLOCK.observe)
     by_partition: dict[int, list[Op]] = {}
     pending: set[asyncio.Task[object]] = set()
     try:
@@ -171,7 +175,7 @@ async def load_items(url: str, secret: str, partitions: int, items: int) -> None
             if len(ops) == LOAD_BATCH:
                 pid = pmap.partition_of(key)
                 request = ExecuteRequest(
-                    partition=pid, txn_id=new_txn_id(), ts=process_clock().now(), ops=tuple(ops)
+                    partition=pid, txn_id=new_txn_id(), ts=CLOCK.now(), ops=tuple(ops)
                 )
                 by_partition[pid] = []
                 pending.add(asyncio.create_task(conn.call("execute", encode_request(request))))

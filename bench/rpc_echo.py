@@ -33,19 +33,12 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kvstore.bench.procfs import cpu_s  # noqa: E402
 from kvstore.rpc import AsyncHandler, RpcClient, RpcServer  # noqa: E402
-from kvstore.timestamps import process_clock  # noqa: E402
+from kvstore.timestamps import HybridClock, random_origin, system_clock_us  # noqa: E402
 
 SECRET = "bench-secret"
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """User plus system CPU seconds of process ``pid`` (Linux ``/proc``), None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+CLOCK = HybridClock(system_clock_us, random_origin())  # this process's; a fork re-draws its origin
 
 
 def free_port() -> int:
@@ -56,7 +49,7 @@ def free_port() -> int:
 
 
 async def serve(port: int) -> None:
-    clock = process_clock()
+    clock = CLOCK
 
     async def echo(method: str, body: object, timeout_ms: int) -> object:
         return body
@@ -80,7 +73,7 @@ async def serve(port: int) -> None:
 async def load(
     port: int, server_pid: int, *, callers: int, duration_s: float, connections: int, body: bytes
 ) -> None:
-    clock = process_clock()
+    clock = CLOCK
     url = f"ws://127.0.0.1:{port}/rpc"
     clients = [RpcClient(url, SECRET, on_clock=clock.observe) for _ in range(connections)]
     latencies: list[float] = []
@@ -102,11 +95,11 @@ async def load(
                 done += 1
 
         started = time.perf_counter()
-        client_cpu, server_cpu = time.process_time(), process_cpu_s(server_pid)
+        client_cpu, server_cpu = time.process_time(), cpu_s(server_pid)
         await asyncio.gather(*(caller(clients[i % connections]) for i in range(callers)))
         elapsed = time.perf_counter() - started
         client_cpu = time.process_time() - client_cpu
-        server_cpu_end = process_cpu_s(server_pid)
+        server_cpu_end = cpu_s(server_pid)
     finally:
         for client in clients:
             await client.close()

@@ -24,6 +24,7 @@ from kvstore import errors
 from kvstore.errors import (
     ClockSkew,
     ConditionFailed,
+    DiskFull,
     ErrorCode,
     Forbidden,
     IdempotencyMismatch,
@@ -120,6 +121,7 @@ __all__ = [
     "Overloaded",
     "Unavailable",
     "WrongOwner",
+    "DiskFull",
     "OutcomeUnknown",
     "Unauthorized",
     "Forbidden",

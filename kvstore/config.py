@@ -7,8 +7,10 @@ each storage node (``address``, ``data_dir``, and optionally the ``partitions`` 
 every node lists its partitions or none does, and then partitions go round-robin in node order),
 each coordinator's ``address``, the file holding the cluster secret, the API token file
 (``api_tokens_file``, by default ``api_tokens.toml``; see :mod:`kvstore.api.tokens`), the most
-operations one transaction may carry (``txn_ops_max``, at most ``TXN_OPS_MAX_CEILING``), and
-optional ``[timing]`` overrides of the partition core's time constants (tests shorten them).
+operations one transaction may carry (``txn_ops_max``, at most ``TXN_OPS_MAX_CEILING``), the
+requests a coordinator serves at once before it answers ``Overloaded``
+(``api_requests_in_flight_max``, by default ``API_REQUESTS_IN_FLIGHT_MAX``), and optional
+``[timing]`` overrides of the partition core's time constants (tests shorten them).
 Relative paths are relative to the file's directory. Loading is strict: an unknown key, a wrong
 type or an inconsistent map is a :class:`~kvstore.errors.ValidationError` naming the field, before
 any process starts serving.
@@ -32,7 +34,13 @@ from types import MappingProxyType
 import tomli_w
 
 from kvstore.errors import ValidationError
-from kvstore.limits import PARTITIONS_DEFAULT, TXN_OPS_MAX_CEILING, TXN_OPS_MAX_DEFAULT
+from kvstore.limits import (
+    API_REQUESTS_IN_FLIGHT_CEILING,
+    API_REQUESTS_IN_FLIGHT_MAX,
+    PARTITIONS_DEFAULT,
+    TXN_OPS_MAX_CEILING,
+    TXN_OPS_MAX_DEFAULT,
+)
 from kvstore.partitioning import ClusterMap, PartitionMap
 from kvstore.storage_node.core import PartitionConfig
 from kvstore.types import NodeId, PartitionId
@@ -65,6 +73,7 @@ _TOP_KEYS = {
     "secret_file",
     "api_tokens_file",
     "txn_ops_max",
+    "api_requests_in_flight_max",
     "nodes",
     "coordinators",
     "timing",
@@ -97,6 +106,7 @@ class ClusterConfig:
     api_tokens_file: Path
     partition_config: PartitionConfig = field(default_factory=PartitionConfig)
     txn_ops_max: int = TXN_OPS_MAX_DEFAULT
+    api_requests_in_flight_max: int = API_REQUESTS_IN_FLIGHT_MAX
 
     def node(self, node_id: str) -> NodeSpec:
         spec = self.nodes.get(NodeId(node_id))
@@ -147,6 +157,12 @@ def _txn_ops_max(raw: object) -> int:
         raise ValidationError(
             "txn_ops_max", f"must be an integer in 1..{TXN_OPS_MAX_CEILING}, got {raw!r}"
         )
+    return raw
+
+
+def _bounded(raw: object, field_name: str, ceiling: int) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= ceiling:
+        raise ValidationError(field_name, f"must be an integer in 1..{ceiling}, got {raw!r}")
     return raw
 
 
@@ -213,6 +229,11 @@ def load_cluster(path: str | os.PathLike[str]) -> ClusterConfig:
         api_tokens_file=api_tokens_file,
         partition_config=PartitionConfig(**overrides),  # type: ignore[arg-type]
         txn_ops_max=_txn_ops_max(doc.get("txn_ops_max", TXN_OPS_MAX_DEFAULT)),
+        api_requests_in_flight_max=_bounded(
+            doc.get("api_requests_in_flight_max", API_REQUESTS_IN_FLIGHT_MAX),
+            "api_requests_in_flight_max",
+            API_REQUESTS_IN_FLIGHT_CEILING,
+        ),
     )
 
 
@@ -252,11 +273,12 @@ def write_cluster_file(
     secret_file: str = "secret",
     api_tokens_file: str | None = None,
     txn_ops_max: int | None = None,
+    api_requests_in_flight_max: int | None = None,
 ) -> None:
     """Write a cluster file: ``nodes`` maps node id to address; data in ``data/<id>``.
 
-    ``api_tokens_file`` and ``txn_ops_max`` are written only when given (else the defaults
-    apply when the file is loaded).
+    ``api_tokens_file``, ``txn_ops_max`` and ``api_requests_in_flight_max`` are written only
+    when given (else the defaults apply when the file is loaded).
     """
     doc: dict[str, object] = {
         "epoch": epoch,
@@ -268,6 +290,8 @@ def write_cluster_file(
         doc["api_tokens_file"] = api_tokens_file
     if txn_ops_max is not None:
         doc["txn_ops_max"] = txn_ops_max
+    if api_requests_in_flight_max is not None:
+        doc["api_requests_in_flight_max"] = api_requests_in_flight_max
     if coordinators:
         doc["coordinators"] = {cid: {"address": addr} for cid, addr in coordinators.items()}
     if timing:

@@ -43,6 +43,7 @@ __all__ = [
     "Overloaded",
     "Unavailable",
     "WrongOwner",
+    "DiskFull",
     "OutcomeUnknown",
     "Unauthorized",
     "Forbidden",
@@ -74,6 +75,9 @@ class ErrorCode(enum.Enum):
     Overloaded = ErrorSpec(1005, 503, True, "a bounded queue is full; back off and retry")
     Unavailable = ErrorSpec(1006, 503, True, "a process needed for the request is unreachable")
     WrongOwner = ErrorSpec(1007, 421, True, "the partition has another owner; reload the map")
+    DiskFull = ErrorSpec(
+        1008, 503, True, "the node's disk is full: writes are refused until space is freed"
+    )
     # 2xxx: caller mistakes and definite refusals.
     ValidationError = ErrorSpec(2001, 400, False, "the request is malformed or breaks a limit")
     ConditionFailed = ErrorSpec(2002, 412, False, "a condition did not hold")
@@ -204,6 +208,13 @@ class WrongOwner(KvError):
     code = ErrorCode.WrongOwner
 
 
+class DiskFull(KvError):
+    """A storage node cannot make writes durable (no space left on its data volume): it refuses
+    writes, still answers reads of committed data, and resumes by itself once space is freed."""
+
+    code = ErrorCode.DiskFull
+
+
 class OutcomeUnknown(KvError):
     code = ErrorCode.OutcomeUnknown
 
@@ -239,6 +250,7 @@ _CLASS_BY_CODE: Final[dict[ErrorCode, type[KvError]]] = {
         Overloaded,
         Unavailable,
         WrongOwner,
+        DiskFull,
         OutcomeUnknown,
         Unauthorized,
         Forbidden,

@@ -54,6 +54,7 @@ __all__ = [
     "RPC_BACKOFF_MAX_MS",
     "RPC_FAILURE_LOG_INTERVAL_MS",
     "PARTITION_QUEUE_MAX",
+    "NODE_REQUESTS_IN_PROGRESS_MAX",
     "FLUSH_WRITES_MAX",
     "STAGE_ON_LOOP_ROWS_MAX",
     "FLUSH_INLINE_COMMIT_US_MAX",
@@ -70,6 +71,15 @@ __all__ = [
     "TOKEN_FILE_RELOAD_INTERVAL_MS",
     "RETRY_AFTER_S",
     "COORDINATOR_TXNS_IN_FLIGHT_MAX",
+    "MEMORY_TRIM_INTERVAL_MS",
+    "LOOP_LAG_PROBE_MS",
+    "LOOP_LAG_TARGET_MS",
+    "LOOP_LAG_INTERVAL_MS",
+    "API_REQUESTS_IN_FLIGHT_MAX",
+    "API_REQUESTS_IN_FLIGHT_CEILING",
+    "API_LISTEN_BACKLOG",
+    "RETRY_AFTER_MAX_S",
+    "RETRY_AFTER_WINDOW_MS",
     "FANOUT_CALLS_MAX",
     "CONFLICT_RETRIES_MAX",
     "CONFLICT_BACKOFF_BASE_MS",
@@ -101,6 +111,8 @@ __all__ = [
     "SDK_RETRY_BUDGET_FLOOR",
     "SDK_TOKEN_DRAWS_MAX",
     "SDK_HTTP_CONNECTIONS_MAX",
+    "SDK_CONNECT_TIMEOUT_MS",
+    "SDK_ATTEMPT_MIN_MS",
     "SDK_SYNC_CLOSE_TIMEOUT_MS",
 ]
 
@@ -158,6 +170,7 @@ RPC_FAILURE_LOG_INTERVAL_MS: Final = 30_000  # a peer that stays unreachable: on
 
 # --- storage node (DESIGN section 8) -------------------------------------------------------
 PARTITION_QUEUE_MAX: Final = 2_048  # requests waiting on one partition; beyond: Overloaded.
+NODE_REQUESTS_IN_PROGRESS_MAX: Final = 8_192  # requests waiting on one node; beyond: Overloaded.
 FLUSH_WRITES_MAX: Final = 4_096  # a node's buffered row writes that flush without waiting.
 STAGE_ON_LOOP_ROWS_MAX: Final = 256  # larger flushes stage their rows on the flush thread too.
 # A flush of at most STAGE_ON_LOOP_ROWS_MAX rows commits on the event loop itself while the
@@ -190,9 +203,32 @@ SCAN_LIMIT_DEFAULT: Final = 100  # items in a scan page when the caller does not
 API_TOKEN_NAME_CHARS_MAX: Final = 64  # the name of an API token, 1..API_TOKEN_NAME_CHARS_MAX.
 TOKEN_FILE_RELOAD_INTERVAL_MS: Final = 1_000  # the API token file is stat-ed at most this often.
 RETRY_AFTER_S: Final = 1  # the Retry-After of a 503 (the SDK adds its own jittered backoff).
+# An overloaded coordinator raises the Retry-After of its refusals up to this while it refuses
+# more requests than it admits (runtime/admission.py, RetryAfter), once a window.
+RETRY_AFTER_MAX_S: Final = 16
+RETRY_AFTER_WINDOW_MS: Final = 1_000
+# Requests one coordinator process serves at once (every route but health, metrics and the
+# OpenAPI document); one more is refused with Overloaded before its body is read. About 0.2 s of
+# this machine's capacity (2,500 mixed ops/s), well inside RPC_TIMEOUT_MS: admitted work never
+# waits long enough for its own internal deadlines to expire (docs/bench.md, overload).
+# The cluster file's api_requests_in_flight_max overrides it, up to the ceiling.
+API_REQUESTS_IN_FLIGHT_MAX: Final = 512
+API_REQUESTS_IN_FLIGHT_CEILING: Final = 65_536
+# Connections the kernel queues for a coordinator before it accepts them (capped by the kernel's
+# net.core.somaxconn). aiohttp's default of 128 drops the SYNs of a burst of new clients, which
+# then wait seconds for TCP's retransmission and time out without ever being refused.
+API_LISTEN_BACKLOG: Final = 4_096
 
 # --- coordinator (DESIGN section 6) ---------------------------------------------------------
 COORDINATOR_TXNS_IN_FLIGHT_MAX: Final = 4_096  # transactions running at once; beyond: Overloaded.
+# The loop-lag gate (runtime/admission.py): a timer every LOOP_LAG_PROBE_MS measures how late
+# the event loop handles ready work; later than the target for a whole interval refuses new
+# work (Overloaded) until it is back under. Well below RPC_TIMEOUT_MS, so admitted work is
+# answered before its internal calls' deadlines.
+MEMORY_TRIM_INTERVAL_MS: Final = 10_000  # a server process returns free heap pages this often.
+LOOP_LAG_PROBE_MS: Final = 20
+LOOP_LAG_TARGET_MS: Final = 50
+LOOP_LAG_INTERVAL_MS: Final = 200
 FANOUT_CALLS_MAX: Final = 64  # partition calls one scan page has in flight at once.
 CONFLICT_RETRIES_MAX: Final = 3  # re-runs of a read or singleton write blocked by an intent.
 CONFLICT_BACKOFF_BASE_MS: Final = 2  # their pause: full jitter below base * 2**attempt.
@@ -246,6 +282,8 @@ SDK_RETRY_BUDGET_PERCENT: Final = 10  # retries allowed per 100 calls within the
 SDK_RETRY_BUDGET_FLOOR: Final = 10  # ... plus this many per window, so a quiet client retries.
 SDK_TOKEN_DRAWS_MAX: Final = 1_024  # random idempotency tokens tried to land on a key's partition.
 SDK_HTTP_CONNECTIONS_MAX: Final = 100  # pooled HTTP connections of one gateway client.
+SDK_CONNECT_TIMEOUT_MS: Final = 2_000  # getting a connection to the gateway; then "not sent".
+SDK_ATTEMPT_MIN_MS: Final = 1_000  # a retry is made only with this much of the call's time left.
 SDK_SYNC_CLOSE_TIMEOUT_MS: Final = 10_000  # the sync client waits this long for its loop to end.
 
 assert SDK_BACKOFF_BASE_MS <= SDK_BACKOFF_CAP_MS < SDK_TIMEOUT_MS_DEFAULT
@@ -302,3 +340,17 @@ __all__ += [
     "BENCH_SQL_TIMEOUT_MS",
     "BENCH_RUN_GRACE_MS",
 ]
+
+# --- full disks and repeated log lines (issue 17) ---------------------------------------------
+# A node whose flush fails because its disk is full keeps the flush and retries it, first after
+# DISK_FULL_RETRY_MIN_MS, then at doubling intervals of at most DISK_FULL_RETRY_MAX_MS, so writes
+# resume within about DISK_FULL_RETRY_MAX_MS of space returning.
+DISK_FULL_RETRY_MIN_MS: Final = 100
+DISK_FULL_RETRY_MAX_MS: Final = 500
+# A warning that repeats (a malformed frame, a bad request, an unreachable peer) is logged the
+# first time, then at most once per this interval per kind, with the count of those suppressed.
+LOG_REPEAT_INTERVAL_MS: Final = 10_000
+
+assert 0 < DISK_FULL_RETRY_MIN_MS <= DISK_FULL_RETRY_MAX_MS
+
+__all__ += ["DISK_FULL_RETRY_MIN_MS", "DISK_FULL_RETRY_MAX_MS", "LOG_REPEAT_INTERVAL_MS"]

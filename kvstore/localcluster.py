@@ -14,7 +14,8 @@ Theory of operation
     admin.token          that admin token in plaintext (0600): the one place it is kept
     data/<node id>/      SQLite partition files (the node creates and locks its directory)
     logs/<id>.log        stdout and stderr of each process (JSON lines), appended across runs
-    run/<id>.pid         the pid of each running process; run/kvctl.lock serialises kvctl
+    run/<id>.pid         the pid of each running process (written atomically: temporary file,
+                         fsync, rename); run/kvctl.lock serialises kvctl
     run/foreground.lock  held by the attached ``up --foreground`` (its pid; see Attachment)
     run/foreground.stop  a stop notice from ``cluster down`` to that attached session
 
@@ -29,7 +30,10 @@ starts processes against, or writes into, a directory it did not create.
 **Processes.** Each process is ``python -P -m kvstore.storage_node|kvstore.coordinator --config
 <abs cluster.toml> --id <id>`` spawned with :func:`os.posix_spawn` in a session of its own
 (``setsid``, what ``start_new_session=True`` does) with default signal dispositions and an empty
-signal mask, stdin from ``/dev/null`` and stdout/stderr appended to its log. ``PYTHONPATH``
+signal mask, umask 077 (every file under the directory is 0600, every directory 0700), stdin
+from ``/dev/null`` and stdout/stderr appended to its log. If its pid file cannot be written (a
+full disk), the process just started is killed again and the error names the pid file: a process
+never runs without its pid file. ``PYTHONPATH``
 leads with the directory kvctl's own ``kvstore`` package was imported from, so the processes run
 the same code as kvctl whatever the working directory (``-P`` keeps the working directory itself
 off ``sys.path``). A process counts as *running* when
@@ -186,6 +190,7 @@ _MODULES: Final[Mapping[str, str]] = {
 _HEALTH_PATHS: Final[Mapping[str, str]] = {"node": "/health", "coordinator": "/v1/health"}
 _KILL_GRACE_S: Final = 2.0  # after SIGKILL, how long to wait for the process table to agree
 _TAIL_READ_BYTES: Final = 64 * 1024
+_PROCESS_UMASK: Final = 0o077  # a spawned process's files (data, logs it makes): owner only
 _RESET_SIGNALS: Final = (
     signal.SIGPIPE,
     signal.SIGXFSZ,
@@ -295,9 +300,28 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _replace_file(path: Path, text: str) -> None:
+    """Replace ``path`` atomically (mode 0600): write a temporary file, fsync it, rename it
+    over ``path``. On failure (a full disk) the temporary file is removed and ``path`` is left
+    as it was; the error names ``path``."""
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # a temporary file left by an older kvctl may be wider
+            data = text.encode("utf-8")
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        if error.filename != str(path):
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
 
 
 def _tail(path: Path, offset: int, lines: int) -> list[str]:
@@ -396,7 +420,9 @@ class ProcessStatus:
     process_id: str
     address: str
     pid: int | None  # None when not running
-    health: str  # "ok", "failed" (a node after a failed flush), "unreachable", "down"
+    # "ok", "disk full" (a node refusing writes until space is freed: it still serves reads),
+    # "failed" (a node after a failed flush), "unreachable", "down"
+    health: str
     log: Path
     partitions: tuple[PartitionStatus, ...] | None = None  # nodes only
     requests_per_s: float | None = None
@@ -753,7 +779,10 @@ class LocalCluster:
         if missing:
             for spec, pid in self._scan(missing).items():
                 found[spec.process_id] = pid
-                self._write_pid(spec.process_id, pid)
+                # A repair only: the scan finds the process again if this fails (a full disk
+                # must not stop `status` or `down` from working).
+                with contextlib.suppress(OSError):
+                    self._write_pid(spec.process_id, pid)
         return found
 
     def _is_ours(self, pid: int, spec: ProcessSpec) -> bool:
@@ -825,6 +854,7 @@ class LocalCluster:
         log_fd = os.open(
             self.log_path(process_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
         )
+        umask = os.umask(_PROCESS_UMASK)  # inherited: every file a process creates is private
         try:
             package_root = str(Path(kvstore.__file__).resolve().parent.parent)
             env = dict(os.environ)
@@ -848,9 +878,19 @@ class LocalCluster:
                 setsigdef=_RESET_SIGNALS,
             )
         finally:
+            os.umask(umask)
             os.close(log_fd)
         self._children[process_id] = pid
-        self._write_pid(process_id, pid)
+        try:
+            self._write_pid(process_id, pid)
+        except OSError:
+            # Never a process without its pid file: stop the one just started (it has
+            # answered nothing yet) before the error is reported.
+            _signal(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            del self._children[process_id]
+            raise
         return pid
 
     def wait_healthy(
@@ -1196,6 +1236,8 @@ class LocalCluster:
                     body = None
                 ok = status == 200 and isinstance(body, dict) and body.get("status") == "ok"
                 probe.health = "ok" if ok else "failed"
+                if ok and isinstance(body, dict) and body.get("disk_full") is True:
+                    probe.health = "disk full"
 
         async def stats() -> None:
             if spec.role != "node" or secret is None:

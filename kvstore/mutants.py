@@ -43,6 +43,8 @@ class Mutant(enum.Enum):
     # Of the node runtime (kvstore.runtime.node), not of a core:
     REPLY_BEFORE_FLUSH = "reply-before-flush"  # answers leave before their writes are durable
     ACK_WITH_EARLIER_FLUSH = "ack-with-earlier-flush"  # answers ride the flush before their own
+    # Of the clock (kvstore.timestamps), in clones of a process (a fork, a snapshot restored twice):
+    NO_FORK_REDRAW = "no-fork-redraw"  # a cloned clock keeps its origin: copies reissue timestamps
 
 
 class MutantsNotAllowed(RuntimeError):

@@ -13,11 +13,28 @@ it raises ``last`` to ``ts`` so that the next ``now()`` is above ``ts``. The ori
 The class is pure: it reads time only through the injected ``physical_clock`` and uses only the
 origin it is given, so protocol cores and the simulator can drive it with virtual clocks.
 
-Clone safety: :func:`process_clock` is the per-process clock on the system clock with an origin
-from ``os.urandom``. A forked child draws a new origin (``os.register_at_fork``) and keeps its
-last timestamp, so parent and child keep issuing distinct, non-decreasing timestamps.
-:func:`new_txn_id` reads 128 bits straight from ``os.urandom`` for every id and keeps no
-per-process state, so a clone can never repeat one.
+Clone safety
+------------
+A process copied with its memory (``os.fork``; a VM snapshot restored twice) holds two copies of
+every clock with the same origin and the same ``last``: both would issue the same timestamps.
+So the origin of a clock belongs to one process, and a copy draws a new one:
+
+* :func:`random_origin` returns a :class:`RandomOrigin` (an ``int`` drawn from ``os.urandom``,
+  marked as such). A clock built with one, as every production clock is (the storage node's, the
+  coordinator library's, hence the coordinator service's and the SDK's direct mode), joins a
+  module-level ``weakref.WeakSet``. One ``os.register_at_fork(after_in_child=...)`` hook calls
+  :func:`redraw_origins` on every clock of that set in the child: each gets a fresh origin from
+  ``os.urandom`` (never its old one) and a fresh lock (a parent thread may have held the old one
+  at the fork), and keeps ``last``, so parent and child go on issuing distinct, non-decreasing
+  timestamps. Nothing to do at the call site: a clock cannot be built on a random origin and
+  miss the hook.
+* A clock built with a plain ``int`` origin (the simulator's and tests' deterministic origins)
+  is never touched by the hook. The simulator models a clone by calling :func:`redraw_origins`
+  itself on the copies (its "clone" fault), so both paths run the same code, and the
+  ``NO_FORK_REDRAW`` mutant (a clock that keeps its origin across a clone) breaks both.
+* :func:`new_txn_id` reads 128 bits straight from ``os.urandom`` for every id, as the SDK's
+  idempotency tokens do (``secrets``), and keeps no per-process state, so a clone can never
+  repeat one.
 """
 
 from __future__ import annotations
@@ -25,7 +42,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Final, TypeAlias
 
 from kvstore.errors import ValidationError
@@ -36,9 +54,10 @@ __all__ = [
     "PhysicalClock",
     "system_clock_us",
     "HybridClock",
-    "process_clock",
+    "RandomOrigin",
     "new_txn_id",
     "random_origin",
+    "redraw_origins",
     "check_skew",
 ]
 
@@ -53,12 +72,21 @@ def system_clock_us() -> int:
     return time.time_ns() // 1000
 
 
-def random_origin() -> int:
-    """A random clock origin in ``1..ORIGIN_MAX`` drawn from ``os.urandom`` (never 0)."""
+class RandomOrigin(int):
+    """An origin drawn at random: a clock built with one draws a new one in a forked child."""
+
+    __slots__ = ()
+
+
+def random_origin() -> RandomOrigin:
+    """A random clock origin in ``1..ORIGIN_MAX`` drawn from ``os.urandom`` (never 0).
+
+    The result is a :class:`RandomOrigin`: a :class:`HybridClock` built with it re-draws its
+    origin in a forked child (see the module)."""
     while True:
         origin = int.from_bytes(os.urandom(8), "big")
         if origin != 0:
-            return origin
+            return RandomOrigin(origin)
 
 
 def check_skew(ts: Timestamp, now_us: int, max_skew_ms: int) -> bool:
@@ -69,13 +97,16 @@ def check_skew(ts: Timestamp, now_us: int, max_skew_ms: int) -> bool:
 def _check_origin(origin: int) -> int:
     if isinstance(origin, bool) or not isinstance(origin, int) or not 1 <= origin <= ORIGIN_MAX:
         raise ValidationError("origin", f"must be an integer in 1..{ORIGIN_MAX}, got {origin!r}")
-    return origin
+    return int(origin)  # a plain int in timestamps, whatever the caller passed
 
 
 class HybridClock:
-    """A hybrid logical clock over an injected physical clock. Safe to share between threads."""
+    """A hybrid logical clock over an injected physical clock. Safe to share between threads.
 
-    __slots__ = ("_clock", "_last", "_lock", "_origin", "_stamp")
+    Built with a :class:`RandomOrigin` (:func:`random_origin`), the clock re-draws its origin in
+    a forked child; built with a plain ``int`` it keeps it (deterministic runs)."""
+
+    __slots__ = ("__weakref__", "_clock", "_last", "_lock", "_mutants", "_origin", "_stamp")
 
     def __init__(
         self,
@@ -88,9 +119,12 @@ class HybridClock:
         """``last`` seeds the clock (a restart may pass its persisted high-water mark)."""
         self._clock = physical_clock
         self._origin = _check_origin(origin)
+        self._mutants = mutants
         self._stamp = 1 if Mutant.NO_TS_TIE_BREAK in mutants else None  # the mutant's origin
         self._last = last
         self._lock = threading.Lock()
+        if isinstance(origin, RandomOrigin):
+            _redrawn_at_fork(self)
 
     @property
     def origin(self) -> int:
@@ -101,6 +135,12 @@ class HybridClock:
     def last(self) -> Timestamp:
         """The greatest timestamp issued or observed so far."""
         return self._last
+
+    @property
+    def redrawn_at_fork(self) -> bool:
+        """Whether a forked child's copy of this clock draws a new origin."""
+        with _registry_lock:
+            return self in _at_fork
 
     def now(self) -> Timestamp:
         """A timestamp strictly greater than every one issued or observed before."""
@@ -122,51 +162,58 @@ class HybridClock:
                 self._last = Timestamp(*ts)
 
     def reset_origin(self, origin: int) -> None:
-        """Switch to a new origin, keeping ``last`` (used for clone safety after a fork)."""
-        origin = _check_origin(origin)
+        """Switch to a new origin, keeping ``last`` (a :class:`RandomOrigin` also makes the
+        clock re-draw it in a forked child)."""
+        checked = _check_origin(origin)
         with self._lock:
-            self._origin = origin
+            self._origin = checked
+        if isinstance(origin, RandomOrigin):
+            _redrawn_at_fork(self)
 
-    def _after_fork_in_child(self, origin: int) -> None:
-        # The lock may have been held by a parent thread that does not exist in the child.
+    def after_clone(self, origin: int) -> None:
+        """This clock is now a copy running in a clone of its process (a forked child, a
+        restored snapshot): take a fresh lock and ``origin``, keep ``last``.
+
+        Called only where no other thread of the clone can hold the clock (the at-fork hook,
+        the simulator): the old lock may be held by a thread that does not exist here."""
         self._lock = threading.Lock()
+        if Mutant.NO_FORK_REDRAW in self._mutants:
+            return  # the mutant: the copy keeps issuing its original's timestamps
         self.reset_origin(origin)
 
     def __repr__(self) -> str:
         return f"HybridClock(origin={self._origin:016x}, last={self._last})"
 
 
-_process_clock: HybridClock | None = None
-_process_clock_lock = threading.Lock()
+def redraw_origins(clocks: Iterable[HybridClock], draw: Callable[[], int]) -> None:
+    """Give each of ``clocks`` (copies in a clone of their process) a new origin from ``draw``,
+    never the one it had: the fork hook's work, and the simulator's clone fault's."""
+    for clock in clocks:
+        origin = draw()
+        while origin == clock.origin:
+            origin = draw()
+        clock.after_clone(origin)
 
 
-def process_clock() -> HybridClock:
-    """This process's clock: system time, random origin; redrawn origin in a forked child."""
-    global _process_clock  # noqa: PLW0603 - a per-process singleton by design.
-    clock = _process_clock
-    if clock is not None:
-        return clock
-    with _process_clock_lock:
-        if _process_clock is None:
-            _process_clock = HybridClock(system_clock_us, random_origin())
-        return _process_clock
+# Clocks on a random origin, re-drawn in a forked child. Weak: a clock dropped is forgotten.
+_at_fork: weakref.WeakSet[HybridClock] = weakref.WeakSet()
+_registry_lock = threading.Lock()
+
+
+def _redrawn_at_fork(clock: HybridClock) -> None:
+    with _registry_lock:
+        _at_fork.add(clock)
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock  # noqa: PLW0603 - a parent thread may hold it.
+    _registry_lock = threading.Lock()
+    redraw_origins(list(_at_fork), random_origin)
 
 
 def new_txn_id() -> TxnId:
     """A fresh transaction id: 32 lowercase hex digits, 128 bits read from ``os.urandom``."""
     return TxnId(os.urandom(_TXN_ID_BYTES).hex())
-
-
-def _after_fork_in_child() -> None:
-    global _process_clock_lock  # noqa: PLW0603 - rebuilt: a parent thread may have held it.
-    _process_clock_lock = threading.Lock()
-    clock = _process_clock
-    if clock is not None:
-        old = clock.origin
-        origin = random_origin()
-        while origin == old:
-            origin = random_origin()
-        clock._after_fork_in_child(origin)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -4,16 +4,17 @@ Theory of operation
 -------------------
 ``list-append`` and ``rw-register`` histories get the Elle-style black-box checker and, when any
 transaction carries a commit ``ts``, the white-box ts-order replay. ``bank`` histories get the
-balance-invariant checker (``total=`` is required). The parts are merged into one
-:class:`~chaos.checkers.result.CheckResult` whose ``valid`` refers to the requested model; the
-merged ``verdict`` says which models each anomaly rules out.
+balance-invariant checker (``total=`` is required). Every history also goes through the unique
+timestamps and transaction ids checker (:mod:`chaos.checkers.unique_ts`). The parts are merged
+into one :class:`~chaos.checkers.result.CheckResult` whose ``valid`` refers to the requested
+model; the merged ``verdict`` says which models each anomaly rules out.
 """
 
 from __future__ import annotations
 
 from typing import Any, cast
 
-from chaos.checkers import bank, list_append, replay, rw_register
+from chaos.checkers import bank, list_append, replay, rw_register, unique_ts
 from chaos.checkers.result import CheckResult, merge
 from chaos.history import History
 
@@ -48,4 +49,5 @@ def check_all(
             parts.append(replay.check(history, ts_workload, f=f, model=model))
     else:
         raise ValueError(f"unknown workload {workload!r}; expected one of {WORKLOADS}")
+    parts.append(unique_ts.check(history, model))
     return merge(workload, parts, model)

@@ -15,6 +15,13 @@ fsyncs take realistic times (0.5 to 8 ms) so that a crash can land between an an
 flush it depends on. Some runs also shorten the ledger's decision deadline (a crashed
 coordinator's keys are then freed sooner; safety never depends on it, the decision is a
 compare-and-set) or give the coordinators a small admission limit (``Overloaded`` refusals).
+
+Clones (``clone_ms``): half the seeds clone a coordinator now and then, by a fork or by its
+memory image restored twice (:meth:`~chaos.sim.simulation.Simulation.clone_coordinator`).
+Whether a seed clones, and everything about its clones, comes from a generator of its own
+(``clone_rng`` of :meth:`FaultProfile.draw`), so adding the fault left the runs of seeds that do
+not clone exactly as they were (the regression seeds of ``tests/chaos/test_sim.py`` replay the
+same schedules).
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class FaultProfile:
     node_down_ms_max: int = 1_000  # a crashed node restarts within this (uniform)
     crash_coordinator_ms: int = 0
     coordinator_down_ms_max: int = 1_000
+    clone_ms: int = 0  # mean time between clones of a coordinator's memory image (0: never)
     partition_ms: int = 0  # mean time between network partitions
     cut_ms_max: int = 2_000  # a cut link heals within this (uniform, at least 100 ms)
     clock_ms: int = 0  # mean time between clock offset changes
@@ -81,8 +89,9 @@ class FaultProfile:
     admission_max: int = COORDINATOR_TXNS_IN_FLIGHT_MAX  # cores a coordinator runs at once
 
     @classmethod
-    def draw(cls, rng: random.Random) -> FaultProfile:
-        """A swarm draw: each fault on with probability about one half, random intensity."""
+    def draw(cls, rng: random.Random, clone_rng: random.Random | None = None) -> FaultProfile:
+        """A swarm draw: each fault on with probability about one half, random intensity; the
+        clones from ``clone_rng`` (none without it)."""
 
         def on(p: float = 0.5) -> bool:
             return rng.random() < p
@@ -109,6 +118,11 @@ class FaultProfile:
             decision_deadline_ms=rng.choice((3_000, 8_000, 25_000)),
             tombstone_retention_ms=rng.choice((200, 2_000, 60_000)),
             admission_max=rng.choice((4, 6)) if on(0.2) else COORDINATOR_TXNS_IN_FLIGHT_MAX,
+            clone_ms=(
+                clone_rng.choice((200, 1_000))
+                if clone_rng is not None and clone_rng.random() < 0.5
+                else 0
+            ),
         )
 
     def describe(self) -> str:
@@ -120,6 +134,7 @@ class FaultProfile:
             f"fsync={self.fsync_us}us",
             f"crash_node={self.crash_node_ms}ms/down<={self.node_down_ms_max}ms",
             f"crash_coord={self.crash_coordinator_ms}ms/down<={self.coordinator_down_ms_max}ms",
+            f"clone={self.clone_ms}ms",
             f"partition={self.partition_ms}ms/cut<={self.cut_ms_max}ms",
             f"clock={self.clock_ms}ms/{self.clock_offset_max_ms}ms/{self.clock_resolution_us}us",
             f"stale={self.intent_stale_ms}ms",

@@ -25,9 +25,16 @@ fresh runtime (fresh cores and clock origin) over the surviving store.
 read transactions, singleton gets and writes, scan pages, token lookups), built by the same
 constructors (``new_write_txn``, ``new_read``, ``new_get``, ``new_singleton_write``, ``Scan``,
 ``new_token_lookup``) with the jitter of conflict retries drawn from the run's generator, and
-behind the same admission check (:func:`~kvstore.coordinator.admission.admit`, with the run's
+behind the same admission check (:func:`~kvstore.runtime.admission.admit`, with the run's
 own small limit so that refusals happen). A crash loses every actor; the clients whose requests
 were in flight are told the connection was lost.
+
+A clone (:meth:`CoordinatorHost.restore`): the host boots as a copy of another incarnation's
+memory image, i.e. with that clock's origin and ``last``, and then runs production's clone path
+on it, :func:`~kvstore.timestamps.redraw_origins` (what the ``os.register_at_fork`` hook runs in
+a forked child), with an origin drawn from the run's clone generator. So a clock that keeps its
+origin across a clone (the ``NO_FORK_REDRAW`` mutant) makes the copies issue equal timestamps
+here exactly as it would in production.
 
 Omniscience: a node host reports every singleton write it applied (its reply, released once the
 write is durable) to ``on_applied``, so the checker can place a singleton write whose client
@@ -42,7 +49,6 @@ from typing import Any
 
 from chaos.sim.loop import EventLoop, Trace
 from chaos.sim.network import Envelope, Network
-from kvstore.coordinator.admission import admit
 from kvstore.coordinator.core import new_write_txn
 from kvstore.coordinator.read import new_read
 from kvstore.coordinator.retry import Retrying
@@ -61,12 +67,13 @@ from kvstore.mutants import Mutants
 from kvstore.ops import Op
 from kvstore.partitioning import PartitionMap
 from kvstore.runtime.actors import Actor, ActorDriver, Answer
+from kvstore.runtime.admission import admit
 from kvstore.runtime.disk import FlushDone
 from kvstore.runtime.node import NodeRuntime
 from kvstore.runtime.scheduler import FlagTimer
 from kvstore.storage_node.core import PartitionConfig
 from kvstore.storage_node.store import FlushJob, MemoryNodeStore
-from kvstore.timestamps import HybridClock
+from kvstore.timestamps import HybridClock, redraw_origins
 from kvstore.types import PartitionId, Timestamp, TxnId
 
 __all__ = ["Host", "NodeHost", "CoordinatorHost", "EPOCH_US"]
@@ -152,8 +159,9 @@ class Host:
         net.hosts[name] = self
 
     def origin_now(self) -> int:
-        """This incarnation's clock origin: a restarted process draws a new one, as
-        ``process_clock`` does, or its fresh clock could reissue a timestamp (seed 8056)."""
+        """This incarnation's clock origin: a restarted process draws a new one, as every
+        production process does at start, or its fresh clock could reissue a timestamp (seed
+        8056)."""
         return self.origin + ORIGIN_STRIDE * self.incarnation
 
     def local_now(self) -> int:
@@ -347,9 +355,24 @@ class CoordinatorHost(Host):
         self._next_session = 0
         self._boot()
 
-    def _boot(self) -> None:
-        self.clock = HybridClock(self.local_now, self.origin_now(), mutants=self.mutants)
+    def _boot(self, clock: HybridClock | None = None) -> None:
+        self.clock = (
+            clock
+            if clock is not None
+            else HybridClock(self.local_now, self.origin_now(), mutants=self.mutants)
+        )
         self.actors = ActorDriver(SimScheduler(self), SimSender(self))
+
+    def restore(self, origin: int, last: Timestamp, draw_origin: Callable[[], int]) -> None:
+        """Boot (crashed first if up) from a memory image whose clock had ``origin`` and
+        ``last``; then the clone path of production (see the module) gives the copy its own
+        origin from ``draw_origin``."""
+        if self.up:
+            self.crash()
+        Host.restart(self)  # up again, without a boot of its own
+        clock = HybridClock(self.local_now, origin, last=last, mutants=self.mutants)
+        redraw_origins([clock], draw_origin)
+        self._boot(clock)
 
     def restart(self) -> None:
         super().restart()

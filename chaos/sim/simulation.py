@@ -12,7 +12,8 @@ draw), the cluster (``nodes`` storage nodes owning ``partitions`` partitions rou
    and restarts nodes and coordinators, cuts links, and moves clocks, and the network drops,
    duplicates and delays messages per the profile. Three node crashes in four are *armed*: the
    node dies right after it next answers a request while it holds writes not yet durable (see
-   :meth:`Simulation.crash_node`);
+   :meth:`Simulation.crash_node`). Half the seeds also *clone* coordinators (see
+   :meth:`Simulation.clone_coordinator`);
 2. **heal phase**: every fault is lifted (quiet network, links healed, processes restarted, clocks
    set right), clients finish what is in flight, and the cluster runs until it has *settled*: no
    actor running, no intent left, every decided ledger record acknowledged by its participants.
@@ -51,7 +52,7 @@ from kvstore.messages import LedgerRecord, TxnState, WriteReply, WriteRequest
 from kvstore.ops import Op as KvOp
 from kvstore.partitioning import PartitionMap
 from kvstore.storage_node.core import PartitionConfig
-from kvstore.types import PartitionId, Timestamp, TxnId
+from kvstore.types import ORIGIN_MAX, PartitionId, Timestamp, TxnId
 
 __all__ = ["Client", "SimResult", "Simulation", "run_seed", "MODEL"]
 
@@ -95,7 +96,11 @@ class Simulation:
         self.seed = seed
         self.config = config
         self.rng = random.Random(seed)
-        self.profile = FaultProfile.draw(self.rng) if config.faults else FaultProfile()
+        # The clone fault's own generator: seeds that do not clone run as they did before it.
+        self.clone_rng = random.Random(f"clone/{seed}")
+        self.profile = (
+            FaultProfile.draw(self.rng, self.clone_rng) if config.faults else FaultProfile()
+        )
         self.loop = EventLoop()
         self.trace = Trace(keep=verbose)
         self.net = Network(self.loop, self.rng, self.trace, self.profile)
@@ -250,6 +255,50 @@ class Simulation:
     def crash_coordinator(self) -> None:
         self._fault_crash(self.coordinators, self.profile.coordinator_down_ms_max)
 
+    def clone_coordinator(self) -> None:
+        """A coordinator's memory image goes on in two processes, in one of two ways (half and
+        half): a fork (the coordinator goes on; a second one is replaced by its child, a copy of
+        its memory with the same wall clock) or a snapshot restored twice (the coordinator and
+        a second one both boot from it, their wall clock set back by the time since the
+        snapshot, up to 300 ms). Each process booted from the image runs production's clone
+        path (:meth:`~chaos.sim.hosts.CoordinatorHost.restore`), which must give it an origin
+        of its own; otherwise two processes issue equal timestamps, which
+        :mod:`chaos.checkers.unique_ts` reports once two of them commit. Work in flight on a
+        process booted from the image is lost, as in a crash (a forked child does not run its
+        parent's other threads). Everything is drawn from ``clone_rng``."""
+        rng = self.clone_rng
+        source = rng.choice(self.coordinators)
+        if not source.up or len(self.coordinators) < 2:
+            return
+        twin = rng.choice([c for c in self.coordinators if c is not source])
+        fork = rng.random() < 0.5
+        origin, last = source.clock.origin, source.clock.last
+        offset_us = source.offset_us - (0 if fork else rng.choice((0, 30 * _MS, 300 * _MS)))
+        how = "fork" if fork else "restore twice"
+        self.count(f"clone CoordinatorHost ({how})")
+        self.trace.add(self.loop.now_us, f"clone {source.name} onto {twin.name} ({how})")
+
+        def draw_origin() -> int:
+            return rng.randint(1 << 40, ORIGIN_MAX)
+
+        for copy in (twin,) if fork else (source, twin):
+            copy.offset_us = offset_us
+            copy.restore(origin, last, draw_origin)
+
+    def _clones(self) -> None:
+        """``clone_coordinator`` about every ``clone_ms``, timed by ``clone_rng``."""
+        mean_us = self.profile.clone_ms * _MS
+        if mean_us <= 0:
+            return
+
+        def fire() -> None:
+            if self.stopping:
+                return
+            self.clone_coordinator()
+            self.loop.after(1 + int(self.clone_rng.expovariate(1.0 / mean_us)), fire)
+
+        self.loop.after(1 + int(self.clone_rng.expovariate(1.0 / mean_us)), fire)
+
     def partition(self) -> None:
         names = [h.name for h in self.hosts]
         a, b = self.rng.sample(names, 2)
@@ -277,6 +326,7 @@ class Simulation:
         self._every(profile.crash_coordinator_ms, "crash_coordinator")
         self._every(profile.partition_ms, "partition")
         self._every(profile.clock_ms, "move_clock")
+        self._clones()
         self.loop.run_until(self.config.fault_phase_ms * _MS, stop=self._load_done)
         self._heal()
         deadline_us = self.loop.now_us + self.config.heal_phase_ms_max * _MS

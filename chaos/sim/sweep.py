@@ -48,6 +48,8 @@ MUTANT_WORKLOADS: dict[Mutant, tuple[str, ...]] = {
     # The node runtime's: acknowledged writes lost by a crash (any workload, with crashes).
     Mutant.REPLY_BEFORE_FLUSH: WORKLOADS,
     Mutant.ACK_WITH_EARLIER_FLUSH: WORKLOADS,
+    # The clock's: copies of a cloned coordinator issue equal timestamps (seeds that clone).
+    Mutant.NO_FORK_REDRAW: WORKLOADS,
 }
 
 

@@ -8,8 +8,11 @@ OpenAPI document (``kvstore/api/openapi.json``, served at ``GET /v1/openapi.json
 cannot drift apart.
 
 One middleware wraps every request, in this order: authenticate the bearer token and check that
-its role (:class:`~kvstore.api.tokens.Role`) allows the route (except ``GET /v1/health``); run
-the handler; turn any :class:`~kvstore.errors.KvError` into the catalogue's status and
+its role (:class:`~kvstore.api.tokens.Role`) allows the route (except ``GET /v1/health``); admit
+it (every route but health, metrics and the OpenAPI document: at most
+``requests_in_flight_max`` requests at once, and none while the coordinator is behind on its
+work, :mod:`kvstore.runtime.admission`), else answer ``Overloaded`` before reading its body;
+run the handler; turn any :class:`~kvstore.errors.KvError` into the catalogue's status and
 ``{"error": {...}}`` body (``Retry-After`` on 503, ``WWW-Authenticate`` on 401); turn aiohttp's
 own 404/405 into the same form; turn anything else into a logged 500 ``InternalError`` (a bug,
 never a crash); count the request by route and status.
@@ -32,6 +35,7 @@ decoded from the raw request target, so ``%2F`` stays inside the key.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -53,13 +57,15 @@ from kvstore.errors import (
     InternalError,
     KvError,
     NotFound,
+    Overloaded,
     TooLarge,
     Unavailable,
     ValidationError,
 )
-from kvstore.limits import API_BODY_BYTES_MAX
+from kvstore.limits import API_BODY_BYTES_MAX, API_REQUESTS_IN_FLIGHT_MAX
 from kvstore.logs import log_event
 from kvstore.recover import drive, find_stuck, report_to_json
+from kvstore.runtime.admission import RetryAfter
 from kvstore.types import Timestamp
 
 __all__ = ["Route", "ROUTES", "build_app", "openapi_document"]
@@ -78,6 +84,7 @@ class Route:
     name: str
     role: Role | None  # None: no token needed
     handler: Handler
+    admitted: bool = True  # counts against API_REQUESTS_IN_FLIGHT_MAX (False: always served)
 
 
 def openapi_document() -> bytes:
@@ -271,10 +278,10 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST", "/v1/read", "read", Role.READ_ONLY, Api.read),
     Route("GET", "/v1/scan", "scan", Role.READ_ONLY, Api.scan),
     Route("GET", "/v1/txn/{token}", "txn_outcome", Role.READ_ONLY, Api.txn_outcome),
-    Route("GET", "/v1/health", "health", None, Api.health),
-    Route("GET", "/v1/openapi.json", "openapi", Role.READ_ONLY, Api.openapi_json),
+    Route("GET", "/v1/health", "health", None, Api.health, admitted=False),
+    Route("GET", "/v1/openapi.json", "openapi", Role.READ_ONLY, Api.openapi_json, admitted=False),
     Route("POST", "/v1/admin/recover", "admin_recover", Role.ADMIN, Api.admin_recover),
-    Route("GET", "/metrics", "metrics", Role.METRICS, Api.metrics_page),
+    Route("GET", "/metrics", "metrics", Role.METRICS, Api.metrics_page, admitted=False),
 )
 
 # aiohttp path patterns: a key or token may contain anything, "/" and newlines included.
@@ -287,12 +294,53 @@ def _aiohttp_path(path: str) -> str:
     return path
 
 
+class _Admission:
+    """The requests being served, against the limit, the coordinator's own gate on top, and the
+    ``Retry-After`` of the refusals (:class:`~kvstore.runtime.admission.RetryAfter`)."""
+
+    def __init__(self, coordinator: Coordinator, limit: int) -> None:
+        self.coordinator = coordinator
+        self.limit = limit
+        self.in_flight = 0
+        self.gauge = coordinator.metrics.requests_in_flight
+        self.retry_after = RetryAfter()
+
+    def enter(self) -> bool:
+        """Take a place or raise ``Overloaded`` (before the request's body is read)."""
+        now_ms = asyncio.get_running_loop().time() * 1000
+        try:
+            if self.in_flight >= self.limit:
+                raise Overloaded(
+                    "this coordinator is serving as many requests as it can; retry after the "
+                    "Retry-After delay",
+                    details={"limit": self.limit},
+                )
+            self.coordinator.admit()  # behind on its work
+        except Overloaded as refused:
+            refused.details["retry_after_s"] = self.retry_after.refused(now_ms)
+            raise
+        self.retry_after.admitted(now_ms)
+        self.in_flight += 1
+        self.gauge.set(self.in_flight)
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        self.gauge.set(self.in_flight)
+
+
 def build_app(
-    coordinator: Coordinator, tokens: TokenStore, coordinator_id: str, config: ClusterConfig
+    coordinator: Coordinator,
+    tokens: TokenStore,
+    coordinator_id: str,
+    config: ClusterConfig,
+    *,
+    requests_in_flight_max: int = API_REQUESTS_IN_FLIGHT_MAX,
 ) -> web.Application:
     """The API application; the caller owns the coordinator's life cycle."""
     api = Api(coordinator, tokens, coordinator_id, config)
     routes: dict[tuple[str, str], Route] = {}
+    admission = _Admission(coordinator, requests_in_flight_max)
 
     @web.middleware
     async def guard(
@@ -303,9 +351,12 @@ def build_app(
         pattern = resource.canonical if resource is not None else ""
         route = routes.get((request.method, pattern))
         name = route.name if route is not None else "unknown"
+        counted = False  # this request holds one of the in-flight places
         try:
             if route is not None and route.role is not None:
                 tokens.authorize(request.headers.get("Authorization"), route.role)
+            if route is not None and route.admitted:
+                counted = admission.enter()
             response = await handler(request)
         except KvError as error:
             response = error_response(error)
@@ -324,6 +375,9 @@ def build_app(
             log_event(_log, "api.bug", logging.ERROR, route=name, method=request.method)
             _log.exception("api: unhandled error on %s %s", request.method, name)
             response = error_response(InternalError("an internal error; see the coordinator log"))
+        finally:
+            if counted:
+                admission.leave()
         api.metrics.requests.labels(name, str(response.status)).inc()
         api.metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
         return response

@@ -34,11 +34,14 @@ def json_response(body: object, status: int = 200) -> web.Response:
 
 
 def error_response(error: KvError, status: int | None = None) -> web.Response:
-    """The catalogue's answer to ``error``: ``{"error": {...}}`` with ``Retry-After`` on 503 and
-    ``WWW-Authenticate`` on 401."""
+    """The catalogue's answer to ``error``: ``{"error": {...}}`` with ``Retry-After`` on 503 (the
+    error's own ``details["retry_after_s"]`` when it has one) and ``WWW-Authenticate`` on 401."""
     response = json_response({"error": error.to_json()}, status or error.code.http_status)
     if response.status == 503:
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        retry_after_s = error.details.get("retry_after_s")
+        if type(retry_after_s) is not int or retry_after_s < 1:
+            retry_after_s = RETRY_AFTER_S
+        response.headers["Retry-After"] = str(retry_after_s)
     elif response.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="kvstore"'
     return response

@@ -36,7 +36,12 @@ the processes, health and status; read its docstring first). The directory is ``
   ``LOCAL_DETACH_WAIT_MS``) until it has exited, and says so.
 * ``status`` shows every process (role, id, URL, pid, health, partitions, live items, pending
   intents, requests per second); ``--partitions`` adds a row per partition. Exit status 0 when
-  every process is healthy, 6 (unavailable) otherwise, so scripts can wait on it.
+  every process is healthy, 6 (unavailable) otherwise, so scripts can wait on it. A node whose
+  disk is full shows health ``disk full`` (it refuses writes, serves reads, and resumes by
+  itself once space is freed), and the closing line says to free space.
+* On a full disk kvctl itself says ``no space left on device writing PATH`` in one line (exit
+  status 1, :func:`kvstore.cli.output.run_handler`); ``up`` never leaves a process it started
+  without its pid file (:class:`~kvstore.localcluster.LocalCluster`).
 * ``env`` prints ``export KV_URL=... KV_TOKEN=...`` lines for ``eval "$(kvctl cluster env)"``.
 """
 
@@ -649,7 +654,13 @@ def _status(args: argparse.Namespace, out: Output) -> int:
             right=("PARTITION", "ITEMS", "INTENTS", "OPEN LEDGER"),
         )
     up = sum(status.healthy for status in statuses)
-    out.line(f"{up}/{len(statuses)} healthy" + ("" if healthy else _start_hint(args)))
+    full = [status.process_id for status in statuses if status.health == "disk full"]
+    hint = "" if healthy else _start_hint(args)
+    if full:
+        hint = f"; {', '.join(full)}: disk full, writes refused until space is freed" + (
+            hint if len(full) + up < len(statuses) else ""
+        )
+    out.line(f"{up}/{len(statuses)} healthy" + hint)
     return EXIT_OK if healthy else EXIT_UNAVAILABLE
 
 

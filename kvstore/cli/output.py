@@ -9,7 +9,8 @@ JSON object per line) with stable keys, for scripts; otherwise text for people, 
 place errors are turned into output: a :class:`~kvstore.errors.KvError` prints ``kvctl:
 <message>`` on stderr (with ``--json``: one line ``{"error": {code, number, message, retryable,
 exit_status, ...}}``) and exits with the status its catalogue code maps to; an ``OSError`` is a
-one-line message and status 1; Ctrl-C is status 130. Never a traceback: a traceback is a bug
+one-line message and status 1 (a full disk: ``no space left on device writing PATH``); Ctrl-C
+is status 130. Never a traceback: a traceback is a bug
 report, and kvctl's errors are answers.
 
 Exit statuses
@@ -30,7 +31,7 @@ exit  name                   codes
 5     ``EXIT_AUTH``          Unauthorized, Forbidden
 6     ``EXIT_UNAVAILABLE``   the retryable codes (TransactionConflict, TimestampTooOld,
                              TransactionInProgress, ClockSkew, Overloaded, Unavailable,
-                             WrongOwner): the same command may succeed later
+                             WrongOwner, DiskFull): the same command may succeed later
 7     ``EXIT_UNKNOWN``       OutcomeUnknown: it may or may not have happened; retry only with
                              the same idempotency token
 130   ``EXIT_INTERRUPTED``   Ctrl-C
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -83,6 +85,7 @@ EXIT_UNAVAILABLE: Final = 6
 EXIT_UNKNOWN: Final = 7
 EXIT_INTERRUPTED: Final = 130
 
+_DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 _PIPE_WIDTH: Final = 200  # columns of text output when stdout is not a terminal
 
 EXIT_STATUS_BY_CODE: Final[Mapping[ErrorCode, int]] = MappingProxyType(
@@ -95,6 +98,7 @@ EXIT_STATUS_BY_CODE: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.Overloaded: EXIT_UNAVAILABLE,
         ErrorCode.Unavailable: EXIT_UNAVAILABLE,
         ErrorCode.WrongOwner: EXIT_UNAVAILABLE,
+        ErrorCode.DiskFull: EXIT_UNAVAILABLE,
         # 2xxx caller mistakes and definite refusals.
         ErrorCode.ValidationError: EXIT_USAGE,
         ErrorCode.TooLarge: EXIT_USAGE,
@@ -238,6 +242,12 @@ def run_handler(handler: Handler, args: argparse.Namespace, out: Output) -> int:
         os.close(devnull)
         return EXIT_FAILURE
     except OSError as error:
+        if error.errno in _DISK_FULL_ERRNOS:  # one plain line: the path, the cause, what to do
+            where = f" writing {error.filename}" if error.filename else ""
+            return out.error(
+                f"no space left on device{where}: free space on that file system, then retry",
+                status=EXIT_FAILURE,
+            )
         where = f" ({error.filename})" if error.filename else ""
         return out.error(f"{error.strerror or error}{where}", status=EXIT_FAILURE)
     except KeyboardInterrupt:

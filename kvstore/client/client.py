@@ -34,6 +34,10 @@ Writes take :data:`~kvstore.types.ValueInput`.
 
 Interactive transactions (:meth:`transaction`, :meth:`run`) are in
 :mod:`kvstore.client.transaction`; they use the same calls.
+
+A client built before ``os.fork()`` works in both processes: each backend drops the connections
+it inherited and connects afresh in the child (:mod:`kvstore.client.forks`), and the client's own
+retry-jitter generator is re-seeded there, so parent and child do not back off in step.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from kvstore.client.backend import Backend, ScanPage
 from kvstore.client.builders import Delete, JsonCondition, Put, TxnOp, Update, op_json
+from kvstore.client.forks import ProcessOwner
 from kvstore.client.results import Committed, Deleted, Item, Written
 from kvstore.client.retry import (
     Attempts,
@@ -100,6 +105,17 @@ def _retry_in_transact(error: KvError) -> bool:
     return error.code is not ErrorCode.TransactionCanceled
 
 
+def _may_have_run(error: KvError) -> bool:
+    """The attempt that failed with ``error`` may have been applied."""
+    return error.code.ambiguous or error.details.get("sent") is True
+
+
+def _says_nothing_of_the_token(error: KvError) -> bool:
+    """A refusal of one attempt (busy, unreachable, full...), which tells nothing about what an
+    earlier attempt with the same token did; a cancel or a mismatch is the token's answer."""
+    return error.retryable and error.code is not ErrorCode.TransactionCanceled
+
+
 def _retry_singleton_write(error: KvError) -> bool:
     return not error.code.ambiguous and error.details.get("sent") is not True
 
@@ -140,6 +156,8 @@ class Client:
         self.timeout_s = validate_timeout_s(timeout_s)
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
+        self._own_rng = rng is None  # re-seeded in a forked child (an injected one is kept)
+        self._owner = ProcessOwner()
         self._sleep = sleep
         self._budget = RetryBudget(self.retry, clock)
         self._partitions: PartitionMap | None = None
@@ -169,8 +187,13 @@ class Client:
         """The client-wide retry budget."""
         return self._budget
 
+    def _reseed(self) -> None:
+        if self._own_rng:
+            self._rng.seed()  # from os.urandom
+
     def attempts(self, timeout_s: float | None = None, attempts_max: int | None = None) -> Attempts:
         """The retry state of one new call."""
+        self._owner.adopt(self._reseed)
         policy = self.retry
         if attempts_max is not None:
             policy = dataclasses.replace(policy, attempts_max=attempts_max)
@@ -275,14 +298,28 @@ class Client:
         else:
             validate_token(token)
         chosen = token
+        in_doubt: list[KvError] = []  # attempts that may have been applied
+
+        async def attempt(timeout_s: float) -> Committed:
+            try:
+                return await self.backend.transact(ops, chosen, timeout_s)
+            except KvError as error:
+                if _may_have_run(error):
+                    in_doubt.append(error)
+                raise
+
         try:
-            return await self._call(
-                lambda timeout_s: self.backend.transact(ops, chosen, timeout_s),
-                _retry_in_transact,
-                attempts,
-            )
+            return await self._call(attempt, _retry_in_transact, attempts)
         except KvError as error:
             error.details.setdefault("token", chosen)
+            if in_doubt and (_may_have_run(error) or _says_nothing_of_the_token(error)):
+                # An earlier attempt may have committed: a later refusal must not read as "not
+                # applied". The token tells (``txn_outcome``), or a retry with it does.
+                raise OutcomeUnknown(
+                    "the transaction's outcome is not known (an attempt may have been applied; "
+                    f"the last one failed: {error.message}); retry with the same token",
+                    details={**error.details, "last_error": error.code.name},
+                ) from None
             raise
 
     async def _partition_map(self, timeout_s: float) -> PartitionMap | None:

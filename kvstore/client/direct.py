@@ -13,6 +13,11 @@ transaction keeps running to its end inside the library even then; a retry with 
 meets its outcome.)
 
 Scan cursors here are the last key returned: opaque to callers, who only see items.
+
+After ``os.fork()`` (:mod:`kvstore.client.forks`): the child's first call finds the embedded
+coordinator made by another process, abandons it unclosed (its connections are the parent's) and
+builds a fresh one on the same clock, whose origin the fork hook of :mod:`kvstore.timestamps` has
+already re-drawn; the new coordinator connects to the nodes on first use, on the child's loop.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import TypeVar
 
 from kvstore.api.requests import prefix_end
 from kvstore.client.backend import ScanPage
+from kvstore.client.forks import ProcessOwner, abandon
 from kvstore.client.results import Committed, Deleted, Item, Written
 from kvstore.config import ClusterConfig
 from kvstore.coordinator.answers import entry_to_json, item_to_json, record_to_json, ts_to_json
@@ -47,10 +53,18 @@ class DirectBackend:
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self._coordinator = Coordinator.from_config(config)
+        self._owner = ProcessOwner()
+
+    def _drop_inherited(self) -> None:
+        inherited = self._coordinator
+        abandon(inherited)
+        self._coordinator = Coordinator.from_config(self.config, clock=inherited.clock)
 
     @property
     def coordinator(self) -> Coordinator:
-        """The embedded coordinator (its ``metrics`` are this client's transactions)."""
+        """This process's embedded coordinator (its ``metrics`` are this client's transactions);
+        a forked child gets its own (see the module)."""
+        self._owner.adopt(self._drop_inherited)
         return self._coordinator
 
     @property
@@ -69,30 +83,30 @@ class DirectBackend:
 
     async def partition_count(self, timeout_s: float) -> int:
         del timeout_s
-        return self._coordinator.cluster_map.partitions.partition_count
+        return self.coordinator.cluster_map.partitions.partition_count
 
     async def get(self, key: str, timeout_s: float) -> Item | None:
-        view = await self._bounded(self._coordinator.get(key), timeout_s)
+        view = await self._bounded(self.coordinator.get(key), timeout_s)
         return _item(view) if view is not None else None
 
     async def put(self, op: Op, timeout_s: float) -> Written:
-        reply = await self._bounded(self._coordinator.write(op), timeout_s)
+        reply = await self._bounded(self.coordinator.write(op), timeout_s)
         if reply.ts is None:
             raise ProtocolViolation("a put was answered without a timestamp")
         return Written(version=reply.version, ts=ts_to_json(reply.ts))
 
     async def delete(self, op: Op, timeout_s: float) -> Deleted:
-        reply = await self._bounded(self._coordinator.write(op), timeout_s)
+        reply = await self._bounded(self.coordinator.write(op), timeout_s)
         return Deleted(
             deleted=reply.existed, ts=ts_to_json(reply.ts) if reply.ts is not None else None
         )
 
     async def transact(self, ops: Sequence[Op], token: str, timeout_s: float) -> Committed:
-        result = await self._bounded(self._coordinator.transact(ops, token=token), timeout_s)
+        result = await self._bounded(self.coordinator.transact(ops, token=token), timeout_s)
         return Committed(txn_id=result.txn_id, ts=ts_to_json(result.ts))
 
     async def read(self, keys: Sequence[str], timeout_s: float) -> list[Item | None]:
-        entries = await self._bounded(self._coordinator.read(keys), timeout_s)
+        entries = await self._bounded(self.coordinator.read(keys), timeout_s)
         items: list[Item | None] = []
         for entry in entries:
             value = entry_to_json(entry).get("value")
@@ -118,13 +132,13 @@ class DirectBackend:
             if bound is not None:
                 upper = bound if upper is None else min(upper, bound)
         page = await self._bounded(
-            self._coordinator.scan(start=lower, end=upper, limit=limit, after=cursor), timeout_s
+            self.coordinator.scan(start=lower, end=upper, limit=limit, after=cursor), timeout_s
         )
         return ScanPage(items=tuple(_item(view) for view in page.items), cursor=page.after)
 
     async def txn_outcome(self, token: str, timeout_s: float) -> dict[str, object] | None:
-        record = await self._bounded(self._coordinator.txn_record(token), timeout_s)
+        record = await self._bounded(self.coordinator.txn_record(token), timeout_s)
         return dict(record_to_json(token, record)) if record is not None else None
 
     async def close(self) -> None:
-        await self._coordinator.close()
+        await self.coordinator.close()

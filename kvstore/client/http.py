@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 One :class:`aiohttp.ClientSession` per client (pooled keep-alive connections, at most
 ``SDK_HTTP_CONNECTIONS_MAX``), created on first use inside the running event loop and closed by
-:meth:`HttpBackend.close`. Every request carries the bearer token and a total timeout equal to
+:meth:`HttpBackend.close`. A forked child's first call finds the session made by another process
+and abandons it unclosed (its sockets are the parent's; :mod:`kvstore.client.forks`), then opens
+its own. Every request carries the bearer token and a total timeout equal to
 what is left of the call's deadline.
 
 Keys and tokens go into paths percent-encoded byte by byte (``/`` as ``%2F``), and scan bounds
@@ -38,6 +40,7 @@ import aiohttp
 from yarl import URL
 
 from kvstore.client.backend import ScanPage
+from kvstore.client.forks import ProcessOwner, abandon
 from kvstore.client.results import Committed, Deleted, Item, Written, item_from_json
 from kvstore.errors import (
     ErrorCode,
@@ -49,12 +52,13 @@ from kvstore.errors import (
     connect_failure_reason,
     error_from_code,
 )
-from kvstore.limits import SDK_HTTP_CONNECTIONS_MAX, TXN_OPS_MAX_CEILING
+from kvstore.limits import SDK_CONNECT_TIMEOUT_MS, SDK_HTTP_CONNECTIONS_MAX, TXN_OPS_MAX_CEILING
 from kvstore.ops import Op, op_to_json
 
 __all__ = ["HttpBackend", "validate_url"]
 
 _JSON: Final = "application/json"
+_CONNECT_TIMEOUT_S: Final = SDK_CONNECT_TIMEOUT_MS / 1000
 _ERROR_MEMBERS: Final = frozenset({"code", "number", "message"})
 _SHOWN_BODY_CHARS: Final = 200  # of an unexpected answer, in an error message
 
@@ -102,6 +106,15 @@ def _error_from_answer(status: int, raw: bytes, headers: Mapping[str, str]) -> K
     return ProtocolViolation(f"HTTP {status} without an API error: {shown!r}", details=details)
 
 
+def _timeout(timeout_s: float) -> aiohttp.ClientTimeout:
+    """The whole call within ``timeout_s``; connecting (a pooled connection or a new one) within
+    ``SDK_CONNECT_TIMEOUT_MS`` of it, so that a server whose accept queue is full (its kernel drops
+    the SYNs of a burst of new clients) fails fast as "not sent" (``ConnectionTimeoutError``)
+    instead of running out the call's time as an answer that may have been applied."""
+    total_s = max(timeout_s, 0.001)
+    return aiohttp.ClientTimeout(total=total_s, connect=min(total_s, _CONNECT_TIMEOUT_S))
+
+
 def _absent(entry: object) -> bool:
     """A read entry ``{"key": K, "found": false}``."""
     return isinstance(entry, dict) and entry.get("found") is False
@@ -116,6 +129,7 @@ class HttpBackend:
             raise ValidationError("token", "must be a non-empty string of printable characters")
         self._headers = {"Authorization": f"Bearer {token}", "Accept": _JSON}
         self._session: aiohttp.ClientSession | None = None
+        self._owner = ProcessOwner()
         self._closed = False
 
     @property
@@ -123,7 +137,13 @@ class HttpBackend:
         # The cluster's own limit is not visible here; the coordinator enforces it.
         return TXN_OPS_MAX_CEILING
 
+    def _drop_inherited(self) -> None:
+        if self._session is not None:
+            abandon(self._session)
+            self._session = None
+
     def _session_now(self) -> aiohttp.ClientSession:
+        self._owner.adopt(self._drop_inherited)
         if self._closed:
             raise Unavailable("the client is closed", details={"sent": False})
         if self._session is None:
@@ -153,7 +173,7 @@ class HttpBackend:
                 URL(self.url + target, encoded=True),
                 data=data,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=max(timeout_s, 0.001)),
+                timeout=_timeout(timeout_s),
             ) as response:
                 raw = await response.read()
                 status = response.status
@@ -258,6 +278,7 @@ class HttpBackend:
             return None
 
     async def close(self) -> None:
+        self._owner.adopt(self._drop_inherited)  # a child never closes its parent's session
         self._closed = True
         if self._session is not None:
             session, self._session = self._session, None

@@ -14,13 +14,18 @@ the pause before the next attempt or None (raise the error). It answers None whe
 1. the error is not retryable (``KvError.retryable``: the catalogue's flag, refined by
    ``details["retryable"]``), or
 2. ``attempts_max`` attempts were made, or
-3. the pause would end past the deadline, or
+3. the pause would end past the deadline, or less than ``attempt_min_s`` before it (an
+   attempt that starts with too little time runs out of it and reports an outcome it does not
+   know; the refusal it follows is the truer answer), or
 4. the client-wide :class:`RetryBudget` is empty.
 
 The pause is capped exponential backoff with full jitter (uniform in
 ``[0, min(cap, base * 2**retry))``), so clients that failed together do not retry together. A
-server's ``Retry-After`` (carried as ``details["retry_after_s"]``) raises the pause to at least
-that much, capped like the backoff.
+server's ``Retry-After`` (carried as ``details["retry_after_s"]``, at most
+``RETRY_AFTER_MAX_S``) is waited first and the jittered backoff on top of it: clients refused
+together by an overloaded server do not come back together one Retry-After later, and when the
+server asks for more time than the call has left, the refusal is raised at once (rule 3) with
+its ``retry_after_s``, for the caller to wait.
 
 The budget keeps a brief overload from turning into a retry storm: over a sliding window, the
 client may retry at most ``ratio`` times as often as it makes calls, plus a small floor per
@@ -56,6 +61,8 @@ from dataclasses import dataclass
 
 from kvstore.errors import KvError, ValidationError
 from kvstore.limits import (
+    RETRY_AFTER_MAX_S,
+    SDK_ATTEMPT_MIN_MS,
     SDK_ATTEMPTS_MAX,
     SDK_BACKOFF_BASE_MS,
     SDK_BACKOFF_CAP_MS,
@@ -94,6 +101,7 @@ class RetryPolicy:
     budget_window_s: float = SDK_RETRY_BUDGET_WINDOW_MS / 1000
     budget_ratio: float = SDK_RETRY_BUDGET_PERCENT / 100
     budget_floor: int = SDK_RETRY_BUDGET_FLOOR
+    attempt_min_s: float = SDK_ATTEMPT_MIN_MS / 1000
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts_max, bool) or not isinstance(self.attempts_max, int):
@@ -111,6 +119,10 @@ class RetryPolicy:
             raise ValidationError("budget_floor", "must be an integer")
         if self.budget_floor < 0:
             raise ValidationError("budget_floor", "must not be negative")
+        if isinstance(self.attempt_min_s, bool) or not isinstance(self.attempt_min_s, int | float):
+            raise ValidationError("attempt_min_s", "must be a number")
+        if not 0 <= self.attempt_min_s < float("inf"):
+            raise ValidationError("attempt_min_s", "must be a finite number, at least 0")
 
     def backoff_s(self, retry: int, rng: random.Random) -> float:
         """The pause before retry number ``retry`` (0 for the first): full jitter below
@@ -194,9 +206,9 @@ class Attempts:
         delay_s = self._policy.backoff_s(self.made - 1, self._rng)
         retry_after_s = error.details.get("retry_after_s")
         if isinstance(retry_after_s, int | float) and not isinstance(retry_after_s, bool):
-            delay_s = max(delay_s, min(float(retry_after_s), self._policy.backoff_cap_s))
-        if self._clock() + delay_s >= self.deadline_s:
-            return None
+            delay_s += min(float(retry_after_s), RETRY_AFTER_MAX_S)
+        if self._clock() + delay_s + self._policy.attempt_min_s >= self.deadline_s:
+            return None  # too little time left for the attempt: it would end ambiguous
         if spend_budget and not self._budget.try_spend():
             return None
         self.made += 1

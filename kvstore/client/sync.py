@@ -17,6 +17,11 @@ decision and pause.
 
 :meth:`SyncClient.close` closes the client on the loop, finishes open scans, stops the loop and
 joins the thread (bounded by ``SDK_SYNC_CLOSE_TIMEOUT_MS``).
+
+After ``os.fork()`` the child has the loop but not its thread (a fork copies only the calling
+thread): a call would wait forever. So the first call in a new process abandons the inherited
+loop, unclosed (:mod:`kvstore.client.forks`), and starts a loop and thread of its own; the async
+client under it then drops its inherited connections on that loop and reconnects.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any, TypeVar, overload
 
 from kvstore.client.builders import JsonCondition, TxnOp
 from kvstore.client.client import Client
+from kvstore.client.forks import ProcessOwner, abandon
 from kvstore.client.results import Committed, Deleted, Item, Written
 from kvstore.client.transaction import CommitPlan, Transaction
 from kvstore.errors import KvError, Unavailable
@@ -55,12 +61,22 @@ class SyncClient:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="kvstore-sync-client", daemon=True
-        )
-        self._thread.start()
+        self._owner = ProcessOwner()
+        self._loop, self._thread = self._start_loop()
         self._closed = False
+
+    @staticmethod
+    def _start_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="kvstore-sync-client", daemon=True)
+        thread.start()
+        return loop, thread
+
+    def _drop_inherited(self) -> None:
+        """In a forked child: the loop's thread is gone; run a loop of this process's own."""
+        abandon(self._loop, self._thread)
+        if not self._closed:
+            self._loop, self._thread = self._start_loop()
 
     def __enter__(self) -> SyncClient:
         return self
@@ -75,6 +91,7 @@ class SyncClient:
 
     def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the client's loop and wait for its result."""
+        self._owner.adopt(self._drop_inherited)
         if self._closed:
             coro.close()
             raise Unavailable("the client is closed", details={"sent": False})
@@ -91,6 +108,7 @@ class SyncClient:
 
     def close(self) -> None:
         """Close the client and stop its thread (idempotent)."""
+        self._owner.adopt(self._drop_inherited)
         if self._closed:
             return
         try:

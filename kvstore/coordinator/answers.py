@@ -170,6 +170,8 @@ def txn_error(result: TxnResult, keys: Sequence[str] = ()) -> KvError:
         message = "the idempotency token was already used by a transaction with other ops"
     elif code is ErrorCode.TransactionInProgress:
         message = "a transaction with the same idempotency token is still running; retry later"
+    elif not code.ambiguous and not result.outcomes:  # refused before anything ran
+        message = f"the transaction was not applied: {code.value.summary}"
     else:
         message = code.value.summary
     return error_from_code(code, message, details=details)

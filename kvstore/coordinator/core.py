@@ -9,8 +9,10 @@ carries out the returned effects (:class:`~kvstore.coordinator.effects.Send`,
 ``WRITE_TRANSITIONS`` in :mod:`kvstore.coordinator.state`.
 
 * Validation happens in the constructor, before any effect exists (rule 1).
-* **One partition** (EXECUTING): one ``ExecuteRequest``. Its reply is the answer. A failed call
-  may have been applied, so it answers ``OutcomeUnknown``.
+* **One partition** (EXECUTING): one ``ExecuteRequest``. Its reply is the answer. A call that
+  may have run (``OutcomeUnknown`` from the shell, or the call's deadline) answers
+  ``OutcomeUnknown``; a definite refusal (``Overloaded``, ``DiskFull``, ``WrongOwner``, a
+  connection refused ...) ran nothing and is answered as itself, as a singleton's is.
 * **Several partitions** (PREPARING): one ``PrepareRequest`` per participant, in parallel; the
   anchor's (partition of the first op) carries the new PREPARING ``LedgerRecord``. All votes yes ->
   decide COMMITTED. A no, refusal, failed call or the prepare deadline -> decide CANCELLED once
@@ -214,12 +216,15 @@ class WriteTxn:
             return self._on_reply(call, reply, now_us)
 
     def step_failed(self, call_id: int, error: ErrorCode, now_us: int) -> list[WriteEffect]:
-        """The call timed out or its peer was unreachable: it may or may not have applied."""
-        del error  # every failure is handled as "maybe applied"
+        """The call failed: ``OutcomeUnknown`` if it may have run, else a definite refusal. Only
+        a one-partition execute tells the two apart; every other phase handles a failure as
+        "maybe applied" (a prepare or decide is safe to cancel or re-send either way)."""
         with self._machine.guard():
             call = self._calls.take(call_id)
             if call is None:
                 return []
+            if call.purpose is Purpose.EXECUTE and not error.ambiguous:
+                return self._answer_and_end(self._error(error))
             return self._on_failed(call, now_us)
 
     def step_tick(self, now_us: int) -> list[WriteEffect]:

@@ -35,7 +35,7 @@ wrapped so that a call that failed after it was sent (``details["sent"]``) reach
 A caller that stops waiting (an HTTP client hanging up) does not stop a transaction: the core
 keeps running to its end, so a commit still reaches every participant. Admission is bounded:
 more than ``COORDINATOR_TXNS_IN_FLIGHT_MAX`` cores at once (every kind) get ``Overloaded``
-(:func:`~kvstore.coordinator.admission.admit`, shared with the simulator).
+(:func:`~kvstore.runtime.admission.admit`, shared with the simulator).
 
 Each core runs inside an :class:`_Observed` wrapper that times the core's states (the phases of
 the metrics), counts messages re-sent to a partition, and notes ledger races lost to recovery.
@@ -51,7 +51,6 @@ from typing import Any, TypeVar
 
 from kvstore.codec import method_of
 from kvstore.config import ClusterConfig
-from kvstore.coordinator.admission import admit
 from kvstore.coordinator.answers import item_to_json, txn_error
 from kvstore.coordinator.core import WriteTxn, new_write_txn
 from kvstore.coordinator.effects import Send
@@ -72,6 +71,7 @@ from kvstore.errors import (
     ErrorCode,
     KvError,
     OutcomeUnknown,
+    Overloaded,
     TimestampTooOld,
     TransactionConflict,
     Unavailable,
@@ -95,7 +95,8 @@ from kvstore.mutants import NO_MUTANTS, Mutants
 from kvstore.ops import Op
 from kvstore.partitioning import ClusterMap
 from kvstore.rpc import RpcPool
-from kvstore.runtime.aio import ActorRunner, Transport
+from kvstore.runtime.admission import LagGate, admit
+from kvstore.runtime.aio import ActorRunner, LoopLagProbe, Transport
 from kvstore.timestamps import (
     HybridClock,
     PhysicalClock,
@@ -256,6 +257,8 @@ class Coordinator:
             transport if transport is not None else PartitionTransport(cluster_map, self._pool)
         )
         self._runner = ActorRunner(_SentAware(self._transport), physical_clock)
+        self._lag_gate = LagGate()
+        self._lag_probe = LoopLagProbe(self._lag_gate.observe)
         self._partition_of = cluster_map.partitions.partition_of
         self._partitions = tuple(PartitionId(p) for p in cluster_map.partitions.partitions())
         self._in_flight_max = txns_in_flight_max
@@ -273,6 +276,7 @@ class Coordinator:
     async def close(self, *, drain_s: float = CLOSE_DRAIN_MS / 1000) -> None:
         """Let running transactions finish (up to ``drain_s``), then stop the rest: what is cut
         off is finished by recovery on the nodes, after the ledger's decision deadline."""
+        self._lag_probe.stop()
         await self._runner.drain(drain_s)
         await self._runner.close()
         await self._pool.close()
@@ -341,9 +345,22 @@ class Coordinator:
             raise error_from_code(result.error, message, details=details)
         return result.items
 
+    def admit(self) -> None:
+        """Raise ``Overloaded`` when a core started now would be refused (see
+        :mod:`~kvstore.runtime.admission`): callers check before doing work of their own
+        for a request (the API, before reading its body), so a refusal stays cheap."""
+        if not self._lag_probe.running:
+            self._lag_probe.start()
+        try:
+            self._lag_gate.admit()
+            # Counts cores still running after their caller stopped waiting, too.
+            admit(self._runner.running, self._in_flight_max)
+        except Overloaded:
+            self.metrics.refusals.inc()
+            raise
+
     async def _run(self, core: _Core, now_us: int) -> Any:
-        # Counts cores still running after their caller stopped waiting, too.
-        admit(self._runner.running, self._in_flight_max)
+        self.admit()
         # A caller that stops waiting cancels only this future, its mailbox: the core runs on
         # in the runner to its end (a commit still reaches every participant).
         return await self._runner.run(_Observed(core, self.metrics, now_us))

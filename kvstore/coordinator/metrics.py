@@ -15,7 +15,7 @@ core state names, methods are RPC method names, routes the API's route names.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["CoordinatorMetrics", "CONTENT_TYPE", "PARTICIPANTS_LABEL_MAX"]
 
@@ -91,6 +91,16 @@ class CoordinatorMetrics:
         self.cas_lost = Counter(
             "kvstore_coordinator_ledger_cas_lost",
             "Decisions where the ledger record had been decided otherwise (by recovery)",
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "kvstore_coordinator_http_requests_in_flight",
+            "HTTP API requests being served (those counted against api_requests_in_flight_max)",
+            registry=r,
+        )
+        self.refusals = Counter(
+            "kvstore_coordinator_refusals",
+            "Cores not started because the coordinator was full or behind (Overloaded)",
             registry=r,
         )
         self.follows = Counter(

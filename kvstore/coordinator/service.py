@@ -36,6 +36,7 @@ from kvstore.chaos_control import enabled_from_env
 from kvstore.config import ClusterConfig
 from kvstore.coordinator.engine import Coordinator
 from kvstore.coordinator.metrics import CoordinatorMetrics
+from kvstore.limits import API_LISTEN_BACKLOG
 from kvstore.logs import log_event
 from kvstore.rpc import RpcPool
 from kvstore.timestamps import HybridClock, random_origin
@@ -76,7 +77,13 @@ class CoordinatorService:
         self._web: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = build_app(self.coordinator, self.tokens, self.coordinator_id, self.config)
+        app = build_app(
+            self.coordinator,
+            self.tokens,
+            self.coordinator_id,
+            self.config,
+            requests_in_flight_max=self.config.api_requests_in_flight_max,
+        )
         if self.chaos is not None:  # outside ROUTES: the API's token checks do not apply
             peers = [spec.address for spec in self.config.nodes.values()]
             self.chaos.mount(app, self.config.secret(), peers)
@@ -85,7 +92,9 @@ class CoordinatorService:
         )
         await self._web.setup()
         host, _, port = self.spec.address.rpartition(":")
-        site = web.TCPSite(self._web, host, int(port), reuse_address=True)
+        site = web.TCPSite(
+            self._web, host, int(port), reuse_address=True, backlog=API_LISTEN_BACKLOG
+        )
         await site.start()
         if not self.config.api_tokens_file.exists():
             log_event(

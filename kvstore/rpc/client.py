@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -70,6 +69,7 @@ from kvstore.limits import (
     RPC_PROTOCOL_VERSION,
     RPC_TIMEOUT_MS,
 )
+from kvstore.logs import RepeatedLog
 from kvstore.rpc.frames import (
     CALL_ID_MAX,
     CLOSE_TIMEOUT_MS,
@@ -136,8 +136,7 @@ class RpcClient:
         self._retry_at = 0.0  # event-loop time before which no connect attempt starts
         # Repeated connect failures are logged once, then at most once per
         # RPC_FAILURE_LOG_INTERVAL_MS with the count of attempts not logged since.
-        self._failures_unlogged = 0
-        self._next_failure_log_at = 0.0
+        self._failure_log = RepeatedLog(self._log, interval_ms=RPC_FAILURE_LOG_INTERVAL_MS)
         self._next_id = 1
         self._in_flight = 0
         self._closed = False
@@ -302,21 +301,9 @@ class RpcClient:
     def _log_failure(self, why: str) -> None:
         """Log a failed connect attempt: the first of a run of failures, then one line per
         ``RPC_FAILURE_LOG_INTERVAL_MS`` (a peer that stays down is not a line per backoff)."""
-        now = time.monotonic()
-        if now < self._next_failure_log_at:
-            self._failures_unlogged += 1
-            return
-        self._next_failure_log_at = now + RPC_FAILURE_LOG_INTERVAL_MS / 1000
-        if self._failures_unlogged:
-            self._log.warning(
-                "rpc: still cannot connect to %s: %s (%d more failed attempts not logged)",
-                self.url,
-                why,
-                self._failures_unlogged,
-            )
-        else:
-            self._log.warning("rpc: cannot connect to %s: %s", self.url, why)
-        self._failures_unlogged = 0
+        self._failure_log.log(
+            "connect", logging.WARNING, "rpc: cannot connect to %s: %s", self.url, why
+        )
 
     def _note_failure(self, loop: asyncio.AbstractEventLoop) -> None:
         cap_ms = min(RPC_BACKOFF_MAX_MS, RPC_BACKOFF_BASE_MS * (1 << min(self._failures, 32)))
@@ -364,8 +351,7 @@ class RpcClient:
             self._log.info(
                 "rpc: reconnected to %s after %d failed attempts", self.url, self._failures
             )
-        self._failures_unlogged = 0
-        self._next_failure_log_at = 0.0
+        self._failure_log.reset("connect")
         self._failures = 0
         self._retry_at = 0.0
         if self._closed:

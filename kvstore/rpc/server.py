@@ -7,7 +7,10 @@ handshake: header ``Kvstore-Protocol`` must name :data:`~kvstore.limits.RPC_PROT
 (else HTTP 400 with a ``ProtocolViolation`` JSON error) and ``Authorization: Bearer <secret>``
 must match the cluster secret, compared in constant time (else HTTP 401 with ``Unauthorized``).
 Every refusal is logged with the peer's address (never the presented secret) and reported
-through ``on_event``.
+through ``on_event``. Lines that bad input can repeat (refusals, malformed and oversize frames,
+failed connections, handler bugs) go through one :class:`~kvstore.logs.RepeatedLog` per server:
+the first of each kind is logged, then at most one per ``LOG_REPEAT_INTERVAL_MS`` with the count
+of those not logged; ``on_event`` (the metrics) still counts every one.
 
 An accepted connection is a WebSocket whose incoming messages are size-capped by aiohttp
 (``RPC_FRAME_BYTES_MAX``; an oversize message closes the connection with 1009 before any
@@ -66,6 +69,7 @@ from kvstore.limits import (
     RPC_PROTOCOL_VERSION,
     RPC_SERVER_CALLS_IN_FLIGHT_MAX,
 )
+from kvstore.logs import RepeatedLog
 from kvstore.rpc.frames import (
     CLOSE_TIMEOUT_MS,
     HEARTBEAT_MS,
@@ -138,6 +142,7 @@ class RpcServer:
         self._clock = clock
         self._on_event = on_event
         self._log = logger if logger is not None else logging.getLogger("kvstore.rpc.server")
+        self._repeated = RepeatedLog(self._log)  # lines bad input can repeat: rate-limited
         self._calls_in_flight_max = calls_in_flight_max
         self._connections: set[_Connection] = set()
         self._calls = 0  # handler calls not yet responded to
@@ -178,8 +183,13 @@ class RpcServer:
         self, request: web.Request, status: int, error: KvError, event: str
     ) -> web.Response:
         self.event(event)
-        self._log.warning(
-            "rpc: refused connection from %s: %s (HTTP %d)", request.remote, error.message, status
+        self._repeated.log(
+            event,
+            logging.WARNING,
+            "rpc: refused connection from %s: %s (HTTP %d)",
+            request.remote,
+            error.message,
+            status,
         )
         return web.json_response({"error": error.to_json()}, status=status)
 
@@ -263,7 +273,14 @@ class RpcServer:
         except KvError as exc:
             respond(exc)
         except Exception:
-            self._log.exception("rpc: handler for %r from %s failed", method, connection.peer)
+            self._repeated.log(
+                "handler_failed",
+                logging.ERROR,
+                "rpc: handler for %r from %s failed",
+                method,
+                connection.peer,
+                exc_info=True,
+            )
             respond(_BUG)
 
     def _internal_error(self, call_id: int, method: str) -> bytes:
@@ -350,7 +367,12 @@ class _Connection:
         if self.closed:
             return
         if len(self.outbox) >= OUTBOX_MESSAGES_MAX:
-            self.server._log.warning("rpc: %s is not reading its replies; closing", self.peer)
+            self.server._repeated.log(
+                "not_reading",
+                logging.WARNING,
+                "rpc: %s is not reading its replies; closing",
+                self.peer,
+            )
             self.server.event("overloaded")
             self._abandon()
             return
@@ -402,7 +424,13 @@ class _Connection:
                     messages = decode_frame(msg.data)
                 except ProtocolViolation as exc:
                     server.event("malformed_frame")
-                    server._log.warning("rpc: malformed frame from %s: %s", self.peer, exc.message)
+                    server._repeated.log(
+                        "malformed_frame",
+                        logging.WARNING,
+                        "rpc: malformed frame from %s: %s",
+                        self.peer,
+                        exc.message,
+                    )
                     self.send_error(0, exc)
                     continue
                 if len(messages) <= DISPATCH_STEP:
@@ -420,9 +448,21 @@ class _Connection:
                 data = msg.data
                 if isinstance(data, WebSocketError) and data.code == WSCloseCode.MESSAGE_TOO_BIG:
                     server.event("oversize_frame")
-                    server._log.warning("rpc: oversize frame from %s: %s", self.peer, data)
+                    server._repeated.log(
+                        "oversize_frame",
+                        logging.WARNING,
+                        "rpc: oversize frame from %s: %s",
+                        self.peer,
+                        data,
+                    )
                 else:
-                    server._log.info("rpc: connection from %s failed: %r", self.peer, data)
+                    server._repeated.log(
+                        "connection_failed",
+                        logging.INFO,
+                        "rpc: connection from %s failed: %r",
+                        self.peer,
+                        data,
+                    )
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return
@@ -446,7 +486,13 @@ class _Connection:
                     server._run_call(self, message)
             elif type(message) is Malformed:
                 server.event("malformed_frame")
-                server._log.warning("rpc: from %s: %s", self.peer, message.error.message)
+                server._repeated.log(
+                    "malformed_message",
+                    logging.WARNING,
+                    "rpc: from %s: %s",
+                    self.peer,
+                    message.error.message,
+                )
                 self.send_error(message.call_id, message.error)
             else:
                 assert isinstance(message, OkReply | ErrorReply)
@@ -472,7 +518,9 @@ class _Connection:
                     wake.clear()
                     await wake.wait()
         except (ConnectionError, RuntimeError) as exc:
-            self.server._log.info("rpc: cannot write to %s: %r", self.peer, exc)
+            self.server._repeated.log(
+                "write_failed", logging.INFO, "rpc: cannot write to %s: %r", self.peer, exc
+            )
         self.closed = True
         outbox.clear()
         if not ws.closed:

@@ -15,6 +15,10 @@ recover``): :meth:`ActorRunner.run` starts a core on an :class:`~kvstore.runtime
 ActorDriver` and returns a future of its ``Finish`` result (a core that raises fails the future
 instead of hanging it). A core may go on after its answer (retried cancels and the final
 completion); :meth:`drain` waits for those, :meth:`close` stops everything.
+
+:class:`LoopLagProbe` measures how late the event loop runs a timer due every ``period_ms``
+(one timer per process, not per call) and hands each sample to a callback: the coordinator's
+admission gate (:class:`~kvstore.runtime.admission.LagGate`).
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from kvstore.errors import KvError
-from kvstore.limits import ACTOR_TICK_MS
+from kvstore.limits import ACTOR_TICK_MS, LOOP_LAG_PROBE_MS
 from kvstore.messages import Reply, Request
 from kvstore.runtime.actors import Actor, ActorDriver, Answer
 from kvstore.runtime.scheduler import AsyncioScheduler
 from kvstore.timestamps import PhysicalClock
 
-__all__ = ["Transport", "TransportSender", "ActorRunner"]
+__all__ = ["Transport", "TransportSender", "ActorRunner", "LoopLagProbe"]
 
 _log = logging.getLogger("kvstore.actors")
 _US_PER_MS = 1000
@@ -149,3 +153,37 @@ class ActorRunner:
         for waiting in list(self._waiting):
             waiting.cancel()
         await self.sender.close()
+
+
+class LoopLagProbe:
+    """Samples the running loop's lateness: ``on_sample(now_ms, lag_ms)`` every ``period_ms``."""
+
+    def __init__(
+        self, on_sample: Callable[[float, float], None], *, period_ms: int = LOOP_LAG_PROBE_MS
+    ) -> None:
+        self._on_sample = on_sample
+        self._period_s = period_ms / 1000
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._timer is not None
+
+    def start(self) -> None:
+        """Start sampling on the running loop (again after :meth:`stop`; no-op if running)."""
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._schedule(loop, loop.time() + self._period_s)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, due_s: float) -> None:
+        self._timer = loop.call_at(due_s, self._fire, loop, due_s)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop, due_s: float) -> None:
+        now_s = loop.time()
+        self._on_sample(now_s * 1000, max(0.0, now_s - due_s) * 1000)
+        self._schedule(loop, now_s + self._period_s)

@@ -21,11 +21,21 @@ The fastest commit rather than an average, because on a busy machine a commit's 
 counts the wait for a CPU after the fsync. A slower disk makes even the fastest commit exceed the
 bound and every commit moves to the flush thread (the fsync off the loop and without the GIL);
 they keep being timed there, so small ones come back to the loop when the disk is fast again.
+
+:func:`is_disk_full` tells the runtime which failures mean "no space left" (SQLite's
+``SQLITE_FULL``, ``ENOSPC``, ``EDQUOT``): those it retries, holding the job, instead of failing
+the node. An fsync that fails with ``ENOSPC`` reaches Python as SQLite's generic
+``SQLITE_IOERR_FSYNC`` without the errno, so it cannot be told apart from a broken disk and stays
+fatal (on local file systems ENOSPC comes from the write, which SQLite reports as
+``SQLITE_FULL``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import sqlite3
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,9 +49,48 @@ from kvstore.limits import (
 )
 from kvstore.storage_node.store import FlushJob
 
-__all__ = ["Disk", "FlushDone", "ThreadDisk", "ImmediateDisk"]
+__all__ = ["Disk", "FlushDone", "ThreadDisk", "ImmediateDisk", "is_disk_full", "disk_full_cause"]
 
 FlushDone = Callable[[BaseException | None], None]
+
+_SQLITE_FULL = 13  # the primary result code; extended codes keep it in their low byte
+_SQLITE_FULL_TEXT = "database or disk is full"
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and its causes and contexts, each once."""
+    found: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in found):
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether a failed flush failed for want of space (see the module), not a broken disk."""
+    for cause in _chain(error):
+        if isinstance(cause, sqlite3.Error):
+            code = getattr(cause, "sqlite_errorcode", None)
+            if (isinstance(code, int) and code & 0xFF == _SQLITE_FULL) or (
+                _SQLITE_FULL_TEXT in str(cause)
+            ):
+                return True
+        elif isinstance(cause, OSError) and cause.errno in _DISK_FULL_ERRNOS:
+            return True
+    return False
+
+
+def disk_full_cause(error: BaseException) -> str:
+    """A short text for a disk-full error: SQLite's message or the OS's for the errno."""
+    for cause in _chain(error):
+        if isinstance(cause, OSError) and cause.errno in _DISK_FULL_ERRNOS:
+            return os.strerror(cause.errno).lower()
+    for cause in _chain(error):
+        if isinstance(cause, sqlite3.Error):
+            return str(cause)
+    return "no space left on device"
 
 
 class Disk(Protocol):
@@ -86,7 +135,7 @@ class ThreadDisk:
                 future = asyncio.get_running_loop().run_in_executor(self._thread, job.run)
                 future.add_done_callback(lambda f: self._ran(job, f, done))
                 return
-        except Exception as error:  # disk full, I/O error: the runtime fails the node
+        except Exception as error:  # disk full (retried), I/O error (fatal): the runtime's call
             done(error)
             return
         self.recent_commits_us.append(job.commit_s * 1e6)

@@ -9,9 +9,13 @@ giving it a :class:`~kvstore.storage_node.store.NodeStore` (SQLite, or memory), 
 :class:`~kvstore.runtime.actors.Sender` for requests to partitions it does not own.
 
 **Requests.** :meth:`NodeRuntime.submit` runs one request synchronously: ownership (the
-``wrong_owner`` error), admission (at most ``PARTITION_QUEUE_MAX`` requests in progress per
-partition, else a retryable ``Overloaded``), then the core's step. Its writes land in the node's
-one open batch. The answer goes to ``respond`` once it is safe to release:
+``wrong_owner`` error), admission (:mod:`~kvstore.runtime.admission`: at most
+``PARTITION_QUEUE_MAX`` requests in progress per partition and ``NODE_REQUESTS_IN_PROGRESS_MAX``
+per node, and, for requests that start new work (reads, prepares, executes, singleton writes),
+none while the ``gate`` says the process is behind; else a retryable ``Overloaded``; the second
+phase of admitted transactions always runs, so work in flight drains), then the core's step.
+Its writes land in the node's one open batch. The answer goes to ``respond`` once it is safe to
+release:
 
 * the open batch has writes -> after the flush that will carry it;
 * else a flush is in flight -> after it (the step may have read rows it holds);
@@ -24,11 +28,26 @@ at once and its row rides with the next flush, at the latest the next maintenanc
 **Group commit, one per node.** The first request that leaves the open batch dirty schedules a
 flush (``call_soon``: every request of the current frame joins it). The flush moves the batch of
 every partition into one job and hands it to the disk; requests that arrive meanwhile gather in
-the next batch, which is flushed as soon as the job ends if anything waits on it. Under load each
-fsync thus carries many requests of many partitions. A failed flush cannot be retried safely
-(after a failed fsync the kernel may have dropped the dirty pages): its waiters and every later
-request get ``InternalError`` and ``on_fatal`` is called; the process stops and recovers from
-disk on restart, where only acknowledged writes are guaranteed.
+the next batch, which is flushed as soon as the job ends if anything waits on it. Under load
+each fsync thus carries many requests of many partitions.
+
+**A full disk** (:func:`~kvstore.runtime.disk.is_disk_full`: ``SQLITE_FULL``, ``ENOSPC``,
+``EDQUOT``) stalls the node instead of failing it. The job stays in flight, overlay included (the
+store rolled its transaction back, so nothing of it is on disk, and nothing of it was answered),
+and is run again after ``DISK_FULL_RETRY_MIN_MS``, then at doubling intervals of at most
+``DISK_FULL_RETRY_MAX_MS``, until it commits; only then are its waiters (and those of the open
+batch, flushed next) answered. A retry writes the same rows again, so a commit that failed after
+reaching the disk cannot apply anything twice. Meanwhile requests that may write (prepare,
+execute, commit, cancel, decide, singleton writes, completions, resolving ledger lookups) are
+refused at admission with a retryable ``DiskFull`` naming the node and the cause, and
+maintenance pauses; reads run: one whose step saw only durable rows (the overlay's
+``unflushed_reads`` count did not move) is answered at once, one that saw unflushed rows waits
+for them like any reply. Stopping a stalled node drops the stalled job: it was never answered.
+
+Any other failed flush cannot be retried safely (after a failed fsync the kernel may have dropped
+the dirty pages): its waiters and every later request get ``InternalError`` and ``on_fatal`` is
+called; the process stops and recovers from disk on restart, where only acknowledged writes are
+guaranteed.
 
 **Background work**, every ``MAINTAIN_INTERVAL_MS``: each core's bounded ``maintain`` (cancel
 PREPARING records past their deadline, expire ledger records and tokens, fold tombstones), then,
@@ -54,19 +73,30 @@ from collections.abc import Callable
 from kvstore import limits
 from kvstore.coordinator.recovery import Recovery
 from kvstore.coordinator.results import RecoveryResult
-from kvstore.errors import InternalError, KvError, Overloaded
+from kvstore.errors import DiskFull, InternalError, KvError, Overloaded
 from kvstore.logs import log_event
 from kvstore.messages import (
+    CancelRequest,
+    CommitRequest,
     CompleteRequest,
+    DecideRequest,
+    ExecuteRequest,
+    GetRequest,
+    LedgerLookupRequest,
     LedgerRecord,
+    PrepareRequest,
+    ReadRequest,
     Reply,
     Request,
+    ScanRequest,
+    TokenLookupRequest,
     WriteReply,
     WriteRequest,
 )
 from kvstore.mutants import Mutant
 from kvstore.runtime.actors import ActorDriver, Answer, Sender
-from kvstore.runtime.disk import Disk
+from kvstore.runtime.admission import LagGate, admit
+from kvstore.runtime.disk import Disk, disk_full_cause, is_disk_full
 from kvstore.runtime.scheduler import Scheduler, Timer
 from kvstore.storage_node.core import PartitionConfig, PartitionCore, StaleIntent
 from kvstore.storage_node.metrics import NodeMetrics
@@ -82,6 +112,38 @@ _US_PER_MS = 1000
 
 Respond = Callable[[Reply | KvError], None]
 """Where a request's answer goes: the reply, or the typed error."""
+
+# Requests that start new work: refused while the process is behind (runtime/admission.py).
+_NEW_WORK: frozenset[type[Request]] = frozenset(
+    {
+        PrepareRequest,
+        ExecuteRequest,
+        WriteRequest,
+        GetRequest,
+        ReadRequest,
+        ScanRequest,
+        TokenLookupRequest,
+    }
+)
+
+# Requests whose step may write: refused while the disk is full (a resolving ledger lookup too).
+_WRITING_REQUESTS: frozenset[type[Request]] = frozenset(
+    {
+        PrepareRequest,
+        ExecuteRequest,
+        CommitRequest,
+        CancelRequest,
+        DecideRequest,
+        WriteRequest,
+        CompleteRequest,
+    }
+)
+
+
+def _may_write(request: Request) -> bool:
+    if type(request) is LedgerLookupRequest:
+        return request.resolve
+    return type(request) in _WRITING_REQUESTS
 
 
 class NodeRuntime:
@@ -101,8 +163,10 @@ class NodeRuntime:
         metrics: NodeMetrics | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
         note: Callable[[str], None] | None = None,
+        gate: LagGate | None = None,
     ) -> None:
-        """``note`` receives one line per background actor started (the simulator's trace)."""
+        """``note`` receives one line per background actor started (the simulator's trace);
+        ``gate`` is fed by production's loop probe (none in the simulator and tests)."""
         self.node_id = node_id
         self.store = store
         self.clock = clock
@@ -110,6 +174,8 @@ class NodeRuntime:
             pid: PartitionCore(pid, store.partition(pid), config) for pid in store.partitions
         }
         self.in_progress = dict.fromkeys(self.cores, 0)  # admitted, not yet answered
+        self.in_progress_total = 0
+        self.gate = gate
         self.failed: BaseException | None = None
         self._disk = disk
         self._scheduler = scheduler
@@ -128,6 +194,11 @@ class NodeRuntime:
         self._driving: set[TxnId] = set()
         self._maintain_timer: Timer | None = None
         self.stopped = False
+        # A flush that failed for want of space and is being retried (module docstring).
+        self.disk_full: BaseException | None = None
+        self._disk_full_since_us = 0
+        self._disk_full_attempts = 0
+        self._retry_timer: Timer | None = None
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -141,6 +212,9 @@ class NodeRuntime:
         self.stopped = True
         if self._maintain_timer is not None:
             self._maintain_timer.cancel()
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         self.actors.stop()
 
     @property
@@ -160,38 +234,63 @@ class NodeRuntime:
         if self.failed is not None:
             respond(InternalError(f"node {self.node_id} failed to flush"))
             return
+        stalled = self.disk_full is not None
+        if stalled and _may_write(request):
+            respond(self.disk_full_error(pid))
+            return
         in_progress = self.in_progress[pid]
-        if in_progress >= limits.PARTITION_QUEUE_MAX:
-            respond(
-                Overloaded(
-                    f"partition {pid} has {in_progress} requests in progress",
-                    details={"partition": pid},
-                )
-            )
+        try:
+            admit(in_progress, limits.PARTITION_QUEUE_MAX, what=f"partition {pid}")
+            admit(self.in_progress_total, limits.NODE_REQUESTS_IN_PROGRESS_MAX, what="the node")
+            if self.gate is not None and type(request) in _NEW_WORK:
+                self.gate.admit()
+        except Overloaded as refused:
+            refused.details.update(node=self.node_id, partition=pid)
+            respond(refused)
             return
         node_ts = self.clock.now() if type(request) is WriteRequest else TIMESTAMP_ZERO
+        unflushed_before = self.store.unflushed_reads(pid) if stalled else 0
         try:
             step = core.handle(request, self._scheduler.now_us(), node_ts)
         except KvError as error:
             respond(error)
             return
         reply = step.reply
+        if stalled and not step.wrote and self.store.unflushed_reads(pid) == unflushed_before:
+            respond(reply)  # a read of durable rows only, while the disk is full: at once
+            return
         if type(reply) is WriteReply and reply.ts is not None:
             self.clock.observe(reply.ts)  # a ts above the key's floor: never issue it again
         if type(request) is CompleteRequest:
             respond(reply)  # advisory: see the module docstring
             return
         self.in_progress[pid] = in_progress + 1
+        self.in_progress_total += 1
 
         def release() -> None:
             self.in_progress[pid] -= 1
+            self.in_progress_total -= 1
             respond(reply)
 
         self.when_durable(release, failed=lambda error: self._fail_request(pid, respond, error))
 
     def _fail_request(self, pid: PartitionId, respond: Respond, error: KvError) -> None:
         self.in_progress[pid] -= 1
+        self.in_progress_total -= 1
         respond(error)
+
+    def disk_full_error(self, pid: PartitionId | None = None) -> DiskFull:
+        """The refusal of a write while the disk is full: names the node and the cause."""
+        error = self.disk_full
+        cause = disk_full_cause(error) if error is not None else "no space left on device"
+        details: dict[str, object] = {"node": self.node_id, "cause": cause}
+        if pid is not None:
+            details["partition"] = pid
+        return DiskFull(
+            f"node {self.node_id} cannot make writes durable ({cause}); writes are refused "
+            "until space is freed on its data volume",
+            details=details,
+        )
 
     # --- group commit -----------------------------------------------------------------------
 
@@ -236,8 +335,13 @@ class NodeRuntime:
     ) -> None:
         waiters = self._flight_waiters or []
         if error is not None:
-            self._fail(error, waiters)
+            if is_disk_full(error) and not self.stopped and self.failed is None:
+                self._stall(job, error)
+            else:
+                self._fail(error, waiters)
             return
+        if self.disk_full is not None:
+            self._resume()
         self.store.end_flush(job)
         self._flight_waiters = None
         if self._ack_early:  # the mutant: the next batch's waiters ride with this flush
@@ -253,6 +357,50 @@ class NodeRuntime:
             waiter()
         if self._open_waiters:
             self._schedule_flush()
+
+    def _stall(self, job: FlushJob, error: BaseException) -> None:
+        """Keep ``job`` and every waiter; run it again after a bounded backoff."""
+        first = self.disk_full is None
+        self.disk_full = error
+        self._disk_full_attempts += 1
+        if first:
+            self._disk_full_since_us = self._scheduler.now_us()
+            log_event(
+                _log,
+                "disk.full",
+                logging.ERROR,
+                node=self.node_id,
+                error=repr(error),
+                held_replies=len(self._flight_waiters or ()) + len(self._open_waiters),
+                rows=job.rows,
+            )
+        delay_ms = min(
+            limits.DISK_FULL_RETRY_MIN_MS * 2 ** min(self._disk_full_attempts - 1, 16),
+            limits.DISK_FULL_RETRY_MAX_MS,
+        )
+        self._retry_timer = self._scheduler.call_later(
+            delay_ms * _US_PER_MS, lambda: self._retry_flush(job)
+        )
+
+    def _retry_flush(self, job: FlushJob) -> None:
+        self._retry_timer = None
+        if self.stopped or self.failed is not None:
+            return
+        started_s = time.perf_counter()
+        writes = job.rows
+        self._disk.write(job, lambda error: self._flushed(job, error, started_s, writes))
+
+    def _resume(self) -> None:
+        log_event(
+            _log,
+            "disk.writable",
+            logging.WARNING,
+            node=self.node_id,
+            stalled_ms=(self._scheduler.now_us() - self._disk_full_since_us) // _US_PER_MS,
+            attempts=self._disk_full_attempts,
+        )
+        self.disk_full = None
+        self._disk_full_attempts = 0
 
     def _fail(self, error: BaseException, waiters: list[Callable[[], None]]) -> None:
         self.failed = error
@@ -294,7 +442,7 @@ class NodeRuntime:
         self._maintain_timer = None
         if self.stopped:
             return
-        if self.failed is None:
+        if self.failed is None and self.disk_full is None:
             self.maintain_now()
         self._schedule_maintenance()
 

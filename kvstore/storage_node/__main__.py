@@ -3,9 +3,12 @@
 Theory of operation
 -------------------
 Loads the cluster file, starts :class:`~kvstore.storage_node.service.NodeService` on uvloop and
-serves until SIGTERM or SIGINT (graceful: buffered writes reach disk first). A failed flush is
+serves until SIGTERM or SIGINT (graceful: buffered writes reach disk first). A flush that fails
+for want of space is not fatal: the node refuses writes with ``DiskFull``, serves reads and
+retries the flush until space returns (:mod:`kvstore.runtime.node`). Any other failed flush is
 fatal: the process exits at once with status 70 without touching the disk again, and a restart
-recovers from what is durable. A bad configuration exits with status 2 and one clear line.
+recovers from what is durable. A bad configuration exits with status 2 and one clear line. The
+process runs with umask 077: every file it creates is private to its user.
 
 The interpreter's GIL switch interval is lowered to 0.5 ms: the node's flush thread needs the GIL
 back after every fsync, and with the default 5 ms a busy event loop can keep each commit waiting
@@ -26,6 +29,7 @@ from kvstore.storage_node.service import NodeService
 __all__ = ["main", "EXIT_CONFIG", "EXIT_FATAL"]
 
 EXIT_FATAL = 70
+PROCESS_UMASK = 0o077
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -50,6 +54,7 @@ async def _serve(config_path: str, node_id: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(PROCESS_UMASK)  # data files, WAL, locks: owner only (0600), directories 0700
     return run_process(argv, role="storage_node", serve=_serve)
 
 

@@ -101,6 +101,11 @@ class NodeMetrics:
             "Resolutions and recoveries running now",
             registry=r,
         )
+        self.disk_full = Gauge(
+            "kvstore_node_disk_full",
+            "1 while the node refuses writes because its disk is full (reads are served)",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "kvstore_node_queue_depth",
             "Requests in progress or waiting on a partition",

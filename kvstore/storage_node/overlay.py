@@ -29,6 +29,11 @@ that store is the same for both and lives here, so the simulator runs the code p
   transaction (loaded from the durable rows, updated by ``end_flush``), so ``get_intent``,
   ``intents_of`` and ``intents_created_before`` never reach the backend. Both stay exact because
   the node store is the only writer of its durable rows.
+* **Unflushed reads**: every read that an unflushed entry answered or shaped (an overlay hit, a
+  listing merged with a non-empty overlay, an unflushed watermark) adds one to
+  :attr:`PartitionView.unflushed_reads`. The node runtime compares it around a read's step
+  while its disk is full: a read that saw only durable rows is answered at once, one that saw
+  unflushed rows waits for them to become durable.
 
 Threads: everything here runs on the thread that opened the store; only the job's ``run`` may run
 elsewhere (the backend's business). This module is pure (no I/O), like the cores.
@@ -234,6 +239,10 @@ class OverlayNode(Generic[J]):
         except KeyError:
             raise KeyError(f"{self.name}: partition {pid} is not in this store") from None
 
+    def unflushed_reads(self, pid: PartitionId) -> int:
+        """Reads of partition ``pid`` an unflushed write answered or shaped (module doc)."""
+        return self._views[pid].unflushed_reads
+
     @property
     def dirty(self) -> bool:
         """The open batch holds writes."""
@@ -321,12 +330,14 @@ class PartitionView:
         "_tokens",
         "_txn_intent_keys",
         "pid",
+        "unflushed_reads",
     )
 
     def __init__(self, node: OverlayNode[Any], pid: PartitionId, durable: DurableRows) -> None:
         self.pid = pid
         self._node = node
         self._durable = durable
+        self.unflushed_reads = 0  # reads an unflushed entry answered or shaped (module doc)
         self._reload()
 
     def _reload(self) -> None:
@@ -414,6 +425,7 @@ class PartitionView:
         merged = overlay.merged()
         if not merged:
             return durable(limit, ())
+        self.unflushed_reads += 1
         found = durable(limit + len(merged), merged)
         found.extend(row for row in merged.values() if row is not None and wanted(row))
         found.sort(key=order)
@@ -424,6 +436,7 @@ class PartitionView:
     def get_item(self, key: Key) -> ItemRow | None:
         found = self._items.get(key)
         if found is not MISSING:
+            self.unflushed_reads += 1
             return found
         cached = self._item_cache.get(key, MISSING)
         if cached is not MISSING:
@@ -493,6 +506,7 @@ class PartitionView:
     def get_intent(self, key: Key) -> Intent | None:
         found = self._intents.get(key)
         if found is not MISSING:
+            self.unflushed_reads += 1
             return found
         return self._durable_intents.get(key)
 
@@ -509,6 +523,8 @@ class PartitionView:
     def _current_intents(self, durable: Iterable[Intent]) -> list[Intent]:
         """``durable`` mirror entries and every unflushed intent, the overlay winning."""
         merged = self._intents.merged()
+        if merged:
+            self.unflushed_reads += 1
         found = [intent for intent in durable if intent.key not in merged]
         found.extend(intent for intent in merged.values() if intent is not None)
         return found
@@ -532,8 +548,10 @@ class PartitionView:
 
     def get_meta(self) -> PartitionMeta:
         if self._meta_open is not None:
+            self.unflushed_reads += 1
             return self._meta_open
         if self._meta_flushing is not None:
+            self.unflushed_reads += 1
             return self._meta_flushing
         return self._meta_durable
 
@@ -547,6 +565,7 @@ class PartitionView:
     def get_ledger(self, txn_id: TxnId) -> LedgerRecord | None:
         found = self._ledger.get(txn_id)
         if found is not MISSING:
+            self.unflushed_reads += 1
             return found
         return self._durable.get_ledger(txn_id)
 
@@ -583,6 +602,7 @@ class PartitionView:
     def get_token(self, token: str) -> TokenRow | None:
         found = self._tokens.get(token)
         if found is not MISSING:
+            self.unflushed_reads += 1
             return found
         return self._durable.get_token(token)
 

@@ -48,7 +48,8 @@ from kvstore.errors import KvError, ValidationError, WrongOwner
 from kvstore.logs import log_event
 from kvstore.messages import Reply, Request
 from kvstore.rpc import Respond, RpcPool, RpcServer
-from kvstore.runtime.aio import TransportSender
+from kvstore.runtime.admission import LagGate
+from kvstore.runtime.aio import LoopLagProbe, TransportSender
 from kvstore.runtime.disk import ThreadDisk
 from kvstore.runtime.node import NodeRuntime
 from kvstore.runtime.scheduler import AsyncioScheduler
@@ -107,6 +108,8 @@ class NodeService:
         )
         self._runner_web: web.AppRunner | None = None
         self._started_s = time.monotonic()
+        self._gate = LagGate()  # new work refused while the loop is behind (runtime/admission.py)
+        self._lag_probe = LoopLagProbe(self._gate.observe)
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class NodeService:
         site = web.TCPSite(self._runner_web, host, int(port), reuse_address=True)
         await site.start()
         runtime.start()
+        self._lag_probe.start()
         log_event(
             _log,
             "node.started",
@@ -147,6 +151,7 @@ class NodeService:
     async def stop(self) -> None:
         """Stop serving, let buffered writes reach disk, close everything."""
         runtime = self.runtime
+        self._lag_probe.stop()
         if runtime is not None:
             runtime.stop()
         if self._sender is not None:
@@ -155,9 +160,11 @@ class NodeService:
         if self._runner_web is not None:
             await self._runner_web.cleanup()
         if runtime is not None:
-            if runtime.failed is None:
+            if runtime.failed is None and runtime.disk_full is None:
                 with contextlib.suppress(KvError):
                     await self._durable(runtime)  # writes that forced no flush (completions)
+            elif runtime.disk_full is not None:  # never answered: dropped, as a crash would
+                log_event(_log, "node.stopped_disk_full", logging.WARNING, node=self.node_id)
             self._disk.close()
             runtime.store.close()
         await self._pool.close()
@@ -194,6 +201,7 @@ class NodeService:
             wrong_owner=self._wrong_owner,
             metrics=self.metrics,
             on_fatal=self._on_fatal,
+            gate=self._gate,
         )
         self.runtime = runtime
         self.metrics.track_partitions(
@@ -365,12 +373,15 @@ class NodeService:
     async def _health(self, request: web.Request) -> web.Response:
         del request
         status = "failed" if self.fatal.is_set() else "ok"
+        runtime = self.runtime
         body = {
             "status": status,
             "role": "node",
             "node": self.node_id,
+            # Writes are refused until space is freed; reads are served (kvstore.runtime.node).
+            "disk_full": runtime is not None and runtime.disk_full is not None,
             "epoch": self.cluster_map.epoch,
-            "partitions": sorted(self.runtime.cores) if self.runtime is not None else [],
+            "partitions": sorted(runtime.cores) if runtime is not None else [],
             "pid": os.getpid(),
         }
         return web.json_response(body, status=200 if status == "ok" else 503)
@@ -382,6 +393,7 @@ class NodeService:
             return error_response(error)
         if self.runtime is not None:
             self.metrics.background_actors.set(self.runtime.actors.running)
+            self.metrics.disk_full.set(self.runtime.disk_full is not None)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -392,7 +404,8 @@ def _depth(runtime: NodeRuntime, pid: PartitionId) -> Callable[[], int]:
 def _lock_data_dir(data_dir: Path) -> IO[str]:
     """Hold an exclusive lock on the data directory: two live nodes on one directory would
     interleave writes to the same SQLite files and break every guarantee."""
-    lock = (data_dir / "LOCK").open("a", encoding="utf-8")
+    fd = os.open(data_dir / "LOCK", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    lock = os.fdopen(fd, "a", encoding="utf-8")
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -29,7 +29,8 @@ instant, SQLite's WAL recovery replays exactly the frames of committed transacti
 either entirely present or entirely absent, for every partition at once, and every acknowledged
 write survives. If ``run()`` raises, its transaction is rolled back and the job stays in flight
 with its overlay, so nothing is lost from view and nothing was acknowledged; the caller may
-``run()`` it again or treat the store as failed. ``close()`` does not flush: writes not yet
+``run()`` it again or treat the store as failed (the node runtime runs it again while the disk
+is full, and fails the node for any other error). ``close()`` does not flush: writes not yet
 flushed were never acknowledged and are dropped, as a crash would.
 
 Opening creates ``node.db`` (mode 0600; SQLite gives its ``-wal`` and ``-shm`` the same mode),

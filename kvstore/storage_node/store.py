@@ -177,11 +177,14 @@ class NodeStore(Protocol):
     ``RuntimeError`` while another job is in flight), ``job.run()`` makes it durable (may run on
     another thread), ``end_flush`` forgets the job's overlay. ``commit`` does all three here.
     ``close`` drops unflushed writes (never acknowledged), as a crash would.
+    ``unflushed_reads(pid)`` counts the reads of partition ``pid`` that an unflushed write
+    answered or shaped (:class:`~kvstore.storage_node.overlay.PartitionView`).
     """
 
     @property
     def partitions(self) -> tuple[PartitionId, ...]: ...
     def partition(self, pid: PartitionId) -> PartitionStore: ...
+    def unflushed_reads(self, pid: PartitionId) -> int: ...
     @property
     def dirty(self) -> bool: ...
     @property

@@ -275,6 +275,25 @@ async def test_a_deadline_that_passes_is_unavailable_and_maybe_sent() -> None:
 
 
 @pytest.mark.asyncio
+async def test_expiring_deadlines_never_tear_the_connection_down() -> None:
+    """Under load, calls whose deadlines pass fail one by one; the connection, and every other
+    call on it, lives on (a torn connection would turn all of them into unknown outcomes)."""
+    gate = Gate()
+    async with serving(gate) as served, RpcClient(served.url, SECRET) as client:
+        async with asyncio.timeout(WAIT_S):
+            served_first = asyncio.ensure_future(client.call("wait", None, timeout_ms=10_000))
+            late = await asyncio.gather(
+                *(client.call("wait", None, timeout_ms=50) for _ in range(2_000)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(r, Unavailable) and r.details["sent"] for r in late)
+            gate.release.set()
+            assert await served_first is None
+            assert await client.call("echo", 2) == 2
+        assert served.events.count("connection_opened") == 1
+
+
+@pytest.mark.asyncio
 async def test_a_message_larger_than_the_coalescing_bound_goes_alone() -> None:
     big = b"b" * (FRAME_COALESCE_BYTES_MAX + 1024)
     async with serving(echo) as served, RpcClient(served.url, SECRET) as client:

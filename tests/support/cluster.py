@@ -96,6 +96,7 @@ class LocalNodes:
         timing: Mapping[str, int] | None = None,
         coordinator_ids: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
+        api_requests_in_flight_max: int | None = None,
     ) -> None:
         self.root = root
         self.env = dict(env or {})
@@ -103,6 +104,7 @@ class LocalNodes:
         root.mkdir(parents=True, exist_ok=True)
         self._layout = (node_ids, partitions, FAST_TIMING if timing is None else timing)
         self._coordinator_ids = coordinator_ids
+        self._api_requests_in_flight_max = api_requests_in_flight_max
         self.config: ClusterConfig = self._write_config()
         self.secret = write_secret(root / "secret")
         self.tokens = {
@@ -120,6 +122,7 @@ class LocalNodes:
             partitions=partitions,
             timing=timing,
             coordinators={cid: f"127.0.0.1:{free_port()}" for cid in self._coordinator_ids},
+            api_requests_in_flight_max=self._api_requests_in_flight_max,
         )
         self.config = load_cluster(self.config_path)
         return self.config

@@ -96,10 +96,10 @@ def test_whole_request_error_is_the_answer() -> None:
 
 
 @pytest.mark.parametrize("how", ["failed", "timeout"])
-def test_failed_call_means_outcome_unknown(how: str) -> None:
+def test_a_call_that_may_have_run_means_outcome_unknown(how: str) -> None:
     txn, send = start()
     if how == "failed":
-        effects = txn.step_failed(send.call_id, ErrorCode.Unavailable, T0 + 10)
+        effects = txn.step_failed(send.call_id, ErrorCode.OutcomeUnknown, T0 + 10)
     else:
         assert txn.step_tick(send.deadline_us - 1) == []
         effects = txn.step_tick(send.deadline_us)
@@ -107,6 +107,17 @@ def test_failed_call_means_outcome_unknown(how: str) -> None:
     assert txn.done
     # The late reply of the abandoned call changes nothing.
     assert txn.step_reply(send.call_id, ExecuteReply(txn_id=TXN, committed=True), T0) == []
+
+
+@pytest.mark.parametrize(
+    "code",
+    [ErrorCode.Overloaded, ErrorCode.DiskFull, ErrorCode.WrongOwner, ErrorCode.Unavailable],
+)
+def test_a_definite_refusal_ran_nothing_and_is_the_answer(code: ErrorCode) -> None:
+    txn, send = start()
+    result = finish(txn.step_failed(send.call_id, code, T0 + 10))
+    assert result.error is code and not result.committed
+    assert txn.done
 
 
 def test_reply_for_unknown_call_is_ignored() -> None:

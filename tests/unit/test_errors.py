@@ -16,6 +16,7 @@ FROZEN = {
     "Overloaded": (1005, 503, True),
     "Unavailable": (1006, 503, True),
     "WrongOwner": (1007, 421, True),
+    "DiskFull": (1008, 503, True),
     "ValidationError": (2001, 400, False),
     "ConditionFailed": (2002, 412, False),
     "NotFound": (2003, 404, False),

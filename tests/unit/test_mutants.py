@@ -28,7 +28,7 @@ from kvstore.mutants import (
     MutantsNotAllowed,
 )
 from kvstore.storage_node.core import PartitionConfig
-from kvstore.timestamps import HybridClock
+from kvstore.timestamps import HybridClock, redraw_origins
 from kvstore.types import TIMESTAMP_ZERO, PartitionId, Timestamp, TxnId, Value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -306,6 +306,23 @@ def test_ack_with_earlier_flush_answers_with_the_flush_in_flight(arm: Arm) -> No
 
     assert script(NO_MUTANTS) == (0, False)  # waiting on its own flush, now in flight
     assert script(arm(Mutant.ACK_WITH_EARLIER_FLUSH)) == (1, True), "answered, not durable"
+
+
+@shows(Mutant.NO_FORK_REDRAW)
+def test_no_fork_redraw_lets_a_cloned_clock_reissue_its_original_s_timestamps(arm: Arm) -> None:
+    # The fork hook's own path (redraw_origins); tests/unit/test_clock_fork.py forks for real.
+    wall = 5_000
+
+    def script(mutants: Mutants) -> tuple[Timestamp, Timestamp]:
+        original = HybridClock(lambda: wall, 7, mutants=mutants)
+        original.now()
+        clone = HybridClock(lambda: wall, original.origin, last=original.last, mutants=mutants)
+        redraw_origins([clone], lambda: 8)
+        return original.now(), clone.now()
+
+    assert script(NO_MUTANTS) == (Timestamp(wall, 1, 7), Timestamp(wall, 1, 8))
+    a, b = script(arm(Mutant.NO_FORK_REDRAW))
+    assert a == b == Timestamp(wall, 1, 7)
 
 
 def test_every_mutant_has_a_test_showing_what_it_breaks() -> None:

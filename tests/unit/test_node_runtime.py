@@ -27,6 +27,7 @@ from kvstore.messages import (
     WriteReply,
     WriteRequest,
 )
+from kvstore.runtime.admission import LagGate
 from kvstore.types import PartitionId, Timestamp, TxnId
 
 P2 = PartitionId(2)
@@ -118,6 +119,38 @@ def test_a_full_partition_is_overloaded_and_the_others_keep_serving(node: Node) 
     [refused] = node.put(P0, "a")
     assert isinstance(refused, Overloaded)
     assert node.put(P1, "b") == []  # admitted: waits for its flush
+    node.finish_flush()
+
+
+def test_a_full_node_is_overloaded_on_every_partition(node: Node) -> None:
+    node.runtime.in_progress_total = limits.NODE_REQUESTS_IN_PROGRESS_MAX
+    for pid in (P0, P1):
+        [refused] = node.put(pid, "a")
+        assert isinstance(refused, Overloaded) and refused.details["node"] == "n1"
+    node.runtime.in_progress_total = 0
+    answers = node.put(P0, "a")
+    assert node.runtime.in_progress_total == 1
+    node.finish_flush()
+    assert len(answers) == 1 and node.runtime.in_progress_total == 0
+
+
+def test_a_node_behind_on_its_work_refuses_new_work_but_finishes_admitted_work(
+    node: Node,
+) -> None:
+    txn = TxnId("t1")
+    decided(node, txn)  # a transaction admitted before the node fell behind
+    gate = LagGate(target_ms=50, interval_ms=200)
+    gate.observe(0, 300)
+    gate.observe(200, 300)
+    node.runtime.gate = gate
+    for request in (GetRequest(partition=P0, key="a"), WriteRequest(partition=P1, op=put("b", 1))):
+        [refused] = node.submit(request)
+        assert isinstance(refused, Overloaded) and refused.retryable, refused
+    # Its second phase is not new work: it runs, so what is in flight drains.
+    [completed] = node.submit(CompleteRequest(partition=P0, txn_id=txn))
+    assert not isinstance(completed, KvError), completed
+    gate.observe(220, 10)
+    assert node.put(P0, "a") == []  # admitted again: waits for its flush
     node.finish_flush()
 
 

@@ -21,7 +21,7 @@ import pytest
 
 import kvstore
 from kvstore.api.tokens import Role, create_token
-from kvstore.client import Client, Put, SyncClient, Update, connect
+from kvstore.client import Client, Put, RetryPolicy, SyncClient, Update, connect
 from kvstore.client.http import HttpBackend, _error_from_answer
 from kvstore.client.memory import MemoryBackend
 from kvstore.config import write_cluster_file, write_secret
@@ -139,6 +139,31 @@ async def test_ambiguous_failures_are_retried_with_the_same_token_and_apply_once
         "completed": True,
         "state": "COMMITTED",
     }
+
+
+@pytest.mark.asyncio
+async def test_a_refusal_after_an_attempt_that_may_have_applied_is_outcome_unknown() -> None:
+    kv, backend, _ = make_client(retry=RetryPolicy(attempts_max=3))
+    backend.inject("transact", lost(), after_apply=True)  # committed, but the answer was lost
+    backend.inject("transact", Overloaded("busy"))
+    backend.inject("transact", lost(sent=False))
+    with pytest.raises(OutcomeUnknown) as raised:
+        await kv.transact([Update("n", add={"": 1})], token="t-1")
+    assert raised.value.details["token"] == "t-1"
+    assert raised.value.details["last_error"] == "Unavailable"
+    assert (await kv.txn_outcome("t-1") or {}).get("state") == "COMMITTED"
+    # Without an attempt in doubt, a refusal is just a refusal: nothing was applied.
+    backend.inject("transact", Overloaded("busy"))
+    backend.inject("transact", Overloaded("busy"))
+    backend.inject("transact", Overloaded("busy"))
+    with pytest.raises(Overloaded):
+        await kv.transact([Update("m", add={"": 1})], token="t-2")
+    assert await kv.get("m") is None
+    # A cancellation after an attempt in doubt is the token's answer, not a doubt.
+    backend.inject("transact", lost(sent=True))
+    backend.inject("transact", TransactionCanceled("no", details={"reasons": []}))
+    with pytest.raises(TransactionCanceled):
+        await kv.transact([Update("k", add={"": 1})], token="t-3")
 
 
 @pytest.mark.asyncio

@@ -23,6 +23,7 @@ from kvstore.errors import (
     Unavailable,
     ValidationError,
 )
+from kvstore.limits import RETRY_AFTER_MAX_S, SDK_ATTEMPT_MIN_MS
 
 
 class FakeClock:
@@ -97,7 +98,7 @@ class HighestRandom(random.Random):
 
 def test_no_retry_whose_pause_ends_past_the_deadline() -> None:
     clock = FakeClock()
-    policy = RetryPolicy(attempts_max=10, backoff_base_s=0.3, backoff_cap_s=1.0)
+    policy = RetryPolicy(attempts_max=10, backoff_base_s=0.3, backoff_cap_s=1.0, attempt_min_s=0)
     attempts = Attempts(policy, RetryBudget(policy, clock), clock, HighestRandom(), 1.0)
     assert attempts.remaining_s() == 1.0
     assert attempts.retry_delay_s(overloaded()) == pytest.approx(0.3)
@@ -110,12 +111,31 @@ def test_no_retry_whose_pause_ends_past_the_deadline() -> None:
     assert attempts.remaining_s() == 0.0
 
 
-def test_retry_after_is_a_floor_capped_like_the_backoff() -> None:
+def test_no_retry_left_with_less_than_the_minimum_time_for_an_attempt() -> None:
+    clock = FakeClock()
+    policy = RetryPolicy(attempts_max=10, backoff_base_s=0.3, backoff_cap_s=1.0, attempt_min_s=1)
+    attempts = Attempts(policy, RetryBudget(policy, clock), clock, HighestRandom(), 1.8)
+    assert attempts.retry_delay_s(overloaded()) == pytest.approx(0.3)  # 1.5 s left after it
+    clock.now_s += 0.3
+    assert attempts.retry_delay_s(overloaded()) is None  # 0.6 more would leave 0.9 s
+    assert RetryPolicy().attempt_min_s == SDK_ATTEMPT_MIN_MS / 1000
+
+
+def test_retry_after_is_waited_then_the_jittered_backoff() -> None:
     attempts = attempts_for()
-    delay = attempts.retry_delay_s(Overloaded("busy", details={"retry_after_s": 0.05}))
-    assert delay is not None and delay >= 0.05
-    delay = attempts.retry_delay_s(Overloaded("busy", details={"retry_after_s": 30}))
-    assert delay == POLICY.backoff_cap_s  # a huge Retry-After does not outlast the cap
+    delays = []
+    for _ in range(3):
+        delay = attempts.retry_delay_s(Overloaded("busy", details={"retry_after_s": 0.05}))
+        assert delay is not None and 0.05 <= delay < 0.05 + POLICY.backoff_cap_s
+        delays.append(delay)
+    assert len(set(delays)) == 3  # jittered: clients refused together come back apart
+    delay = attempts.retry_delay_s(Overloaded("busy", details={"retry_after_s": 8}))
+    assert delay is not None and 8 <= delay < 8 + POLICY.backoff_cap_s
+    delay = attempts_for().retry_delay_s(Overloaded("busy", details={"retry_after_s": 3600}))
+    assert delay is not None  # a huge Retry-After is capped
+    assert RETRY_AFTER_MAX_S <= delay < RETRY_AFTER_MAX_S + POLICY.backoff_cap_s
+    short = attempts_for(timeout_s=5.0)
+    assert short.retry_delay_s(Overloaded("busy", details={"retry_after_s": 8})) is None
 
 
 def test_the_budget_allows_its_floor_then_a_tenth_of_the_calls() -> None:
@@ -191,6 +211,8 @@ def test_the_policy_refuses_nonsense() -> None:
         {"budget_window_s": float("inf")},
         {"budget_ratio": 1.5},
         {"budget_floor": -1},
+        {"attempt_min_s": -1},
+        {"attempt_min_s": float("inf")},
     ):
         with pytest.raises(ValidationError):
             RetryPolicy(**bad)

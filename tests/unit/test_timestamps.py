@@ -16,10 +16,11 @@ from kvstore.errors import ValidationError
 from kvstore.limits import MAX_CLOCK_SKEW_MS
 from kvstore.timestamps import (
     HybridClock,
+    RandomOrigin,
     check_skew,
     new_txn_id,
-    process_clock,
     random_origin,
+    redraw_origins,
     system_clock_us,
 )
 from kvstore.types import ORIGIN_MAX, TIMESTAMP_ZERO, Timestamp, timestamp_from_wire
@@ -178,9 +179,39 @@ def test_txn_id_format_and_uniqueness() -> None:
     assert all(re.fullmatch(r"[0-9a-f]{32}", txn) for txn in ids)
 
 
-def test_process_clock_singleton_and_system_time() -> None:
-    clock = process_clock()
-    assert process_clock() is clock
+def test_a_clock_on_a_random_origin_is_redrawn_at_fork_and_one_on_an_int_is_not() -> None:
+    origin = random_origin()
+    assert isinstance(origin, RandomOrigin)
+    clock = HybridClock(FakeClock(), origin)
+    assert clock.redrawn_at_fork
+    assert type(clock.origin) is int and clock.origin == origin  # plain ints in timestamps
+    assert type(clock.now().origin) is int
+    fixed = HybridClock(FakeClock(), 7)
+    assert not fixed.redrawn_at_fork
+    fixed.reset_origin(random_origin())  # a random origin later: from then on, redrawn
+    assert fixed.redrawn_at_fork
+
+
+def test_redraw_origins_never_keeps_the_old_origin_and_keeps_last() -> None:
+    fake = FakeClock(5_000)
+    clock = HybridClock(fake, 3)
+    issued = clock.now()
+    draws = iter([3, 3, 9])  # the old origin twice, then a new one
+    redraw_origins([clock], lambda: next(draws))
+    assert clock.origin == 9
+    assert clock.last == issued
+    assert clock.now() == Timestamp(5_000, 1, 9)
+
+
+def test_a_clone_gets_a_fresh_lock_even_if_the_original_s_was_held() -> None:
+    clock = HybridClock(FakeClock(), 3)
+    clock._lock.acquire()  # a thread of the original held it when the process was copied
+    redraw_origins([clock], lambda: 4)
+    assert clock.now().origin == 4  # would block forever on the old lock
+
+
+def test_a_clock_on_the_system_time_and_a_random_origin() -> None:
+    clock = HybridClock(system_clock_us, random_origin())
     assert 1 <= clock.origin <= ORIGIN_MAX
     before = system_clock_us()
     ts = clock.now()
@@ -198,7 +229,7 @@ def _fork() -> int:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_child_gets_new_origin_and_distinct_ids() -> None:
     n = 500
-    clock = process_clock()
+    clock = HybridClock(system_clock_us, random_origin())
     parent_ts = {clock.now() for _ in range(n)}
     parent_ids = {new_txn_id() for _ in range(n)}
     parent_origin = clock.origin
@@ -210,11 +241,9 @@ def test_fork_child_gets_new_origin_and_distinct_ids() -> None:
         code = 1
         try:
             os.close(read_fd)
-            child_clock = process_clock()
             payload = {
-                "same_object": child_clock is clock,
-                "origin": child_clock.origin,
-                "ts": [list(child_clock.now()) for _ in range(n)],
+                "origin": clock.origin,
+                "ts": [list(clock.now()) for _ in range(n)],
                 "ids": [new_txn_id() for _ in range(n)],
             }
             data = json.dumps(payload).encode()
@@ -238,7 +267,6 @@ def test_fork_child_gets_new_origin_and_distinct_ids() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
 
     child = json.loads(b"".join(chunks))
-    assert child["same_object"] is True
     assert child["origin"] != parent_origin
     assert clock.origin == parent_origin
     child_ts = [Timestamp(*ts) for ts in child["ts"]]
