@@ -237,9 +237,13 @@ class Coordinator:
         physical_clock: PhysicalClock = system_clock_us,
         mutants: Mutants = NO_MUTANTS,
         pool: RpcPool | None = None,
+        refuse_when_behind: bool = False,
     ) -> None:
         """``physical_clock`` is the wall time the cores and the default ``clock`` read;
-        ``mutants`` and an injected ``pool`` (which this object then closes) serve chaos runs."""
+        ``mutants`` and an injected ``pool`` (which this object then closes) serve chaos runs.
+        ``refuse_when_behind`` turns on the loop-lag gate (:mod:`~kvstore.runtime.admission`):
+        the coordinator process sets it; an embedded coordinator (the SDK's direct mode) shares
+        its loop with the application, whose own work must not read as overload."""
         self.cluster_map = cluster_map
         self.txn_ops_max = txn_ops_max
         self.metrics = metrics if metrics is not None else CoordinatorMetrics()
@@ -259,6 +263,7 @@ class Coordinator:
         self._runner = ActorRunner(_SentAware(self._transport), physical_clock)
         self._lag_gate = LagGate()
         self._lag_probe = LoopLagProbe(self._lag_gate.observe)
+        self._refuse_when_behind = refuse_when_behind
         self._partition_of = cluster_map.partitions.partition_of
         self._partitions = tuple(PartitionId(p) for p in cluster_map.partitions.partitions())
         self._in_flight_max = txns_in_flight_max
@@ -349,7 +354,7 @@ class Coordinator:
         """Raise ``Overloaded`` when a core started now would be refused (see
         :mod:`~kvstore.runtime.admission`): callers check before doing work of their own
         for a request (the API, before reading its body), so a refusal stays cheap."""
-        if not self._lag_probe.running:
+        if self._refuse_when_behind and not self._lag_probe.running:
             self._lag_probe.start()
         try:
             self._lag_gate.admit()

@@ -57,7 +57,9 @@ class CoordinatorService:
         self.metrics = CoordinatorMetrics(coordinator_id)
         self.chaos = enabled_from_env()  # test-only faults; None unless started for chaos
         if self.chaos is None:
-            self.coordinator = Coordinator.from_config(config, metrics=self.metrics)
+            self.coordinator = Coordinator.from_config(
+                config, metrics=self.metrics, refuse_when_behind=True
+            )
         else:
             chaos = self.chaos
             clock = HybridClock(chaos.physical_clock_us, random_origin(), mutants=chaos.mutants)
@@ -72,6 +74,7 @@ class CoordinatorService:
                 physical_clock=chaos.physical_clock_us,
                 mutants=chaos.mutants,
                 pool=pool,
+                refuse_when_behind=True,
             )
         self.tokens = TokenStore(config.api_tokens_file)
         self._web: web.AppRunner | None = None

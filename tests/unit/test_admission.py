@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.config import load_cluster, write_cluster_file
+from kvstore.config import ClusterConfig, load_cluster, write_cluster_file
 from kvstore.config import write_secret as make_secret
 from kvstore.coordinator.engine import Coordinator
 from kvstore.errors import Overloaded
@@ -87,14 +87,19 @@ class Unreachable:
         raise AssertionError("a refused request must not send anything")
 
 
+def one_node_cluster(tmp_path: Path) -> ClusterConfig:
+    path = tmp_path / "cluster.toml"
+    write_cluster_file(path, nodes={"n1": "127.0.0.1:1"}, partitions=1)
+    make_secret(path.parent / "secret")
+    return load_cluster(path)
+
+
 @pytest.mark.asyncio
 async def test_a_coordinator_behind_on_its_work_refuses_before_starting_a_core(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "cluster.toml"
-    write_cluster_file(path, nodes={"n1": "127.0.0.1:1"}, partitions=1)
-    make_secret(path.parent / "secret")
-    coordinator = Coordinator.from_config(load_cluster(path), transport=Unreachable())
+    config = one_node_cluster(tmp_path)
+    coordinator = Coordinator.from_config(config, transport=Unreachable(), refuse_when_behind=True)
     try:
         gate = coordinator._lag_gate
         gate.observe(0, 500)
@@ -144,3 +149,15 @@ def test_retry_after_holds_between_half_and_as_many_refusals_as_admissions() -> 
         control.refused(10)
     control.admitted(1000)
     assert control.seconds == 4
+
+
+@pytest.mark.asyncio
+async def test_an_embedded_coordinator_does_not_read_its_application_s_lag_as_overload(
+    tmp_path: Path,
+) -> None:
+    coordinator = Coordinator.from_config(one_node_cluster(tmp_path), transport=Unreachable())
+    try:
+        coordinator.admit()
+        assert not coordinator._lag_probe.running  # the SDK's direct mode: no loop-lag gate
+    finally:
+        await coordinator.close()
