@@ -17,8 +17,6 @@ The first tests check the checker itself on a Markdown file of its own, with no 
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,8 +36,9 @@ from support.docs_examples import (
     run_shell,
     type_check,
 )
+from support.kvctl import kill_leftovers
 
-from kvstore.localcluster import LocalCluster, process_command_line, read_pid_file
+from kvstore.localcluster import LocalCluster
 
 BLOCKS = all_blocks()
 RUN = [block for block in BLOCKS if block.runs and block.problem() is None]
@@ -153,12 +152,7 @@ def _stop(root: Path, cluster: LocalCluster | None) -> None:
         if cluster is not None:
             cluster.down()
     finally:
-        run = root / "run"
-        for pid_file in run.glob("*.pid") if run.is_dir() else ():
-            pid = read_pid_file(pid_file)
-            argv = process_command_line(pid) if pid is not None else None
-            if pid is not None and argv is not None and str(root) in " ".join(argv):
-                os.kill(pid, signal.SIGKILL)
+        kill_leftovers(root)
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import stat
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -32,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.kvctl import kill_leftovers, run_kvctl
 
 from kvstore.localcluster import LocalCluster, process_command_line, read_pid_file
 
-KVCTL = (sys.executable, "-m", "kvstore.cli.kvctl")
-COMMAND_TIMEOUT_S = 90.0
 VOLUME_MIB = 16
 RESUME_WITHIN_S = 5.0
 HTTP_TIMEOUT_S = 10.0
@@ -45,28 +42,14 @@ STALL_PUTS_MAX = 400  # puts of a big value until the disk refuses one
 BIG_VALUE = "v" * 16_384
 
 
-def kvctl(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("KVSTORE_DIR", "KV_URL", "KV_TOKEN")}
-    return subprocess.run(
-        [*KVCTL, *args],
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-        env=env,
-        check=False,
-    )
+kvctl = run_kvctl
 
 
 def stop_cluster(root: Path) -> None:
     """``kvctl cluster down``, then SIGKILL whatever a pid file still names."""
     if (root / "kvstore-local.json").exists():
         kvctl("cluster", "down", "--dir", str(root))
-    run = root / "run"
-    for pid_file in run.glob("*.pid") if run.is_dir() else ():
-        pid = read_pid_file(pid_file)
-        argv = process_command_line(pid) if pid is not None else None
-        if pid is not None and argv is not None and str(root) in " ".join(argv):
-            os.kill(pid, signal.SIGKILL)
+    kill_leftovers(root)
 
 
 def cluster_processes(root: Path) -> list[int]:

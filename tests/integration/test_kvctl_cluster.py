@@ -19,7 +19,6 @@ import queue
 import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -29,28 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.kvctl import COMMAND_TIMEOUT_S, KVCTL, clean_env, kill_leftovers, run_kvctl
 
 from kvstore.localcluster import MARKER_FILE, LocalCluster, process_command_line, read_pid_file
 
-KVCTL = (sys.executable, "-m", "kvstore.cli.kvctl")
-COMMAND_TIMEOUT_S = 90.0
 KEYS = 24
 
 
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("KVSTORE_DIR", "KV_URL", "KV_TOKEN")}
-
-
 def kvctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = clean_env()
-    result = subprocess.run(
-        [*KVCTL, *args],
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-        env=env,
-        check=False,
-    )
+    result = run_kvctl(*args)
     assert "Traceback" not in result.stderr, result.stderr
     if check:
         assert result.returncode == 0, f"kvctl {' '.join(args)}: {result.stderr}"
@@ -70,11 +56,7 @@ def cleanup(root: Path) -> None:
             timeout=COMMAND_TIMEOUT_S,
             check=False,
         )
-    for pid_file in (root / "run").glob("*.pid") if (root / "run").is_dir() else ():
-        pid = read_pid_file(pid_file)
-        argv = process_command_line(pid) if pid is not None else None
-        if pid is not None and argv is not None and str(root) in " ".join(argv):
-            os.kill(pid, signal.SIGKILL)
+    kill_leftovers(root)
 
 
 @pytest.fixture
