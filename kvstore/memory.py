@@ -6,13 +6,14 @@ A burst of thousands of clients makes a coordinator allocate per-connection buff
 by the tens of megabytes. Once the burst is over they are freed, but with CPython's own small-
 object allocator (pymalloc) the freed blocks stay scattered over its 1 MiB arenas, which go back
 to the system only when entirely empty: measured here, a coordinator that grew from 50 to 83 MB
-during a 20x burst stayed at 83 MB for minutes after its connections had closed, and a full
-garbage collection found nothing to free (``docs/bench.md``, overload).
+during a 20x burst stayed at 83 MB after its connections had closed, and a full garbage
+collection found nothing to free (``docs/bench.md``, overload).
 
 So a server process runs with ``PYTHONMALLOC=malloc`` (every allocation from glibc's malloc) and
 calls glibc's ``malloc_trim(0)`` every ``MEMORY_TRIM_INTERVAL_MS``, which returns the free pages
 inside the heap to the system (``madvise``); it costs about a millisecond. With both, the same
-coordinator came back to within 15% of its pre-burst size within a minute.
+coordinator came back to within 15% of its pre-burst size less than a minute after its
+connections closed.
 :func:`use_system_malloc` re-executes the process with the variable set (the same pid, so pid
 files and supervisors see nothing); an operator who sets ``PYTHONMALLOC`` to anything keeps it.
 Elsewhere than glibc, the trim is a no-op.

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Overload is an answer (DESIGN section 8). Two rules decide whether a process starts new work,
-both checked before any work is done for it, so a refusal costs a fraction of a served request:
+both checked before any work is done for it, so a refusal costs a fraction of a served request;
+a third sets how long the refused should wait:
 
 1. :func:`admit`: at most ``limit`` things at once. A coordinator counts its running cores
    (``COORDINATOR_TXNS_IN_FLIGHT_MAX``), including cores that still run after their caller was
@@ -18,16 +19,18 @@ both checked before any work is done for it, so a refusal costs a fraction of a 
    starting more work would only make every core in flight later, until the internal calls'
    own deadlines expire and work already done is lost as ``OutcomeUnknown``. So the gate refuses
    new work until one sample is back under the target. A short burst (under one interval) is
-   absorbed, as in CoDel. Coordinators and storage nodes each run one.
+   absorbed, as in CoDel. The coordinator process and every storage node run one (an embedded
+   coordinator does not: its loop is the application's).
 
 Both raise ``Overloaded``, which the API answers as 503 with ``Retry-After`` and clients retry
-after it (plus a jittered backoff) within their retry budget, rather than queue without bound (a
-coordinator that is refused by a node answers the refusal as it is, since nothing ran). The gate
-is a pure state machine over (time, lateness) samples; :class:`~kvstore.runtime.aio.LoopLagProbe`
-feeds it in production, and it is never fed in the simulator, whose loop does not lag.
+after it (plus a jittered backoff) within their retry budget, rather than queue without bound. A
+node's refusal reaches the client as it is when nothing else ran (a singleton, a one-partition
+execute); a refused prepare cancels its transaction. The gate is a pure state machine over
+(time, lateness) samples; :class:`~kvstore.runtime.aio.LoopLagProbe` feeds it in production,
+and it is never fed in the simulator, whose loop does not lag.
 
 3. :class:`RetryAfter` sets the ``Retry-After`` of the API's refusals. A refusal is cheap, not
-   free (a few hundred microseconds of HTTP on a coordinator whose CPU is the bottleneck): with
+   free (HTTP parsing and an answer, on a coordinator whose CPU is the bottleneck): with
    thousands of clients coming back every second, refusing them costs the work that served
    requests need. So each second it compares the refusals with the requests admitted: more
    refusals than admissions doubles the delay (up to ``RETRY_AFTER_MAX_S``), fewer than half

@@ -16,6 +16,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -135,3 +136,12 @@ async def test_a_full_coordinator_refuses_every_route_at_once_and_recovers(
     assert (await api.request("PUT", kv_path(refused_key), json_body={"value": 1})).status == 200
     metrics = (await api.request("GET", "/metrics")).raw.decode()
     assert 'kvstore_coordinator_http_requests_total{route="put",status="503"}' in metrics
+
+
+async def test_server_processes_run_with_the_c_allocator(cluster: LocalNodes) -> None:
+    """kvstore.memory: every server process re-executed itself with PYTHONMALLOC=malloc (same
+    pid), so the memory of a burst goes back to the system."""
+    for process_id in ("n1", "n2", "c1"):
+        pid = cluster.procs[process_id].pid
+        environ = (await asyncio.to_thread(Path(f"/proc/{pid}/environ").read_bytes)).split(b"\0")
+        assert b"PYTHONMALLOC=malloc" in environ, process_id
