@@ -70,6 +70,12 @@ ACCOUNTS = 10_000
 USERS_PER_CLIENT = 50
 WARMUP_S = 3  # seconds of the first phase left out of the capacity figure
 REQUESTS_METRIC = "kvstore_coordinator_http_requests"
+PHASE_SECONDS_MAX = 600  # one phase of the schedule
+BASE_CLIENTS_MAX = 1000  # 1x users; 20x of it run at once
+WORKERS_MAX = 8  # load processes
+SCRAPE_TIMEOUT_S = 0.5  # the observer's /metrics request; a busy coordinator's is skipped
+RESULTS_TIMEOUT_S = 60  # a load process's counts, after the schedule ended
+JOIN_TIMEOUT_S = 30  # a load process's exit, then it is killed
 SAMPLES: dict[str, Counter[str]] = {}  # a load process's error messages, by code
 
 
@@ -84,8 +90,12 @@ def parse_schedule(text: str) -> list[Phase]:
     for part in text.split(","):
         multiplier, _, seconds = part.partition(":")
         phases.append(Phase(int(multiplier), int(seconds)))
-    if not phases or any(p.multiplier < 1 or not 1 <= p.seconds <= 600 for p in phases):
-        raise SystemExit("--schedule: multiplier:seconds,... with seconds in 1..600")
+    if not phases or any(
+        p.multiplier < 1 or not 1 <= p.seconds <= PHASE_SECONDS_MAX for p in phases
+    ):
+        raise SystemExit(
+            f"--schedule: multiplier:seconds,... with seconds in 1..{PHASE_SECONDS_MAX}"
+        )
     return phases
 
 
@@ -187,10 +197,10 @@ def _worker_main(plan: WorkerPlan, out: Any) -> None:
 
 
 def http_statuses(metrics_url: str, token: str) -> Counter[str] | None:
-    """The coordinator's HTTP answers so far, by status (None: no answer within 0.5 s)."""
+    """The coordinator's HTTP answers so far, by status (None: no answer in time)."""
     request = urllib.request.Request(metrics_url, headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(request, timeout=0.5) as reply:
+        with urllib.request.urlopen(request, timeout=SCRAPE_TIMEOUT_S) as reply:
             text = reply.read().decode()
     except OSError:
         return None
@@ -329,8 +339,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--logs", type=Path, help="copy the cluster's process logs here")
     args = parser.parse_args()
-    if not 1 <= args.base_clients <= 1000 or not 1 <= args.workers <= 8:
-        raise SystemExit("--base-clients in 1..1000, --workers in 1..8")
+    if not 1 <= args.base_clients <= BASE_CLIENTS_MAX or not 1 <= args.workers <= WORKERS_MAX:
+        raise SystemExit(f"--base-clients in 1..{BASE_CLIENTS_MAX}, --workers in 1..{WORKERS_MAX}")
     return args
 
 
@@ -377,13 +387,13 @@ def main() -> None:
             seconds = observe(pids, metrics_url, token, phases, t0)
             messages: dict[str, Counter[str]] = {}
             for _ in workers:
-                counts, samples = out.get(timeout=60)
+                counts, samples = out.get(timeout=RESULTS_TIMEOUT_S)
                 collect(seconds, counts)
                 for code, texts in samples.items():
                     messages.setdefault(code, Counter()).update(texts)
         finally:
             for process in workers:
-                process.join(timeout=30)
+                process.join(timeout=JOIN_TIMEOUT_S)
                 if process.is_alive():
                     process.kill()
             if args.logs:

@@ -305,7 +305,7 @@ class _Admission:
         self.gauge = coordinator.metrics.requests_in_flight
         self.retry_after = RetryAfter()
 
-    def enter(self) -> bool:
+    def enter(self) -> None:
         """Take a place or raise ``Overloaded`` (before the request's body is read)."""
         now_ms = asyncio.get_running_loop().time() * 1000
         try:
@@ -322,7 +322,6 @@ class _Admission:
         self.retry_after.admitted(now_ms)
         self.in_flight += 1
         self.gauge.set(self.in_flight)
-        return True
 
     def leave(self) -> None:
         self.in_flight -= 1
@@ -356,7 +355,8 @@ def build_app(
             if route is not None and route.role is not None:
                 tokens.authorize(request.headers.get("Authorization"), route.role)
             if route is not None and route.admitted:
-                counted = admission.enter()
+                admission.enter()
+                counted = True
             response = await handler(request)
         except KvError as error:
             response = error_response(error)
