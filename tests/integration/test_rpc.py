@@ -277,10 +277,13 @@ async def test_a_deadline_that_passes_is_unavailable_and_maybe_sent() -> None:
 @pytest.mark.asyncio
 async def test_expiring_deadlines_never_tear_the_connection_down() -> None:
     """Under load, calls whose deadlines pass fail one by one; the connection, and every other
-    call on it, lives on (a torn connection would turn all of them into unknown outcomes)."""
+    call on it, lives on (a torn connection would turn all of them into unknown outcomes).
+    The connection is opened first: calls that wait for it to open may see their deadline pass
+    before they are sent, which is a different (``sent=False``) answer."""
     gate = Gate()
     async with serving(gate) as served, RpcClient(served.url, SECRET) as client:
         async with asyncio.timeout(WAIT_S):
+            assert await client.call("echo", 1) == 1
             served_first = asyncio.ensure_future(client.call("wait", None, timeout_ms=10_000))
             late = await asyncio.gather(
                 *(client.call("wait", None, timeout_ms=50) for _ in range(2_000)),
