@@ -602,12 +602,13 @@ class LocalCluster:
         root: Path,
         *,
         nodes: int = 3,
-        coordinators: int = 1,
+        coordinators: int = 0,
         partitions: int = PARTITIONS_DEFAULT,
     ) -> LocalCluster:
-        """Make a new cluster in ``root``, which must be missing or an empty directory."""
+        """Make a new cluster in ``root``, which must be missing or an empty directory. Every
+        node serves the API; ``coordinators`` adds standalone coordinator processes."""
         _check_count("--nodes", nodes, 1, LOCAL_NODES_MAX)
-        _check_count("--coordinators", coordinators, 1, LOCAL_COORDINATORS_MAX)
+        _check_count("--coordinators", coordinators, 0, LOCAL_COORDINATORS_MAX)
         _check_count("--partitions", partitions, nodes, PARTITIONS_MAX)
         root = root.absolute()
         if root.exists() and not _is_empty_dir(root):
@@ -689,7 +690,7 @@ class LocalCluster:
         root: Path,
         *,
         nodes: int = 3,
-        coordinators: int = 1,
+        coordinators: int = 0,
         partitions: int = PARTITIONS_DEFAULT,
     ) -> tuple[LocalCluster, bool]:
         """The cluster in ``root``, made first when there is none; True when made now."""
@@ -741,8 +742,11 @@ class LocalCluster:
         return self.root / LOGS_DIR / f"{process_id}.log"
 
     def api_url(self) -> str:
-        """The public API of the first coordinator."""
-        return self.processes()[len(self.config.nodes)].url
+        """The public API of the first coordinator, else of the first node (every node
+        serves it)."""
+        processes = self.processes()
+        coordinators = processes[len(self.config.nodes) :]
+        return (coordinators or processes)[0].url
 
     def admin_token(self) -> str:
         """The admin API token (``admin.token``; refused if group or others may read it)."""

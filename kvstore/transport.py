@@ -4,11 +4,17 @@ Theory of operation
 -------------------
 Requests name a partition, never a node. :class:`PartitionTransport` looks the owner up in the
 cluster map and sends the request over that node's persistent RPC connection (``kvstore.rpc``),
-encoding and decoding with ``kvstore.codec``. (A node's requests to its own partitions never get
-here: its runtime submits them directly.) Every failure surfaces as a
+encoding and decoding with ``kvstore.codec``. Every failure surfaces as a
 :class:`~kvstore.errors.KvError`; a reply that does not decode is a ``ProtocolViolation``. An
 unreachable owner is ``Unavailable`` naming the partition and the node id (``details``:
 ``partition``, ``node``), never the node's address: these messages reach API callers.
+
+:class:`ColocatedTransport` is the transport of a coordinator that lives inside a storage node
+(DESIGN section 2: every node is a gateway): a request for a partition the node owns is a
+function call into the node's runtime (``submit``: no encoding, no socket, the runtime's own
+admission and durability wait); any other goes through the wrapped :class:`PartitionTransport`.
+A local refusal (``WrongOwner``, ``Overloaded``, ``DiskFull``) is definite: nothing ran. (The
+node's own background actors reach its partitions the same way, through the runtime's sender.)
 """
 
 from __future__ import annotations
@@ -21,8 +27,12 @@ from kvstore.errors import InternalError, KvError, ProtocolViolation, Unavailabl
 from kvstore.messages import Reply, Request
 from kvstore.partitioning import ClusterMap
 from kvstore.rpc import RpcPool
+from kvstore.types import PartitionId
 
-__all__ = ["PartitionTransport"]
+__all__ = ["PartitionTransport", "ColocatedTransport"]
+
+Submit = Callable[[Request, Callable[[Reply | KvError], None]], None]
+"""A node runtime's ``submit``: run a request on an owned partition, answer when it is safe."""
 
 
 class PartitionTransport:
@@ -79,6 +89,41 @@ class PartitionTransport:
                 answer(InternalError(f"{method} to node {owner} failed: {type(error).__name__}"))
 
         future.add_done_callback(ended)
+        return True
+
+
+class ColocatedTransport:
+    """Owned partitions by function call, the rest through ``remote``; see the module."""
+
+    def __init__(
+        self, remote: PartitionTransport, owns: Callable[[PartitionId], bool], submit: Submit
+    ) -> None:
+        self._remote = remote
+        self._owns = owns
+        self._submit = submit
+
+    async def call(self, request: Request, timeout_ms: int) -> Reply:
+        if not self._owns(request.partition):
+            return await self._remote.call(request, timeout_ms)
+        answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def respond(outcome: Reply | KvError) -> None:
+            if answer.done():
+                return
+            if isinstance(outcome, KvError):
+                answer.set_exception(outcome)
+            else:
+                answer.set_result(outcome)
+
+        self._submit(request, respond)
+        return await answer
+
+    def start(
+        self, request: Request, timeout_ms: int, answer: Callable[[Reply | KvError], None]
+    ) -> bool:
+        if not self._owns(request.partition):
+            return self._remote.start(request, timeout_ms, answer)
+        self._submit(request, answer)
         return True
 
 

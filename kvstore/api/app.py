@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Final
@@ -75,6 +75,7 @@ _READ_CHUNK_BYTES: Final = 64 * 1024
 _CUT_OFF: Final = "kvstore.body_cut_off"  # request flag: the body passed the cap mid-stream
 
 Handler = Callable[["Api", web.Request], Awaitable[web.StreamResponse]]
+OwnHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +102,12 @@ class Api:
         tokens: TokenStore,
         coordinator_id: str,
         config: ClusterConfig,
+        role: str = "coordinator",
     ) -> None:
         self.coordinator = coordinator
         self.tokens = tokens
         self.coordinator_id = coordinator_id
+        self.role = role
         self.config = config
         self.metrics = coordinator.metrics
         self.openapi = openapi_document()
@@ -209,7 +212,7 @@ class Api:
         return json_response(
             {
                 "status": "ok",
-                "role": "coordinator",
+                "role": self.role,
                 "id": self.coordinator_id,
                 "partitions": cluster_map.partitions.partition_count,
                 "epoch": cluster_map.epoch,
@@ -335,19 +338,28 @@ def build_app(
     config: ClusterConfig,
     *,
     requests_in_flight_max: int = API_REQUESTS_IN_FLIGHT_MAX,
+    role: str = "coordinator",
+    own_routes: Sequence[tuple[str, str, OwnHandler]] = (),
 ) -> web.Application:
-    """The API application; the caller owns the coordinator's life cycle."""
-    api = Api(coordinator, tokens, coordinator_id, config)
+    """The API application; the caller owns the coordinator's life cycle. A storage node
+    serving the API passes ``role="node"`` and its own pages (``own_routes``: method, path,
+    handler), which the middleware passes through untouched (they check their own
+    credentials) and does not count; one of them replaces the route of ``ROUTES`` with the
+    same method and path (the node's ``/metrics`` serves its coordinator's metrics too)."""
+    api = Api(coordinator, tokens, coordinator_id, config, role)
     routes: dict[tuple[str, str], Route] = {}
+    own_paths = frozenset((method, path) for method, path, _ in own_routes)
     admission = _Admission(coordinator, requests_in_flight_max)
 
     @web.middleware
     async def guard(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        started = time.perf_counter()
         resource = request.match_info.route.resource
         pattern = resource.canonical if resource is not None else ""
+        if (request.method, pattern) in own_paths:
+            return await handler(request)
+        started = time.perf_counter()
         route = routes.get((request.method, pattern))
         name = route.name if route is not None else "unknown"
         counted = False  # this request holds one of the in-flight places
@@ -384,6 +396,8 @@ def build_app(
 
     app = web.Application(middlewares=[guard], client_max_size=API_BODY_BYTES_MAX)
     for route in ROUTES:
+        if (route.method, route.path) in own_paths:
+            continue
         path = _aiohttp_path(route.path)
         handler = route.handler
 
@@ -393,4 +407,6 @@ def build_app(
         resource_route = app.router.add_route(route.method, path, bound)
         canonical = resource_route.resource.canonical if resource_route.resource else path
         routes[(route.method, canonical)] = route
+    for method, path, own in own_routes:
+        app.router.add_route(method, path, own)
     return app

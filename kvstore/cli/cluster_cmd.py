@@ -86,7 +86,7 @@ if TYPE_CHECKING:
 __all__ = ["register", "NODES_DEFAULT", "COORDINATORS_DEFAULT"]
 
 NODES_DEFAULT: Final = 3
-COORDINATORS_DEFAULT: Final = 1
+COORDINATORS_DEFAULT: Final = 0
 _COLOURS: Final = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _SIGNAL_NAMES: Final = {
@@ -102,7 +102,8 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     cluster = commands.add_parser(
         "cluster",
         help="run a local cluster (real processes on 127.0.0.1)",
-        description="Run a kvstore cluster on this machine: storage nodes and coordinators as "
+        description="Run a kvstore cluster on this machine: storage nodes (each serving the API) "
+        "and optional coordinators as "
         f"real processes on 127.0.0.1, kept in one directory (--dir, ${DIR_ENV}, ./{DEFAULT_DIR}).",
     )
     actions = cluster.add_subparsers(dest="cluster_command", metavar="COMMAND", required=True)
@@ -123,7 +124,8 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         "--coordinators",
         type=int,
         metavar="N",
-        help=f"coordinators (default {COORDINATORS_DEFAULT})",
+        help=f"standalone coordinator processes (default {COORDINATORS_DEFAULT}: every node "
+        "serves the API and coordinates)",
     )
     up.add_argument(
         "--partitions",

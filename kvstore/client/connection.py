@@ -2,24 +2,34 @@
 
 Theory of operation
 -------------------
-Gateway mode (the default) talks HTTP to a coordinator and needs a URL and an API token. Each is
-taken from, in order:
+Three modes (``mode=``), each a :class:`~kvstore.client.backend.Backend`:
+
+* ``"native"``: msgpack RPC straight to the storage node that holds each call's data
+  (:mod:`kvstore.client.native`); the node coordinates. Needs the cluster file and the cluster
+  secret it names (a local cluster's directory has both). The fastest mode.
+* ``"gateway"``: the public HTTP JSON API of any node or coordinator; needs a URL and an API
+  token.
+* ``"direct"``: an embedded coordinator library talking to the storage nodes itself
+  (``direct=True`` is the same); needs the cluster file and secret.
+
+Without ``mode``: gateway when a URL is given (the ``url`` argument or ``KV_URL``) or a
+``token`` argument is, else native when a cluster file is found (below), else a
+``ValidationError`` saying what to do.
+
+The cluster file is found from the ``cluster`` argument (a directory or its ``cluster.toml``),
+else ``$KVSTORE_DIR``, else ``./.kvstore``. Gateway mode takes the URL and the token from, in
+order:
 
 1. the ``url`` / ``token`` arguments;
 2. the environment: ``KV_URL`` / ``KV_TOKEN``;
-3. the local cluster directory (the ``cluster`` argument, a directory or its ``cluster.toml``;
-   else ``$KVSTORE_DIR``; else ``./.kvstore``): the first coordinator of ``cluster.toml``
-   (``http://<address>``) and the plaintext admin token in ``admin.token`` beside it, which
-   ``kvctl cluster up`` writes with mode 0600.
+3. the local cluster directory: the first coordinator of ``cluster.toml``, else its first node
+   (every node serves the API) as ``http://<address>``, and the plaintext admin token in
+   ``admin.token`` beside it, which ``kvctl cluster up`` writes with mode 0600.
 
 The token file is read only when the URL also comes from that directory, or when ``cluster`` is
 passed explicitly: a URL naming some other server never gets the local admin token. A token file
 readable by group or others is refused, as the cluster secret is (a credential anyone on the box
 can read protects nothing). When nothing is found, the ``ValidationError`` says what to do.
-
-Direct mode (``direct=True``) embeds the coordinator library: it reads the cluster file (found
-as in step 3) and the cluster secret it names, and talks to the storage nodes itself. URL and
-token do not apply.
 
 Configuration errors surface here, when connecting, not at the first call; no network call is
 made here (connections open on first use).
@@ -30,7 +40,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from kvstore.client.backend import Backend
 from kvstore.client.client import Client
@@ -47,6 +57,8 @@ __all__ = [
     "ENV_CLUSTER_DIR",
     "CLUSTER_DIR_DEFAULT",
     "ADMIN_TOKEN_FILE",
+    "Mode",
+    "MODES",
     "connect",
     "connect_sync",
 ]
@@ -57,6 +69,8 @@ ENV_TOKEN: Final = "KV_TOKEN"
 ENV_CLUSTER_DIR: Final = DIR_ENV
 CLUSTER_DIR_DEFAULT: Final = DEFAULT_DIR
 _HINT: Final = "set KV_URL and KV_TOKEN, or run `kvctl cluster up`"
+Mode = Literal["native", "gateway", "direct"]
+MODES: Final[tuple[Mode, ...]] = ("native", "gateway", "direct")
 
 
 def _cluster_paths(cluster: str | os.PathLike[str] | None) -> tuple[Path, Path]:
@@ -74,12 +88,13 @@ def _load(file: Path) -> ClusterConfig:
     return load_cluster(file)
 
 
-def _coordinator_url(config: ClusterConfig) -> str:
-    for spec in config.coordinators.values():
-        return f"http://{spec.address}"
-    raise ValidationError(
-        "cluster", f"{config.path} has no coordinators; connect with direct=True or add one"
-    )
+def _api_url(config: ClusterConfig) -> str:
+    """The first coordinator's API, else the first node's (every node serves the API)."""
+    addresses = [spec.address for spec in config.coordinators.values()]
+    addresses += [spec.address for spec in config.nodes.values()]
+    for address in addresses:
+        return f"http://{address}"
+    raise ValidationError("cluster", f"{config.path} names no node and no coordinator")
 
 
 def _admin_token(directory: Path) -> str:
@@ -100,28 +115,51 @@ def _admin_token(directory: Path) -> str:
     return text
 
 
+def _mode(url: str | None, token: str | None, mode: Mode | None, direct: bool) -> Mode:
+    if direct:
+        if mode not in (None, "direct"):
+            raise ValidationError("direct", f"direct=True contradicts mode={mode!r}")
+        mode = "direct"
+    if mode is None:
+        given_url = url is not None or bool(os.environ.get(ENV_URL))
+        return "gateway" if given_url or token is not None else "native"
+    if mode not in MODES:
+        raise ValidationError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
 def _backend(
     url: str | None,
     token: str | None,
     cluster: str | os.PathLike[str] | None,
     *,
+    mode: Mode | None,
     direct: bool,
 ) -> Backend:
-    if direct:
+    chosen = _mode(url, token, mode, direct)
+    if chosen != "gateway":
         if url is not None or token is not None:
             raise ValidationError(
-                "direct", "url and token are for gateway mode; direct mode uses the cluster file"
+                chosen,
+                f"url and token are for gateway mode; {chosen} mode uses the cluster file",
             )
-        from kvstore.client.direct import DirectBackend  # noqa: PLC0415 - only direct mode pays
+        file = _cluster_paths(cluster)[1]
+        if chosen == "direct":
+            from kvstore.client.direct import DirectBackend  # noqa: PLC0415 - only direct pays
 
-        return DirectBackend(_load(_cluster_paths(cluster)[1]))
+            return DirectBackend(_load(file))
+        if not file.is_file():
+            raise ValidationError("url", f"no cluster to connect to (no {file}): {_HINT}")
+        from kvstore.client.native import NativeBackend  # noqa: PLC0415 - loads on first connect
+
+        return NativeBackend(_load(file))
     url = url if url is not None else os.environ.get(ENV_URL) or None
     token = token if token is not None else os.environ.get(ENV_TOKEN) or None
     if url is None:
         directory, file = _cluster_paths(cluster)
         if not file.is_file():
             raise ValidationError("url", f"no cluster to connect to (no {file}): {_HINT}")
-        url = _coordinator_url(_load(file))
+        url = _api_url(_load(file))
         token = token if token is not None else _admin_token(directory)
     elif token is None:
         if cluster is None:
@@ -137,15 +175,18 @@ def connect(
     token: str | None = None,
     *,
     cluster: str | os.PathLike[str] | None = None,
+    mode: Mode | None = None,
     direct: bool = False,
     timeout_s: float = SDK_TIMEOUT_MS_DEFAULT / 1000,
     retry: RetryPolicy | None = None,
 ) -> Client:
     """An async client: ``async with kvstore.connect() as kv: ...`` (see the module).
 
+    ``mode`` is ``"native"``, ``"gateway"`` or ``"direct"`` (default: see the module);
     ``timeout_s`` bounds each call, its retries included; ``retry`` tunes the retry policy.
     """
-    return Client(_backend(url, token, cluster, direct=direct), timeout_s=timeout_s, retry=retry)
+    backend = _backend(url, token, cluster, mode=mode, direct=direct)
+    return Client(backend, timeout_s=timeout_s, retry=retry)
 
 
 def connect_sync(
@@ -153,11 +194,20 @@ def connect_sync(
     token: str | None = None,
     *,
     cluster: str | os.PathLike[str] | None = None,
+    mode: Mode | None = None,
     direct: bool = False,
     timeout_s: float = SDK_TIMEOUT_MS_DEFAULT / 1000,
     retry: RetryPolicy | None = None,
 ) -> SyncClient:
     """A blocking client: ``with kvstore.connect_sync() as kv: ...`` (same arguments)."""
     return SyncClient(
-        connect(url, token, cluster=cluster, direct=direct, timeout_s=timeout_s, retry=retry)
+        connect(
+            url,
+            token,
+            cluster=cluster,
+            mode=mode,
+            direct=direct,
+            timeout_s=timeout_s,
+            retry=retry,
+        )
     )

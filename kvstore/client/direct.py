@@ -2,6 +2,12 @@
 
 Theory of operation
 -------------------
+:class:`CoordinatorBackend` is one attempt of each SDK call on a coordinator library object in
+this process, answered in the SDK's terms. Two hold one: :class:`DirectBackend` (below), and
+every storage node, which runs the calls clients send it in native mode
+(:mod:`kvstore.native`) on its co-located coordinator through the same object, so the two
+modes cannot answer differently.
+
 :class:`DirectBackend` embeds :class:`~kvstore.coordinator.engine.Coordinator` (DESIGN section
 2): the SDK runs transactions against the storage nodes itself, over the internal RPC with the
 cluster secret, saving the hop through a coordinator process. The library already raises the
@@ -37,7 +43,7 @@ from kvstore.errors import ProtocolViolation, Unavailable
 from kvstore.messages import ItemView
 from kvstore.ops import Op
 
-__all__ = ["DirectBackend"]
+__all__ = ["CoordinatorBackend", "DirectBackend"]
 
 T = TypeVar("T")
 
@@ -47,24 +53,14 @@ def _item(view: ItemView) -> Item:
     return Item(key=view.key, value=obj["value"], version=view.version, ts=ts_to_json(view.ts))
 
 
-class DirectBackend:
-    """An embedded coordinator for the cluster ``config`` describes (see the module)."""
+class CoordinatorBackend:
+    """The SDK's calls on the coordinator library object ``coordinator`` (see the module)."""
 
-    def __init__(self, config: ClusterConfig) -> None:
-        self.config = config
-        self._coordinator = Coordinator.from_config(config)
-        self._owner = ProcessOwner()
-
-    def _drop_inherited(self) -> None:
-        inherited = self._coordinator
-        abandon(inherited)
-        self._coordinator = Coordinator.from_config(self.config, clock=inherited.clock)
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
 
     @property
     def coordinator(self) -> Coordinator:
-        """This process's embedded coordinator (its ``metrics`` are this client's transactions);
-        a forked child gets its own (see the module)."""
-        self._owner.adopt(self._drop_inherited)
         return self._coordinator
 
     @property
@@ -142,3 +138,24 @@ class DirectBackend:
 
     async def close(self) -> None:
         await self.coordinator.close()
+
+
+class DirectBackend(CoordinatorBackend):
+    """An embedded coordinator for the cluster ``config`` describes (see the module)."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        super().__init__(Coordinator.from_config(config))
+        self.config = config
+        self._owner = ProcessOwner()
+
+    def _drop_inherited(self) -> None:
+        inherited = self._coordinator
+        abandon(inherited)
+        self._coordinator = Coordinator.from_config(self.config, clock=inherited.clock)
+
+    @property
+    def coordinator(self) -> Coordinator:
+        """This process's embedded coordinator (its ``metrics`` are this client's transactions);
+        a forked child gets its own (see the module)."""
+        self._owner.adopt(self._drop_inherited)
+        return self._coordinator

@@ -238,12 +238,14 @@ class Coordinator:
         mutants: Mutants = NO_MUTANTS,
         pool: RpcPool | None = None,
         refuse_when_behind: bool = False,
+        lag_gate: LagGate | None = None,
     ) -> None:
         """``physical_clock`` is the wall time the cores and the default ``clock`` read;
         ``mutants`` and an injected ``pool`` (which this object then closes) serve chaos runs.
         ``refuse_when_behind`` turns on the loop-lag gate (:mod:`~kvstore.runtime.admission`):
         the coordinator process sets it; an embedded coordinator (the SDK's direct mode) shares
-        its loop with the application, whose own work must not read as overload."""
+        its loop with the application, whose own work must not read as overload. A coordinator
+        inside a storage node shares the node's ``lag_gate`` instead (one probe per process)."""
         self.cluster_map = cluster_map
         self.txn_ops_max = txn_ops_max
         self.metrics = metrics if metrics is not None else CoordinatorMetrics()
@@ -261,9 +263,9 @@ class Coordinator:
             transport if transport is not None else PartitionTransport(cluster_map, self._pool)
         )
         self._runner = ActorRunner(_SentAware(self._transport), physical_clock)
-        self._lag_gate = LagGate()
+        self._lag_gate = lag_gate if lag_gate is not None else LagGate()
         self._lag_probe = LoopLagProbe(self._lag_gate.observe)
-        self._refuse_when_behind = refuse_when_behind
+        self._refuse_when_behind = refuse_when_behind and lag_gate is None
         self._partition_of = cluster_map.partitions.partition_of
         self._partitions = tuple(PartitionId(p) for p in cluster_map.partitions.partitions())
         self._in_flight_max = txns_in_flight_max

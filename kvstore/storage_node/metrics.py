@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from kvstore import native
 from kvstore.codec import METHODS
 from kvstore.types import PartitionId
 
@@ -121,8 +122,9 @@ class NodeMetrics:
         info = Gauge("kvstore_node_info", "This node", ["node"], registry=r)
         info.labels(node=node_id).set(1)
         # Children for the hot path, looked up once (``labels()`` takes a lock and builds a key).
-        self._ok = {m: self.requests.labels(m, "ok") for m in (*METHODS, "stats", "inspect")}
-        self._seconds = {m: self.request_seconds.labels(m) for m in (*METHODS, "stats", "inspect")}
+        methods = (*METHODS, *native.METHODS, "stats", "inspect")
+        self._ok = {m: self.requests.labels(m, "ok") for m in methods}
+        self._seconds = {m: self.request_seconds.labels(m) for m in methods}
 
     def answered(self, method: str, seconds: float) -> None:
         """Count one successful answer to a known method and its latency."""

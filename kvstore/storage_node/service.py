@@ -38,13 +38,14 @@ from typing import IO
 
 from aiohttp import web
 
-from kvstore import limits
+from kvstore import limits, native
+from kvstore.api.app import build_app
 from kvstore.api.responses import error_response
 from kvstore.api.tokens import Role, TokenStore
 from kvstore.chaos_control import enabled_from_env
 from kvstore.codec import decode_request, encode_reply
 from kvstore.config import ClusterConfig
-from kvstore.errors import KvError, ValidationError, WrongOwner
+from kvstore.errors import KvError, Unavailable, ValidationError, WrongOwner
 from kvstore.logs import log_event
 from kvstore.messages import Reply, Request
 from kvstore.rpc import Respond, RpcPool, RpcServer
@@ -53,6 +54,8 @@ from kvstore.runtime.aio import LoopLagProbe, TransportSender
 from kvstore.runtime.disk import ThreadDisk
 from kvstore.runtime.node import NodeRuntime
 from kvstore.runtime.scheduler import AsyncioScheduler
+from kvstore.limits import API_LISTEN_BACKLOG
+from kvstore.storage_node.gateway import NodeGateway
 from kvstore.storage_node.metrics import CONTENT_TYPE, NodeMetrics
 from kvstore.storage_node.sqlite_store import SqliteNodeStore
 from kvstore.timestamps import HybridClock, PhysicalClock, random_origin, system_clock_us
@@ -87,6 +90,7 @@ class NodeService:
         self.metrics = NodeMetrics(self.node_id)
         self.tokens = TokenStore(config.api_tokens_file, strict=False)  # for /metrics only
         self.runtime: NodeRuntime | None = None  # built by start(), on the running loop
+        self.gateway: NodeGateway | None = None  # the co-located coordinator, built by start()
         self.fatal = asyncio.Event()
         self._lock_file: IO[str] | None = None
         self._pool = RpcPool(
@@ -116,17 +120,39 @@ class NodeService:
     async def start(self) -> None:
         """Open the node's database, start its runtime, then listen on the node's address."""
         runtime = self._open()
-        app = web.Application()
-        app.router.add_get("/rpc", self._rpc.handle)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics_page)
+        gateway = self.gateway = NodeGateway(
+            self.config,
+            self.node_id,
+            pool=self._pool,
+            owns=runtime.cores.__contains__,
+            submit=runtime.submit,
+            clock=self.clock,
+            physical_clock=self._now_us,
+            mutants=self._partition_config.mutants,
+            lag_gate=self._gate,
+        )
+        app = build_app(
+            gateway.coordinator,
+            self.tokens,
+            self.node_id,
+            self.config,
+            requests_in_flight_max=self.config.api_requests_in_flight_max,
+            role="node",
+            own_routes=[
+                ("GET", "/rpc", self._rpc.handle),
+                ("GET", "/health", self._health),
+                ("GET", "/metrics", self._metrics_page),
+            ],
+        )
         if self.chaos is not None:
             peers = [spec.address for spec in self.config.nodes.values()]
             self.chaos.mount(app, self.secret, peers)
         self._runner_web = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner_web.setup()
         host, _, port = self.spec.address.rpartition(":")
-        site = web.TCPSite(self._runner_web, host, int(port), reuse_address=True)
+        site = web.TCPSite(
+            self._runner_web, host, int(port), reuse_address=True, backlog=API_LISTEN_BACKLOG
+        )
         await site.start()
         runtime.start()
         self._lag_probe.start()
@@ -152,13 +178,15 @@ class NodeService:
         """Stop serving, let buffered writes reach disk, close everything."""
         runtime = self.runtime
         self._lag_probe.stop()
+        await self._rpc.close()
+        if self._runner_web is not None:
+            await self._runner_web.cleanup()
+        if self.gateway is not None:  # its running transactions drain while the runtime runs
+            await self.gateway.close()
         if runtime is not None:
             runtime.stop()
         if self._sender is not None:
             await self._sender.close()
-        await self._rpc.close()
-        if self._runner_web is not None:
-            await self._runner_web.cleanup()
         if runtime is not None:
             if runtime.failed is None and runtime.disk_full is None:
                 with contextlib.suppress(KvError):
@@ -234,11 +262,24 @@ class NodeService:
     def handle_rpc(self, method: str, body: object, timeout_ms: int, respond: Respond) -> None:
         """The RPC handler, run synchronously for every request of a frame: decode, submit to
         the runtime, encode its answer when it comes; counts every answer by method and code."""
-        del timeout_ms  # the caller's deadline; the durability wait is bounded by one flush
         label = self.metrics.method_label(method)
         started = time.perf_counter()
         metrics = self.metrics
         try:
+            if method in native.METHODS:
+                gateway = self.gateway
+                if gateway is None:
+                    raise Unavailable("the node is starting", details={"sent": False})
+
+                def answered_native(outcome: object) -> None:
+                    if isinstance(outcome, KvError):
+                        metrics.requests.labels(label, outcome.code.name).inc()
+                    else:
+                        metrics.answered(label, time.perf_counter() - started)
+                    respond(outcome)
+
+                gateway.handle_native(method, body, timeout_ms, answered_native)
+                return
             if method == "stats":
                 out: object = self.stats()
             elif method == "inspect":
@@ -394,7 +435,10 @@ class NodeService:
         if self.runtime is not None:
             self.metrics.background_actors.set(self.runtime.actors.running)
             self.metrics.disk_full.set(self.runtime.disk_full is not None)
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+        body = self.metrics.render()
+        if self.gateway is not None:  # the co-located coordinator's (kvstore_coordinator_*)
+            body += self.gateway.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 def _depth(runtime: NodeRuntime, pid: PartitionId) -> Callable[[], int]:

@@ -95,7 +95,7 @@ def test_cluster_life_cycle(cluster_dir: Path) -> None:
     # up: made on first use, every process healthy, private files private.
     up = kvctl_json("cluster", "up", "--dir", root)
     assert up["created"] is True and up["healthy"] is True
-    assert up["started"] == ["n1", "n2", "n3", "c1"] and up["already_running"] == []
+    assert up["started"] == ["n1", "n2", "n3"] and up["already_running"] == []
     pids = {status["id"]: status["pid"] for status in up["processes"]}
     for name in ("secret", "api_tokens.toml", "admin.token"):
         assert stat.S_IMODE((cluster_dir / name).stat().st_mode) == 0o600, name
@@ -105,14 +105,10 @@ def test_cluster_life_cycle(cluster_dir: Path) -> None:
     token = (cluster_dir / "admin.token").read_text().strip()
     assert up["token"] == token
 
-    # status: 3 nodes and 1 coordinator, healthy, owning all 16 partitions.
+    # status: 3 nodes (every one serving the API; no coordinator process by default), healthy,
+    # owning all 16 partitions.
     statuses = kvctl_json("cluster", "status", "--dir", root)
-    assert [(s["role"], s["id"]) for s in statuses] == [
-        ("node", "n1"),
-        ("node", "n2"),
-        ("node", "n3"),
-        ("coordinator", "c1"),
-    ]
+    assert [(s["role"], s["id"]) for s in statuses] == [("node", "n1"), ("node", "n2"), ("node", "n3")]
     assert all(s["health"] == "ok" and s["pid"] == pids[s["id"]] for s in statuses)
     # Request rates come from every process's /metrics, which needs the (admin) API token.
     assert all(isinstance(s["requests_per_s"], float) for s in statuses), statuses
@@ -126,6 +122,9 @@ def test_cluster_life_cycle(cluster_dir: Path) -> None:
     for i in range(KEYS):
         api(base, token, "PUT", key_path(f"user/{i}"), {"value": {"n": i}})
     assert api(base, token, "GET", key_path("user/7"))["value"] == {"n": 7}
+    for status in statuses:  # every node's API URL works
+        node_url = f"http://{status['address']}"
+        assert api(node_url, token, "GET", key_path("user/5"))["value"] == {"n": 5}
     # ... and through kvctl's data commands, which find the cluster and its token by --dir.
     kvctl_json("put", "--dir", root, "cli/note", '{"via": "kvctl"}')
     assert kvctl_json("get", "--dir", root, "user/7")["value"] == {"n": 7}
@@ -136,7 +135,7 @@ def test_cluster_life_cycle(cluster_dir: Path) -> None:
     table = kvctl("cluster", "status", "--dir", root, "--no-rates").stdout
     for process_id in pids:
         assert f" {process_id} " in table
-    assert "4/4 healthy" in table
+    assert "3/3 healthy" in table
 
     # up again: nothing restarted.
     again = kvctl_json("cluster", "up", "--dir", root)
@@ -163,14 +162,14 @@ def test_cluster_life_cycle(cluster_dir: Path) -> None:
 
     # down: no process left, pid files gone.
     stopped = kvctl_json("cluster", "down", "--dir", root)
-    assert sorted(stopped["terminated"]) == ["c1", "n1", "n2", "n3"]
+    assert sorted(stopped["terminated"]) == ["n1", "n2", "n3"]
     assert not any(alive(pid) for pid in new_pids.values())
     assert not list((cluster_dir / "run").glob("*.pid"))
-    assert kvctl_json("cluster", "down", "--dir", root)["not_running"] == ["n1", "n2", "n3", "c1"]
+    assert kvctl_json("cluster", "down", "--dir", root)["not_running"] == ["n1", "n2", "n3"]
 
     # up again on the same directory: same cluster, data intact.
     back = kvctl_json("cluster", "up", "--dir", root)
-    assert back["created"] is False and back["started"] == ["n1", "n2", "n3", "c1"]
+    assert back["created"] is False and back["started"] == ["n1", "n2", "n3"]
     assert back["api"] == base
     read = api(base, token, "POST", "/v1/read", {"keys": [f"user/{i}" for i in range(KEYS)]})
     assert [item["value"] for item in read["items"]] == [{"n": i} for i in range(KEYS)]

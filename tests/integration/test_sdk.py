@@ -1,10 +1,11 @@
 """The SDK (``kvstore.client``) against a real cluster: 3 storage nodes, 8 partitions and one
-coordinator, all separate processes, in both modes.
+coordinator, all separate processes, in every mode.
 
-Goal: every client method behaves as docs/sdk.md says through both doors, gateway mode (HTTP to
-the coordinator) and direct mode (the coordinator library embedded in the client), with the same
+Goal: every client method behaves as docs/sdk.md says through all three doors, native mode
+(msgpack RPC to the node holding the data, which coordinates), gateway mode (HTTP to the
+coordinator) and direct mode (the coordinator library embedded in the client), with the same
 answers and the same typed errors. Method: one cluster for the module (processes take about a
-second each to start), killed in teardown; the ``kv`` fixture is parametrized over the two modes;
+second each to start), killed in teardown; the ``kv`` fixture is parametrized over the modes;
 every test works under its own unique key prefix. The contention test is the point of
 interactive transactions: 16 concurrent tasks each doing 10 read-increment-write transactions on
 one counter through ``kv.run`` must end at exactly 160 (no lost update).
@@ -30,6 +31,7 @@ from support.cluster import LocalNodes, refusing_port
 import kvstore
 from kvstore.client import Client, Transaction, reasons
 from kvstore.client.direct import DirectBackend
+from kvstore.client.http import HttpBackend
 from kvstore.errors import (
     ConditionFailed,
     Forbidden,
@@ -41,7 +43,7 @@ from kvstore.errors import (
     ValidationError,
 )
 
-MODES = ("gateway", "direct")
+MODES = ("native", "gateway", "direct")
 UNREACHABLE_TIMEOUT_S = 2.0
 SILENT_TIMEOUT_S = 1.0
 HANG_GUARD_S = 60.0  # only against a call that never ends: never a measurement
@@ -54,8 +56,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNodes]:
 
 
 def connect(cluster: LocalNodes, mode: str, timeout_s: float = 10.0) -> Client:
-    if mode == "direct":
-        return kvstore.connect(cluster=cluster.config_path, direct=True, timeout_s=timeout_s)
+    if mode in ("direct", "native"):
+        return kvstore.connect(cluster=cluster.config_path, mode=mode, timeout_s=timeout_s)
     return kvstore.connect(cluster.api("c1"), cluster.tokens["admin"], timeout_s=timeout_s)
 
 
@@ -203,21 +205,25 @@ async def test_bad_arguments_raise_validation_error_before_anything_is_sent(
 
 
 async def one_partition_commits(kv: Client, cluster: LocalNodes) -> float:
-    """Committed transactions with one participant partition, from the coordinator's metrics."""
+    """Committed transactions with one participant partition, from the metrics of whatever
+    coordinates: the embedded library (direct), the coordinator (gateway), the nodes (native)."""
     if isinstance(kv.backend, DirectBackend):
-        text = kv.backend.coordinator.metrics.render().decode()
+        texts = [kv.backend.coordinator.metrics.render().decode()]
     else:
+        coordinating = ["c1"] if isinstance(kv.backend, HttpBackend) else list(cluster.config.nodes)
         headers = {"Authorization": f"Bearer {cluster.tokens['admin']}"}
-        async with (
-            aiohttp.ClientSession(headers=headers) as session,
-            session.get(cluster.api("c1") + "/metrics") as reply,
-        ):
-            text = await reply.text()
+        texts = []
+        async with aiohttp.ClientSession(headers=headers) as session:
+            for process in coordinating:
+                async with session.get(cluster.url(process, "/metrics")) as reply:
+                    texts.append(await reply.text())
     wanted = 'kvstore_coordinator_txns_total{outcome="committed",participants="1"}'
-    for line in text.splitlines():
-        if line.startswith(wanted):
-            return float(line.split()[-1])
-    return 0.0
+    return sum(
+        float(line.split()[-1])
+        for text in texts
+        for line in text.splitlines()
+        if line.startswith(wanted)
+    )
 
 
 @pytest.mark.asyncio
@@ -303,8 +309,8 @@ async def test_concurrent_increments_through_run_lose_no_update(
 @pytest.mark.parametrize("mode", MODES)
 def test_connect_sync_gives_the_same_calls_blocking(cluster: LocalNodes, mode: str) -> None:
     key = unique("sdk-sync")
-    if mode == "direct":
-        client = kvstore.connect_sync(cluster=cluster.config_path, direct=True)
+    if mode in ("direct", "native"):
+        client = kvstore.connect_sync(cluster=cluster.config_path, mode=mode)
     else:
         client = kvstore.connect_sync(cluster.api("c1"), cluster.tokens["admin"])
     with client as kv:

@@ -24,6 +24,7 @@ from kvstore.api.tokens import Role, create_token
 from kvstore.client import Client, Put, RetryPolicy, SyncClient, Update, connect
 from kvstore.client.http import HttpBackend, _error_from_answer
 from kvstore.client.memory import MemoryBackend
+from kvstore.client.native import NativeBackend
 from kvstore.config import write_cluster_file, write_secret
 from kvstore.errors import (
     ConditionFailed,
@@ -296,11 +297,16 @@ def gateway(client: Client) -> HttpBackend:
     return client.backend
 
 
+def native(client: Client) -> NativeBackend:
+    assert isinstance(client.backend, NativeBackend)
+    return client.backend
+
+
 def test_arguments_then_environment_then_the_cluster_directory(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     token = local_cluster(tmp_path / ".kvstore")
-    local = gateway(connect())  # ./.kvstore: the first coordinator and the admin token
+    local = gateway(connect(mode="gateway"))  # ./.kvstore: the first coordinator, admin token
     assert local.url == "http://127.0.0.1:8123"
     assert local._headers["Authorization"] == f"Bearer {token}"
     clean_env.setenv("KV_URL", "http://db.example:9000/")
@@ -324,9 +330,41 @@ def test_kvstore_dir_or_the_cluster_argument_names_the_directory(
     elsewhere.mkdir()
     local_cluster(elsewhere)
     clean_env.setenv("KVSTORE_DIR", str(elsewhere))
-    assert gateway(connect()).url == "http://127.0.0.1:8123"
+    assert gateway(connect(mode="gateway")).url == "http://127.0.0.1:8123"
+    assert native(connect()).config.path == (elsewhere / "cluster.toml").resolve()
     clean_env.delenv("KVSTORE_DIR")
-    assert gateway(connect(cluster=elsewhere / "cluster.toml")).url == "http://127.0.0.1:8123"
+    by_file = connect(cluster=elsewhere / "cluster.toml", mode="gateway")
+    assert gateway(by_file).url == "http://127.0.0.1:8123"
+    assert native(connect(cluster=elsewhere)).config.path == (elsewhere / "cluster.toml").resolve()
+
+
+def test_a_local_cluster_is_native_by_default_and_a_url_or_token_means_gateway(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    local_cluster(tmp_path / ".kvstore")
+    assert native(connect()).config.path == (tmp_path / ".kvstore" / "cluster.toml").resolve()
+    gateway(connect(token="t", cluster=tmp_path / ".kvstore"))
+    gateway(connect("http://host:1", "t"))
+    clean_env.setenv("KV_URL", "http://db.example:9000/")
+    clean_env.setenv("KV_TOKEN", "from-env")
+    assert gateway(connect()).url == "http://db.example:9000"
+    with pytest.raises(ValidationError, match="gateway mode"):
+        connect("http://host:1", "t", mode="native")
+    with pytest.raises(ValidationError, match="mode"):
+        connect(mode="carrier-pigeon")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="contradicts"):
+        connect(mode="native", direct=True)
+
+
+def test_gateway_mode_without_coordinators_uses_the_first_node(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    directory = tmp_path / ".kvstore"
+    local_cluster(directory)
+    write_cluster_file(
+        directory / "cluster.toml", nodes={"n1": "127.0.0.1:7001", "n2": "127.0.0.1:7002"}
+    )
+    assert gateway(connect(mode="gateway")).url == "http://127.0.0.1:7001"
 
 
 def test_the_local_admin_token_never_goes_to_another_url(
@@ -351,7 +389,10 @@ def test_a_token_file_others_can_read_is_refused(
     local_cluster(tmp_path / ".kvstore")
     (tmp_path / ".kvstore" / "admin.token").chmod(0o644)
     with pytest.raises(ValidationError, match="chmod 600"):
-        connect()
+        connect(mode="gateway")
+    (tmp_path / ".kvstore" / "secret").chmod(0o644)
+    with pytest.raises(ValidationError, match="secret"):
+        connect()  # native mode reads the cluster secret
 
 
 def test_bad_connection_arguments_are_refused(clean_env: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,165 @@
+"""Every node is a gateway: the coordinator library inside a storage node process.
+
+Theory of operation
+-------------------
+DESIGN section 2: a storage node also runs the coordinator library and serves the public API,
+so a transaction whose partitions all live on the node never leaves the process. A
+:class:`NodeGateway` holds that library object (:class:`~kvstore.coordinator.engine.Coordinator`)
+built on the node's own pieces:
+
+* its transport is a :class:`~kvstore.transport.ColocatedTransport`: requests for partitions
+  this node owns are function calls into the node's runtime (``NodeRuntime.submit``: the same
+  admission, the same group commit and durability wait as a request from a peer, without
+  encoding or a socket); the rest go over the node's RPC pool, one connection per peer shared
+  with the runtime's own background work;
+* its hybrid clock is the node's (one clock per process), its wall time and mutants the node's
+  (chaos runs), and its loop-lag gate the node's (one probe per process);
+* its metrics are a coordinator's, labelled with the node's id, served at ``GET /v1/metrics``.
+
+It serves two ways in. The public HTTP API (:func:`~kvstore.api.app.build_app`, ``role="node"``)
+on the node's own address, beside ``/rpc``, ``/health`` and ``/metrics``; and the native
+protocol (:mod:`kvstore.native`): one RPC method per SDK call on the node's authenticated RPC
+connection. A native call runs through the same
+:class:`~kvstore.client.direct.CoordinatorBackend` as the SDK's direct mode, as a task of its
+own, bounded by the caller's deadline; the answer goes back packed by :mod:`kvstore.native`.
+Admission is the library's (``COORDINATOR_TXNS_IN_FLIGHT_MAX`` cores, the loop-lag gate), so an
+overloaded node answers ``Overloaded`` before any work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from kvstore import native
+from kvstore.client.direct import CoordinatorBackend
+from kvstore.config import ClusterConfig
+from kvstore.coordinator.engine import Coordinator
+from kvstore.coordinator.metrics import CoordinatorMetrics
+from kvstore.errors import InternalError, KvError
+from kvstore.mutants import Mutants
+from kvstore.rpc import Respond, RpcPool
+from kvstore.runtime.admission import LagGate
+from kvstore.timestamps import HybridClock, PhysicalClock
+from kvstore.transport import ColocatedTransport, PartitionTransport, Submit
+from kvstore.types import PartitionId
+
+__all__ = ["NodeGateway"]
+
+_log = logging.getLogger("kvstore.storage_node")
+_MS_PER_S = 1000
+
+
+class NodeGateway:
+    """The coordinator library of one storage node; see the module docstring."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node_id: str,
+        *,
+        pool: RpcPool,
+        owns: Callable[[PartitionId], bool],
+        submit: Submit,
+        clock: HybridClock,
+        physical_clock: PhysicalClock,
+        mutants: Mutants,
+        lag_gate: LagGate,
+    ) -> None:
+        self.metrics = CoordinatorMetrics(node_id)
+        transport = ColocatedTransport(PartitionTransport(config.cluster_map, pool), owns, submit)
+        self.coordinator = Coordinator(
+            config.cluster_map,
+            config.secret(),
+            txn_ops_max=config.txn_ops_max,
+            metrics=self.metrics,
+            clock=clock,
+            transport=transport,
+            physical_clock=physical_clock,
+            mutants=mutants,
+            lag_gate=lag_gate,
+        )
+        self._calls = CoordinatorBackend(self.coordinator)
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    async def close(self) -> None:
+        """Let running transactions finish (bounded, see ``Coordinator.close``), then stop."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.coordinator.close()
+
+    def handle_native(self, method: str, body: object, timeout_ms: int, respond: Respond) -> None:
+        """Run one native call (``method`` in ``native.METHODS``); ``respond`` gets the packed
+        answer or the typed error. Checks the body at once (nothing runs on a bad one)."""
+        call = self._native_call(method, body, timeout_ms / _MS_PER_S)
+        task = asyncio.get_running_loop().create_task(call)
+        self._tasks.add(task)
+
+        def ended(done: asyncio.Task[object]) -> None:
+            self._tasks.discard(task)
+            if done.cancelled():
+                respond(InternalError("the node stopped before answering"))
+                return
+            error = done.exception()
+            if error is None:
+                respond(done.result())
+            elif isinstance(error, KvError):
+                respond(error)
+            else:
+                _log.error("native %s failed", method, exc_info=error)
+                respond(InternalError("an internal error; see the node's log"))
+
+        task.add_done_callback(ended)
+
+    def _native_call(
+        self, method: str, body: object, timeout_s: float
+    ) -> Coroutine[Any, Any, object]:
+        calls = self._calls
+        if method == native.GET:
+            key = native.body_key(native.body_object(body, frozenset({"key"})))
+            return _packed(calls.get(key, timeout_s), native.encode_item)
+        if method == native.PUT:
+            op = native.body_op(native.body_object(body, frozenset({"op"})))
+            return _packed(calls.put(op, timeout_s), native.encode_written)
+        if method == native.DELETE:
+            op = native.body_op(native.body_object(body, frozenset({"op"})))
+            return _packed(calls.delete(op, timeout_s), native.encode_deleted)
+        if method == native.TRANSACT:
+            obj = native.body_object(body, frozenset({"ops", "token"}))
+            ops, token = native.body_ops(obj), native.body_token(obj)
+            return _packed(calls.transact(ops, token, timeout_s), native.encode_committed)
+        if method == native.READ:
+            keys = native.body_keys(native.body_object(body, frozenset({"keys"})))
+            return _packed(calls.read(keys, timeout_s), _encode_items)
+        if method == native.SCAN:
+            args = native.body_scan(
+                native.body_object(body, frozenset({"prefix", "start", "end", "limit", "cursor"}))
+            )
+            page = calls.scan(
+                prefix=args.prefix,
+                start=args.start,
+                end=args.end,
+                limit=args.limit,
+                cursor=args.cursor,
+                timeout_s=timeout_s,
+            )
+            return _packed(page, native.encode_scan_page)
+        if method == native.TXN_OUTCOME:
+            token = native.body_token(native.body_object(body, frozenset({"token"})))
+            return _packed(calls.txn_outcome(token, timeout_s), _same)
+        raise InternalError(f"no native method {method!r}")  # callers check METHODS first
+
+
+async def _packed(call: Coroutine[Any, Any, Any], pack: Callable[[Any], object]) -> object:
+    return pack(await call)
+
+
+def _encode_items(items: list[Any]) -> object:
+    return [native.encode_item(item) for item in items]
+
+
+def _same(value: object) -> object:
+    return value
