@@ -160,7 +160,8 @@ def test_create_into_an_empty_directory_and_refuse_an_existing_cluster(tmp_path:
     [
         (0, 1, 16, "--nodes"),
         (17, 1, 16, "--nodes"),
-        (3, 0, 16, "--coordinators"),
+        (3, -1, 16, "--coordinators"),
+        (3, 9, 16, "--coordinators"),
         (4, 1, 3, "--partitions"),
     ],
 )
