@@ -2,18 +2,19 @@
 docs/bench.md.
 
 Run: ``.venv/bin/python bench/cpu_per_op.py [--workloads transfer,put,get,read2,txn1,read1]
-[--clients 32] [--duration 6] [--mode direct]``
+[--clients 32] [--duration 6] [--mode native] [--nodes 3]``
 
 Theory of operation
 -------------------
 Starts a temporary local cluster as ``kvctl bench`` does (:func:`kvstore.bench.store.temp_cluster`:
-3 storage nodes, 1 coordinator), loads the accounts, and runs each workload with the benchmark's
-own driver (:func:`kvstore.bench.store.run`, uvloop, one warm-up second). Around each measured
-run it reads the user and system CPU time of every cluster process and of this one from
+3 storage nodes by default, each coordinating), loads the accounts, and runs each workload with the
+benchmark's own driver (:func:`kvstore.bench.store.run`, uvloop, one warm-up second). Around each
+measured run it reads the user and system CPU time of every cluster process and of this one from
 ``/proc/<pid>/stat`` and prints the CPU microseconds per completed operation, per process and in
 all, plus the nodes' fsyncs per operation (``kvstore_node_fsyncs_total``). This process holds the
-SDK and, in direct mode, the coordinator. Bounded: a fixed list of workloads and seconds; the
-cluster is removed at the end whatever happens. Linux only (``/proc``).
+SDK and, in direct mode, the coordinator; in native mode the nodes coordinate. Bounded: a fixed list
+of workloads and seconds; the cluster is removed at the end whatever happens. Linux only
+(``/proc``).
 """
 
 from __future__ import annotations
@@ -73,9 +74,13 @@ def main() -> None:
     parser.add_argument("--workloads", default="transfer,put,get,read2,txn1,read1")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=6)
-    parser.add_argument("--mode", choices=store.MODES, default="direct")
+    parser.add_argument("--mode", choices=store.MODES, default="native")
+    parser.add_argument("--nodes", type=int, default=3)
     args = parser.parse_args()
-    with store.temp_cluster() as cluster, asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+    with (
+        store.temp_cluster(nodes=args.nodes) as cluster,
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as r,
+    ):
         r.run(measure(cluster, args))
 
 

@@ -165,7 +165,7 @@ async def _worker(plan: WorkerPlan) -> dict[int, dict[str, int]]:
                 if task is not None and not task.done():
                     continue
                 while len(clients) <= index // USERS_PER_CLIENT:
-                    clients.append(connect(cluster=root))
+                    clients.append(connect(cluster=root, mode="gateway"))
                 user_rng = random.Random(rng.getrandbits(64))
                 kv = clients[index // USERS_PER_CLIENT]
                 running[index] = asyncio.create_task(
@@ -360,7 +360,7 @@ def main() -> None:
     args = arguments()
     phases = parse_schedule(args.schedule)
     context = multiprocessing.get_context("spawn")
-    with temp_cluster() as cluster:
+    with temp_cluster(coordinators=1) as cluster:
         setup = cluster.connect("gateway")
 
         async def load_accounts() -> None:

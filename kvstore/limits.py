@@ -182,8 +182,10 @@ STAGE_ON_LOOP_ROWS_MAX: Final = 256  # larger flushes stage their rows on the fl
 FLUSH_INLINE_COMMIT_US_MAX: Final = 1_000
 # Only a flush of at most this many rows (a quiet node) commits on the loop: a bigger one means
 # requests keep arriving, and committing on the flush thread lets the loop run them during the
-# fsync (one group commit per node serializes every partition's flushes).
-FLUSH_INLINE_ROWS_MAX: Final = 16
+# fsync (one group commit per node serializes every partition's flushes). 4, not 16: with the
+# coordinator in the node, the loop has work to do during every fsync; at 32 clients 16 rows
+# still committed inline and cost 0.5 more fsyncs per transfer (docs/bench.md, issue 18).
+FLUSH_INLINE_ROWS_MAX: Final = 4
 FLUSH_COMMIT_SAMPLES: Final = 32
 SQLITE_CACHE_KIB: Final = 2_048  # page cache per SQLite connection.
 ITEM_CACHE_ROWS_MAX: Final = 2_048  # decoded durable item rows kept per partition (hot keys).

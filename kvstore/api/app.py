@@ -331,6 +331,18 @@ class _Admission:
         self.gauge.set(self.in_flight)
 
 
+def _add_route(app: web.Application, api: Api, route: Route) -> str:
+    """Register ``route`` bound to ``api``; its canonical path, as the middleware sees it."""
+    path = _aiohttp_path(route.path)
+    handler = route.handler
+
+    async def bound(request: web.Request) -> web.StreamResponse:
+        return await handler(api, request)
+
+    resource_route = app.router.add_route(route.method, path, bound)
+    return resource_route.resource.canonical if resource_route.resource else path
+
+
 def build_app(
     coordinator: Coordinator,
     tokens: TokenStore,
@@ -396,17 +408,8 @@ def build_app(
 
     app = web.Application(middlewares=[guard], client_max_size=API_BODY_BYTES_MAX)
     for route in ROUTES:
-        if (route.method, route.path) in own_paths:
-            continue
-        path = _aiohttp_path(route.path)
-        handler = route.handler
-
-        async def bound(request: web.Request, handler: Handler = handler) -> web.StreamResponse:
-            return await handler(api, request)
-
-        resource_route = app.router.add_route(route.method, path, bound)
-        canonical = resource_route.resource.canonical if resource_route.resource else path
-        routes[(route.method, canonical)] = route
+        if (route.method, route.path) not in own_paths:
+            routes[(route.method, _add_route(app, api, route))] = route
     for method, path, own in own_routes:
         app.router.add_route(method, path, own)
     return app

@@ -2,9 +2,11 @@
 
 Theory of operation
 -------------------
-:class:`TempCluster` creates a local cluster (:class:`~kvstore.localcluster.LocalCluster`: 3
-storage nodes, 1 coordinator, the default partitions and durability) in a temporary directory,
-starts it, and on exit stops every process and removes the directory, whatever happened.
+:class:`TempCluster` creates a local cluster (:class:`~kvstore.localcluster.LocalCluster`:
+by default 3 storage nodes, each serving the API and coordinating, no standalone coordinator,
+the default partitions and durability) in a temporary directory, starts it, and on exit stops
+every process and removes the directory, whatever happened. :attr:`TempCluster.shape` says
+what ran ("3 nodes", "3 nodes, 1 coordinator").
 
 :func:`run` loads the accounts, then runs ``clients`` concurrent callers on one SDK client (one
 event loop) for a warm-up and then the measured window. Each caller loops over its workload's
@@ -17,8 +19,10 @@ conflict), is tried again at once (after a jittered pause that grows from 1 ms) 
 idempotency token, so it never applies twice. A transfer whose balance condition refused it is
 a completed transaction that moved nothing, as in PostgreSQL.
 
-``mode`` picks the SDK mode: ``direct`` embeds a coordinator in the benchmark's process (one hop
-fewer), ``gateway`` goes through the coordinator process's HTTP API.
+``mode`` picks the SDK mode: ``native`` (the default, the fastest) sends each call as msgpack
+RPC to the node holding its data, which coordinates; ``direct`` embeds a coordinator in the
+benchmark's process; ``gateway`` goes through the HTTP API (of the coordinator process when
+there is one, else of the first node).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from kvstore.localcluster import LocalCluster
 
 __all__ = ["MODES", "TempCluster", "temp_cluster", "load", "run", "total_balance"]
 
-MODES: Final = ("direct", "gateway")
+MODES: Final = ("native", "direct", "gateway")
 _PAUSE_BASE_S: Final = BENCH_RETRY_PAUSE_BASE_MS / 1000
 _PAUSE_CAP_S: Final = BENCH_RETRY_PAUSE_CAP_MS / 1000
 _PROGRESS_INTERVAL_S: Final = BENCH_PROGRESS_INTERVAL_MS / 1000
@@ -64,15 +68,30 @@ class TempCluster:
     root: Path
     cluster: LocalCluster
 
+    @property
+    def shape(self) -> str:
+        """What runs, e.g. "3 nodes" or "3 nodes, 1 coordinator"."""
+        config = self.cluster.config
+        parts = [f"{len(config.nodes)} node{'s' if len(config.nodes) != 1 else ''}"]
+        if config.coordinators:
+            count = len(config.coordinators)
+            parts.append(f"{count} coordinator{'s' if count != 1 else ''}")
+        return ", ".join(parts)
+
     def connect(self, mode: str) -> Client:
         """An SDK client in ``mode`` that makes one attempt per call."""
-        if mode not in MODES:
-            raise ValidationError("mode", f"must be one of {', '.join(MODES)}")
-        return connect(cluster=self.root, direct=mode == "direct", retry=_ONE_ATTEMPT)
+        if mode == "native":
+            return connect(cluster=self.root, mode="native", retry=_ONE_ATTEMPT)
+        if mode == "direct":
+            return connect(cluster=self.root, mode="direct", retry=_ONE_ATTEMPT)
+        if mode == "gateway":
+            cluster = self.cluster
+            return connect(cluster.api_url(), cluster.admin_token(), retry=_ONE_ATTEMPT)
+        raise ValidationError("mode", f"must be one of {', '.join(MODES)}")
 
 
 @contextmanager
-def temp_cluster(*, nodes: int = 3, coordinators: int = 1) -> Iterator[TempCluster]:
+def temp_cluster(*, nodes: int = 3, coordinators: int = 0) -> Iterator[TempCluster]:
     """A fresh local cluster in a temporary directory, stopped and removed on exit."""
     parent = Path(tempfile.mkdtemp(prefix="kvstore-bench-"))
     try:

@@ -2,20 +2,21 @@
 
 Theory of operation
 -------------------
-``kvctl bench --workload W [--clients N] [--duration S] [--compare-postgres] [--mode M]``
-creates a fresh temporary local cluster (3 storage nodes, 1 coordinator, default partitions and
-durability), loads the workload's accounts, runs N callers through the SDK for a warm-up and S
-measured seconds (:mod:`kvstore.bench.store`), and stops and removes the cluster. With
-``--compare-postgres`` it then does the same with a temporary PostgreSQL server driven by
-pgbench (:mod:`kvstore.bench.postgres`); PostgreSQL's binaries are looked up first, so a missing
-installation is reported (with the command that installs it) before anything runs.
+``kvctl bench --workload W [--clients N] [--duration S] [--compare-postgres] [--mode M] [--nodes N]
+[--coordinators N]`` creates a fresh temporary local cluster (by default 3 storage nodes, each
+coordinating, no standalone coordinator; default partitions and durability), loads the workload's
+accounts, runs N callers through the SDK for a warm-up and S measured seconds
+(:mod:`kvstore.bench.store`), and stops and removes the cluster. With ``--compare-postgres`` it then
+does the same with a temporary PostgreSQL server driven by pgbench (:mod:`kvstore.bench.postgres`);
+PostgreSQL's binaries are looked up first, so a missing installation is reported (with the command
+that installs it) before anything runs.
 
 SIGTERM is taken like Ctrl-C: the temporary cluster and server are removed either way. The two
-systems never run at the same time: on a small machine each gets the whole CPU. Transfer
-workloads end with a check that money was conserved in each system (the sum of the balances is
-unchanged); a mismatch is a correctness failure and the exit status says so. Output: a table per
-system and a table of ratios (this store over PostgreSQL), or one JSON document with ``--json``.
-A progress bar shows on a terminal only.
+systems never run at the same time: on a small machine each gets the whole CPU. Transfer workloads
+end with a check that money was conserved in each system (the sum of the balances is unchanged); a
+mismatch is a correctness failure and the exit status says so. Output: a table per system (the
+store's names the cluster shape and the SDK mode) and a table of ratios (this store over
+PostgreSQL), or one JSON document with ``--json``. A progress bar shows on a terminal only.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from kvstore.limits import (
     BENCH_DURATION_S_DEFAULT,
     BENCH_DURATION_S_MAX,
     BENCH_WARMUP_S,
+    LOCAL_COORDINATORS_MAX,
+    LOCAL_NODES_MAX,
 )
 
 if TYPE_CHECKING:
@@ -47,7 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = ["register", "ratios"]
 
-_DEFAULT_MODE = "direct"  # measured fastest: one process hop fewer than gateway (docs/bench.md)
+_DEFAULT_MODE = "native"  # measured fastest (docs/bench.md)
+_NODES_DEFAULT = 3
 
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -56,9 +60,9 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         "bench",
         parents=[common],
         help="benchmark a temporary local cluster, optionally against PostgreSQL",
-        description="Run one workload against a fresh temporary local cluster (3 nodes, "
-        "1 coordinator) and, with --compare-postgres, against a temporary PostgreSQL server "
-        "driven by pgbench; print a table per system and the ratios.",
+        description="Run one workload against a fresh temporary local cluster (3 nodes by "
+        "default, each coordinating) and, with --compare-postgres, against a temporary "
+        "PostgreSQL server driven by pgbench; print a table per system and the ratios.",
     )
     bench.add_argument(
         "--workload",
@@ -89,6 +93,20 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         default=_DEFAULT_MODE,
         help=f"the SDK's mode (default {_DEFAULT_MODE}, the faster)",
     )
+    bench.add_argument(
+        "--nodes",
+        type=int,
+        default=_NODES_DEFAULT,
+        metavar="N",
+        help=f"storage nodes (default {_NODES_DEFAULT}, at most {LOCAL_NODES_MAX})",
+    )
+    bench.add_argument(
+        "--coordinators",
+        type=int,
+        default=0,
+        metavar="N",
+        help="standalone coordinator processes (default 0; gateway mode then uses the first)",
+    )
     bench.add_argument("--seed", type=int, help="seed of the store's callers' random draws")
     bench.set_defaults(handler=_bench)
 
@@ -98,6 +116,10 @@ def _check(args: argparse.Namespace) -> None:
         raise ValidationError("--clients", f"must be in 1..{BENCH_CLIENTS_MAX}")
     if not 1 <= args.duration <= BENCH_DURATION_S_MAX:
         raise ValidationError("--duration", f"must be in 1..{BENCH_DURATION_S_MAX} seconds")
+    if not 1 <= args.nodes <= LOCAL_NODES_MAX:
+        raise ValidationError("--nodes", f"must be in 1..{LOCAL_NODES_MAX}")
+    if not 0 <= args.coordinators <= LOCAL_COORDINATORS_MAX:
+        raise ValidationError("--coordinators", f"must be in 0..{LOCAL_COORDINATORS_MAX}")
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
@@ -146,8 +168,10 @@ def _bench_both(args: argparse.Namespace, out: Output) -> int:
 
 def _run_store(chosen: Workload, args: argparse.Namespace, out: Output) -> RunResult:
     with contextlib.ExitStack() as stack:
-        with out.spinner("starting a temporary cluster (3 nodes, 1 coordinator)"):
-            running = stack.enter_context(store.temp_cluster())
+        with out.spinner("starting a temporary cluster"):
+            running = stack.enter_context(
+                store.temp_cluster(nodes=args.nodes, coordinators=args.coordinators)
+            )
         # uvloop, as the store's own processes use: the fastest way to drive the SDK.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(_drive_store(running, chosen, args, out))
@@ -168,7 +192,7 @@ async def _drive_store(
                 warmup_s=BENCH_WARMUP_S,
                 seed=args.seed,
                 progress=progress,
-                detail={"client": f"SDK, {args.mode} mode", "cluster": "3 nodes, 1 coordinator"},
+                detail={"client": f"SDK, {args.mode} mode", "cluster": running.shape},
             )
         if chosen.kind == "transfer":
             total = await store.total_balance(kv, chosen.accounts)

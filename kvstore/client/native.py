@@ -32,9 +32,9 @@ from kvstore import native
 from kvstore.client.backend import ScanPage
 from kvstore.client.forks import ProcessOwner, abandon
 from kvstore.client.results import Committed, Deleted, Item, Written
+from kvstore.codec import encode_op
 from kvstore.config import ClusterConfig
 from kvstore.errors import ProtocolViolation
-from kvstore.codec import encode_op
 from kvstore.ops import Op
 from kvstore.rpc import RpcPool
 from kvstore.rpc.frames import TIMEOUT_MS_MAX
@@ -66,7 +66,9 @@ class NativeBackend:
     def _home(self, key: str) -> str:
         """The address of the node owning ``key``'s partition."""
         cluster_map = self._map
-        return cluster_map.address_of(cluster_map.owner_of(cluster_map.partitions.partition_of(key)))
+        return cluster_map.address_of(
+            cluster_map.owner_of(cluster_map.partitions.partition_of(key))
+        )
 
     async def _call(self, route: str, method: str, body: object, timeout_s: float) -> object:
         self._owner.adopt(self._drop_inherited)

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from kvstore import native
 from kvstore.client.direct import CoordinatorBackend
@@ -50,6 +50,7 @@ __all__ = ["NodeGateway"]
 
 _log = logging.getLogger("kvstore.storage_node")
 _MS_PER_S = 1000
+T = TypeVar("T")
 
 
 class NodeGateway:
@@ -81,7 +82,7 @@ class NodeGateway:
             mutants=mutants,
             lag_gate=lag_gate,
         )
-        self._calls = CoordinatorBackend(self.coordinator)
+        self._calls = _Unbounded(self.coordinator)
         self._tasks: set[asyncio.Task[object]] = set()
 
     async def close(self) -> None:
@@ -151,6 +152,15 @@ class NodeGateway:
             token = native.body_token(native.body_object(body, frozenset({"token"})))
             return _packed(calls.txn_outcome(token, timeout_s), _same)
         raise InternalError(f"no native method {method!r}")  # callers check METHODS first
+
+
+class _Unbounded(CoordinatorBackend):
+    """The SDK's calls with no timer of their own: the caller's RPC deadline bounds its wait,
+    and every core bounds its own work (a native call's answer after that is dropped)."""
+
+    async def _bounded(self, call: Awaitable[T], timeout_s: float) -> T:
+        del timeout_s
+        return await call
 
 
 async def _packed(call: Coroutine[Any, Any, Any], pack: Callable[[Any], object]) -> object:

@@ -46,6 +46,7 @@ from kvstore.chaos_control import enabled_from_env
 from kvstore.codec import decode_request, encode_reply
 from kvstore.config import ClusterConfig
 from kvstore.errors import KvError, Unavailable, ValidationError, WrongOwner
+from kvstore.limits import API_LISTEN_BACKLOG
 from kvstore.logs import log_event
 from kvstore.messages import Reply, Request
 from kvstore.rpc import Respond, RpcPool, RpcServer
@@ -54,7 +55,6 @@ from kvstore.runtime.aio import LoopLagProbe, TransportSender
 from kvstore.runtime.disk import ThreadDisk
 from kvstore.runtime.node import NodeRuntime
 from kvstore.runtime.scheduler import AsyncioScheduler
-from kvstore.limits import API_LISTEN_BACKLOG
 from kvstore.storage_node.gateway import NodeGateway
 from kvstore.storage_node.metrics import CONTENT_TYPE, NodeMetrics
 from kvstore.storage_node.sqlite_store import SqliteNodeStore

@@ -108,7 +108,11 @@ def test_cluster_life_cycle(cluster_dir: Path) -> None:
     # status: 3 nodes (every one serving the API; no coordinator process by default), healthy,
     # owning all 16 partitions.
     statuses = kvctl_json("cluster", "status", "--dir", root)
-    assert [(s["role"], s["id"]) for s in statuses] == [("node", "n1"), ("node", "n2"), ("node", "n3")]
+    assert [(s["role"], s["id"]) for s in statuses] == [
+        ("node", "n1"),
+        ("node", "n2"),
+        ("node", "n3"),
+    ]
     assert all(s["health"] == "ok" and s["pid"] == pids[s["id"]] for s in statuses)
     # Request rates come from every process's /metrics, which needs the (admin) API token.
     assert all(isinstance(s["requests_per_s"], float) for s in statuses), statuses
