@@ -9,7 +9,8 @@ One run, all on 127.0.0.1 and bounded in count and time:
    run settles in seconds, started with the chaos control on (``KVSTORE_CHAOS_CONTROL=1``) and
    any mutants named in ``KVSTORE_MUTANTS`` (the test-the-tests mode).
 2. **Load**: ``clients`` workers run the workload's scripts (:mod:`chaos.sim.workloads`, the
-   simulator's own) against a random coordinator over HTTP (:mod:`chaos.http_client`), for
+   simulator's own) against a random gateway over HTTP (:mod:`chaos.http_client`): a
+   coordinator, or a storage node, which coordinates with its own partitions as function calls, for
    ``duration`` seconds, recording every operation in a :class:`~chaos.history.History`. With
    ``every_kind`` (the default) the scripts are the simulator's full mix: besides read-only,
    blind and interactive transactions, list-append and register also issue singleton writes
@@ -17,8 +18,8 @@ One run, all on 127.0.0.1 and bounded in count and time:
    transactions and bank transfers cancelled by conflicts are run again (``Rerun``, the SDK's
    ``run``, with its backoff). Every write transaction carries an idempotency token (as the
    SDK's do); an ambiguous answer, or ``TransactionInProgress`` (the same token still running
-   elsewhere), is retried with the same token, at most ``TOKEN_RETRIES_MAX`` times, on the other
-   coordinator; what stays unknown is ``info``. A singleton write has no token: an ambiguous
+   elsewhere), is retried with the same token, at most ``TOKEN_RETRIES_MAX`` times, on another
+   gateway; what stays unknown is ``info``. A singleton write has no token: an ambiguous
    answer is ``info`` at once, and the client then reads the key (a ``get``, up to
    ``FOLLOW_UP_GETS_MAX`` tries) so that the write, if it applied, is seen with its timestamp.
    A failure keeps its error code and a cancellation its per-op reasons. The runner counts
@@ -181,7 +182,9 @@ class _Runner:
         self.workload = workload
         self.history = History()
         self.rng = random.Random(config.seed)
-        self.urls = [spec.url for spec in cluster.processes() if spec.role == "coordinator"]
+        # Every process serves the API: nodes coordinate too (their own partitions by function
+        # call), so the load goes through both kinds of gateway.
+        self.urls = [spec.url for spec in cluster.processes()]
         self._next_process = config.clients
         self._next_token = 0
         self.tokens: dict[int, list[str]] = {}  # invoke index -> its write attempts' tokens
