@@ -4,16 +4,17 @@ Theory of operation
 -------------------
 **Connection.** Each command opens one blocking SDK client (``kvstore.connect_sync``) the way the
 SDK finds a cluster: ``--url`` and ``--token``, else ``$KV_URL``/``$KV_TOKEN``, else the local
-cluster directory (``--dir``, ``$KVSTORE_DIR``, ``./.kvstore``); ``--direct`` embeds the
-coordinator library and talks to the storage nodes with the cluster secret instead. kvctl works
+cluster directory (``--dir``, ``$KVSTORE_DIR``, ``./.kvstore``), which the SDK reaches in native
+mode (msgpack RPC to the nodes, with the cluster secret); ``--direct`` embeds the coordinator
+library and talks to the storage nodes itself. kvctl works
 out which of these applies (:func:`_target`) before calling the SDK, so that what is missing is
 said in kvctl's terms (``--token``, ``--url``, ``--dir``, ``kvctl cluster up``), not in the SDK's
 parameter names. When the cluster cannot be reached (``Unavailable``) and the connection goes
 to a local cluster kvctl made (through its directory, or a URL naming one of its
-coordinators), kvctl looks at which of its processes run (the process table, no network) and,
+processes), kvctl looks at which of its processes run (the process table, no network) and,
 when some are stopped, says so and suggests ``kvctl cluster up``. A remote URL that cannot be
-reached is named with the OS's reason, nothing more. In direct mode the embedded coordinator's
-log lines (which name internal addresses) are dropped: the command's error is the answer.
+reached is named with the OS's reason, nothing more. In native and direct mode the SDK's log
+lines (which name internal addresses) are dropped: the command's error is the answer.
 
 **JSON arguments.** A value, a condition (``--if``) and ``txn``'s ops are each one JSON argument:
 the JSON text itself, ``-`` for stdin, or ``@PATH`` for a file. Neither ``-`` nor ``@...`` is
@@ -218,7 +219,7 @@ def _local_cluster(args: argparse.Namespace, target: _Target) -> LocalCluster | 
     except (KvError, OSError):
         return None  # no cluster there, or not one kvctl made: it cannot start it
     if target.url is not None:
-        urls = {spec.url for spec in cluster.processes() if spec.role == "coordinator"}
+        urls = {spec.url for spec in cluster.processes()}  # every node serves the API too
         if target.url.rstrip("/") not in urls:
             return None
     return cluster
@@ -252,8 +253,8 @@ def _client(args: argparse.Namespace) -> Iterator[SyncClient]:
     import kvstore  # noqa: PLC0415 - the SDK (and aiohttp) load only for data commands
 
     target = _target(args)
-    if args.direct:
-        # The embedded coordinator logs what a service logs (a node it cannot reach, with its
+    if target.url is None:
+        # Native and direct mode log what a service logs (a node they cannot reach, with its
         # internal address); a command answers with its one-line error instead.
         logging.getLogger("kvstore").addHandler(logging.NullHandler())
     try:

@@ -350,18 +350,20 @@ def test_a_stopped_local_cluster_says_to_run_cluster_up(local_cluster: LocalClus
     failed = error_json(run("put", "k", "1", "--dir", root, "--json"), 6)
     assert failed["code"] == "Unavailable"
     assert failed["stopped"] == [spec.process_id for spec in local_cluster.processes()]
-    # KV_URL and KV_TOKEN from `kvctl cluster env`: the URL names this cluster's coordinator.
+    # KV_URL and KV_TOKEN from `kvctl cluster env`: the URL names this cluster's first node.
     env = {**CLEAN_ENV, **local_cluster.env()}
     assert one_line_error(run("get", "k", "--dir", root, env=env), 6) == error
 
-    # Partly down: the coordinator stopped, the nodes running.
+    # Partly down: the node that holds "k" (and coordinates its get) stopped, the others running.
     local_cluster.up()
-    pid = local_cluster.running()["c1"]
+    cluster_map = local_cluster.config.cluster_map
+    owner = cluster_map.owner_of(cluster_map.partitions.partition_of("k"))
+    pid = local_cluster.running()[owner]
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)  # our child: gone once reaped
     error = one_line_error(run("get", "k", "--dir", root), 6)
     assert error == (
-        f"kvctl: the local cluster in {root} is partly down (c1 not running); "
+        f"kvctl: the local cluster in {root} is partly down ({owner} not running); "
         f"start what is stopped with {up}"
     )
 
