@@ -113,6 +113,7 @@ def test_a_sweep_exercises_every_fault_and_every_recovery_path() -> None:
         "step Read",
         "rerun",
         "conflict retry",
+        "one-node txn",
         "token lookup",
         "clock moved by a reply",
     ):
