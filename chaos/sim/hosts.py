@@ -25,9 +25,10 @@ fresh runtime (fresh cores and clock origin) over the surviving store.
 read transactions, singleton gets and writes, scan pages, token lookups), built by the same
 constructors (``new_write_txn``, with the network's partition owners, so that transactions
 whose partitions share a node run in one request; ``new_read``, ``new_get``,
-``new_singleton_write``, ``Scan``, ``new_token_lookup``) with the jitter of conflict retries drawn from the run's generator, and
-behind the same admission check (:func:`~kvstore.runtime.admission.admit`, with the run's
-own small limit so that refusals happen). A crash loses every actor; the clients whose requests
+``new_singleton_write``, ``Scan``, ``new_token_lookup``) with the jitter of conflict retries
+drawn from the run's generator, and behind the same admission check
+(:func:`~kvstore.runtime.admission.admit`, with the run's own small limit so that refusals
+happen). A crash loses every actor; the clients whose requests
 were in flight are told the connection was lost.
 
 A clone (:meth:`CoordinatorHost.restore`): the host boots as a copy of another incarnation's

@@ -166,6 +166,19 @@ def test_the_runtime_durability_mutants_are_caught(
     assert run_seed(seed, SimConfig(workload=WORKLOADS[seed % 3])).ok
 
 
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_the_mutant_hunt_seed_catches_node_execute_partial(
+    workload: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-node transaction that applies the partitions that voted yes though another voted
+    no: its client is told it failed, its writes are seen (seed 0 of ``python -m chaos
+    mutants``, every workload). The same seed passes on the correct store."""
+    monkeypatch.setenv(ARMING_ENV, ARMING_VALUE)
+    armed = Mutants.arm(Mutant.NODE_EXECUTE_PARTIAL)
+    assert not run_seed(0, SimConfig(workload=workload, mutants=armed)).ok
+    assert run_seed(0, SimConfig(workload=workload)).ok
+
+
 def test_gets_and_scans_are_checked_key_by_key_without_real_time_order() -> None:
     """A scan page and a get become single-key reads that float over the whole history."""
     history = History()
