@@ -2,12 +2,13 @@
 docs/bench.md.
 
 Run: ``.venv/bin/python bench/cpu_per_op.py [--workloads transfer,put,get,read2,txn1,read1]
-[--clients 32] [--duration 6] [--mode direct]``
+[--clients 32] [--duration 6] [--mode direct] [--nodes 3]``
 
 Theory of operation
 -------------------
 Starts a temporary local cluster as ``kvctl bench`` does (:func:`kvstore.bench.store.temp_cluster`:
-3 storage nodes, 1 coordinator), loads the accounts, and runs each workload with the benchmark's
+``--nodes`` storage nodes, 3 by default, and 1 coordinator; with one node every transaction is a
+one-node transaction), loads the accounts, and runs each workload with the benchmark's
 own driver (:func:`kvstore.bench.store.run`, uvloop, one warm-up second). Around each measured
 run it reads the user and system CPU time of every cluster process and of this one from
 ``/proc/<pid>/stat`` and prints the CPU microseconds per completed operation, per process and in
@@ -74,8 +75,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=6)
     parser.add_argument("--mode", choices=store.MODES, default="direct")
+    parser.add_argument("--nodes", type=int, default=3, help="storage nodes (1: one-node txns)")
     args = parser.parse_args()
-    with store.temp_cluster() as cluster, asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+    with (
+        store.temp_cluster(nodes=args.nodes) as cluster,
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as r,
+    ):
         r.run(measure(cluster, args))
 
 
