@@ -7,7 +7,8 @@ Run: ``.venv/bin/python bench/cpu_per_op.py [--workloads transfer,put,get,read2,
 Theory of operation
 -------------------
 Starts a temporary local cluster as ``kvctl bench`` does (:func:`kvstore.bench.store.temp_cluster`:
-3 storage nodes by default, each coordinating), loads the accounts, and runs each workload with the
+``--nodes`` storage nodes, 3 by default, each coordinating; with one node every transaction is a
+one-node transaction), loads the accounts, and runs each workload with the
 benchmark's own driver (:func:`kvstore.bench.store.run`, uvloop, one warm-up second). Around each
 measured run it reads the user and system CPU time of every cluster process and of this one from
 ``/proc/<pid>/stat`` and prints the CPU microseconds per completed operation, per process and in
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=6)
     parser.add_argument("--mode", choices=store.MODES, default="native")
-    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=3, help="storage nodes (1: one-node txns)")
     args = parser.parse_args()
     with (
         store.temp_cluster(nodes=args.nodes) as cluster,

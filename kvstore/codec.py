@@ -56,8 +56,9 @@ is the repeated work, not the checks that protect the node:
 
 Ranges: partition ids ``0..PARTITIONS_MAX-1``; versions ``0..2**63-1`` (SQLite INTEGER);
 timestamp parts, microsecond times and counts ``0..2**64-1``; transaction ids and fingerprints
-at most 128 characters; lists at most their limit (ops and outcomes ``TXN_OPS_MAX_CEILING``,
-read keys and entries ``READ_KEYS_MAX``, scan items ``SCAN_PAGE_ITEMS_MAX``).
+at most 128 characters; lists at most their limit (ops and outcomes ``TXN_OPS_MAX_CEILING``, a
+node execute's ``placement`` one partition id per op, read keys and entries ``READ_KEYS_MAX``,
+scan items ``SCAN_PAGE_ITEMS_MAX``).
 
 This is the hot path of every internal call, so the functions are plain and explicit: no
 reflection at run time, one subset test of an object's member names against its precomputed
@@ -116,6 +117,7 @@ from kvstore.messages import (
     LedgerLookupRequest,
     LedgerRecord,
     LedgerReply,
+    NodeExecuteRequest,
     OpOutcome,
     PrepareReply,
     PrepareRequest,
@@ -194,6 +196,7 @@ _LEDGER: Final = _shape(
 _TOKEN_HIT: Final = _shape("txn_id same_content")
 _PREPARE: Final = _shape("partition txn_id ts ops anchor", "ledger")
 _EXECUTE: Final = _shape("partition txn_id ts ops", "token fingerprint")
+_NODE_EXECUTE: Final = _shape("partition txn_id ts ops placement", "token fingerprint")
 _TXN_CALL: Final = _shape("partition txn_id")  # commit, cancel, complete
 _DECIDE: Final = _shape("partition txn_id decision", "outcomes")
 _LEDGER_LOOKUP: Final = _shape("partition txn_id", "resolve")
@@ -711,7 +714,7 @@ _dec_prepare: Final = _prepare_decoder(_txn_ops)
 _dec_prepare_trusted: Final = _prepare_decoder(_trusted_txn_ops)
 
 
-def _enc_execute(r: ExecuteRequest) -> dict[str, object]:
+def _enc_execute(r: ExecuteRequest | NodeExecuteRequest) -> dict[str, object]:
     out: dict[str, object] = {
         "partition": r.partition,
         "txn_id": r.txn_id,
@@ -742,6 +745,47 @@ def _execute_decoder(txn_ops: _Get[tuple[Op, ...]]) -> Callable[[object, str], E
 
 _dec_execute: Final = _execute_decoder(_txn_ops)
 _dec_execute_trusted: Final = _execute_decoder(_trusted_txn_ops)
+
+
+def _enc_node_execute(r: NodeExecuteRequest) -> dict[str, object]:
+    out = _enc_execute(r)  # the same members, plus the placement
+    out["placement"] = list(r.placement)
+    return out
+
+
+def _placement(obj: _Obj, field: str, name: str, ops: int) -> tuple[PartitionId, ...]:
+    """One partition id per op."""
+    raw = _list(obj, field, name, limits.TXN_OPS_MAX_CEILING)
+    where = _join(field, name)
+    if len(raw) != ops:
+        raise ValidationError(where, f"must name one partition per op ({ops}), got {len(raw)}")
+    return tuple(_partition_id(pid, f"{where}[{index}]") for index, pid in enumerate(raw))
+
+
+def _node_execute_decoder(
+    txn_ops: _Get[tuple[Op, ...]],
+) -> Callable[[object, str], NodeExecuteRequest]:
+    def decode(raw: object, field: str) -> NodeExecuteRequest:
+        obj = _record(raw, field, _NODE_EXECUTE)
+        partition = _partition(obj, field, "partition")
+        txn_id = _txn_id(obj, field, "txn_id")
+        ts = _ts(obj, field, "ts")
+        ops = txn_ops(obj, field, "ops")
+        return NodeExecuteRequest(
+            partition=partition,
+            txn_id=txn_id,
+            ts=ts,
+            ops=ops,
+            placement=_placement(obj, field, "placement", len(ops)),
+            token=_opt(obj, field, "token", _token),
+            fingerprint=_opt(obj, field, "fingerprint", _fingerprint),
+        )
+
+    return decode
+
+
+_dec_node_execute: Final = _node_execute_decoder(_txn_ops)
+_dec_node_execute_trusted: Final = _node_execute_decoder(_trusted_txn_ops)
 
 
 def _enc_txn_call(r: CommitRequest | CancelRequest | CompleteRequest) -> dict[str, object]:
@@ -1039,6 +1083,7 @@ def _dec_scan_reply(raw: object, field: str) -> ScanReply:
 METHODS: Final[Mapping[str, type[Request]]] = {
     "prepare": PrepareRequest,
     "execute": ExecuteRequest,
+    "node_execute": NodeExecuteRequest,
     "commit": CommitRequest,
     "cancel": CancelRequest,
     "decide": DecideRequest,
@@ -1054,6 +1099,7 @@ METHODS: Final[Mapping[str, type[Request]]] = {
 REPLY_OF: Final[Mapping[type[Request], type[Reply]]] = {
     PrepareRequest: PrepareReply,
     ExecuteRequest: ExecuteReply,
+    NodeExecuteRequest: ExecuteReply,
     CommitRequest: CommitReply,
     CancelRequest: CancelReply,
     DecideRequest: LedgerReply,
@@ -1071,6 +1117,7 @@ _Encoder: TypeAlias = Callable[[Any], dict[str, object]]  # Any: each takes its 
 _REQUEST_CODECS: Final[dict[type[Request], tuple[_Encoder, Callable[[object, str], Request]]]] = {
     PrepareRequest: (_enc_prepare, _dec_prepare),
     ExecuteRequest: (_enc_execute, _dec_execute),
+    NodeExecuteRequest: (_enc_node_execute, _dec_node_execute),
     CommitRequest: (_enc_txn_call, _dec_txn_call(CommitRequest)),
     CancelRequest: (_enc_txn_call, _dec_txn_call(CancelRequest)),
     DecideRequest: (_enc_decide, _dec_decide),
@@ -1107,6 +1154,7 @@ _TRUSTED_REQUEST_DECODERS: Final[dict[str, Callable[[object, str], Request]]] = 
     **_REQUEST_DECODERS,
     "prepare": _dec_prepare_trusted,
     "execute": _dec_execute_trusted,
+    "node_execute": _dec_node_execute_trusted,
     "write": _dec_write_trusted,
 }
 

@@ -13,6 +13,8 @@ Write transaction, multi-partition (DESIGN section 6):
   ``DecideRequest`` (compare-and-set on the anchor's ledger record), then ``CommitRequest`` or
   ``CancelRequest`` to every participant until acknowledged, then ``CompleteRequest``.
 Write transaction, one partition: ``ExecuteRequest`` (prepare and apply in one round).
+Write transaction, several partitions of one node: ``NodeExecuteRequest`` to that node (every
+slice prepared, decided and applied in one pass of its runtime), answered by an ``ExecuteReply``.
 Read-only transaction: ``ReadRequest`` rounds. Singletons: ``GetRequest``, ``WriteRequest``.
 Scans: ``ScanRequest`` pages, one partition at a time.
 Recovery: ``LedgerLookupRequest`` (optionally resolving an absent or expired record to
@@ -39,6 +41,7 @@ __all__ = [
     "PrepareReply",
     "ExecuteRequest",
     "ExecuteReply",
+    "NodeExecuteRequest",
     "CommitRequest",
     "CommitReply",
     "CancelRequest",
@@ -168,6 +171,27 @@ class ExecuteReply:
     outcomes: tuple[OpOutcome, ...] = ()
     error: ErrorCode | None = None
     token_hit: TokenHit | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeExecuteRequest:
+    """A transaction whose partitions are all owned by one node: checked and applied in one pass
+    of that node's runtime (one durable step). ``partition`` is the anchor (the home of the
+    ledger record, and what routes the request to the node); ``placement`` names each op's
+    partition, in request order. Answered by an ``ExecuteReply`` whose outcomes follow ``ops``."""
+
+    partition: PartitionId
+    txn_id: TxnId
+    ts: Timestamp
+    ops: tuple[Op, ...]
+    placement: tuple[PartitionId, ...]
+    token: str | None = None
+    fingerprint: str | None = None
+
+    @property
+    def partitions(self) -> tuple[PartitionId, ...]:
+        """Every partition involved, the anchor first, then ascending (the runtime's order)."""
+        return (self.partition, *sorted(set(self.placement) - {self.partition}))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -320,6 +344,7 @@ class ScanReply:
 Request = (
     PrepareRequest
     | ExecuteRequest
+    | NodeExecuteRequest
     | CommitRequest
     | CancelRequest
     | DecideRequest

@@ -40,6 +40,8 @@ class Mutant(enum.Enum):
     DOUBLE_APPLY_COMMIT = "double-apply-commit"  # a duplicate commit applies the ops again
     SKIP_SECOND_READ_ROUND = "skip-second-read-round"  # a read answers after one round
     WATERMARK_DOWN_ON_DELETE = "watermark-down-on-delete"  # a delete drops the key's floor
+    # a one-node transaction applies the partitions that voted yes though another voted no:
+    NODE_EXECUTE_PARTIAL = "node-execute-partial"
     # Of the node runtime (kvstore.runtime.node), not of a core:
     REPLY_BEFORE_FLUSH = "reply-before-flush"  # answers leave before their writes are durable
     ACK_WITH_EARLIER_FLUSH = "ack-with-earlier-flush"  # answers ride the flush before their own

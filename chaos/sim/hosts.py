@@ -23,10 +23,12 @@ fresh runtime (fresh cores and clock origin) over the surviving store.
 :class:`CoordinatorHost` runs client operations on a production
 :class:`~kvstore.runtime.actors.ActorDriver`: every kind the coordinator library runs (write and
 read transactions, singleton gets and writes, scan pages, token lookups), built by the same
-constructors (``new_write_txn``, ``new_read``, ``new_get``, ``new_singleton_write``, ``Scan``,
-``new_token_lookup``) with the jitter of conflict retries drawn from the run's generator, and
-behind the same admission check (:func:`~kvstore.runtime.admission.admit`, with the run's
-own small limit so that refusals happen). A crash loses every actor; the clients whose requests
+constructors (``new_write_txn``, with the network's partition owners, so that transactions
+whose partitions share a node run in one request; ``new_read``, ``new_get``,
+``new_singleton_write``, ``Scan``, ``new_token_lookup``) with the jitter of conflict retries
+drawn from the run's generator, and behind the same admission check
+(:func:`~kvstore.runtime.admission.admit`, with the run's own small limit so that refusals
+happen). A crash loses every actor; the clients whose requests
 were in flight are told the connection was lost.
 
 A clone (:meth:`CoordinatorHost.restore`): the host boots as a copy of another incarnation's
@@ -398,8 +400,16 @@ class CoordinatorHost(Host):
         """A write transaction; raises ``Overloaded`` when admission refuses it."""
         self._admit()
         txn = new_write_txn(
-            txn_id, self.clock.now(), ops, self.pmap.partition_of, self.local_now(), token=token
+            txn_id,
+            self.clock.now(),
+            ops,
+            self.pmap.partition_of,
+            self.local_now(),
+            token=token,
+            node_of=self.net.owner.__getitem__,
         )
+        if txn.one_node:
+            self.count("one-node txn")
         self._run(txn, on_result, on_lost)
 
     def read(

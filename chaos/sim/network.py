@@ -14,9 +14,10 @@ about; every other loss is found by the sender's own deadline. Messages a host s
 A singleton write (``WriteRequest``) is never duplicated: it is not idempotent (each delivery
 would apply it at a new timestamp), and production never delivers a request twice (one ordered
 connection per peer; the coordinator re-sends a singleton write only when a conflict refused it,
-nothing applied). Nor is a one-partition ``ExecuteRequest``: the coordinator reads a refusal of
-it as "nothing ran" (its answer to the client is that refusal, definite), which a second copy
-refused after the first one applied would contradict; production's connection never makes that
+nothing applied). Nor is an ``ExecuteRequest`` (one partition) or a ``NodeExecuteRequest``
+(several partitions of one node): the coordinator reads a refusal of it as "nothing ran" (its
+answer to the client is that refusal, definite), which a second copy refused after the first one
+applied would contradict; production's connection never makes that
 second copy. Every other request is idempotent by transaction id, or a read.
 
 ``quiet`` (the heal phase) turns loss, duplication and slowness off; cut links are healed by the
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING
 from chaos.sim.config import FaultProfile
 from chaos.sim.loop import EventLoop, Trace
 from kvstore.errors import KvError, Unavailable
-from kvstore.messages import ExecuteRequest, Reply, Request, WriteRequest
+from kvstore.messages import ExecuteRequest, NodeExecuteRequest, Reply, Request, WriteRequest
 from kvstore.runtime.actors import Answer
 from kvstore.types import PartitionId, Timestamp
 
@@ -42,7 +43,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Envelope", "Network"]
 
-_NEVER_DUPLICATED: frozenset[type[Request]] = frozenset({WriteRequest, ExecuteRequest})
+_NEVER_DUPLICATED: frozenset[type[Request]] = frozenset(
+    {WriteRequest, ExecuteRequest, NodeExecuteRequest}
+)
 
 LOOPBACK_US = 20
 

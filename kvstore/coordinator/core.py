@@ -13,6 +13,14 @@ carries out the returned effects (:class:`~kvstore.coordinator.effects.Send`,
   may have run (``OutcomeUnknown`` from the shell, or the call's deadline) answers
   ``OutcomeUnknown``; a definite refusal (``Overloaded``, ``DiskFull``, ``WrongOwner``, a
   connection refused ...) ran nothing and is answered as itself, as a singleton's is.
+* **Several partitions of one node** (EXECUTING too): when the shell passes ``node_of`` (each
+  partition's owner) and every participant, the anchor included, has the same owner, one
+  ``NodeExecuteRequest`` goes to that node, which prepares, decides and applies every slice in
+  one pass of its runtime and one fsync (the one-round rule, extended to one node). It is
+  answered exactly as a one-partition execute is (an ``ExecuteReply`` with each op's reason in
+  request order, as 2PC would give them; refusals and ambiguous failures alike). The owner map
+  is only an optimisation: a node that no longer owns every partition refuses the whole request
+  with ``WrongOwner``, having run nothing.
 * **Several partitions** (PREPARING): one ``PrepareRequest`` per participant, in parallel; the
   anchor's (partition of the first op) carries the new PREPARING ``LedgerRecord``. All votes yes ->
   decide COMMITTED. A no, refusal, failed call or the prepare deadline -> decide CANCELLED once
@@ -69,6 +77,7 @@ from kvstore.messages import (
     ExecuteRequest,
     LedgerRecord,
     LedgerReply,
+    NodeExecuteRequest,
     OpOutcome,
     PrepareReply,
     PrepareRequest,
@@ -108,6 +117,7 @@ class WriteTxn:
         token: str | None = None,
         txn_ops_max: int = TXN_OPS_MAX_DEFAULT,
         token_home: Callable[[str], PartitionId] | None = None,
+        node_of: Callable[[PartitionId], str] | None = None,
     ) -> None:
         validate_txn_ops(ops, txn_ops_max=txn_ops_max)
         if token is not None:
@@ -119,6 +129,12 @@ class WriteTxn:
         self._fingerprint = txn_fingerprint(self.ops) if token is not None else None
         anchor = token_home(token) if token is not None and token_home is not None else None
         self._layout = KeyLayout([op.key for op in self.ops], partition_of, anchor)
+        participants = self._layout.participants
+        self.one_node = (  # several partitions, one owner: one request to that node
+            node_of is not None
+            and len(participants) > 1
+            and len({node_of(partition) for partition in participants}) == 1
+        )
         self._finish_deadline_us = now_us + FINISH_DEADLINE_MS * _US_PER_MS
         self._machine = StateMachine(WriteState.INIT, WRITE_TRANSITIONS, f"write txn {txn_id}")
         self._calls = Calls()
@@ -173,16 +189,28 @@ class WriteTxn:
     def step_start(self, now_us: int) -> list[WriteEffect]:
         with self._machine.guard():
             anchor = self._layout.anchor
-            if self._layout.single:
+            if self._layout.single or self.one_node:
                 self._machine.move(WriteState.EXECUTING)
-                request = ExecuteRequest(
-                    partition=anchor,
-                    txn_id=self.txn_id,
-                    ts=self.ts,
-                    ops=self.ops,
-                    token=self.token,
-                    fingerprint=self._fingerprint,
-                )
+                request: ExecuteRequest | NodeExecuteRequest
+                if self.one_node:
+                    request = NodeExecuteRequest(
+                        partition=anchor,
+                        txn_id=self.txn_id,
+                        ts=self.ts,
+                        ops=self.ops,
+                        placement=self._layout.placement,
+                        token=self.token,
+                        fingerprint=self._fingerprint,
+                    )
+                else:
+                    request = ExecuteRequest(
+                        partition=anchor,
+                        txn_id=self.txn_id,
+                        ts=self.ts,
+                        ops=self.ops,
+                        token=self.token,
+                        fingerprint=self._fingerprint,
+                    )
                 deadline_us = now_us + PREPARE_DEADLINE_MS * _US_PER_MS
                 return [self._calls.send(Purpose.EXECUTE, anchor, request, deadline_us)]
             self._machine.move(WriteState.PREPARING)
@@ -533,10 +561,12 @@ def new_write_txn(
     *,
     token: str | None = None,
     txn_ops_max: int = TXN_OPS_MAX_DEFAULT,
+    node_of: Callable[[PartitionId], str] | None = None,
 ) -> WriteTxn:
     """A client's write transaction as every runtime builds it (the coordinator library and
     the simulator alike): a tokened one is anchored on its token's home partition, so every
-    submission of one token meets the same token record, whatever its keys."""
+    submission of one token meets the same token record, whatever its keys; with ``node_of``
+    (each partition's owner), one whose partitions share an owner runs in one request."""
     return WriteTxn(
         txn_id,
         ts,
@@ -546,4 +576,5 @@ def new_write_txn(
         token=token,
         txn_ops_max=txn_ops_max,
         token_home=partition_of,
+        node_of=node_of,
     )

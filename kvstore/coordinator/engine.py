@@ -10,7 +10,8 @@ its timestamps follow the nodes'), an RPC pool authenticated with the cluster se
 :class:`~kvstore.runtime.aio.ActorRunner` that carries out the pure cores' effects.
 
 * :meth:`transact` runs a :class:`~kvstore.coordinator.core.WriteTxn` (validation in its
-  constructor, before any message; one round on one partition; 2PC otherwise) and returns the
+  constructor, before any message; one round on one partition, or on several partitions that
+  the map gives to one node; 2PC otherwise) and returns the
   committed :class:`~kvstore.coordinator.results.TxnResult`, or raises the typed error with the
   per-op reasons (:func:`~kvstore.coordinator.answers.txn_error`).
 * :meth:`read` runs a :class:`~kvstore.coordinator.read.ReadTxn` (read rounds until two agree).
@@ -302,6 +303,7 @@ class Coordinator:
             now_us,
             token=token,
             txn_ops_max=self.txn_ops_max,
+            node_of=self.cluster_map.owner_of,
         )
         result: TxnResult = await self._run(txn, now_us)
         seconds = max(0, system_clock_us() - started_us) / _US_PER_S

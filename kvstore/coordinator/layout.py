@@ -44,6 +44,11 @@ class KeyLayout:
         others = sorted(p for p in self._groups if p != self.anchor)
         self.partitions: tuple[PartitionId, ...] = (self.anchor, *others)
         self.participants: tuple[PartitionId, ...] = tuple(sorted(self._groups))
+        placement = [self.anchor] * self.size
+        for partition, indices in self._groups.items():
+            for index in indices:
+                placement[index] = partition
+        self.placement: tuple[PartitionId, ...] = tuple(placement)  # each key's, request order
 
     @property
     def single(self) -> bool:

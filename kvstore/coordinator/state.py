@@ -59,7 +59,7 @@ S = TypeVar("S", bound=enum.Enum)
 
 class WriteState(enum.Enum):
     INIT = "INIT"
-    EXECUTING = "EXECUTING"  # one-partition transaction: one ExecuteRequest in flight
+    EXECUTING = "EXECUTING"  # one partition, or one node: one (Node)ExecuteRequest in flight
     PREPARING = "PREPARING"  # collecting votes
     DECIDING = "DECIDING"  # compare-and-set on the anchor's ledger record
     COMMITTING = "COMMITTING"  # COMMITTED: commits until every participant acknowledges

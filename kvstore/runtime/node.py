@@ -21,6 +21,16 @@ release:
 * else a flush is in flight -> after it (the step may have read rows it holds);
 * else at once.
 
+**One-node transactions.** A ``NodeExecuteRequest`` names several partitions of this node (the
+coordinator sends one when it finds every participant here). It is admitted on all of them or
+refused as a whole (``wrong_owner`` for the first one not owned here; ``Overloaded`` if any
+partition's bound or the node's is reached; ``DiskFull`` while stalled); a refusal ran nothing.
+Admitted, it is one step of the anchor's core (``PartitionCore.execute_node``: every slice voted,
+then all applied or none, with the decided, completed ledger record), so no other request sees
+it half done, and its rows all land in the one open batch: prepare, decision and apply reach the
+disk in one fsync, and the answer waits for that flush like any other. It counts as in progress
+on each of its partitions, and once on the node, until answered.
+
 A ``CompleteRequest`` is the exception: it is advisory (the coordinator does not wait for it, and
 a lost completion only means recovery re-sends commits, which are idempotent), so it is answered
 at once and its row rides with the next flush, at the latest the next maintenance tick's.
@@ -84,6 +94,7 @@ from kvstore.messages import (
     GetRequest,
     LedgerLookupRequest,
     LedgerRecord,
+    NodeExecuteRequest,
     PrepareRequest,
     ReadRequest,
     Reply,
@@ -226,6 +237,9 @@ class NodeRuntime:
 
     def submit(self, request: Request, respond: Respond) -> None:
         """Run ``request`` on its partition; ``respond`` gets the answer when it is safe."""
+        if type(request) is NodeExecuteRequest:
+            self._submit_node_execute(request, respond)
+            return
         pid = request.partition
         core = self.cores.get(pid)
         if core is None:
@@ -273,6 +287,48 @@ class NodeRuntime:
             respond(reply)
 
         self.when_durable(release, failed=lambda error: self._fail_request(pid, respond, error))
+
+    def _submit_node_execute(self, request: NodeExecuteRequest, respond: Respond) -> None:
+        """A transaction on several partitions of this node, in one step; see the module."""
+        pids = request.partitions
+        foreign = [pid for pid in pids if pid not in self.cores]
+        if foreign:
+            respond(self._wrong_owner(foreign[0]))
+            return
+        if self.failed is not None:
+            respond(InternalError(f"node {self.node_id} failed to flush"))
+            return
+        if self.disk_full is not None:
+            respond(self.disk_full_error(request.partition))
+            return
+        try:  # all or nothing: counted on every partition only once admitted on all
+            for pid in pids:
+                admit(self.in_progress[pid], limits.PARTITION_QUEUE_MAX, what=f"partition {pid}")
+            admit(self.in_progress_total, limits.NODE_REQUESTS_IN_PROGRESS_MAX, what="the node")
+            if self.gate is not None:
+                self.gate.admit()
+        except Overloaded as refused:
+            refused.details.update(node=self.node_id, partition=request.partition)
+            respond(refused)
+            return
+        anchor = self.cores[request.partition]
+        try:
+            step = anchor.execute_node(request, self.cores, self._scheduler.now_us())
+        except KvError as error:
+            respond(error)
+            return
+        for pid in pids:
+            self.in_progress[pid] += 1
+        self.in_progress_total += 1
+
+        def answer(outcome: Reply | KvError) -> None:
+            for pid in pids:
+                self.in_progress[pid] -= 1
+            self.in_progress_total -= 1
+            respond(outcome)
+
+        reply = step.reply
+        self.when_durable(lambda: answer(reply), failed=answer)
 
     def _fail_request(self, pid: PartitionId, respond: Respond, error: KvError) -> None:
         self.in_progress[pid] -= 1

@@ -30,10 +30,15 @@ Rules kept here (DESIGN section 5 and the gaps of reference section 2.6):
   expired PREPARING record may be cancelled by anyone.
 * One-round (single-partition) transactions always leave a completed ledger record, so a
   duplicated request answers with the recorded outcome instead of running twice.
+* One-node transactions (:meth:`PartitionCore.execute_node`, every partition on this node) are
+  the one-round rule across the node's partitions: every op voted on its own partition before
+  anything is written, then all applied or none, and the anchor's completed record and token
+  written in the same step, so the runtime makes them durable in one flush.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
@@ -55,6 +60,7 @@ from kvstore.messages import (
     LedgerLookupRequest,
     LedgerRecord,
     LedgerReply,
+    NodeExecuteRequest,
     OpOutcome,
     PrepareReply,
     PrepareRequest,
@@ -258,6 +264,65 @@ class PartitionCore:
             token=req.token,
             fingerprint=req.fingerprint,
             outcomes=outcomes,
+            completed_us=now_us,
+        )
+        self.store.put_ledger(record)
+        if req.token is not None:
+            self._claim_token(req.token, req.txn_id, req.fingerprint, now_us)
+        return Step(self._execute_reply(record), True)
+
+    def execute_node(
+        self, req: NodeExecuteRequest, cores: Mapping[PartitionId, PartitionCore], now_us: int
+    ) -> Step[ExecuteReply]:
+        """``execute`` across partitions of one node, with this core as the anchor.
+
+        ``cores`` holds the core of every partition of ``req.placement`` (the runtime checked
+        that the node owns them all). Every op is voted on first, by prepare's rules, on its own
+        partition; nothing is written before all votes are in. All yes: every op is applied at
+        ``req.ts``. Any no: nothing is applied, and each op keeps its own reason, as its
+        partition's prepare would have given it. Either way this core writes the decided ledger
+        record, complete at once (no participant is left to tell), and takes the token, so a
+        duplicate of the request or a repeat of the token meets the recorded outcome. The steps
+        of a prepare, a decide and a commit happen together and the runtime makes them durable
+        together; no intent is ever written because nothing runs between them.
+        """
+        if len(req.placement) != len(req.ops):
+            raise ValidationError("placement", "must name one partition per op")
+        recorded = self.store.get_ledger(req.txn_id)
+        if recorded is not None:  # a duplicate of a request already answered
+            return Step(self._execute_reply(recorded), False)
+        if req.token is not None:  # before the skew check: a used token answers regardless
+            hit = self._token_hit(req.token, req.txn_id, req.fingerprint)
+            if hit is not None:
+                return Step(ExecuteReply(txn_id=req.txn_id, committed=False, token_hit=hit), False)
+        if self._too_far_ahead(req.ts, now_us):  # one clock: every partition would refuse
+            wrote = self._refuse_for_good(req.txn_id, req.token, req.fingerprint, now_us)
+            return Step(
+                ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), wrote
+            )
+        votes = [
+            cores[pid]._vote(op, req.txn_id, req.ts)
+            for op, pid in zip(req.ops, req.placement, strict=True)
+        ]
+        committed = all(outcome is _NONE for outcome, _ in votes)
+        refused: set[PartitionId] = set()
+        if not committed and Mutant.NODE_EXECUTE_PARTIAL in self._mutants:
+            refused = {p for p, (o, _) in zip(req.placement, votes, strict=True) if o is not _NONE}
+        if committed or refused:
+            for op, pid, (_, new_state) in zip(req.ops, req.placement, votes, strict=True):
+                if pid not in refused:
+                    assert new_state is not None
+                    cores[pid]._apply(op.key, op.kind, req.ts, new_state[0], new_state[1])
+        record = LedgerRecord(
+            txn_id=req.txn_id,
+            ts=req.ts,
+            state=TxnState.COMMITTED if committed else TxnState.CANCELLED,
+            participants=tuple(sorted(req.partitions)),
+            created_us=now_us,
+            deadline_us=now_us,
+            token=req.token,
+            fingerprint=req.fingerprint,
+            outcomes=() if committed else tuple(outcome for outcome, _ in votes),
             completed_us=now_us,
         )
         self.store.put_ledger(record)

@@ -113,6 +113,7 @@ def test_a_sweep_exercises_every_fault_and_every_recovery_path() -> None:
         "step Read",
         "rerun",
         "conflict retry",
+        "one-node txn",
         "token lookup",
         "clock moved by a reply",
     ):
@@ -163,6 +164,19 @@ def test_the_runtime_durability_mutants_are_caught(
         pytest.fail(f"{mutant.value} survived 40 seeds")
     assert "crash NodeHost after an answer" in result.stats["counts"]
     assert run_seed(seed, SimConfig(workload=WORKLOADS[seed % 3])).ok
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_the_mutant_hunt_seed_catches_node_execute_partial(
+    workload: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-node transaction that applies the partitions that voted yes though another voted
+    no: its client is told it failed, its writes are seen (seed 0 of ``python -m chaos
+    mutants``, every workload). The same seed passes on the correct store."""
+    monkeypatch.setenv(ARMING_ENV, ARMING_VALUE)
+    armed = Mutants.arm(Mutant.NODE_EXECUTE_PARTIAL)
+    assert not run_seed(0, SimConfig(workload=workload, mutants=armed)).ok
+    assert run_seed(0, SimConfig(workload=workload)).ok
 
 
 def test_gets_and_scans_are_checked_key_by_key_without_real_time_order() -> None:

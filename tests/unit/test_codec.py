@@ -45,6 +45,7 @@ from kvstore.messages import (
     LedgerLookupRequest,
     LedgerRecord,
     LedgerReply,
+    NodeExecuteRequest,
     OpOutcome,
     PrepareReply,
     PrepareRequest,
@@ -137,6 +138,18 @@ REQUESTS: list[Request] = [
     WriteRequest(partition=P, op=UPDATE),
     ScanRequest(partition=P, start="", end=None, limit=10),
     ScanRequest(partition=P, start="a", end="m", limit=1000),
+    NodeExecuteRequest(
+        partition=P,
+        txn_id=TXN,
+        ts=TS,
+        ops=OPS,
+        placement=(P, PartitionId(0), P, PartitionId(limits.PARTITIONS_MAX - 1), P),
+        token="t-1",
+        fingerprint="ab" * 16,
+    ),
+    NodeExecuteRequest(
+        partition=PartitionId(0), txn_id=TXN, ts=TS, ops=(put("k", 1),), placement=(P,)
+    ),
 ]
 
 REPLIES: list[tuple[str, Reply]] = [
@@ -162,6 +175,8 @@ REPLIES: list[tuple[str, Reply]] = [
         ),
     ),
     ("execute", ExecuteReply(txn_id=TXN, committed=True)),
+    ("node_execute", ExecuteReply(txn_id=TXN, committed=True)),
+    ("node_execute", ExecuteReply(txn_id=TXN, committed=False, outcomes=OUTCOMES)),
     ("commit", CommitReply(txn_id=TXN, applied=3)),
     ("cancel", CancelReply(txn_id=TXN, cleared=2)),
     ("decide", LedgerReply(txn_id=TXN, record=RECORD)),
@@ -362,6 +377,30 @@ def test_a_body_must_be_an_object(method: str, body: object) -> None:
 )
 def test_malformed_execute_names_the_field(changes: dict[str, object], field: str) -> None:
     assert field_of("execute", execute_with(**changes)) == field
+
+
+@pytest.mark.parametrize(
+    ("placement", "field"),
+    [
+        (None, "placement"),  # dropped
+        ("5", "placement"),
+        ([5, 5, 5, 5], "placement"),  # one short
+        ([5, 5, 5, 5, 5, 5], "placement"),  # one too many
+        ([5, 5, True, 5, 5], "placement[2]"),
+        ([5, 5, 5, 5, limits.PARTITIONS_MAX], "placement[4]"),
+        ([5, -1, 5, 5, 5], "placement[1]"),
+    ],
+)
+def test_a_node_execute_names_one_partition_per_op(placement: object, field: str) -> None:
+    body = encode_request(REQUESTS[-2])
+    if placement is None:
+        del body["placement"]
+    else:
+        body["placement"] = placement
+    for trusted in (False, True):
+        with pytest.raises(ValidationError) as refused:
+            decode_request("node_execute", body, trusted=trusted)
+        assert refused.value.field == field
 
 
 def test_malformed_members_name_the_field() -> None:
@@ -790,6 +829,13 @@ def test_trusted_and_strict_decoding_agree(method: str, data: st.DataObject) -> 
 
 TRUSTED_BODIES: dict[str, list[object]] = {
     "execute": [encode_request(ExecuteRequest(partition=P, txn_id=TXN, ts=TS, ops=TRUSTED_OPS))],
+    "node_execute": [
+        encode_request(
+            NodeExecuteRequest(
+                partition=P, txn_id=TXN, ts=TS, ops=TRUSTED_OPS, placement=(P,) * len(TRUSTED_OPS)
+            )
+        )
+    ],
     "write": [encode_request(WriteRequest(partition=P, op=op)) for op in TRUSTED_OPS],
 }
 

@@ -16,9 +16,17 @@ from support.coordinator import finishes, partition_of, sends
 from support.partition import P0, Partition, add, check, codes, delete, put, ts
 from support.runtime import P1, Node
 
+from kvstore.conditions import Exists
 from kvstore.coordinator.read import ReadTxn
 from kvstore.coordinator.results import ReadResult
-from kvstore.messages import ReadEntry, ReadReply, ReadRequest, ReasonCode
+from kvstore.messages import (
+    ExecuteReply,
+    NodeExecuteRequest,
+    ReadEntry,
+    ReadReply,
+    ReadRequest,
+    ReasonCode,
+)
 from kvstore.mutants import (
     ARMING_ENV,
     ARMING_VALUE,
@@ -306,6 +314,30 @@ def test_ack_with_earlier_flush_answers_with_the_flush_in_flight(arm: Arm) -> No
 
     assert script(NO_MUTANTS) == (0, False)  # waiting on its own flush, now in flight
     assert script(arm(Mutant.ACK_WITH_EARLIER_FLUSH)) == (1, True), "answered, not durable"
+
+
+@shows(Mutant.NODE_EXECUTE_PARTIAL)
+def test_node_execute_partial_applies_the_slices_that_voted_yes(arm: Arm) -> None:
+    def script(mutants: Mutants) -> tuple[bool, bool, bool]:
+        node = Node(mutants)
+        node.put(P1, "b")
+        node.finish_flush()
+        request = NodeExecuteRequest(
+            partition=P0,
+            txn_id=TxnId("t1"),
+            ts=node.runtime.clock.now(),
+            ops=(put("a", 1), put("b", 2, Exists(expected=False))),
+            placement=(P0, P1),
+        )
+        answers = node.submit(request)
+        node.finish_flush()
+        [reply] = answers
+        assert isinstance(reply, ExecuteReply)
+        a_written = node.store.partition(P0).get_item("a") is not None
+        return reply.committed, a_written, node.store.partition(P1).get_item("b") is not None
+
+    assert script(NO_MUTANTS) == (False, False, True)
+    assert script(arm(Mutant.NODE_EXECUTE_PARTIAL)) == (False, True, True), "a cancelled write"
 
 
 @shows(Mutant.NO_FORK_REDRAW)

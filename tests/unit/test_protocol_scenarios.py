@@ -172,3 +172,33 @@ def test_late_prepare_after_recovery_cancelled_the_transaction_cannot_revive_it(
     assert get(net, X) is None and get(net, Y) is None
     core = net.cores[PartitionId(0)]
     assert core.store.intent_count() == 0
+
+
+def test_a_one_node_transaction_is_one_message_and_a_duplicate_applies_nothing_again() -> None:
+    """Coordinator core and node runtime together: both partitions on one node, so one
+    NodeExecuteRequest; its duplicate, delivered after the first, answers the recorded
+    outcome (a late copy of a transaction can never run twice)."""
+    net = Network(2)
+    writer = WriteTxn(
+        TxnId("t1"),
+        Timestamp(1_000_001, 0, 1),
+        (put(X, 1), put(Y, 1)),
+        partition_of,
+        net.now_us,
+        node_of=lambda pid: "n1",
+    )
+    actor = net.start(writer)
+    assert describe(net.inflight) == ["NodeExecuteRequest@0"]
+    net.duplicate(0)
+    net.deliver(0)
+    assert get(net, X) == 1 and get(net, Y) == 1
+    net.deliver(0)  # the duplicate, run after the first
+    while net.inflight:
+        net.deliver(0)
+    result = net.results[actor]
+    assert isinstance(result, TxnResult) and result.committed
+    record = net.cores[PartitionId(0)].store.get_ledger(TxnId("t1"))
+    assert record is not None and record.completed_us is not None
+    item = net.cores[PartitionId(1)].store.get_item(Y)
+    assert item is not None and item.version == 1  # applied once
+    net.heal()
