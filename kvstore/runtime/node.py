@@ -97,6 +97,7 @@ from kvstore.mutants import Mutant
 from kvstore.runtime.actors import ActorDriver, Answer, Sender
 from kvstore.runtime.admission import LagGate, admit
 from kvstore.runtime.disk import Disk, disk_full_cause, is_disk_full
+from kvstore.runtime.intent_waits import IntentWaits, Parked
 from kvstore.runtime.scheduler import Scheduler, Timer
 from kvstore.storage_node.core import PartitionConfig, PartitionCore, StaleIntent
 from kvstore.storage_node.metrics import NodeMetrics
@@ -137,6 +138,12 @@ _WRITING_REQUESTS: frozenset[type[Request]] = frozenset(
         WriteRequest,
         CompleteRequest,
     }
+)
+
+
+# Requests that may wait for other transactions' intents to clear (module docstring).
+_MAY_WAIT: frozenset[type[Request]] = frozenset(
+    {PrepareRequest, ExecuteRequest, WriteRequest, ReadRequest}
 )
 
 
@@ -199,6 +206,7 @@ class NodeRuntime:
         self._disk_full_since_us = 0
         self._disk_full_attempts = 0
         self._retry_timer: Timer | None = None
+        self._waits = IntentWaits(scheduler, wait_ms=config.intent_wait_ms)
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -215,6 +223,7 @@ class NodeRuntime:
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
+        self._waits.stop()
         self.actors.stop()
 
     @property
@@ -248,6 +257,13 @@ class NodeRuntime:
             refused.details.update(node=self.node_id, partition=pid)
             respond(refused)
             return
+        if not self._park(core, request, respond, None):
+            self._step(core, request, respond)
+
+    def _step(self, core: PartitionCore, request: Request, respond: Respond) -> None:
+        """Step an admitted request on its core and release the answer when it is safe."""
+        pid = request.partition
+        stalled = self.disk_full is not None
         node_ts = self.clock.now() if type(request) is WriteRequest else TIMESTAMP_ZERO
         unflushed_before = self.store.unflushed_reads(pid) if stalled else 0
         try:
@@ -261,10 +277,12 @@ class NodeRuntime:
             return
         if type(reply) is WriteReply and reply.ts is not None:
             self.clock.observe(reply.ts)  # a ts above the key's floor: never issue it again
+        if step.wrote and isinstance(request, CommitRequest | CancelRequest | DecideRequest):
+            self._waits.cleared(pid, request.txn_id)  # wake who waited for its intents
         if type(request) is CompleteRequest:
             respond(reply)  # advisory: see the module docstring
             return
-        self.in_progress[pid] = in_progress + 1
+        self.in_progress[pid] += 1
         self.in_progress_total += 1
 
         def release() -> None:
@@ -273,6 +291,49 @@ class NodeRuntime:
             respond(reply)
 
         self.when_durable(release, failed=lambda error: self._fail_request(pid, respond, error))
+
+    # --- requests waiting for intents (kvstore.runtime.intent_waits) ------------------------
+
+    def _park(
+        self, core: PartitionCore, request: Request, respond: Respond, deadline_us: int | None
+    ) -> bool:
+        """Park ``request`` if only intents it may wait for stop it (then True); a re-park
+        keeps its first ``deadline_us``."""
+        waits = self._waits
+        if (
+            self.stopped
+            or type(request) not in _MAY_WAIT
+            or not waits.wait_us
+            or not waits.has_room
+        ):
+            return False
+        now_us = self._scheduler.now_us()
+        if deadline_us is not None and now_us >= deadline_us:
+            return False
+        blockers = core.blockers(request, now_us)
+        if not blockers:
+            return False
+        pid = request.partition
+        self.in_progress[pid] += 1
+        self.in_progress_total += 1
+        if deadline_us is None:
+            deadline_us = now_us + self._waits.wait_us
+
+        def resume(parked: Parked, timed_out: bool) -> None:
+            self.in_progress[pid] -= 1
+            self.in_progress_total -= 1
+            if self.stopped:
+                return
+            if self.failed is not None:
+                respond(InternalError(f"node {self.node_id} failed to flush"))
+            elif self.disk_full is not None and _may_write(request):
+                respond(self.disk_full_error(pid))
+            elif timed_out or not self._park(core, request, respond, parked.deadline_us):
+                self._step(core, request, respond)
+
+        parked = Parked(partition=pid, request=request, resume=resume, deadline_us=deadline_us)
+        self._waits.park(parked, blockers)
+        return True
 
     def _fail_request(self, pid: PartitionId, respond: Respond, error: KvError) -> None:
         self.in_progress[pid] -= 1
