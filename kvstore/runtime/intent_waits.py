@@ -10,7 +10,11 @@ the table exactly once, through ``wake``, called by the scheduler (``call_soon``
 the step that cleared its blocker):
 
 * ``cleared(partition, txn_id)``, after a step that removed ``txn_id``'s intents there (commit,
-  cancel, decide), wakes every request that waited for it (``timed_out=False``);
+  cancel, decide), wakes every request that waited for it (``timed_out=False``) in ``rank``
+  order: the runtime ranks reads first (they change nothing), then transactions by timestamp
+  (the lowest takes the key and the others, above it, may wait for it in turn, where the
+  highest first would leave every lower one too old), then singleton writes (their timestamp,
+  drawn when they are stepped, is above every waiting transaction's);
 * its deadline wakes it with ``timed_out=True``.
 
 What a woken request does is the runtime's (:meth:`~kvstore.runtime.node.NodeRuntime.submit`):
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 from kvstore import limits
 from kvstore.messages import Request
 from kvstore.runtime.scheduler import Scheduler, Timer
-from kvstore.types import PartitionId, TxnId
+from kvstore.types import PartitionId, Timestamp, TxnId
 
 __all__ = ["Parked", "IntentWaits"]
 
@@ -43,6 +47,7 @@ class Parked:
     request: Request
     resume: Callable[[Parked, bool], None]  # (itself, timed_out)
     deadline_us: int
+    rank: tuple[int, Timestamp]  # the order in which the waiters of one blocker are woken
     blockers: tuple[TxnId, ...] = ()
     timer: Timer | None = field(default=None)
 
@@ -80,7 +85,7 @@ class IntentWaits:
     def cleared(self, partition: PartitionId, txn_id: TxnId) -> None:
         """``txn_id``'s intents on ``partition`` are gone: wake whoever waited for them."""
         waiting = self._by_blocker.pop((partition, txn_id), None)
-        for parked in waiting or ():
+        for parked in sorted(waiting or (), key=_rank):
             self._unlink(parked)
             self._scheduler.call_soon(_resumer(parked))
 
@@ -120,3 +125,7 @@ class IntentWaits:
 
 def _resumer(parked: Parked) -> Callable[[], None]:
     return lambda: parked.resume(parked, False)
+
+
+def _rank(parked: Parked) -> tuple[int, Timestamp]:
+    return parked.rank

@@ -104,7 +104,7 @@ from kvstore.storage_node.metrics import NodeMetrics
 from kvstore.storage_node.resolver import IntentResolution
 from kvstore.storage_node.store import FlushJob, NodeStore
 from kvstore.timestamps import HybridClock
-from kvstore.types import TIMESTAMP_ZERO, PartitionId, TxnId
+from kvstore.types import TIMESTAMP_ZERO, PartitionId, Timestamp, TxnId
 
 __all__ = ["NodeRuntime", "Respond"]
 
@@ -145,6 +145,13 @@ _WRITING_REQUESTS: frozenset[type[Request]] = frozenset(
 _MAY_WAIT: frozenset[type[Request]] = frozenset(
     {PrepareRequest, ExecuteRequest, WriteRequest, ReadRequest}
 )
+
+
+def _wake_rank(request: Request) -> tuple[int, Timestamp]:
+    """Reads, then transactions by timestamp, then singleton writes (runtime/intent_waits.py)."""
+    if isinstance(request, PrepareRequest | ExecuteRequest):
+        return (1, request.ts)
+    return (2 if type(request) is WriteRequest else 0, TIMESTAMP_ZERO)
 
 
 def _may_write(request: Request) -> bool:
@@ -331,7 +338,13 @@ class NodeRuntime:
             elif timed_out or not self._park(core, request, respond, parked.deadline_us):
                 self._step(core, request, respond)
 
-        parked = Parked(partition=pid, request=request, resume=resume, deadline_us=deadline_us)
+        parked = Parked(
+            partition=pid,
+            request=request,
+            resume=resume,
+            deadline_us=deadline_us,
+            rank=_wake_rank(request),
+        )
         self._waits.park(parked, blockers)
         return True
 
