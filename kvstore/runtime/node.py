@@ -21,6 +21,14 @@ release:
 * else a flush is in flight -> after it (the step may have read rows it holds);
 * else at once.
 
+A prepare, execute, singleton write or read round stopped only by other transactions' intents
+that it may wait for (:meth:`~kvstore.storage_node.core.PartitionCore.blockers`, the rule of
+:mod:`~kvstore.storage_node.intent_wait`) is first *parked* (:mod:`~kvstore.runtime.intent_waits`,
+counted in progress): a commit, cancel or decide step that clears a blocker's intents wakes it,
+and it goes through the step above afresh (or is parked again, keeping its first deadline);
+at ``intent_wait_ms`` it is stepped anyway, and with ``INTENT_WAITERS_MAX`` parked it is not
+parked at all.
+
 A ``CompleteRequest`` is the exception: it is advisory (the coordinator does not wait for it, and
 a lost completion only means recovery re-sends commits, which are idempotent), so it is answered
 at once and its row rides with the next flush, at the latest the next maintenance tick's.
