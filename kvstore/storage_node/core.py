@@ -201,7 +201,7 @@ class PartitionCore:
                     return ()
                 if self._holds_intents(request.txn_id, request.ops):
                     return ()
-                return self._txn_blockers(request.txn_id, request.ts, request.ops)
+                return self._txn_blockers(request.txn_id, request.ts, request.ops, now_us)
             case ExecuteRequest():
                 if self.store.get_ledger(request.txn_id) is not None:
                     return ()
@@ -210,10 +210,12 @@ class PartitionCore:
                     return ()
                 if self._too_far_ahead(request.ts, now_us):
                     return ()
-                return self._txn_blockers(request.txn_id, request.ts, request.ops)
+                return self._txn_blockers(request.txn_id, request.ts, request.ops, now_us)
             case WriteRequest():
                 intent = self.store.get_intent(request.op.key)
                 if intent is None or request.op.kind is OpKind.CHECK:
+                    return ()
+                if not self._young(intent, now_us):
                     return ()
                 return (intent.txn_id,)
             case ReadRequest():
@@ -223,11 +225,20 @@ class PartitionCore:
                 for key in request.keys:
                     intent = self.store.get_intent(key)
                     if intent is not None:
+                        if not self._young(intent, now_us):
+                            return ()
                         found[intent.txn_id] = None
                 return tuple(found)
         return ()
 
-    def _txn_blockers(self, txn_id: TxnId, ts: Timestamp, ops: tuple[Op, ...]) -> tuple[TxnId, ...]:
+    def _young(self, intent: Intent, now_us: int) -> bool:
+        """Younger than the wait bound: an older intent's transaction is slow or orphaned
+        (its coordinator gone; stale-intent resolution clears it), not worth a wait."""
+        return now_us - intent.created_us < self.config.intent_wait_ms * _US_PER_MS
+
+    def _txn_blockers(
+        self, txn_id: TxnId, ts: Timestamp, ops: tuple[Op, ...], now_us: int
+    ) -> tuple[TxnId, ...]:
         """``blockers`` of a prepare or execute: every op passes or meets an intent it may
         wait for and whose commit would leave the key below ``ts``."""
         found: dict[TxnId, Timestamp] = {}
@@ -239,7 +250,7 @@ class PartitionCore:
                     return ()  # refused whatever the intents do
                 continue
             state = self._state(op.key)
-            if not self._ts_ok(op, ts, state):
+            if not self._ts_ok(op, ts, state) or not self._young(intent, now_us):
                 return ()
             found[intent.txn_id] = intent.ts
             if Mutant.STALE_VOTE_AFTER_WAIT in self._mutants:

@@ -26,6 +26,12 @@ transactions' intents (every other check passes on the committed state):
   no deadlock, and the bound is only a backstop (a blocker whose coordinator died stays until
   stale-intent resolution, ``INTENT_STALE_MS``).
 
+Nobody waits for an intent already older than the wait bound: a healthy transaction's intent
+lives one commit round trip, so an old one belongs to a slow or orphaned transaction (its
+coordinator gone, left to stale-intent resolution), and waiting for it only held requests (and
+their own intents) longer; in the simulator's fault runs it doubled the operations whose outcome
+the client never learned, as their coordinators crashed meanwhile.
+
 Which transactions block a request is decided by the pure partition core
 (:meth:`~kvstore.storage_node.core.PartitionCore.blockers`, a read-only question asked before
 the step, so nothing is written for a request that then waits); this module holds the rule alone.

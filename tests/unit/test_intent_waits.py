@@ -104,6 +104,17 @@ def test_reads_and_singleton_writes_wait_for_any_intent() -> None:
     assert p.core.blockers(ReadRequest(partition=P0, keys=("w",)), p.now_us) == ()
 
 
+def test_nobody_waits_for_an_intent_older_than_the_bound() -> None:
+    p = Partition()
+    assert p.prepare("t1", ts(10), put("x", 1)).accepted
+    p.now_us += WAIT_US - 1
+    assert p.core.blockers(prepare("t2", ts(20), put("x", 2)), p.now_us) == ("t1",)
+    p.now_us += 1  # slow or orphaned: left to stale-intent resolution
+    assert p.core.blockers(prepare("t2", ts(20), put("x", 2)), p.now_us) == ()
+    assert p.core.blockers(ReadRequest(partition=P0, keys=("x",)), p.now_us) == ()
+    assert p.core.blockers(WriteRequest(partition=P0, op=put("x", 3)), p.now_us) == ()
+
+
 def test_a_duplicate_prepare_of_the_intents_owner_does_not_wait() -> None:
     p = Partition()
     assert p.prepare("t1", ts(10), put("x", 1)).accepted
