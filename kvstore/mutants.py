@@ -42,6 +42,9 @@ class Mutant(enum.Enum):
     WATERMARK_DOWN_ON_DELETE = "watermark-down-on-delete"  # a delete drops the key's floor
     # a one-node transaction applies the partitions that voted yes though another voted no:
     NODE_EXECUTE_PARTIAL = "node-execute-partial"
+    # A prepare or execute parked behind an intent keeps the vote it would have had when it was
+    # parked (computed on the committed value under the intent) instead of checking again:
+    STALE_VOTE_AFTER_WAIT = "stale-vote-after-wait"
     # Of the node runtime (kvstore.runtime.node), not of a core:
     REPLY_BEFORE_FLUSH = "reply-before-flush"  # answers leave before their writes are durable
     ACK_WITH_EARLIER_FLUSH = "ack-with-earlier-flush"  # answers ride the flush before their own

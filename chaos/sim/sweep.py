@@ -46,6 +46,9 @@ MUTANT_WORKLOADS: dict[Mutant, tuple[str, ...]] = {
     Mutant.SKIP_SECOND_READ_ROUND: ("bank", "rw-register", "list-append"),
     Mutant.WATERMARK_DOWN_ON_DELETE: ("rw-register",),  # the only workload that deletes
     Mutant.NODE_EXECUTE_PARTIAL: WORKLOADS,  # a cancelled transaction's writes become visible
+    # Updates computed on the value under the intent they waited for: lost updates (appends,
+    # transfers, register writes read in the same transaction).
+    Mutant.STALE_VOTE_AFTER_WAIT: WORKLOADS,
     # The node runtime's: acknowledged writes lost by a crash (any workload, with crashes).
     Mutant.REPLY_BEFORE_FLUSH: WORKLOADS,
     Mutant.ACK_WITH_EARLIER_FLUSH: WORKLOADS,

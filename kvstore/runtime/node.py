@@ -31,6 +31,14 @@ it half done, and its rows all land in the one open batch: prepare, decision and
 disk in one fsync, and the answer waits for that flush like any other. It counts as in progress
 on each of its partitions, and once on the node, until answered.
 
+A prepare, execute, singleton write or read round stopped only by other transactions' intents
+that it may wait for (:meth:`~kvstore.storage_node.core.PartitionCore.blockers`, the rule of
+:mod:`~kvstore.storage_node.intent_wait`) is first *parked* (:mod:`~kvstore.runtime.intent_waits`,
+counted in progress): a commit, cancel or decide step that clears a blocker's intents wakes it,
+and it goes through the step above afresh (or is parked again, keeping its first deadline);
+at ``intent_wait_ms`` it is stepped anyway, and with ``INTENT_WAITERS_MAX`` parked it is not
+parked at all.
+
 A ``CompleteRequest`` is the exception: it is advisory (the coordinator does not wait for it, and
 a lost completion only means recovery re-sends commits, which are idempotent), so it is answered
 at once and its row rides with the next flush, at the latest the next maintenance tick's.
@@ -108,13 +116,14 @@ from kvstore.mutants import Mutant
 from kvstore.runtime.actors import ActorDriver, Answer, Sender
 from kvstore.runtime.admission import LagGate, admit
 from kvstore.runtime.disk import Disk, disk_full_cause, is_disk_full
+from kvstore.runtime.intent_waits import IntentWaits, Parked
 from kvstore.runtime.scheduler import Scheduler, Timer
 from kvstore.storage_node.core import PartitionConfig, PartitionCore, StaleIntent
 from kvstore.storage_node.metrics import NodeMetrics
 from kvstore.storage_node.resolver import IntentResolution
 from kvstore.storage_node.store import FlushJob, NodeStore
 from kvstore.timestamps import HybridClock
-from kvstore.types import TIMESTAMP_ZERO, PartitionId, TxnId
+from kvstore.types import TIMESTAMP_ZERO, PartitionId, Timestamp, TxnId
 
 __all__ = ["NodeRuntime", "Respond"]
 
@@ -149,6 +158,19 @@ _WRITING_REQUESTS: frozenset[type[Request]] = frozenset(
         CompleteRequest,
     }
 )
+
+
+# Requests that may wait for other transactions' intents to clear (module docstring).
+_MAY_WAIT: frozenset[type[Request]] = frozenset(
+    {PrepareRequest, ExecuteRequest, WriteRequest, ReadRequest}
+)
+
+
+def _wake_rank(request: Request) -> tuple[int, Timestamp]:
+    """Reads, then transactions by timestamp, then singleton writes (runtime/intent_waits.py)."""
+    if isinstance(request, PrepareRequest | ExecuteRequest):
+        return (1, request.ts)
+    return (2 if type(request) is WriteRequest else 0, TIMESTAMP_ZERO)
 
 
 def _may_write(request: Request) -> bool:
@@ -210,6 +232,7 @@ class NodeRuntime:
         self._disk_full_since_us = 0
         self._disk_full_attempts = 0
         self._retry_timer: Timer | None = None
+        self._waits = IntentWaits(scheduler, wait_ms=config.intent_wait_ms)
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -226,6 +249,7 @@ class NodeRuntime:
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
+        self._waits.stop()
         self.actors.stop()
 
     @property
@@ -262,6 +286,13 @@ class NodeRuntime:
             refused.details.update(node=self.node_id, partition=pid)
             respond(refused)
             return
+        if not self._park(core, request, respond, None):
+            self._step(core, request, respond)
+
+    def _step(self, core: PartitionCore, request: Request, respond: Respond) -> None:
+        """Step an admitted request on its core and release the answer when it is safe."""
+        pid = request.partition
+        stalled = self.disk_full is not None
         node_ts = self.clock.now() if type(request) is WriteRequest else TIMESTAMP_ZERO
         unflushed_before = self.store.unflushed_reads(pid) if stalled else 0
         try:
@@ -275,10 +306,12 @@ class NodeRuntime:
             return
         if type(reply) is WriteReply and reply.ts is not None:
             self.clock.observe(reply.ts)  # a ts above the key's floor: never issue it again
+        if step.wrote and isinstance(request, CommitRequest | CancelRequest | DecideRequest):
+            self._waits.cleared(pid, request.txn_id)  # wake who waited for its intents
         if type(request) is CompleteRequest:
             respond(reply)  # advisory: see the module docstring
             return
-        self.in_progress[pid] = in_progress + 1
+        self.in_progress[pid] += 1
         self.in_progress_total += 1
 
         def release() -> None:
@@ -329,6 +362,55 @@ class NodeRuntime:
 
         reply = step.reply
         self.when_durable(lambda: answer(reply), failed=answer)
+
+    # --- requests waiting for intents (kvstore.runtime.intent_waits) ------------------------
+
+    def _park(
+        self, core: PartitionCore, request: Request, respond: Respond, deadline_us: int | None
+    ) -> bool:
+        """Park ``request`` if only intents it may wait for stop it (then True); a re-park
+        keeps its first ``deadline_us``."""
+        waits = self._waits
+        if (
+            self.stopped
+            or type(request) not in _MAY_WAIT
+            or not waits.wait_us
+            or not waits.has_room
+        ):
+            return False
+        now_us = self._scheduler.now_us()
+        if deadline_us is not None and now_us >= deadline_us:
+            return False
+        blockers = core.blockers(request, now_us)
+        if not blockers:
+            return False
+        pid = request.partition
+        self.in_progress[pid] += 1
+        self.in_progress_total += 1
+        if deadline_us is None:
+            deadline_us = now_us + self._waits.wait_us
+
+        def resume(parked: Parked, timed_out: bool) -> None:
+            self.in_progress[pid] -= 1
+            self.in_progress_total -= 1
+            if self.stopped:
+                return
+            if self.failed is not None:
+                respond(InternalError(f"node {self.node_id} failed to flush"))
+            elif self.disk_full is not None and _may_write(request):
+                respond(self.disk_full_error(pid))
+            elif timed_out or not self._park(core, request, respond, parked.deadline_us):
+                self._step(core, request, respond)
+
+        parked = Parked(
+            partition=pid,
+            request=request,
+            resume=resume,
+            deadline_us=deadline_us,
+            rank=_wake_rank(request),
+        )
+        self._waits.park(parked, blockers)
+        return True
 
     def _fail_request(self, pid: PartitionId, respond: Respond, error: KvError) -> None:
         self.in_progress[pid] -= 1

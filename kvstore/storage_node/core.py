@@ -25,6 +25,10 @@ Rules kept here (DESIGN section 5 and the gaps of reference section 2.6):
   ``max`` (gap 4), and new rows start above the floor they replace.
 * Singleton writes get ``max(node clock, successor of the key's floor)``; a key with an intent
   refuses them with ``TransactionConflict``. Singleton gets are never blocked.
+* :meth:`PartitionCore.blockers` answers, without writing, whether a request would be refused
+  only because of other transactions' intents that it may wait for
+  (:mod:`~kvstore.storage_node.intent_wait`); the runtime then parks it and steps it again later,
+  when every check above is made afresh.
 * Ledger records change state once, PREPARING -> COMMITTED | CANCELLED, by compare-and-set; a
   resolving lookup of an absent record inserts CANCELLED so a late prepare cannot revive it, and an
   expired PREPARING record may be cancelled by anyone.
@@ -38,6 +42,7 @@ Rules kept here (DESIGN section 5 and the gaps of reference section 2.6):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
@@ -81,6 +86,7 @@ from kvstore.messages import (
 )
 from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
 from kvstore.ops import Op, OpKind, apply_op
+from kvstore.storage_node.intent_wait import may_wait
 from kvstore.storage_node.store import Intent, ItemRow, PartitionMeta, PartitionStore, TokenRow
 from kvstore.types import TIMESTAMP_ZERO, Key, PartitionId, Timestamp, TxnId, Value
 
@@ -94,6 +100,7 @@ _US_PER_MS = 1000
 class PartitionConfig:
     max_clock_skew_ms: int = limits.MAX_CLOCK_SKEW_MS
     intent_stale_ms: int = limits.INTENT_STALE_MS
+    intent_wait_ms: int = limits.INTENT_WAIT_MS  # the runtime's bound on parked requests; 0: none
     ledger_decision_deadline_ms: int = limits.LEDGER_DECISION_DEADLINE_MS
     ledger_retention_ms: int = limits.LEDGER_RETENTION_MS
     idempotency_window_ms: int = limits.IDEMPOTENCY_WINDOW_MS
@@ -156,6 +163,8 @@ class PartitionCore:
         self.config = config or PartitionConfig()
         self._mutants = self.config.mutants
         self._applied: dict[TxnId, list[Intent]] = {}  # DOUBLE_APPLY_COMMIT's memory only
+        # STALE_VOTE_AFTER_WAIT's memory only: the vote a parked op had when it was parked.
+        self._parked_votes: dict[tuple[TxnId, Key], tuple[bool, Value]] = {}
 
     def handle(self, request: Request, now_us: int, node_ts: Timestamp) -> Step[Reply]:
         """Dispatch any request to its method. ``node_ts`` is used only by singleton writes."""
@@ -186,6 +195,78 @@ class PartitionCore:
                 return _widen(self.scan(request))
         raise ValidationError("request", f"unknown request type {type(request).__name__}")
 
+    def blockers(self, request: Request, now_us: int) -> tuple[TxnId, ...]:
+        """The transactions whose pending intents alone stop ``request`` now, when it may wait
+        for them (:func:`~kvstore.storage_node.intent_wait.may_wait`); else ``()``: step it at
+        once. Writes nothing; the step that follows a wait checks everything again."""
+        match request:
+            case PrepareRequest():
+                if request.ledger is not None and self._anchor_precheck(request) is not None:
+                    return ()
+                if self._too_far_ahead(request.ts, now_us) or not request.ops:
+                    return ()
+                if self._holds_intents(request.txn_id, request.ops):
+                    return ()
+                return self._txn_blockers(request.txn_id, request.ts, request.ops, now_us)
+            case ExecuteRequest():
+                if self.store.get_ledger(request.txn_id) is not None:
+                    return ()
+                token, txn_id = request.token, request.txn_id
+                if token is not None and self._token_hit(token, txn_id, request.fingerprint):
+                    return ()
+                if self._too_far_ahead(request.ts, now_us):
+                    return ()
+                return self._txn_blockers(request.txn_id, request.ts, request.ops, now_us)
+            case WriteRequest():
+                intent = self.store.get_intent(request.op.key)
+                if intent is None or request.op.kind is OpKind.CHECK:
+                    return ()
+                if not self._young(intent, now_us):
+                    return ()
+                return (intent.txn_id,)
+            case ReadRequest():
+                if Mutant.READS_SEE_INTENTS in self._mutants:
+                    return ()  # the mutant shows intents rather than waiting for them
+                found: dict[TxnId, None] = {}
+                for key in request.keys:
+                    intent = self.store.get_intent(key)
+                    if intent is not None:
+                        if not self._young(intent, now_us):
+                            return ()
+                        found[intent.txn_id] = None
+                return tuple(found)
+        return ()
+
+    def _young(self, intent: Intent, now_us: int) -> bool:
+        """Younger than the wait bound: an older intent's transaction is slow or orphaned
+        (its coordinator gone; stale-intent resolution clears it), not worth a wait."""
+        return now_us - intent.created_us < self.config.intent_wait_ms * _US_PER_MS
+
+    def _txn_blockers(
+        self, txn_id: TxnId, ts: Timestamp, ops: tuple[Op, ...], now_us: int
+    ) -> tuple[TxnId, ...]:
+        """``blockers`` of a prepare or execute: every op passes or meets an intent it may
+        wait for and whose commit would leave the key below ``ts``."""
+        found: dict[TxnId, Timestamp] = {}
+        stale: dict[tuple[TxnId, Key], tuple[bool, Value]] = {}
+        for op in ops:
+            intent = self.store.get_intent(op.key)
+            if intent is None or intent.txn_id == txn_id:
+                if self._vote(op, txn_id, ts)[0] is not _NONE:
+                    return ()  # refused whatever the intents do
+                continue
+            state = self._state(op.key)
+            if not self._ts_ok(op, ts, state) or not self._young(intent, now_us):
+                return ()
+            found[intent.txn_id] = intent.ts
+            if Mutant.STALE_VOTE_AFTER_WAIT in self._mutants:
+                with contextlib.suppress(ValidationError):
+                    stale[(txn_id, op.key)] = apply_op(op, exists=state.exists, value=state.value)
+        if not may_wait(ts, found.values()):
+            return ()
+        self._parked_votes.update(stale)
+        return tuple(found)
+
     # --- write transactions -------------------------------------------------------------
 
     def prepare(self, req: PrepareRequest, now_us: int) -> Step[PrepareReply]:
@@ -207,7 +288,7 @@ class PartitionCore:
                 PrepareReply(txn_id=req.txn_id, accepted=True, outcomes=(_NONE,) * len(req.ops)),
                 False,
             )
-        results = [self._vote(op, req.txn_id, req.ts) for op in req.ops]
+        results = [self._step_vote(op, req.txn_id, req.ts) for op in req.ops]
         accepted = all(outcome is _NONE for outcome, _ in results)
         wrote = False
         if req.ledger is not None:
@@ -247,7 +328,7 @@ class PartitionCore:
             return Step(
                 ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), wrote
             )
-        results = [self._vote(op, req.txn_id, req.ts) for op in req.ops]
+        results = [self._step_vote(op, req.txn_id, req.ts) for op in req.ops]
         committed = all(outcome is _NONE for outcome, _ in results)
         if committed:
             for op, (_, new_state) in zip(req.ops, results, strict=True):
@@ -621,6 +702,18 @@ class PartitionCore:
         intent = self.store.get_intent(ops[0].key)
         return intent is not None and intent.txn_id == txn_id
 
+    def _step_vote(
+        self, op: Op, txn_id: TxnId, ts: Timestamp
+    ) -> tuple[OpOutcome, tuple[bool, Value] | None]:
+        """``_vote``, unless STALE_VOTE_AFTER_WAIT kept this op's vote from when it parked."""
+        if self._parked_votes:
+            intent = self.store.get_intent(op.key)
+            if intent is None or intent.txn_id == txn_id:
+                parked = self._parked_votes.pop((txn_id, op.key), None)
+                if parked is not None:
+                    return _NONE, parked
+        return self._vote(op, txn_id, ts)
+
     def _vote(
         self, op: Op, txn_id: TxnId, ts: Timestamp
     ) -> tuple[OpOutcome, tuple[bool, Value] | None]:
@@ -635,8 +728,7 @@ class PartitionCore:
                 None,
             )
         state = self._state(op.key)
-        read_ts_ok = ts > state.read_ts or Mutant.SKIP_READ_TS_CHECK in self._mutants
-        if not ts > state.write_ts or (op.is_write and not read_ts_ok):
+        if not self._ts_ok(op, ts, state):
             return (
                 OpOutcome(
                     code=ReasonCode.TIMESTAMP_TOO_OLD,
@@ -652,6 +744,11 @@ class PartitionCore:
         except ValidationError as error:
             return OpOutcome(code=ReasonCode.VALIDATION_ERROR, message=error.message), None
         return _NONE, new_state
+
+    def _ts_ok(self, op: Op, ts: Timestamp, state: _KeyState) -> bool:
+        """``ts`` is above the key's ``write_ts`` and, for a write, its ``read_ts``."""
+        read_ts_ok = ts > state.read_ts or Mutant.SKIP_READ_TS_CHECK in self._mutants
+        return ts > state.write_ts and (not op.is_write or read_ts_ok)
 
     def _condition_outcome(self, op: Op, state: _KeyState) -> OpOutcome | None:
         if evaluate(op.condition, exists=state.exists, value=state.value, version=state.version):

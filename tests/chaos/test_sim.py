@@ -179,6 +179,22 @@ def test_the_mutant_hunt_seed_catches_node_execute_partial(
     assert run_seed(0, SimConfig(workload=workload)).ok
 
 
+# The seed on which ``python -m chaos mutants`` catches the waiting mutant (a request parked
+# behind an intent keeps the vote it had when it parked): lost appends. The correct store, which
+# steps a woken request afresh, passes it, and it shows that requests did wait.
+STALE_VOTE_SEED, STALE_VOTE_WORKLOAD = 0, "list-append"
+
+
+def test_a_woken_request_that_keeps_its_stale_vote_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ARMING_ENV, ARMING_VALUE)
+    armed = Mutants.arm(Mutant.STALE_VOTE_AFTER_WAIT)
+    caught = run_seed(STALE_VOTE_SEED, SimConfig(workload=STALE_VOTE_WORKLOAD, mutants=armed))
+    assert not caught.ok and caught.anomalies()
+    assert run_seed(STALE_VOTE_SEED, SimConfig(workload=STALE_VOTE_WORKLOAD)).ok
+
+
 def test_gets_and_scans_are_checked_key_by_key_without_real_time_order() -> None:
     """A scan page and a get become single-key reads that float over the whole history."""
     history = History()

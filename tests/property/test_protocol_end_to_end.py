@@ -33,7 +33,8 @@ from kvstore.updates import ActionKind, UpdateAction
 KEYS = tuple(f"k{i}" for i in range(4))
 PARTITIONS = 2
 # Tombstones must not fold during a run: the replay numbers versions without the watermark.
-CONFIG = PartitionConfig(tombstone_retention_ms=10**9)
+# intent_wait_ms=0: the harness delivers one message at a time and expects its answer at once.
+CONFIG = PartitionConfig(tombstone_retention_ms=10**9, intent_wait_ms=0)
 
 
 def partition_of(key: str) -> PartitionId:

@@ -84,7 +84,9 @@ class Message:
 @dataclass
 class Network:
     partitions: int
-    config: PartitionConfig = field(default_factory=PartitionConfig)
+    # No request waits for intents: each scenario picks its interleaving by hand, and a parked
+    # request would be answered later than its delivery (waits: tests/unit/test_intent_waits.py).
+    config: PartitionConfig = field(default_factory=lambda: PartitionConfig(intent_wait_ms=0))
     start_us: int = 1_000_000
     inflight: list[Message] = field(default_factory=list)
     crashed: set[int] = field(default_factory=set)

@@ -144,7 +144,7 @@ def test_pending_in_second_round_needs_two_more_rounds() -> None:
     round4 = sends(answer(txn, round3, CLEAN))
     (result,) = finishes(answer(txn, round4, CLEAN))
     assert result.error is None
-    assert result.rounds == 4 == READ_ROUNDS_MAX
+    assert result.rounds == 4 <= READ_ROUNDS_MAX
 
 
 def test_rounds_are_bounded() -> None:
@@ -153,17 +153,21 @@ def test_rounds_are_bounded() -> None:
     for version in range(1, READ_ROUNDS_MAX + 1):
         assert finishes(effects) == []
         effects = answer(txn, sends(effects), changed("b:1", version=100 + version))
-    assert finishes(effects) == [ReadResult(error=ErrorCode.TransactionConflict, rounds=4)]
+    assert finishes(effects) == [
+        ReadResult(error=ErrorCode.TransactionConflict, rounds=READ_ROUNDS_MAX)
+    ]
     assert sends(effects) == []
     assert txn.done
 
 
 def test_pending_in_the_second_to_last_round_gives_up_early() -> None:
     txn = ReadTxn(KEYS, partition_of, T0)
-    round2 = sends(answer(txn, sends(txn.step_start(T0)), CLEAN))
-    round3 = sends(answer(txn, round2, changed("b:1", version=4)))
-    effects = answer(txn, round3, changed("b:1", version=4, pending=True))
-    assert finishes(effects) == [ReadResult(error=ErrorCode.TransactionConflict, rounds=3)]
+    effects = txn.step_start(T0)
+    for version in range(1, READ_ROUNDS_MAX - 1):  # every round changed b:1
+        effects = answer(txn, sends(effects), changed("b:1", version=100 + version))
+    effects = answer(txn, sends(effects), changed("b:1", version=4, pending=True))
+    last = READ_ROUNDS_MAX - 1
+    assert finishes(effects) == [ReadResult(error=ErrorCode.TransactionConflict, rounds=last)]
 
 
 @pytest.mark.parametrize("how", ["failed", "timeout", "malformed"])

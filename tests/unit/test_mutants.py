@@ -14,14 +14,17 @@ from pathlib import Path
 import pytest
 from support.coordinator import finishes, partition_of, sends
 from support.partition import P0, Partition, add, check, codes, delete, put, ts
-from support.runtime import P1, Node
+from support.runtime import P1, START_US, Node
 
 from kvstore.conditions import Exists
 from kvstore.coordinator.read import ReadTxn
 from kvstore.coordinator.results import ReadResult
 from kvstore.messages import (
+    CommitRequest,
     ExecuteReply,
+    ExecuteRequest,
     NodeExecuteRequest,
+    PrepareRequest,
     ReadEntry,
     ReadReply,
     ReadRequest,
@@ -355,6 +358,31 @@ def test_no_fork_redraw_lets_a_cloned_clock_reissue_its_original_s_timestamps(ar
     assert script(NO_MUTANTS) == (Timestamp(wall, 1, 7), Timestamp(wall, 1, 8))
     a, b = script(arm(Mutant.NO_FORK_REDRAW))
     assert a == b == Timestamp(wall, 1, 7)
+
+
+@shows(Mutant.STALE_VOTE_AFTER_WAIT)
+def test_stale_vote_after_wait_loses_the_update_it_waited_for(arm: Arm) -> None:
+    def script(mutants: Mutants) -> tuple[int, Value]:
+        node = Node(mutants)
+        bump = (add("x", ("n",), 1),)
+        t1, t2 = TxnId("t1"), TxnId("t2")
+        node.submit(PrepareRequest(partition=P0, txn_id=t1, ts=ts(START_US), ops=bump, anchor=P0))
+        node.finish_flush()
+        waiting = node.submit(
+            ExecuteRequest(partition=P0, txn_id=t2, ts=ts(START_US + 1), ops=bump)
+        )
+        parked = len(waiting)
+        node.submit(CommitRequest(partition=P0, txn_id=t1))  # wakes t2, stepped again
+        while node.disk.jobs:
+            node.finish_flush()
+        [reply] = waiting
+        assert isinstance(reply, ExecuteReply) and reply.committed
+        row = node.store.partition(P0).get_item("x")
+        assert row is not None
+        return parked, row.value
+
+    assert script(NO_MUTANTS) == (0, {"n": 2})
+    assert script(arm(Mutant.STALE_VOTE_AFTER_WAIT)) == (0, {"n": 1}), "t1's add lost"
 
 
 def test_every_mutant_has_a_test_showing_what_it_breaks() -> None:
