@@ -29,7 +29,7 @@ from kvstore.partitioning import ClusterMap
 from kvstore.rpc import RpcPool
 from kvstore.types import PartitionId
 
-__all__ = ["PartitionTransport", "ColocatedTransport"]
+__all__ = ["PartitionTransport", "ColocatedTransport", "Submit", "submitted"]
 
 Submit = Callable[[Request, Callable[[Reply | KvError], None]], None]
 """A node runtime's ``submit``: run a request on an owned partition, answer when it is safe."""
@@ -105,18 +105,7 @@ class ColocatedTransport:
     async def call(self, request: Request, timeout_ms: int) -> Reply:
         if not self._owns(request.partition):
             return await self._remote.call(request, timeout_ms)
-        answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-
-        def respond(outcome: Reply | KvError) -> None:
-            if answer.done():
-                return
-            if isinstance(outcome, KvError):
-                answer.set_exception(outcome)
-            else:
-                answer.set_result(outcome)
-
-        self._submit(request, respond)
-        return await answer
+        return await submitted(self._submit, request)
 
     def start(
         self, request: Request, timeout_ms: int, answer: Callable[[Reply | KvError], None]
@@ -125,6 +114,22 @@ class ColocatedTransport:
             return self._remote.start(request, timeout_ms, answer)
         self._submit(request, answer)
         return True
+
+
+async def submitted(submit: Submit, request: Request) -> Reply:
+    """``request`` run by ``submit`` (a node runtime's), awaited: the reply, or its error."""
+    answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    def respond(outcome: Reply | KvError) -> None:
+        if answer.done():
+            return
+        if isinstance(outcome, KvError):
+            answer.set_exception(outcome)
+        else:
+            answer.set_result(outcome)
+
+    submit(request, respond)
+    return await answer
 
 
 def _naming(error: Unavailable, request: Request, owner: str) -> Unavailable:

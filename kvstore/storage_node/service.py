@@ -59,7 +59,7 @@ from kvstore.storage_node.gateway import NodeGateway
 from kvstore.storage_node.metrics import CONTENT_TYPE, NodeMetrics
 from kvstore.storage_node.sqlite_store import SqliteNodeStore
 from kvstore.timestamps import HybridClock, PhysicalClock, random_origin, system_clock_us
-from kvstore.transport import PartitionTransport
+from kvstore.transport import PartitionTransport, submitted
 from kvstore.types import PartitionId
 
 __all__ = ["NodeService"]
@@ -320,18 +320,7 @@ class NodeService:
         runtime = self.runtime
         if runtime is None:
             raise self._wrong_owner(request.partition)
-        answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-
-        def respond(outcome: Reply | KvError) -> None:
-            if answer.done():
-                return
-            if isinstance(outcome, KvError):
-                answer.set_exception(outcome)
-            else:
-                answer.set_result(outcome)
-
-        runtime.submit(request, respond)
-        return await answer
+        return await submitted(runtime.submit, request)
 
     def _wrong_owner(self, pid: int) -> KvError:
         try:
