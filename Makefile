@@ -68,7 +68,7 @@ test: lint typecheck unit sim-check chaos-check chaos-mutants
 bench: $(STAMP)
 	$(BIN)/kvctl bench --workload transfer --compare-postgres --duration 15
 
-# A local cluster in ./.kvstore (3 storage nodes, 1 coordinator, 16 partitions), attached: it
+# A local cluster in ./.kvstore (3 storage nodes, each serving the API, 16 partitions), attached: it
 # prints the API URL, the admin token and first requests and streams every process's log. Ctrl-C
 # stops the whole cluster (the data stays; `make run` again starts the same cluster); `kvctl
 # cluster down` elsewhere stops it and ends this too; a second `make run` while one is attached

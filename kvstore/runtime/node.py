@@ -91,7 +91,7 @@ from collections.abc import Callable
 from kvstore import limits
 from kvstore.coordinator.recovery import Recovery
 from kvstore.coordinator.results import RecoveryResult
-from kvstore.errors import DiskFull, InternalError, KvError, Overloaded
+from kvstore.errors import DiskFull, InternalError, KvError, Overloaded, TransactionConflict
 from kvstore.logs import log_event
 from kvstore.messages import (
     CancelRequest,
@@ -306,8 +306,10 @@ class NodeRuntime:
             return
         if type(reply) is WriteReply and reply.ts is not None:
             self.clock.observe(reply.ts)  # a ts above the key's floor: never issue it again
-        if step.wrote and isinstance(request, CommitRequest | CancelRequest | DecideRequest):
-            self._waits.cleared(pid, request.txn_id)  # wake who waited for its intents
+        if isinstance(request, CommitRequest | CancelRequest | DecideRequest):
+            self._waits.withdraw(pid, request.txn_id)  # its own parked requests: refused
+            if step.wrote:
+                self._waits.cleared(pid, request.txn_id)  # wake who waited for its intents
         if type(request) is CompleteRequest:
             respond(reply)  # advisory: see the module docstring
             return
@@ -402,12 +404,24 @@ class NodeRuntime:
             elif timed_out or not self._park(core, request, respond, parked.deadline_us):
                 self._step(core, request, respond)
 
+        def refuse() -> None:  # its own transaction ended here while it waited
+            self.in_progress[pid] -= 1
+            self.in_progress_total -= 1
+            respond(
+                TransactionConflict(
+                    f"the transaction ended on partition {pid} while this request waited",
+                    details={"node": self.node_id, "partition": pid},
+                )
+            )
+
         parked = Parked(
             partition=pid,
             request=request,
             resume=resume,
             deadline_us=deadline_us,
             rank=_wake_rank(request),
+            refuse=refuse,
+            txn_id=getattr(request, "txn_id", None),
         )
         self._waits.park(parked, blockers)
         return True

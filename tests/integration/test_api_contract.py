@@ -457,6 +457,7 @@ async def test_concurrent_submissions_of_one_token_apply_once(
     final = await committed(api, ops, token)
     assert {final["txn_id"]} == txn_ids
     read = await api.read(keys)
+    assert "items" in read.body, read.body
     assert [item["value"] for item in read.body["items"]] == [{"n": 1}] * 3
 
 

@@ -11,7 +11,7 @@ from support.runtime import P1, START_US, Node
 
 from kvstore import limits
 from kvstore.conditions import Exists
-from kvstore.errors import KvError
+from kvstore.errors import KvError, TransactionConflict
 from kvstore.messages import (
     CancelRequest,
     CommitRequest,
@@ -170,6 +170,41 @@ def test_a_parked_prepare_is_woken_by_a_cancel_and_answered_after_its_flush(node
     flush_all(node)
     [reply] = waiting
     assert isinstance(reply, PrepareReply) and reply.accepted
+
+
+def test_a_parked_prepare_whose_own_transaction_is_cancelled_meanwhile_is_refused(
+    node: Node,
+) -> None:
+    """A repeat submission parked behind the first is cancelled by its coordinator while it
+    waits; woken later it would leave an intent nobody clears (but stale resolution)."""
+    hold(node, "t1", START_US, put("x", 1))
+    waiting = node.submit(prepare("t2", ts(START_US + 1), put("x", 2)))
+    node.submit(CancelRequest(partition=P0, txn_id=TxnId("t2")))  # t2 ended here, nothing held
+    [refusal] = waiting
+    assert isinstance(refusal, TransactionConflict)
+    assert node.runtime.in_progress[P0] == 0 and node.runtime._waits.count == 0
+    node.submit(CommitRequest(partition=P0, txn_id=TxnId("t1")))
+    flush_all(node)
+    assert node.store.partition(P0).get_intent("x") is None, "t2 never prepared"
+    assert waiting == [refusal], "answered once"
+
+
+def test_a_woken_prepare_whose_transaction_is_cancelled_in_the_same_frame_is_refused(
+    node: Node,
+) -> None:
+    """One frame from one coordinator process: the blocker's commit wakes the parked prepare
+    (its step is scheduled), then its own transaction's cancel arrives before it runs."""
+    hold(node, "t1", START_US, put("x", 1))
+    waiting = node.submit(prepare("t2", ts(START_US + 1), put("x", 2)))
+    runtime, got = node.runtime, []
+    runtime.submit(CommitRequest(partition=P0, txn_id=TxnId("t1")), got.append)
+    runtime.submit(CancelRequest(partition=P0, txn_id=TxnId("t2")), got.append)
+    node.scheduler.settle()
+    flush_all(node)
+    [refusal] = waiting
+    assert isinstance(refusal, TransactionConflict)
+    assert node.store.partition(P0).get_intent("x") is None, "t2 never prepared"
+    assert runtime.in_progress[P0] == 0
 
 
 def test_a_parked_request_is_stepped_anyway_at_the_bound(node: Node) -> None:
