@@ -42,6 +42,13 @@ class Mutant(enum.Enum):
     WATERMARK_DOWN_ON_DELETE = "watermark-down-on-delete"  # a delete drops the key's floor
     # a one-node transaction applies the partitions that voted yes though another voted no:
     NODE_EXECUTE_PARTIAL = "node-execute-partial"
+    # Parallel commit (DESIGN section 6, rule 5a):
+    UNKNOWN_HOLDS = "unknown-holds"  # recovery counts "never prepared here" as a yes vote
+    FORGET_REFUSAL = "forget-refusal"  # a participant's refusal mark does not stop a prepare
+    FORGET_APPLIED = "forget-applied"  # a participant applies a commit without an applied mark
+    # Of the write coordinator: a commit answered at all-yes (CockroachDB's implicit commit),
+    # before the participants applied it:
+    ANSWER_BEFORE_APPLIED = "answer-before-applied"
     # Of the node runtime (kvstore.runtime.node), not of a core:
     REPLY_BEFORE_FLUSH = "reply-before-flush"  # answers leave before their writes are durable
     ACK_WITH_EARLIER_FLUSH = "ack-with-earlier-flush"  # answers ride the flush before their own

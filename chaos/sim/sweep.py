@@ -46,6 +46,12 @@ MUTANT_WORKLOADS: dict[Mutant, tuple[str, ...]] = {
     Mutant.SKIP_SECOND_READ_ROUND: ("bank", "rw-register", "list-append"),
     Mutant.WATERMARK_DOWN_ON_DELETE: ("rw-register",),  # the only workload that deletes
     Mutant.NODE_EXECUTE_PARTIAL: WORKLOADS,  # a cancelled transaction's writes become visible
+    # Parallel commit (rule 5a): a transaction applied on some participants only, or a commit
+    # answered before a participant applied it (a read right after misses the write).
+    Mutant.UNKNOWN_HOLDS: WORKLOADS,
+    Mutant.FORGET_REFUSAL: WORKLOADS,
+    Mutant.FORGET_APPLIED: WORKLOADS,
+    Mutant.ANSWER_BEFORE_APPLIED: WORKLOADS,
     # The node runtime's: acknowledged writes lost by a crash (any workload, with crashes).
     Mutant.REPLY_BEFORE_FLUSH: WORKLOADS,
     Mutant.ACK_WITH_EARLIER_FLUSH: WORKLOADS,
