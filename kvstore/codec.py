@@ -121,6 +121,7 @@ from kvstore.messages import (
     OpOutcome,
     PrepareReply,
     PrepareRequest,
+    PreventRequest,
     ReadEntry,
     ReadReply,
     ReadRequest,
@@ -200,6 +201,7 @@ _NODE_EXECUTE: Final = _shape("partition txn_id ts ops placement", "token finger
 _TXN_CALL: Final = _shape("partition txn_id")  # commit, cancel, complete
 _DECIDE: Final = _shape("partition txn_id decision", "outcomes")
 _LEDGER_LOOKUP: Final = _shape("partition txn_id", "resolve")
+_PREVENT: Final = _shape("partition txn_id anchor")
 _TOKEN_LOOKUP: Final = _shape("partition token")
 _READ: Final = _shape("partition keys")
 _GET: Final = _shape("partition key")
@@ -826,6 +828,19 @@ def _dec_decide(raw: object, field: str) -> DecideRequest:
     )
 
 
+def _enc_prevent(r: PreventRequest) -> dict[str, object]:
+    return {"partition": r.partition, "txn_id": r.txn_id, "anchor": r.anchor}
+
+
+def _dec_prevent(raw: object, field: str) -> PreventRequest:
+    obj = _record(raw, field, _PREVENT)
+    return PreventRequest(
+        partition=_partition(obj, field, "partition"),
+        txn_id=_txn_id(obj, field, "txn_id"),
+        anchor=_partition(obj, field, "anchor"),
+    )
+
+
 def _enc_ledger_lookup(r: LedgerLookupRequest) -> dict[str, object]:
     out: dict[str, object] = {"partition": r.partition, "txn_id": r.txn_id}
     if r.resolve:
@@ -1089,6 +1104,7 @@ METHODS: Final[Mapping[str, type[Request]]] = {
     "decide": DecideRequest,
     "ledger_lookup": LedgerLookupRequest,
     "complete": CompleteRequest,
+    "prevent": PreventRequest,
     "token_lookup": TokenLookupRequest,
     "read": ReadRequest,
     "get": GetRequest,
@@ -1105,6 +1121,7 @@ REPLY_OF: Final[Mapping[type[Request], type[Reply]]] = {
     DecideRequest: LedgerReply,
     LedgerLookupRequest: LedgerReply,
     CompleteRequest: LedgerReply,
+    PreventRequest: LedgerReply,
     TokenLookupRequest: TokenLookupReply,
     ReadRequest: ReadReply,
     GetRequest: GetReply,
@@ -1123,6 +1140,7 @@ _REQUEST_CODECS: Final[dict[type[Request], tuple[_Encoder, Callable[[object, str
     DecideRequest: (_enc_decide, _dec_decide),
     LedgerLookupRequest: (_enc_ledger_lookup, _dec_ledger_lookup),
     CompleteRequest: (_enc_txn_call, _dec_txn_call(CompleteRequest)),
+    PreventRequest: (_enc_prevent, _dec_prevent),
     TokenLookupRequest: (_enc_token_lookup, _dec_token_lookup),
     ReadRequest: (_enc_read, _dec_read),
     GetRequest: (_enc_get, _dec_get),

@@ -9,9 +9,11 @@ partition core. Keeping them as values (never raw dicts) lets both cores be test
 other in memory, and lets the codec live in one place at the edge.
 
 Write transaction, multi-partition (DESIGN section 6):
-  ``PrepareRequest`` to every participant (the anchor's carries the new ``LedgerRecord``), then
-  ``DecideRequest`` (compare-and-set on the anchor's ledger record), then ``CommitRequest`` or
-  ``CancelRequest`` to every participant until acknowledged, then ``CompleteRequest``.
+  ``PrepareRequest`` to every participant (the anchor's carries the new STAGING
+  ``LedgerRecord``). All yes: ``DecideRequest`` COMMITTED to the anchor and ``CommitRequest`` to
+  every other participant at once (parallel commit, rule 5a). A no: ``DecideRequest`` CANCELLED,
+  then ``CancelRequest`` to the others. Each until acknowledged, then ``CompleteRequest``.
+  Recovery of a STAGING record asks every other participant ``PreventRequest``.
 Write transaction, one partition: ``ExecuteRequest`` (prepare and apply in one round).
 Write transaction, several partitions of one node: ``NodeExecuteRequest`` to that node (every
 slice prepared, decided and applied in one pass of its runtime), answered by an ``ExecuteReply``.
@@ -46,6 +48,7 @@ __all__ = [
     "CommitReply",
     "CancelRequest",
     "CancelReply",
+    "PreventRequest",
     "DecideRequest",
     "LedgerLookupRequest",
     "CompleteRequest",
@@ -99,11 +102,17 @@ class OpOutcome:
 
 
 class TxnState(enum.StrEnum):
-    """The ledger record's state. Only PREPARING -> COMMITTED | CANCELLED, once."""
+    """The ledger record's state. Undecided (STAGING, or PREPARING in records of earlier
+    releases) -> COMMITTED | CANCELLED, once, by compare-and-set (DESIGN section 6, rule 5a)."""
 
-    PREPARING = "PREPARING"
+    PREPARING = "PREPARING"  # written by releases before parallel commit; still honoured
+    STAGING = "STAGING"  # the anchor prepared; decided by the votes (rule 5a)
     COMMITTED = "COMMITTED"
     CANCELLED = "CANCELLED"
+
+    @property
+    def decided(self) -> bool:
+        return self is TxnState.COMMITTED or self is TxnState.CANCELLED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,7 +124,7 @@ class LedgerRecord:
     state: TxnState
     participants: tuple[PartitionId, ...]
     created_us: int = 0  # set by the anchor partition from its own clock
-    deadline_us: int = 0  # PREPARING past this may be CANCELLED by anyone; set by the anchor
+    deadline_us: int = 0  # undecided past this may be recovered by anyone; set by the anchor
     token: str | None = None
     fingerprint: str | None = None
     outcomes: tuple[OpOutcome, ...] = ()  # per-op reasons of a cancelled transaction
@@ -246,6 +255,20 @@ class LedgerLookupRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PreventRequest:
+    """Recovery of a STAGING record asks a participant (not the anchor) where ``txn_id`` stands,
+    and makes the answer final: it answers with a ``LedgerReply`` whose record's state is
+    STAGING (it holds the transaction's intents: its yes vote stands), COMMITTED (it applied
+    them) or CANCELLED (it never prepared the transaction and now never will: the refusal is
+    durable before the reply). ``anchor`` is the transaction's anchor: a participant keeps its
+    refusal until that record is known decided."""
+
+    partition: PartitionId
+    txn_id: TxnId
+    anchor: PartitionId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CompleteRequest:
     """Every participant acknowledged the decision; the record may expire after retention."""
 
@@ -350,6 +373,7 @@ Request = (
     | DecideRequest
     | LedgerLookupRequest
     | CompleteRequest
+    | PreventRequest
     | TokenLookupRequest
     | ReadRequest
     | GetRequest

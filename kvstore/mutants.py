@@ -45,6 +45,13 @@ class Mutant(enum.Enum):
     # A prepare or execute parked behind an intent keeps the vote it would have had when it was
     # parked (computed on the committed value under the intent) instead of checking again:
     STALE_VOTE_AFTER_WAIT = "stale-vote-after-wait"
+    # Parallel commit (DESIGN section 6, rule 5a):
+    UNKNOWN_HOLDS = "unknown-holds"  # recovery counts "never prepared here" as a yes vote
+    FORGET_REFUSAL = "forget-refusal"  # a participant's refusal mark does not stop a prepare
+    FORGET_APPLIED = "forget-applied"  # a participant applies a commit without an applied mark
+    # Of the write coordinator: a commit answered at all-yes (CockroachDB's implicit commit),
+    # before the participants applied it:
+    ANSWER_BEFORE_APPLIED = "answer-before-applied"
     # Of the node runtime (kvstore.runtime.node), not of a core:
     REPLY_BEFORE_FLUSH = "reply-before-flush"  # answers leave before their writes are durable
     ACK_WITH_EARLIER_FLUSH = "ack-with-earlier-flush"  # answers ride the flush before their own

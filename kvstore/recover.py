@@ -12,7 +12,9 @@ module lets an operator see that work and trigger it at once, with the same core
 * :func:`drive` takes each stuck transaction's ledger record from its anchor. A PREPARING record
   past its decision deadline (or an absent one) is resolved to CANCELLED by the anchor's own
   compare-and-set (``LedgerLookupRequest(resolve=True)``; a PREPARING record not yet past its
-  deadline is left alone: its coordinator may still decide it). A decided record is handed to a
+  deadline is left alone: its coordinator may still decide it). A STAGING record is left to its
+  anchor, whose maintenance decides it past its deadline by asking every participant (DESIGN
+  section 6, rule 5a); it is reported undecided until then. A decided record is handed to a
   :class:`~kvstore.coordinator.recovery.Recovery`, which delivers the decision to every
   participant and completes the record. Everything goes over the internal RPC with the cluster
   secret, at most ``RECOVER_TXNS_MAX`` transactions per call.
@@ -37,7 +39,7 @@ from kvstore.coordinator.recovery import Recovery
 from kvstore.coordinator.results import RecoveryResult
 from kvstore.errors import KvError, ProtocolViolation
 from kvstore.limits import INSPECT_ROWS_MAX, RECOVER_TXNS_MAX, RPC_TIMEOUT_MS
-from kvstore.messages import LedgerLookupRequest, LedgerReply, TxnState
+from kvstore.messages import LedgerLookupRequest, LedgerReply
 from kvstore.rpc import RpcPool
 from kvstore.runtime.aio import ActorRunner
 from kvstore.timestamps import system_clock_us
@@ -147,7 +149,7 @@ async def _drive_one(transport: PartitionTransport, runner: ActorRunner, stuck: 
         record = reply.record
         if record is None:
             return Driven(txn_id=stuck.txn_id, state="absent", completed=False)
-        if record.state is TxnState.PREPARING:
+        if not record.state.decided:  # the coordinator's, or past its deadline the anchor's
             return Driven(txn_id=stuck.txn_id, state=record.state.value, completed=False)
         result: RecoveryResult = await runner.run(Recovery(record, stuck.anchor, system_clock_us()))
     except KvError as error:

@@ -312,7 +312,7 @@ class Client:
         sim.loop.after(CLIENT_LINK_US, submit)
 
     def _looked_up(self, invoke: Op, script: Script, record: LedgerRecord | None, why: str) -> None:
-        if record is None or record.state is TxnState.PREPARING:
+        if record is None or not record.state.decided:
             self._end(invoke, script, Completion("info", invoke.value, error=why))
             return
         self.sim.trace.add(

@@ -84,7 +84,7 @@ class FaultProfile:
     think_us: int = 2_000  # a client's pause between operations (mean)
     clock_resolution_us: int = 1  # local clocks tick in steps of this (coarse clocks tie often)
     intent_stale_ms: int = 5_000
-    decision_deadline_ms: int = 25_000  # PREPARING records older than this are cancelled
+    decision_deadline_ms: int = 25_000  # undecided records older than this are recovered
     tombstone_retention_ms: int = 60_000
     admission_max: int = COORDINATOR_TXNS_IN_FLIGHT_MAX  # cores a coordinator runs at once
 
@@ -115,7 +115,9 @@ class FaultProfile:
             think_us=rng.choice((500, 2_000, 10_000)),
             clock_resolution_us=rng.choice((1, 1_000, 15_000)),
             intent_stale_ms=rng.choice((300, 1_000, 5_000)),
-            decision_deadline_ms=rng.choice((3_000, 8_000, 25_000)),
+            # 300 ms: below the coordinators' prepare deadline, so recovery of STAGING records
+            # races live coordinators (rule 5a must not depend on timing).
+            decision_deadline_ms=rng.choice((300, 3_000, 8_000, 25_000)),
             tombstone_retention_ms=rng.choice((200, 2_000, 60_000)),
             admission_max=rng.choice((4, 6)) if on(0.2) else COORDINATOR_TXNS_IN_FLIGHT_MAX,
             clone_ms=(

@@ -407,6 +407,7 @@ class CoordinatorHost(Host):
             self.local_now(),
             token=token,
             node_of=self.net.owner.__getitem__,
+            mutants=self.mutants,
         )
         if txn.one_node:
             self.count("one-node txn")

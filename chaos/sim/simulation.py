@@ -47,7 +47,7 @@ from chaos.sim.config import FaultProfile, SimConfig
 from chaos.sim.hosts import CoordinatorHost, Host, NodeHost
 from chaos.sim.loop import EventLoop, Trace
 from chaos.sim.network import Network
-from chaos.sim.workloads import Workload, make_workload, unanchor_reads
+from chaos.sim.workloads import Workload, make_workload, stale_own_gets, unanchor_reads
 from kvstore.messages import LedgerRecord, TxnState, WriteReply, WriteRequest
 from kvstore.ops import Op as KvOp
 from kvstore.partitioning import PartitionMap
@@ -421,7 +421,9 @@ class Simulation:
                 wrong.append(Anomaly("ok-not-committed", f"{where} answered ok", (done,)))
             elif done.type == "fail" and committed:
                 wrong.append(Anomaly("fail-but-committed", f"{where} answered fail", (done,)))
-        return unanchor_reads(History.from_ops(ops)), wrong
+        resolved = History.from_ops(ops)
+        wrong += stale_own_gets(resolved)
+        return unanchor_reads(resolved), wrong
 
     def check(self) -> CheckResult:
         history, wrong = self.resolved_history()

@@ -33,7 +33,9 @@ __all__ = [
     "save_failure",
 ]
 
-MUTANT_SEED_BUDGET = 60
+# Seeds per mutant in the hunt. 160, not 60: with requests waiting for intents, late prepares
+# are rarer, and forget-refusal is first caught at seed 117 (list-append).
+MUTANT_SEED_BUDGET = 160
 
 # Which workloads can expose each mutant. The bank workload records neither timestamps nor reads
 # inside write transactions, so a mutant visible only to the ts-order replay escapes it.
@@ -49,6 +51,12 @@ MUTANT_WORKLOADS: dict[Mutant, tuple[str, ...]] = {
     # Updates computed on the value under the intent they waited for: lost updates (appends,
     # transfers, register writes read in the same transaction).
     Mutant.STALE_VOTE_AFTER_WAIT: WORKLOADS,
+    # Parallel commit (rule 5a): a transaction applied on some participants only, or a commit
+    # answered before a participant applied it (a read right after misses the write).
+    Mutant.UNKNOWN_HOLDS: WORKLOADS,
+    Mutant.FORGET_REFUSAL: WORKLOADS,
+    Mutant.FORGET_APPLIED: WORKLOADS,
+    Mutant.ANSWER_BEFORE_APPLIED: WORKLOADS,
     # The node runtime's: acknowledged writes lost by a crash (any workload, with crashes).
     Mutant.REPLY_BEFORE_FLUSH: WORKLOADS,
     Mutant.ACK_WITH_EARLIER_FLUSH: WORKLOADS,

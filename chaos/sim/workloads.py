@@ -55,6 +55,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
+from chaos.checkers.result import Anomaly
 from chaos.history import History
 from chaos.history import Op as HistoryOp
 from kvstore.conditions import Compare, CompareOperator, Condition, Exists, VersionEquals
@@ -82,6 +83,7 @@ __all__ = [
     "SetInserts",
     "make_workload",
     "unanchor_reads",
+    "stale_own_gets",
 ]
 
 
@@ -302,7 +304,9 @@ class Workload:
             if result.reply is None:
                 error = result.error or ErrorCode.InternalError
                 return Completion("fail", invoke, error=error.name)
-            return Completion("ok", [["r", key, self.item_value(result.reply.item)]])
+            item = result.reply.item
+            ts = None if item is None else tuple(item.ts)  # for read-your-writes (own_gets)
+            return Completion("ok", [["r", key, self.item_value(item)]], ts=ts)
 
         return "get", invoke, run()
 
@@ -542,6 +546,39 @@ class SetInserts(Workload):
         return "read", None, run()
 
 
+_WRITE_MOPS = frozenset({"append", "w"})
+
+
+def stale_own_gets(history: History) -> list[Anomaly]:
+    """Read-your-writes for gets (DESIGN section 6, rule 6): a process's get of a key must return
+    an item written at or after the commit ``ts`` of that process's own last acknowledged write
+    of the key. A get carries its item's ``ts`` (absent items carry none and are not checked: a
+    later delete by another process may have removed the item). The other checkers cannot see
+    this: :func:`unanchor_reads` frees gets of every session and real-time edge."""
+    own: dict[tuple[int, str], tuple[int, ...]] = {}  # (process, key) -> its last write's ts
+    found: list[Anomaly] = []
+    for op in history.ops:
+        if op.type != "ok" or op.ts is None or not isinstance(op.value, list):
+            continue
+        if op.f == "get":
+            for _, key, _ in op.value:
+                wrote = own.get((op.process, key))
+                if wrote is not None and op.ts < wrote:
+                    found.append(
+                        Anomaly(
+                            "stale-own-read",
+                            f"op {op.index}: process {op.process}'s get of {key!r} returned the "
+                            f"item of ts {list(op.ts)}, older than its own write at {list(wrote)}",
+                            (op,),
+                        )
+                    )
+        elif op.f == "txn":
+            for mop in op.value:
+                if isinstance(mop, list) and len(mop) == 3 and mop[0] in _WRITE_MOPS:
+                    own[(op.process, mop[1])] = op.ts
+    return found
+
+
 def unanchor_reads(history: History) -> History:
     """``history`` as the checkers take it: every ``get`` and ``scan`` turned into single-key
     ``txn`` reads that claim no real-time or process order.
@@ -591,6 +628,7 @@ def unanchor_reads(history: History) -> History:
                     time_ns=last_ns,
                     f="txn",
                     value=[["r", key, read[key]]],
+                    ts=None,
                 )
             else:
                 done = dataclasses.replace(
@@ -601,6 +639,7 @@ def unanchor_reads(history: History) -> History:
                     f="txn",
                     value=mop,
                     error=op.error or "not covered by the page",
+                    ts=None,
                 )
             back.append(done)
             next_process += 1

@@ -131,8 +131,8 @@ def _driven_text(driven: Driven | None) -> str:
         return "-"
     if driven.error is not None:
         return f"{driven.state}: {driven.error}"
-    if driven.state == "PREPARING":
-        return "undecided; its coordinator has until the deadline"
+    if driven.state in ("PREPARING", "STAGING"):
+        return "undecided; its coordinator has until the deadline, then its anchor decides it"
     return f"{driven.state}, {'completed' if driven.completed else 'not yet completed'}"
 
 

@@ -22,19 +22,26 @@ carries out the returned effects (:class:`~kvstore.coordinator.effects.Send`,
   is only an optimisation: a node that no longer owns every partition refuses the whole request
   with ``WrongOwner``, having run nothing.
 * **Several partitions** (PREPARING): one ``PrepareRequest`` per participant, in parallel; the
-  anchor's (partition of the first op) carries the new PREPARING ``LedgerRecord``. All votes yes ->
-  decide COMMITTED. A no, refusal, failed call or the prepare deadline -> decide CANCELLED once
-  every vote is in (or failed), with each op's reason from its own partition, in request order.
-* **DECIDING**: ``DecideRequest`` is a compare-and-set on the anchor's record. The record it
+  anchor's (partition of the first op) carries the new STAGING ``LedgerRecord``. All votes yes ->
+  the transaction is committed (DESIGN section 6, rule 5a: a STAGING record whose participants
+  all hold their intents durably is COMMITTED), so **parallel commit**: COMMITTING at once, with
+  ``DecideRequest`` COMMITTED to the anchor (its record and its own slice in one durable step,
+  re-sent like any decide) and a :class:`~kvstore.coordinator.fanout.Fanout` of commits to the
+  others, all in one round. A no, refusal, failed call or the prepare deadline -> decide
+  CANCELLED once every vote is in (or failed), with each op's reason from its own partition, in
+  request order.
+* **DECIDING** (cancels only): ``DecideRequest`` is a compare-and-set on the anchor's record. The
+  record it
   returns is final, whoever wrote it (we may lose to recovery): COMMITTED -> COMMITTING,
   CANCELLED -> CANCELLING. Failed calls are retried every ``RESEND_INTERVAL_MS``, at most
   ``DECISION_ATTEMPTS_MAX`` attempts in all, then ``OutcomeUnknown`` (recovery finishes it).
-* **COMMITTING / CANCELLING**: the anchor resolved its own intents with the decision (its
+* **COMMITTING / CANCELLING**: the anchor resolves its own intents with the decision (its
   ``decide`` commits or clears them in the same durable step), so a
   :class:`~kvstore.coordinator.fanout.Fanout` delivers the decision to every other participant.
-  A commit is answered only once every participant acknowledged, so the client can read its
-  own write (rule 6); a cancel is answered at once. When all acknowledged, a single
-  ``CompleteRequest`` goes to the anchor (its answer does not matter). Past
+  A commit is answered only once the anchor answered COMMITTED and every other participant
+  acknowledged, so the client can read its own write (rule 6); a cancel is answered at once.
+  When all acknowledged, a single ``CompleteRequest`` goes to the anchor (its answer does not
+  matter). Past
   ``FINISH_DEADLINE_MS`` from creation it stops waiting (commit -> ``OutcomeUnknown``).
 * **Idempotency token** (rule 2): with ``token_home`` (the service always passes it) a tokened
   transaction is anchored at its token's home partition, not its first key's, so every submission
@@ -86,17 +93,17 @@ from kvstore.messages import (
     TokenHit,
     TxnState,
 )
+from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
 from kvstore.ops import Op, txn_fingerprint, validate_token, validate_txn_ops
 from kvstore.types import PartitionId, Timestamp, TxnId
 
-__all__ = ["WriteTxn", "new_write_txn", "WriteEffect", "NO_ANSWER", "LOST_TO_RECOVERY"]
+__all__ = ["WriteTxn", "new_write_txn", "WriteEffect", "NO_ANSWER"]
 
 WriteEffect = Send | Finish[TxnResult]
 
 _US_PER_MS = 1000
 _OK = OpOutcome()
 NO_ANSWER = "participant did not answer"
-LOST_TO_RECOVERY = "cancelled by recovery"
 
 
 def _conflict(message: str) -> OpOutcome:
@@ -118,8 +125,10 @@ class WriteTxn:
         txn_ops_max: int = TXN_OPS_MAX_DEFAULT,
         token_home: Callable[[str], PartitionId] | None = None,
         node_of: Callable[[PartitionId], str] | None = None,
+        mutants: Mutants = NO_MUTANTS,
     ) -> None:
         validate_txn_ops(ops, txn_ops_max=txn_ops_max)
+        self._answer_early = Mutant.ANSWER_BEFORE_APPLIED in mutants
         if token is not None:
             validate_token(token)
         self.txn_id = txn_id
@@ -148,6 +157,7 @@ class WriteTxn:
         self._answer_is_ours = True  # False once a repeated token decides the answer
         self._anchor_answered = False  # the anchor voted (so it checked our token)
         self._refusal_waiting = False  # refused, but waiting for the remaining votes
+        self._anchor_committed = False  # the anchor's record is COMMITTED, its slice applied
         self.cas_lost = False  # the ledger record had been decided otherwise (by recovery)
         self.result: TxnResult | None = None
 
@@ -217,7 +227,7 @@ class WriteTxn:
             ledger = LedgerRecord(
                 txn_id=self.txn_id,
                 ts=self.ts,
-                state=TxnState.PREPARING,
+                state=TxnState.STAGING,
                 participants=self._layout.participants,
                 token=self.token,
                 fingerprint=self._fingerprint,
@@ -264,6 +274,8 @@ class WriteTxn:
             if state is WriteState.DECIDING and self._due(self._decide_due_us, now_us):
                 effects.append(self._send_decide(now_us))
             elif state in (WriteState.COMMITTING, WriteState.CANCELLING):
+                if self._due(self._decide_due_us, now_us):  # parallel commit: the anchor's
+                    effects.append(self._send_decide(now_us))
                 if now_us >= self._finish_deadline_us:
                     effects += self._give_up()
                 else:
@@ -282,6 +294,8 @@ class WriteTxn:
         if purpose is Purpose.PREPARE:
             return self._on_vote(call.partition, reply, now_us)
         if purpose is Purpose.DECIDE:
+            if self._machine.state is WriteState.COMMITTING:
+                return self._on_anchor_committed(reply, now_us)
             return self._on_decided(reply, now_us)
         if purpose in (Purpose.COMMIT, Purpose.CANCEL):
             self._need_fanout().on_reply(call, reply, now_us)
@@ -346,7 +360,7 @@ class WriteTxn:
         if self._refusal_waiting:  # refused before; decide once the last vote is in
             return self._cancel(now_us)
         if len(self._yes) == len(self._layout.partitions):
-            return self._decide(TxnState.COMMITTED, now_us)
+            return self._commit_parallel(now_us)
         return []
 
     def _cancel(self, now_us: int) -> list[WriteEffect]:
@@ -432,10 +446,11 @@ class WriteTxn:
         record = reply.record
         if record is None:  # only a COMMITTED decision needs an existing record
             return self._answer_and_end(self._error(ErrorCode.OutcomeUnknown))
-        if record.txn_id != self.txn_id or record.state is TxnState.PREPARING:
+        if record.txn_id != self.txn_id or not record.state.decided:
             return self._decide_failed(now_us)
         self._decide_due_us = None
         self.cas_lost = record.state is not self._wanted
+        self._anchor_committed = record.state is TxnState.COMMITTED
         # The anchor resolved its own intents with the decision (rule: decide resolves the
         # anchor's slice), so the decision goes to the other participants only.
         anchor = self._layout.anchor
@@ -446,10 +461,7 @@ class WriteTxn:
             self._machine.move(WriteState.COMMITTING)
             return [*fanout.start(now_us), *self._after_fanout(now_us)]
         self._machine.move(WriteState.CANCELLING)
-        if self._wanted is TxnState.COMMITTED:  # recovery cancelled it before our CAS
-            outcomes = (_conflict(LOST_TO_RECOVERY),) * len(self.ops)
-        else:
-            outcomes = tuple(self._outcomes)
+        outcomes = tuple(self._outcomes)
         error = ErrorCode.TransactionCanceled
         if self.token is not None and not self._anchor_answered and not record.participants:
             # The anchor never took our prepare (the record is a placeholder), so it never told
@@ -464,11 +476,49 @@ class WriteTxn:
         self._decide_due_us = now_us + RESEND_INTERVAL_MS * _US_PER_MS
         return []
 
+    # --- parallel commit (rule 5a) -------------------------------------------------------------
+
+    def _commit_parallel(self, now_us: int) -> list[WriteEffect]:
+        """Every participant voted yes, so its intents are durable: the transaction is committed
+        by rule 5a, and both halves of the commit go out at once: ``DecideRequest`` COMMITTED to
+        the anchor (its record leaves STAGING and its own slice is applied, in one durable step)
+        and ``CommitRequest`` to every other participant. The client is answered once the anchor
+        answered COMMITTED and every other participant acknowledged (rule 6)."""
+        self._calls.forget(Purpose.PREPARE)  # later votes are ignored
+        self._machine.move(WriteState.COMMITTING)
+        self._wanted = TxnState.COMMITTED
+        anchor = self._layout.anchor
+        others = [p for p in self._layout.participants if p != anchor]
+        fanout = Fanout(self._calls, self.txn_id, TxnState.COMMITTED, others)
+        self._fanout = fanout
+        effects: list[WriteEffect] = [self._send_decide(now_us), *fanout.start(now_us)]
+        if self._answer_early:  # ANSWER_BEFORE_APPLIED: at the implicit commit, as CockroachDB
+            effects += self._answer(self._committed())
+        return effects + self._after_fanout(now_us)
+
+    def _on_anchor_committed(self, reply: Reply, now_us: int) -> list[WriteEffect]:
+        if not isinstance(reply, LedgerReply) or reply.txn_id != self.txn_id:
+            return self._decide_failed(now_us)
+        record = reply.record
+        if record is None or record.txn_id != self.txn_id:  # the anchor lost its record
+            return self._answer_and_end(self._error(ErrorCode.OutcomeUnknown))
+        if not record.state.decided:
+            return self._decide_failed(now_us)
+        self._decide_due_us = None
+        if record.state is not TxnState.COMMITTED:
+            # Rule 5a makes this impossible: every participant voted yes, and recovery cancels
+            # only on a durable refusal. Commits went out already; claim nothing.
+            self.cas_lost = True
+            return self._answer_and_end(self._error(ErrorCode.OutcomeUnknown))
+        self._anchor_committed = True
+        return self._after_fanout(now_us)
+
     # --- commit / cancel ----------------------------------------------------------------------
 
     def _after_fanout(self, now_us: int) -> list[WriteEffect]:
         fanout = self._need_fanout()
-        if not fanout.done:
+        committing = fanout.decision is TxnState.COMMITTED
+        if not fanout.done or (committing and not self._anchor_committed):
             return []
         complete = CompleteRequest(partition=self._layout.anchor, txn_id=self.txn_id)
         effects: list[WriteEffect] = [
@@ -562,6 +612,7 @@ def new_write_txn(
     token: str | None = None,
     txn_ops_max: int = TXN_OPS_MAX_DEFAULT,
     node_of: Callable[[PartitionId], str] | None = None,
+    mutants: Mutants = NO_MUTANTS,
 ) -> WriteTxn:
     """A client's write transaction as every runtime builds it (the coordinator library and
     the simulator alike): a tokened one is anchored on its token's home partition, so every
@@ -577,4 +628,5 @@ def new_write_txn(
         txn_ops_max=txn_ops_max,
         token_home=partition_of,
         node_of=node_of,
+        mutants=mutants,
     )

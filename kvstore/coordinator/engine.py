@@ -304,6 +304,7 @@ class Coordinator:
             token=token,
             txn_ops_max=self.txn_ops_max,
             node_of=self.cluster_map.owner_of,
+            mutants=self._mutants,
         )
         result: TxnResult = await self._run(txn, now_us)
         seconds = max(0, system_clock_us() - started_us) / _US_PER_S

@@ -37,7 +37,7 @@ class Fanout:
         decision: TxnState,
         participants: Sequence[PartitionId],
     ) -> None:
-        if decision is TxnState.PREPARING:
+        if not decision.decided:
             raise ValueError("a fan-out delivers COMMITTED or CANCELLED")
         self._calls = calls
         self._txn_id = txn_id

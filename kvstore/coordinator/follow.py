@@ -95,7 +95,7 @@ class Follow:
             self._end(committed=False, error=ErrorCode.OutcomeUnknown)
             return
         self._ts = record.ts
-        if record.state is TxnState.PREPARING or record.completed_us is None:
+        if not record.state.decided or record.completed_us is None:
             self._due_us = now_us + RESEND_INTERVAL_MS * _US_PER_MS
         elif record.state is TxnState.COMMITTED:
             self._end(committed=True, error=None)

@@ -11,6 +11,14 @@ on the anchor partition is the single source of truth, so anyone holding it can 
   every ``RESEND_INTERVAL_MS`` after a failure until each acknowledges; then one
   ``CompleteRequest`` to the anchor and ``Finish(completed=True)``. Duplicates are harmless:
   partitions apply or clear only this transaction's intents.
+* STAGING (past its deadline: the anchor's ``maintain`` hands it over) -> decide it by rule 5a
+  of DESIGN section 6 first. A ``PreventRequest`` goes to every participant other than the anchor
+  (whose own slice is held: the record is STAGING only if its prepare was accepted), re-sent
+  every ``RESEND_INTERVAL_MS`` after a failure. Each answer is final: STAGING (holds its intents)
+  or COMMITTED (applied them) is a standing yes; CANCELLED is a durable refusal. The first
+  refusal -> ``DecideRequest`` CANCELLED; every participant a yes -> ``DecideRequest`` COMMITTED.
+  The record the anchor returns (a compare-and-set: the coordinator may have won) is then driven
+  as below.
 * PREPARING -> nothing to send: only the coordinator, or the anchor's own deadline rule (a
   PREPARING record past its deadline is CANCELLED by compare-and-set), may decide it. It finishes
   at once with ``completed=False``; the caller asks again later.
@@ -25,14 +33,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from kvstore.coordinator.calls import Calls, Purpose
+from kvstore.coordinator.calls import Call, Calls, Purpose
 from kvstore.coordinator.effects import Finish, Send
 from kvstore.coordinator.fanout import Fanout
 from kvstore.coordinator.results import RecoveryResult
 from kvstore.coordinator.state import RECOVERY_TRANSITIONS, RecoveryState, StateMachine
 from kvstore.errors import ErrorCode
-from kvstore.limits import FINISH_DEADLINE_MS, RPC_TIMEOUT_MS
-from kvstore.messages import CompleteRequest, LedgerRecord, Reply, TxnState
+from kvstore.limits import FINISH_DEADLINE_MS, RESEND_INTERVAL_MS, RPC_TIMEOUT_MS
+from kvstore.messages import (
+    CompleteRequest,
+    DecideRequest,
+    LedgerRecord,
+    LedgerReply,
+    PreventRequest,
+    Reply,
+    TxnState,
+)
 from kvstore.types import PartitionId
 
 __all__ = ["Recovery", "RecoveryEffect", "IntentAction", "resolve_intent_action"]
@@ -46,8 +62,9 @@ _US_PER_MS = 1000
 def resolve_intent_action(record: LedgerRecord | None) -> IntentAction:
     """What to do with a stale intent given its anchor's ledger record.
 
-    COMMITTED -> "commit", CANCELLED -> "cancel", PREPARING -> "wait" (still undecided; ask again
-    later, the anchor cancels it once past its deadline).
+    COMMITTED -> "commit", CANCELLED -> "cancel", PREPARING or STAGING -> "wait" (still
+    undecided; ask again later: past its deadline the anchor cancels a PREPARING record and
+    recovers a STAGING one by rule 5a).
 
     ``None`` -> "cancel". Absence is NOT proof of cancellation in general: a record may simply not
     have been created yet (prepares are sent in parallel with the anchor's), or already have
@@ -67,6 +84,17 @@ def resolve_intent_action(record: LedgerRecord | None) -> IntentAction:
     return "wait"
 
 
+def _standing_yes(record: LedgerRecord | None) -> bool | None:
+    """A ``PreventRequest``'s answer: True (holds or applied), False (refused), None (no use)."""
+    if record is None:
+        return None
+    if record.state is TxnState.STAGING or record.state is TxnState.COMMITTED:
+        return True
+    if record.state is TxnState.CANCELLED:
+        return False
+    return None
+
+
 class Recovery:
     """Drive one decided ledger record to completion: feed it events, carry out its effects."""
 
@@ -79,6 +107,10 @@ class Recovery:
         )
         self._calls = Calls()
         self._fanout: Fanout | None = None
+        self._pending: set[PartitionId] = set()  # STAGING: participants yet to answer
+        self._due_us: dict[PartitionId, int] = {}  # STAGING: when to ask again
+        self._decision: TxnState | None = None  # STAGING: what we asked the anchor to write
+        self._decide_due_us: int | None = None
         self.result: RecoveryResult | None = None
 
     @property
@@ -91,7 +123,12 @@ class Recovery:
 
     @property
     def next_deadline_us(self) -> int | None:
-        if self._machine.state is not RecoveryState.DRIVING or self._fanout is None:
+        state = self._machine.state
+        if state is RecoveryState.PROBING:
+            times = [self._deadline_us, self._calls.next_deadline_us, self._decide_due_us]
+            times += self._due_us.values()
+            return min(t for t in times if t is not None)
+        if state is not RecoveryState.DRIVING or self._fanout is None:
             return None
         times = [self._deadline_us, self._calls.next_deadline_us, self._fanout.next_deadline_us]
         return min(t for t in times if t is not None)
@@ -103,14 +140,31 @@ class Recovery:
                 return self._end(completed=False)
             if record.completed_us is not None:
                 return self._end(completed=True)
-            self._machine.move(RecoveryState.DRIVING)
-            self._fanout = Fanout(self._calls, record.txn_id, record.state, record.participants)
-            return [*self._fanout.start(now_us), *self._after_ack(now_us)]
+            if record.state is TxnState.STAGING:
+                self._machine.move(RecoveryState.PROBING)
+                self._pending = {p for p in record.participants if p != self.anchor}
+                effects = [self._prevent(p, now_us) for p in sorted(self._pending)]
+                return effects + self._after_probe(now_us)
+            return self._drive(now_us)
 
     def step_reply(self, call_id: int, reply: Reply, now_us: int) -> list[RecoveryEffect]:
         with self._machine.guard():
             call = self._calls.take(call_id)
-            if call is None or self._fanout is None:
+            if call is None:
+                return []
+            if call.purpose is Purpose.LOOKUP:  # a participant's answer to PreventRequest
+                if not isinstance(reply, LedgerReply) or reply.txn_id != self.record.txn_id:
+                    return self._probe_failed(call.partition, now_us)
+                yes = _standing_yes(reply.record)
+                if yes is None:
+                    return self._probe_failed(call.partition, now_us)
+                self._pending.discard(call.partition)
+                if not yes and self._decision is None:
+                    return self._decide(TxnState.CANCELLED, now_us)
+                return self._after_probe(now_us)
+            if call.purpose is Purpose.DECIDE:
+                return self._on_decided(reply, now_us)
+            if self._fanout is None:
                 return []
             self._fanout.on_reply(call, reply, now_us)
             return self._after_ack(now_us)
@@ -119,20 +173,89 @@ class Recovery:
         del error
         with self._machine.guard():
             call = self._calls.take(call_id)
-            if call is not None and self._fanout is not None:
-                self._fanout.on_failed(call, now_us)
-            return []
+            if call is None:
+                return []
+            return self._on_call_failed(call, now_us)
 
     def step_tick(self, now_us: int) -> list[RecoveryEffect]:
         with self._machine.guard():
-            fanout = self._fanout
-            if self._machine.state is not RecoveryState.DRIVING or fanout is None:
+            state = self._machine.state
+            if state not in (RecoveryState.DRIVING, RecoveryState.PROBING):
                 return []
             if now_us >= self._deadline_us:
                 return self._end(completed=False, error=ErrorCode.OutcomeUnknown)
+            effects: list[RecoveryEffect] = []
             while (call := self._calls.take_expired(now_us)) is not None:
-                fanout.on_failed(call, now_us)
-            return [*fanout.tick(now_us)]
+                effects += self._on_call_failed(call, now_us)
+            if self._machine.state is RecoveryState.PROBING:
+                for partition, due_us in sorted(self._due_us.items()):
+                    if now_us >= due_us:
+                        effects.append(self._prevent(partition, now_us))
+                if self._decide_due_us is not None and now_us >= self._decide_due_us:
+                    effects.append(self._send_decide(now_us))
+                return effects
+            if self._fanout is not None:
+                effects += self._fanout.tick(now_us)
+            return effects
+
+    # --- STAGING: ask every participant, then decide (rule 5a) -----------------------------
+
+    def _prevent(self, partition: PartitionId, now_us: int) -> Send:
+        self._due_us.pop(partition, None)
+        request = PreventRequest(partition=partition, txn_id=self.record.txn_id, anchor=self.anchor)
+        deadline_us = now_us + RPC_TIMEOUT_MS * _US_PER_MS
+        return self._calls.send(Purpose.LOOKUP, partition, request, deadline_us)
+
+    def _on_call_failed(self, call: Call, now_us: int) -> list[RecoveryEffect]:
+        if call.purpose is Purpose.LOOKUP:
+            return self._probe_failed(call.partition, now_us)
+        if call.purpose is Purpose.DECIDE:
+            self._decide_due_us = now_us + RESEND_INTERVAL_MS * _US_PER_MS
+            return []
+        if self._fanout is not None:
+            self._fanout.on_failed(call, now_us)
+        return []
+
+    def _probe_failed(self, partition: PartitionId, now_us: int) -> list[RecoveryEffect]:
+        if self._decision is None and partition in self._pending:
+            self._due_us[partition] = now_us + RESEND_INTERVAL_MS * _US_PER_MS
+        return []
+
+    def _after_probe(self, now_us: int) -> list[RecoveryEffect]:
+        if self._pending or self._decision is not None:
+            return []
+        return self._decide(TxnState.COMMITTED, now_us)
+
+    def _decide(self, decision: TxnState, now_us: int) -> list[RecoveryEffect]:
+        self._decision = decision
+        self._due_us.clear()
+        self._calls.forget(Purpose.LOOKUP)
+        return [self._send_decide(now_us)]
+
+    def _send_decide(self, now_us: int) -> Send:
+        assert self._decision is not None
+        self._decide_due_us = None
+        request = DecideRequest(
+            partition=self.anchor, txn_id=self.record.txn_id, decision=self._decision
+        )
+        deadline_us = now_us + RPC_TIMEOUT_MS * _US_PER_MS
+        return self._calls.send(Purpose.DECIDE, self.anchor, request, deadline_us)
+
+    def _on_decided(self, reply: Reply, now_us: int) -> list[RecoveryEffect]:
+        record = reply.record if isinstance(reply, LedgerReply) else None
+        if record is None or record.txn_id != self.record.txn_id or not record.state.decided:
+            self._decide_due_us = now_us + RESEND_INTERVAL_MS * _US_PER_MS
+            return []
+        self.record = record
+        return self._drive(now_us)
+
+    # --- decided: deliver it -----------------------------------------------------------------
+
+    def _drive(self, now_us: int) -> list[RecoveryEffect]:
+        record = self.record
+        self._machine.move(RecoveryState.DRIVING)
+        self._fanout = Fanout(self._calls, record.txn_id, record.state, record.participants)
+        return [*self._fanout.start(now_us), *self._after_ack(now_us)]
 
     def _after_ack(self, now_us: int) -> list[RecoveryEffect]:
         """Once every participant acknowledged: mark the record complete, and finish."""
@@ -143,7 +266,7 @@ class Recovery:
         return [send, *self._end(completed=True)]
 
     def _end(self, *, completed: bool, error: ErrorCode | None = None) -> list[RecoveryEffect]:
-        self._calls.forget(Purpose.COMMIT, Purpose.CANCEL)
+        self._calls.forget()
         self._machine.move(RecoveryState.DONE)
         self.result = RecoveryResult(
             txn_id=self.record.txn_id, state=self.record.state, completed=completed, error=error

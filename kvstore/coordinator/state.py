@@ -13,7 +13,8 @@ Write transaction (``WriteState``)::
 
     INIT       -> EXECUTING (one partition) | PREPARING (several)
     EXECUTING  -> DONE | FOLLOWING (token reused with the same content)
-    PREPARING  -> DECIDING (all yes, or the first no / failure / deadline)
+    PREPARING  -> COMMITTING (all yes: parallel commit, the anchor's decide and the others'
+                  commits at once) | DECIDING (a no, failure or the deadline: cancel)
     DECIDING   -> COMMITTING | CANCELLING (the ledger's answer)
                 | DONE | FOLLOWING (no usable answer: OutcomeUnknown)
     COMMITTING -> DONE (all acknowledged, or the finish deadline)
@@ -23,7 +24,8 @@ Write transaction (``WriteState``)::
 FOLLOWING means "our own transaction needs nothing more; the client's answer is the outcome of
 the earlier transaction that used the same idempotency token". Read transaction (``ReadState``):
 INIT -> READING (-> READING for each further round) -> DONE. Recovery (``RecoveryState``):
-INIT -> DRIVING -> DONE, or INIT -> DONE when there is nothing to drive.
+INIT -> DRIVING -> DONE, or INIT -> DONE when there is nothing to drive; a STAGING record first
+goes INIT -> PROBING (asking its participants, then deciding) -> DRIVING.
 
 One call or one fan-out of calls (``CallState``: singleton get and write, token lookup, a scan
 page): INIT -> CALLING -> DONE, or INIT -> DONE when there is nothing to ask (an empty scan
@@ -71,7 +73,7 @@ class WriteState(enum.Enum):
 WRITE_TRANSITIONS: Final[Mapping[WriteState, frozenset[WriteState]]] = {
     WriteState.INIT: frozenset({WriteState.EXECUTING, WriteState.PREPARING}),
     WriteState.EXECUTING: frozenset({WriteState.FOLLOWING, WriteState.DONE}),
-    WriteState.PREPARING: frozenset({WriteState.DECIDING}),
+    WriteState.PREPARING: frozenset({WriteState.DECIDING, WriteState.COMMITTING}),
     WriteState.DECIDING: frozenset(
         {WriteState.COMMITTING, WriteState.CANCELLING, WriteState.FOLLOWING, WriteState.DONE}
     ),
@@ -97,12 +99,16 @@ READ_TRANSITIONS: Final[Mapping[ReadState, frozenset[ReadState]]] = {
 
 class RecoveryState(enum.Enum):
     INIT = "INIT"
+    PROBING = "PROBING"  # a STAGING record: asking the participants, then deciding (rule 5a)
     DRIVING = "DRIVING"  # commits or cancels until every participant acknowledges
     DONE = "DONE"
 
 
 RECOVERY_TRANSITIONS: Final[Mapping[RecoveryState, frozenset[RecoveryState]]] = {
-    RecoveryState.INIT: frozenset({RecoveryState.DRIVING, RecoveryState.DONE}),
+    RecoveryState.INIT: frozenset(
+        {RecoveryState.PROBING, RecoveryState.DRIVING, RecoveryState.DONE}
+    ),
+    RecoveryState.PROBING: frozenset({RecoveryState.DRIVING, RecoveryState.DONE}),
     RecoveryState.DRIVING: frozenset({RecoveryState.DONE}),
     RecoveryState.DONE: frozenset(),
 }

@@ -70,11 +70,12 @@ guaranteed.
 **Background work**, every ``MAINTAIN_INTERVAL_MS``: each core's bounded ``maintain`` (cancel
 PREPARING records past their deadline, expire ledger records and tokens, fold tombstones), then,
 once those writes are durable, one :class:`~kvstore.storage_node.resolver.IntentResolution` per
-stale transaction and one :class:`~kvstore.coordinator.recovery.Recovery` per decided record not
-acknowledged by every participant: at most one of each per transaction at a time and
-``BACKGROUND_ACTORS_MAX`` in all, run by this runtime's :class:`ActorDriver`. Their requests to
-partitions of this node are submitted here directly (same path, durability wait included); the
-rest go through the sender.
+stale transaction, one :class:`~kvstore.coordinator.recovery.Recovery` per decided record not
+acknowledged by every participant or STAGING record past its deadline, and one
+:class:`~kvstore.storage_node.resolver.MarkSettle` per applied mark past the retention: at most
+one of each per transaction at a time and ``BACKGROUND_ACTORS_MAX`` in all, run by this
+runtime's :class:`ActorDriver`. Their requests to partitions of this node are submitted here
+directly (same path, durability wait included); the rest go through the sender.
 
 Mutants of the runtime itself (chaos runs only, ``kvstore.mutants``): ``REPLY_BEFORE_FLUSH``
 applies the completion rule to every request (answered at once, its rows left to the next
@@ -104,6 +105,7 @@ from kvstore.messages import (
     LedgerRecord,
     NodeExecuteRequest,
     PrepareRequest,
+    PreventRequest,
     ReadRequest,
     Reply,
     Request,
@@ -120,7 +122,7 @@ from kvstore.runtime.intent_waits import IntentWaits, Parked
 from kvstore.runtime.scheduler import Scheduler, Timer
 from kvstore.storage_node.core import PartitionConfig, PartitionCore, StaleIntent
 from kvstore.storage_node.metrics import NodeMetrics
-from kvstore.storage_node.resolver import IntentResolution
+from kvstore.storage_node.resolver import IntentResolution, MarkSettle
 from kvstore.storage_node.store import FlushJob, NodeStore
 from kvstore.timestamps import HybridClock
 from kvstore.types import TIMESTAMP_ZERO, PartitionId, Timestamp, TxnId
@@ -156,6 +158,7 @@ _WRITING_REQUESTS: frozenset[type[Request]] = frozenset(
         DecideRequest,
         WriteRequest,
         CompleteRequest,
+        PreventRequest,
     }
 )
 
@@ -225,6 +228,7 @@ class NodeRuntime:
         self.actors = ActorDriver(scheduler, self)
         self._resolving: set[tuple[PartitionId, TxnId]] = set()
         self._driving: set[TxnId] = set()
+        self._settling: set[tuple[PartitionId, TxnId]] = set()
         self._maintain_timer: Timer | None = None
         self.stopped = False
         # A flush that failed for want of space and is being retried (module docstring).
@@ -603,16 +607,20 @@ class NodeRuntime:
         now_us = self._scheduler.now_us()
         stale: list[tuple[PartitionId, StaleIntent]] = []
         drive: list[tuple[PartitionId, LedgerRecord]] = []
+        settle: list[tuple[PartitionId, StaleIntent]] = []
         for pid, core in self.cores.items():
             work = core.maintain(now_us)
             stale.extend((pid, intent) for intent in work.stale_intents)
             drive.extend((pid, record) for record in work.records_to_drive)
+            settle.extend((pid, mark) for mark in work.marks_to_settle)
 
         def start_actors() -> None:  # background sends only after the writes they follow
             for pid, intent in stale:
                 self._resolve(pid, intent)
             for pid, record in drive:
                 self._drive(pid, record)
+            for pid, mark in settle:
+                self._settle(pid, mark)
 
         # Also flushes what rode along (completions), at the latest here.
         if self.store.dirty:
@@ -649,6 +657,22 @@ class NodeRuntime:
             IntentResolution(stale.txn_id, stale.anchor, pid),
             finished,
             lambda error: finished("error"),
+        )
+
+    def _settle(self, pid: PartitionId, mark: StaleIntent) -> None:
+        key = (pid, mark.txn_id)
+        if key in self._settling or not self._room_for_actor():
+            return
+        self._settling.add(key)
+        if self._note is not None:
+            self._note(f"{self.node_id} settles the mark of {mark.txn_id} on p{pid}")
+
+        def finished(outcome: object) -> None:
+            del outcome
+            self._settling.discard(key)
+
+        self.actors.start(
+            MarkSettle(mark.txn_id, mark.anchor, pid), finished, lambda error: finished(None)
         )
 
     def _drive(self, pid: PartitionId, record: LedgerRecord) -> None:

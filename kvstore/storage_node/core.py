@@ -69,6 +69,7 @@ from kvstore.messages import (
     OpOutcome,
     PrepareReply,
     PrepareRequest,
+    PreventRequest,
     ReadEntry,
     ReadReply,
     ReadRequest,
@@ -127,8 +128,10 @@ class Maintenance:
     """Background work found by :meth:`PartitionCore.maintain`, for the shell to carry out."""
 
     stale_intents: tuple[StaleIntent, ...]  # ask the anchor's ledger, then commit or cancel
-    records_to_drive: tuple[LedgerRecord, ...]  # decided here, not yet acknowledged by all
+    records_to_drive: tuple[LedgerRecord, ...]  # decided (or STAGING past its deadline) here
     wrote: bool
+    # marks past the retention: delete once the anchor's record is decided or gone
+    marks_to_settle: tuple[StaleIntent, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,8 @@ class PartitionCore:
                 return _widen(self.lookup_ledger(request, now_us))
             case CompleteRequest():
                 return _widen(self.complete(request, now_us))
+            case PreventRequest():
+                return _widen(self.prevent(request, now_us))
             case TokenLookupRequest():
                 return _widen(self.lookup_token(request))
             case ReadRequest():
@@ -288,12 +293,28 @@ class PartitionCore:
                 PrepareReply(txn_id=req.txn_id, accepted=True, outcomes=(_NONE,) * len(req.ops)),
                 False,
             )
+        if req.ledger is None:
+            mark = self.store.get_ledger(req.txn_id)
+            if mark is not None and mark.state is TxnState.COMMITTED:  # applied here already
+                reply = PrepareReply(
+                    txn_id=req.txn_id, accepted=True, outcomes=(_NONE,) * len(req.ops)
+                )
+                return Step(reply, False)
+            if (
+                mark is not None
+                and mark.state is TxnState.CANCELLED
+                and Mutant.FORGET_REFUSAL not in self._mutants
+            ):  # refused here for good (rule 5a): a late or duplicated prepare stays refused
+                outcomes = (_ALREADY_CANCELLED,) * len(req.ops)
+                return Step(
+                    PrepareReply(txn_id=req.txn_id, accepted=False, outcomes=outcomes), False
+                )
         results = [self._step_vote(op, req.txn_id, req.ts) for op in req.ops]
         accepted = all(outcome is _NONE for outcome, _ in results)
         wrote = False
         if req.ledger is not None:
-            self._create_record(req.ledger, now_us)
-            wrote = True
+            outcomes = () if accepted else tuple(outcome for outcome, _ in results)
+            wrote = self._create_record(req.ledger, now_us, accepted, outcomes)
         if accepted:
             for op, (_, new_state) in zip(req.ops, results, strict=True):
                 assert new_state is not None
@@ -412,13 +433,35 @@ class PartitionCore:
         return Step(self._execute_reply(record), True)
 
     def commit(self, req: CommitRequest, now_us: int) -> Step[CommitReply]:
-        del now_us  # commit order is by the intents' timestamps, not by arrival time
+        """Apply ``txn_id``'s intents (commit order is by their timestamps, not by arrival).
+
+        A participant that is not the anchor also leaves an *applied mark* (rule 5a): recovery
+        of a STAGING record must still learn that this partition applied the transaction once
+        its intents are gone. The mark is kept until the anchor's record is known decided
+        (see ``maintain`` and ``complete``)."""
         intents = self.store.intents_of(req.txn_id)
         if not intents and Mutant.DOUBLE_APPLY_COMMIT in self._mutants:
             return self._mutant_reapply(req)
         for intent in intents:
             self._apply(intent.key, intent.op.kind, intent.ts, intent.new_exists, intent.new_value)
             self.store.delete_intent(intent.key)
+        if (
+            intents
+            and intents[0].anchor != self.partition
+            and Mutant.FORGET_APPLIED not in self._mutants
+            and self.store.get_ledger(req.txn_id) is None
+        ):
+            self.store.put_ledger(
+                LedgerRecord(
+                    txn_id=req.txn_id,
+                    ts=intents[0].ts,
+                    state=TxnState.COMMITTED,
+                    participants=(intents[0].anchor,),
+                    created_us=now_us,
+                    deadline_us=now_us,
+                    completed_us=now_us,
+                )
+            )
         if Mutant.DOUBLE_APPLY_COMMIT in self._mutants:
             self._applied[req.txn_id] = intents
         return Step(CommitReply(txn_id=req.txn_id, applied=len(intents)), bool(intents))
@@ -441,13 +484,38 @@ class PartitionCore:
             self.store.delete_intent(intent.key)
         return Step(CancelReply(txn_id=req.txn_id, cleared=len(intents)), bool(intents))
 
+    def prevent(self, req: PreventRequest, now_us: int) -> Step[LedgerReply]:
+        """Where ``txn_id`` stands on this participant, made final (rule 5a): it holds the
+        intents (STAGING: the yes vote stands until a decision), it applied them (COMMITTED:
+        the applied mark), or it refused (CANCELLED: a refusal mark, written now if the
+        transaction was never prepared here, so no later prepare of it can succeed)."""
+        intents = self.store.intents_of(req.txn_id)
+        if intents:
+            holds = LedgerRecord(
+                txn_id=req.txn_id, ts=intents[0].ts, state=TxnState.STAGING, participants=()
+            )
+            return Step(LedgerReply(txn_id=req.txn_id, record=holds), False)
+        record = self.store.get_ledger(req.txn_id)
+        if record is not None:
+            return Step(LedgerReply(txn_id=req.txn_id, record=record), False)
+        if Mutant.UNKNOWN_HOLDS in self._mutants:  # "never prepared here" taken for a yes
+            holds = LedgerRecord(
+                txn_id=req.txn_id, ts=TIMESTAMP_ZERO, state=TxnState.STAGING, participants=()
+            )
+            return Step(LedgerReply(txn_id=req.txn_id, record=holds), False)
+        record = replace(
+            self._cancelled_placeholder(req.txn_id, now_us, ()), participants=(req.anchor,)
+        )
+        self.store.put_ledger(record)
+        return Step(LedgerReply(txn_id=req.txn_id, record=record), True)
+
     # --- ledger -------------------------------------------------------------------------
 
     def decide(self, req: DecideRequest, now_us: int) -> Step[LedgerReply]:
         """The CAS on the anchor's record; once the record is final, the anchor's own intents
         of the transaction are resolved in the same step (committed or cleared, exactly as a
         commit or cancel would), so the coordinator's fan-out skips the anchor."""
-        if req.decision is TxnState.PREPARING:
+        if not req.decision.decided:
             raise ValidationError("decision", "a decision is COMMITTED or CANCELLED")
         record = self.store.get_ledger(req.txn_id)
         written = True
@@ -455,9 +523,17 @@ class PartitionCore:
             if req.decision is TxnState.COMMITTED:
                 return Step(LedgerReply(txn_id=req.txn_id, record=None), False)
             record = self._cancelled_placeholder(req.txn_id, now_us, req.outcomes)
-        elif record.state is TxnState.PREPARING:
+        elif not record.state.decided:
             outcomes = req.outcomes if req.decision is TxnState.CANCELLED else ()
             record = replace(record, state=req.decision, outcomes=outcomes)
+        elif (  # the anchor refused at prepare; the coordinator knows every op's reason
+            record.state is TxnState.CANCELLED
+            and req.decision is TxnState.CANCELLED
+            and req.outcomes
+            and record.completed_us is None
+            and record.outcomes != req.outcomes
+        ):
+            record = replace(record, outcomes=req.outcomes)
         else:
             written = False
         if written:
@@ -484,7 +560,10 @@ class PartitionCore:
 
     def complete(self, req: CompleteRequest, now_us: int) -> Step[LedgerReply]:
         record = self.store.get_ledger(req.txn_id)
-        if record is None or record.state is TxnState.PREPARING or record.completed_us is not None:
+        if record is not None and self._is_mark(record):  # its anchor has decided
+            self.store.delete_ledger(req.txn_id)
+            return Step(LedgerReply(txn_id=req.txn_id, record=None), True)
+        if record is None or not record.state.decided or record.completed_us is not None:
             return Step(LedgerReply(txn_id=req.txn_id, record=record), False)
         record = replace(record, completed_us=now_us)
         self.store.put_ledger(record)
@@ -582,10 +661,17 @@ class PartitionCore:
                 record = replace(record, state=TxnState.CANCELLED)
                 self.store.put_ledger(record)
                 wrote = True
-            if record.state is not TxnState.PREPARING and record.created_us <= cutoff_us:
+            if record.state is TxnState.STAGING:
+                if now_us >= record.deadline_us:  # recovery asks the participants (rule 5a)
+                    to_drive.append(record)
+            elif record.state.decided and record.created_us <= cutoff_us:
                 to_drive.append(record)
         retention_us = self.config.ledger_retention_ms * _US_PER_MS
+        to_settle: list[StaleIntent] = []
         for record in self.store.ledger_completed_before(now_us - retention_us + 1, limit):
+            if self._is_mark(record):  # kept until its anchor's record is decided
+                to_settle.append(StaleIntent(txn_id=record.txn_id, anchor=record.participants[0]))
+                continue
             self.store.delete_ledger(record.txn_id)
             wrote = True
         window_us = self.config.idempotency_window_ms * _US_PER_MS
@@ -594,7 +680,10 @@ class PartitionCore:
             wrote = True
         wrote = self._collect_tombstones(now_us, limit) or wrote
         return Maintenance(
-            stale_intents=tuple(stale.values()), records_to_drive=tuple(to_drive), wrote=wrote
+            stale_intents=tuple(stale.values()),
+            records_to_drive=tuple(to_drive),
+            marks_to_settle=tuple(to_settle),
+            wrote=wrote,
         )
 
     # --- helpers ------------------------------------------------------------------------
@@ -628,22 +717,43 @@ class PartitionCore:
                 )
         return None
 
-    def _create_record(self, ledger: LedgerRecord, now_us: int) -> None:
+    def _create_record(
+        self,
+        ledger: LedgerRecord,
+        now_us: int,
+        accepted: bool,
+        outcomes: tuple[OpOutcome, ...],
+    ) -> bool:
+        """The anchor's prepare creates the record: STAGING when its own slice was accepted
+        (its intents are written in the same step), CANCELLED at once when it was refused (the
+        anchor's refusal is final; the coordinator's decide adds every op's reason). Returns
+        whether it wrote."""
         if self.store.get_ledger(ledger.txn_id) is not None:
-            return
+            return False
         deadline_us = now_us + self.config.ledger_decision_deadline_ms * _US_PER_MS
         self.store.put_ledger(
             replace(
                 ledger,
-                state=TxnState.PREPARING,
+                state=TxnState.STAGING if accepted else TxnState.CANCELLED,
                 created_us=now_us,
                 deadline_us=deadline_us,
-                outcomes=(),
+                outcomes=outcomes,
                 completed_us=None,
             )
         )
         if ledger.token is not None:
             self._claim_token(ledger.token, ledger.txn_id, ledger.fingerprint, now_us)
+        return True
+
+    def _is_mark(self, record: LedgerRecord) -> bool:
+        """A participant's mark (rule 5a): applied (COMMITTED) or refused (CANCELLED), naming
+        only its anchor, which is not this partition. A record of this partition as an anchor
+        names this partition, and a resolver's CANCELLED placeholder names nobody."""
+        return (
+            len(record.participants) == 1
+            and record.participants[0] != self.partition
+            and record.completed_us is not None
+        )
 
     def _refuse_for_good(
         self, txn_id: TxnId, token: str | None, fingerprint: str | None, now_us: int

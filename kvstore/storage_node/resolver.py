@@ -17,6 +17,8 @@ returning :class:`~kvstore.coordinator.effects.Send` and one
    finish with ``"wait"`` (the next maintenance tick asks again);
 3. finish with the action taken once the partition acknowledged, or ``"unreachable"`` when a call
    failed or passed its deadline (the next tick retries; every step is idempotent).
+
+:class:`MarkSettle` is the same shape for a participant's applied mark past the retention.
 """
 
 from __future__ import annotations
@@ -31,13 +33,21 @@ from kvstore.limits import RPC_TIMEOUT_MS
 from kvstore.messages import (
     CancelRequest,
     CommitRequest,
+    CompleteRequest,
     LedgerLookupRequest,
     LedgerReply,
     Reply,
 )
 from kvstore.types import PartitionId, TxnId
 
-__all__ = ["IntentResolution", "ResolutionOutcome", "ResolutionEffect"]
+__all__ = [
+    "IntentResolution",
+    "ResolutionOutcome",
+    "ResolutionEffect",
+    "MarkSettle",
+    "SettleOutcome",
+    "SettleEffect",
+]
 
 ResolutionOutcome = Literal["commit", "cancel", "wait", "unreachable"]
 ResolutionEffect = Send | Finish[ResolutionOutcome]
@@ -108,3 +118,73 @@ class IntentResolution:
         self._calls.forget()
         self.result = outcome
         return [Finish(outcome)]
+
+
+SettleOutcome = Literal["forgotten", "wait", "unreachable"]
+SettleEffect = Send | Finish[SettleOutcome]
+
+
+class MarkSettle:
+    """Forget ``partition``'s mark of ``txn_id`` once ``anchor``'s record is decided.
+
+    A participant keeps an applied mark (DESIGN section 6, rule 5a) so that recovery of a STAGING
+    record can still count its yes once its intents are applied, and a refusal mark so that no
+    later prepare turns its no into a yes. Past the ledger retention the
+    mark is dropped only after a plain ``LedgerLookupRequest`` to the anchor shows the record
+    decided or gone (a STAGING record is never deleted): then a ``CompleteRequest`` to the mark's
+    own partition deletes it. A STAGING answer finishes with ``"wait"`` (the next maintenance
+    asks again), a failed call with ``"unreachable"``. No clock is trusted: a mark outlives any
+    outage of its anchor.
+    """
+
+    def __init__(self, txn_id: TxnId, anchor: PartitionId, partition: PartitionId) -> None:
+        self.txn_id = txn_id
+        self.anchor = anchor
+        self.partition = partition
+        self._calls = Calls()
+        self.result: SettleOutcome | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    @property
+    def next_deadline_us(self) -> int | None:
+        return None if self.done else self._calls.next_deadline_us
+
+    def step_start(self, now_us: int) -> list[SettleEffect]:
+        lookup = LedgerLookupRequest(partition=self.anchor, txn_id=self.txn_id)
+        return [self._calls.send(Purpose.LOOKUP, self.anchor, lookup, _deadline(now_us))]
+
+    def step_reply(self, call_id: int, reply: Reply, now_us: int) -> list[SettleEffect]:
+        call = self._calls.take(call_id)
+        if call is None or self.done:
+            return []
+        if call.purpose is not Purpose.LOOKUP:
+            return self._finish("forgotten")
+        if not isinstance(reply, LedgerReply) or reply.txn_id != self.txn_id:
+            return self._finish("unreachable")
+        if reply.record is not None and not reply.record.state.decided:
+            return self._finish("wait")
+        complete = CompleteRequest(partition=self.partition, txn_id=self.txn_id)
+        return [self._calls.send(Purpose.COMMIT, self.partition, complete, _deadline(now_us))]
+
+    def step_failed(self, call_id: int, error: ErrorCode, now_us: int) -> list[SettleEffect]:
+        del error, now_us
+        if self._calls.take(call_id) is None or self.done:
+            return []
+        return self._finish("unreachable")
+
+    def step_tick(self, now_us: int) -> list[SettleEffect]:
+        if self.done or self._calls.take_expired(now_us) is None:
+            return []
+        return self._finish("unreachable")
+
+    def _finish(self, outcome: SettleOutcome) -> list[SettleEffect]:
+        self._calls.forget()
+        self.result = outcome
+        return [Finish(outcome)]
+
+
+def _deadline(now_us: int) -> int:
+    return now_us + RPC_TIMEOUT_MS * _US_PER_MS

@@ -17,7 +17,7 @@ from chaos.history import History
 from chaos.sim import SimConfig, Simulation, run_seed
 from chaos.sim.config import WORKLOADS
 from chaos.sim.hosts import EPOCH_US
-from chaos.sim.workloads import unanchor_reads
+from chaos.sim.workloads import stale_own_gets, unanchor_reads
 from kvstore.mutants import ARMING_ENV, ARMING_VALUE, Mutant, Mutants
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,17 +166,20 @@ def test_the_runtime_durability_mutants_are_caught(
     assert run_seed(seed, SimConfig(workload=WORKLOADS[seed % 3])).ok
 
 
-@pytest.mark.parametrize("workload", WORKLOADS)
+@pytest.mark.parametrize(
+    ("workload", "seed"), [("list-append", 0), ("rw-register", 1), ("bank", 0)]
+)
 def test_the_mutant_hunt_seed_catches_node_execute_partial(
-    workload: str, monkeypatch: pytest.MonkeyPatch
+    workload: str, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A one-node transaction that applies the partitions that voted yes though another voted
-    no: its client is told it failed, its writes are seen (seed 0 of ``python -m chaos
-    mutants``, every workload). The same seed passes on the correct store."""
+    no: its client is told it failed, its writes are seen (the first seed that catches it on
+    each workload; the hunt reports list-append's 0). The same seed passes on the correct
+    store."""
     monkeypatch.setenv(ARMING_ENV, ARMING_VALUE)
     armed = Mutants.arm(Mutant.NODE_EXECUTE_PARTIAL)
-    assert not run_seed(0, SimConfig(workload=workload, mutants=armed)).ok
-    assert run_seed(0, SimConfig(workload=workload)).ok
+    assert not run_seed(seed, SimConfig(workload=workload, mutants=armed)).ok
+    assert run_seed(seed, SimConfig(workload=workload)).ok
 
 
 # The seed on which ``python -m chaos mutants`` catches the waiting mutant (a request parked
@@ -249,3 +252,44 @@ def test_a_failing_seed_is_reported_saved_and_exits_nonzero(
     failed = re.match(r"seed (\d+) \([\w-]+\): anomalies: ", lines[0])
     assert failed is not None, lines
     assert (tmp_path / f"seed-{failed.group(1)}" / "history.jsonl").exists()
+
+
+# Parallel commit's mutants (rule 5a and read-your-writes), each with the seed and workload the
+# mutant hunt (``python -m chaos mutants``) catches it at; the same seed passes on the correct
+# store. The hunt's seeds move whenever the simulator's schedules change: re-run it and update.
+PARALLEL_COMMIT_MUTANTS = [
+    (Mutant.UNKNOWN_HOLDS, 4, "rw-register"),  # recovery commits what was never prepared
+    (Mutant.FORGET_REFUSAL, 117, "list-append"),  # a late prepare turns a counted no into a yes
+    (Mutant.FORGET_APPLIED, 12, "list-append"),  # recovery cancels what a participant applied
+    (Mutant.ANSWER_BEFORE_APPLIED, 33, "list-append"),  # a get right after misses the write
+]
+
+
+@pytest.mark.parametrize(
+    ("mutant", "seed", "workload"),
+    PARALLEL_COMMIT_MUTANTS,
+    ids=[m.value for m, _, _ in PARALLEL_COMMIT_MUTANTS],
+)
+def test_the_mutant_hunt_seed_catches_each_parallel_commit_mutant(
+    mutant: Mutant, seed: int, workload: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ARMING_ENV, ARMING_VALUE)
+    armed = Mutants.arm(mutant)
+    assert not run_seed(seed, SimConfig(workload=workload, mutants=armed)).ok
+    assert run_seed(seed, SimConfig(workload=workload)).ok
+
+
+def test_a_get_older_than_its_own_process_s_acknowledged_write_is_a_stale_own_read() -> None:
+    history = History()
+    write = history.invoke(0, "txn", [["w", "k", 1]], time_ns=10)
+    history.complete(write, "ok", [["w", "k", 1]], time_ns=20, ts=(50, 0, 1))
+    fresh = history.invoke(0, "get", [["r", "k", None]], time_ns=30)
+    history.complete(fresh, "ok", [["r", "k", 1]], time_ns=40, ts=(50, 0, 1))
+    stale = history.invoke(0, "get", [["r", "k", None]], time_ns=50)
+    history.complete(stale, "ok", [["r", "k", 0]], time_ns=60, ts=(40, 0, 1))
+    other = history.invoke(1, "get", [["r", "k", None]], time_ns=70)  # another process: free
+    history.complete(other, "ok", [["r", "k", 0]], time_ns=80, ts=(40, 0, 1))
+    absent = history.invoke(0, "get", [["r", "k", None]], time_ns=90)  # no item, no ts
+    history.complete(absent, "ok", [["r", "k", None]], time_ns=100)
+    found = stale_own_gets(history)
+    assert [(a.kind, a.ops[0].index) for a in found] == [("stale-own-read", 5)]

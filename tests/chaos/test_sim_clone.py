@@ -16,7 +16,7 @@ from chaos.sim import SimConfig, Simulation, run_seed
 from kvstore.mutants import ARMING_ENV, ARMING_VALUE, Mutant, Mutants
 from kvstore.types import Timestamp
 
-CAUGHT_SEED, CAUGHT_WORKLOAD = 17, "bank"  # where the mutant hunt catches NO_FORK_REDRAW
+CAUGHT_SEED, CAUGHT_WORKLOAD = 11, "bank"  # where the mutant hunt catches NO_FORK_REDRAW
 
 
 def _clone_both(sim: Simulation) -> tuple[int, Timestamp]:

@@ -522,7 +522,7 @@ async def wait_completed(api: ApiClient, token: str) -> dict[str, Any]:
         reply = await api.txn_outcome(token)
         assert reply.status == 200, reply
         body: dict[str, Any] = reply.body
-        assert body["state"] in {"PREPARING", "COMMITTED", "CANCELLED"}, body
+        assert body["state"] in {"PREPARING", "STAGING", "COMMITTED", "CANCELLED"}, body
         assert isinstance(body["completed"], bool)
         if body["completed"]:
             return body

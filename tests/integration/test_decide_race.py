@@ -1,15 +1,18 @@
-"""Two coordinators race to decide one transaction; the anchor's ledger CAS picks one winner.
+"""A coordinator and the anchor's recovery (or a rival) race to decide one transaction; the
+anchor's ledger CAS picks one winner, and rule 5a (parallel commit) says which one it may be.
 
 Real storage node processes (three nodes, 8 partitions, SQLite) and two coordinator library
 instances in the test process, each with its own RPC pool. Coordinator A's transport is gated:
-the test holds A's ``DecideRequest`` (and, where needed, its ``CommitRequest``s) until it
-releases them, so the order in which A's decision and a rival's reach the anchor is chosen by
-the test, not by luck:
+the test holds A's chosen requests until it releases them, so the order in which A's decision
+and a rival's reach the anchor is chosen by the test, not by luck:
 
-* A: the rival's CANCELLED lands first; A's COMMITTED then loses the CAS and A adopts CANCELLED.
+* A: A's prepare to the other participant is held past the anchor's decision deadline; the
+  anchor's recovery asks that participant, which refuses the transaction for good, and cancels
+  it; the released prepare is refused and A adopts CANCELLED.
 * B: A's COMMITTED lands first; the rival's CANCELLED gets the COMMITTED record back.
-* C: A's decision is held past the anchor's decision deadline; the node's own recovery cancels
-  the transaction, and A adopts that.
+* C: every participant voted yes, A's decision (and in one case its commits) held past the
+  deadline: the anchor's recovery finds every participant holding or having applied its
+  intents and commits the transaction, and A adopts that.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from kvstore.messages import (
     LedgerLookupRequest,
     LedgerRecord,
     LedgerReply,
+    PrepareReply,
+    PrepareRequest,
     Reply,
     Request,
     TxnState,
@@ -66,12 +71,16 @@ class GatedTransport:
     def __init__(self, inner: PartitionTransport) -> None:
         self._inner = inner
         self._gates: dict[type[Request], asyncio.Event] = {}
+        self._only: dict[type[Request], PartitionId] = {}
         self.held: list[Request] = []
         self.replies: list[tuple[Request, Reply]] = []
         self._changed = asyncio.Event()
 
-    def hold(self, kind: type[Request]) -> None:
+    def hold(self, kind: type[Request], partition: PartitionId | None = None) -> None:
+        """Hold requests of ``kind`` (only those to ``partition``, when given)."""
         self._gates[kind] = asyncio.Event()
+        if partition is not None:
+            self._only[kind] = partition
 
     def release(self, kind: type[Request]) -> None:
         self._gates[kind].set()
@@ -82,6 +91,9 @@ class GatedTransport:
 
     async def call(self, request: Request, timeout_ms: int) -> Reply:
         gate = self._gates.get(type(request))
+        only = self._only.get(type(request))
+        if gate is not None and only is not None and request.partition != only:
+            gate = None
         if gate is not None and not gate.is_set():
             self.held.append(request)
             self._notify()
@@ -240,25 +252,28 @@ async def seed_values(side: Side, anchor_key: str, other_key: str) -> None:
     await side.coordinator.write(put(other_key, {"n": 10}))
 
 
-async def test_rival_cancel_lands_first_and_the_committer_adopts_it(
+async def test_a_prepare_late_past_the_deadline_is_refused_for_good_and_the_committer_adopts_it(
     cluster: LocalNodes, sides: tuple[Side, Side]
 ) -> None:
     a, b = sides
     k_anchor, k_other = keys_for(cluster, "race-a")
     await seed_values(b, k_anchor, k_other)
-    a.transport.hold(DecideRequest)
+    pmap = cluster.config.cluster_map.partitions
+    anchor, other = pmap.partition_of(k_anchor), pmap.partition_of(k_other)
+    a.transport.hold(PrepareRequest, other)
     task = asyncio.create_task(
         a.coordinator.transact([put(k_anchor, "A"), add(k_other, ("n",), 1)])
     )
     try:
-        held = await a.transport.first_held(DecideRequest)
-        assert isinstance(held, DecideRequest) and held.decision is TxnState.COMMITTED
-        txn_id, anchor = held.txn_id, held.partition
-        assert anchor == cluster.config.cluster_map.partitions.partition_of(k_anchor)
-
-        rival = await b.decide(anchor, txn_id, TxnState.CANCELLED)
-        assert rival.state is TxnState.CANCELLED
-        a.transport.release(DecideRequest)
+        held = await a.transport.first_held(PrepareRequest)
+        assert isinstance(held, PrepareRequest) and held.partition == other
+        txn_id = held.txn_id
+        # The anchor prepared (STAGING); past its deadline its recovery asks the other
+        # participant, which never saw the transaction: it refuses it for good, so CANCELLED.
+        # (A's own prepare deadline may pass first: then A cancels it itself. Either way.)
+        record = await wait_decided(b, anchor, txn_id)
+        assert record.state is TxnState.CANCELLED, record
+        a.transport.release(PrepareRequest)
 
         with pytest.raises(TransactionCanceled) as raised:
             await asyncio.wait_for(task, WAIT_S)
@@ -270,15 +285,23 @@ async def test_rival_cancel_lands_first_and_the_committer_adopts_it(
     await wait_settled(cluster)
     assert await b.value(k_anchor) == "before"
     assert await b.value(k_other) == {"n": 10}
-    # One decision, CANCELLED: everything A saw, the record now, and a later CAS all say so.
-    assert a.transport.ledger_states(txn_id) and set(a.transport.ledger_states(txn_id)) == {
-        TxnState.CANCELLED
-    }
     record = await b.ledger(anchor, txn_id)
     assert record is not None and record.state is TxnState.CANCELLED
-    assert record.completed_us is not None
     assert (await b.decide(anchor, txn_id, TxnState.COMMITTED)).state is TxnState.CANCELLED
-    assert cas_lost(a) == 1
+    # The late prepare, delivered again, is refused: the other participant's no is final.
+    again = await b.call(held)
+    assert isinstance(again, PrepareReply) and not again.accepted, again
+
+
+async def wait_decided(side: Side, anchor: PartitionId, txn_id: TxnId) -> LedgerRecord:
+    """Poll the anchor's record (bounded) until it is decided."""
+    deadline = time.monotonic() + RECOVERY_WAIT_S
+    while True:
+        record = await side.ledger(anchor, txn_id)
+        if record is not None and record.state.decided:
+            return record
+        assert time.monotonic() < deadline, f"the anchor left {txn_id} undecided: {record}"
+        await asyncio.sleep(POLL_S)  # polling the ledger record, bounded by the deadline
 
 
 async def test_committer_lands_first_and_the_rival_cancel_gets_committed(
@@ -320,13 +343,19 @@ async def test_committer_lands_first_and_the_rival_cancel_gets_committed(
     assert cas_lost(a) == 0
 
 
-async def test_decision_held_past_the_deadline_is_cancelled_by_the_anchor(
-    cluster: LocalNodes, sides: tuple[Side, Side]
+@pytest.mark.parametrize("held_kinds", ["decide", "decide+commits"])
+async def test_decision_held_past_the_deadline_is_committed_by_the_anchor(
+    cluster: LocalNodes, sides: tuple[Side, Side], held_kinds: str
 ) -> None:
+    """Every participant voted yes, so rule 5a commits the transaction: the anchor's recovery
+    finds the other participant holding its intents (commits held too) or having applied them
+    (its applied mark), and decides COMMITTED; A's held decide then gets COMMITTED back."""
     a, b = sides
-    k_anchor, k_other = keys_for(cluster, "race-c")
+    k_anchor, k_other = keys_for(cluster, f"race-c-{held_kinds}")
     await seed_values(b, k_anchor, k_other)
     a.transport.hold(DecideRequest)
+    if held_kinds == "decide+commits":
+        a.transport.hold(CommitRequest)
     started = time.monotonic()
     task = asyncio.create_task(
         a.coordinator.transact([put(k_anchor, "A"), add(k_other, ("n",), 1)])
@@ -336,31 +365,24 @@ async def test_decision_held_past_the_deadline_is_cancelled_by_the_anchor(
         assert isinstance(held, DecideRequest) and held.decision is TxnState.COMMITTED
         txn_id, anchor = held.txn_id, held.partition
 
-        # No coordinator decides: the anchor's own recovery must (PREPARING past its deadline).
-        deadline = time.monotonic() + RECOVERY_WAIT_S
-        while True:
-            record = await b.ledger(anchor, txn_id)
-            if record is not None and record.state is not TxnState.PREPARING:
-                break
-            assert time.monotonic() < deadline, f"the anchor left {txn_id} undecided: {record}"
-            await asyncio.sleep(POLL_S)  # polling the ledger record, bounded by the deadline
+        # No coordinator decides: the anchor's own recovery must (STAGING past its deadline).
+        record = await wait_decided(b, anchor, txn_id)
         recovered_s = time.monotonic() - started
-        assert record is not None and record.state is TxnState.CANCELLED, record
+        assert record.state is TxnState.COMMITTED, record
         assert not task.done()
-        a.transport.release(DecideRequest)
+        a.transport.release_all()
 
-        with pytest.raises(TransactionCanceled) as raised:
-            await asyncio.wait_for(task, WAIT_S)
+        result = await asyncio.wait_for(task, WAIT_S)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    print(f"the anchor cancelled the held transaction after {recovered_s:.2f}s")
-    assert raised.value.details["txn_id"] == txn_id
-    assert set(a.transport.ledger_states(txn_id)) == {TxnState.CANCELLED}
-    assert cas_lost(a) == 1
+    print(f"the anchor committed the held transaction after {recovered_s:.2f}s")
+    assert result.committed and result.txn_id == txn_id
+    assert set(a.transport.ledger_states(txn_id)) == {TxnState.COMMITTED}
+    assert cas_lost(a) == 0
 
     await wait_settled(cluster)
-    assert await b.value(k_anchor) == "before"
-    assert await b.value(k_other) == {"n": 10}
+    assert await b.value(k_anchor) == "A"
+    assert await b.value(k_other) == {"n": 11}
     record = await b.ledger(anchor, txn_id)
-    assert record is not None and record.state is TxnState.CANCELLED
+    assert record is not None and record.state is TxnState.COMMITTED

@@ -106,19 +106,32 @@ async def test_kill9_during_a_stream_of_writes_loses_no_acknowledged_write(
         nodes.close()
 
 
-@pytest.mark.parametrize("decided", [False, True], ids=["undecided", "committed"])
+# (stage, expected): "anchor-only": only the anchor prepared, undecided (rule 5a: the other
+# participant's durable refusal cancels it); "prepared": both prepared, undecided (rule 5a: every
+# participant holds its intents, so it is committed); "committed": decided COMMITTED.
+STAGES = [
+    ("anchor-only", TxnState.CANCELLED),
+    ("prepared", TxnState.COMMITTED),
+    ("committed", TxnState.COMMITTED),
+]
+
+
+@pytest.mark.parametrize(("stage", "expected"), STAGES, ids=[s for s, _ in STAGES])
 @pytest.mark.parametrize("victims", [("n2",), ("n1",), ("n1", "n2")])
 async def test_kill9_between_prepare_and_commit_resolves_on_every_participant(
-    tmp_path: Path, decided: bool, victims: tuple[str, ...]
+    tmp_path: Path, stage: str, expected: TxnState, victims: tuple[str, ...]
 ) -> None:
     # A decision must land however slow the machine is, so the anchor's decision deadline is
-    # kept out of its way; without one the test waits for that deadline to cancel.
+    # kept out of its way; without one the test waits for that deadline to recover it.
+    decided = stage == "committed"
     with two_nodes(tmp_path, PATIENT_TIMING if decided else FAST_TIMING) as nodes:
         pmap = nodes.config.cluster_map.partitions
         anchor, other = PartitionId(0), PartitionId(1)
         assert (nodes.owner(anchor), nodes.owner(other)) == ("n1", "n2")
         k_anchor, k_other = key_on(pmap, anchor, "a"), key_on(pmap, other, "b")
-        txn_id = await nodes.stuck_transaction(k_anchor, k_other, decided=decided)
+        txn_id = await nodes.stuck_transaction(
+            k_anchor, k_other, decided=decided, anchor_only=stage == "anchor-only"
+        )
 
         for victim in victims:
             nodes.kill(victim)
@@ -132,9 +145,8 @@ async def test_kill9_between_prepare_and_commit_resolves_on_every_participant(
             lookup = LedgerLookupRequest(partition=anchor, txn_id=txn_id)
             record = await n1.request(lookup)
             assert isinstance(record, LedgerReply) and record.record is not None
-            expected = TxnState.COMMITTED if decided else TxnState.CANCELLED
             assert record.record.state is expected
-            value = "v" if decided else None
+            value = "v" if expected is TxnState.COMMITTED else None
             assert await get_value(n1, pmap, k_anchor) == value
             assert await get_value(n2, pmap, k_other) == value
         finally:

@@ -140,7 +140,7 @@ async def test_inspect_lists_counts_intents_and_open_ledger_records(service: Nod
     await service.serve(WriteRequest(partition=pid, op=put("k1", 1)))
     txn = new_txn_id()
     ts = Timestamp(system_clock_us(), 0, 5)
-    ledger = LedgerRecord(txn_id=txn, ts=ts, state=TxnState.PREPARING, participants=(pid,))
+    ledger = LedgerRecord(txn_id=txn, ts=ts, state=TxnState.STAGING, participants=(pid,))
     prepare = PrepareRequest(
         partition=pid, txn_id=txn, ts=ts, ops=(put("k2", 2),), anchor=pid, ledger=ledger
     )
@@ -151,7 +151,7 @@ async def test_inspect_lists_counts_intents_and_open_ledger_records(service: Nod
     assert (seen["items"], seen["intents"]) == (1, 1)
     assert [(i["key"], i["txn_id"]) for i in seen["oldest_intents"]] == [("k2", txn)]
     [record] = seen["open_ledger_records"]
-    assert (record["txn_id"], record["state"], record["past_deadline"]) == (txn, "PREPARING", False)
+    assert (record["txn_id"], record["state"], record["past_deadline"]) == (txn, "STAGING", False)
     for bad in ({"partition": 0, "limit": 0}, {"partition": "0"}, {"x": 1}, [0]):
         with pytest.raises(ValidationError):
             await rpc(service, "inspect", bad)

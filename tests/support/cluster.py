@@ -211,15 +211,18 @@ class LocalNodes:
                 proc.kill()
                 proc.wait(STOP_TIMEOUT_S)
 
-    async def stuck_transaction(self, key0: str, key1: str, *, decided: bool) -> str:
+    async def stuck_transaction(
+        self, key0: str, key1: str, *, decided: bool, anchor_only: bool = False
+    ) -> str:
         """The id of a transaction writing ``"v"`` to ``key0`` on partition 0 (its anchor, with
-        the ledger record) and to ``key1`` on partition 1, prepared on both and applied nowhere;
-        ``decided``: COMMITTED in its ledger record, else still PREPARING."""
+        the ledger record) and to ``key1`` on partition 1, prepared on both (``anchor_only``: on
+        the anchor only) and applied nowhere; ``decided``: COMMITTED in its ledger record, else
+        still STAGING."""
         anchor, other = PartitionId(0), PartitionId(1)
         txn = new_txn_id()
         ts = Timestamp(system_clock_us(), 0, 77)
         ledger = LedgerRecord(
-            txn_id=txn, ts=ts, state=TxnState.PREPARING, participants=(anchor, other)
+            txn_id=txn, ts=ts, state=TxnState.STAGING, participants=(anchor, other)
         )
         requests: list[Request] = [
             PrepareRequest(
@@ -231,6 +234,7 @@ class LocalNodes:
                 ledger=ledger if pid == anchor else None,
             )
             for pid, key in ((anchor, key0), (other, key1))
+            if pid == anchor or not anchor_only
         ]
         if decided:
             requests.append(

@@ -64,20 +64,29 @@ class Partition:
         self.now_us = 1_000
 
     def prepare(
-        self, txn: str, at: Timestamp, *ops: Op, anchor: bool = False, token: str | None = None
+        self,
+        txn: str,
+        at: Timestamp,
+        *ops: Op,
+        anchor: bool = False,
+        token: str | None = None,
+        anchored_at: PartitionId = P0,
     ) -> PrepareReply:
+        """Prepare ``ops`` here; ``anchor``: as the anchor (carrying the new record);
+        ``anchored_at``: the anchor the intents name (another partition: a plain participant,
+        which leaves an applied mark when it commits)."""
         ledger = None
         if anchor:
             ledger = LedgerRecord(
                 txn_id=TxnId(txn),
                 ts=at,
-                state=TxnState.PREPARING,
+                state=TxnState.STAGING,
                 participants=(P0, PartitionId(1)),
                 token=token,
                 fingerprint="fp-" + txn,
             )
         req = PrepareRequest(
-            partition=P0, txn_id=TxnId(txn), ts=at, ops=ops, anchor=P0, ledger=ledger
+            partition=P0, txn_id=TxnId(txn), ts=at, ops=ops, anchor=anchored_at, ledger=ledger
         )
         return self.core.prepare(req, self.now_us).reply
 

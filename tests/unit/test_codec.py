@@ -49,6 +49,7 @@ from kvstore.messages import (
     OpOutcome,
     PrepareReply,
     PrepareRequest,
+    PreventRequest,
     ReadEntry,
     ReadReply,
     ReadRequest,
@@ -132,6 +133,7 @@ REQUESTS: list[Request] = [
     LedgerLookupRequest(partition=P, txn_id=TXN, resolve=True),
     LedgerLookupRequest(partition=P, txn_id=TXN),
     CompleteRequest(partition=P, txn_id=TXN),
+    PreventRequest(partition=P, txn_id=TXN, anchor=PartitionId(0)),
     TokenLookupRequest(partition=P, token="t-1"),
     ReadRequest(partition=P, keys=("a", "b", "ключ")),
     GetRequest(partition=P, key="a"),
@@ -186,6 +188,13 @@ REPLIES: list[tuple[str, Reply]] = [
         LedgerReply(
             txn_id=TXN,
             record=LedgerRecord(txn_id=TXN, ts=TS, state=TxnState.PREPARING, participants=(P,)),
+        ),
+    ),
+    (
+        "prevent",
+        LedgerReply(
+            txn_id=TXN,
+            record=LedgerRecord(txn_id=TXN, ts=TS, state=TxnState.STAGING, participants=()),
         ),
     ),
     ("token_lookup", TokenLookupReply(token="t-1", record=RECORD)),

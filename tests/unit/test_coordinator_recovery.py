@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from support.coordinator import finishes, sends
 
+from kvstore.coordinator.effects import Send
 from kvstore.coordinator.recovery import Recovery, RecoveryEffect, resolve_intent_action
 from kvstore.coordinator.results import RecoveryResult
 from kvstore.coordinator.state import RecoveryState
@@ -16,9 +19,14 @@ from kvstore.messages import (
     CommitReply,
     CommitRequest,
     CompleteRequest,
+    DecideRequest,
+    LedgerLookupRequest,
     LedgerRecord,
+    LedgerReply,
+    PreventRequest,
     TxnState,
 )
+from kvstore.storage_node.resolver import MarkSettle
 from kvstore.types import PartitionId, Timestamp, TxnId
 
 T0 = 1_000_000_000
@@ -116,9 +124,143 @@ def test_gives_up_at_the_deadline() -> None:
         (TxnState.COMMITTED, "commit"),
         (TxnState.CANCELLED, "cancel"),
         (TxnState.PREPARING, "wait"),
+        (TxnState.STAGING, "wait"),
         (None, "cancel"),
     ],
 )
 def test_resolve_intent_action(state: TxnState | None, action: str) -> None:
     answer = None if state is None else record(state)
     assert resolve_intent_action(answer) == action
+
+
+# --- STAGING: ask every other participant, then decide (rule 5a) ------------------------------
+
+
+def prevent_answer(state: TxnState) -> LedgerReply:
+    return LedgerReply(txn_id=TXN, record=replace(record(state), participants=()))
+
+
+def probing() -> tuple[Recovery, dict[PartitionId, Send]]:
+    recovery = Recovery(record(TxnState.STAGING), P2, T0)
+    effects = recovery.step_start(T0)
+    assert recovery.state is RecoveryState.PROBING
+    assert finishes(effects) == []
+    assert [s.request for s in sends(effects)] == [
+        PreventRequest(partition=p, txn_id=TXN, anchor=P2) for p in (P1, P3)
+    ]
+    return recovery, {s.request.partition: s for s in sends(effects)}
+
+
+def test_staging_with_every_participant_holding_or_applied_is_committed() -> None:
+    recovery, asks = probing()
+    assert recovery.step_reply(asks[P1].call_id, prevent_answer(TxnState.COMMITTED), T0 + 1) == []
+    effects = recovery.step_reply(asks[P3].call_id, prevent_answer(TxnState.STAGING), T0 + 2)
+    (decide,) = sends(effects)
+    assert decide.request == DecideRequest(partition=P2, txn_id=TXN, decision=TxnState.COMMITTED)
+    effects = recovery.step_reply(
+        decide.call_id, LedgerReply(txn_id=TXN, record=record(TxnState.COMMITTED)), T0 + 3
+    )
+    assert recovery.state is RecoveryState.DRIVING
+    assert [s.request for s in sends(effects)] == [
+        CommitRequest(partition=p, txn_id=TXN) for p in (P1, P2, P3)
+    ]
+
+
+def test_staging_with_a_refusal_is_cancelled_without_waiting_for_the_rest() -> None:
+    recovery, asks = probing()
+    effects = recovery.step_reply(asks[P3].call_id, prevent_answer(TxnState.CANCELLED), T0 + 1)
+    (decide,) = sends(effects)
+    assert decide.request == DecideRequest(partition=P2, txn_id=TXN, decision=TxnState.CANCELLED)
+    # P1's answer, late, changes nothing.
+    assert recovery.step_reply(asks[P1].call_id, prevent_answer(TxnState.STAGING), T0 + 2) == []
+    effects = recovery.step_reply(
+        decide.call_id, LedgerReply(txn_id=TXN, record=record(TxnState.CANCELLED)), T0 + 3
+    )
+    assert [s.request for s in sends(effects)] == [
+        CancelRequest(partition=p, txn_id=TXN) for p in (P1, P2, P3)
+    ]
+
+
+def test_staging_adopts_whatever_the_compare_and_set_returns() -> None:
+    """The coordinator may decide first: its decision is the one delivered."""
+    recovery, asks = probing()
+    for p in (P1, P3):
+        effects = recovery.step_reply(asks[p].call_id, prevent_answer(TxnState.STAGING), T0 + 1)
+    (decide,) = sends(effects)
+    effects = recovery.step_reply(
+        decide.call_id, LedgerReply(txn_id=TXN, record=record(TxnState.CANCELLED)), T0 + 2
+    )
+    assert recovery.record.state is TxnState.CANCELLED
+    assert {type(s.request) for s in sends(effects)} == {CancelRequest}
+
+
+def test_staging_probe_failures_and_useless_answers_are_asked_again() -> None:
+    recovery, asks = probing()
+    assert recovery.step_failed(asks[P1].call_id, ErrorCode.Unavailable, T0 + 1) == []
+    useless = LedgerReply(txn_id=TXN, record=None)
+    assert recovery.step_reply(asks[P3].call_id, useless, T0 + 2) == []
+    assert recovery.next_deadline_us == T0 + 1 + RESEND_INTERVAL_MS * 1000
+    again = sends(recovery.step_tick(T0 + 2 + RESEND_INTERVAL_MS * 1000))
+    assert sorted(s.request.partition for s in again) == [P1, P3]
+    assert all(isinstance(s.request, PreventRequest) for s in again)
+
+
+def test_staging_decide_is_retried_until_the_record_is_decided() -> None:
+    recovery, asks = probing()
+    for p in (P1, P3):
+        effects = recovery.step_reply(asks[p].call_id, prevent_answer(TxnState.STAGING), T0 + 1)
+    (decide,) = sends(effects)
+    undecided = LedgerReply(txn_id=TXN, record=record(TxnState.STAGING))
+    assert recovery.step_reply(decide.call_id, undecided, T0 + 2) == []
+    (again,) = sends(recovery.step_tick(T0 + 2 + RESEND_INTERVAL_MS * 1000))
+    assert again.request == decide.request
+
+
+def test_staging_gives_up_at_the_deadline_undecided() -> None:
+    recovery, _ = probing()
+    deadline = T0 + FINISH_DEADLINE_MS * 1000
+    effects = recovery.step_tick(deadline)
+    assert finishes(effects) == [
+        RecoveryResult(
+            txn_id=TXN, state=TxnState.STAGING, completed=False, error=ErrorCode.OutcomeUnknown
+        )
+    ]
+    assert recovery.done
+
+
+def test_staging_with_no_other_participant_is_committed_at_once() -> None:
+    only_anchor = replace(record(TxnState.STAGING), participants=(P2,))
+    recovery = Recovery(only_anchor, P2, T0)
+    (decide,) = sends(recovery.step_start(T0))
+    assert decide.request == DecideRequest(partition=P2, txn_id=TXN, decision=TxnState.COMMITTED)
+
+
+# --- settling a participant's mark ----------------------------------------------------------------
+
+
+def test_a_mark_is_forgotten_once_its_anchor_record_is_decided_or_gone() -> None:
+    for answer in (record(TxnState.COMMITTED), record(TxnState.CANCELLED), None):
+        settle = MarkSettle(TXN, P2, P1)
+        (lookup,) = sends(settle.step_start(T0))
+        assert lookup.request == LedgerLookupRequest(partition=P2, txn_id=TXN)
+        (complete,) = sends(
+            settle.step_reply(lookup.call_id, LedgerReply(txn_id=TXN, record=answer), T0)
+        )
+        assert complete.request == CompleteRequest(partition=P1, txn_id=TXN)
+        done = settle.step_reply(complete.call_id, LedgerReply(txn_id=TXN, record=None), T0)
+        assert finishes(done) == ["forgotten"] and settle.done
+
+
+@pytest.mark.parametrize("state", [TxnState.STAGING, TxnState.PREPARING])
+def test_a_mark_is_kept_while_its_anchor_record_is_undecided(state: TxnState) -> None:
+    settle = MarkSettle(TXN, P2, P1)
+    (lookup,) = sends(settle.step_start(T0))
+    effects = settle.step_reply(lookup.call_id, LedgerReply(txn_id=TXN, record=record(state)), T0)
+    assert sends(effects) == [] and finishes(effects) == ["wait"]
+
+
+def test_a_mark_settle_that_cannot_reach_the_anchor_keeps_the_mark() -> None:
+    settle = MarkSettle(TXN, P2, P1)
+    (lookup,) = sends(settle.step_start(T0))
+    effects = settle.step_failed(lookup.call_id, ErrorCode.Unavailable, T0)
+    assert sends(effects) == [] and finishes(effects) == ["unreachable"]

@@ -1,4 +1,5 @@
-"""Write coordinator, multi-partition transactions: prepare, decide, commit or cancel, complete.
+"""Write coordinator, multi-partition transactions: prepare, then parallel commit (the anchor's
+decide and the others' commits at once) or decide CANCELLED and cancel, then complete.
 
 Every test is a small event script: start, hand-made partition replies, ticks; then a look at
 the exact effects. Keys ``a:*`` live on partition 1, ``b:*`` on 2, ``c:*`` on 3. The transaction
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 import pytest
 from support.coordinator import finishes, partition_of, sends
 
-from kvstore.coordinator.core import LOST_TO_RECOVERY, NO_ANSWER, WriteEffect, WriteTxn
+from kvstore.coordinator.core import NO_ANSWER, WriteEffect, WriteTxn
 from kvstore.coordinator.effects import Send
 from kvstore.coordinator.results import TxnResult
 from kvstore.coordinator.state import WriteState
@@ -94,23 +95,33 @@ def start(now: int = T0) -> tuple[WriteTxn, dict[PartitionId, Send]]:
     return txn, {p: to(effects, p) for p in (P1, P2, P3)}
 
 
-def all_yes(txn: WriteTxn, prepares: dict[PartitionId, Send], now: int = T0 + 10) -> Send:
-    """Every participant votes yes; returns the decide call."""
+def all_yes_calls(
+    txn: WriteTxn, prepares: dict[PartitionId, Send], now: int = T0 + 10
+) -> dict[PartitionId, Send]:
+    """Every participant votes yes; returns the parallel commit's calls by partition: the
+    anchor's decide and the others' commits, all sent at the last vote."""
     assert txn.step_reply(prepares[P1].call_id, yes(P1), now) == []
     assert txn.step_reply(prepares[P2].call_id, yes(P2), now) == []
-    return only_send(txn.step_reply(prepares[P3].call_id, yes(P3), now))
+    effects = txn.step_reply(prepares[P3].call_id, yes(P3), now)
+    assert finishes(effects) == []
+    return {s.request.partition: s for s in sends(effects)}
+
+
+def all_yes(txn: WriteTxn, prepares: dict[PartitionId, Send], now: int = T0 + 10) -> Send:
+    """Every participant votes yes; returns the anchor's decide call."""
+    return all_yes_calls(txn, prepares, now)[ANCHOR]
 
 
 def committing(now: int = T0 + 20) -> tuple[WriteTxn, dict[PartitionId, Send]]:
-    """A transaction past a COMMITTED decision; returns its commit calls (non-anchor only)."""
+    """A transaction whose anchor answered COMMITTED; returns its commit calls (non-anchor)."""
     txn, prepares = start()
-    decide = all_yes(txn, prepares)
-    effects = txn.step_reply(decide.call_id, ledger(TxnState.COMMITTED), now)
-    assert finishes(effects) == []
-    assert [s.request for s in sends(effects)] == [
+    calls = all_yes_calls(txn, prepares)
+    decide = calls.pop(ANCHOR)
+    assert txn.step_reply(decide.call_id, ledger(TxnState.COMMITTED), now) == []
+    assert [s.request for s in calls.values()] == [
         CommitRequest(partition=p, txn_id=TXN) for p in OTHERS
     ]
-    return txn, {p: to(effects, p) for p in OTHERS}
+    return txn, calls
 
 
 def reject_p1(txn: WriteTxn, prepares: dict[PartitionId, Send], now: int = T0 + 10) -> Send:
@@ -130,7 +141,7 @@ def test_happy_path_exact_sends() -> None:
     assert txn.next_deadline_us is None
     effects = txn.step_start(T0)
     assert state_of(txn) is WriteState.PREPARING
-    record = LedgerRecord(txn_id=TXN, ts=TS, state=TxnState.PREPARING, participants=(P1, P2, P3))
+    record = LedgerRecord(txn_id=TXN, ts=TS, state=TxnState.STAGING, participants=(P1, P2, P3))
     # One prepare per partition, anchor first; only the anchor's carries the ledger record.
     assert [s.request for s in sends(effects)] == [
         PrepareRequest(partition=P2, txn_id=TXN, ts=TS, ops=SLICES[P2], anchor=P2, ledger=record),
@@ -141,22 +152,21 @@ def test_happy_path_exact_sends() -> None:
     assert len({s.call_id for s in sends(effects)}) == 3
     prepares = {p: to(effects, p) for p in (P1, P2, P3)}
 
-    decide = all_yes(txn, prepares)
-    assert state_of(txn) is WriteState.DECIDING
-    assert decide.request == DecideRequest(
-        partition=ANCHOR, txn_id=TXN, decision=TxnState.COMMITTED
-    )
-    assert decide.deadline_us == T0 + 10 + RPC_TIMEOUT_MS * 1000
-
-    effects = txn.step_reply(decide.call_id, ledger(TxnState.COMMITTED), T0 + 20)
+    # All yes: parallel commit, in one round. The anchor's decide (its record and its own
+    # slice) and the others' commits leave together.
+    assert txn.step_reply(prepares[P1].call_id, yes(P1), T0 + 10) == []
+    assert txn.step_reply(prepares[P2].call_id, yes(P2), T0 + 10) == []
+    effects = txn.step_reply(prepares[P3].call_id, yes(P3), T0 + 10)
     assert state_of(txn) is WriteState.COMMITTING
-    # The anchor applied its own slice with the decision: commits go to the others only.
-    assert [s.request for s in sends(effects)] == [
-        CommitRequest(partition=p, txn_id=TXN) for p in OTHERS
-    ]
-    assert {s.deadline_us for s in sends(effects)} == {T0 + 20 + RPC_TIMEOUT_MS * 1000}
     assert finishes(effects) == []
+    assert [s.request for s in sends(effects)] == [
+        DecideRequest(partition=ANCHOR, txn_id=TXN, decision=TxnState.COMMITTED),
+        *(CommitRequest(partition=p, txn_id=TXN) for p in OTHERS),
+    ]
+    assert {s.deadline_us for s in sends(effects)} == {T0 + 10 + RPC_TIMEOUT_MS * 1000}
+    decide = to(effects, ANCHOR)
     commits = {p: to(effects, p) for p in OTHERS}
+    assert txn.step_reply(decide.call_id, ledger(TxnState.COMMITTED), T0 + 20) == []
 
     # The answer waits for every other participant (read-your-writes), then complete goes out.
     assert txn.step_reply(commits[P1].call_id, CommitReply(txn_id=TXN, applied=1), T0 + 30) == []
@@ -176,11 +186,22 @@ def test_happy_path_exact_sends() -> None:
 
 def test_call_ids_are_unique_across_the_whole_transaction() -> None:
     txn, prepares = start()
-    decide = all_yes(txn, prepares)
-    effects = txn.step_reply(decide.call_id, ledger(TxnState.COMMITTED), T0 + 20)
-    ids = [s.call_id for s in prepares.values()] + [decide.call_id]
-    ids += [s.call_id for s in sends(effects)]
+    calls = all_yes_calls(txn, prepares)
+    ids = [s.call_id for s in prepares.values()] + [s.call_id for s in calls.values()]
     assert len(ids) == len(set(ids))
+
+
+def test_the_answer_waits_for_the_anchor_even_when_every_other_commit_is_acked() -> None:
+    txn, prepares = start()
+    calls = all_yes_calls(txn, prepares)
+    ack = CommitReply(txn_id=TXN, applied=1)
+    assert txn.step_reply(calls[P1].call_id, ack, T0 + 20) == []
+    assert txn.step_reply(calls[P3].call_id, ack, T0 + 21) == []
+    assert state_of(txn) is WriteState.COMMITTING  # the anchor has not applied its slice yet
+    effects = txn.step_reply(calls[ANCHOR].call_id, ledger(TxnState.COMMITTED), T0 + 30)
+    assert [s.request for s in sends(effects)] == [CompleteRequest(partition=ANCHOR, txn_id=TXN)]
+    assert finishes(effects) == [TxnResult(committed=True, txn_id=TXN, ts=TS)]
+    assert txn.done
 
 
 # --- prepare rejected, failed, timed out ----------------------------------------------------
@@ -280,24 +301,18 @@ def test_prepare_refusal_error_cancels() -> None:
 # --- decide -----------------------------------------------------------------------------------
 
 
-def test_decide_race_lost_to_recovery() -> None:
+def test_a_cancelled_anchor_after_all_yes_claims_nothing() -> None:
+    """Rule 5a makes it impossible (recovery cancels only on a durable refusal, and every
+    participant voted yes); if the anchor ever answers CANCELLED, commits have gone out already,
+    so the answer is OutcomeUnknown, never "cancelled", and nothing more is sent."""
     txn, prepares = start()
     decide = all_yes(txn, prepares)
     effects = txn.step_reply(decide.call_id, ledger(TxnState.CANCELLED), T0 + 20)
-    lost = OpOutcome(code=ReasonCode.TRANSACTION_CONFLICT, message=LOST_TO_RECOVERY)
     assert finishes(effects) == [
-        TxnResult(
-            committed=False,
-            txn_id=TXN,
-            ts=TS,
-            outcomes=(lost,) * 4,
-            error=ErrorCode.TransactionCanceled,
-        )
+        TxnResult(committed=False, txn_id=TXN, ts=TS, error=ErrorCode.OutcomeUnknown)
     ]
-    assert [s.request for s in sends(effects)] == [
-        CancelRequest(partition=p, txn_id=TXN) for p in OTHERS
-    ]
-    assert txn.state is WriteState.CANCELLING
+    assert sends(effects) == []
+    assert txn.cas_lost and txn.done
 
 
 def test_decision_committed_by_another_is_followed() -> None:
@@ -343,7 +358,11 @@ def test_decide_retries_then_outcome_unknown() -> None:
 
 def test_decide_timeout_via_tick_is_retried() -> None:
     txn, prepares = start()
-    decide = all_yes(txn, prepares)
+    calls = all_yes_calls(txn, prepares)
+    ack = CommitReply(txn_id=TXN, applied=1)
+    for p in OTHERS:  # the others applied; only the anchor's answer is missing
+        assert txn.step_reply(calls[p].call_id, ack, T0 + 11) == []
+    decide = calls[ANCHOR]
     assert txn.next_deadline_us == decide.deadline_us
     assert txn.step_tick(decide.deadline_us) == []
     retry = only_send(txn.step_tick(decide.deadline_us + RESEND_INTERVAL_MS * 1000))
@@ -431,10 +450,19 @@ def test_finish_deadline_while_cancelling_just_stops() -> None:
     assert txn.done
 
 
-@pytest.mark.parametrize("reply_state", [TxnState.PREPARING])
+@pytest.mark.parametrize("reply_state", [TxnState.PREPARING, TxnState.STAGING])
 def test_undecided_record_after_decide_is_retried(reply_state: TxnState) -> None:
     txn, prepares = start()
     decide = all_yes(txn, prepares)
+    assert txn.step_reply(decide.call_id, ledger(reply_state), T0 + 20) == []
+    retry = only_send(txn.step_tick(T0 + 20 + RESEND_INTERVAL_MS * 1000))
+    assert retry.request == decide.request
+
+
+@pytest.mark.parametrize("reply_state", [TxnState.PREPARING, TxnState.STAGING])
+def test_undecided_record_after_a_cancel_decide_is_retried(reply_state: TxnState) -> None:
+    txn, prepares = start()
+    decide = reject_p1(txn, prepares)
     assert txn.step_reply(decide.call_id, ledger(reply_state), T0 + 20) == []
     retry = only_send(txn.step_tick(T0 + 20 + RESEND_INTERVAL_MS * 1000))
     assert retry.request == decide.request
@@ -451,13 +479,13 @@ def test_the_only_other_participants_ack_answers_a_commit() -> None:
     assert list(prepares) == [P2, P1]
     one_yes = PrepareReply(txn_id=TXN, accepted=True, outcomes=(OK,))
     assert txn.step_reply(prepares[P1].call_id, one_yes, T0 + 5) == []
-    decide = only_send(txn.step_reply(prepares[P2].call_id, one_yes, T0 + 10))
+    calls = sends(txn.step_reply(prepares[P2].call_id, one_yes, T0 + 10))
+    decide, commit = calls
     assert decide.request == DecideRequest(partition=P2, txn_id=TXN, decision=TxnState.COMMITTED)
-    record = LedgerRecord(txn_id=TXN, ts=TS, state=TxnState.COMMITTED, participants=(P1, P2))
-    commit = only_send(
-        txn.step_reply(decide.call_id, LedgerReply(txn_id=TXN, record=record), T0 + 20)
-    )
     assert commit.request == CommitRequest(partition=P1, txn_id=TXN)
+    record = LedgerRecord(txn_id=TXN, ts=TS, state=TxnState.COMMITTED, participants=(P1, P2))
+    reply = LedgerReply(txn_id=TXN, record=record)
+    assert txn.step_reply(decide.call_id, reply, T0 + 20) == []
     assert state_of(txn) is WriteState.COMMITTING
     effects = txn.step_reply(commit.call_id, CommitReply(txn_id=TXN, applied=1), T0 + 30)
     assert [s.request for s in sends(effects)] == [CompleteRequest(partition=P2, txn_id=TXN)]
@@ -469,8 +497,9 @@ def test_the_only_other_participants_ack_answers_a_commit() -> None:
 HOME = PartitionId(9)  # a token's home partition, holding none of the keys
 
 
-def home_anchored() -> tuple[WriteTxn, Send]:
-    """A tokened transaction anchored at HOME, every vote yes; returns the decide call."""
+def home_anchored() -> tuple[WriteTxn, dict[PartitionId, Send]]:
+    """A tokened transaction anchored at HOME, every vote yes; returns the parallel commit's
+    calls by partition (HOME's is the decide)."""
     txn = WriteTxn(TXN, TS, OPS, partition_of, T0, token="tok-1", token_home=lambda _: HOME)
     assert txn.anchor == HOME and txn.participants == (P1, P2, P3, HOME)
     prepares = {s.request.partition: s for s in sends(txn.step_start(T0))}
@@ -482,8 +511,8 @@ def home_anchored() -> tuple[WriteTxn, Send]:
     assert txn.step_reply(prepares[HOME].call_id, ledger_only_yes, T0 + 5) == []
     assert txn.step_reply(prepares[P1].call_id, yes(P1), T0 + 6) == []
     assert txn.step_reply(prepares[P2].call_id, yes(P2), T0 + 7) == []
-    decide = only_send(txn.step_reply(prepares[P3].call_id, yes(P3), T0 + 10))
-    return txn, decide
+    effects = txn.step_reply(prepares[P3].call_id, yes(P3), T0 + 10)
+    return txn, {s.request.partition: s for s in sends(effects)}
 
 
 def home_ledger(state: TxnState) -> LedgerReply:
@@ -494,15 +523,15 @@ def home_ledger(state: TxnState) -> LedgerReply:
 
 
 def test_a_ledger_only_token_home_anchor_gets_no_commit_and_the_key_holders_all_do() -> None:
-    txn, decide = home_anchored()
+    txn, calls = home_anchored()
+    decide = calls.pop(HOME)
     assert decide.request == DecideRequest(partition=HOME, txn_id=TXN, decision=TxnState.COMMITTED)
-    effects = txn.step_reply(decide.call_id, home_ledger(TxnState.COMMITTED), T0 + 20)
-    assert finishes(effects) == []
     # Every key-holding partition is a non-anchor participant here: all of them get a commit.
-    assert [s.request for s in sends(effects)] == [
+    assert [s.request for s in calls.values()] == [
         CommitRequest(partition=p, txn_id=TXN) for p in (P1, P2, P3)
     ]
-    commits = {p: to(effects, p) for p in (P1, P2, P3)}
+    assert txn.step_reply(decide.call_id, home_ledger(TxnState.COMMITTED), T0 + 20) == []
+    commits = calls
     assert txn.step_reply(commits[P2].call_id, CommitReply(txn_id=TXN, applied=2), T0 + 30) == []
     assert txn.step_reply(commits[P1].call_id, CommitReply(txn_id=TXN, applied=1), T0 + 31) == []
     assert state_of(txn) is WriteState.COMMITTING
@@ -513,15 +542,23 @@ def test_a_ledger_only_token_home_anchor_gets_no_commit_and_the_key_holders_all_
 
 
 def test_a_ledger_only_token_home_anchor_gets_no_cancel_and_the_key_holders_all_do() -> None:
-    txn, decide = home_anchored()
+    txn = WriteTxn(TXN, TS, OPS, partition_of, T0, token="tok-1", token_home=lambda _: HOME)
+    prepares = {s.request.partition: s for s in sends(txn.step_start(T0))}
+    ledger_only_yes = PrepareReply(txn_id=TXN, accepted=True, outcomes=())
+    assert txn.step_reply(prepares[HOME].call_id, ledger_only_yes, T0 + 5) == []
+    assert txn.step_reply(prepares[P1].call_id, yes(P1), T0 + 6) == []
+    assert txn.step_reply(prepares[P2].call_id, yes(P2), T0 + 7) == []
+    decide = only_send(txn.step_failed(prepares[P3].call_id, ErrorCode.Unavailable, T0 + 10))
+    assert isinstance(decide.request, DecideRequest)
+    assert decide.request.decision is TxnState.CANCELLED
     effects = txn.step_reply(decide.call_id, home_ledger(TxnState.CANCELLED), T0 + 20)
-    lost = OpOutcome(code=ReasonCode.TRANSACTION_CONFLICT, message=LOST_TO_RECOVERY)
+    no_answer = OpOutcome(code=ReasonCode.TRANSACTION_CONFLICT, message=NO_ANSWER)
     assert finishes(effects) == [
         TxnResult(
             committed=False,
             txn_id=TXN,
             ts=TS,
-            outcomes=(lost,) * 4,
+            outcomes=(OK, OK, OK, no_answer),
             error=ErrorCode.TransactionCanceled,
         )
     ]

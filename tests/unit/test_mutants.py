@@ -17,6 +17,7 @@ from support.partition import P0, Partition, add, check, codes, delete, put, ts
 from support.runtime import P1, START_US, Node
 
 from kvstore.conditions import Exists
+from kvstore.coordinator.core import WriteTxn
 from kvstore.coordinator.read import ReadTxn
 from kvstore.coordinator.results import ReadResult
 from kvstore.messages import (
@@ -24,11 +25,15 @@ from kvstore.messages import (
     ExecuteReply,
     ExecuteRequest,
     NodeExecuteRequest,
+    OpOutcome,
+    PrepareReply,
     PrepareRequest,
+    PreventRequest,
     ReadEntry,
     ReadReply,
     ReadRequest,
     ReasonCode,
+    TxnState,
 )
 from kvstore.mutants import (
     ARMING_ENV,
@@ -383,6 +388,68 @@ def test_stale_vote_after_wait_loses_the_update_it_waited_for(arm: Arm) -> None:
 
     assert script(NO_MUTANTS) == (0, {"n": 2})
     assert script(arm(Mutant.STALE_VOTE_AFTER_WAIT)) == (0, {"n": 1}), "t1's add lost"
+
+
+def prevent_state(p: Partition, txn: str) -> TxnState | None:
+    request = PreventRequest(partition=P0, txn_id=TxnId(txn), anchor=PartitionId(1))
+    record = p.core.prevent(request, p.now_us).reply.record
+    return None if record is None else record.state
+
+
+@shows(Mutant.UNKNOWN_HOLDS)
+def test_unknown_holds_counts_a_participant_that_never_prepared_as_a_yes(arm: Arm) -> None:
+    def script(mutants: Mutants) -> tuple[TxnState | None, bool]:
+        p = partition(mutants)
+        state = prevent_state(p, "t1")  # recovery asks; t1 never reached this partition
+        late = p.prepare("t1", ts(10), put("x", 1), anchored_at=PartitionId(1))
+        return state, late.accepted
+
+    assert script(NO_MUTANTS) == (TxnState.CANCELLED, False)
+    # A standing yes for intents that do not exist: recovery commits what was never prepared.
+    assert script(arm(Mutant.UNKNOWN_HOLDS)) == (TxnState.STAGING, True)
+
+
+@shows(Mutant.FORGET_REFUSAL)
+def test_forget_refusal_lets_a_late_prepare_succeed_after_the_refusal(arm: Arm) -> None:
+    def script(mutants: Mutants) -> tuple[TxnState | None, bool]:
+        p = partition(mutants)
+        state = prevent_state(p, "t1")
+        late = p.prepare("t1", ts(10), put("x", 1), anchored_at=PartitionId(1))
+        return state, late.accepted
+
+    assert script(NO_MUTANTS) == (TxnState.CANCELLED, False)
+    assert script(arm(Mutant.FORGET_REFUSAL)) == (TxnState.CANCELLED, True), "yes after a no"
+
+
+@shows(Mutant.FORGET_APPLIED)
+def test_forget_applied_makes_an_applied_participant_refuse(arm: Arm) -> None:
+    def script(mutants: Mutants) -> tuple[int, TxnState | None]:
+        p = partition(mutants)
+        assert p.prepare("t1", ts(10), put("x", 1), anchored_at=PartitionId(1)).accepted
+        applied = p.commit("t1")
+        return applied, prevent_state(p, "t1")
+
+    assert script(NO_MUTANTS) == (1, TxnState.COMMITTED)
+    # Applied, then refused: recovery of the STAGING record would cancel a transaction applied
+    # here.
+    assert script(arm(Mutant.FORGET_APPLIED)) == (1, TxnState.CANCELLED)
+
+
+@shows(Mutant.ANSWER_BEFORE_APPLIED)
+def test_answer_before_applied_answers_a_commit_at_the_last_yes(arm: Arm) -> None:
+    ops = (put("a:1", 1), put("b:1", 2))
+
+    def script(mutants: Mutants) -> list[bool]:
+        txn = WriteTxn(TxnId("t1"), ts(10), ops, partition_of, 0, mutants=mutants)
+        prepares = sends(txn.step_start(0))
+        answers: list[bool] = []
+        for send in prepares:
+            yes = PrepareReply(txn_id=TxnId("t1"), accepted=True, outcomes=(OpOutcome(),))
+            answers += [r.committed for r in finishes(txn.step_reply(send.call_id, yes, 1))]
+        return answers
+
+    assert script(NO_MUTANTS) == []  # answered only once every participant applied
+    assert script(arm(Mutant.ANSWER_BEFORE_APPLIED)) == [True], "answered, nothing applied"
 
 
 def test_every_mutant_has_a_test_showing_what_it_breaks() -> None:

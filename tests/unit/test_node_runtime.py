@@ -8,6 +8,8 @@ an answer leaves relative to the flush that carries its writes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from support.partition import put
 from support.runtime import P0, P1, START_US, Node
@@ -174,16 +176,20 @@ def test_a_failed_flush_fails_its_waiters_the_next_batch_and_the_node(node: Node
 def test_background_actors_start_only_after_the_writes_they_follow_are_durable(
     node: Node,
 ) -> None:
-    """An expired PREPARING record is cancelled by ``maintain``; the recovery that tells the
-    participants must not start before that CANCELLED is durable."""
+    """An expired PREPARING record (of an earlier release) is cancelled by ``maintain``; the
+    recovery that tells the participants must not start before that CANCELLED is durable."""
     txn = TxnId("t1")
     ts = Timestamp(START_US, 0, 1)
-    ledger = LedgerRecord(txn_id=txn, ts=ts, state=TxnState.PREPARING, participants=(P0, P1))
+    ledger = LedgerRecord(txn_id=txn, ts=ts, state=TxnState.STAGING, participants=(P0, P1))
     prepare = PrepareRequest(
         partition=P0, txn_id=txn, ts=ts, ops=(put("x", 1),), anchor=P0, ledger=ledger
     )
     node.submit(prepare)
     node.finish_flush()
+    store = node.runtime.cores[P0].store  # a record of an earlier release: PREPARING
+    record = store.get_ledger(txn)
+    assert record is not None
+    store.put_ledger(replace(record, state=TxnState.PREPARING))
     node.scheduler.now += limits.LEDGER_DECISION_DEADLINE_MS * 1000 + limits.INTENT_STALE_MS * 1000
     node.runtime.maintain_now()
     node.scheduler.settle()

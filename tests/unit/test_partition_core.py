@@ -26,13 +26,14 @@ from kvstore.messages import (
     LedgerLookupRequest,
     LedgerReply,
     OpOutcome,
+    PreventRequest,
     ReasonCode,
     TokenLookupRequest,
     TxnState,
     WriteRequest,
 )
 from kvstore.storage_node.core import PartitionConfig, Step
-from kvstore.types import Timestamp, TxnId
+from kvstore.types import PartitionId, Timestamp, TxnId
 
 OK = ReasonCode.NONE
 CONFLICT = ReasonCode.TRANSACTION_CONFLICT
@@ -365,7 +366,7 @@ def test_a_clock_skew_refusal_takes_the_token_from_an_attempt_still_in_flight() 
     assert p.get("a") is None
 
 
-def test_an_anchor_clock_skew_refusal_is_final_but_spares_a_preparing_record() -> None:
+def test_an_anchor_clock_skew_refusal_is_final_but_spares_a_staging_record() -> None:
     p = Partition(PartitionConfig(max_clock_skew_ms=10))
     p.now_us = 1_000_000
     far = ts(p.now_us + 10_001)
@@ -379,7 +380,7 @@ def test_an_anchor_clock_skew_refusal_is_final_but_spares_a_preparing_record() -
     p.now_us = 0
     assert p.prepare("t2", ts(1_000_000), put("y", 1), anchor=True).error is ErrorCode.ClockSkew
     kept = p.core.store.get_ledger(TxnId("t2"))
-    assert kept is not None and kept.state is TxnState.PREPARING
+    assert kept is not None and kept.state is TxnState.STAGING
 
 
 def test_a_used_token_is_reported_even_when_the_retry_was_already_cancelled() -> None:
@@ -425,18 +426,32 @@ def lookup(p: Partition, txn: str, *, resolve: bool) -> TxnState | None:
 def test_anchor_prepare_creates_the_record_and_the_decision_is_made_once() -> None:
     p = Partition()
     assert p.prepare("t1", ts(10), put("x", 1), anchor=True).accepted
-    assert lookup(p, "t1", resolve=False) is TxnState.PREPARING
+    assert lookup(p, "t1", resolve=False) is TxnState.STAGING
     assert decide(p, "t1", TxnState.COMMITTED) is TxnState.COMMITTED
     assert decide(p, "t1", TxnState.CANCELLED) is TxnState.COMMITTED, "the CAS winner is final"
 
 
 def test_anchor_records_even_a_no_vote_so_the_token_is_claimed() -> None:
+    """The anchor's refusal is final: its record is CANCELLED at once (with its own reasons),
+    and the coordinator's decide, knowing every op's reason, replaces them."""
     p = Partition()
     committed(p, "t0", ts(50), put("x", 0))
     reply = p.prepare("t1", ts(10), put("x", 1), anchor=True, token="tok")
     assert not reply.accepted
-    assert lookup(p, "t1", resolve=False) is TxnState.PREPARING
+    record = p.store.get_ledger(TxnId("t1"))
+    assert record is not None and record.state is TxnState.CANCELLED
+    assert codes(record.outcomes) == [TOO_OLD] and record.completed_us is None
     assert p.store.get_intent("x") is None
+    found = p.core.lookup_token(TokenLookupRequest(partition=P0, token="tok")).reply.record
+    assert found is not None and found.txn_id == "t1"
+    assert p.prepare("t1", ts(10), put("x", 1), anchor=True).outcomes[0].code is CONFLICT
+    every = (OpOutcome(code=TOO_OLD, message="x"), OpOutcome(code=COND, message="y"))
+    req = DecideRequest(
+        partition=P0, txn_id=TxnId("t1"), decision=TxnState.CANCELLED, outcomes=every
+    )
+    step = p.core.decide(req, p.now_us)
+    assert step.wrote and step.reply.record is not None
+    assert step.reply.record.outcomes == every
 
 
 def test_commit_decision_needs_the_record_and_cancel_inserts_it() -> None:
@@ -454,9 +469,29 @@ def test_resolving_lookup_cancels_absent_records_and_blocks_a_late_anchor_prepar
     assert p.store.get_intent("x") is None
 
 
+def as_legacy_preparing(p: Partition, txn: str) -> None:
+    """Turn ``txn``'s STAGING record into the PREPARING record an earlier release wrote."""
+    record = p.store.get_ledger(TxnId(txn))
+    assert record is not None and record.state is TxnState.STAGING
+    p.store.put_ledger(replace(record, state=TxnState.PREPARING))
+
+
+def test_a_staging_record_is_never_cancelled_by_a_resolver_even_past_its_deadline() -> None:
+    """Rule 5a: only the votes decide a STAGING record; past its deadline the anchor's
+    maintenance hands it to recovery, which asks every participant."""
+    p = Partition(PartitionConfig(ledger_decision_deadline_ms=5))
+    assert p.prepare("t1", ts(10), put("x", 1), anchor=True).accepted
+    assert lookup(p, "t1", resolve=True) is TxnState.STAGING
+    p.now_us += 5_000
+    assert lookup(p, "t1", resolve=True) is TxnState.STAGING
+    assert [r.txn_id for r in p.core.maintain(p.now_us).records_to_drive] == ["t1"]
+    assert lookup(p, "t1", resolve=False) is TxnState.STAGING
+
+
 def test_expired_preparing_record_may_be_cancelled_by_a_resolver_only_after_deadline() -> None:
     p = Partition(PartitionConfig(ledger_decision_deadline_ms=5))
     assert p.prepare("t1", ts(10), put("x", 1), anchor=True).accepted
+    as_legacy_preparing(p, "t1")
     assert lookup(p, "t1", resolve=True) is TxnState.PREPARING
     p.now_us += 5_000
     assert lookup(p, "t1", resolve=True) is TxnState.CANCELLED
@@ -567,6 +602,7 @@ def test_a_decide_on_a_record_already_cancelled_clears_leftover_intents() -> Non
     decide (whatever it asks for) follows the final CANCELLED state and clears them."""
     p = Partition(PartitionConfig(ledger_decision_deadline_ms=5))
     anchor_with_pending_t1(p)
+    as_legacy_preparing(p, "t1")  # only an earlier release's record expires this way
     p.now_us += 5_000
     assert lookup(p, "t1", resolve=True) is TxnState.CANCELLED
     assert len(p.store.intents_of(TxnId("t1"))) == 2, "the resolver left the intents"
@@ -624,6 +660,7 @@ def test_maintain_cancels_expired_records_drives_decided_ones_and_expires_comple
     cfg = PartitionConfig(intent_stale_ms=1, ledger_decision_deadline_ms=2, ledger_retention_ms=3)
     p = Partition(cfg)
     assert p.prepare("t1", ts(10), put("x", 1), anchor=True).accepted
+    as_legacy_preparing(p, "t1")
     p.now_us += 2_000
     work = p.core.maintain(p.now_us)
     assert [r.txn_id for r in work.records_to_drive] == ["t1"]
@@ -649,8 +686,115 @@ def test_a_ledger_only_prepare_creates_the_record_and_is_idempotent() -> None:
     p = Partition()
     assert p.prepare("t1", ts(2_000), anchor=True, token="tok").accepted
     record = p.store.get_ledger(TxnId("t1"))
-    assert record is not None and record.state is TxnState.PREPARING
+    assert record is not None and record.state is TxnState.STAGING
     assert p.prepare("t1", ts(2_000), anchor=True, token="tok").accepted  # a duplicate
     assert p.commit("t1") == 0  # nothing to apply here
     hit = p.prepare("t2", ts(3_000), anchor=True, token="tok")
     assert not hit.accepted and hit.token_hit is not None and hit.token_hit.txn_id == "t1"
+
+
+# --- parallel commit (DESIGN section 6, rule 5a) ----------------------------------------------
+
+P1 = PartitionId(1)  # the anchor of the transactions a plain participant P0 prepares below
+
+
+def prevent(p: Partition, txn: str) -> Step[LedgerReply]:
+    return p.core.prevent(PreventRequest(partition=P0, txn_id=TxnId(txn), anchor=P1), p.now_us)
+
+
+def test_prevent_on_a_participant_holding_the_intents_is_a_standing_yes() -> None:
+    p = Partition()
+    assert p.prepare("t1", ts(10), put("x", 1), anchored_at=P1).accepted
+    before = p.snapshot()
+    step = prevent(p, "t1")
+    assert not step.wrote and p.snapshot() == before
+    assert step.reply.record is not None and step.reply.record.state is TxnState.STAGING
+    assert p.commit("t1") == 1, "the intents are untouched"
+
+
+def test_prevent_of_a_transaction_never_prepared_here_refuses_it_for_good() -> None:
+    p = Partition()
+    step = prevent(p, "t1")
+    assert step.wrote, "the refusal is durable before the answer"
+    assert step.reply.record is not None and step.reply.record.state is TxnState.CANCELLED
+    late = p.prepare("t1", ts(10), put("x", 1), anchored_at=P1)
+    assert not late.accepted and codes(late.outcomes) == [CONFLICT]
+    assert p.store.get_intent("x") is None
+    again = prevent(p, "t1")
+    assert not again.wrote and again.reply.record is not None
+    assert again.reply.record.state is TxnState.CANCELLED
+
+
+def test_a_participant_that_applied_leaves_a_mark_that_prevent_reports_as_committed() -> None:
+    p = Partition()
+    assert p.prepare("t1", ts(10), put("x", 1), anchored_at=P1).accepted
+    assert p.commit("t1") == 1
+    mark = p.store.get_ledger(TxnId("t1"))
+    assert mark is not None and mark.state is TxnState.COMMITTED
+    assert mark.participants == (P1,) and mark.completed_us is not None
+    step = prevent(p, "t1")
+    assert not step.wrote
+    assert step.reply.record is not None and step.reply.record.state is TxnState.COMMITTED
+    # A duplicate prepare of the applied transaction is a yes, and writes nothing.
+    before = p.snapshot()
+    assert p.prepare("t1", ts(10), put("x", 1), anchored_at=P1).accepted
+    assert p.snapshot() == before
+    assert p.commit("t1") == 0
+
+
+def test_the_anchor_itself_leaves_no_applied_mark() -> None:
+    p = Partition()
+    assert p.prepare("t1", ts(10), put("x", 1)).accepted  # its intents name P0, this partition
+    assert p.commit("t1") == 1
+    assert p.store.get_ledger(TxnId("t1")) is None
+
+
+def test_an_applied_mark_outlives_the_retention_until_its_anchor_is_known_decided() -> None:
+    p = Partition(PartitionConfig(ledger_retention_ms=1))
+    assert p.prepare("t1", ts(10), put("x", 1), anchored_at=P1).accepted
+    assert p.commit("t1") == 1
+    resolve_t2 = LedgerLookupRequest(partition=P0, txn_id=TxnId("t2"), resolve=True)
+    p.core.lookup_ledger(resolve_t2, p.now_us)  # an ordinary completed record, for contrast
+    p.now_us += 10_000
+    work = p.core.maintain(p.now_us)
+    assert [(m.txn_id, m.anchor) for m in work.marks_to_settle] == [("t1", P1)]
+    assert p.store.get_ledger(TxnId("t2")) is None, "other completed records expire"
+    assert p.store.get_ledger(TxnId("t1")) is not None, "the mark waits for its anchor"
+    # The settle actor's CompleteRequest, once the anchor's record is decided, deletes it.
+    step = p.core.complete(CompleteRequest(partition=P0, txn_id=TxnId("t1")), p.now_us)
+    assert step.wrote and step.reply.record is None
+    assert p.store.get_ledger(TxnId("t1")) is None
+    assert p.core.maintain(p.now_us).marks_to_settle == ()
+
+
+def test_a_refusal_mark_also_waits_for_its_anchor_past_the_retention() -> None:
+    p = Partition(PartitionConfig(ledger_retention_ms=1))
+    assert prevent(p, "t1").wrote
+    mark = p.store.get_ledger(TxnId("t1"))
+    assert mark is not None and mark.state is TxnState.CANCELLED and mark.participants == (P1,)
+    p.now_us += 10_000
+    work = p.core.maintain(p.now_us)
+    assert [(m.txn_id, m.anchor) for m in work.marks_to_settle] == [("t1", P1)]
+    assert not p.prepare("t1", ts(10), put("x", 1), anchored_at=P1).accepted, "still refused"
+    assert p.core.complete(CompleteRequest(partition=P0, txn_id=TxnId("t1")), p.now_us).wrote
+    assert p.store.get_ledger(TxnId("t1")) is None
+
+
+def test_decide_takes_a_staging_record_either_way_once() -> None:
+    for decision in (TxnState.COMMITTED, TxnState.CANCELLED):
+        p = Partition()
+        assert p.prepare("t1", ts(10), put("x", 1), anchor=True).accepted
+        assert decide(p, "t1", decision) is decision
+        assert p.store.intents_of(TxnId("t1")) == [], "the anchor's slice is resolved with it"
+        assert (p.get("x") is not None) == (decision is TxnState.COMMITTED)
+        other = TxnState.CANCELLED if decision is TxnState.COMMITTED else TxnState.COMMITTED
+        assert decide(p, "t1", other) is decision
+
+
+def test_complete_ignores_a_staging_record() -> None:
+    p = Partition()
+    assert p.prepare("t1", ts(10), put("x", 1), anchor=True).accepted
+    step = p.core.complete(CompleteRequest(partition=P0, txn_id=TxnId("t1")), p.now_us)
+    assert not step.wrote
+    record = p.store.get_ledger(TxnId("t1"))
+    assert record is not None and record.completed_us is None

@@ -137,7 +137,10 @@ def test_coordinator_crash_after_decision_is_finished_by_recovery() -> None:
     assert reply.record.state is TxnState.COMMITTED and reply.record.completed_us is not None
 
 
-def test_coordinator_crash_before_decision_is_cancelled_by_recovery() -> None:
+def test_coordinator_crash_once_every_participant_prepared_is_committed_by_recovery() -> None:
+    """Rule 5a: both participants hold their intents durably, so the STAGING record is
+    committed, though nobody ever asked for it: recovery asks y, which answers that it holds
+    its intents, and decides COMMITTED."""
     net = Network(2)
     writer = WriteTxn(
         TxnId("t1"), Timestamp(1_000_001, 0, 1), (put(X, 1), put(Y, 1)), partition_of, net.now_us
@@ -148,10 +151,54 @@ def test_coordinator_crash_before_decision_is_cancelled_by_recovery() -> None:
     net.crash(actor)
     net.inflight.clear()
     net.heal()
+    assert get(net, X) == 1 and get(net, Y) == 1
+    reply = net.call(LedgerLookupRequest(partition=PartitionId(0), txn_id=TxnId("t1")))
+    assert isinstance(reply, LedgerReply) and reply.record is not None
+    assert reply.record.state is TxnState.COMMITTED
+
+
+def test_coordinator_crash_before_a_participant_prepared_is_cancelled_for_good() -> None:
+    """Only the anchor prepared. Recovery's PreventRequest makes y refuse t1 durably, so the
+    record is CANCELLED; y's prepare, arriving late, is refused and leaves no intent."""
+    net = Network(2)
+    writer = WriteTxn(
+        TxnId("t1"), Timestamp(1_000_001, 0, 1), (put(X, 1), put(Y, 1)), partition_of, net.now_us
+    )
+    actor = net.start(writer)
+    deliver_where(net, PrepareRequest, 0, reply=False)  # the anchor prepared
+    net.crash(actor)
+    late = [m for m in net.inflight if m.reply is None and m.request.partition == 1]
+    net.inflight = [m for m in net.inflight if m not in late]
+    net.heal()
     assert get(net, X) is None and get(net, Y) is None
     reply = net.call(LedgerLookupRequest(partition=PartitionId(0), txn_id=TxnId("t1")))
     assert isinstance(reply, LedgerReply) and reply.record is not None
     assert reply.record.state is TxnState.CANCELLED
+    net.inflight.extend(late)
+    net.heal()
+    assert get(net, Y) is None
+    assert net.cores[PartitionId(1)].store.intent_count() == 0
+
+
+def test_a_participant_that_applied_keeps_it_committed_when_the_anchor_lagged() -> None:
+    """Parallel commit: y applied its commit (and left an applied mark), the anchor's decide was
+    lost with the coordinator. Recovery of the STAGING record learns from y's mark that it
+    applied, and commits x too, never cancels."""
+    net = Network(2)
+    writer = WriteTxn(
+        TxnId("t1"), Timestamp(1_000_001, 0, 1), (put(X, 1), put(Y, 1)), partition_of, net.now_us
+    )
+    actor = run_to_prepared(net, writer)
+    assert sorted(describe(net.inflight)) == ["CommitRequest@1", "DecideRequest@0"]
+    deliver_where(net, CommitRequest, 1, reply=False)
+    assert get(net, Y) == 1 and get(net, X) is None
+    net.crash(actor)
+    net.inflight.clear()  # the decide is lost
+    net.heal()
+    assert get(net, X) == 1 and get(net, Y) == 1
+    reply = net.call(LedgerLookupRequest(partition=PartitionId(0), txn_id=TxnId("t1")))
+    assert isinstance(reply, LedgerReply) and reply.record is not None
+    assert reply.record.state is TxnState.COMMITTED
 
 
 def test_late_prepare_after_recovery_cancelled_the_transaction_cannot_revive_it() -> None:
