@@ -25,8 +25,7 @@ from kvstore.mutants import ARMING_ENV, ARMING_VALUE, Mutant
 __all__ = ["CASES", "main"]
 
 # (mutant, workload, nemesis, seconds): the first two need no faults; the node runtime's
-# REPLY_BEFORE_FLUSH needs nodes killed while acknowledged rows wait for their flush, and
-# UNKNOWN_HOLDS coordinators killed between their prepares.
+# REPLY_BEFORE_FLUSH needs nodes killed while acknowledged rows wait for their flush.
 # (ACK_WITH_EARLIER_FLUSH is caught by the simulator only: its rows are written to the WAL one
 # loop iteration after the early answer, and SIGKILL cannot lose what was written; only a power
 # loss would. See docs/chaos.md.)
@@ -34,10 +33,11 @@ CASES: Final = (
     (Mutant.READS_SEE_INTENTS, "list-append", "none", 20),
     (Mutant.SKIP_SECOND_READ_ROUND, "bank", "none", 20),
     (Mutant.REPLY_BEFORE_FLUSH, "list-append", "kill", 30),
-    # Parallel commit's rule 5a: recovery of a STAGING record left by a killed coordinator
-    # commits a transaction that a participant never prepared.
-    (Mutant.UNKNOWN_HOLDS, "bank", "kill", 30),
 )
+# Parallel commit's mutants are caught by the simulator only. UNKNOWN_HOLDS (recovery commits a
+# STAGING transaction a participant never prepared) failed one real 30 s bank run with kills and
+# passed another (a CI run, 2026-12-06): it needs a gateway killed between its prepares and the
+# anchor's recovery probing in that window, too rare for a check that must not flake.
 RUN_TIMEOUT_S: Final = 300
 OUT: Final = Path("chaos-out") / "mutant-runs"
 
