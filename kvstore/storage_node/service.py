@@ -13,12 +13,16 @@ runtime's answer, counts it, and serves the HTTP pages. Replies carry the node's
 (the RPC layer stamps them). After ``kill -9`` a restart reopens the database and the runtime's
 maintenance finishes whatever was in flight: nothing needs an operator.
 
+Every node is also a gateway (:mod:`~kvstore.storage_node.gateway`): it runs the coordinator
+library, serves the public API (``/v1/...``, :mod:`kvstore.api.app`) on its own address, and
+answers the SDK's native calls (:mod:`kvstore.native`) on its RPC connection.
+
 HTTP: ``GET /rpc`` (WebSocket; protocol version and cluster secret checked in the handshake),
-``GET /health`` (no credential: liveness, nothing secret) and ``GET /metrics`` (Prometheus
-text), which needs an API bearer token of any role, exactly as a coordinator's ``/metrics`` does:
-the node reads the cluster's API token file (:class:`~kvstore.api.tokens.TokenStore`, re-read
-when it changes). It reads it leniently: a missing file, or one it cannot read (logged), means
-every scrape is 401, never a node that refuses to serve its data. Only in a process started for
+``GET /health`` (no credential: liveness, nothing secret) and ``GET /metrics`` (Prometheus text: the
+node's and its coordinator's), which needs an API bearer token of any role, as every API call does:
+the node reads the cluster's API token file (:class:`~kvstore.api.tokens.TokenStore`, re-read when
+it changes). It reads it leniently: a missing file, or one it cannot read (logged), means every API
+call and scrape is 401, never a node that refuses to serve its data. Only in a process started for
 chaos runs (``KVSTORE_CHAOS_CONTROL=1``, :mod:`kvstore.chaos_control`): ``GET``/``POST /chaos``
 (cluster secret), and the node's wall time, its RPC pool and its cores' mutants follow the control.
 """
@@ -88,7 +92,7 @@ class NodeService:
             self._now_us, random_origin(), mutants=self._partition_config.mutants
         )
         self.metrics = NodeMetrics(self.node_id)
-        self.tokens = TokenStore(config.api_tokens_file, strict=False)  # for /metrics only
+        self.tokens = TokenStore(config.api_tokens_file, strict=False)  # API calls, /metrics
         self.runtime: NodeRuntime | None = None  # built by start(), on the running loop
         self.gateway: NodeGateway | None = None  # the co-located coordinator, built by start()
         self.fatal = asyncio.Event()
