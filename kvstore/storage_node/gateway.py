@@ -38,7 +38,7 @@ from kvstore.client.direct import CoordinatorBackend
 from kvstore.config import ClusterConfig
 from kvstore.coordinator.engine import Coordinator
 from kvstore.coordinator.metrics import CoordinatorMetrics
-from kvstore.errors import InternalError, KvError
+from kvstore.errors import InternalError, KvError, Unavailable
 from kvstore.mutants import Mutants
 from kvstore.rpc import Respond, RpcPool
 from kvstore.runtime.admission import LagGate
@@ -101,8 +101,8 @@ class NodeGateway:
 
         def ended(done: asyncio.Task[object]) -> None:
             self._tasks.discard(task)
-            if done.cancelled():
-                respond(InternalError("the node stopped before answering"))
+            if done.cancelled():  # the node is stopping; the call's core runs on (drained)
+                respond(Unavailable("the node stopped before answering", details={"sent": True}))
                 return
             error = done.exception()
             if error is None:
