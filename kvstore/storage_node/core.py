@@ -336,19 +336,9 @@ class PartitionCore:
 
     def execute(self, req: ExecuteRequest, now_us: int) -> Step[ExecuteReply]:
         """Prepare and apply in one round, for transactions living on this partition alone."""
-        recorded = self.store.get_ledger(req.txn_id)
-        if recorded is not None:  # a duplicate of a request already answered
-            return Step(self._execute_reply(recorded), False)
-        if req.token is not None:  # before the skew check: a used token answers regardless
-            hit = self._token_hit(req.token, req.txn_id, req.fingerprint)
-            if hit is not None:
-                reply = ExecuteReply(txn_id=req.txn_id, committed=False, token_hit=hit)
-                return Step(reply, False)
-        if self._too_far_ahead(req.ts, now_us):
-            wrote = self._refuse_for_good(req.txn_id, req.token, req.fingerprint, now_us)
-            return Step(
-                ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), wrote
-            )
+        answered = self._execute_answered(req, now_us)
+        if answered is not None:
+            return answered
         results = [self._step_vote(op, req.txn_id, req.ts) for op in req.ops]
         committed = all(outcome is _NONE for outcome, _ in results)
         if committed:
@@ -390,18 +380,9 @@ class PartitionCore:
         """
         if len(req.placement) != len(req.ops):
             raise ValidationError("placement", "must name one partition per op")
-        recorded = self.store.get_ledger(req.txn_id)
-        if recorded is not None:  # a duplicate of a request already answered
-            return Step(self._execute_reply(recorded), False)
-        if req.token is not None:  # before the skew check: a used token answers regardless
-            hit = self._token_hit(req.token, req.txn_id, req.fingerprint)
-            if hit is not None:
-                return Step(ExecuteReply(txn_id=req.txn_id, committed=False, token_hit=hit), False)
-        if self._too_far_ahead(req.ts, now_us):  # one clock: every partition would refuse
-            wrote = self._refuse_for_good(req.txn_id, req.token, req.fingerprint, now_us)
-            return Step(
-                ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), wrote
-            )
+        answered = self._execute_answered(req, now_us)
+        if answered is not None:
+            return answered
         votes = [
             cores[pid]._vote(op, req.txn_id, req.ts)
             for op, pid in zip(req.ops, req.placement, strict=True)
@@ -781,6 +762,26 @@ class PartitionCore:
                     token=token, txn_id=txn_id, fingerprint=fingerprint or "", created_us=now_us
                 )
             )
+
+    def _execute_answered(
+        self, req: ExecuteRequest | NodeExecuteRequest, now_us: int
+    ) -> Step[ExecuteReply] | None:
+        """The answer a one-step execute (one partition or one node) gets before any vote: a
+        duplicate meets its recorded outcome, a used token answers regardless of the clock, a
+        timestamp too far ahead is refused for good (one clock: every partition would refuse)."""
+        recorded = self.store.get_ledger(req.txn_id)
+        if recorded is not None:  # a duplicate of a request already answered
+            return Step(self._execute_reply(recorded), False)
+        if req.token is not None:  # before the skew check: a used token answers regardless
+            hit = self._token_hit(req.token, req.txn_id, req.fingerprint)
+            if hit is not None:
+                return Step(ExecuteReply(txn_id=req.txn_id, committed=False, token_hit=hit), False)
+        if self._too_far_ahead(req.ts, now_us):
+            wrote = self._refuse_for_good(req.txn_id, req.token, req.fingerprint, now_us)
+            return Step(
+                ExecuteReply(txn_id=req.txn_id, committed=False, error=ErrorCode.ClockSkew), wrote
+            )
+        return None
 
     def _token_hit(self, token: str, txn_id: TxnId, fingerprint: str | None) -> TokenHit | None:
         row = self.store.get_token(token)
