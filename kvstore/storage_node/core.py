@@ -88,7 +88,7 @@ from kvstore.messages import (
 from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
 from kvstore.ops import Op, OpKind, apply_op
 from kvstore.storage_node.intent_wait import may_wait
-from kvstore.storage_node.store import Intent, ItemRow, PartitionMeta, PartitionStore, TokenRow
+from kvstore.storage_node.store import Intent, ItemRow, PartitionStore, TokenRow
 from kvstore.types import TIMESTAMP_ZERO, Key, PartitionId, Timestamp, TxnId, Value
 
 __all__ = ["PartitionConfig", "Step", "StaleIntent", "Maintenance", "PartitionCore"]
@@ -919,7 +919,8 @@ class PartitionCore:
         for row in self.store.tombstones(limit):
             if max(row.write_ts, row.read_ts).physical_us >= cutoff_us:
                 break
-            folded = PartitionMeta(
+            folded = replace(
+                folded,
                 max_delete_ts=max(folded.max_delete_ts, row.write_ts, row.read_ts),
                 max_deleted_version=max(folded.max_deleted_version, row.version),
             )

@@ -112,7 +112,12 @@ __all__ = [
     "WAL_SIZE_LIMIT_BYTES",
 ]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
+# Version 3 lacked meta's replication position (version 4): added in place, zeros.
+_ADD_POSITION: Final = tuple(
+    f"ALTER TABLE meta ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+    for column in ("epoch", "seq", "promised")
+)
 NODE_DB: Final = "node.db"  # the node's database, in its data directory
 _PARTITION_FILE_VERSIONS: Final = (1, 2)  # schema versions of the per-partition files imported
 _PARTITION_FILE: Final = re.compile(r"p([0-9]{4,})\.db")  # as older releases named them
@@ -172,7 +177,10 @@ _DDL: Final = (
     """CREATE TABLE meta (
         partition INTEGER PRIMARY KEY NOT NULL,
         max_delete_ts BLOB NOT NULL,
-        max_deleted_version INTEGER NOT NULL
+        max_deleted_version INTEGER NOT NULL,
+        epoch INTEGER NOT NULL DEFAULT 0,
+        seq INTEGER NOT NULL DEFAULT 0,
+        promised INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE TABLE migrated (file TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID",
 )
@@ -238,10 +246,14 @@ class Sql:
     DELETE_TOKEN: Final = "DELETE FROM tokens WHERE partition = ? AND token = ?"
     TOKENS_BEFORE: Final = f"{_TOKEN} AND created_us < ? ORDER BY created_us, token LIMIT ?"
 
-    GET_META: Final = "SELECT max_delete_ts, max_deleted_version FROM meta WHERE partition = ?"
+    GET_META: Final = (
+        "SELECT max_delete_ts, max_deleted_version, epoch, seq, promised FROM meta"
+        " WHERE partition = ?"
+    )
     PUT_META: Final = (
-        "INSERT OR REPLACE INTO meta (partition, max_delete_ts, max_deleted_version)"
-        " VALUES (?, ?, ?)"
+        "INSERT OR REPLACE INTO meta"
+        " (partition, max_delete_ts, max_deleted_version, epoch, seq, promised)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
     )
 
     MIGRATED: Final = "SELECT file FROM migrated"
@@ -294,6 +306,10 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
                     "objects)"
                 )
             for statement in _DDL:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version == 3:
+            for statement in _ADD_POSITION:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
@@ -486,10 +502,16 @@ def _write_table(
         conn.executemany(put_sql, written)
 
 
-def decode_meta(row: tuple[bytes, int] | None) -> PartitionMeta:
+def decode_meta(row: tuple[bytes, int, int, int, int] | None) -> PartitionMeta:
     if row is None:
         return PartitionMeta()
-    return PartitionMeta(max_delete_ts=_ts(row[0]), max_deleted_version=row[1])
+    return PartitionMeta(
+        max_delete_ts=_ts(row[0]),
+        max_deleted_version=row[1],
+        epoch=row[2],
+        seq=row[3],
+        promised=row[4],
+    )
 
 
 # --- row encodings --------------------------------------------------------------------------
@@ -577,4 +599,11 @@ def decode_token(token: str, txn_id: str, fingerprint: str, created_us: int) -> 
 
 
 def meta_params(pid: PartitionId, meta: PartitionMeta) -> tuple[object, ...]:
-    return (pid, _TS.pack(*meta.max_delete_ts), meta.max_deleted_version)
+    return (
+        pid,
+        _TS.pack(*meta.max_delete_ts),
+        meta.max_deleted_version,
+        meta.epoch,
+        meta.seq,
+        meta.promised,
+    )

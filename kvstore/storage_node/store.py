@@ -88,10 +88,16 @@ class Intent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartitionMeta:
-    """The partition-wide floor for keys with no row: never decreases."""
+    """The partition-wide floor for keys with no row (never decreases), and the partition's
+    replication position (:mod:`kvstore.replication.rules`): ``epoch`` and ``seq`` of the last
+    write batch this replica holds, ``promised`` the highest leader epoch it promised to (it
+    refuses batches of older epochs). All zero in a cluster that does not replicate."""
 
     max_delete_ts: Timestamp = TIMESTAMP_ZERO
     max_deleted_version: int = 0
+    epoch: int = 0
+    seq: int = 0
+    promised: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,7 +25,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -1144,8 +1144,33 @@ def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / NODE_DB)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    with pytest.raises(SchemaError, match=r"schema version 99.*only version 3"):
+    with pytest.raises(SchemaError, match=r"schema version 99.*only version 4"):
         SqliteNodeStore.open(tmp_path, PARTS)
+
+
+def test_version_3_gains_the_replication_position_in_place(tmp_path: Path) -> None:
+    store = SqliteNodeStore.open(tmp_path, PARTS)
+    store.partition(P1).put_meta(PartitionMeta(max_delete_ts=tsp(3), max_deleted_version=3))
+    store.commit()
+    store.close()
+    conn = sqlite3.connect(tmp_path / NODE_DB)
+    for column in ("epoch", "seq", "promised"):
+        conn.execute(f"ALTER TABLE meta DROP COLUMN {column}")
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    store = SqliteNodeStore.open(tmp_path, PARTS)
+    try:
+        view = store.partition(P1)
+        assert view.get_meta() == PartitionMeta(max_delete_ts=tsp(3), max_deleted_version=3)
+        view.put_meta(replace(view.get_meta(), epoch=2, seq=7, promised=3))
+        store.commit()
+    finally:
+        store.close()
+    store = SqliteNodeStore.open(tmp_path, PARTS)
+    try:
+        assert store.partition(P1).get_meta().seq == 7
+    finally:
+        store.close()
 
 
 def test_foreign_database_is_refused(tmp_path: Path) -> None:
