@@ -27,10 +27,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kvstore.errors import ErrorCode
 from kvstore.ops import Op
-from kvstore.types import Key, PartitionId, Timestamp, TxnId, Value
+from kvstore.types import Key, NodeId, PartitionId, Timestamp, TxnId, Value
+
+if TYPE_CHECKING:  # the store modules import this one
+    from kvstore.storage_node.overlay import PartitionBatch
+    from kvstore.storage_node.store import Intent, ItemRow, PartitionMeta, TokenRow
 
 __all__ = [
     "ReasonCode",
@@ -364,6 +369,74 @@ class ScanReply:
     next_start: Key | None  # where the next page starts; None when the range is exhausted
 
 
+# --- replication (kvstore.replication, docs/replication.md): addressed to a node, not an owner ---
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShippedBatch:
+    """One write batch of a partition at its position (``epoch``, ``seq``)."""
+
+    epoch: int
+    seq: int
+    rows: PartitionBatch
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Every row of a partition as of position (``meta.epoch``, ``meta.seq``), possibly with
+    some rows of the next batch (batches hold whole rows, so applying that batch again after
+    the snapshot ends at the same state)."""
+
+    items: tuple[ItemRow, ...]
+    intents: tuple[Intent, ...]
+    ledger: tuple[LedgerRecord, ...]
+    tokens: tuple[TokenRow, ...]
+    meta: PartitionMeta
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicateRequest:
+    """From the leader of ``partition`` (leadership ``leader_epoch``) to the replica ``node``:
+    ``batches`` follow the batch at (``prev_epoch``, ``prev_seq``); or, with ``snapshot``,
+    replace the replica's rows. No batches and no snapshot: a probe (and a heartbeat)."""
+
+    partition: PartitionId
+    node: NodeId
+    leader: NodeId
+    leader_epoch: int
+    prev_epoch: int
+    prev_seq: int
+    batches: tuple[ShippedBatch, ...]
+    snapshot: Snapshot | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicateReply:
+    """The replica's verdict and its position after it (durable when the reply leaves)."""
+
+    accepted: bool
+    epoch: int
+    seq: int
+    promised: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PositionRequest:
+    """An election's poll: the replica ``node`` of ``partition`` promises ``epoch`` (refuses
+    batches of older leaderships from now on) and answers its position once that is durable."""
+
+    partition: PartitionId
+    node: NodeId
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PositionReply:
+    epoch: int
+    seq: int
+    promised: int
+
+
 Request = (
     PrepareRequest
     | ExecuteRequest
@@ -379,6 +452,8 @@ Request = (
     | GetRequest
     | WriteRequest
     | ScanRequest
+    | ReplicateRequest
+    | PositionRequest
 )
 Reply = (
     PrepareReply
@@ -391,4 +466,6 @@ Reply = (
     | GetReply
     | WriteReply
     | ScanReply
+    | ReplicateReply
+    | PositionReply
 )

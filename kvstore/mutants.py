@@ -55,6 +55,11 @@ class Mutant(enum.Enum):
     # Of the node runtime (kvstore.runtime.node), not of a core:
     REPLY_BEFORE_FLUSH = "reply-before-flush"  # answers leave before their writes are durable
     ACK_WITH_EARLIER_FLUSH = "ack-with-earlier-flush"  # answers ride the flush before their own
+    # Of replication (kvstore.replication.rules, docs/replication.md):
+    ACK_BEFORE_MAJORITY = "ack-before-majority"  # a batch counts durable on the leader's fsync
+    ACCEPT_OLD_EPOCH = "accept-old-epoch"  # a follower takes batches from a deposed leader
+    SERVE_BEFORE_LEASE_END = "serve-before-lease-end"  # a new leader serves at once
+    ELECT_ANY_REPLICA = "elect-any-replica"  # the election ignores which replica holds the most
     # Of the clock (kvstore.timestamps), in clones of a process (a fork, a snapshot restored twice):
     NO_FORK_REDRAW = "no-fork-redraw"  # a cloned clock keeps its origin: copies reissue timestamps
 
