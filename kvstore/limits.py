@@ -369,3 +369,37 @@ LOG_REPEAT_INTERVAL_MS: Final = 10_000
 assert 0 < DISK_FULL_RETRY_MIN_MS <= DISK_FULL_RETRY_MAX_MS
 
 __all__ += ["DISK_FULL_RETRY_MIN_MS", "DISK_FULL_RETRY_MAX_MS", "LOG_REPEAT_INTERVAL_MS"]
+
+# --- replication (issue 19, docs/replication.md) ------------------------------------------------
+# A leader serves a partition for REPL_LEASE_MS (less the drift bound and REPL_LEASE_MARGIN_MS)
+# after the send time of the last control-plane read that confirmed its leadership; a new leader
+# waits REPL_LEASE_MS (plus drift and margin) before serving. Every REPL_TICK_MS a node renews
+# its liveness key (REPL_LIVENESS_TTL_MS), reads the map (renewing its leases) and lists the live
+# nodes (starting elections for partitions whose leader is gone). Failover therefore takes about
+# TTL + tick + lease: ~4 s with these values.
+REPL_LEASE_MS: Final = 1_500
+REPL_LEASE_MARGIN_MS: Final = 50
+REPL_TICK_MS: Final = 250
+REPL_LIVENESS_TTL_MS: Final = 2_000
+# The batches of each partition a node keeps in memory to re-ship to a lagging replica; one
+# further behind gets a snapshot. At most REPL_BATCHES_PER_MESSAGE_MAX batches per message.
+REPL_LOG_BATCHES_MAX: Final = 512
+REPL_BATCHES_PER_MESSAGE_MAX: Final = 64
+# A snapshot is one message holding every row of a partition (per table at most this many).
+REPL_SNAPSHOT_ROWS_MAX: Final = 1_000_000
+# A replication call's deadline, and an election poll's.
+REPL_CALL_TIMEOUT_MS: Final = 1_000
+
+assert REPL_TICK_MS * 3 <= REPL_LEASE_MS < REPL_LIVENESS_TTL_MS
+assert 0 < REPL_BATCHES_PER_MESSAGE_MAX <= REPL_LOG_BATCHES_MAX
+
+__all__ += [
+    "REPL_LEASE_MS",
+    "REPL_LEASE_MARGIN_MS",
+    "REPL_TICK_MS",
+    "REPL_LIVENESS_TTL_MS",
+    "REPL_LOG_BATCHES_MAX",
+    "REPL_BATCHES_PER_MESSAGE_MAX",
+    "REPL_SNAPSHOT_ROWS_MAX",
+    "REPL_CALL_TIMEOUT_MS",
+]

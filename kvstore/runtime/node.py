@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 from kvstore import limits
@@ -104,9 +105,11 @@ from kvstore.messages import (
     LedgerLookupRequest,
     LedgerRecord,
     NodeExecuteRequest,
+    PositionRequest,
     PrepareRequest,
     PreventRequest,
     ReadRequest,
+    ReplicateRequest,
     Reply,
     Request,
     ScanRequest,
@@ -115,17 +118,19 @@ from kvstore.messages import (
     WriteRequest,
 )
 from kvstore.mutants import Mutant
+from kvstore.replication.control import ControlPlane
 from kvstore.runtime.actors import ActorDriver, Answer, Sender
 from kvstore.runtime.admission import LagGate, admit
 from kvstore.runtime.disk import Disk, disk_full_cause, is_disk_full
 from kvstore.runtime.intent_waits import IntentWaits, Parked
+from kvstore.runtime.replica import ReplicationConfig, Replicator
 from kvstore.runtime.scheduler import Scheduler, Timer
 from kvstore.storage_node.core import PartitionConfig, PartitionCore, StaleIntent
 from kvstore.storage_node.metrics import NodeMetrics
 from kvstore.storage_node.resolver import IntentResolution, MarkSettle
 from kvstore.storage_node.store import FlushJob, NodeStore
 from kvstore.timestamps import HybridClock
-from kvstore.types import TIMESTAMP_ZERO, PartitionId, Timestamp, TxnId
+from kvstore.types import TIMESTAMP_ZERO, NodeId, PartitionId, Timestamp, TxnId
 
 __all__ = ["NodeRuntime", "Respond"]
 
@@ -200,9 +205,14 @@ class NodeRuntime:
         on_fatal: Callable[[BaseException], None] | None = None,
         note: Callable[[str], None] | None = None,
         gate: LagGate | None = None,
+        replication: ReplicationConfig | None = None,
+        control: ControlPlane | None = None,
+        lease_clock_us: Callable[[], int] | None = None,
     ) -> None:
         """``note`` receives one line per background actor started (the simulator's trace);
-        ``gate`` is fed by production's loop probe (none in the simulator and tests)."""
+        ``gate`` is fed by production's loop probe (none in the simulator and tests).
+        ``replication`` (with its ``control`` plane and a monotonic ``lease_clock_us``) makes
+        the node one replica of each of its partitions (:mod:`kvstore.runtime.replica`)."""
         self.node_id = node_id
         self.store = store
         self.clock = clock
@@ -237,12 +247,34 @@ class NodeRuntime:
         self._disk_full_attempts = 0
         self._retry_timer: Timer | None = None
         self._waits = IntentWaits(scheduler, wait_ms=config.intent_wait_ms)
+        # Answers of flushed jobs waiting for a majority of replicas, released in job order.
+        self._gated: deque[_Gated] = deque()
+        self._job_seqs: dict[PartitionId, tuple[int, int]] = {}
+        self.replicator: Replicator | None = None
+        if replication is not None:
+            assert control is not None and lease_clock_us is not None
+            self.replicator = Replicator(
+                NodeId(node_id),
+                store,
+                config=replication,
+                control=control,
+                scheduler=scheduler,
+                sender=sender,
+                lease_clock_us=lease_clock_us,
+                local=self.submit,
+                when_durable=self.when_local_durable,
+                request_flush=self._schedule_flush,
+                mutants=config.mutants,
+                note=note,
+            )
 
     # --- life cycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the maintenance ticks."""
+        """Start the maintenance ticks (and replication's)."""
         self._schedule_maintenance()
+        if self.replicator is not None:
+            self.replicator.start()
 
     def stop(self) -> None:
         """Stop background work and forget running actors (writes already made stay queued
@@ -255,6 +287,8 @@ class NodeRuntime:
             self._retry_timer = None
         self._waits.stop()
         self.actors.stop()
+        if self.replicator is not None:
+            self.replicator.stop()
 
     @property
     def flushing(self) -> bool:
@@ -276,6 +310,15 @@ class NodeRuntime:
         if self.failed is not None:
             respond(InternalError(f"node {self.node_id} failed to flush"))
             return
+        replicator = self.replicator
+        if replicator is not None:
+            if type(request) is ReplicateRequest or type(request) is PositionRequest:
+                replicator.handle(request, respond)
+                return
+            refused = replicator.refusal(pid)
+            if refused is not None:
+                respond(refused)
+                return
         stalled = self.disk_full is not None
         if stalled and _may_write(request):
             respond(self.disk_full_error(pid))
@@ -296,6 +339,11 @@ class NodeRuntime:
     def _step(self, core: PartitionCore, request: Request, respond: Respond) -> None:
         """Step an admitted request on its core and release the answer when it is safe."""
         pid = request.partition
+        if self.replicator is not None:  # a parked request may outlive its leadership
+            refused = self.replicator.refusal(pid)
+            if refused is not None:
+                respond(refused)
+                return
         stalled = self.disk_full is not None
         node_ts = self.clock.now() if type(request) is WriteRequest else TIMESTAMP_ZERO
         unflushed_before = self.store.unflushed_reads(pid) if stalled else 0
@@ -340,6 +388,12 @@ class NodeRuntime:
         if self.disk_full is not None:
             respond(self.disk_full_error(request.partition))
             return
+        if self.replicator is not None:
+            for pid in pids:
+                refused = self.replicator.refusal(pid)
+                if refused is not None:
+                    respond(refused)
+                    return
         try:  # all or nothing: counted on every partition only once admitted on all
             for pid in pids:
                 admit(self.in_progress[pid], limits.PARTITION_QUEUE_MAX, what=f"partition {pid}")
@@ -463,6 +517,20 @@ class NodeRuntime:
             self._schedule_flush()
         elif self._flight_waiters is not None:
             self._flight_waiters.append(waiter)
+        elif self._gated:
+            self._gated[-1].waiters.append(waiter)
+        else:
+            then()
+
+    def when_local_durable(self, then: Callable[[], None]) -> None:
+        """Call ``then`` once every write so far is durable on this node, whatever other
+        replicas hold (a follower's acknowledgement: waiting for our own leaderships'
+        majorities there could deadlock two leaders on each other's acknowledgements)."""
+        if self.store.dirty:
+            self._open_waiters.append(_Local(then))
+            self._schedule_flush()
+        elif self._flight_waiters is not None:
+            self._flight_waiters.append(_Local(then))
         else:
             then()
 
@@ -476,11 +544,15 @@ class NodeRuntime:
         if self.failed is not None or self._flight_waiters is not None:
             return
         waiters, self._open_waiters = self._open_waiters, []
+        if self.replicator is not None:
+            self.replicator.stamp()
         job = self.store.begin_flush()
         if job is None:
             for waiter in waiters:
                 waiter()
             return
+        if self.replicator is not None:
+            self._job_seqs = self.replicator.shipped(job.batch)
         self._flight_waiters = waiters
         started_s = time.perf_counter()
         writes = job.rows
@@ -509,10 +581,36 @@ class NodeRuntime:
             metrics.fsync_seconds.observe(time.perf_counter() - started_s)
             metrics.batch_writes.observe(writes)
             metrics.batch_waiters.observe(len(waiters))
-        for waiter in waiters:
-            waiter()
+        seqs, self._job_seqs = self._job_seqs, {}
+        if self.replicator is not None:
+            self.replicator.local_durable(seqs)
+        if seqs or self._gated:
+            self._gate(waiters, seqs)
+        else:
+            for waiter in waiters:
+                waiter()
         if self._open_waiters:
             self._schedule_flush()
+
+    def _gate(
+        self, waiters: list[Callable[[], None]], seqs: dict[PartitionId, tuple[int, int]]
+    ) -> None:
+        """Hold a flushed job's answers until its led partitions are durable on a majority;
+        release gated jobs in order (a read may have seen an earlier job's rows)."""
+        assert self.replicator is not None
+        local = [w for w in waiters if isinstance(w, _Local)]
+        for waiter in local:
+            waiter()
+        gated = _Gated([w for w in waiters if not isinstance(w, _Local)])
+        self._gated.append(gated)
+
+        def done(error: KvError | None) -> None:
+            gated.done = True
+            gated.error = error
+            while self._gated and self._gated[0].done:
+                self._gated.popleft().release()
+
+        self.replicator.wait(seqs, done)
 
     def _stall(self, job: FlushJob, error: BaseException) -> None:
         """Keep ``job`` and every waiter; run it again after a bounded backoff."""
@@ -574,7 +672,10 @@ class NodeRuntime:
     # --- the sender of this node's background actors ----------------------------------------
 
     def send(self, request: Request, deadline_us: int, answer: Answer) -> None:
-        if request.partition not in self.cores:
+        replicator = self.replicator
+        if request.partition not in self.cores or (
+            replicator is not None and not replicator.leads(request.partition)
+        ):
             self._sender.send(request, deadline_us, answer)
             return
 
@@ -609,6 +710,8 @@ class NodeRuntime:
         drive: list[tuple[PartitionId, LedgerRecord]] = []
         settle: list[tuple[PartitionId, StaleIntent]] = []
         for pid, core in self.cores.items():
+            if self.replicator is not None and self.replicator.refusal(pid) is not None:
+                continue  # only a serving leader changes a replicated partition
             work = core.maintain(now_us)
             stale.extend((pid, intent) for intent in work.stale_intents)
             drive.extend((pid, record) for record in work.records_to_drive)
@@ -700,6 +803,37 @@ class NodeRuntime:
 
         now_us = self._scheduler.now_us()
         self.actors.start(Recovery(record, pid, now_us), finished, lambda error: finished(None))
+
+
+class _Local:
+    """A waiter that needs only this node's durability (module: replication)."""
+
+    __slots__ = ("_then",)
+
+    def __init__(self, then: Callable[[], None]) -> None:
+        self._then = then
+
+    def __call__(self) -> None:
+        self._then()
+
+
+class _Gated:
+    """A flushed job's answers waiting for replication, and how that ended."""
+
+    __slots__ = ("done", "error", "waiters")
+
+    def __init__(self, waiters: list[Callable[[], None]]) -> None:
+        self.waiters = waiters
+        self.done = False
+        self.error: KvError | None = None
+
+    def release(self) -> None:
+        error = self.error
+        for waiter in self.waiters:
+            if error is None or not isinstance(waiter, _Waiter):
+                waiter()
+            else:
+                waiter.failed(error)
 
 
 class _Waiter:

@@ -243,6 +243,10 @@ class OverlayNode(Generic[J]):
         """Reads of partition ``pid`` an unflushed write answered or shaped (module doc)."""
         return self._views[pid].unflushed_reads
 
+    def open_writes_of(self, pid: PartitionId) -> int:
+        """Row writes of partition ``pid`` in the open batch."""
+        return self._views[pid].pending_writes
+
     @property
     def dirty(self) -> bool:
         """The open batch holds writes."""

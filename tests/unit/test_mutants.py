@@ -43,6 +43,14 @@ from kvstore.mutants import (
     Mutants,
     MutantsNotAllowed,
 )
+from kvstore.replication.rules import (
+    Position,
+    Verdict,
+    choose_leader,
+    follower_verdict,
+    majority_seq,
+    takeover_wait_us,
+)
 from kvstore.storage_node.core import PartitionConfig
 from kvstore.timestamps import HybridClock, redraw_origins
 from kvstore.types import TIMESTAMP_ZERO, PartitionId, Timestamp, TxnId, Value
@@ -450,6 +458,39 @@ def test_answer_before_applied_answers_a_commit_at_the_last_yes(arm: Arm) -> Non
 
     assert script(NO_MUTANTS) == []  # answered only once every participant applied
     assert script(arm(Mutant.ANSWER_BEFORE_APPLIED)) == [True], "answered, nothing applied"
+
+
+@shows(Mutant.ACK_BEFORE_MAJORITY)
+def test_ack_before_majority_counts_the_leaders_fsync_alone(arm: Arm) -> None:
+    def script(mutants: Mutants) -> int:  # leader holds seq 5, followers acknowledged 2 and 3
+        return majority_seq(5, {"b": 2, "c": 3}, ("b", "c"), mutants)
+
+    assert script(NO_MUTANTS) == 3
+    assert script(arm(Mutant.ACK_BEFORE_MAJORITY)) == 5, "durable on one replica of three"
+
+
+@shows(Mutant.ACCEPT_OLD_EPOCH)
+def test_accept_old_epoch_takes_a_deposed_leaders_batch(arm: Arm) -> None:
+    def script(mutants: Mutants) -> Verdict:  # promised epoch 7; a leader of epoch 4 ships
+        return follower_verdict(7, Position(4, 10), 4, Position(4, 10), mutants)
+
+    assert script(NO_MUTANTS) is Verdict.STALE_EPOCH
+    assert script(arm(Mutant.ACCEPT_OLD_EPOCH)) is Verdict.ACCEPT
+
+
+@shows(Mutant.SERVE_BEFORE_LEASE_END)
+def test_serve_before_lease_end_skips_the_takeover_wait(arm: Arm) -> None:
+    assert takeover_wait_us(1_500, 50, NO_MUTANTS) > 1_500_000
+    assert takeover_wait_us(1_500, 50, arm(Mutant.SERVE_BEFORE_LEASE_END)) == 0
+
+
+@shows(Mutant.ELECT_ANY_REPLICA)
+def test_elect_any_replica_picks_one_that_misses_a_batch(arm: Arm) -> None:
+    def script(mutants: Mutants) -> str | None:
+        return choose_leader(("a", "b", "c"), {"a": Position(3, 9), "b": Position(3, 8)}, mutants)
+
+    assert script(NO_MUTANTS) == "a"
+    assert script(arm(Mutant.ELECT_ANY_REPLICA)) == "b", "b misses batch 9"
 
 
 def test_every_mutant_has_a_test_showing_what_it_breaks() -> None:

@@ -1,0 +1,743 @@
+"""A node's replication: leading, following and electing, for the node runtime.
+
+Theory of operation
+-------------------
+In a replicated cluster every partition has a replica set and one leader (the live placement,
+:mod:`kvstore.replication.placement`, kept in the control plane). :class:`Replicator` is the part
+of a :class:`~kvstore.runtime.node.NodeRuntime` that carries the rules of
+:mod:`kvstore.replication.rules` out; it runs wherever the runtime runs (production, the
+simulator, tests), over the runtime's scheduler and sender and a
+:class:`~kvstore.replication.control.ControlPlane`.
+
+**Leading.** Before each group commit the runtime calls :meth:`stamp`: every partition this node
+leads with unflushed writes gets its next position (leadership epoch, seq + 1) written into its
+meta row, so the position travels inside the batch. :meth:`shipped` logs each led partition's
+batch and ships it to the followers (at most one call in flight per follower and partition;
+more batches ride the next call); the runtime answers the requests that waited on the flush only
+when :meth:`wait` says every led partition of it is durable on a majority (rule 2). A follower
+that answers with a position the leader's log does not continue gets the batches it lacks, or a
+snapshot (:func:`~kvstore.replication.rules.catch_up_from`).
+
+**Serving.** A led partition serves (:meth:`refusal` is ``None``) only while its lease holds
+(renewed by each map read that shows this leadership), after the takeover wait, and once its
+first batch under the new epoch (the barrier) is durable on a majority. A replica that does not
+lead answers ``WrongOwner`` naming the leader and epoch.
+
+**Following.** :meth:`handle` takes ``ReplicateRequest`` (rule 1; rows applied through the
+partition's store view, so they land in the node's open batch and flush with its group commit;
+the answer leaves after that flush) and ``PositionRequest`` (an election's poll: the promise is
+made durable before the answer, rule 3).
+
+**Ticks** (every ``REPL_TICK_MS``): beat this node's liveness key, read the map (renewing leases,
+taking up or giving up leaderships), list the live nodes. For each partition whose leader is not
+live, the first live replica in the set's order runs an election: poll every replica, choose
+among a majority (rule 4), compare-and-set the map. A node that finds itself leader at boot (it
+restarted inside the liveness TTL) elects too: it never resumes an epoch it led before, since
+its unflushed batches may differ from what followers hold under the same positions.
+
+**Giving up a leadership** fails the answers still waiting for its majority with a retryable
+``Unavailable`` (their writes may survive on the new leader: callers ask again, as after a
+timeout). Unstamped writes left in the open batch make the local copy diverge, so the partition's
+position is poisoned (seq ``-1``): the next leader sends it a snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from kvstore import limits
+from kvstore.errors import ErrorCode, KvError, Unavailable, WrongOwner
+from kvstore.logs import log_event
+from kvstore.messages import (
+    PositionReply,
+    PositionRequest,
+    ReplicateReply,
+    ReplicateRequest,
+    Reply,
+    Request,
+    ShippedBatch,
+    Snapshot,
+)
+from kvstore.mutants import NO_MUTANTS, Mutants
+from kvstore.replication.control import ControlPlane, Versioned
+from kvstore.replication.placement import Placement, initial_placement, map_key, node_key
+from kvstore.replication.rules import (
+    Position,
+    Verdict,
+    catch_up_from,
+    choose_leader,
+    follower_verdict,
+    lease_deadline_us,
+    majority_seq,
+    takeover_wait_us,
+)
+from kvstore.runtime.actors import Answer, Sender
+from kvstore.runtime.scheduler import Scheduler, Timer
+from kvstore.storage_node.overlay import NodeBatch, PartitionBatch
+from kvstore.storage_node.store import NodeStore, PartitionStore
+from kvstore.types import NodeId, PartitionId
+
+__all__ = ["ReplicationConfig", "Replicator", "POISONED_SEQ"]
+
+_log = logging.getLogger("kvstore.replication")
+_US_PER_MS = 1000
+_FAR_US = 1 << 62
+POISONED_SEQ = -1
+"""The seq of a replica whose rows left the leader's history: only a snapshot repairs it."""
+
+Respond = Callable[[Reply | KvError], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    """What a node needs to replicate: the cluster's nodes (in ``cluster.toml`` order), the
+    partition count, the replication factor and the control plane's key prefix."""
+
+    nodes: tuple[NodeId, ...]
+    partitions: int
+    replication_factor: int
+    prefix: str
+    lease_ms: int = limits.REPL_LEASE_MS
+    lease_margin_ms: int = limits.REPL_LEASE_MARGIN_MS
+    tick_ms: int = limits.REPL_TICK_MS
+    liveness_ttl_ms: int = limits.REPL_LIVENESS_TTL_MS
+
+    def first_placement(self) -> Placement:
+        return initial_placement(self.nodes, self.partitions, self.replication_factor)
+
+
+@dataclass(slots=True)
+class _Led:
+    """A leadership of this node: epoch, timing and what each follower holds."""
+
+    epoch: int
+    followers: tuple[NodeId, ...]
+    serving_from_us: int
+    lease_until_us: int
+    barrier_seq: int = 0  # the first seq stamped under this epoch
+    own_durable: int = 0  # the highest seq of this partition durable here
+    acked: dict[str, int] = field(default_factory=dict)  # follower -> durable seq in our history
+    known: dict[str, Position] = field(default_factory=dict)  # follower -> last told position
+    busy: set[str] = field(default_factory=set)  # followers with a call in flight
+
+
+@dataclass(slots=True)
+class _Gate:
+    seqs: dict[PartitionId, tuple[int, int]]  # pid -> (leadership epoch, seq)
+    done: Callable[[KvError | None], None]
+
+
+class Replicator:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        store: NodeStore,
+        *,
+        config: ReplicationConfig,
+        control: ControlPlane,
+        scheduler: Scheduler,
+        sender: Sender,
+        lease_clock_us: Callable[[], int],
+        local: Callable[[Request, Respond], None],
+        when_durable: Callable[[Callable[[], None]], None],
+        request_flush: Callable[[], None],
+        mutants: Mutants = NO_MUTANTS,
+        note: Callable[[str], None] | None = None,
+    ) -> None:
+        """``local`` submits a request to this node's own runtime; ``when_durable`` calls back
+        once every write so far is durable here; ``request_flush`` makes the runtime flush."""
+        self.node_id = node_id
+        self.config = config
+        self._store = store
+        self._control = control
+        self._scheduler = scheduler
+        self._sender = sender
+        self._clock = lease_clock_us
+        self._local = local
+        self._when_durable = when_durable
+        self._request_flush = request_flush
+        self._mutants = mutants
+        self._note = note
+        self.placement: Placement = config.first_placement()
+        self._revision = -1  # the map's mod_revision as last read; -1: never read
+        self._live: set[str] = set()
+        self._led: dict[PartitionId, _Led] = {}
+        self._logs: dict[PartitionId, dict[int, ShippedBatch]] = {
+            pid: {} for pid in store.partitions
+        }
+        self._gates: list[_Gate] = []
+        self._electing: set[PartitionId] = set()
+        self._booted = False
+        self._timer: Timer | None = None
+        self.stopped = False
+        self.on_placement: Callable[[Placement], None] | None = None
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tick()
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._fail_gates(set(self._led))
+        self._led.clear()
+
+    def _trace(self, line: str) -> None:
+        if self._note is not None:
+            self._note(f"{self.node_id} {line}")
+
+    # --- serving ----------------------------------------------------------------------------
+
+    def leads(self, pid: PartitionId) -> bool:
+        return pid in self._led
+
+    def refusal(self, pid: PartitionId) -> KvError | None:
+        """``None`` when this node may serve ``pid`` now, else the error to answer."""
+        led = self._led.get(pid)
+        if led is None:
+            part = self.placement.of(pid)
+            return WrongOwner(
+                f"node {self.node_id} does not lead partition {pid}",
+                details={"epoch": part.epoch, "partition": pid, "owner": part.leader},
+            )
+        now_us = self._clock()
+        if now_us >= led.lease_until_us or now_us < led.serving_from_us:
+            return _failing_over(pid)
+        if led.barrier_seq == 0 or self._majority(pid, led) < led.barrier_seq:
+            return _failing_over(pid)
+        return None
+
+    def _majority(self, pid: PartitionId, led: _Led) -> int:
+        return majority_seq(led.own_durable, led.acked, led.followers, self._mutants)
+
+    # --- the flush hooks (leader side) ------------------------------------------------------
+
+    def stamp(self) -> None:
+        """Give every led partition with unflushed writes its next position (module doc)."""
+        for pid, led in self._led.items():
+            if not self._store.open_writes_of(pid):
+                continue
+            view = self._store.partition(pid)
+            meta = view.get_meta()
+            seq = max(meta.seq, 0) + 1
+            view.put_meta(
+                replace(meta, epoch=led.epoch, seq=seq, promised=max(meta.promised, led.epoch))
+            )
+            if led.barrier_seq == 0:
+                led.barrier_seq = seq
+
+    def shipped(self, batch: NodeBatch) -> dict[PartitionId, tuple[int, int]]:
+        """Log and ship the led partitions' batches of a flush; what the flush must wait for."""
+        seqs: dict[PartitionId, tuple[int, int]] = {}
+        for pid, part in batch.items():
+            led = self._led.get(pid)
+            if led is None or part.meta is None or part.meta.epoch != led.epoch:
+                continue
+            seq = part.meta.seq
+            self._log(pid, ShippedBatch(epoch=led.epoch, seq=seq, rows=part))
+            seqs[pid] = (led.epoch, seq)
+            for follower in led.followers:
+                self._pump(pid, led, follower)
+        return seqs
+
+    def local_durable(self, seqs: dict[PartitionId, tuple[int, int]]) -> None:
+        """The flush carrying ``seqs`` is durable here."""
+        for pid, (epoch, seq) in seqs.items():
+            led = self._led.get(pid)
+            if led is not None and led.epoch == epoch:
+                led.own_durable = max(led.own_durable, seq)
+        self._check_gates()
+
+    def wait(
+        self, seqs: dict[PartitionId, tuple[int, int]], done: Callable[[KvError | None], None]
+    ) -> None:
+        """Call ``done(None)`` once every ``seqs`` entry is durable on a majority, or
+        ``done(error)`` if its leadership ends first."""
+        self._gates.append(_Gate(seqs, done))
+        self._check_gates()
+
+    def _check_gates(self) -> None:
+        if not self._gates:
+            return
+        waiting: list[_Gate] = []
+        ready: list[_Gate] = []
+        for gate in self._gates:
+            if all(self._durable(pid, epoch, seq) for pid, (epoch, seq) in gate.seqs.items()):
+                ready.append(gate)
+            else:
+                waiting.append(gate)
+        self._gates = waiting
+        for gate in ready:
+            gate.done(None)
+
+    def _durable(self, pid: PartitionId, epoch: int, seq: int) -> bool:
+        led = self._led.get(pid)
+        return led is not None and led.epoch == epoch and self._majority(pid, led) >= seq
+
+    def _fail_gates(self, pids: set[PartitionId]) -> None:
+        failed = [g for g in self._gates if any(pid in pids for pid in g.seqs)]
+        if not failed:
+            return
+        self._gates = [g for g in self._gates if g not in failed]
+        for gate in failed:
+            pid = next(pid for pid in gate.seqs if pid in pids)
+            gate.done(
+                Unavailable(
+                    f"partition {pid} changed leader before the write was replicated; it may "
+                    "have been applied",
+                    details={"partition": pid, "sent": True},
+                )
+            )
+
+    def _log(self, pid: PartitionId, batch: ShippedBatch) -> None:
+        log = self._logs[pid]
+        log[batch.seq] = batch
+        while len(log) > limits.REPL_LOG_BATCHES_MAX:
+            del log[next(iter(log))]
+
+    # --- shipping ---------------------------------------------------------------------------
+
+    def _position(self, pid: PartitionId) -> Position:
+        meta = self._store.partition(pid).get_meta()
+        return Position(meta.epoch, meta.seq)
+
+    def _pump(self, pid: PartitionId, led: _Led, follower: NodeId) -> None:
+        """Send ``follower`` what it lacks, if no call to it is in flight."""
+        if follower in led.busy or self.stopped:
+            return
+        mine = self._position(pid)
+        known = led.known.get(follower)
+        batches: tuple[ShippedBatch, ...] = ()
+        snapshot: Snapshot | None = None
+        prev = mine
+        if known is not None:
+            log = self._logs[pid]
+            start = catch_up_from(known, {s: b.epoch for s, b in log.items()}, mine)
+            if start is None:
+                if self._store.open_writes_of(pid):
+                    return  # a snapshot holds flushed-or-stamped rows only: at the next flush
+                snapshot = _snapshot(self._store.partition(pid))
+            elif start <= mine.seq:
+                end = min(mine.seq, start + limits.REPL_BATCHES_PER_MESSAGE_MAX - 1)
+                batches = tuple(log[s] for s in range(start, end + 1))
+                prev = known
+            elif led.acked.get(follower, 0) >= mine.seq:
+                return  # level and acknowledged: nothing to say until the next tick
+        request = ReplicateRequest(
+            partition=pid,
+            node=follower,
+            leader=self.node_id,
+            leader_epoch=led.epoch,
+            prev_epoch=prev.epoch,
+            prev_seq=prev.seq,
+            batches=batches,
+            snapshot=snapshot,
+        )
+        led.busy.add(follower)
+        epoch = led.epoch
+        deadline_us = self._scheduler.now_us() + limits.REPL_CALL_TIMEOUT_MS * _US_PER_MS
+
+        def answered(reply: Reply | None, error: ErrorCode | None) -> None:
+            self._replicated(pid, epoch, follower, reply, error)
+
+        self._send(request, deadline_us, answered)
+
+    def _replicated(
+        self,
+        pid: PartitionId,
+        epoch: int,
+        follower: NodeId,
+        reply: Reply | None,
+        error: ErrorCode | None,
+    ) -> None:
+        led = self._led.get(pid)
+        if led is None or led.epoch != epoch:
+            return
+        led.busy.discard(follower)
+        if not isinstance(reply, ReplicateReply):
+            led.known.pop(follower, None)  # ask afresh at the next tick
+            return
+        if reply.promised > led.epoch:  # an election is under way or done: we are deposed
+            self._trace(f"p{pid} deposed: {follower} promised epoch {reply.promised}")
+            self._unlead(pid)
+            return
+        led.known[follower] = Position(reply.epoch, reply.seq)
+        if reply.accepted:
+            led.acked[follower] = max(led.acked.get(follower, 0), reply.seq)
+            self._check_gates()
+        if self._position(pid) != led.known[follower] or not reply.accepted:
+            self._pump(pid, led, follower)
+
+    def _send(self, request: Request, deadline_us: int, answer: Answer) -> None:
+        if getattr(request, "node", None) == self.node_id:
+
+            def respond(outcome: Reply | KvError) -> None:
+                if isinstance(outcome, KvError):
+                    answer(None, outcome.code)
+                else:
+                    answer(outcome, None)
+
+            self._local(request, respond)
+            return
+        self._sender.send(request, deadline_us, answer)
+
+    # --- the follower side ------------------------------------------------------------------
+
+    def handle(self, request: ReplicateRequest | PositionRequest, respond: Respond) -> None:
+        """Answer a replication request addressed to this node (module docstring)."""
+        pid = request.partition
+        if pid not in self._logs or request.node != self.node_id:
+            respond(
+                WrongOwner(
+                    f"node {self.node_id} holds no replica of partition {pid}",
+                    details={"partition": pid, "epoch": self.placement.epoch},
+                )
+            )
+            return
+        if type(request) is PositionRequest:
+            self._on_position(request, respond)
+        else:
+            assert type(request) is ReplicateRequest
+            self._on_replicate(request, respond)
+
+    def _on_position(self, request: PositionRequest, respond: Respond) -> None:
+        pid = request.partition
+        view = self._store.partition(pid)
+        meta = view.get_meta()
+        led = self._led.get(pid)
+        if led is not None and led.epoch < request.epoch:
+            self._unlead(pid)  # an election for a later epoch: stop leading first
+            meta = view.get_meta()
+        if request.epoch > meta.promised:
+            view.put_meta(replace(meta, promised=request.epoch))
+            self._request_flush()
+
+        def answer() -> None:
+            now = view.get_meta()
+            respond(PositionReply(epoch=now.epoch, seq=now.seq, promised=now.promised))
+
+        self._when_durable(answer)
+
+    def _on_replicate(self, request: ReplicateRequest, respond: Respond) -> None:
+        pid = request.partition
+        view = self._store.partition(pid)
+        led = self._led.get(pid)
+        if led is not None:
+            if led.epoch >= request.leader_epoch:
+                meta = view.get_meta()
+                respond(
+                    ReplicateReply(
+                        accepted=False, epoch=meta.epoch, seq=meta.seq, promised=led.epoch
+                    )
+                )
+                return
+            self._unlead(pid)  # a later leadership exists
+        meta = view.get_meta()
+        held = Position(meta.epoch, meta.seq)
+        prev = Position(request.prev_epoch, request.prev_seq)
+        promise = max(meta.promised, request.leader_epoch)
+        verdict = follower_verdict(meta.promised, held, request.leader_epoch, prev, self._mutants)
+        if verdict is not Verdict.STALE_EPOCH and request.snapshot is not None:
+            _install(view, request.snapshot, promise)
+            self._logs[pid].clear()
+            self._request_flush()
+        elif verdict is Verdict.ACCEPT:
+            for batch in request.batches:
+                _apply(view, batch.rows)
+                view.put_meta(
+                    replace(
+                        batch.rows.meta or view.get_meta(),
+                        epoch=batch.epoch,
+                        seq=batch.seq,
+                        promised=promise,
+                    )
+                )
+                self._log(pid, batch)
+            if promise > meta.promised and not request.batches:
+                view.put_meta(replace(meta, promised=promise))
+            self._request_flush()
+        accepted = verdict is Verdict.ACCEPT or (
+            verdict is not Verdict.STALE_EPOCH and request.snapshot is not None
+        )
+
+        def answer() -> None:
+            now = view.get_meta()
+            respond(
+                ReplicateReply(
+                    accepted=accepted, epoch=now.epoch, seq=now.seq, promised=now.promised
+                )
+            )
+
+        self._when_durable(answer)
+
+    # --- leaderships ------------------------------------------------------------------------
+
+    def _lead(self, pid: PartitionId, epoch: int, confirmed_sent_us: int) -> None:
+        part = self.placement.of(pid)
+        now_us = self._clock()
+        wait_us = takeover_wait_us(self.config.lease_ms, self.config.lease_margin_ms, self._mutants)
+        led = _Led(
+            epoch=epoch,
+            followers=part.followers,
+            serving_from_us=now_us + wait_us,
+            lease_until_us=self._lease_until(confirmed_sent_us),
+        )
+        view = self._store.partition(pid)
+        meta = view.get_meta()
+        led.own_durable = max(meta.seq, 0)
+        self._led[pid] = led
+        # The barrier: a batch under the new epoch (rule: commit a batch of one's own first).
+        view.put_meta(replace(meta, promised=max(meta.promised, epoch)))
+        self._request_flush()
+        self._trace(f"leads p{pid} at epoch {epoch}")
+        log_event(
+            _log, "replica.leads", logging.INFO, node=self.node_id, partition=pid, epoch=epoch
+        )
+        for follower in led.followers:
+            self._pump(pid, led, follower)
+        # Serving starts at the end of the takeover wait: wake the clients' retries then.
+        self._scheduler.call_later(wait_us + 1, self._check_gates)
+
+    def _unlead(self, pid: PartitionId) -> None:
+        led = self._led.pop(pid, None)
+        if led is None:
+            return
+        self._trace(f"stops leading p{pid} (epoch {led.epoch})")
+        view = self._store.partition(pid)
+        if self._store.open_writes_of(pid):  # unstamped writes: this copy left the history
+            view.put_meta(replace(view.get_meta(), seq=POISONED_SEQ))
+            self._request_flush()
+        self._fail_gates({pid})
+
+    def _lease_until(self, sent_us: int) -> int:
+        return lease_deadline_us(sent_us, self.config.lease_ms, self.config.lease_margin_ms)
+
+    # --- ticks: liveness, map, elections ----------------------------------------------------
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.stopped:
+            return
+        self._timer = self._scheduler.call_later(self.config.tick_ms * _US_PER_MS, self._tick)
+        prefix = self.config.prefix
+        self._control.beat(
+            node_key(prefix, self.node_id), b"1", self.config.liveness_ttl_ms, _ignore
+        )
+        sent_us = self._clock()
+        self._control.read(
+            map_key(prefix), lambda found, error: self._map_read(found, error, sent_us)
+        )
+        for pid, led in self._led.items():  # heartbeats and catch-up of silent followers
+            for follower in led.followers:
+                self._pump(pid, led, follower)
+
+    def _map_read(self, found: Versioned | None, error: str | None, sent_us: int) -> None:
+        if self.stopped or error is not None:
+            return
+        if found is None:  # a new cluster: propose the first map (every node proposes the same)
+            first = self.config.first_placement()
+            self._control.write_if(map_key(self.config.prefix), first.encode(), 0, _ignore)
+            return
+        try:
+            placement = Placement.decode(found.value)
+        except KvError as bad:
+            log_event(_log, "replica.bad_map", logging.ERROR, node=self.node_id, error=str(bad))
+            return
+        self._adopt(placement, found.mod_revision, sent_us)
+        self._control.list(
+            node_key(self.config.prefix),
+            self._live_listed,
+        )
+
+    def _adopt(self, placement: Placement, revision: int, sent_us: int) -> None:
+        """Take the map read at ``sent_us``: leases, leaderships gained and lost."""
+        changed = placement != self.placement
+        self.placement = placement
+        self._revision = revision
+        booting = not self._booted
+        self._booted = True
+        for pid in self._logs:
+            part = placement.of(pid)
+            led = self._led.get(pid)
+            if part.leader != self.node_id:
+                if led is not None:
+                    self._unlead(pid)
+                continue
+            if led is not None and led.epoch == part.epoch:
+                led.lease_until_us = self._lease_until(sent_us)  # rule 5: renewed
+            elif led is not None:
+                self._unlead(pid)
+            elif booting or self._position(pid).epoch >= part.epoch:
+                # Listed as leader at boot, or at an epoch we already held: never resume it.
+                self._elect(pid)
+            else:
+                self._lead(pid, part.epoch, sent_us)
+        if changed and self.on_placement is not None:
+            self.on_placement(placement)
+
+    def _live_listed(self, live: dict[str, bytes] | None, error: str | None) -> None:
+        if self.stopped or live is None or error is not None:
+            return
+        prefix = node_key(self.config.prefix)
+        self._live = {key[len(prefix) :] for key in live}
+        for pid in self._logs:
+            part = self.placement.of(pid)
+            if part.leader in self._live:
+                continue
+            alive = [node for node in part.replicas if node in self._live]
+            if alive and alive[0] == self.node_id:
+                self._elect(pid)
+
+    def _elect(self, pid: PartitionId) -> None:
+        """Poll the replicas of ``pid`` and install the best one as leader (rules 3, 4)."""
+        if pid in self._electing or self.stopped:
+            return
+        self._electing.add(pid)
+        placement, revision = self.placement, self._revision
+        proposed = placement.epoch + 1
+        replicas = placement.of(pid).replicas
+        positions: dict[str, Position] = {}
+        pending = set(replicas)
+        self._trace(f"elects p{pid} for epoch {proposed}")
+
+        def decide() -> None:
+            if pid not in self._electing:
+                return
+            self._electing.discard(pid)
+            timer.cancel()
+            chosen = choose_leader(replicas, positions, self._mutants)
+            if chosen is not None:  # else no majority answered: a later tick tries again
+                self._install(pid, placement, revision, NodeId(chosen))
+
+        def polled(node: NodeId, reply: Reply | None) -> None:
+            pending.discard(node)
+            if isinstance(reply, PositionReply):
+                positions[node] = Position(reply.epoch, reply.seq)
+            if not pending:
+                decide()
+
+        timeout_us = limits.REPL_CALL_TIMEOUT_MS * _US_PER_MS
+        timer = self._scheduler.call_later(timeout_us, decide)
+        deadline_us = self._scheduler.now_us() + timeout_us
+        for node in replicas:
+            request = PositionRequest(partition=pid, node=node, epoch=proposed)
+            self._send(request, deadline_us, _poll_answer(node, polled))
+
+    def _install(
+        self, pid: PartitionId, placement: Placement, revision: int, chosen: NodeId
+    ) -> None:
+        if revision < 0:
+            return
+        new = placement.with_leader(pid, chosen)
+        self._trace(f"installs {chosen} as leader of p{pid} at epoch {new.epoch}")
+        sent_us = self._clock()
+
+        def written(ok: bool | None, error: str | None) -> None:
+            if ok:
+                log_event(
+                    _log,
+                    "replica.elected",
+                    logging.WARNING,
+                    node=self.node_id,
+                    partition=pid,
+                    leader=chosen,
+                    epoch=new.epoch,
+                )
+                if self._revision == revision:
+                    self._adopt(new, -1, sent_us)  # revision unknown until the next read
+
+        self._control.write_if(map_key(self.config.prefix), new.encode(), revision, written)
+
+
+def _poll_answer(node: NodeId, polled: Callable[[NodeId, Reply | None], None]) -> Answer:
+    def answer(reply: Reply | None, error: ErrorCode | None) -> None:
+        del error
+        polled(node, reply)
+
+    return answer
+
+
+def _ignore(result: object, error: str | None) -> None:
+    del result, error
+
+
+def _failing_over(pid: PartitionId) -> Unavailable:
+    return Unavailable(
+        f"partition {pid} is changing leader; retry shortly",
+        details={"partition": pid, "sent": False},
+    )
+
+
+def _apply(view: PartitionStore, rows: PartitionBatch) -> None:
+    """Write a shipped batch's rows through ``view`` (meta is set by the caller)."""
+    for key, item in rows.items.items():
+        if item is None:
+            view.delete_item(key)
+        else:
+            view.put_item(item)
+    for key, intent in rows.intents.items():
+        if intent is None:
+            view.delete_intent(key)
+        else:
+            view.put_intent(intent)
+    for txn_id, record in rows.ledger.items():
+        if record is None:
+            view.delete_ledger(txn_id)
+        else:
+            view.put_ledger(record)
+    for token, row in rows.tokens.items():
+        if row is None:
+            view.delete_token(token)
+        else:
+            view.put_token(row)
+
+
+def _snapshot(view: PartitionStore) -> Snapshot:
+    """Every row of the partition behind ``view`` (its open writes included)."""
+    cap = limits.REPL_SNAPSHOT_ROWS_MAX
+    items = tuple(view.scan_items("", None, cap)) + tuple(view.tombstones(cap))
+    return Snapshot(
+        items=items,
+        intents=tuple(view.intents_created_before(_FAR_US, cap)),
+        ledger=tuple(view.open_ledger_records(cap))
+        + tuple(view.ledger_completed_before(_FAR_US, cap)),
+        tokens=tuple(view.tokens_created_before(_FAR_US, cap)),
+        meta=view.get_meta(),
+    )
+
+
+def _install(view: PartitionStore, snapshot: Snapshot, promised: int) -> None:
+    """Replace every row behind ``view`` by the snapshot's."""
+    old = _snapshot(view)
+    keep_items = {row.key for row in snapshot.items}
+    for row in old.items:
+        if row.key not in keep_items:
+            view.delete_item(row.key)
+    keep_intents = {intent.key for intent in snapshot.intents}
+    for intent in old.intents:
+        if intent.key not in keep_intents:
+            view.delete_intent(intent.key)
+    keep_ledger = {record.txn_id for record in snapshot.ledger}
+    for record in old.ledger:
+        if record.txn_id not in keep_ledger:
+            view.delete_ledger(record.txn_id)
+    keep_tokens = {row.token for row in snapshot.tokens}
+    for token_row in old.tokens:
+        if token_row.token not in keep_tokens:
+            view.delete_token(token_row.token)
+    for row in snapshot.items:
+        view.put_item(row)
+    for intent in snapshot.intents:
+        view.put_intent(intent)
+    for record in snapshot.ledger:
+        view.put_ledger(record)
+    for token_row in snapshot.tokens:
+        view.put_token(token_row)
+    view.put_meta(replace(snapshot.meta, promised=max(promised, snapshot.meta.promised)))
