@@ -389,6 +389,8 @@ REPL_BATCHES_PER_MESSAGE_MAX: Final = 64
 REPL_SNAPSHOT_ROWS_MAX: Final = 1_000_000
 # A replication call's deadline, and an election poll's.
 REPL_CALL_TIMEOUT_MS: Final = 1_000
+# An election whose map compare-and-set loses to another change retries on the newer map.
+REPL_INSTALL_ATTEMPTS_MAX: Final = 8
 
 assert REPL_TICK_MS * 3 <= REPL_LEASE_MS < REPL_LIVENESS_TTL_MS
 assert 0 < REPL_BATCHES_PER_MESSAGE_MAX <= REPL_LOG_BATCHES_MAX
@@ -402,4 +404,5 @@ __all__ += [
     "REPL_BATCHES_PER_MESSAGE_MAX",
     "REPL_SNAPSHOT_ROWS_MAX",
     "REPL_CALL_TIMEOUT_MS",
+    "REPL_INSTALL_ATTEMPTS_MAX",
 ]

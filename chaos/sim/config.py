@@ -56,6 +56,9 @@ class SimConfig:
     mutants: Mutants = NO_MUTANTS
     faults: bool = True  # False: a quiet network, for baseline tests
     bank_total: int = 1_000
+    # Replicas per partition (1: no replication, no control plane). The sweep replicates the
+    # seeds of one residue class (chaos.sim.sweep), so the others keep their schedules.
+    replication_factor: int = 1
 
     def __post_init__(self) -> None:
         if self.workload not in WORKLOADS:

@@ -68,10 +68,12 @@ from kvstore.messages import (
 from kvstore.mutants import Mutants
 from kvstore.ops import Op
 from kvstore.partitioning import PartitionMap
+from kvstore.replication.control import MemoryControlPlane
 from kvstore.runtime.actors import Actor, ActorDriver, Answer
 from kvstore.runtime.admission import admit
 from kvstore.runtime.disk import FlushDone
 from kvstore.runtime.node import NodeRuntime
+from kvstore.runtime.replica import ReplicationConfig
 from kvstore.runtime.scheduler import FlagTimer
 from kvstore.storage_node.core import PartitionConfig
 from kvstore.storage_node.store import FlushJob, MemoryNodeStore
@@ -222,8 +224,12 @@ class NodeHost(Host):
         config: PartitionConfig,
         fsync_us: int,
         on_applied: Callable[[WriteRequest, WriteReply], None] | None = None,
+        replication: ReplicationConfig | None = None,
+        control: MemoryControlPlane | None = None,
     ) -> None:
         super().__init__(name, loop, net, trace, resolution_us)
+        self.replication = replication
+        self.control = control
         self.origin = origin
         self.config = config
         self.fsync_us = fsync_us
@@ -246,6 +252,9 @@ class NodeHost(Host):
             config=self.config,
             wrong_owner=lambda pid: WrongOwner(f"{self.name} does not own partition {pid}"),
             note=lambda line: self.trace.add(self.loop.now_us, line),
+            replication=self.replication,
+            control=self.control,
+            lease_clock_us=lambda: self.loop.now_us,  # leases: a drift-free monotonic clock
         )
         self.actors = self.runtime.actors
         self.runtime.start()

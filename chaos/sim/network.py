@@ -99,8 +99,8 @@ class Network:
     # --- sending -------------------------------------------------------------------------
 
     def send_request(self, envelope: Envelope) -> None:
-        dst = self.owner[envelope.request.partition]
         request = envelope.request
+        dst = getattr(request, "node", None) or self.owner[request.partition]
         self._transmit(
             envelope.src,
             dst,

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,8 +52,11 @@ from chaos.sim.workloads import Workload, make_workload, stale_own_gets, unancho
 from kvstore.messages import LedgerRecord, TxnState, WriteReply, WriteRequest
 from kvstore.ops import Op as KvOp
 from kvstore.partitioning import PartitionMap
+from kvstore.replication.control import MemoryControlPlane
+from kvstore.replication.placement import Placement
+from kvstore.runtime.replica import ReplicationConfig
 from kvstore.storage_node.core import PartitionConfig
-from kvstore.types import ORIGIN_MAX, PartitionId, Timestamp, TxnId
+from kvstore.types import ORIGIN_MAX, NodeId, PartitionId, Timestamp, TxnId
 
 __all__ = ["Client", "SimResult", "Simulation", "run_seed", "MODEL"]
 
@@ -125,8 +129,20 @@ class Simulation:
             mutants=config.mutants,
         )
         self.nodes: list[NodeHost] = []
+        self.control: MemoryControlPlane | None = None
+        replication: ReplicationConfig | None = None
+        if config.replication_factor > 1:
+            self.control = SimControlPlane(self.loop, self.net)
+            replication = ReplicationConfig(
+                nodes=tuple(NodeId(f"n{i}") for i in range(config.nodes)),
+                partitions=config.partitions,
+                replication_factor=config.replication_factor,
+                prefix="/kvstore/sim",
+            )
         for i in range(config.nodes):
             owned = [PartitionId(p) for p in range(config.partitions) if p % config.nodes == i]
+            if replication is not None:
+                owned = list(replication.first_placement().replicated_on(NodeId(f"n{i}")))
             node = NodeHost(
                 f"n{i}",
                 self.loop,
@@ -138,10 +154,15 @@ class Simulation:
                 config=partition_config,
                 fsync_us=self.profile.fsync_us,
                 on_applied=self._applied,
+                replication=replication,
+                control=self.control,
             )
             self.nodes.append(node)
             for pid in owned:
                 self.net.owner[pid] = node.name
+        if replication is not None:  # the first map's leaders, until the control plane has one
+            for index, part in enumerate(replication.first_placement().partitions):
+                self.net.owner[PartitionId(index)] = part.leader
         self.coordinators = [
             CoordinatorHost(
                 f"c{i}",
@@ -177,10 +198,12 @@ class Simulation:
     def _setup(self) -> None:
         for op in self.workload.setup_ops():
             pid = self.pmap.partition_of(op.key)
-            node = next(n for n in self.nodes if pid in n.store.partitions)
-            assert node.runtime is not None
-            node.runtime.cores[pid].write(WriteRequest(partition=pid, op=op), node.clock.now())
-            node.store.commit()
+            ts = self.nodes[0].clock.now()
+            for node in self.nodes:  # every replica the same rows, before any replication
+                if pid in node.store.partitions:
+                    assert node.runtime is not None
+                    node.runtime.cores[pid].write(WriteRequest(partition=pid, op=op), ts)
+                    node.store.commit()
 
     # --- the nemesis -------------------------------------------------------------------------
 
@@ -383,7 +406,8 @@ class Simulation:
     # --- omniscience ---------------------------------------------------------------------------
 
     def ledger_record(self, txn_id: TxnId, anchor: PartitionId) -> LedgerRecord | None:
-        node = next(n for n in self.nodes if anchor in n.store.partitions)
+        owner = self.net.owner[anchor]  # the leader, in a replicated run
+        node = next(n for n in self.nodes if n.name == owner)
         return node.store.partition(anchor).get_ledger(txn_id)
 
     def resolved_history(self) -> tuple[History, list[Anomaly]]:
@@ -446,6 +470,29 @@ class Simulation:
             "virtual_s": round(self.loop.now_us / 1e6, 3),
             "counts": dict(sorted(self.net.counts.items())),  # faults and notable events
         }
+
+
+class SimControlPlane(MemoryControlPlane):
+    """The simulator's etcd: the in-memory model on virtual time; every map it accepts also
+    routes the simulated network's partition requests to the new leaders."""
+
+    def __init__(self, loop: EventLoop, net: Network) -> None:
+        super().__init__(loop.after, lambda: loop.now_us)
+        self._net = net
+
+    def write_if(
+        self,
+        key: str,
+        value: bytes,
+        mod_revision: int,
+        done: Callable[[bool | None, str | None], None],
+    ) -> None:
+        before = self.revision
+        super().write_if(key, value, mod_revision, done)
+        if self.revision != before and key.endswith("/map"):
+            placement = Placement.decode(value)
+            for pid, part in enumerate(placement.partitions):
+                self._net.owner[PartitionId(pid)] = part.leader
 
 
 class Stuck(Exception):

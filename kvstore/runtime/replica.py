@@ -35,10 +35,11 @@ among a majority (rule 4), compare-and-set the map. A node that finds itself lea
 restarted inside the liveness TTL) elects too: it never resumes an epoch it led before, since
 its unflushed batches may differ from what followers hold under the same positions.
 
-**Giving up a leadership** fails the answers still waiting for its majority with a retryable
-``Unavailable`` (their writes may survive on the new leader: callers ask again, as after a
-timeout). Unstamped writes left in the open batch make the local copy diverge, so the partition's
-position is poisoned (seq ``-1``): the next leader sends it a snapshot.
+**Giving up a leadership** fails the answers still waiting for its majority with
+``OutcomeUnknown`` (their writes may survive on the new leader: callers ask again with their
+token, as after a timeout). Unstamped writes left in the open batch make the local copy
+diverge, so the partition's position is poisoned (seq ``-1``): the next leader sends it a
+snapshot.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from kvstore import limits
-from kvstore.errors import ErrorCode, KvError, Unavailable, WrongOwner
+from kvstore.errors import ErrorCode, KvError, OutcomeUnknown, Unavailable, WrongOwner
 from kvstore.logs import log_event
 from kvstore.messages import (
     PositionReply,
@@ -171,7 +172,7 @@ class Replicator:
         }
         self._gates: list[_Gate] = []
         self._electing: set[PartitionId] = set()
-        self._booted = False
+        self._boot_map_epoch: int | None = None  # the map epoch at our first read
         self._timer: Timer | None = None
         self.stopped = False
         self.on_placement: Callable[[Placement], None] | None = None
@@ -203,6 +204,8 @@ class Replicator:
         led = self._led.get(pid)
         if led is None:
             part = self.placement.of(pid)
+            if part.leader == self.node_id:
+                return _failing_over(pid)  # an election or a takeover is under way
             return WrongOwner(
                 f"node {self.node_id} does not lead partition {pid}",
                 details={"epoch": part.epoch, "partition": pid, "owner": part.leader},
@@ -289,10 +292,10 @@ class Replicator:
         for gate in failed:
             pid = next(pid for pid in gate.seqs if pid in pids)
             gate.done(
-                Unavailable(
+                OutcomeUnknown(
                     f"partition {pid} changed leader before the write was replicated; it may "
                     "have been applied",
-                    details={"partition": pid, "sent": True},
+                    details={"partition": pid},
                 )
             )
 
@@ -376,17 +379,34 @@ class Replicator:
             self._pump(pid, led, follower)
 
     def _send(self, request: Request, deadline_us: int, answer: Answer) -> None:
+        """Send ``request`` (to ourselves by a local submit); ``answer`` runs exactly once:
+        with the outcome, or with ``Unavailable`` at ``deadline_us`` (a lost message is never
+        answered by the network)."""
+        answered = False
+
+        def once(reply: Reply | None, error: ErrorCode | None) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            timer.cancel()
+            answer(reply, error)
+
+        timer = self._scheduler.call_later(
+            max(0, deadline_us - self._scheduler.now_us()),
+            lambda: once(None, ErrorCode.Unavailable),
+        )
         if getattr(request, "node", None) == self.node_id:
 
             def respond(outcome: Reply | KvError) -> None:
                 if isinstance(outcome, KvError):
-                    answer(None, outcome.code)
+                    once(None, outcome.code)
                 else:
-                    answer(outcome, None)
+                    once(outcome, None)
 
             self._local(request, respond)
             return
-        self._sender.send(request, deadline_us, answer)
+        self._sender.send(request, deadline_us, once)
 
     # --- the follower side ------------------------------------------------------------------
 
@@ -561,8 +581,9 @@ class Replicator:
         changed = placement != self.placement
         self.placement = placement
         self._revision = revision
-        booting = not self._booted
-        self._booted = True
+        if self._boot_map_epoch is None:
+            self._boot_map_epoch = placement.epoch
+        boot_epoch = self._boot_map_epoch
         for pid in self._logs:
             part = placement.of(pid)
             led = self._led.get(pid)
@@ -574,8 +595,10 @@ class Replicator:
                 led.lease_until_us = self._lease_until(sent_us)  # rule 5: renewed
             elif led is not None:
                 self._unlead(pid)
-            elif booting or self._position(pid).epoch >= part.epoch:
-                # Listed as leader at boot, or at an epoch we already held: never resume it.
+            elif part.epoch <= boot_epoch or self._position(pid).epoch >= part.epoch:
+                # A leadership older than this process (an earlier incarnation may have held
+                # it, its batches on followers but not here), or one we already held: never
+                # resume it, elect a successor.
                 self._elect(pid)
             else:
                 self._lead(pid, part.epoch, sent_us)
@@ -607,13 +630,18 @@ class Replicator:
         pending = set(replicas)
         self._trace(f"elects p{pid} for epoch {proposed}")
 
+        decided = False
+
         def decide() -> None:
-            if pid not in self._electing:
+            nonlocal decided
+            if decided:
                 return
-            self._electing.discard(pid)
+            decided = True
             timer.cancel()
             chosen = choose_leader(replicas, positions, self._mutants)
-            if chosen is not None:  # else no majority answered: a later tick tries again
+            if chosen is None:  # no majority answered: a later tick tries again
+                self._electing.discard(pid)
+            else:
                 self._install(pid, placement, revision, NodeId(chosen))
 
         def polled(node: NodeId, reply: Reply | None) -> None:
@@ -631,20 +659,50 @@ class Replicator:
             self._send(request, deadline_us, _poll_answer(node, polled))
 
     def _install(
-        self, pid: PartitionId, placement: Placement, revision: int, chosen: NodeId
+        self,
+        pid: PartitionId,
+        placement: Placement,
+        revision: int,
+        chosen: NodeId,
+        attempts: int = limits.REPL_INSTALL_ATTEMPTS_MAX,
     ) -> None:
-        if revision < 0:
+        """CAS the map to ``chosen`` leading ``pid``; on a conflict, re-read and apply the
+        choice to the newer map if ``pid``'s entry is still the one polled."""
+        if revision < 0 or self.stopped:
+            self._electing.discard(pid)
             return
+        polled = placement.of(pid)
         new = placement.with_leader(pid, chosen)
-        self._trace(f"installs {chosen} as leader of p{pid} at epoch {new.epoch}")
         sent_us = self._clock()
 
+        def reread(found: Versioned | None, error: str | None) -> None:
+            if self.stopped or found is None or error is not None or attempts <= 1:
+                self._electing.discard(pid)
+                return
+            try:
+                fresh = Placement.decode(found.value)
+            except KvError:
+                self._electing.discard(pid)
+                return
+            if fresh.of(pid) == polled:
+                self._install(pid, fresh, found.mod_revision, chosen, attempts - 1)
+            else:
+                self._electing.discard(pid)
+
         def written(ok: bool | None, error: str | None) -> None:
+            if not ok:
+                if ok is False:
+                    self._control.read(map_key(self.config.prefix), reread)
+                else:
+                    self._electing.discard(pid)
+                return
+            self._electing.discard(pid)
             if ok:
+                self._trace(f"installs {chosen} as leader of p{pid} at epoch {new.epoch}")
                 log_event(
                     _log,
                     "replica.elected",
-                    logging.WARNING,
+                    logging.INFO,
                     node=self.node_id,
                     partition=pid,
                     leader=chosen,
