@@ -80,6 +80,15 @@ class FaultProfile:
     crash_coordinator_ms: int = 0
     coordinator_down_ms_max: int = 1_000
     clone_ms: int = 0  # mean time between clones of a coordinator's memory image (0: never)
+    # Replicated runs only (chaos.sim.simulation): mean times between pauses of a node (a
+    # SIGSTOP: it runs nothing, its clock and its leases' clock go on), isolations of a node
+    # from the other nodes and the control plane, and early expiries of a liveness key (etcd
+    # revoking a lease it should not: etcd-io/etcd#12528); 0: never.
+    pause_ms: int = 0
+    pause_ms_max: int = 0
+    isolate_ms: int = 0
+    isolate_ms_max: int = 0
+    expire_ms: int = 0
     partition_ms: int = 0  # mean time between network partitions
     cut_ms_max: int = 2_000  # a cut link heals within this (uniform, at least 100 ms)
     clock_ms: int = 0  # mean time between clock offset changes

@@ -68,7 +68,7 @@ from kvstore.messages import (
 from kvstore.mutants import Mutants
 from kvstore.ops import Op
 from kvstore.partitioning import PartitionMap
-from kvstore.replication.control import MemoryControlPlane
+from kvstore.replication.control import ControlPlane
 from kvstore.runtime.actors import Actor, ActorDriver, Answer
 from kvstore.runtime.admission import admit
 from kvstore.runtime.disk import FlushDone
@@ -100,14 +100,26 @@ class SimScheduler:
     def _live(self) -> bool:
         return self._host.up and self._host.incarnation == self._incarnation
 
+    def _held(self, fire: Callable[[], None]) -> bool:
+        """While the host is paused, run ``fire`` when it resumes instead (True)."""
+        host = self._host
+        if host.paused_until_us > host.loop.now_us:
+            host.loop.at(host.paused_until_us, fire)
+            return True
+        return False
+
     def call_soon(self, callback: Callable[[], None]) -> None:
-        self._host.loop.after(0, lambda: callback() if self._live() else None)
+        def fire() -> None:
+            if self._live() and not self._held(fire):
+                callback()
+
+        self._host.loop.after(0, fire)
 
     def call_later(self, delay_us: int, callback: Callable[[], None]) -> FlagTimer:
         timer = FlagTimer()
 
         def fire() -> None:
-            if not timer.cancelled and self._live():
+            if not timer.cancelled and self._live() and not self._held(fire):
                 callback()
 
         self._host.loop.after(delay_us, fire)
@@ -159,6 +171,7 @@ class Host:
         self.incarnation = 0
         self.origin = 0  # set by the subclass
         self.offset_us = 0
+        self.paused_until_us = 0  # a paused process runs nothing before this (the nemesis's)
         self.actors: ActorDriver | None = None
         net.hosts[name] = self
 
@@ -188,6 +201,9 @@ class Host:
     ) -> None:
         """An envelope's outcome is back at this host: the HLC receive rule on the responder's
         ``clock`` (None: nobody answered), then the outcome to its actor if still alive."""
+        if self.paused_until_us > self.loop.now_us:
+            self.loop.at(self.paused_until_us, lambda: self.answer(envelope, reply, error, clock))
+            return
         if self.up and envelope.incarnation == self.incarnation:
             if clock is not None:
                 if clock > self.clock.last:
@@ -198,6 +214,7 @@ class Host:
     def crash(self) -> None:
         self.trace.add(self.loop.now_us, f"crash {self.name} ({self.busy} actors lost)")
         self.up = False
+        self.paused_until_us = 0
         self.incarnation += 1
         if self.actors is not None:
             self.actors.stop()
@@ -225,7 +242,7 @@ class NodeHost(Host):
         fsync_us: int,
         on_applied: Callable[[WriteRequest, WriteReply], None] | None = None,
         replication: ReplicationConfig | None = None,
-        control: MemoryControlPlane | None = None,
+        control: ControlPlane | None = None,
     ) -> None:
         super().__init__(name, loop, net, trace, resolution_us)
         self.replication = replication

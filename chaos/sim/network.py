@@ -146,6 +146,9 @@ class Network:
 
     def _arrive_request(self, dst: str, envelope: Envelope) -> None:
         node = self.hosts[dst]
+        if node.up and node.paused_until_us > self.loop.now_us:  # read when it resumes
+            self.loop.at(node.paused_until_us, lambda: self._arrive_request(dst, envelope))
+            return
         if not node.up:
             self.trace.add(self.loop.now_us, f"refused {envelope.src}->{dst}")
             sender = self.hosts[envelope.src]

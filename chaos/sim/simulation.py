@@ -52,8 +52,8 @@ from chaos.sim.workloads import Workload, make_workload, stale_own_gets, unancho
 from kvstore.messages import LedgerRecord, TxnState, WriteReply, WriteRequest
 from kvstore.ops import Op as KvOp
 from kvstore.partitioning import PartitionMap
-from kvstore.replication.control import MemoryControlPlane
-from kvstore.replication.placement import Placement
+from kvstore.replication.control import ControlPlane, MemoryControlPlane, Versioned
+from kvstore.replication.placement import Placement, node_key
 from kvstore.runtime.replica import ReplicationConfig
 from kvstore.storage_node.core import PartitionConfig
 from kvstore.types import ORIGIN_MAX, NodeId, PartitionId, Timestamp, TxnId
@@ -105,6 +105,22 @@ class Simulation:
         self.profile = (
             FaultProfile.draw(self.rng, self.clone_rng) if config.faults else FaultProfile()
         )
+        if config.replication_factor > 1 and config.faults:
+            # Nodes stay down long enough for their liveness keys to expire: failovers.
+            replication_rng = random.Random(f"replication/{seed}")
+
+            def sometimes(mean_ms: tuple[int, ...]) -> int:
+                return replication_rng.choice(mean_ms) if replication_rng.random() < 0.6 else 0
+
+            self.profile = dataclasses.replace(
+                self.profile,
+                node_down_ms_max=replication_rng.choice((1_000, 4_000, 8_000)),
+                pause_ms=sometimes((2_000, 5_000)),
+                pause_ms_max=replication_rng.choice((800, 3_000, 6_000)),
+                isolate_ms=sometimes((3_000, 6_000)),
+                isolate_ms_max=replication_rng.choice((1_000, 4_000, 7_000)),
+                expire_ms=sometimes((1_000, 4_000)),
+            )
         self.loop = EventLoop()
         self.trace = Trace(keep=verbose)
         self.net = Network(self.loop, self.rng, self.trace, self.profile)
@@ -129,7 +145,7 @@ class Simulation:
             mutants=config.mutants,
         )
         self.nodes: list[NodeHost] = []
-        self.control: MemoryControlPlane | None = None
+        self.control: SimControlPlane | None = None
         replication: ReplicationConfig | None = None
         if config.replication_factor > 1:
             self.control = SimControlPlane(self.loop, self.net)
@@ -137,7 +153,7 @@ class Simulation:
                 nodes=tuple(NodeId(f"n{i}") for i in range(config.nodes)),
                 partitions=config.partitions,
                 replication_factor=config.replication_factor,
-                prefix="/kvstore/sim",
+                prefix=REPLICATION_PREFIX,
             )
         for i in range(config.nodes):
             owned = [PartitionId(p) for p in range(config.partitions) if p % config.nodes == i]
@@ -155,7 +171,7 @@ class Simulation:
                 fsync_us=self.profile.fsync_us,
                 on_applied=self._applied,
                 replication=replication,
-                control=self.control,
+                control=None if self.control is None else self.control.client(f"n{i}"),
             )
             self.nodes.append(node)
             for pid in owned:
@@ -324,6 +340,8 @@ class Simulation:
 
     def partition(self) -> None:
         names = [h.name for h in self.hosts]
+        if self.control is not None:  # a node cut from etcd: a leader that keeps serving
+            names.append(CONTROL_HOST)
         a, b = self.rng.sample(names, 2)
         link = self.net.link(a, b)
         self.count("partition")
@@ -331,6 +349,38 @@ class Simulation:
         self.net.cut.add(link)
         cut_ms = self.rng.randint(100, max(100, self.profile.cut_ms_max))
         self.loop.after(cut_ms * _MS, lambda: self.net.cut.discard(link))
+
+    def pause_node(self) -> None:
+        """SIGSTOP a node for a while: it runs nothing (timers, messages and control-plane
+        answers wait), while time, and its lease clock, go on."""
+        node = self.rng.choice(self.nodes)
+        pause_ms = self.rng.randint(100, max(100, self.profile.pause_ms_max))
+        if not node.up or node.paused_until_us > self.loop.now_us:
+            return
+        self.count("pause")
+        self.trace.add(self.loop.now_us, f"pause {node.name} for {pause_ms}ms")
+        node.paused_until_us = self.loop.now_us + pause_ms * _MS
+
+    def isolate_node(self) -> None:
+        """Cut a node from every other node and from the control plane (clients still reach
+        it): a leader that others replace while it still has clients."""
+        node = self.rng.choice(self.nodes)
+        cut_ms = self.rng.randint(500, max(500, self.profile.isolate_ms_max))
+        links = {self.net.link(node.name, other.name) for other in self.nodes if other is not node}
+        links.add(self.net.link(node.name, CONTROL_HOST))
+        links -= self.net.cut
+        self.count("isolate")
+        self.trace.add(self.loop.now_us, f"isolate {node.name} for {cut_ms}ms")
+        self.net.cut |= links
+        self.loop.after(cut_ms * _MS, lambda: self.net.cut.difference_update(links))
+
+    def expire_liveness(self) -> None:
+        """The control plane drops a live node's liveness key (its next beat restores it)."""
+        assert self.control is not None
+        node = self.rng.choice(self.nodes)
+        self.count("expire liveness")
+        self.trace.add(self.loop.now_us, f"expire liveness of {node.name}")
+        self.control.expire(node_key(REPLICATION_PREFIX, node.name))
 
     def move_clock(self) -> None:
         host = self.rng.choice(self.hosts)
@@ -349,6 +399,9 @@ class Simulation:
         self._every(profile.crash_coordinator_ms, "crash_coordinator")
         self._every(profile.partition_ms, "partition")
         self._every(profile.clock_ms, "move_clock")
+        self._every(profile.pause_ms, "pause_node")
+        self._every(profile.isolate_ms, "isolate_node")
+        self._every(profile.expire_ms, "expire_liveness")
         self._clones()
         self.loop.run_until(self.config.fault_phase_ms * _MS, stop=self._load_done)
         self._heal()
@@ -472,13 +525,26 @@ class Simulation:
         }
 
 
+CONTROL_HOST = "etcd"  # the control plane's name in the network's cuts
+REPLICATION_PREFIX = "/kvstore/sim"
+
+
 class SimControlPlane(MemoryControlPlane):
     """The simulator's etcd: the in-memory model on virtual time; every map it accepts also
-    routes the simulated network's partition requests to the new leaders."""
+    routes the simulated network's partition requests to the new leaders. Each node reaches
+    it through :meth:`client`, which fails while the nemesis cuts that node from it."""
 
     def __init__(self, loop: EventLoop, net: Network) -> None:
         super().__init__(loop.after, lambda: loop.now_us)
         self._net = net
+        self._loop = loop
+
+    def client(self, host: str) -> ControlPlane:
+        return _HostControl(self, self._loop, self._net, host)
+
+    def expire(self, key: str) -> None:
+        """Drop ``key`` now, whatever its lease says."""
+        self._keys.pop(key, None)
 
     def write_if(
         self,
@@ -493,6 +559,70 @@ class SimControlPlane(MemoryControlPlane):
             placement = Placement.decode(value)
             for pid, part in enumerate(placement.partitions):
                 self._net.owner[PartitionId(pid)] = part.leader
+
+
+class _HostControl:
+    """One node's access to the simulated control plane (see :class:`SimControlPlane`)."""
+
+    def __init__(self, plane: SimControlPlane, loop: EventLoop, net: Network, host: str) -> None:
+        self._plane = plane
+        self._loop = loop
+        self._net = net
+        self._host = host
+
+    def _cut(self, done: Callable[[Any, str | None], None]) -> bool:
+        if not self._net.is_cut(self._host, CONTROL_HOST):
+            return False
+        self._loop.after(1_000, lambda: done(None, "cut from the control plane"))
+        return True
+
+    def _later(self, done: Callable[[Any, str | None], None]) -> Callable[[Any, str | None], None]:
+        """``done`` as this host gets it: not while it is paused, never when it has crashed
+        since, and not when the link was cut meanwhile (the answer is lost)."""
+        host = self._net.hosts[self._host]
+        incarnation = host.incarnation
+
+        def deliver(result: Any, error: str | None) -> None:
+            if not host.up or host.incarnation != incarnation:
+                return
+            if host.paused_until_us > self._loop.now_us:
+                self._loop.at(host.paused_until_us, lambda: deliver(result, error))
+                return
+            if error is None and self._net.is_cut(self._host, CONTROL_HOST):
+                done(None, "cut from the control plane")
+                return
+            done(result, error)
+
+        return deliver
+
+    def read(self, key: str, done: Callable[[Versioned | None, str | None], None]) -> None:
+        if not self._cut(done):
+            self._plane.read(key, self._later(done))
+
+    def write_if(
+        self,
+        key: str,
+        value: bytes,
+        mod_revision: int,
+        done: Callable[[bool | None, str | None], None],
+    ) -> None:
+        if not self._cut(done):
+            self._plane.write_if(key, value, mod_revision, self._later(done))
+
+    def beat(
+        self, key: str, value: bytes, ttl_ms: int, done: Callable[[bool | None, str | None], None]
+    ) -> None:
+        if not self._cut(done):
+            self._plane.beat(key, value, ttl_ms, self._later(done))
+
+    def list(
+        self, prefix: str, done: Callable[[dict[str, bytes] | None, str | None], None]
+    ) -> None:
+        if not self._cut(done):
+            self._plane.list(prefix, self._later(done))
+
+    def close(self) -> None:
+        pass
 
 
 class Stuck(Exception):

@@ -62,7 +62,34 @@ MUTANT_WORKLOADS: dict[Mutant, tuple[str, ...]] = {
     Mutant.ACK_WITH_EARLIER_FLUSH: WORKLOADS,
     # The clock's: copies of a cloned coordinator issue equal timestamps (seeds that clone).
     Mutant.NO_FORK_REDRAW: WORKLOADS,
+    # Replication's (replicated seeds only): lost acknowledged writes after a failover, or a
+    # deposed leader serving next to its successor.
+    Mutant.ACK_BEFORE_MAJORITY: WORKLOADS,
+    Mutant.ACCEPT_OLD_EPOCH: WORKLOADS,
+    Mutant.SERVE_BEFORE_LEASE_END: WORKLOADS,
+    Mutant.ELECT_ANY_REPLICA: WORKLOADS,
 }
+REPLICATION_MUTANTS = frozenset(
+    {
+        Mutant.ACK_BEFORE_MAJORITY,
+        Mutant.ACCEPT_OLD_EPOCH,
+        Mutant.SERVE_BEFORE_LEASE_END,
+        Mutant.ELECT_ANY_REPLICA,
+    }
+)
+REPLICATED_EVERY = 3  # seeds with seed % 3 == 2 run three replicas per partition
+
+
+def replicated(seed: int) -> bool:
+    """Whether the sweep runs ``seed`` as a replicated cluster (a third of the seeds)."""
+    return seed % REPLICATED_EVERY == REPLICATED_EVERY - 1
+
+
+def config_for(seed: int, workload: str, mutants: Mutants = NO_MUTANTS) -> SimConfig:
+    """The sweep's configuration of ``seed``."""
+    return SimConfig(
+        workload=workload, mutants=mutants, replication_factor=3 if replicated(seed) else 1
+    )
 
 
 @dataclass(frozen=True)
@@ -112,7 +139,7 @@ def _one(job: Job) -> SeedOutcome:
     seed, workload, mutant_names, out = job
     armed = Mutants.arm(*(Mutant(name) for name in mutant_names))
     mutants = armed if mutant_names else _mutants_for_sweep()
-    result = run_seed(seed, SimConfig(workload=workload, mutants=mutants))
+    result = run_seed(seed, config_for(seed, workload, mutants))
     saved = None
     if not result.ok and out is not None:
         saved = str(save_failure(result, Path(out)))
@@ -153,7 +180,11 @@ def hunt(mutant: Mutant, budget: int = MUTANT_SEED_BUDGET, *, jobs: int = 1) -> 
     workloads = MUTANT_WORKLOADS[mutant]
     batch = max(1, jobs) * 4
     for first in range(0, budget, batch):
-        seeds = range(first, min(budget, first + batch))
+        seeds = [
+            s
+            for s in range(first, min(budget, first + batch))
+            if replicated(s) or mutant not in REPLICATION_MUTANTS
+        ]
         work: list[Job] = [(s, workload_for(s, workloads), (mutant.value,), None) for s in seeds]
         for outcome in _pool_map(work, jobs):
             if not outcome.ok:

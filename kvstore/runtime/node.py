@@ -93,7 +93,14 @@ from collections.abc import Callable
 from kvstore import limits
 from kvstore.coordinator.recovery import Recovery
 from kvstore.coordinator.results import RecoveryResult
-from kvstore.errors import DiskFull, InternalError, KvError, Overloaded, TransactionConflict
+from kvstore.errors import (
+    DiskFull,
+    InternalError,
+    KvError,
+    OutcomeUnknown,
+    Overloaded,
+    TransactionConflict,
+)
 from kvstore.logs import log_event
 from kvstore.messages import (
     CancelRequest,
@@ -250,6 +257,7 @@ class NodeRuntime:
         # Answers of flushed jobs waiting for a majority of replicas, released in job order.
         self._gated: deque[_Gated] = deque()
         self._job_seqs: dict[PartitionId, tuple[int, int]] = {}
+        self._job_abandoned: frozenset[PartitionId] = frozenset()
         self.replicator: Replicator | None = None
         if replication is not None:
             assert control is not None and lease_clock_us is not None
@@ -373,7 +381,9 @@ class NodeRuntime:
             self.in_progress_total -= 1
             respond(reply)
 
-        self.when_durable(release, failed=lambda error: self._fail_request(pid, respond, error))
+        self.when_durable(
+            release, failed=lambda error: self._fail_request(pid, respond, error), pids=(pid,)
+        )
 
     def _submit_node_execute(self, request: NodeExecuteRequest, respond: Respond) -> None:
         """A transaction on several partitions of this node, in one step; see the module."""
@@ -421,7 +431,7 @@ class NodeRuntime:
             respond(outcome)
 
         reply = step.reply
-        self.when_durable(lambda: answer(reply), failed=answer)
+        self.when_durable(lambda: answer(reply), failed=answer, pids=pids)
 
     # --- requests waiting for intents (kvstore.runtime.intent_waits) ------------------------
 
@@ -505,13 +515,19 @@ class NodeRuntime:
     # --- group commit -----------------------------------------------------------------------
 
     def when_durable(
-        self, then: Callable[[], None], failed: Callable[[KvError], None] | None = None
+        self,
+        then: Callable[[], None],
+        failed: Callable[[KvError], None] | None = None,
+        pids: tuple[PartitionId, ...] = (),
     ) -> None:
-        """Call ``then`` once every write made so far is durable (at once when it is)."""
+        """Call ``then`` once every write made so far is durable (at once when it is), or
+        ``failed`` if that cannot be promised (a failed flush; in a replicated node, a
+        leadership of one of ``pids``, the partitions the answer depends on, that ended
+        before its writes reached a majority)."""
         if self._early_reply:  # the mutant: every answer at once, rows at the next tick
             then()
             return
-        waiter = then if failed is None else _Waiter(then, failed)
+        waiter = then if failed is None else _Waiter(then, failed, pids)
         if self.store.dirty:
             self._open_waiters.append(waiter)
             self._schedule_flush()
@@ -553,6 +569,7 @@ class NodeRuntime:
             return
         if self.replicator is not None:
             self._job_seqs = self.replicator.shipped(job.batch)
+            self._job_abandoned = self.replicator.take_abandoned()
         self._flight_waiters = waiters
         started_s = time.perf_counter()
         writes = job.rows
@@ -582,8 +599,11 @@ class NodeRuntime:
             metrics.batch_writes.observe(writes)
             metrics.batch_waiters.observe(len(waiters))
         seqs, self._job_seqs = self._job_seqs, {}
+        abandoned, self._job_abandoned = self._job_abandoned, frozenset()
         if self.replicator is not None:
             self.replicator.local_durable(seqs)
+        if abandoned:
+            waiters = self._fail_abandoned(waiters, abandoned)
         if seqs or self._gated:
             self._gate(waiters, seqs)
         else:
@@ -591,6 +611,24 @@ class NodeRuntime:
                 waiter()
         if self._open_waiters:
             self._schedule_flush()
+
+    def _fail_abandoned(
+        self, waiters: list[Callable[[], None]], abandoned: frozenset[PartitionId]
+    ) -> list[Callable[[], None]]:
+        """Fail the answers that depend on writes of an ended leadership (never replicated)."""
+        kept: list[Callable[[], None]] = []
+        for waiter in waiters:
+            if isinstance(waiter, _Waiter) and not abandoned.isdisjoint(waiter.pids):
+                pid = next(pid for pid in waiter.pids if pid in abandoned)
+                waiter.failed(
+                    OutcomeUnknown(
+                        f"partition {pid} changed leader before the write was replicated",
+                        details={"partition": pid},
+                    )
+                )
+            else:
+                kept.append(waiter)
+        return kept
 
     def _gate(
         self, waiters: list[Callable[[], None]], seqs: dict[PartitionId, tuple[int, int]]
@@ -837,13 +875,20 @@ class _Gated:
 
 
 class _Waiter:
-    """A durability waiter that also wants to hear about a failed flush."""
+    """A durability waiter that also wants to hear about a failed flush, and the partitions
+    whose writes it depends on."""
 
-    __slots__ = ("_then", "failed")
+    __slots__ = ("_then", "failed", "pids")
 
-    def __init__(self, then: Callable[[], None], failed: Callable[[KvError], None]) -> None:
+    def __init__(
+        self,
+        then: Callable[[], None],
+        failed: Callable[[KvError], None],
+        pids: tuple[PartitionId, ...] = (),
+    ) -> None:
         self._then = then
         self.failed = failed
+        self.pids = pids
 
     def __call__(self) -> None:
         self._then()

@@ -44,9 +44,11 @@ snapshot.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from kvstore import limits
 from kvstore.errors import ErrorCode, KvError, OutcomeUnknown, Unavailable, WrongOwner
@@ -171,6 +173,7 @@ class Replicator:
             pid: {} for pid in store.partitions
         }
         self._gates: list[_Gate] = []
+        self._abandoned: set[PartitionId] = set()
         self._electing: set[PartitionId] = set()
         self._boot_map_epoch: int | None = None  # the map epoch at our first read
         self._timer: Timer | None = None
@@ -270,19 +273,34 @@ class Replicator:
         if not self._gates:
             return
         waiting: list[_Gate] = []
-        ready: list[_Gate] = []
+        ended: list[tuple[_Gate, KvError | None]] = []
         for gate in self._gates:
-            if all(self._durable(pid, epoch, seq) for pid, (epoch, seq) in gate.seqs.items()):
-                ready.append(gate)
-            else:
+            outcome = self._gate_outcome(gate)
+            if isinstance(outcome, _Pending):
                 waiting.append(gate)
+            else:
+                ended.append((gate, outcome))
         self._gates = waiting
-        for gate in ready:
-            gate.done(None)
+        for gate, error in ended:
+            gate.done(error)
 
-    def _durable(self, pid: PartitionId, epoch: int, seq: int) -> bool:
-        led = self._led.get(pid)
-        return led is not None and led.epoch == epoch and self._majority(pid, led) >= seq
+    def _gate_outcome(self, gate: _Gate) -> KvError | _Pending | None:
+        """``None`` when every batch of the gate is durable on a majority, ``_PENDING`` while
+        one may still become so, the error once a leadership it waits on has ended."""
+        outcome: KvError | _Pending | None = None
+        for pid, (epoch, seq) in gate.seqs.items():
+            led = self._led.get(pid)
+            if led is None or led.epoch != epoch:
+                return _leadership_lost(pid)
+            if self._majority(pid, led) < seq:
+                outcome = _PENDING
+        return outcome
+
+    def take_abandoned(self) -> frozenset[PartitionId]:
+        """Partitions whose unstamped writes (just detached into a flush) were made under a
+        leadership that has ended: their answers must not be released (module docstring)."""
+        abandoned, self._abandoned = frozenset(self._abandoned), set()
+        return abandoned
 
     def _fail_gates(self, pids: set[PartitionId]) -> None:
         failed = [g for g in self._gates if any(pid in pids for pid in g.seqs)]
@@ -291,13 +309,7 @@ class Replicator:
         self._gates = [g for g in self._gates if g not in failed]
         for gate in failed:
             pid = next(pid for pid in gate.seqs if pid in pids)
-            gate.done(
-                OutcomeUnknown(
-                    f"partition {pid} changed leader before the write was replicated; it may "
-                    "have been applied",
-                    details={"partition": pid},
-                )
-            )
+            gate.done(_leadership_lost(pid))
 
     def _log(self, pid: PartitionId, batch: ShippedBatch) -> None:
         log = self._logs[pid]
@@ -533,6 +545,7 @@ class Replicator:
         view = self._store.partition(pid)
         if self._store.open_writes_of(pid):  # unstamped writes: this copy left the history
             view.put_meta(replace(view.get_meta(), seq=POISONED_SEQ))
+            self._abandoned.add(pid)
             self._request_flush()
         self._fail_gates({pid})
 
@@ -720,6 +733,20 @@ def _poll_answer(node: NodeId, polled: Callable[[NodeId, Reply | None], None]) -
         polled(node, reply)
 
     return answer
+
+
+class _Pending(enum.Enum):
+    PENDING = enum.auto()
+
+
+_PENDING: Final = _Pending.PENDING
+
+
+def _leadership_lost(pid: PartitionId) -> OutcomeUnknown:
+    return OutcomeUnknown(
+        f"partition {pid} changed leader before the write was replicated; it may have been applied",
+        details={"partition": pid},
+    )
 
 
 def _ignore(result: object, error: str | None) -> None:
