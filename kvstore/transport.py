@@ -76,14 +76,19 @@ class PartitionTransport:
         self, request: Request, timeout_ms: int, answer: Callable[[Reply | KvError], None]
     ) -> bool:
         """:meth:`call` without a coroutine while the node's connection is open: ``answer``
-        gets the reply or the error later. False (nothing sent) when :meth:`call` is needed."""
+        gets the reply or the error later (a refusal before sending, such as ``TooLarge``, at
+        once). False (nothing sent) when :meth:`call` is needed."""
         node = self._node(request)
         method = method_of(request)
         try:
             client = self._pool.client(self.cluster_map.address_of(node))
         except KvError:
             return False
-        future = client.start(method, encode_request(request), timeout_ms)
+        try:
+            future = client.start(method, encode_request(request), timeout_ms)
+        except KvError as refused:  # nothing sent (a message over the frame limit, say)
+            answer(_naming(refused, request, node) if isinstance(refused, Unavailable) else refused)
+            return True
         if future is None:
             return False
 

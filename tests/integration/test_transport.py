@@ -13,8 +13,9 @@ import pytest
 from aiohttp import web
 from support.cluster import refusing_port
 
+from kvstore import limits
 from kvstore.codec import METHODS, REPLY_OF, decode_request, encode_reply
-from kvstore.errors import KvError, Unavailable, ValidationError
+from kvstore.errors import KvError, TooLarge, Unavailable, ValidationError
 from kvstore.messages import (
     GetReply,
     GetRequest,
@@ -25,6 +26,7 @@ from kvstore.messages import (
     Reply,
     Request,
     ShippedBatch,
+    Snapshot,
 )
 from kvstore.partitioning import ClusterMap, PartitionMap
 from kvstore.rpc import AsyncHandler, RpcPool, RpcServer
@@ -173,3 +175,45 @@ async def test_an_unknown_or_unreachable_named_node_is_an_error_naming_it() -> N
                     await transport.call(replicate(PartitionId(0), N2), TIMEOUT_MS)
         assert down.value.details["node"] == N2 and down.value.details["partition"] == 0
         assert node.received == []
+
+
+@pytest.mark.asyncio
+async def test_a_replicate_message_over_the_frame_limit_is_refused_before_sending() -> None:
+    rows = tuple(
+        ItemRow(
+            key=f"k{i}",
+            exists=True,
+            value=b"x" * (limits.VALUE_BYTES_MAX - 5),
+            version=1,
+            write_ts=TS,
+            read_ts=TS,
+        )
+        for i in range(limits.RPC_FRAME_BYTES_MAX // limits.VALUE_BYTES_MAX + 1)
+    )
+    huge = ReplicateRequest(
+        partition=PartitionId(0),
+        node=N2,
+        leader=N1,
+        leader_epoch=2,
+        prev_epoch=2,
+        prev_seq=7,
+        batches=(),
+        snapshot=Snapshot(items=rows, intents=(), ledger=(), tokens=(), meta=PartitionMeta()),
+    )
+    nodes = {N1: Node(), N2: Node()}
+    async with AsyncExitStack() as stack:
+        addresses = {name: await stack.enter_async_context(serving(n)) for name, n in nodes.items()}
+        cluster_map = ClusterMap.round_robin([N1, N2], addresses, partition_count=4)
+        pool = RpcPool(SECRET)
+        stack.push_async_callback(pool.close)
+        transport = PartitionTransport(cluster_map, pool)
+        probe = replicate(PartitionId(0), N2)
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(TooLarge):
+                await transport.call(huge, TIMEOUT_MS)
+            assert await transport.call(probe, TIMEOUT_MS) == ANSWERS[ReplicateRequest]
+            answers: list[Reply | KvError] = []
+            assert transport.start(huge, TIMEOUT_MS, answers.append)  # answered, not raised
+            assert len(answers) == 1 and isinstance(answers[0], TooLarge)
+            assert await started(transport, probe) == ANSWERS[ReplicateRequest]
+        assert nodes[N2].received == [probe, probe]
