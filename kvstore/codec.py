@@ -84,7 +84,8 @@ a node must check rows it will store: keys, ids and tokens as above; values get 
 :func:`validate_value`'s verdict (through ``_value_ok`` first, as on the trusted path); ops as on
 the trusted path; and every integer a node keeps in a SQLite INTEGER column (versions,
 ``epoch``, ``seq``, ``promised``, created and completed times) in ``0..2**63-1``, so a decoded
-row can always be written. Strict and trusted decoding are one and the same here.
+row can always be written, except that every ``seq`` may also be -1 (a poisoned replica's,
+:mod:`kvstore.runtime.replica`). Strict and trusted decoding are one and the same here.
 
 These are not the SQLite store's row encodings (``item_params`` / ``decode_item`` and the like
 in :mod:`kvstore.storage_node.sqlite_schema`), though the fields are the same and so are the
@@ -206,6 +207,7 @@ __all__ = [
 
 _U64_MAX: Final = (1 << 64) - 1
 _SQL_INT_MAX: Final = (1 << 63) - 1  # a SQLite INTEGER: what a stored row's integers must fit
+_SEQ_MIN: Final = -1  # a poisoned replica's seq (kvstore.runtime.replica.POISONED_SEQ)
 _TXN_ID_CHARS_MAX: Final = 128
 _NODE_ID_CHARS_MAX: Final = 128
 _FINGERPRINT_CHARS_MAX: Final = 128
@@ -359,6 +361,14 @@ def _sql_int(obj: _Obj, field: str, name: str) -> int:
     if type(value) is int and 0 <= value <= _SQL_INT_MAX:
         return value
     raise _int_error(value, _join(field, name), 0, _SQL_INT_MAX)
+
+
+def _seq(obj: _Obj, field: str, name: str) -> int:
+    """A position's ``seq``: a SQLite integer, or -1 for a poisoned replica."""
+    value = obj[name]
+    if type(value) is int and _SEQ_MIN <= value <= _SQL_INT_MAX:
+        return value
+    raise _int_error(value, _join(field, name), _SEQ_MIN, _SQL_INT_MAX)
 
 
 def _partition_id(value: object, field: str) -> PartitionId:
@@ -1306,7 +1316,7 @@ def _meta(obj: _Obj, field: str, name: str) -> PartitionMeta:
         max_delete_ts=_ts(row, where, "max_delete_ts"),
         max_deleted_version=_version(row, where, "max_deleted_version"),
         epoch=_sql_int(row, where, "epoch"),
-        seq=_sql_int(row, where, "seq"),
+        seq=_seq(row, where, "seq"),
         promised=_sql_int(row, where, "promised"),
     )
 
@@ -1407,7 +1417,7 @@ def _dec_shipped_batch(raw: object, field: str) -> ShippedBatch:
     obj = _record(raw, field, _SHIPPED_BATCH)
     return ShippedBatch(
         epoch=_sql_int(obj, field, "epoch"),
-        seq=_sql_int(obj, field, "seq"),
+        seq=_seq(obj, field, "seq"),
         rows=_dec_partition_batch(obj["rows"], _join(field, "rows")),
     )
 
@@ -1466,7 +1476,7 @@ def _dec_replicate(raw: object, field: str) -> ReplicateRequest:
         leader=_node(obj, field, "leader"),
         leader_epoch=_sql_int(obj, field, "leader_epoch"),
         prev_epoch=_sql_int(obj, field, "prev_epoch"),
-        prev_seq=_sql_int(obj, field, "prev_seq"),
+        prev_seq=_seq(obj, field, "prev_seq"),
         batches=_batches(obj, field, "batches"),
         snapshot=_opt(obj, field, "snapshot", _snapshot),
     )
@@ -1494,7 +1504,7 @@ def _dec_replicate_reply(raw: object, field: str) -> ReplicateReply:
     return ReplicateReply(
         accepted=_bool(obj, field, "accepted"),
         epoch=_sql_int(obj, field, "epoch"),
-        seq=_sql_int(obj, field, "seq"),
+        seq=_seq(obj, field, "seq"),
         promised=_sql_int(obj, field, "promised"),
     )
 
@@ -1507,7 +1517,7 @@ def _dec_position_reply(raw: object, field: str) -> PositionReply:
     obj = _record(raw, field, _POSITION_REPLY)
     return PositionReply(
         epoch=_sql_int(obj, field, "epoch"),
-        seq=_sql_int(obj, field, "seq"),
+        seq=_seq(obj, field, "seq"),
         promised=_sql_int(obj, field, "promised"),
     )
 

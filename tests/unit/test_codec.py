@@ -74,6 +74,7 @@ from kvstore.messages import (
     WriteRequest,
 )
 from kvstore.ops import Op, OpKind
+from kvstore.runtime.replica import POISONED_SEQ
 from kvstore.storage_node import sqlite_schema
 from kvstore.storage_node.overlay import PartitionBatch
 from kvstore.storage_node.store import Intent, ItemRow, PartitionMeta, TokenRow
@@ -240,15 +241,21 @@ REQUESTS: list[Request] = [
         batches=(),
         snapshot=SNAPSHOT,
     ),
-    ReplicateRequest(  # a probe, with an empty snapshot
+    ReplicateRequest(  # an empty snapshot, from a leader whose own position is poisoned
         partition=PartitionId(0),
         node=NodeId("n" * 128),
         leader=N1,
         leader_epoch=1,
-        prev_epoch=0,
-        prev_seq=0,
+        prev_epoch=1,
+        prev_seq=-1,
         batches=(),
-        snapshot=Snapshot(items=(), intents=(), ledger=(), tokens=(), meta=PartitionMeta()),
+        snapshot=Snapshot(
+            items=(),
+            intents=(),
+            ledger=(),
+            tokens=(),
+            meta=PartitionMeta(epoch=1, seq=-1, promised=1),
+        ),
     ),
     PositionRequest(partition=P, node=N2, epoch=5),
     NodeExecuteRequest(
@@ -329,6 +336,7 @@ REPLIES: list[tuple[str, Reply]] = [
     ("replicate", ReplicateReply(accepted=True, epoch=4, seq=42, promised=4)),
     ("replicate", ReplicateReply(accepted=False, epoch=0, seq=0, promised=SQL_INT_MAX)),
     ("position", PositionReply(epoch=3, seq=41, promised=5)),
+    ("position", PositionReply(epoch=3, seq=-1, promised=5)),  # poisoned: only a snapshot helps
 ]
 
 
@@ -1061,6 +1069,7 @@ AT_ROWS = "batches[0].rows"
         (("leader_epoch",), -1, "leader_epoch"),
         (("prev_epoch",), True, "prev_epoch"),
         (("prev_seq",), SQL_INT_MAX + 1, "prev_seq"),
+        (("prev_seq",), -2, "prev_seq"),
         (("batches",), DROP, "batches"),
         (("batches",), {"epoch": 1}, "batches"),
         (("batches", 0), [4, 41, {}], "batches[0]"),
@@ -1105,6 +1114,7 @@ AT_ROWS = "batches[0].rows"
         ((*ROWS, "meta", 0), [0, 0, U64_MAX + 1], f"{AT_ROWS}.meta.max_delete_ts[2]"),
         ((*ROWS, "meta", 1), True, f"{AT_ROWS}.meta.max_deleted_version"),
         ((*ROWS, "meta", 2), -1, f"{AT_ROWS}.meta.epoch"),
+        ((*ROWS, "meta", 3), -2, f"{AT_ROWS}.meta.seq"),
         ((*ROWS, "meta", 4), SQL_INT_MAX + 1, f"{AT_ROWS}.meta.promised"),
     ],
 )
@@ -1150,6 +1160,9 @@ def test_malformed_positions_name_the_field() -> None:
     assert field_of("replicate", {**reply, "seq": SQL_INT_MAX + 1}, reply=True) == "seq"
     assert field_of("position", {"epoch": 3, "seq": 41}, reply=True) == "promised"
     assert field_of("position", {"epoch": 3, "seq": 4, "promised": 5.0}, reply=True) == "promised"
+    assert field_of("position", {"epoch": 3, "seq": -2, "promised": 5}, reply=True) == "seq"
+    assert field_of("position", {"epoch": -1, "seq": -1, "promised": 5}, reply=True) == "epoch"
+    assert codec._SEQ_MIN == POISONED_SEQ  # the one negative position the replicator writes
 
 
 def test_decoded_rows_are_rows_the_sqlite_store_writes_and_reads_back(tmp_path: Path) -> None:
