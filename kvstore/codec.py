@@ -58,9 +58,9 @@ Ranges: partition ids ``0..PARTITIONS_MAX-1``; versions ``0..2**63-1`` (SQLite I
 timestamp parts, microsecond times and counts ``0..2**64-1``; transaction ids, node ids and
 fingerprints at most 128 characters; lists at most their limit (ops and outcomes
 ``TXN_OPS_MAX_CEILING``, a node execute's ``placement`` one partition id per op, read keys and
-entries ``READ_KEYS_MAX``, scan items ``SCAN_PAGE_ITEMS_MAX``, a replicate message's batches and
-each table of rows ``RPC_FRAME_BYTES_MAX``: every element takes at least a byte of the frame
-that carried it, so the frame's size is their bound).
+entries ``READ_KEYS_MAX``, scan items ``SCAN_PAGE_ITEMS_MAX``, a replicate message's batches
+``REPL_BATCHES_PER_MESSAGE_MAX``, each table of rows ``RPC_FRAME_BYTES_MAX``: every row takes at
+least a byte of the frame that carried it, so the frame's size is their bound).
 
 Replication
 -----------
@@ -213,8 +213,8 @@ _NODE_ID_CHARS_MAX: Final = 128
 _FINGERPRINT_CHARS_MAX: Final = 128
 _NAME_SHOWN_CHARS: Final = 64  # of an unknown member's name, in an error's field
 _OUTCOMES_MAX: Final = limits.TXN_OPS_MAX_CEILING  # one per op
-# Batches, or rows of one table, in a replicate message: at most one per byte of its frame.
-_REPLICATED_MAX: Final = limits.RPC_FRAME_BYTES_MAX
+# Rows of one table in a replicate message: at most one per byte of its frame.
+_ROWS_MAX: Final = limits.RPC_FRAME_BYTES_MAX
 
 _T = TypeVar("_T")
 _K = TypeVar("_K", bound=str)
@@ -1339,7 +1339,7 @@ def _table(
     a deleted key (``None``), checked by it."""
     if name not in obj:
         return {}
-    raw = _list(obj, field, name, _REPLICATED_MAX)
+    raw = _list(obj, field, name, _ROWS_MAX)
     where = _join(field, name)
     table: dict[_K, _Row | None] = {}
     for index, entry in enumerate(raw):
@@ -1423,7 +1423,7 @@ def _dec_shipped_batch(raw: object, field: str) -> ShippedBatch:
 
 
 def _batches(obj: _Obj, field: str, name: str) -> tuple[ShippedBatch, ...]:
-    raw = _list(obj, field, name, _REPLICATED_MAX)
+    raw = _list(obj, field, name, limits.REPL_BATCHES_PER_MESSAGE_MAX)
     where = _join(field, name)
     return tuple(_dec_shipped_batch(batch, f"{where}[{index}]") for index, batch in enumerate(raw))
 

@@ -1072,6 +1072,7 @@ AT_ROWS = "batches[0].rows"
         (("prev_seq",), -2, "prev_seq"),
         (("batches",), DROP, "batches"),
         (("batches",), {"epoch": 1}, "batches"),
+        (("batches",), [{}] * (limits.REPL_BATCHES_PER_MESSAGE_MAX + 1), "batches"),
         (("batches", 0), [4, 41, {}], "batches[0]"),
         (("batches", 0, "seq"), 1.0, "batches[0].seq"),
         (("batches", 0, "rows"), DROP, "batches[0].rows"),
