@@ -55,10 +55,49 @@ is the repeated work, not the checks that protect the node:
   doubts goes through decode_op, which accepts it or raises naming the field.
 
 Ranges: partition ids ``0..PARTITIONS_MAX-1``; versions ``0..2**63-1`` (SQLite INTEGER);
-timestamp parts, microsecond times and counts ``0..2**64-1``; transaction ids and fingerprints
-at most 128 characters; lists at most their limit (ops and outcomes ``TXN_OPS_MAX_CEILING``, a
-node execute's ``placement`` one partition id per op, read keys and entries ``READ_KEYS_MAX``,
-scan items ``SCAN_PAGE_ITEMS_MAX``).
+timestamp parts, microsecond times and counts ``0..2**64-1``; transaction ids, node ids and
+fingerprints at most 128 characters; lists at most their limit (ops and outcomes
+``TXN_OPS_MAX_CEILING``, a node execute's ``placement`` one partition id per op, read keys and
+entries ``READ_KEYS_MAX``, scan items ``SCAN_PAGE_ITEMS_MAX``, a replicate message's batches
+``REPL_BATCHES_PER_MESSAGE_MAX``, each table of rows ``RPC_FRAME_BYTES_MAX``: every row takes at
+least a byte of the frame that carried it, so the frame's size is their bound).
+
+Replication
+-----------
+``replicate`` and ``position`` are addressed to a node (``node``), not to the partition's owner
+(:mod:`kvstore.transport`). A replicate message carries whole rows of the store
+(:mod:`kvstore.storage_node.store`): write batches (:class:`ShippedBatch` of a
+:class:`PartitionBatch`) or a :class:`Snapshot`. Rows travel by the thousand, so a row is a list
+of its fields in their dataclass order rather than an object (member names would double a small
+row); errors still name a row's fields by name (``batches[0].rows.items[3].value``):
+
+* item ``[key, exists, value, version, write_ts, read_ts]``;
+* intent ``[key, txn_id, ts, op, new_exists, new_value, anchor, created_us]``;
+* token ``[token, txn_id, fingerprint, created_us]``;
+* meta ``[max_delete_ts, max_deleted_version, epoch, seq, promised]``;
+* a ledger record is :func:`encode_ledger_record`'s object.
+
+A batch's or a snapshot's tables (``items``, ``intents``, ``ledger``, ``tokens``; left out when
+empty) list rows, each under its own key (``key``, ``txn_id``, ``token``), a key at most once; in
+a batch a deletion is the deleted key itself, a string, in place of a row. Rows are checked as
+a node must check rows it will store: keys, ids and tokens as above; values get exactly
+:func:`validate_value`'s verdict (through ``_value_ok`` first, as on the trusted path); ops as on
+the trusted path; and every integer a node keeps in a SQLite INTEGER column (versions,
+``epoch``, ``seq``, ``promised``, created and completed times) in ``0..2**63-1``, so a decoded
+row can always be written, except that every ``seq`` may also be -1 (a poisoned replica's,
+:mod:`kvstore.runtime.replica`). Strict and trusted decoding are one and the same here.
+
+These are not the SQLite store's row encodings (``item_params`` / ``decode_item`` and the like
+in :mod:`kvstore.storage_node.sqlite_schema`), though the fields are the same and so are the
+inner forms (an intent's body there holds this module's timestamp and op forms; a ledger body is
+:func:`encode_ledger_record`'s). Those decoders trust their input, the node's own database (a
+value is unpacked, not validated; ``new_exists`` goes through ``bool()``; anchors, token rows and
+meta are not checked; a short blob raises ``struct.error``), so the wire would need a strict
+check of every column before them and of the unpacked contents after, i.e. this decoder again.
+Their columns are shaped for SQLite (timestamps as 24-byte big-endian blobs so that blob order
+is timestamp order, values and bodies as msgpack blobs to be packed once more inside the frame,
+a derived ``tomb_ts``), where the wire's timestamps are lists. And that module imports this one
+for the inner forms: importing it back would be a cycle, and would load SQLite into the SDK.
 
 This is the hot path of every internal call, so the functions are plain and explicit: no
 reflection at run time, one subset test of an object's member names against its precomputed
@@ -88,7 +127,7 @@ import math
 import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar, cast
 
 import msgpack
 
@@ -119,6 +158,8 @@ from kvstore.messages import (
     LedgerReply,
     NodeExecuteRequest,
     OpOutcome,
+    PositionReply,
+    PositionRequest,
     PrepareReply,
     PrepareRequest,
     PreventRequest,
@@ -126,10 +167,14 @@ from kvstore.messages import (
     ReadReply,
     ReadRequest,
     ReasonCode,
+    ReplicateReply,
+    ReplicateRequest,
     Reply,
     Request,
     ScanReply,
     ScanRequest,
+    ShippedBatch,
+    Snapshot,
     TokenHit,
     TokenLookupReply,
     TokenLookupRequest,
@@ -139,7 +184,9 @@ from kvstore.messages import (
 )
 from kvstore.ops import Op, OpKind, op_from_json, op_to_json, validate_token, validate_txn_ops
 from kvstore.paths import parse_path
-from kvstore.types import Key, PartitionId, Timestamp, TxnId, Value, timestamp_from_wire
+from kvstore.storage_node.overlay import PartitionBatch
+from kvstore.storage_node.store import Intent, ItemRow, PartitionMeta, TokenRow
+from kvstore.types import Key, NodeId, PartitionId, Timestamp, TxnId, Value, timestamp_from_wire
 from kvstore.values import validate_key, validate_value
 
 __all__ = [
@@ -159,12 +206,18 @@ __all__ = [
 ]
 
 _U64_MAX: Final = (1 << 64) - 1
+_SQL_INT_MAX: Final = (1 << 63) - 1  # a SQLite INTEGER: what a stored row's integers must fit
+_SEQ_MIN: Final = -1  # a poisoned replica's seq (kvstore.runtime.replica.POISONED_SEQ)
 _TXN_ID_CHARS_MAX: Final = 128
+_NODE_ID_CHARS_MAX: Final = 128
 _FINGERPRINT_CHARS_MAX: Final = 128
 _NAME_SHOWN_CHARS: Final = 64  # of an unknown member's name, in an error's field
 _OUTCOMES_MAX: Final = limits.TXN_OPS_MAX_CEILING  # one per op
+# Rows of one table in a replicate message: at most one per byte of its frame.
+_ROWS_MAX: Final = limits.RPC_FRAME_BYTES_MAX
 
 _T = TypeVar("_T")
+_K = TypeVar("_K", bound=str)
 _Obj: TypeAlias = dict[str, object]
 _Get = Callable[[_Obj, str, str], _T]  # (object, its field, member name) -> member value
 
@@ -183,6 +236,10 @@ class _Shape:
 def _shape(required: str, optional: str = "") -> _Shape:
     names = frozenset(required.split())
     return _Shape(names, names | frozenset(optional.split()))
+
+
+def _fields(names: str) -> tuple[str, ...]:
+    return tuple(names.split())
 
 
 # The members each object must have, then those it may have. ``ts`` is a timestamp list,
@@ -218,6 +275,20 @@ _READ_ENTRY: Final = _shape("key exists value version ts pending")
 _GET_REPLY: Final = _shape("item")
 _WRITE_REPLY: Final = _shape("outcome", "existed version ts")
 _SCAN_REPLY: Final = _shape("items next_start")  # next_start may be null
+_REPLICATE: Final = _shape(
+    "partition node leader leader_epoch prev_epoch prev_seq batches", "snapshot"
+)
+_SHIPPED_BATCH: Final = _shape("epoch seq rows")
+_PARTITION_BATCH: Final = _shape("", "items intents ledger tokens meta")  # meta may be null
+_SNAPSHOT: Final = _shape("meta", "items intents ledger tokens")
+_POSITION: Final = _shape("partition node epoch")
+_REPLICATE_REPLY: Final = _shape("accepted epoch seq promised")
+_POSITION_REPLY: Final = _shape("epoch seq promised")
+# The fields of each row, in the order of its list (module docstring, "Replication").
+_ITEM_ROW: Final = _fields("key exists value version write_ts read_ts")
+_INTENT_ROW: Final = _fields("key txn_id ts op new_exists new_value anchor created_us")
+_TOKEN_ROW: Final = _fields("token txn_id fingerprint created_us")
+_META_ROW: Final = _fields("max_delete_ts max_deleted_version epoch seq promised")
 
 
 # --- members --------------------------------------------------------------------------------
@@ -284,6 +355,22 @@ def _version(obj: _Obj, field: str, name: str) -> int:
     raise _int_error(value, _join(field, name), 0, VERSION_MAX)
 
 
+def _sql_int(obj: _Obj, field: str, name: str) -> int:
+    """An integer a node stores in a SQLite INTEGER column: positions, row times."""
+    value = obj[name]
+    if type(value) is int and 0 <= value <= _SQL_INT_MAX:
+        return value
+    raise _int_error(value, _join(field, name), 0, _SQL_INT_MAX)
+
+
+def _seq(obj: _Obj, field: str, name: str) -> int:
+    """A position's ``seq``: a SQLite integer, or -1 for a poisoned replica."""
+    value = obj[name]
+    if type(value) is int and _SEQ_MIN <= value <= _SQL_INT_MAX:
+        return value
+    raise _int_error(value, _join(field, name), _SEQ_MIN, _SQL_INT_MAX)
+
+
 def _partition_id(value: object, field: str) -> PartitionId:
     if type(value) is int and 0 <= value < limits.PARTITIONS_MAX:
         return PartitionId(value)
@@ -320,6 +407,23 @@ def _txn_id(obj: _Obj, field: str, name: str) -> TxnId:
     )
 
 
+def _txn_id_at(value: object, field: str) -> TxnId:
+    if type(value) is str and 0 < len(value) <= _TXN_ID_CHARS_MAX:
+        return TxnId(value)
+    raise ValidationError(
+        field, f"a transaction id is a string of 1..{_TXN_ID_CHARS_MAX} characters"
+    )
+
+
+def _node(obj: _Obj, field: str, name: str) -> NodeId:
+    value = obj[name]
+    if type(value) is str and 0 < len(value) <= _NODE_ID_CHARS_MAX:
+        return NodeId(value)
+    raise ValidationError(
+        _join(field, name), f"a node id is a string of 1..{_NODE_ID_CHARS_MAX} characters"
+    )
+
+
 def _token(obj: _Obj, field: str, name: str) -> str:
     value = obj[name]
     if (  # printable ASCII is exactly " ".."~", what validate_token asks for, checked in C
@@ -330,6 +434,17 @@ def _token(obj: _Obj, field: str, name: str) -> str:
     ):
         return value
     return validate_token(value, _join(field, name))
+
+
+def _token_at(value: object, field: str) -> str:
+    if (
+        type(value) is str
+        and 0 < len(value) <= limits.TOKEN_BYTES_MAX
+        and value.isascii()
+        and value.isprintable()
+    ):
+        return value
+    return validate_token(value, field)
 
 
 def _fingerprint(obj: _Obj, field: str, name: str) -> str:
@@ -1093,6 +1208,320 @@ def _dec_scan_reply(raw: object, field: str) -> ScanReply:
     )
 
 
+# --- replication (see "Replication" in the module docstring) -------------------------------
+
+_Row = TypeVar("_Row")
+
+
+def _row(raw: object, field: str, names: tuple[str, ...], what: str) -> _Obj:
+    """A row's list as an object keyed by its field ``names``, so that errors name the field."""
+    if type(raw) is not list or len(raw) != len(names):
+        raise ValidationError(field, f"{what} is a list [{', '.join(names)}]")
+    return dict(zip(names, raw, strict=True))
+
+
+def _stored_value(obj: _Obj, field: str, name: str) -> Value:
+    """A value: validate_value's verdict (and error), at ``_value_ok``'s cost when it is good."""
+    value = obj[name]
+    if _value_ok(value):
+        return cast(Value, value)
+    return validate_value(value, _join(field, name))
+
+
+def _stored_op(obj: _Obj, field: str, name: str) -> Op:
+    raw = obj[name]
+    return _trusted_op(raw) or decode_op(raw, _join(field, name))
+
+
+def _enc_item_row(row: ItemRow) -> list[object]:
+    return [row.key, row.exists, row.value, row.version, list(row.write_ts), list(row.read_ts)]
+
+
+def _dec_item_row(raw: object, field: str) -> ItemRow:
+    obj = _row(raw, field, _ITEM_ROW, "an item row")
+    return ItemRow(
+        key=_key(obj, field, "key"),
+        exists=_bool(obj, field, "exists"),
+        value=_stored_value(obj, field, "value"),
+        version=_version(obj, field, "version"),
+        write_ts=_ts(obj, field, "write_ts"),
+        read_ts=_ts(obj, field, "read_ts"),
+    )
+
+
+def _enc_intent_row(intent: Intent) -> list[object]:
+    return [
+        intent.key,
+        intent.txn_id,
+        list(intent.ts),
+        op_to_json(intent.op),
+        intent.new_exists,
+        intent.new_value,
+        intent.anchor,
+        intent.created_us,
+    ]
+
+
+def _dec_intent_row(raw: object, field: str) -> Intent:
+    obj = _row(raw, field, _INTENT_ROW, "an intent row")
+    return Intent(
+        key=_key(obj, field, "key"),
+        txn_id=_txn_id(obj, field, "txn_id"),
+        ts=_ts(obj, field, "ts"),
+        op=_stored_op(obj, field, "op"),
+        new_exists=_bool(obj, field, "new_exists"),
+        new_value=_stored_value(obj, field, "new_value"),
+        anchor=_partition(obj, field, "anchor"),
+        created_us=_sql_int(obj, field, "created_us"),
+    )
+
+
+def _dec_ledger_row(raw: object, field: str) -> LedgerRecord:
+    """A ledger record whose times fit their SQLite columns."""
+    record = decode_ledger_record(raw, field)
+    for name, value in (("created_us", record.created_us), ("completed_us", record.completed_us)):
+        if value is not None and value > _SQL_INT_MAX:
+            raise _int_error(value, _join(field, name), 0, _SQL_INT_MAX)
+    return record
+
+
+def _enc_token_row(row: TokenRow) -> list[object]:
+    return [row.token, row.txn_id, row.fingerprint, row.created_us]
+
+
+def _dec_token_row(raw: object, field: str) -> TokenRow:
+    obj = _row(raw, field, _TOKEN_ROW, "a token row")
+    return TokenRow(
+        token=_token(obj, field, "token"),
+        txn_id=_txn_id(obj, field, "txn_id"),
+        fingerprint=_fingerprint(obj, field, "fingerprint"),
+        created_us=_sql_int(obj, field, "created_us"),
+    )
+
+
+def _enc_meta_row(meta: PartitionMeta) -> list[object]:
+    return [
+        list(meta.max_delete_ts),
+        meta.max_deleted_version,
+        meta.epoch,
+        meta.seq,
+        meta.promised,
+    ]
+
+
+def _meta(obj: _Obj, field: str, name: str) -> PartitionMeta:
+    where = _join(field, name)
+    row = _row(obj[name], where, _META_ROW, "a meta row")
+    return PartitionMeta(
+        max_delete_ts=_ts(row, where, "max_delete_ts"),
+        max_deleted_version=_version(row, where, "max_deleted_version"),
+        epoch=_sql_int(row, where, "epoch"),
+        seq=_seq(row, where, "seq"),
+        promised=_sql_int(row, where, "promised"),
+    )
+
+
+def _enc_table(table: Mapping[_K, _Row | None], encode: Callable[[_Row], object]) -> list[object]:
+    """A batch's table: each row, or for a deletion its key."""
+    return [key if row is None else encode(row) for key, row in table.items()]
+
+
+def _table(
+    obj: _Obj,
+    field: str,
+    name: str,
+    decode: Callable[[object, str], _Row],
+    key_of: Callable[[_Row], _K],
+    *,
+    deleted: Callable[[object, str], _K] | None = None,
+) -> dict[_K, _Row | None]:
+    """The rows of a table by key, each key once (absent: none); with ``deleted``, a string is
+    a deleted key (``None``), checked by it."""
+    if name not in obj:
+        return {}
+    raw = _list(obj, field, name, _ROWS_MAX)
+    where = _join(field, name)
+    table: dict[_K, _Row | None] = {}
+    for index, entry in enumerate(raw):
+        row: _Row | None = None
+        if deleted is not None and type(entry) is str:
+            key = deleted(entry, f"{where}[{index}]")
+        else:
+            row = decode(entry, f"{where}[{index}]")
+            key = key_of(row)
+        if key in table:
+            raise ValidationError(f"{where}[{index}]", "a key listed twice")
+        table[key] = row
+    return table
+
+
+def _rows(
+    obj: _Obj,
+    field: str,
+    name: str,
+    decode: Callable[[object, str], _Row],
+    key_of: Callable[[_Row], _K],
+) -> tuple[_Row, ...]:
+    """A snapshot's table: rows only, each key once."""
+    table = _table(obj, field, name, decode, key_of)
+    return tuple(row for row in table.values() if row is not None)
+
+
+def _enc_partition_batch(batch: PartitionBatch) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if batch.items:
+        out["items"] = _enc_table(batch.items, _enc_item_row)
+    if batch.intents:
+        out["intents"] = _enc_table(batch.intents, _enc_intent_row)
+    if batch.ledger:
+        out["ledger"] = _enc_table(batch.ledger, encode_ledger_record)
+    if batch.tokens:
+        out["tokens"] = _enc_table(batch.tokens, _enc_token_row)
+    if batch.meta is not None:
+        out["meta"] = _enc_meta_row(batch.meta)
+    return out
+
+
+def _dec_partition_batch(raw: object, field: str) -> PartitionBatch:
+    obj = _record(raw, field, _PARTITION_BATCH)
+    return PartitionBatch(
+        items=_table(obj, field, "items", _dec_item_row, _key_of_item, deleted=_key_at),
+        intents=_table(obj, field, "intents", _dec_intent_row, _key_of_intent, deleted=_key_at),
+        ledger=_table(obj, field, "ledger", _dec_ledger_row, _key_of_record, deleted=_txn_id_at),
+        tokens=_table(obj, field, "tokens", _dec_token_row, _key_of_token, deleted=_token_at),
+        meta=_opt(obj, field, "meta", _meta),
+    )
+
+
+def _key_of_item(row: ItemRow) -> Key:
+    return row.key
+
+
+def _key_of_intent(intent: Intent) -> Key:
+    return intent.key
+
+
+def _key_of_record(record: LedgerRecord) -> TxnId:
+    return record.txn_id
+
+
+def _key_of_token(row: TokenRow) -> str:
+    return row.token
+
+
+def _enc_shipped_batch(batch: ShippedBatch) -> dict[str, object]:
+    return {"epoch": batch.epoch, "seq": batch.seq, "rows": _enc_partition_batch(batch.rows)}
+
+
+def _dec_shipped_batch(raw: object, field: str) -> ShippedBatch:
+    obj = _record(raw, field, _SHIPPED_BATCH)
+    return ShippedBatch(
+        epoch=_sql_int(obj, field, "epoch"),
+        seq=_seq(obj, field, "seq"),
+        rows=_dec_partition_batch(obj["rows"], _join(field, "rows")),
+    )
+
+
+def _batches(obj: _Obj, field: str, name: str) -> tuple[ShippedBatch, ...]:
+    raw = _list(obj, field, name, limits.REPL_BATCHES_PER_MESSAGE_MAX)
+    where = _join(field, name)
+    return tuple(_dec_shipped_batch(batch, f"{where}[{index}]") for index, batch in enumerate(raw))
+
+
+def _enc_snapshot(snapshot: Snapshot) -> dict[str, object]:
+    out: dict[str, object] = {"meta": _enc_meta_row(snapshot.meta)}
+    if snapshot.items:
+        out["items"] = [_enc_item_row(row) for row in snapshot.items]
+    if snapshot.intents:
+        out["intents"] = [_enc_intent_row(intent) for intent in snapshot.intents]
+    if snapshot.ledger:
+        out["ledger"] = [encode_ledger_record(record) for record in snapshot.ledger]
+    if snapshot.tokens:
+        out["tokens"] = [_enc_token_row(row) for row in snapshot.tokens]
+    return out
+
+
+def _snapshot(obj: _Obj, field: str, name: str) -> Snapshot:
+    where = _join(field, name)
+    snapshot = _record(obj[name], where, _SNAPSHOT)
+    return Snapshot(
+        items=_rows(snapshot, where, "items", _dec_item_row, _key_of_item),
+        intents=_rows(snapshot, where, "intents", _dec_intent_row, _key_of_intent),
+        ledger=_rows(snapshot, where, "ledger", _dec_ledger_row, _key_of_record),
+        tokens=_rows(snapshot, where, "tokens", _dec_token_row, _key_of_token),
+        meta=_meta(snapshot, where, "meta"),
+    )
+
+
+def _enc_replicate(r: ReplicateRequest) -> dict[str, object]:
+    out: dict[str, object] = {
+        "partition": r.partition,
+        "node": r.node,
+        "leader": r.leader,
+        "leader_epoch": r.leader_epoch,
+        "prev_epoch": r.prev_epoch,
+        "prev_seq": r.prev_seq,
+        "batches": [_enc_shipped_batch(batch) for batch in r.batches],
+    }
+    if r.snapshot is not None:
+        out["snapshot"] = _enc_snapshot(r.snapshot)
+    return out
+
+
+def _dec_replicate(raw: object, field: str) -> ReplicateRequest:
+    obj = _record(raw, field, _REPLICATE)
+    return ReplicateRequest(
+        partition=_partition(obj, field, "partition"),
+        node=_node(obj, field, "node"),
+        leader=_node(obj, field, "leader"),
+        leader_epoch=_sql_int(obj, field, "leader_epoch"),
+        prev_epoch=_sql_int(obj, field, "prev_epoch"),
+        prev_seq=_seq(obj, field, "prev_seq"),
+        batches=_batches(obj, field, "batches"),
+        snapshot=_opt(obj, field, "snapshot", _snapshot),
+    )
+
+
+def _enc_position(r: PositionRequest) -> dict[str, object]:
+    return {"partition": r.partition, "node": r.node, "epoch": r.epoch}
+
+
+def _dec_position(raw: object, field: str) -> PositionRequest:
+    obj = _record(raw, field, _POSITION)
+    return PositionRequest(
+        partition=_partition(obj, field, "partition"),
+        node=_node(obj, field, "node"),
+        epoch=_sql_int(obj, field, "epoch"),
+    )
+
+
+def _enc_replicate_reply(r: ReplicateReply) -> dict[str, object]:
+    return {"accepted": r.accepted, "epoch": r.epoch, "seq": r.seq, "promised": r.promised}
+
+
+def _dec_replicate_reply(raw: object, field: str) -> ReplicateReply:
+    obj = _record(raw, field, _REPLICATE_REPLY)
+    return ReplicateReply(
+        accepted=_bool(obj, field, "accepted"),
+        epoch=_sql_int(obj, field, "epoch"),
+        seq=_seq(obj, field, "seq"),
+        promised=_sql_int(obj, field, "promised"),
+    )
+
+
+def _enc_position_reply(r: PositionReply) -> dict[str, object]:
+    return {"epoch": r.epoch, "seq": r.seq, "promised": r.promised}
+
+
+def _dec_position_reply(raw: object, field: str) -> PositionReply:
+    obj = _record(raw, field, _POSITION_REPLY)
+    return PositionReply(
+        epoch=_sql_int(obj, field, "epoch"),
+        seq=_seq(obj, field, "seq"),
+        promised=_sql_int(obj, field, "promised"),
+    )
+
+
 # --- tables and entry points --------------------------------------------------------------
 
 METHODS: Final[Mapping[str, type[Request]]] = {
@@ -1110,6 +1539,8 @@ METHODS: Final[Mapping[str, type[Request]]] = {
     "get": GetRequest,
     "write": WriteRequest,
     "scan": ScanRequest,
+    "replicate": ReplicateRequest,
+    "position": PositionRequest,
 }
 
 REPLY_OF: Final[Mapping[type[Request], type[Reply]]] = {
@@ -1127,6 +1558,8 @@ REPLY_OF: Final[Mapping[type[Request], type[Reply]]] = {
     GetRequest: GetReply,
     WriteRequest: WriteReply,
     ScanRequest: ScanReply,
+    ReplicateRequest: ReplicateReply,
+    PositionRequest: PositionReply,
 }
 
 _Encoder: TypeAlias = Callable[[Any], dict[str, object]]  # Any: each takes its own class
@@ -1146,6 +1579,8 @@ _REQUEST_CODECS: Final[dict[type[Request], tuple[_Encoder, Callable[[object, str
     GetRequest: (_enc_get, _dec_get),
     WriteRequest: (_enc_write, _dec_write),
     ScanRequest: (_enc_scan, _dec_scan),
+    ReplicateRequest: (_enc_replicate, _dec_replicate),
+    PositionRequest: (_enc_position, _dec_position),
 }
 
 _REPLY_CODECS: Final[dict[type[Reply], tuple[_Encoder, Callable[[object, str], Reply]]]] = {
@@ -1159,6 +1594,8 @@ _REPLY_CODECS: Final[dict[type[Reply], tuple[_Encoder, Callable[[object, str], R
     GetReply: (_enc_get_reply, _dec_get_reply),
     WriteReply: (_enc_write_reply, _dec_write_reply),
     ScanReply: (_enc_scan_reply, _dec_scan_reply),
+    ReplicateReply: (_enc_replicate_reply, _dec_replicate_reply),
+    PositionReply: (_enc_position_reply, _dec_position_reply),
 }
 
 # Derived lookups for the entry points: one dict access per call.

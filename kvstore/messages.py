@@ -69,6 +69,12 @@ __all__ = [
     "WriteReply",
     "ScanRequest",
     "ScanReply",
+    "ShippedBatch",
+    "Snapshot",
+    "ReplicateRequest",
+    "ReplicateReply",
+    "PositionRequest",
+    "PositionReply",
     "Request",
     "Reply",
 ]

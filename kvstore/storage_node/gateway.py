@@ -8,10 +8,10 @@ so a transaction whose partitions all live on the node never leaves the process.
 built on the node's own pieces:
 
 * its transport is a :class:`~kvstore.transport.ColocatedTransport`: requests for partitions
-  this node owns are function calls into the node's runtime (``NodeRuntime.submit``: the same
-  admission, the same group commit and durability wait as a request from a peer, without
-  encoding or a socket); the rest go over the node's RPC pool, one connection per peer shared
-  with the runtime's own background work;
+  this node owns (and replication requests naming it) are function calls into the node's
+  runtime (``NodeRuntime.submit``: the same admission, the same group commit and durability
+  wait as a request from a peer, without encoding or a socket); the rest go over the node's RPC
+  pool, one connection per peer shared with the runtime's own background work;
 * its hybrid clock is the node's (one clock per process), its wall time and mutants the node's
   (chaos runs), and its loop-lag gate the node's (one probe per process);
 * its metrics are a coordinator's, labelled with the node's id, served at ``GET /v1/metrics``.
@@ -44,7 +44,7 @@ from kvstore.rpc import Respond, RpcPool
 from kvstore.runtime.admission import LagGate
 from kvstore.timestamps import HybridClock, PhysicalClock
 from kvstore.transport import ColocatedTransport, PartitionTransport, Submit
-from kvstore.types import PartitionId
+from kvstore.types import NodeId, PartitionId
 
 __all__ = ["NodeGateway"]
 
@@ -70,7 +70,9 @@ class NodeGateway:
         lag_gate: LagGate,
     ) -> None:
         self.metrics = CoordinatorMetrics(node_id)
-        transport = ColocatedTransport(PartitionTransport(config.cluster_map, pool), owns, submit)
+        transport = ColocatedTransport(
+            PartitionTransport(config.cluster_map, pool), owns, submit, NodeId(node_id)
+        )
         self.coordinator = Coordinator(
             config.cluster_map,
             config.secret(),

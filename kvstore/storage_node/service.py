@@ -9,9 +9,12 @@ per-partition files of older versions are imported into it at the first start), 
 (:class:`~kvstore.runtime.disk.ThreadDisk`) and a sender over the RPC pool. Ownership,
 admission, group commit, durability gating, maintenance and background actors are all the
 runtime's: this module only decodes RPC calls into requests (``kvstore.codec``), awaits the
-runtime's answer, counts it, and serves the HTTP pages. Replies carry the node's hybrid clock
-(the RPC layer stamps them). After ``kill -9`` a restart reopens the database and the runtime's
-maintenance finishes whatever was in flight: nothing needs an operator.
+runtime's answer, counts it, and serves the HTTP pages. Every method of the codec takes that one
+path, the replication calls (``replicate``, ``position``) included: decoded on the trusted path
+(every RPC caller holds the cluster secret) and handed to ``NodeRuntime.submit``. Replies carry
+the node's hybrid clock (the RPC layer stamps them). After ``kill -9`` a restart reopens the
+database and the runtime's maintenance finishes whatever was in flight: nothing needs an
+operator.
 
 Every node is also a gateway (:mod:`~kvstore.storage_node.gateway`): it runs the coordinator
 library, serves the public API (``/v1/...``, :mod:`kvstore.api.app`) on its own address, and

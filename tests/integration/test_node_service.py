@@ -1,10 +1,10 @@
 """A node service run in the test process (real SQLite files, real sockets): admission control,
-ownership, stats, and a clean stop."""
+ownership, stats, the replication calls' way in, and a clean stop."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from support.cluster import free_port
 from support.partition import put
 
 from kvstore import limits
+from kvstore.codec import encode_request
 from kvstore.config import load_cluster, write_cluster_file, write_secret
 from kvstore.errors import KvError, Overloaded, ValidationError, WrongOwner
 from kvstore.messages import (
@@ -21,15 +22,20 @@ from kvstore.messages import (
     GetReply,
     GetRequest,
     LedgerRecord,
+    PositionReply,
+    PositionRequest,
     PrepareReply,
     PrepareRequest,
+    ReplicateRequest,
+    Reply,
+    Request,
     TxnState,
     WriteReply,
     WriteRequest,
 )
 from kvstore.storage_node.service import NodeService
 from kvstore.timestamps import new_txn_id, system_clock_us
-from kvstore.types import PartitionId, Timestamp
+from kvstore.types import NodeId, PartitionId, Timestamp
 
 pytestmark = pytest.mark.asyncio
 
@@ -88,6 +94,44 @@ async def test_partitions_of_other_nodes_are_refused_with_the_epoch(service: Nod
     with pytest.raises(WrongOwner) as caught:
         await service.serve(GetRequest(partition=PartitionId(1), key="k"))
     assert caught.value.details == {"epoch": 1, "partition": 1, "owner": "n2"}
+
+
+async def test_replication_calls_reach_the_runtime_as_partition_requests_do(
+    service: NodeService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = service.runtime
+    assert runtime is not None
+    poll = PositionRequest(partition=PartitionId(0), node=NodeId("n1"), epoch=3)
+    probe = ReplicateRequest(
+        partition=PartitionId(1),  # n2's, and n1 holds no replica of it
+        node=NodeId("n1"),
+        leader=NodeId("n2"),
+        leader_epoch=1,
+        prev_epoch=0,
+        prev_seq=0,
+        batches=(),
+    )
+    # The runtime does not handle them yet: it answers with an error, nothing crashes.
+    with pytest.raises(ValidationError):  # an owned partition: its core has no such request
+        await rpc(service, "position", encode_request(poll))
+    with pytest.raises(WrongOwner):
+        await rpc(service, "replicate", encode_request(probe))
+    # What reaches the runtime is the decoded message; its reply goes back encoded.
+    submitted: list[Request] = []
+
+    def submit(request: Request, respond: Callable[[Reply | KvError], None]) -> None:
+        submitted.append(request)
+        respond(PositionReply(epoch=3, seq=7, promised=3))
+
+    monkeypatch.setattr(runtime, "submit", submit)
+    answer = await rpc(service, "position", encode_request(poll))
+    assert answer == {"epoch": 3, "seq": 7, "promised": 3}
+    assert submitted == [poll]
+    with pytest.raises(ValidationError):  # a malformed call never reaches the runtime
+        await rpc(service, "replicate", {**encode_request(probe), "node": ""})
+    assert submitted == [poll]
+    assert service.metrics.method_label("replicate") == "replicate"
+    assert service.metrics.method_label("position") == "position"
 
 
 async def test_stats_report_every_owned_partition(service: NodeService) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import typing
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -47,6 +49,8 @@ from kvstore.messages import (
     LedgerReply,
     NodeExecuteRequest,
     OpOutcome,
+    PositionReply,
+    PositionRequest,
     PrepareReply,
     PrepareRequest,
     PreventRequest,
@@ -54,10 +58,14 @@ from kvstore.messages import (
     ReadReply,
     ReadRequest,
     ReasonCode,
+    ReplicateReply,
+    ReplicateRequest,
     Reply,
     Request,
     ScanReply,
     ScanRequest,
+    ShippedBatch,
+    Snapshot,
     TokenHit,
     TokenLookupReply,
     TokenLookupRequest,
@@ -66,7 +74,11 @@ from kvstore.messages import (
     WriteRequest,
 )
 from kvstore.ops import Op, OpKind
-from kvstore.types import ORIGIN_MAX, PartitionId, Timestamp, TxnId
+from kvstore.runtime.replica import POISONED_SEQ
+from kvstore.storage_node import sqlite_schema
+from kvstore.storage_node.overlay import PartitionBatch
+from kvstore.storage_node.store import Intent, ItemRow, PartitionMeta, TokenRow
+from kvstore.types import ORIGIN_MAX, NodeId, PartitionId, Timestamp, TxnId
 from kvstore.updates import ActionKind, UpdateAction
 from kvstore.values import validate_value
 
@@ -121,6 +133,73 @@ RECORD = LedgerRecord(
 )
 HIT = TokenHit(txn_id=OTHER_TXN, same_content=False)
 
+# Replication: real rows of every table, at the ranges' edges where they have one.
+SQL_INT_MAX = (1 << 63) - 1
+EARLIER = Timestamp(1_699_999_999_000_000, 0, 1)
+ITEM_ROWS = (
+    ItemRow(key="user:ada", exists=True, value=ITEM.value, version=4, write_ts=TS, read_ts=TS),
+    ItemRow(key="n", exists=True, value=-(2**63), version=1, write_ts=EARLIER, read_ts=TS),
+    ItemRow(key="f", exists=True, value=2.5, version=2, write_ts=EARLIER, read_ts=EARLIER),
+    ItemRow(key="s", exists=True, value="é" * 3, version=SQL_INT_MAX, write_ts=TS, read_ts=TS),
+    ItemRow(key="b", exists=True, value=b"\x00\xff", version=3, write_ts=TS, read_ts=TS),
+    ItemRow(
+        key="l", exists=True, value=[True, None, {"x": []}], version=1, write_ts=TS, read_ts=TS
+    ),
+    ItemRow(key="gone", exists=False, value=None, version=9, write_ts=EARLIER, read_ts=TS),
+)
+INTENTS = (
+    Intent(
+        key="p",
+        txn_id=TXN,
+        ts=TS,
+        op=OPS[0],
+        new_exists=True,
+        new_value=b"\x01bytes",
+        anchor=P,
+        created_us=1_700_000_000_000_000,
+    ),
+    Intent(
+        key="d",
+        txn_id=TXN,
+        ts=TS,
+        op=OPS[1],
+        new_exists=False,
+        new_value=None,
+        anchor=PartitionId(0),
+        created_us=SQL_INT_MAX,
+    ),
+    Intent(
+        key="u",
+        txn_id=OTHER_TXN,
+        ts=EARLIER,
+        op=UPDATE,
+        new_exists=True,
+        new_value={"a": {"b": {"x": [b"raw"]}}, "n": 2, "log": ["e"]},
+        anchor=PartitionId(limits.PARTITIONS_MAX - 1),
+        created_us=0,
+    ),
+)
+STAGING = LedgerRecord(
+    txn_id=OTHER_TXN, ts=EARLIER, state=TxnState.STAGING, participants=(P, PartitionId(0))
+)
+TOKENS = (
+    TokenRow(token="t-1", txn_id=TXN, fingerprint="ab" * 16, created_us=1_700_000_000_000_000),
+    TokenRow(token="tok en~1", txn_id=OTHER_TXN, fingerprint="", created_us=SQL_INT_MAX),
+)
+META = PartitionMeta(max_delete_ts=EARLIER, max_deleted_version=9, epoch=3, seq=41, promised=4)
+BATCH = PartitionBatch(
+    items={row.key: row for row in ITEM_ROWS} | {"deleted": None},
+    intents={INTENTS[0].key: INTENTS[0], "resolved": None},
+    ledger={TXN: RECORD, TxnId("c" * 128): None},
+    tokens={TOKENS[0].token: TOKENS[0], "expired": None},
+    meta=META,
+)
+META_ONLY = PartitionBatch(items={}, intents={}, ledger={}, tokens={}, meta=META)
+SNAPSHOT = Snapshot(
+    items=ITEM_ROWS, intents=INTENTS, ledger=(RECORD, STAGING), tokens=TOKENS, meta=META
+)
+N1, N2 = NodeId("n1"), NodeId("node-2")
+
 REQUESTS: list[Request] = [
     PrepareRequest(partition=P, txn_id=TXN, ts=TS, ops=OPS, anchor=P, ledger=RECORD),
     PrepareRequest(partition=P, txn_id=TXN, ts=TS, ops=OPS[:1], anchor=PartitionId(0)),
@@ -140,6 +219,45 @@ REQUESTS: list[Request] = [
     WriteRequest(partition=P, op=UPDATE),
     ScanRequest(partition=P, start="", end=None, limit=10),
     ScanRequest(partition=P, start="a", end="m", limit=1000),
+    ReplicateRequest(
+        partition=P,
+        node=N2,
+        leader=N1,
+        leader_epoch=4,
+        prev_epoch=3,
+        prev_seq=40,
+        batches=(
+            ShippedBatch(epoch=4, seq=41, rows=BATCH),
+            ShippedBatch(epoch=4, seq=42, rows=META_ONLY),
+        ),
+    ),
+    ReplicateRequest(
+        partition=P,
+        node=N2,
+        leader=N1,
+        leader_epoch=SQL_INT_MAX,
+        prev_epoch=3,
+        prev_seq=41,
+        batches=(),
+        snapshot=SNAPSHOT,
+    ),
+    ReplicateRequest(  # an empty snapshot, from a leader whose own position is poisoned
+        partition=PartitionId(0),
+        node=NodeId("n" * 128),
+        leader=N1,
+        leader_epoch=1,
+        prev_epoch=1,
+        prev_seq=-1,
+        batches=(),
+        snapshot=Snapshot(
+            items=(),
+            intents=(),
+            ledger=(),
+            tokens=(),
+            meta=PartitionMeta(epoch=1, seq=-1, promised=1),
+        ),
+    ),
+    PositionRequest(partition=P, node=N2, epoch=5),
     NodeExecuteRequest(
         partition=P,
         txn_id=TXN,
@@ -215,6 +333,10 @@ REPLIES: list[tuple[str, Reply]] = [
     ("write", WriteReply(outcome=OUTCOMES[1])),
     ("scan", ScanReply(items=(ITEM, ITEM), next_start="zz")),
     ("scan", ScanReply(items=(), next_start=None)),
+    ("replicate", ReplicateReply(accepted=True, epoch=4, seq=42, promised=4)),
+    ("replicate", ReplicateReply(accepted=False, epoch=0, seq=0, promised=SQL_INT_MAX)),
+    ("position", PositionReply(epoch=3, seq=41, promised=5)),
+    ("position", PositionReply(epoch=3, seq=-1, promised=5)),  # poisoned: only a snapshot helps
 ]
 
 
@@ -854,3 +976,226 @@ TRUSTED_BODIES: dict[str, list[object]] = {
 def test_the_fast_value_check_never_accepts_what_validate_value_refuses(value: object) -> None:
     if codec._value_ok(value):
         validate_value(value)
+
+
+# --- replication --------------------------------------------------------------------------
+
+BATCH_REQUEST = next(r for r in REQUESTS if isinstance(r, ReplicateRequest) and r.batches)
+SNAPSHOT_REQUEST = next(r for r in REQUESTS if isinstance(r, ReplicateRequest) and r.snapshot)
+GOOD_REPLICATE: dict[str, object] = encode_request(BATCH_REQUEST)
+GOOD_SNAPSHOT: dict[str, object] = encode_request(SNAPSHOT_REQUEST)
+DROP = object()  # a member to leave out
+
+
+def changed(body: dict[str, object], path: tuple[str | int, ...], value: object) -> object:
+    """A deep copy of ``body`` with the element at ``path`` replaced (or dropped: ``DROP``)."""
+    out = copy.deepcopy(body)
+    container: typing.Any = out
+    for step in path[:-1]:
+        container = container[step]
+    if value is DROP:
+        del container[path[-1]]
+    else:
+        container[path[-1]] = value
+    return out
+
+
+def test_rows_travel_as_lists_of_their_fields_and_deletions_as_keys() -> None:
+    rows = GOOD_REPLICATE["batches"][0]["rows"]  # type: ignore[index]
+    assert rows["items"][0] == [  # key, exists, value, version, write_ts, read_ts
+        "user:ada",
+        True,
+        ITEM.value,
+        4,
+        list(TS),
+        list(TS),
+    ]
+    assert rows["items"][-1] == "deleted"
+    assert rows["intents"][0][3] == encode_op(OPS[0])
+    assert rows["intents"][-1] == "resolved"
+    assert rows["ledger"] == [encode_ledger_record(RECORD), "c" * 128]
+    assert rows["tokens"] == [["t-1", TXN, "ab" * 16, 1_700_000_000_000_000], "expired"]
+    assert rows["meta"] == [list(EARLIER), 9, 3, 41, 4]
+    # empty tables are left out; a probe is its position alone
+    assert GOOD_REPLICATE["batches"][1]["rows"] == {"meta": rows["meta"]}  # type: ignore[index]
+    probe = ReplicateRequest(
+        partition=P, node=N2, leader=N1, leader_epoch=1, prev_epoch=0, prev_seq=0, batches=()
+    )
+    assert encode_request(probe) == {
+        "partition": P,
+        "node": N2,
+        "leader": N1,
+        "leader_epoch": 1,
+        "prev_epoch": 0,
+        "prev_seq": 0,
+        "batches": [],
+    }
+    decoded = decode_request("replicate", through_msgpack(GOOD_REPLICATE))
+    assert isinstance(decoded, ReplicateRequest)
+    deletions = decoded.batches[0].rows
+    assert deletions.items["deleted"] is None and deletions.intents["resolved"] is None
+    assert deletions.ledger[TxnId("c" * 128)] is None and deletions.tokens["expired"] is None
+
+
+def test_row_lists_follow_their_dataclasses() -> None:
+    # A field added to a row must be added to its wire form (the round trips then check it).
+    for names, cls in [
+        (codec._ITEM_ROW, ItemRow),
+        (codec._INTENT_ROW, Intent),
+        (codec._TOKEN_ROW, TokenRow),
+        (codec._META_ROW, PartitionMeta),
+    ]:
+        assert names == tuple(f.name for f in dataclasses.fields(cls))
+    batch_tables = {f.name for f in dataclasses.fields(PartitionBatch)}
+    assert codec._PARTITION_BATCH.members == batch_tables
+    assert codec._SNAPSHOT.members == {f.name for f in dataclasses.fields(Snapshot)}
+
+
+ROWS = ("batches", 0, "rows")
+ITEM0 = (*ROWS, "items", 0)
+INTENT0 = (*ROWS, "intents", 0)
+RECORD0 = (*ROWS, "ledger", 0)
+TOKEN0 = (*ROWS, "tokens", 0)
+AT_ROWS = "batches[0].rows"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("node",), "", "node"),
+        (("node",), "n" * 129, "node"),
+        (("leader",), 7, "leader"),
+        (("leader",), DROP, "leader"),
+        (("leader_epoch",), -1, "leader_epoch"),
+        (("prev_epoch",), True, "prev_epoch"),
+        (("prev_seq",), SQL_INT_MAX + 1, "prev_seq"),
+        (("prev_seq",), -2, "prev_seq"),
+        (("batches",), DROP, "batches"),
+        (("batches",), {"epoch": 1}, "batches"),
+        (("batches",), [{}] * (limits.REPL_BATCHES_PER_MESSAGE_MAX + 1), "batches"),
+        (("batches", 0), [4, 41, {}], "batches[0]"),
+        (("batches", 0, "seq"), 1.0, "batches[0].seq"),
+        (("batches", 0, "rows"), DROP, "batches[0].rows"),
+        (("batches", 0, "extra"), 1, "batches[0].extra"),
+        ((*ROWS, "extra"), 1, f"{AT_ROWS}.extra"),
+        ((*ROWS, "items"), "user:ada", f"{AT_ROWS}.items"),
+        (ITEM0, ["user:ada", True], f"{AT_ROWS}.items[0]"),
+        (ITEM0, {"key": "user:ada"}, f"{AT_ROWS}.items[0]"),
+        (ITEM0, 7, f"{AT_ROWS}.items[0]"),
+        ((*ITEM0, 0), "", f"{AT_ROWS}.items[0].key"),
+        ((*ITEM0, 1), 1, f"{AT_ROWS}.items[0].exists"),
+        ((*ITEM0, 2), float("nan"), f"{AT_ROWS}.items[0].value"),
+        ((*ITEM0, 2), {"a": {1: 2}}, f"{AT_ROWS}.items[0].value.a"),
+        ((*ITEM0, 2), nested(limits.VALUE_DEPTH_MAX + 1), f"{AT_ROWS}.items[0].value" + "[0]" * 64),
+        ((*ITEM0, 3), SQL_INT_MAX + 1, f"{AT_ROWS}.items[0].version"),
+        ((*ITEM0, 4), [0, 0], f"{AT_ROWS}.items[0].write_ts"),
+        ((*ITEM0, 5), [0, 0, -1], f"{AT_ROWS}.items[0].read_ts[2]"),
+        ((*ROWS, "items", 1, 0), "user:ada", f"{AT_ROWS}.items[1]"),  # a key twice
+        ((*ROWS, "items", 7), "", f"{AT_ROWS}.items[7]"),  # a deletion's key
+        ((*ROWS, "items", 7), "user:ada", f"{AT_ROWS}.items[7]"),  # written and deleted
+        ((*INTENT0, 1), "", f"{AT_ROWS}.intents[0].txn_id"),
+        ((*INTENT0, 2), None, f"{AT_ROWS}.intents[0].ts"),
+        ((*INTENT0, 3), {"op": "put", "key": "p"}, f"{AT_ROWS}.intents[0].op.value"),
+        ((*INTENT0, 3), {"op": ["put"], "key": "p"}, f"{AT_ROWS}.intents[0].op.op"),
+        ((*INTENT0, 4), 1, f"{AT_ROWS}.intents[0].new_exists"),
+        ((*INTENT0, 5), float("inf"), f"{AT_ROWS}.intents[0].new_value"),
+        ((*INTENT0, 6), limits.PARTITIONS_MAX, f"{AT_ROWS}.intents[0].anchor"),
+        ((*INTENT0, 7), SQL_INT_MAX + 1, f"{AT_ROWS}.intents[0].created_us"),
+        ((*ROWS, "intents", 1), 7, f"{AT_ROWS}.intents[1]"),
+        ((*RECORD0, "state"), "DONE", f"{AT_ROWS}.ledger[0].state"),
+        ((*RECORD0, "created_us"), SQL_INT_MAX + 1, f"{AT_ROWS}.ledger[0].created_us"),
+        ((*RECORD0, "completed_us"), U64_MAX, f"{AT_ROWS}.ledger[0].completed_us"),
+        ((*ROWS, "ledger", 1), "c" * 129, f"{AT_ROWS}.ledger[1]"),
+        ((*ROWS, "ledger", 1), TXN, f"{AT_ROWS}.ledger[1]"),  # written and deleted
+        ((*TOKEN0, 0), "tab\t", f"{AT_ROWS}.tokens[0].token"),
+        ((*TOKEN0, 2), "f" * 129, f"{AT_ROWS}.tokens[0].fingerprint"),
+        ((*TOKEN0, 3), -1, f"{AT_ROWS}.tokens[0].created_us"),
+        ((*ROWS, "tokens", 1), "", f"{AT_ROWS}.tokens[1]"),
+        ((*ROWS, "meta"), [list(TS), 0, 0, 0], f"{AT_ROWS}.meta"),
+        ((*ROWS, "meta", 0), [0, 0, U64_MAX + 1], f"{AT_ROWS}.meta.max_delete_ts[2]"),
+        ((*ROWS, "meta", 1), True, f"{AT_ROWS}.meta.max_deleted_version"),
+        ((*ROWS, "meta", 2), -1, f"{AT_ROWS}.meta.epoch"),
+        ((*ROWS, "meta", 3), -2, f"{AT_ROWS}.meta.seq"),
+        ((*ROWS, "meta", 4), SQL_INT_MAX + 1, f"{AT_ROWS}.meta.promised"),
+    ],
+)
+def test_malformed_replicate_names_the_field(
+    path: tuple[str | int, ...], value: object, field: str
+) -> None:
+    body = changed(GOOD_REPLICATE, path, value)
+    for trusted in (False, True):
+        with pytest.raises(ValidationError) as refused:
+            decode_request("replicate", body, trusted=trusted)
+        assert refused.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("snapshot",), [], "snapshot"),
+        (("snapshot", "meta"), DROP, "snapshot.meta"),
+        (("snapshot", "meta"), None, "snapshot.meta"),
+        (("snapshot", "extra"), [], "snapshot.extra"),
+        (("snapshot", "items", 0), "user:ada", "snapshot.items[0]"),  # no deletions here
+        (("snapshot", "items", 1, 0), "user:ada", "snapshot.items[1]"),  # a key twice
+        (("snapshot", "intents", 2, 3), {"op": "frob", "key": "u"}, "snapshot.intents[2].op.op"),
+        (("snapshot", "ledger", 1, "txn_id"), TXN, "snapshot.ledger[1]"),  # a key twice
+        (("snapshot", "ledger", 0, "created_us"), SQL_INT_MAX + 1, "snapshot.ledger[0].created_us"),
+        (("snapshot", "tokens", 1), ["t-2", TXN, ""], "snapshot.tokens[1]"),
+    ],
+)
+def test_malformed_snapshot_names_the_field(
+    path: tuple[str | int, ...], value: object, field: str
+) -> None:
+    assert field_of("replicate", changed(GOOD_SNAPSHOT, path, value)) == field
+
+
+def test_malformed_positions_name_the_field() -> None:
+    position = encode_request(PositionRequest(partition=P, node=N2, epoch=5))
+    assert field_of("position", changed(position, ("epoch",), -1)) == "epoch"
+    assert field_of("position", changed(position, ("node",), DROP)) == "node"
+    assert field_of("position", changed(position, ("node",), b"n2")) == "node"
+    assert field_of("position", changed(position, ("partition",), -1)) == "partition"
+    reply = {"accepted": True, "epoch": 4, "seq": 42, "promised": 4}
+    assert field_of("replicate", {**reply, "accepted": 1}, reply=True) == "accepted"
+    assert field_of("replicate", {**reply, "seq": SQL_INT_MAX + 1}, reply=True) == "seq"
+    assert field_of("position", {"epoch": 3, "seq": 41}, reply=True) == "promised"
+    assert field_of("position", {"epoch": 3, "seq": 4, "promised": 5.0}, reply=True) == "promised"
+    assert field_of("position", {"epoch": 3, "seq": -2, "promised": 5}, reply=True) == "seq"
+    assert field_of("position", {"epoch": -1, "seq": -1, "promised": 5}, reply=True) == "epoch"
+    assert codec._SEQ_MIN == POISONED_SEQ  # the one negative position the replicator writes
+
+
+def test_decoded_rows_are_rows_the_sqlite_store_writes_and_reads_back(tmp_path: Path) -> None:
+    # The wire's ranges are the store's: rows at their edges (SQL_INT_MAX) can be written.
+    decoded = decode_request("replicate", through_msgpack(GOOD_SNAPSHOT))
+    assert isinstance(decoded, ReplicateRequest) and decoded.snapshot is not None
+    snap = decoded.snapshot
+    batch = PartitionBatch(
+        items={row.key: row for row in snap.items},
+        intents={intent.key: intent for intent in snap.intents},
+        ledger={record.txn_id: record for record in snap.ledger},
+        tokens={row.token: row for row in snap.tokens},
+        meta=snap.meta,
+    )
+    path = tmp_path / sqlite_schema.NODE_DB
+    conn = sqlite_schema.connect(path, writer=True)
+    try:
+        sqlite_schema.ensure_schema(conn, path)
+        sqlite_schema.stage_batch(conn, {P: batch})
+        sqlite_schema.commit_rows(conn)
+        sql = sqlite_schema.Sql
+        for row in ITEM_ROWS:
+            found = conn.execute(sql.GET_ITEM, (P, row.key)).fetchone()
+            assert sqlite_schema.decode_item(row.key, *found) == row
+        stored = [sqlite_schema.decode_intent(*row) for row in conn.execute(sql.ALL_INTENTS, (P,))]
+        assert {intent.key: intent for intent in stored} == {i.key: i for i in INTENTS}
+        for record in (RECORD, STAGING):
+            found = conn.execute(sql.GET_LEDGER, (P, record.txn_id)).fetchone()
+            assert sqlite_schema.decode_ledger(*found) == record
+        for token in TOKENS:
+            found = conn.execute(sql.GET_TOKEN, (P, token.token)).fetchone()
+            assert sqlite_schema.decode_token(*found) == token
+        assert sqlite_schema.decode_meta(conn.execute(sql.GET_META, (P,)).fetchone()) == META
+    finally:
+        conn.close()

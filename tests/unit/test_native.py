@@ -3,7 +3,8 @@
 A node checks what a native client sent as strictly as the HTTP API checks a body; the client
 refuses a malformed answer as ``ProtocolViolation``; answers survive the round trip through
 msgpack. A coordinator inside a node reaches its own partitions by function call and only the
-others through the RPC transport.
+others through the RPC transport; a replication request, by function call only when it names the
+node itself.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from kvstore.client.backend import ScanPage
 from kvstore.client.results import Committed, Deleted, Item, Written
 from kvstore.codec import encode_op
 from kvstore.errors import KvError, Overloaded, ProtocolViolation, ValidationError
-from kvstore.messages import GetReply, GetRequest, Reply, Request
+from kvstore.messages import GetReply, GetRequest, PositionRequest, Reply, Request
 from kvstore.ops import Op, OpKind
 from kvstore.transport import ColocatedTransport
-from kvstore.types import Key, PartitionId
+from kvstore.types import Key, NodeId, PartitionId
 
 ALL = frozenset({"key", "op", "ops", "keys", "token", "prefix", "start", "end", "limit", "cursor"})
 
@@ -153,3 +154,35 @@ def test_owned_partitions_are_function_calls_and_the_rest_go_remote() -> None:
 
     asyncio.run(calls())
     assert submitted == [own, own, busy] and remote.sent == [other, other]
+
+
+def test_replication_requests_are_function_calls_only_when_they_name_this_node() -> None:
+    remote = _Remote()
+    submitted: list[Request] = []
+
+    def submit(request: Request, respond: Callable[[Reply | KvError], None]) -> None:
+        submitted.append(request)
+        respond(GetReply(item=None))
+
+    def owns(pid: PartitionId) -> bool:
+        return pid == PartitionId(0)
+
+    here = ColocatedTransport(remote, owns, submit, NodeId("n1"))  # type: ignore[arg-type]
+    unnamed = ColocatedTransport(remote, owns, submit)  # type: ignore[arg-type]
+    # Owning the partition does not matter: the named node does.
+    to_me = PositionRequest(partition=PartitionId(2), node=NodeId("n1"), epoch=3)
+    to_peer = PositionRequest(partition=PartitionId(0), node=NodeId("n2"), epoch=3)
+    answers: list[Reply | KvError] = []
+    assert here.start(to_me, 100, answers.append)
+    assert here.start(to_peer, 100, answers.append)
+    assert unnamed.start(to_me, 100, answers.append)  # no node id: it cannot tell
+    assert submitted == [to_me] and remote.sent == [to_peer, to_me]
+
+    async def calls() -> None:
+        await here.call(to_me, 100)
+        await here.call(to_peer, 100)
+        await unnamed.call(to_me, 100)
+
+    asyncio.run(calls())
+    assert submitted == [to_me, to_me] and remote.sent == [to_peer, to_me, to_peer, to_me]
+    assert len(answers) == 3
