@@ -5,10 +5,11 @@ Theory of operation
 **Why raw aiohttp on the gateway.** etcd 3.4 serves its v3 API as JSON over HTTP (``POST
 /v3/...``) beside gRPC. The Python gRPC clients are either unmaintained and broken on protobuf 4
 (``etcd3``), blocking (``etcd3gw``), or a beta that pulls in grpcio and protobuf (``aetcd``); see
-the table in the replication reference (section 3). aiohttp is already a dependency, its
-session pools connections, every call is one short POST, and :class:`ControlPlane` needs five
-requests (range, txn, put, lease grant, lease keepalive). The price is our own JSON mapping,
-kept in the small decoders below, and no watch streams (the interface has none).
+the table in the replication reference (``../shared/reference/replication.md``, section 3).
+aiohttp is already a dependency, its session pools connections, every call is a short POST, and
+:class:`ControlPlane` needs five requests (range, txn, put, lease grant, lease keepalive). The
+price is our own JSON mapping, kept in the small decoders below, and no watch streams (the
+interface has none).
 
 **Calls.** Each call of the :class:`~kvstore.replication.control.ControlPlane` interface starts
 an asyncio task on the running loop and returns; the task calls ``done`` when it finishes, so an
@@ -38,7 +39,7 @@ next. A request that may have reached a member is re-sent elsewhere only when re
 harmless (a range or a keepalive), also when the member answers gRPC ``UNAVAILABLE`` (no
 leader); a txn, put or grant instead answers the error.
 
-**JSON traps of the gateway** (replication reference, section 3): keys and values are base64;
+**JSON traps of the gateway** (the same reference, section 3): keys and values are base64;
 int64 fields are strings; fields holding their default are omitted (a failed txn has no
 ``succeeded``, an absent key no ``kvs``, an empty value no ``value``, a keepalive on a dead
 lease no ``TTL``), so every absent field reads as the protobuf default; errors are
@@ -56,10 +57,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Final, TypeVar
+from typing import Final, Generic, TypeVar
 
 import aiohttp
 
@@ -78,6 +80,21 @@ Json = Mapping[str, object]
 _GRPC_UNAVAILABLE: Final = 14
 _CLOSED: Final = "etcd control plane closed"
 _SHOWN_CHARS: Final = 200  # of an unexpected reply body, in an error text
+
+
+class _Call(Generic[T]):
+    """One call's ``done``, answered at most once (by its task, or by :meth:`close`)."""
+
+    __slots__ = ("_done", "answered")
+
+    def __init__(self, done: Callable[[T | None, str | None], None]) -> None:
+        self._done = done
+        self.answered = False
+
+    def answer(self, result: T | None, error: str | None) -> None:
+        if not self.answered:
+            self.answered = True
+            self._done(result, error)
 
 
 class _Failure(Exception):
@@ -174,7 +191,7 @@ class EtcdControlPlane:
         self._preferred = 0  # the endpoint that answered last
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._calls: dict[asyncio.Task[None], Callable[[], None]] = {}  # in flight: answer closed
         self._closing: asyncio.Task[None] | None = None
         self._closed = False
         self._leases: dict[str, tuple[int, int]] = {}  # key -> (lease id, granted-for ttl_s)
@@ -209,13 +226,16 @@ class EtcdControlPlane:
         if self._closed:
             return
         self._closed = True
-        tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
+        calls, self._calls = self._calls, {}
         session, self._session = self._session, None
         loop = self._loop
-        if session is not None and loop is not None and not loop.is_closed():
-            self._closing = loop.create_task(self._close_session(session, tasks))
+        if loop is None or loop.is_closed():
+            return  # nothing ever ran, or the loop is gone and its tasks with it
+        for task, answer_closed in calls.items():
+            if task.cancel():  # a task cancelled before its first step never runs its handlers
+                loop.call_soon(answer_closed)
+        if session is not None:
+            self._closing = loop.create_task(self._close_session(session, set(calls)))
 
     async def aclose(self) -> None:
         """:meth:`close`, then wait until the cancelled calls ended and the session is closed."""
@@ -237,8 +257,9 @@ class EtcdControlPlane:
         self, work: Callable[[], Awaitable[T]], done: Callable[[T | None, str | None], None]
     ) -> None:
         loop = asyncio.get_running_loop()
+        call = _Call(done)
         if self._closed:
-            loop.call_soon(done, None, _CLOSED)
+            loop.call_soon(call.answer, None, _CLOSED)
             return
         if self._session is None:
             self._loop = loop
@@ -246,27 +267,23 @@ class EtcdControlPlane:
                 connector=aiohttp.TCPConnector(limit=CONTROL_CONNECTIONS_MAX),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
             )
-        task = loop.create_task(self._run(work, done))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = loop.create_task(self._run(work, call))
+        self._calls[task] = functools.partial(call.answer, None, _CLOSED)
+        task.add_done_callback(self._forget)
 
-    async def _run(
-        self, work: Callable[[], Awaitable[T]], done: Callable[[T | None, str | None], None]
-    ) -> None:
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._calls.pop(task, None)
+
+    async def _run(self, work: Callable[[], Awaitable[T]], call: _Call[T]) -> None:
         try:
             async with asyncio.timeout(self._call_timeout_s):
                 result = await work()
-        except asyncio.CancelledError:
-            if self._closed:
-                done(None, _CLOSED)
-            raise
         except TimeoutError:
-            done(None, f"etcd call timed out after {self._call_timeout_s * 1000:g} ms")
-            return
+            call.answer(None, f"etcd call timed out after {self._call_timeout_s * 1000:g} ms")
         except _Failure as failure:
-            done(None, str(failure))
-            return
-        done(result, None)
+            call.answer(None, str(failure))
+        else:
+            call.answer(result, None)
 
     async def _post(self, path: str, body: Json, *, resend: bool) -> Json:
         """POST to the member that answered last, then to the next ones while the request was

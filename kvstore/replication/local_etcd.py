@@ -4,11 +4,12 @@ Theory of operation
 -------------------
 :meth:`LocalEtcd.start` runs the ``etcd`` binary found on ``PATH`` (:func:`etcd_binary`; Debian's
 ``etcd-server`` package, 3.4) as one member named ``n1`` with the flags of the replication
-reference (section 3): client and peer URLs on two free ``127.0.0.1`` ports
-(:func:`kvstore.localcluster.free_ports`), ``--logger zap``, and ``--heartbeat-interval 10
---election-timeout 100``, which lowers etcd's minimum lease TTL (about 1.5 election timeouts,
-rounded up to whole seconds) from 2 s to 1 s. ``fsync=False`` adds ``--unsafe-no-fsync`` (tests
-that do not crash the machine). The caller's ``data_dir`` (made 0700) holds::
+reference (``../shared/reference/replication.md``, section 3): client and peer URLs on two free
+``127.0.0.1`` ports (:func:`kvstore.localcluster.free_ports`), ``--logger zap``, and
+``--heartbeat-interval 10 --election-timeout 100``, which lowers etcd's minimum lease TTL (1.5
+election timeouts, rounded up to whole seconds) from 2 s to 1 s. ``fsync=False`` adds
+``--unsafe-no-fsync`` (tests that do not crash the machine). The caller's ``data_dir`` (made
+0700) holds::
 
     etcd/       the member's data (``--data-dir``)
     etcd.log    its stdout and stderr, appended across starts
