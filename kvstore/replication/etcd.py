@@ -125,6 +125,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _key(key: str) -> str:
+    """A key as etcd's base64 (``surrogateescape``: a key ``list`` found that is not UTF-8
+    names the same bytes again)."""
+    return _b64(key.encode("utf-8", "surrogateescape"))
+
+
 def _int(obj: Json, name: str) -> int:
     raw = obj.get(name, 0)  # an omitted field holds its default
     if isinstance(raw, str) and raw.lstrip("-").isdigit():
@@ -282,6 +288,9 @@ class EtcdControlPlane:
             call.answer(None, f"etcd call timed out after {self._call_timeout_s * 1000:g} ms")
         except _Failure as failure:
             call.answer(None, str(failure))
+        except Exception as error:  # a bug here must not leave the caller waiting forever
+            call.answer(None, f"etcd call failed: {error!r}")
+            raise
         else:
             call.answer(result, None)
 
@@ -323,14 +332,14 @@ class EtcdControlPlane:
     # --- the calls -----------------------------------------------------------------------
 
     async def _read(self, key: str) -> Versioned | None:
-        reply = await self._post("/v3/kv/range", {"key": _b64(key.encode())}, resend=True)
+        reply = await self._post("/v3/kv/range", {"key": _key(key)}, resend=True)
         kvs = _objects(reply, "kvs")
         if not kvs:
             return None
         return Versioned(_bytes(kvs[0], "value"), _int(kvs[0], "mod_revision"))
 
     async def _write_if(self, key: str, value: bytes, mod_revision: int) -> bool:
-        encoded = _b64(key.encode())
+        encoded = _key(key)
         txn = {
             "compare": [
                 {
@@ -346,7 +355,7 @@ class EtcdControlPlane:
         return reply.get("succeeded", False) is True  # a failed txn omits "succeeded"
 
     async def _list(self, prefix: str) -> dict[str, bytes]:
-        raw = prefix.encode()
+        raw = prefix.encode("utf-8", "surrogateescape")
         body = {"key": _b64(raw or b"\0"), "range_end": _b64(prefix_end(raw))}
         reply = await self._post("/v3/kv/range", body, resend=True)
         found: dict[str, bytes] = {}
@@ -370,12 +379,12 @@ class EtcdControlPlane:
             if lease == 0 or _int(grant, "TTL") <= 0:
                 raise _Failure(f"etcd lease grant answered {dict(grant)!r}")
             self._leases[key] = (lease, ttl_s)  # a failed put is repaired by the next beat
-            body = {"key": _b64(key.encode()), "value": _b64(value), "lease": str(lease)}
+            body = {"key": _key(key), "value": _b64(value), "lease": str(lease)}
             await self._post("/v3/kv/put", body, resend=False)
             return True
 
     async def _put_unless_held(self, key: str, value: bytes, lease: int) -> None:
-        encoded = _b64(key.encode())
+        encoded = _key(key)
         txn = {
             "compare": [
                 {"key": encoded, "target": "LEASE", "result": "EQUAL", "lease": str(lease)},

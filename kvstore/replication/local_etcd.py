@@ -126,6 +126,7 @@ class LocalEtcd:
         return self._process is not None and self._process.poll() is None
 
     def argv(self, binary: str) -> list[str]:
+        """The command line that runs this member with ``binary``."""
         peer = f"http://{_HOST}:{self._peer_port}"
         argv = [
             binary,
@@ -178,6 +179,8 @@ class LocalEtcd:
             )
         finally:
             os.close(log_fd)
+        if self._finalizer is not None:
+            self._finalizer.detach()  # the previous process ended (running was false)
         self._process = process
         self._finalizer = weakref.finalize(self, _kill, process)
         try:
