@@ -406,3 +406,28 @@ __all__ += [
     "REPL_CALL_TIMEOUT_MS",
     "REPL_INSTALL_ATTEMPTS_MAX",
 ]
+
+# --- the replicated control plane (kvstore/replication/etcd.py, local_etcd.py) ---------------
+# One control-plane call (a read, a compare-and-set, a beat's keepalive and put, a list), every
+# endpoint tried included, answers within CONTROL_CALL_TIMEOUT_MS or fails "timed out" (it may
+# still have taken effect). A healthy etcd answers in milliseconds; the bound leaves room for an
+# fsync on a slow disk and for a 3-member etcd electing a leader (about 1 s by default). Getting
+# a connection to one endpoint is bounded apart, so a dead first endpoint leaves time to try the
+# others; any connection that is refused fails at once anyway.
+CONTROL_CALL_TIMEOUT_MS: Final = 1_000
+CONTROL_CONNECT_TIMEOUT_MS: Final = 500
+CONTROL_CONNECTIONS_MAX: Final = 32  # pooled HTTP connections of one client to its etcd members.
+# A private etcd started on free loopback ports that another process took meanwhile (its log
+# says "address already in use") is started again on new ports, this many times in all.
+LOCAL_ETCD_START_ATTEMPTS_MAX: Final = 3
+
+assert 0 < CONTROL_CONNECT_TIMEOUT_MS < CONTROL_CALL_TIMEOUT_MS
+# A read answered after the lease could not renew it anyway (kvstore.replication.rules).
+assert CONTROL_CALL_TIMEOUT_MS <= REPL_LEASE_MS
+
+__all__ += [
+    "CONTROL_CALL_TIMEOUT_MS",
+    "CONTROL_CONNECT_TIMEOUT_MS",
+    "CONTROL_CONNECTIONS_MAX",
+    "LOCAL_ETCD_START_ATTEMPTS_MAX",
+]

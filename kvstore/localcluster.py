@@ -160,6 +160,8 @@ __all__ = [
     "read_pid_file",
     "process_command_line",
     "command_matches",
+    "free_ports",
+    "tail_lines",
 ]
 
 DIR_ENV: Final = "KVSTORE_DIR"
@@ -281,7 +283,7 @@ def _now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """``count`` distinct free loopback ports (all sockets held open until every port is known)."""
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
@@ -324,7 +326,7 @@ def _replace_file(path: Path, text: str) -> None:
         raise
 
 
-def _tail(path: Path, offset: int, lines: int) -> list[str]:
+def tail_lines(path: Path, offset: int, lines: int) -> list[str]:
     """The last ``lines`` lines of ``path`` written after byte ``offset``."""
     try:
         with path.open("rb") as file:
@@ -937,7 +939,7 @@ class LocalCluster:
 
     def _log_tail(self, process_id: str, offset: int) -> str:
         path = self.log_path(process_id)
-        lines = _tail(path, offset, LOCAL_LOG_TAIL_LINES)
+        lines = tail_lines(path, offset, LOCAL_LOG_TAIL_LINES)
         if not lines:
             return f"; its log {path} has nothing new"
         shown = "\n".join(f"  | {line}" for line in lines)
@@ -1316,7 +1318,7 @@ def _populate(root: Path, nodes: int, coordinators: int, partitions: int) -> str
     """Write a new cluster's files into the empty directory ``root``; its cluster id."""
     cluster_id = "lc-" + secrets.token_hex(8)
     created = _now_rfc3339()
-    ports = _free_ports(nodes + coordinators)
+    ports = free_ports(nodes + coordinators)
     node_addresses = {f"n{i + 1}": f"{_HOST}:{ports[i]}" for i in range(nodes)}
     coordinator_addresses = {
         f"c{i + 1}": f"{_HOST}:{ports[nodes + i]}" for i in range(coordinators)
