@@ -179,12 +179,14 @@ def hunt(mutant: Mutant, budget: int = MUTANT_SEED_BUDGET, *, jobs: int = 1) -> 
     """
     workloads = MUTANT_WORKLOADS[mutant]
     batch = max(1, jobs) * 4
+    # A replication mutant runs on replicated seeds only: the budget's worth of them.
+    candidates = (
+        [n * REPLICATED_EVERY + REPLICATED_EVERY - 1 for n in range(budget)]
+        if mutant in REPLICATION_MUTANTS
+        else list(range(budget))
+    )
     for first in range(0, budget, batch):
-        seeds = [
-            s
-            for s in range(first, min(budget, first + batch))
-            if replicated(s) or mutant not in REPLICATION_MUTANTS
-        ]
+        seeds = candidates[first : first + batch]
         work: list[Job] = [(s, workload_for(s, workloads), (mutant.value,), None) for s in seeds]
         for outcome in _pool_map(work, jobs):
             if not outcome.ok:

@@ -63,7 +63,7 @@ from kvstore.messages import (
     ShippedBatch,
     Snapshot,
 )
-from kvstore.mutants import NO_MUTANTS, Mutants
+from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
 from kvstore.replication.control import ControlPlane, Versioned
 from kvstore.replication.placement import Placement, initial_placement, map_key, node_key
 from kvstore.replication.rules import (
@@ -196,6 +196,31 @@ class Replicator:
     def _trace(self, line: str) -> None:
         if self._note is not None:
             self._note(f"{self.node_id} {line}")
+
+    def status(self) -> list[dict[str, object]]:
+        """Per partition replicated here: role, epoch, position, and, where this node leads,
+        what each follower acknowledged (``kvctl cluster status`` shows it)."""
+        out: list[dict[str, object]] = []
+        for pid in sorted(self._logs):
+            part = self.placement.of(pid)
+            meta = self._store.partition(pid).get_meta()
+            entry: dict[str, object] = {
+                "partition": pid,
+                "leader": part.leader,
+                "replicas": list(part.replicas),
+                "epoch": part.epoch,
+                "position": [meta.epoch, meta.seq],
+                "promised": meta.promised,
+            }
+            led = self._led.get(pid)
+            if led is not None:
+                entry["serving"] = self.refusal(pid) is None
+                entry["acked"] = {node: led.acked.get(node, 0) for node in led.followers}
+                entry["lag"] = {
+                    node: max(0, meta.seq - led.acked.get(node, 0)) for node in led.followers
+                }
+            out.append(entry)
+        return out
 
     # --- serving ----------------------------------------------------------------------------
 
@@ -499,13 +524,12 @@ class Replicator:
             verdict is not Verdict.STALE_EPOCH and request.snapshot is not None
         )
 
+        forgets = Mutant.ACCEPT_OLD_EPOCH in self._mutants  # nor tells the sender of its promise
+
         def answer() -> None:
             now = view.get_meta()
-            respond(
-                ReplicateReply(
-                    accepted=accepted, epoch=now.epoch, seq=now.seq, promised=now.promised
-                )
-            )
+            told = min(now.promised, request.leader_epoch) if forgets else now.promised
+            respond(ReplicateReply(accepted=accepted, epoch=now.epoch, seq=now.seq, promised=told))
 
         self._when_durable(answer)
 
