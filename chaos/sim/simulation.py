@@ -214,7 +214,8 @@ class Simulation:
     def _setup(self) -> None:
         for op in self.workload.setup_ops():
             pid = self.pmap.partition_of(op.key)
-            ts = self.nodes[0].clock.now()
+            first = next(n for n in self.nodes if pid in n.store.partitions)
+            ts = first.clock.now()
             for node in self.nodes:  # every replica the same rows, before any replication
                 if pid in node.store.partitions:
                     assert node.runtime is not None
