@@ -385,8 +385,11 @@ REPL_LIVENESS_TTL_MS: Final = 2_000
 # further behind gets a snapshot. At most REPL_BATCHES_PER_MESSAGE_MAX batches per message.
 REPL_LOG_BATCHES_MAX: Final = 512
 REPL_BATCHES_PER_MESSAGE_MAX: Final = 64
-# A snapshot is one message holding every row of a partition (per table at most this many).
+# A snapshot is one message holding every row of a partition (per table at most this many),
+# so it is bounded by RPC_FRAME_BYTES_MAX; one that fails (too large, lost) is not built again
+# for the same follower before REPL_SNAPSHOT_RETRY_MS.
 REPL_SNAPSHOT_ROWS_MAX: Final = 1_000_000
+REPL_SNAPSHOT_RETRY_MS: Final = 2_000
 # A replication call's deadline, and an election poll's.
 REPL_CALL_TIMEOUT_MS: Final = 1_000
 # An election whose map compare-and-set loses to another change retries on the newer map.
@@ -403,6 +406,7 @@ __all__ += [
     "REPL_LOG_BATCHES_MAX",
     "REPL_BATCHES_PER_MESSAGE_MAX",
     "REPL_SNAPSHOT_ROWS_MAX",
+    "REPL_SNAPSHOT_RETRY_MS",
     "REPL_CALL_TIMEOUT_MS",
     "REPL_INSTALL_ATTEMPTS_MAX",
 ]

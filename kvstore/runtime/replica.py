@@ -124,6 +124,7 @@ class _Led:
     acked: dict[str, int] = field(default_factory=dict)  # follower -> durable seq in our history
     known: dict[str, Position] = field(default_factory=dict)  # follower -> last told position
     busy: set[str] = field(default_factory=set)  # followers with a call in flight
+    snapshot_after_us: dict[str, int] = field(default_factory=dict)  # retry bound (lease clock)
 
 
 @dataclass(slots=True)
@@ -363,6 +364,8 @@ class Replicator:
             if start is None:
                 if self._store.open_writes_of(pid):
                     return  # a snapshot holds flushed-or-stamped rows only: at the next flush
+                if self._clock() < led.snapshot_after_us.get(follower, 0):
+                    return  # the last one failed (too large, lost): not every tick
                 snapshot = _snapshot(self._store.partition(pid))
             elif start <= mine.seq:
                 end = min(mine.seq, start + limits.REPL_BATCHES_PER_MESSAGE_MAX - 1)
@@ -385,6 +388,9 @@ class Replicator:
         deadline_us = self._scheduler.now_us() + limits.REPL_CALL_TIMEOUT_MS * _US_PER_MS
 
         def answered(reply: Reply | None, error: ErrorCode | None) -> None:
+            if snapshot is not None and not isinstance(reply, ReplicateReply):
+                retry_us = limits.REPL_SNAPSHOT_RETRY_MS * _US_PER_MS
+                led.snapshot_after_us[follower] = self._clock() + retry_us
             self._replicated(pid, epoch, follower, reply, error)
 
         self._send(request, deadline_us, answered)
@@ -475,12 +481,12 @@ class Replicator:
         if request.epoch > meta.promised:
             view.put_meta(replace(meta, promised=request.epoch))
             self._request_flush()
-
-        def answer() -> None:
-            now = view.get_meta()
-            respond(PositionReply(epoch=now.epoch, seq=now.seq, promised=now.promised))
-
-        self._when_durable(answer)
+        # What this replica holds now (applied batches may not be durable yet): answered once
+        # everything written so far is durable, so the answer never claims a batch a crash
+        # could still take away.
+        held = view.get_meta()
+        reply = PositionReply(epoch=held.epoch, seq=held.seq, promised=held.promised)
+        self._when_durable(lambda: respond(reply))
 
     def _on_replicate(self, request: ReplicateRequest, respond: Respond) -> None:
         pid = request.partition
@@ -525,11 +531,14 @@ class Replicator:
         )
 
         forgets = Mutant.ACCEPT_OLD_EPOCH in self._mutants  # nor tells the sender of its promise
+        after = view.get_meta()  # durable once everything written so far is (as above)
 
         def answer() -> None:
-            now = view.get_meta()
-            told = min(now.promised, request.leader_epoch) if forgets else now.promised
-            respond(ReplicateReply(accepted=accepted, epoch=now.epoch, seq=now.seq, promised=told))
+            promised = view.get_meta().promised
+            told = min(promised, request.leader_epoch) if forgets else promised
+            respond(
+                ReplicateReply(accepted=accepted, epoch=after.epoch, seq=after.seq, promised=told)
+            )
 
         self._when_durable(answer)
 
