@@ -77,6 +77,16 @@ one of each per transaction at a time and ``BACKGROUND_ACTORS_MAX`` in all, run 
 runtime's :class:`ActorDriver`. Their requests to partitions of this node are submitted here
 directly (same path, durability wait included); the rest go through the sender.
 
+**Replication** (a replicated cluster, :mod:`kvstore.runtime.replica`): the node holds a replica
+of each partition of its store and leads some of them. A request for a partition it does not
+serve is refused before anything runs (``WrongOwner`` naming the leader, or a retryable
+``Unavailable`` while the partition changes leader), and maintenance runs on served partitions
+only. Each flush is stamped and shipped by the replicator, and its answers (with every read that
+waits on it) are released, in flush order, once its led partitions are durable on a majority,
+not at the local fsync; a follower's own acknowledgements need only the local fsync
+(``when_local_durable``). Answers whose writes belonged to a leadership that ended before they
+reached a majority get ``OutcomeUnknown``.
+
 Mutants of the runtime itself (chaos runs only, ``kvstore.mutants``): ``REPLY_BEFORE_FLUSH``
 applies the completion rule to every request (answered at once, its rows left to the next
 maintenance tick's flush); ``ACK_WITH_EARLIER_FLUSH`` releases answers waiting on the open batch
