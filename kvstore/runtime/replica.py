@@ -66,6 +66,7 @@ from kvstore.messages import (
 from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
 from kvstore.replication.control import ControlPlane, Versioned
 from kvstore.replication.placement import Placement, initial_placement, map_key, node_key
+from kvstore.replication.rows import apply_batch, install_snapshot, take_snapshot
 from kvstore.replication.rules import (
     Position,
     Verdict,
@@ -78,8 +79,8 @@ from kvstore.replication.rules import (
 )
 from kvstore.runtime.actors import Answer, Sender
 from kvstore.runtime.scheduler import Scheduler, Timer
-from kvstore.storage_node.overlay import NodeBatch, PartitionBatch
-from kvstore.storage_node.store import NodeStore, PartitionStore
+from kvstore.storage_node.overlay import NodeBatch
+from kvstore.storage_node.store import NodeStore
 from kvstore.types import NodeId, PartitionId
 
 __all__ = ["ReplicationConfig", "Replicator", "POISONED_SEQ"]
@@ -366,7 +367,7 @@ class Replicator:
                     return  # a snapshot holds flushed-or-stamped rows only: at the next flush
                 if self._clock() < led.snapshot_after_us.get(follower, 0):
                     return  # the last one failed (too large, lost): not every tick
-                snapshot = _snapshot(self._store.partition(pid))
+                snapshot = take_snapshot(self._store.partition(pid))
             elif start <= mine.seq:
                 end = min(mine.seq, start + limits.REPL_BATCHES_PER_MESSAGE_MAX - 1)
                 batches = tuple(log[s] for s in range(start, end + 1))
@@ -508,12 +509,12 @@ class Replicator:
         promise = max(meta.promised, request.leader_epoch)
         verdict = follower_verdict(meta.promised, held, request.leader_epoch, prev, self._mutants)
         if verdict is not Verdict.STALE_EPOCH and request.snapshot is not None:
-            _install(view, request.snapshot, promise)
+            install_snapshot(view, request.snapshot, promise)
             self._logs[pid].clear()
             self._request_flush()
         elif verdict is Verdict.ACCEPT:
             for batch in request.batches:
-                _apply(view, batch.rows)
+                apply_batch(view, batch.rows)
                 view.put_meta(
                     replace(
                         batch.rows.meta or view.get_meta(),
@@ -791,71 +792,3 @@ def _failing_over(pid: PartitionId) -> Unavailable:
         f"partition {pid} is changing leader; retry shortly",
         details={"partition": pid, "sent": False},
     )
-
-
-def _apply(view: PartitionStore, rows: PartitionBatch) -> None:
-    """Write a shipped batch's rows through ``view`` (meta is set by the caller)."""
-    for key, item in rows.items.items():
-        if item is None:
-            view.delete_item(key)
-        else:
-            view.put_item(item)
-    for key, intent in rows.intents.items():
-        if intent is None:
-            view.delete_intent(key)
-        else:
-            view.put_intent(intent)
-    for txn_id, record in rows.ledger.items():
-        if record is None:
-            view.delete_ledger(txn_id)
-        else:
-            view.put_ledger(record)
-    for token, row in rows.tokens.items():
-        if row is None:
-            view.delete_token(token)
-        else:
-            view.put_token(row)
-
-
-def _snapshot(view: PartitionStore) -> Snapshot:
-    """Every row of the partition behind ``view`` (its open writes included)."""
-    cap = limits.REPL_SNAPSHOT_ROWS_MAX
-    items = tuple(view.scan_items("", None, cap)) + tuple(view.tombstones(cap))
-    return Snapshot(
-        items=items,
-        intents=tuple(view.intents_created_before(_FAR_US, cap)),
-        ledger=tuple(view.open_ledger_records(cap))
-        + tuple(view.ledger_completed_before(_FAR_US, cap)),
-        tokens=tuple(view.tokens_created_before(_FAR_US, cap)),
-        meta=view.get_meta(),
-    )
-
-
-def _install(view: PartitionStore, snapshot: Snapshot, promised: int) -> None:
-    """Replace every row behind ``view`` by the snapshot's."""
-    old = _snapshot(view)
-    keep_items = {row.key for row in snapshot.items}
-    for row in old.items:
-        if row.key not in keep_items:
-            view.delete_item(row.key)
-    keep_intents = {intent.key for intent in snapshot.intents}
-    for intent in old.intents:
-        if intent.key not in keep_intents:
-            view.delete_intent(intent.key)
-    keep_ledger = {record.txn_id for record in snapshot.ledger}
-    for record in old.ledger:
-        if record.txn_id not in keep_ledger:
-            view.delete_ledger(record.txn_id)
-    keep_tokens = {row.token for row in snapshot.tokens}
-    for token_row in old.tokens:
-        if token_row.token not in keep_tokens:
-            view.delete_token(token_row.token)
-    for row in snapshot.items:
-        view.put_item(row)
-    for intent in snapshot.intents:
-        view.put_intent(intent)
-    for record in snapshot.ledger:
-        view.put_ledger(record)
-    for token_row in snapshot.tokens:
-        view.put_token(token_row)
-    view.put_meta(replace(snapshot.meta, promised=max(promised, snapshot.meta.promised)))
