@@ -120,6 +120,7 @@ class Simulation:
                 isolate_ms=sometimes((3_000, 6_000)),
                 isolate_ms_max=replication_rng.choice((1_000, 4_000, 7_000)),
                 expire_ms=sometimes((1_000, 4_000)),
+                move_ms=sometimes((1_000, 3_000)),
             )
         self.loop = EventLoop()
         self.trace = Trace(keep=verbose)
@@ -135,6 +136,8 @@ class Simulation:
         self.applied: dict[int, Timestamp] = {}  # id(op) -> the ts a node applied it at
         self.ops_started = 0
         self.stopping = False
+        self.moving = False  # a move in progress (one at a time, as the map requires)
+        self.voting_epochs: dict[PartitionId, int] = {}  # the operator's last voting change
         self._next_process = 0
         partition_config = PartitionConfig(
             intent_stale_ms=self.profile.intent_stale_ms,
@@ -157,8 +160,8 @@ class Simulation:
             )
         for i in range(config.nodes):
             owned = [PartitionId(p) for p in range(config.partitions) if p % config.nodes == i]
-            if replication is not None:
-                owned = list(replication.first_placement().replicated_on(NodeId(f"n{i}")))
+            if replication is not None:  # every partition: moves may bring any of them here
+                owned = [PartitionId(p) for p in range(config.partitions)]
             node = NodeHost(
                 f"n{i}",
                 self.loop,
@@ -216,7 +219,9 @@ class Simulation:
             pid = self.pmap.partition_of(op.key)
             first = next(n for n in self.nodes if pid in n.store.partitions)
             ts = first.clock.now()
-            for node in self.nodes:  # every replica the same rows, before any replication
+            # Every copy the same rows at position (0, 0), before any replication (in a
+            # replicated run every node keeps a copy of every partition, held or not).
+            for node in self.nodes:
                 if pid in node.store.partitions:
                     assert node.runtime is not None
                     node.runtime.cores[pid].write(WriteRequest(partition=pid, op=op), ts)
@@ -375,6 +380,105 @@ class Simulation:
         self.net.cut |= links
         self.loop.after(cut_ms * _MS, lambda: self.net.cut.difference_update(links))
 
+    def move_partition(self) -> None:
+        """An operator moves one replica of a partition to a node that holds none, the way
+        ``kvctl partition move`` does: add it as a learner, promote it once it has caught up
+        with the leader, then remove one of the old replicas (the leader, sometimes). Each step
+        is one compare-and-set of the map; a step that loses a race is tried again."""
+        assert self.control is not None
+        if self.moving:
+            return
+        pid = PartitionId(self.rng.randrange(self.config.partitions))
+        self.moving = True
+        self.count("move")
+        self.trace.add(self.loop.now_us, f"move a replica of p{pid}")
+        self._move_step(pid, None, 0)
+
+    def _move_step(self, pid: PartitionId, target: str | None, tries: int) -> None:
+        """One look of the move operator: each voting change waits until the partition's
+        leader has committed the set before (docs/replication.md, rule 11)."""
+        assert self.control is not None
+        if self.stopping or tries > MOVE_STEPS_MAX:
+            self.moving = False
+            return
+
+        def again() -> None:
+            self.loop.after(MOVE_TICK_US, lambda: self._move_step(pid, target, tries + 1))
+
+        def read(found: Versioned | None, error: str | None) -> None:
+            if found is None:
+                again()
+                return
+            placement = Placement.decode(found.value)
+            part = placement.of(pid)
+            voting_epoch = self.voting_epochs.get(pid, 0)
+            if target is None:
+                spare = [n.name for n in self.nodes if n.name not in part.holders]
+                if not spare or not self._config_committed(pid, voting_epoch):
+                    self.moving = bool(spare) and tries < MOVE_STEPS_MAX
+                    if self.moving:
+                        again()
+                    return
+                chosen = self.rng.choice(spare)
+                self._move_write(pid, chosen, placement.with_learner(pid, NodeId(chosen)), found)
+            elif target in part.learners:
+                if not self._caught_up(pid, part.leader, target):
+                    again()
+                    return
+                self._move_write(pid, target, placement.promoted(pid, NodeId(target)), found)
+            elif target in part.replicas and len(part.replicas) > self.config.replication_factor:
+                if not self._config_committed(pid, voting_epoch):
+                    again()
+                    return
+                leaving = self.rng.choice([n for n in part.replicas if n != target])
+                self._move_write(pid, None, placement.without(pid, NodeId(leaving)), found)
+            else:
+                self.moving = False
+
+        self.control.read(f"{REPLICATION_PREFIX}/map", read)
+
+    def _move_write(
+        self, pid: PartitionId, target: str | None, new: Placement, found: Versioned
+    ) -> None:
+        assert self.control is not None
+
+        def written(ok: bool | None, error: str | None) -> None:
+            outcome = "ok" if ok else "lost"
+            self.trace.add(self.loop.now_us, f"move p{pid}: map {new.epoch} {outcome}")
+            if ok and new.of(pid).replicas != Placement.decode(found.value).of(pid).replicas:
+                self.voting_epochs[pid] = new.epoch  # a voting change: the next waits for it
+                self.count("move step")
+            if target is None and ok:
+                self.moving = False
+                return
+            self.loop.after(MOVE_TICK_US, lambda: self._move_step(pid, target, 0))
+
+        key = f"{REPLICATION_PREFIX}/map"
+        self.control.write_if(key, new.encode(), found.mod_revision, written)
+
+    def _config_committed(self, pid: PartitionId, epoch: int) -> bool:
+        """The partition's leader has committed the replica set of map ``epoch`` or later
+        (the operator reads the leader's status page; the simulator, its runtime)."""
+        for node in self.nodes:
+            replicator = None if node.runtime is None else node.runtime.replicator
+            if replicator is None or not node.up or not replicator.leads(pid):
+                continue
+            entry = next(e for e in replicator.status() if e["partition"] == pid)
+            committed = entry.get("config_epoch")
+            if isinstance(committed, int) and committed >= epoch:
+                return True
+        return False
+
+    def _caught_up(self, pid: PartitionId, leader: str, learner: str) -> bool:
+        """The learner durably holds what the leader durably holds (the operator reads the
+        nodes' status pages; the simulator, their disks)."""
+        stores = {n.name: n.store for n in self.nodes if n.up}
+        if leader not in stores or learner not in stores:
+            return False
+        lead = stores[leader].durable_rows[pid].meta
+        learnt = stores[learner].durable_rows[pid].meta
+        return (learnt.epoch, learnt.seq) >= (lead.epoch, lead.seq)
+
     def expire_liveness(self) -> None:
         """The control plane drops a live node's liveness key (its next beat restores it)."""
         assert self.control is not None
@@ -403,6 +507,7 @@ class Simulation:
         self._every(profile.pause_ms, "pause_node")
         self._every(profile.isolate_ms, "isolate_node")
         self._every(profile.expire_ms, "expire_liveness")
+        self._every(profile.move_ms, "move_partition")
         self._clones()
         self.loop.run_until(self.config.fault_phase_ms * _MS, stop=self._load_done)
         self._heal()
@@ -528,6 +633,8 @@ class Simulation:
 
 CONTROL_HOST = "etcd"  # the control plane's name in the network's cuts
 REPLICATION_PREFIX = "/kvstore/sim"
+MOVE_TICK_US = 100 * _MS  # how often the move operator looks again
+MOVE_STEPS_MAX = 100  # looks per step of a move before it gives up
 
 
 class SimControlPlane(MemoryControlPlane):

@@ -87,9 +87,10 @@ def replicated(seed: int) -> bool:
 
 def config_for(seed: int, workload: str, mutants: Mutants = NO_MUTANTS) -> SimConfig:
     """The sweep's configuration of ``seed``."""
-    return SimConfig(
-        workload=workload, mutants=mutants, replication_factor=3 if replicated(seed) else 1
-    )
+    if not replicated(seed):
+        return SimConfig(workload=workload, mutants=mutants)
+    # Three replicas on four nodes: room for moves.
+    return SimConfig(workload=workload, mutants=mutants, replication_factor=3, nodes=4)
 
 
 @dataclass(frozen=True)

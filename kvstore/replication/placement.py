@@ -11,7 +11,10 @@ carry it as a fencing token.
 
 Node addresses stay in ``cluster.toml``; the placement names nodes by id. Everything here is
 pure: building the first placement, encoding, decoding (a malformed value is a
-``ProtocolViolation``, never a crash), and the one transition failover needs.
+``ProtocolViolation``, never a crash), and the transitions: a new leader (failover), and the
+three steps a move is made of, one change each: add a learner, promote it into the replica set,
+remove a replica. The leader of a partition may be missing from its replica set (it was just
+removed): the remaining replicas then elect one.
 """
 
 from __future__ import annotations
@@ -38,15 +41,23 @@ def node_key(prefix: str, node: NodeId | str = "") -> str:
 
 @dataclass(frozen=True, slots=True)
 class PartitionPlacement:
-    """One partition: its replica set (in preference order), its leader and its epoch."""
+    """One partition: its replica set (in preference order), its leader and its epoch, and its
+    learners: replicas being filled (snapshot, then the batch stream) that count in no
+    majority and never lead until promoted into the set."""
 
     replicas: tuple[NodeId, ...]
     leader: NodeId
     epoch: int
+    learners: tuple[NodeId, ...] = ()
 
     @property
     def followers(self) -> tuple[NodeId, ...]:
         return tuple(node for node in self.replicas if node != self.leader)
+
+    @property
+    def holders(self) -> tuple[NodeId, ...]:
+        """Every node that keeps a copy: the replicas, then the learners."""
+        return self.replicas + self.learners
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,24 +75,59 @@ class Placement:
 
     def replicated_on(self, node: NodeId) -> tuple[PartitionId, ...]:
         return tuple(
-            PartitionId(pid) for pid, part in enumerate(self.partitions) if node in part.replicas
+            PartitionId(pid) for pid, part in enumerate(self.partitions) if node in part.holders
         )
+
+    def _changed(self, pid: PartitionId, part: PartitionPlacement) -> Placement:
+        parts = list(self.partitions)
+        parts[pid] = part
+        return Placement(epoch=self.epoch + 1, partitions=tuple(parts))
+
+    def with_learner(self, pid: PartitionId, node: NodeId) -> Placement:
+        """The next map: ``node`` starts receiving ``pid`` as a learner."""
+        part = self.partitions[pid]
+        if node in part.holders:
+            raise ValueError(f"node {node} already holds partition {pid}")
+        return self._changed(pid, replace(part, learners=(*part.learners, node)))
+
+    def promoted(self, pid: PartitionId, node: NodeId) -> Placement:
+        """The next map: the learner ``node`` joins ``pid``'s replica set (one change)."""
+        part = self.partitions[pid]
+        if node not in part.learners:
+            raise ValueError(f"node {node} is not a learner of partition {pid}")
+        learners = tuple(n for n in part.learners if n != node)
+        return self._changed(pid, replace(part, replicas=(*part.replicas, node), learners=learners))
+
+    def without(self, pid: PartitionId, node: NodeId) -> Placement:
+        """The next map: ``node`` leaves ``pid``'s replica set (or its learners). Removing the
+        leader leaves the partition without one until an election (the remaining replicas run
+        it: the leader is no longer in the set)."""
+        part = self.partitions[pid]
+        if node in part.learners:
+            learners = tuple(n for n in part.learners if n != node)
+            return self._changed(pid, replace(part, learners=learners))
+        if node not in part.replicas or len(part.replicas) == 1:
+            raise ValueError(f"node {node} is not a removable replica of partition {pid}")
+        replicas = tuple(n for n in part.replicas if n != node)
+        return self._changed(pid, replace(part, replicas=replicas))
 
     def with_leader(self, pid: PartitionId, node: NodeId) -> Placement:
         """The next map: ``node`` leads ``pid`` from the new epoch on."""
         part = self.partitions[pid]
         if node not in part.replicas:
             raise ValueError(f"node {node} holds no replica of partition {pid}")
-        epoch = self.epoch + 1
-        parts = list(self.partitions)
-        parts[pid] = replace(part, leader=node, epoch=epoch)
-        return Placement(epoch=epoch, partitions=tuple(parts))
+        return self._changed(pid, replace(part, leader=node, epoch=self.epoch + 1))
 
     def encode(self) -> bytes:
         body = {
             "epoch": self.epoch,
             "partitions": [
-                {"replicas": list(p.replicas), "leader": p.leader, "epoch": p.epoch}
+                {
+                    "replicas": list(p.replicas),
+                    "leader": p.leader,
+                    "epoch": p.epoch,
+                    **({"learners": list(p.learners)} if p.learners else {}),
+                }
                 for p in self.partitions
             ],
         }
@@ -96,6 +142,7 @@ class Placement:
                     replicas=tuple(NodeId(str(n)) for n in p["replicas"]),
                     leader=NodeId(str(p["leader"])),
                     epoch=_int(p["epoch"]),
+                    learners=tuple(NodeId(str(n)) for n in p.get("learners", ())),
                 )
                 for p in body["partitions"]
             )
@@ -105,7 +152,12 @@ class Placement:
                 f"malformed cluster map in the control plane: {error}"
             ) from None
         for pid, part in enumerate(placement.partitions):
-            if part.leader not in part.replicas or part.epoch > placement.epoch:
+            holders = part.holders
+            if (
+                not part.replicas
+                or part.epoch > placement.epoch
+                or len(set(holders)) != len(holders)
+            ):
                 raise ProtocolViolation(f"malformed cluster map: partition {pid} is inconsistent")
         return placement
 

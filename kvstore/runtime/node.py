@@ -107,7 +107,6 @@ from kvstore.errors import (
     DiskFull,
     InternalError,
     KvError,
-    OutcomeUnknown,
     Overloaded,
     TransactionConflict,
 )
@@ -267,7 +266,6 @@ class NodeRuntime:
         # Answers of flushed jobs waiting for a majority of replicas, released in job order.
         self._gated: deque[_Gated] = deque()
         self._job_seqs: dict[PartitionId, tuple[int, int]] = {}
-        self._job_abandoned: frozenset[PartitionId] = frozenset()
         self.replicator: Replicator | None = None
         if replication is not None:
             assert control is not None and lease_clock_us is not None
@@ -282,6 +280,7 @@ class NodeRuntime:
                 local=self.submit,
                 when_durable=self.when_local_durable,
                 request_flush=self._schedule_flush,
+                leadership_ended=self.leadership_ended,
                 mutants=config.mutants,
                 note=note,
             )
@@ -579,7 +578,6 @@ class NodeRuntime:
             return
         if self.replicator is not None:
             self._job_seqs = self.replicator.shipped(job.batch)
-            self._job_abandoned = self.replicator.take_abandoned()
         self._flight_waiters = waiters
         started_s = time.perf_counter()
         writes = job.rows
@@ -609,11 +607,8 @@ class NodeRuntime:
             metrics.batch_writes.observe(writes)
             metrics.batch_waiters.observe(len(waiters))
         seqs, self._job_seqs = self._job_seqs, {}
-        abandoned, self._job_abandoned = self._job_abandoned, frozenset()
         if self.replicator is not None:
             self.replicator.local_durable(seqs)
-        if abandoned:
-            waiters = self._fail_abandoned(waiters, abandoned)
         if seqs or self._gated:
             self._gate(waiters, seqs)
         else:
@@ -622,23 +617,20 @@ class NodeRuntime:
         if self._open_waiters:
             self._schedule_flush()
 
-    def _fail_abandoned(
-        self, waiters: list[Callable[[], None]], abandoned: frozenset[PartitionId]
-    ) -> list[Callable[[], None]]:
-        """Fail the answers that depend on writes of an ended leadership (never replicated)."""
-        kept: list[Callable[[], None]] = []
-        for waiter in waiters:
-            if isinstance(waiter, _Waiter) and not abandoned.isdisjoint(waiter.pids):
-                pid = next(pid for pid in waiter.pids if pid in abandoned)
-                waiter.failed(
-                    OutcomeUnknown(
-                        f"partition {pid} changed leader before the write was replicated",
-                        details={"partition": pid},
-                    )
-                )
-            else:
-                kept.append(waiter)
-        return kept
+    def leadership_ended(self, pid: PartitionId, error: KvError) -> None:
+        """Fail every answer still waiting that depends on partition ``pid`` (it was stepped
+        under a leadership that just ended, and may have written or read rows of it that no
+        majority holds), wherever it waits: open batch, flush in flight, or replication."""
+        lists = [self._open_waiters, *(gated.waiters for gated in self._gated)]
+        if self._flight_waiters is not None:
+            lists.append(self._flight_waiters)
+        for waiters in lists:
+            doomed = [w for w in waiters if isinstance(w, _Waiter) and pid in w.pids]
+            if not doomed:
+                continue
+            waiters[:] = [w for w in waiters if not (isinstance(w, _Waiter) and pid in w.pids)]
+            for waiter in doomed:
+                waiter.failed(error)
 
     def _gate(
         self, waiters: list[Callable[[], None]], seqs: dict[PartitionId, tuple[int, int]]

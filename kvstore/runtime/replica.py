@@ -37,7 +37,9 @@ its unflushed batches may differ from what followers hold under the same positio
 
 **Giving up a leadership** fails the answers still waiting for its majority with
 ``OutcomeUnknown`` (their writes may survive on the new leader: callers ask again with their
-token, as after a timeout). Unstamped writes left in the open batch make the local copy
+token, as after a timeout), and so does every answer still waiting that was stepped on that
+partition during the leadership, wherever it waits (the runtime's ``leadership_ended``): it may
+have read rows no majority holds. Unstamped writes left in the open batch make the local copy
 diverge, so the partition's position is poisoned (seq ``-1``): the next leader sends it a
 snapshot.
 """
@@ -80,7 +82,7 @@ from kvstore.replication.rules import (
 from kvstore.runtime.actors import Answer, Sender
 from kvstore.runtime.scheduler import Scheduler, Timer
 from kvstore.storage_node.overlay import NodeBatch
-from kvstore.storage_node.store import NodeStore
+from kvstore.storage_node.store import NodeStore, PartitionMeta
 from kvstore.types import NodeId, PartitionId
 
 __all__ = ["ReplicationConfig", "Replicator", "POISONED_SEQ"]
@@ -116,8 +118,13 @@ class ReplicationConfig:
 class _Led:
     """A leadership of this node: epoch, timing and what each follower holds."""
 
+    @property
+    def targets(self) -> tuple[NodeId, ...]:
+        return self.followers + self.learners
+
     epoch: int
-    followers: tuple[NodeId, ...]
+    followers: tuple[NodeId, ...]  # the voting replicas but this one
+    learners: tuple[NodeId, ...]  # shipped to, never counted
     serving_from_us: int
     lease_until_us: int
     barrier_seq: int = 0  # the first seq stamped under this epoch
@@ -126,6 +133,11 @@ class _Led:
     known: dict[str, Position] = field(default_factory=dict)  # follower -> last told position
     busy: set[str] = field(default_factory=set)  # followers with a call in flight
     snapshot_after_us: dict[str, int] = field(default_factory=dict)  # retry bound (lease clock)
+    # The replica set in force: the map epoch that set it, and the first seq stamped under it
+    # (0: none yet); it is *committed* once that seq is durable on a majority of it.
+    config_epoch: int = 0
+    config_seq: int = 0
+    committed_config_epoch: int = 0
 
 
 @dataclass(slots=True)
@@ -150,11 +162,13 @@ class Replicator:
         local: Callable[[Request, Respond], None],
         when_durable: Callable[[Callable[[], None]], None],
         request_flush: Callable[[], None],
+        leadership_ended: Callable[[PartitionId, KvError], None],
         mutants: Mutants = NO_MUTANTS,
         note: Callable[[str], None] | None = None,
     ) -> None:
         """``local`` submits a request to this node's own runtime; ``when_durable`` calls back
-        once every write so far is durable here; ``request_flush`` makes the runtime flush."""
+        once every write so far is durable here; ``request_flush`` makes the runtime flush;
+        ``leadership_ended`` fails the runtime's answers that depend on a partition."""
         self.node_id = node_id
         self.config = config
         self._store = store
@@ -165,6 +179,7 @@ class Replicator:
         self._local = local
         self._when_durable = when_durable
         self._request_flush = request_flush
+        self._leadership_ended = leadership_ended
         self._mutants = mutants
         self._note = note
         self.placement: Placement = config.first_placement()
@@ -175,8 +190,8 @@ class Replicator:
             pid: {} for pid in store.partitions
         }
         self._gates: list[_Gate] = []
-        self._abandoned: set[PartitionId] = set()
         self._electing: set[PartitionId] = set()
+        self._held_epochs: set[tuple[PartitionId, int]] = set()  # leaderships of this process
         self._boot_map_epoch: int | None = None  # the map epoch at our first read
         self._timer: Timer | None = None
         self.stopped = False
@@ -192,6 +207,8 @@ class Replicator:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for pid in list(self._led):  # every leadership ends here (see _unlead)
+            self._leadership_ended(pid, _leadership_lost(pid))
         self._fail_gates(set(self._led))
         self._led.clear()
 
@@ -205,6 +222,8 @@ class Replicator:
         out: list[dict[str, object]] = []
         for pid in sorted(self._logs):
             part = self.placement.of(pid)
+            if self.node_id not in part.holders:
+                continue
             meta = self._store.partition(pid).get_meta()
             entry: dict[str, object] = {
                 "partition": pid,
@@ -214,12 +233,15 @@ class Replicator:
                 "position": [meta.epoch, meta.seq],
                 "promised": meta.promised,
             }
+            if part.learners:
+                entry["learners"] = list(part.learners)
             led = self._led.get(pid)
             if led is not None:
                 entry["serving"] = self.refusal(pid) is None
-                entry["acked"] = {node: led.acked.get(node, 0) for node in led.followers}
+                entry["config_epoch"] = led.committed_config_epoch
+                entry["acked"] = {node: led.acked.get(node, 0) for node in led.targets}
                 entry["lag"] = {
-                    node: max(0, meta.seq - led.acked.get(node, 0)) for node in led.followers
+                    node: max(0, meta.seq - led.acked.get(node, 0)) for node in led.targets
                 }
             out.append(entry)
         return out
@@ -243,11 +265,11 @@ class Replicator:
         now_us = self._clock()
         if now_us >= led.lease_until_us or now_us < led.serving_from_us:
             return _failing_over(pid)
-        if led.barrier_seq == 0 or self._majority(pid, led) < led.barrier_seq:
+        if led.barrier_seq == 0 or self._majority(led) < led.barrier_seq:
             return _failing_over(pid)
         return None
 
-    def _majority(self, pid: PartitionId, led: _Led) -> int:
+    def _majority(self, led: _Led) -> int:
         return majority_seq(led.own_durable, led.acked, led.followers, self._mutants)
 
     # --- the flush hooks (leader side) ------------------------------------------------------
@@ -265,6 +287,8 @@ class Replicator:
             )
             if led.barrier_seq == 0:
                 led.barrier_seq = seq
+            if led.config_seq == 0:
+                led.config_seq = seq
 
     def shipped(self, batch: NodeBatch) -> dict[PartitionId, tuple[int, int]]:
         """Log and ship the led partitions' batches of a flush; what the flush must wait for."""
@@ -276,7 +300,7 @@ class Replicator:
             seq = part.meta.seq
             self._log(pid, ShippedBatch(epoch=led.epoch, seq=seq, rows=part))
             seqs[pid] = (led.epoch, seq)
-            for follower in led.followers:
+            for follower in led.targets:
                 self._pump(pid, led, follower)
         return seqs
 
@@ -297,6 +321,9 @@ class Replicator:
         self._check_gates()
 
     def _check_gates(self) -> None:
+        for led in self._led.values():
+            if led.committed_config_epoch < led.config_epoch:
+                self._note_config(led)
         if not self._gates:
             return
         waiting: list[_Gate] = []
@@ -319,15 +346,9 @@ class Replicator:
             led = self._led.get(pid)
             if led is None or led.epoch != epoch:
                 return _leadership_lost(pid)
-            if self._majority(pid, led) < seq:
+            if self._majority(led) < seq:
                 outcome = _PENDING
         return outcome
-
-    def take_abandoned(self) -> frozenset[PartitionId]:
-        """Partitions whose unstamped writes (just detached into a flush) were made under a
-        leadership that has ended: their answers must not be released (module docstring)."""
-        abandoned, self._abandoned = frozenset(self._abandoned), set()
-        return abandoned
 
     def _fail_gates(self, pids: set[PartitionId]) -> None:
         failed = [g for g in self._gates if any(pid in pids for pid in g.seqs)]
@@ -552,13 +573,16 @@ class Replicator:
         led = _Led(
             epoch=epoch,
             followers=part.followers,
+            learners=part.learners,
             serving_from_us=now_us + wait_us,
             lease_until_us=self._lease_until(confirmed_sent_us),
+            config_epoch=self.placement.epoch,  # committed with the barrier
         )
         view = self._store.partition(pid)
         meta = view.get_meta()
         led.own_durable = max(meta.seq, 0)
         self._led[pid] = led
+        self._held_epochs.add((pid, epoch))
         # The barrier: a batch under the new epoch (rule: commit a batch of one's own first).
         view.put_meta(replace(meta, promised=max(meta.promised, epoch)))
         self._request_flush()
@@ -566,7 +590,7 @@ class Replicator:
         log_event(
             _log, "replica.leads", logging.INFO, node=self.node_id, partition=pid, epoch=epoch
         )
-        for follower in led.followers:
+        for follower in led.targets:
             self._pump(pid, led, follower)
         # Serving starts at the end of the takeover wait: wake the clients' retries then.
         self._scheduler.call_later(wait_us + 1, self._check_gates)
@@ -579,8 +603,10 @@ class Replicator:
         view = self._store.partition(pid)
         if self._store.open_writes_of(pid):  # unstamped writes: this copy left the history
             view.put_meta(replace(view.get_meta(), seq=POISONED_SEQ))
-            self._abandoned.add(pid)
             self._request_flush()
+        # First every answer that depends on the partition (a later gate may already be
+        # complete, and failing the gates below releases the ones queued behind them).
+        self._leadership_ended(pid, _leadership_lost(pid))
         self._fail_gates({pid})
 
     def _lease_until(self, sent_us: int) -> int:
@@ -602,7 +628,7 @@ class Replicator:
             map_key(prefix), lambda found, error: self._map_read(found, error, sent_us)
         )
         for pid, led in self._led.items():  # heartbeats and catch-up of silent followers
-            for follower in led.followers:
+            for follower in led.targets:
                 self._pump(pid, led, follower)
 
     def _map_read(self, found: Versioned | None, error: str | None, sent_us: int) -> None:
@@ -624,7 +650,8 @@ class Replicator:
         )
 
     def _adopt(self, placement: Placement, revision: int, sent_us: int) -> None:
-        """Take the map read at ``sent_us``: leases, leaderships gained and lost."""
+        """Take the map read at ``sent_us``: leases, leaderships gained and lost, replica sets
+        changed."""
         changed = placement != self.placement
         self.placement = placement
         self._revision = revision
@@ -634,15 +661,24 @@ class Replicator:
         for pid in self._logs:
             part = placement.of(pid)
             led = self._led.get(pid)
-            if part.leader != self.node_id:
+            if part.leader != self.node_id or self.node_id not in part.replicas:
                 if led is not None:
                     self._unlead(pid)
+                held = self._position(pid)
+                if self.node_id not in part.holders and held.seq not in (0, POISONED_SEQ):
+                    self._drop_copy(pid)  # we left its replicas (maybe while we were down)
                 continue
             if led is not None and led.epoch == part.epoch:
                 led.lease_until_us = self._lease_until(sent_us)  # rule 5: renewed
+                if (led.followers, led.learners) != (part.followers, part.learners):
+                    self._reshape(pid, led, part.followers, part.learners)
             elif led is not None:
                 self._unlead(pid)
-            elif part.epoch <= boot_epoch or self._position(pid).epoch >= part.epoch:
+            elif (
+                part.epoch <= boot_epoch
+                or self._position(pid).epoch >= part.epoch
+                or (pid, part.epoch) in self._held_epochs
+            ):
                 # A leadership older than this process (an earlier incarnation may have held
                 # it, its batches on followers but not here), or one we already held: never
                 # resume it, elect a successor.
@@ -652,6 +688,52 @@ class Replicator:
         if changed and self.on_placement is not None:
             self.on_placement(placement)
 
+    def _reshape(
+        self,
+        pid: PartitionId,
+        led: _Led,
+        followers: tuple[NodeId, ...],
+        learners: tuple[NodeId, ...],
+    ) -> None:
+        """The replica set changed under this leadership (one change at a time, by the map):
+        from now on majorities count the new set. Any majority of the new set meets any of
+        the old one, so what was durable stays durable."""
+        self._trace(f"p{pid} replicas now {followers} learners {learners}")
+        kept = set(followers) | set(learners)
+        for gone in set(led.targets) - kept:
+            led.acked.pop(gone, None)
+            led.known.pop(gone, None)
+        if followers != led.followers:  # a new voting set: commit it with a batch of its own
+            led.config_epoch, led.config_seq = self.placement.epoch, 0
+            view = self._store.partition(pid)
+            view.put_meta(view.get_meta())
+            self._request_flush()
+        led.followers, led.learners = followers, learners
+        for target in led.targets:
+            self._pump(pid, led, target)
+        self._check_gates()
+
+    def _note_config(self, led: _Led) -> None:
+        """The voting set in force is committed once a batch stamped under it is durable on a
+        majority of it: every batch acknowledged under the previous set is then on a majority
+        of this one too (batches reach replicas in order), so the next change may be made
+        (rule 11)."""
+        if led.config_seq and self._majority(led) >= led.config_seq:
+            led.committed_config_epoch = max(led.committed_config_epoch, led.config_epoch)
+
+    def _drop_copy(self, pid: PartitionId) -> None:
+        """This node left ``pid``'s replicas: delete its rows, keeping the promise; the copy
+        is poisoned, so a later return starts from a snapshot."""
+        self._trace(f"drops its copy of p{pid}")
+        view = self._store.partition(pid)
+        meta = view.get_meta()
+        # The epoch stays: a node never leads again an epoch it held batches of.
+        emptied = PartitionMeta(epoch=meta.epoch, seq=POISONED_SEQ)
+        empty = Snapshot(items=(), intents=(), ledger=(), tokens=(), meta=emptied)
+        install_snapshot(view, empty, meta.promised)
+        self._logs[pid].clear()
+        self._request_flush()
+
     def _live_listed(self, live: dict[str, bytes] | None, error: str | None) -> None:
         if self.stopped or live is None or error is not None:
             return
@@ -659,7 +741,7 @@ class Replicator:
         self._live = {key[len(prefix) :] for key in live}
         for pid in self._logs:
             part = self.placement.of(pid)
-            if part.leader in self._live:
+            if part.leader in self._live and part.leader in part.replicas:
                 continue
             alive = [node for node in part.replicas if node in self._live]
             if alive and alive[0] == self.node_id:

@@ -104,10 +104,34 @@ def test_placement_round_trips_and_moves_leaders_with_a_new_epoch() -> None:
         b'{"epoch":1}',
         b'{"epoch":-1,"partitions":[]}',
         b"[1]",
-        b'{"epoch":1,"partitions":[{"replicas":["a"],"leader":"b","epoch":1}]}',
+        b'{"epoch":1,"partitions":[{"replicas":["a","a"],"leader":"a","epoch":1}]}',
+        b'{"epoch":1,"partitions":[{"replicas":[],"leader":"a","epoch":1}]}',
+        b'{"epoch":1,"partitions":[{"replicas":["a"],"leader":"a","epoch":1,"learners":["a"]}]}',
         b'{"epoch":1,"partitions":[{"replicas":["a"],"leader":"a","epoch":2}]}',
     ],
 )
 def test_a_malformed_map_is_a_protocol_violation(raw: bytes) -> None:
     with pytest.raises(ProtocolViolation):
         Placement.decode(raw)
+
+
+def test_a_move_is_three_single_changes_each_a_new_map_epoch() -> None:
+    nodes = (NodeId("n1"), NodeId("n2"), NodeId("n3"))
+    p0, n4 = PartitionId(0), NodeId("n4")
+    start = initial_placement(nodes, 2, 3)
+    learning = start.with_learner(p0, n4)
+    assert learning.of(p0).learners == (n4,) and learning.of(p0).replicas == nodes
+    assert learning.replicated_on(n4) == (p0,)
+    promoted = learning.promoted(p0, n4)
+    assert promoted.of(p0).replicas == (*nodes, n4) and not promoted.of(p0).learners
+    moved = promoted.without(p0, NodeId("n1"))  # the leader leaves: an election follows
+    assert moved.of(p0).replicas == (NodeId("n2"), NodeId("n3"), n4)
+    assert moved.of(p0).leader == "n1" and moved.of(p0).epoch == start.of(p0).epoch
+    assert [m.epoch for m in (start, learning, promoted, moved)] == [1, 2, 3, 4]
+    assert Placement.decode(learning.encode()) == learning
+    with pytest.raises(ValueError):
+        learning.with_learner(p0, n4)
+    with pytest.raises(ValueError):
+        start.promoted(p0, n4)
+    with pytest.raises(ValueError):
+        initial_placement(nodes, 1, 1).without(p0, NodeId("n1"))  # the last replica
