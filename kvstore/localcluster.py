@@ -748,6 +748,12 @@ class LocalCluster:
         _check_count("--coordinators", coordinators, 0, LOCAL_COORDINATORS_MAX)
         _check_count("--partitions", partitions, nodes, PARTITIONS_MAX)
         _check_count("--replication-factor", replication_factor, 1, nodes)
+        if replication_factor > 1 and coordinators:
+            raise ValidationError(
+                "--coordinators",
+                "standalone coordinators do not follow a replicated cluster's leaders yet; "
+                "every node serves the API and coordinates (leave out --coordinators)",
+            )
         root = root.absolute()
         if root.exists() and not _is_empty_dir(root):
             cls.open(root)  # says why this directory will not do

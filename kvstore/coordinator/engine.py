@@ -294,7 +294,17 @@ class Coordinator:
 
     @classmethod
     def from_config(cls, config: ClusterConfig, **kwargs: Any) -> Coordinator:
-        """A coordinator for the cluster a cluster file describes (reads its secret)."""
+        """A coordinator for the cluster a cluster file describes (reads its secret). Not for
+        a replicated cluster: a coordinator outside the nodes (a coordinator process, the SDK's
+        direct mode) routes by the cluster file, and nothing tells it where the leaders moved
+        (``ValidationError``; the nodes serve the API, the SDK's native mode follows them)."""
+        if config.replication.replicated:
+            raise ValidationError(
+                "replication",
+                f"{config.path} is a replicated cluster: a standalone coordinator (a coordinator "
+                "process, the SDK's direct mode) does not follow its leaders yet; use the nodes' "
+                "API (every node serves it) or the SDK's native or gateway mode",
+            )
         return cls(config.cluster_map, config.secret(), txn_ops_max=config.txn_ops_max, **kwargs)
 
     def follow(self, cluster_map: ClusterMap) -> None:

@@ -2,7 +2,8 @@
 
 Goal: an operation refused before anything ran (``WrongOwner``, an ``Unavailable`` refusal) is
 run again on the new map when the map moved, a bounded number of times, and answered as the
-refusal otherwise; a coordinator that never follows answers at once, as before. Method: a
+refusal otherwise; a coordinator that never follows answers at once, as before; a coordinator
+outside the nodes refuses a replicated cluster (nothing would move its map). Method: a
 coordinator over a scripted transport that records where each request went (by the owner the
 coordinator's map names when it is sent); maps are moved by ``follow`` from the test.
 """
@@ -12,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+import kvstore
+from kvstore.config import ReplicationSpec, load_cluster, write_cluster_file, write_secret
 from kvstore.coordinator.engine import Coordinator
-from kvstore.errors import ErrorCode, KvError, Unavailable, WrongOwner
+from kvstore.errors import ErrorCode, KvError, Unavailable, ValidationError, WrongOwner
 from kvstore.limits import COORDINATOR_REROUTE_WAIT_MS, COORDINATOR_REROUTES_MAX
 from kvstore.messages import ExecuteReply, ExecuteRequest, GetReply, GetRequest, Reply, Request
 from kvstore.ops import op_from_json
@@ -153,3 +157,15 @@ async def test_an_older_map_is_ignored() -> None:
     coordinator.follow(leaders("n1", 2))
     assert coordinator.cluster_map.epoch == 3
     assert coordinator.cluster_map.owner_of(PartitionId(0)) == "n2"
+
+
+async def test_a_standalone_coordinator_refuses_a_replicated_cluster(tmp_path: Path) -> None:
+    spec = ReplicationSpec(factor=2, endpoints=("http://127.0.0.1:2379",), prefix="/t")
+    write_cluster_file(tmp_path / "cluster.toml", nodes=NODES, replication=spec)
+    write_secret(tmp_path / "secret")
+    config = load_cluster(tmp_path / "cluster.toml")
+    with pytest.raises(ValidationError) as caught:
+        Coordinator.from_config(config)  # a coordinator process, the SDK's direct mode
+    assert caught.value.field == "replication"
+    with pytest.raises(ValidationError):
+        kvstore.connect(cluster=tmp_path, mode="direct")
