@@ -160,21 +160,22 @@ def test_create_into_an_empty_directory_and_refuse_an_existing_cluster(tmp_path:
 
 
 @pytest.mark.parametrize(
-    ("nodes", "coordinators", "partitions", "factor", "field"),
-    [
-        (0, 1, 16, 1, "--nodes"),
-        (17, 1, 16, 1, "--nodes"),
-        (3, -1, 16, 1, "--coordinators"),
-        (3, 9, 16, 1, "--coordinators"),
-        (4, 1, 3, 1, "--partitions"),
-        (3, 0, 16, 0, "--replication-factor"),
-        (3, 0, 16, 4, "--replication-factor"),  # more copies than nodes
-        (3, 1, 16, 3, "--coordinators"),  # they would not follow the leaders
+    ("shape", "field"),
+    [  # nodes, coordinators, partitions, replication factor
+        ((0, 1, 16, 1), "--nodes"),
+        ((17, 1, 16, 1), "--nodes"),
+        ((3, -1, 16, 1), "--coordinators"),
+        ((3, 9, 16, 1), "--coordinators"),
+        ((4, 1, 3, 1), "--partitions"),
+        ((3, 0, 16, 0), "--replication-factor"),
+        ((3, 0, 16, 4), "--replication-factor"),  # more copies than nodes
+        ((3, 1, 16, 3), "--coordinators"),  # they would not follow the leaders
     ],
 )
 def test_create_checks_the_shape(
-    tmp_path: Path, nodes: int, coordinators: int, partitions: int, factor: int, field: str
+    tmp_path: Path, shape: tuple[int, int, int, int], field: str
 ) -> None:
+    nodes, coordinators, partitions, factor = shape
     with pytest.raises(ValidationError) as caught:
         LocalCluster.create(
             tmp_path / "kv",
