@@ -69,12 +69,11 @@ class NativeBackend:
         self._secret = config.secret()
         self._pool = RpcPool(self._secret, logger=_log)
         self._owner = ProcessOwner()
-        count = self._map.partitions.partition_count
+        # A replicated cluster's replica sets (empty otherwise: a partition has one home).
+        self._replicas: tuple[tuple[NodeId, ...], ...] = ()
         spec = config.replication
-        self._replicas: tuple[tuple[NodeId, ...], ...] = tuple(
-            (self._map.owner_of(PartitionId(pid)),) for pid in range(count)
-        )
         if spec.replicated:
+            count = self._map.partitions.partition_count
             placement = initial_placement(tuple(config.nodes), count, spec.factor)
             self._replicas = tuple(part.replicas for part in placement.partitions)
         # Partitions routed elsewhere than the map says: pid -> (node, epoch it was named at).
@@ -111,9 +110,9 @@ class NativeBackend:
     def _unreachable(self, pid: PartitionId, node: NodeId) -> None:
         """``node`` did not answer for ``pid``: route it to the next replica of its set (unless
         another call moved the route already)."""
-        replicas = self._replicas[pid]
-        if self.node_of(pid) != node or len(replicas) < 2:
+        if not self._replicas or self.node_of(pid) != node:
             return
+        replicas = self._replicas[pid]
         at = replicas.index(node) if node in replicas else -1
         known = self._routes.get(pid)
         self._routes[pid] = (replicas[(at + 1) % len(replicas)], 0 if known is None else known[1])

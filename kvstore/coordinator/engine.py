@@ -142,7 +142,8 @@ _INTERNAL_FAULTS = frozenset(
 )
 
 
-# Refusals that ran nothing and that another node may not give: run again once the map moved.
+# Refusals before anything ran that the current leader would not give: run again once the map
+# moved (see the module).
 _REROUTABLE = frozenset({ErrorCode.WrongOwner, ErrorCode.Unavailable})
 
 _Core = Attempt  # what _Observed needs of a core: the actor interface plus its state

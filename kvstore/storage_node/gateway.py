@@ -100,6 +100,8 @@ class NodeGateway:
             mutants=mutants,
             lag_gate=lag_gate,
         )
+        if redirect is not None:  # a replicated node: its map moves, refusals may wait for it
+            self.coordinator.follow(cluster_map)
         self._calls = _Unbounded(self.coordinator)
         self._tasks: set[asyncio.Task[object]] = set()
 
