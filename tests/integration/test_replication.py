@@ -20,7 +20,7 @@ position equals its leader's, polled with a deadline.
 
 Without etcd the module skips, or fails under CI=true (``support.etcd.require_etcd``). The
 fixture stops every process and etcd however the tests end (``down``, then SIGKILL of any pid
-left in ``run/``); the directory is pytest's ``tmp_path``.
+left in ``run/``) and removes the cluster directory.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import time
 import urllib.parse
@@ -77,6 +78,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
             made.down()
         finally:
             kill_leftovers(root)
+            shutil.rmtree(root.parent, ignore_errors=True)  # etcd preallocates a 64 MB WAL
 
 
 def summary(cluster: LocalCluster) -> dict[int, PartitionReplication]:
