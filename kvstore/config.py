@@ -9,11 +9,20 @@ each coordinator's ``address``, the file holding the cluster secret, the API tok
 (``api_tokens_file``, by default ``api_tokens.toml``; see :mod:`kvstore.api.tokens`), the most
 operations one transaction may carry (``txn_ops_max``, at most ``TXN_OPS_MAX_CEILING``), the
 requests a coordinator serves at once before it answers ``Overloaded``
-(``api_requests_in_flight_max``, by default ``API_REQUESTS_IN_FLIGHT_MAX``), and optional
-``[timing]`` overrides of the partition core's time constants (tests shorten them).
-Relative paths are relative to the file's directory. Loading is strict: an unknown key, a wrong
-type or an inconsistent map is a :class:`~kvstore.errors.ValidationError` naming the field, before
-any process starts serving.
+(``api_requests_in_flight_max``, by default ``API_REQUESTS_IN_FLIGHT_MAX``), optional
+``[timing]`` overrides of the partition core's time constants (tests shorten them), and an
+optional ``[replication]`` table (below). Relative paths are relative to the file's directory.
+Loading is strict: an unknown key, a wrong type or an inconsistent map is a
+:class:`~kvstore.errors.ValidationError` naming the field, before any process starts serving.
+
+**Replication.** Without ``[replication]`` (or with ``factor = 1``) every partition has one
+copy on its owner and no control plane is involved: the cluster runs as it always did. With
+``factor = N > 1`` (at most the node count) each partition is kept on ``N`` nodes (partition
+``p`` on ``N`` consecutive nodes from node ``p mod nodes``, in file order; the live leaders are in
+the control plane, :mod:`kvstore.replication.placement`), which then needs ``endpoints`` (the
+etcd client URLs, ``http://host:port``) and ``prefix`` (the key prefix of this cluster in etcd;
+a local cluster uses its cluster id). A replicated cluster's map comes from the replication
+factor, so nodes may not list their ``partitions`` there.
 
 The secret file must not be readable by group or others (mode 0600): a secret anyone on the box can
 read protects nothing, so :func:`read_secret` refuses it instead of silently accepting it.
@@ -47,6 +56,7 @@ from kvstore.types import NodeId, PartitionId
 
 __all__ = [
     "NodeSpec",
+    "ReplicationSpec",
     "CoordinatorSpec",
     "ClusterConfig",
     "load_cluster",
@@ -77,7 +87,9 @@ _TOP_KEYS = {
     "nodes",
     "coordinators",
     "timing",
+    "replication",
 }
+_REPLICATION_KEYS = {"factor", "endpoints", "prefix"}
 _API_TOKENS_FILE_DEFAULT = "api_tokens.toml"
 
 
@@ -86,6 +98,20 @@ class NodeSpec:
     node_id: NodeId
     address: str  # host:port
     data_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationSpec:
+    """The ``[replication]`` table: the replication factor and, when it is above 1, the control
+    plane's etcd client URLs and this cluster's key prefix there."""
+
+    factor: int = 1
+    endpoints: tuple[str, ...] = ()
+    prefix: str = ""
+
+    @property
+    def replicated(self) -> bool:
+        return self.factor > 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +133,7 @@ class ClusterConfig:
     partition_config: PartitionConfig = field(default_factory=PartitionConfig)
     txn_ops_max: int = TXN_OPS_MAX_DEFAULT
     api_requests_in_flight_max: int = API_REQUESTS_IN_FLIGHT_MAX
+    replication: ReplicationSpec = field(default_factory=ReplicationSpec)
 
     def node(self, node_id: str) -> NodeSpec:
         spec = self.nodes.get(NodeId(node_id))
@@ -166,6 +193,53 @@ def _bounded(raw: object, field_name: str, ceiling: int) -> int:
     return raw
 
 
+def _replication(raw: object, node_count: int, partitions_listed: bool) -> ReplicationSpec:
+    table = _table(raw, "replication")
+    _check_keys(table, _REPLICATION_KEYS, "replication")
+    factor = table.get("factor", 1)
+    if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= node_count:
+        raise ValidationError(
+            "replication.factor",
+            f"must be an integer in 1..{node_count} (the node count), got {factor!r}",
+        )
+    endpoints_raw = table.get("endpoints", [])
+    if not isinstance(endpoints_raw, list):
+        raise ValidationError("replication.endpoints", "must be a list of etcd client URLs")
+    endpoints = tuple(_endpoint(url) for url in endpoints_raw)
+    prefix = table.get("prefix", "")
+    if not isinstance(prefix, str):
+        raise ValidationError("replication.prefix", f"must be a string, got {prefix!r}")
+    if factor > 1:
+        if not endpoints:
+            raise ValidationError(
+                "replication.endpoints",
+                f"a replication factor of {factor} needs the control plane: list its etcd "
+                'client URLs, e.g. endpoints = ["http://127.0.0.1:2379"]',
+            )
+        if not prefix:
+            raise ValidationError(
+                "replication.prefix",
+                "a replicated cluster needs its key prefix in etcd (e.g. the cluster id)",
+            )
+        if partitions_listed:
+            raise ValidationError(
+                "nodes",
+                "a replicated cluster places its partitions by the replication factor; "
+                "remove the nodes' partitions lists",
+            )
+    return ReplicationSpec(factor=factor, endpoints=endpoints, prefix=prefix)
+
+
+def _endpoint(raw: object) -> str:
+    url = _str(raw, "replication.endpoints")
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest.strip("/"):
+        raise ValidationError(
+            "replication.endpoints", f"must be http(s)://host:port URLs, got {url!r}"
+        )
+    return url
+
+
 def load_cluster(path: str | os.PathLike[str]) -> ClusterConfig:
     """Read and validate a cluster file."""
     file = Path(path).resolve()
@@ -196,6 +270,7 @@ def load_cluster(path: str | os.PathLike[str]) -> ClusterConfig:
             listed[nid] = [PartitionId(_int(p, f"{where}.partitions")) for p in owned]
     if listed and len(listed) != len(nodes):
         raise ValidationError("nodes", "either every node lists its partitions or none does")
+    replication = _replication(doc.get("replication", {}), len(nodes), bool(listed))
     addresses = {nid: spec.address for nid, spec in nodes.items()}
     if listed:
         owners: dict[PartitionId, NodeId] = {}
@@ -234,6 +309,7 @@ def load_cluster(path: str | os.PathLike[str]) -> ClusterConfig:
             "api_requests_in_flight_max",
             API_REQUESTS_IN_FLIGHT_CEILING,
         ),
+        replication=replication,
     )
 
 
@@ -274,11 +350,12 @@ def write_cluster_file(
     api_tokens_file: str | None = None,
     txn_ops_max: int | None = None,
     api_requests_in_flight_max: int | None = None,
+    replication: ReplicationSpec | None = None,
 ) -> None:
     """Write a cluster file: ``nodes`` maps node id to address; data in ``data/<id>``.
 
-    ``api_tokens_file``, ``txn_ops_max`` and ``api_requests_in_flight_max`` are written only
-    when given (else the defaults apply when the file is loaded).
+    ``api_tokens_file``, ``txn_ops_max``, ``api_requests_in_flight_max`` and ``replication``
+    are written only when given (else the defaults apply when the file is loaded).
     """
     doc: dict[str, object] = {
         "epoch": epoch,
@@ -296,4 +373,10 @@ def write_cluster_file(
         doc["coordinators"] = {cid: {"address": addr} for cid, addr in coordinators.items()}
     if timing:
         doc["timing"] = dict(timing)
+    if replication is not None:
+        doc["replication"] = {
+            "factor": replication.factor,
+            "endpoints": list(replication.endpoints),
+            "prefix": replication.prefix,
+        }
     path.write_text(tomli_w.dumps(doc), encoding="utf-8")

@@ -435,3 +435,27 @@ __all__ += [
     "CONTROL_CONNECTIONS_MAX",
     "LOCAL_ETCD_START_ATTEMPTS_MAX",
 ]
+
+# --- replicated clusters in production (storage_node/service.py, gateway.py, client/native.py) --
+# A node's coordinator whose operation was refused before anything ran (WrongOwner, or an
+# Unavailable refusal such as "changing leader") runs it again when its map of the leaders moved
+# meanwhile, at most COORDINATOR_REROUTES_MAX times; refused with WrongOwner while its map did not
+# move, it first waits up to COORDINATOR_REROUTE_WAIT_MS (two map reads) for it to move.
+COORDINATOR_REROUTES_MAX: Final = 2
+COORDINATOR_REROUTE_WAIT_MS: Final = 2 * REPL_TICK_MS
+# The SDK's native mode re-sends a call refused with WrongOwner naming the leader to that leader
+# at once, at most NATIVE_REROUTES_MAX times per attempt (then its retry policy takes over).
+NATIVE_REROUTES_MAX: Final = 3
+# `kvctl cluster up` of a replicated cluster returns once every partition has a serving leader
+# (election, then the new leader's wait of one lease: 2-3 s on a fresh cluster), by this bound.
+LOCAL_LEADERS_TIMEOUT_MS: Final = 20_000
+
+assert COORDINATOR_REROUTE_WAIT_MS < RPC_TIMEOUT_MS
+assert LOCAL_READY_TIMEOUT_MS + LOCAL_LEADERS_TIMEOUT_MS < LOCAL_LOCK_WAIT_MS
+
+__all__ += [
+    "COORDINATOR_REROUTES_MAX",
+    "COORDINATOR_REROUTE_WAIT_MS",
+    "NATIVE_REROUTES_MAX",
+    "LOCAL_LEADERS_TIMEOUT_MS",
+]

@@ -7,6 +7,7 @@ Theory of operation
 ``--dir``, else ``$KVSTORE_DIR``, else ``./.kvstore``) holds everything::
 
     kvstore-local.json   {"kind": "kvstore-local-cluster", "format": 1, "cluster_id", "created"}
+                         (a replicated cluster's also {"etcd": {"client_port", "peer_port"}})
     cluster.toml         the cluster file (kvstore.config), first line naming the cluster id;
                          nodes n1..nN and coordinators c1..cM on 127.0.0.1 ports chosen once
     secret               the cluster secret (0600)
@@ -18,6 +19,8 @@ Theory of operation
                          fsync, rename); run/kvctl.lock serialises kvctl
     run/foreground.lock  held by the attached ``up --foreground`` (its pid; see Attachment)
     run/foreground.stop  a stop notice from ``cluster down`` to that attached session
+    etcd/                a replicated cluster's private etcd (0700): its data (``etcd/etcd``,
+                         fsync on) and its log (``etcd/etcd.log``); run/etcd.pid its pid
 
 **Identity.** :meth:`LocalCluster.create` builds the whole layout in a fresh 0700 sibling
 directory and renames it into place, so a directory is either absent/empty or complete, never
@@ -69,6 +72,21 @@ before the first one exits, waits for the lock (``down`` is done when it gets it
 :meth:`LocalCluster.wait_detached` lets ``down`` then wait, bounded by ``LOCAL_DETACH_WAIT_MS``,
 until that session's process is gone.
 
+**Replicated clusters** (``create(..., replication_factor=N)``, ``N > 1``; ``kvctl cluster up
+--replication-factor N``): the cluster file gets a ``[replication]`` table naming a private etcd
+on two loopback ports chosen at creation (kept in the marker) and the key prefix
+``/kvstore/<cluster id>``. :meth:`LocalCluster.up` starts that etcd first
+(:class:`~kvstore.replication.local_etcd.LocalEtcd`, fsync on, data under ``etcd/``), unless it
+runs already (its pid file, else the process table, names a process whose ``--data-dir`` is this
+cluster's), writes its pid file and leaves it running after kvctl exits; after every process is
+healthy it waits, bounded by ``LOCAL_LEADERS_TIMEOUT_MS``, until every partition has a leader
+serving it (each node's ``/health`` lists the partitions it serves; a fresh cluster elects and
+waits out one lease, 2-3 s). :meth:`LocalCluster.down` stops etcd last (after the nodes, which
+still use it while they stop): SIGTERM, then SIGKILL after the grace period; an etcd that is not
+running is left alone, so both stay idempotent. Status shows etcd as a process of role
+``etcd`` and, per node, the replicator's view of each partition it holds
+(:class:`ReplicaView`); :func:`replication_summary` folds those into one row per partition.
+
 **Status** (:meth:`LocalCluster.status`) is cheap and bounded: one concurrent round of probes,
 each bounded by ``LOCAL_PROBE_TIMEOUT_MS`` (health pages; for nodes the ``stats`` RPC with the
 cluster secret, giving per-partition live items, pending intents and open ledger records), and,
@@ -106,7 +124,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import aiohttp
 
@@ -114,6 +132,7 @@ import kvstore
 from kvstore.api.tokens import Role, create_token
 from kvstore.config import (
     ClusterConfig,
+    ReplicationSpec,
     load_cluster,
     read_secret,
     write_cluster_file,
@@ -123,6 +142,7 @@ from kvstore.errors import ConditionFailed, KvError, NotFound, Unavailable, Vali
 from kvstore.limits import (
     LOCAL_COORDINATORS_MAX,
     LOCAL_DETACH_WAIT_MS,
+    LOCAL_LEADERS_TIMEOUT_MS,
     LOCAL_LOCK_WAIT_MS,
     LOCAL_LOG_FOLLOW_BYTES_MAX,
     LOCAL_LOG_TAIL_LINES,
@@ -135,8 +155,12 @@ from kvstore.limits import (
     PARTITIONS_DEFAULT,
     PARTITIONS_MAX,
 )
+from kvstore.replication.placement import initial_placement
 from kvstore.rpc import RpcClient
-from kvstore.types import NodeId
+from kvstore.types import NodeId, PartitionId
+
+if TYPE_CHECKING:
+    from kvstore.replication.local_etcd import LocalEtcd
 
 __all__ = [
     "DIR_ENV",
@@ -150,6 +174,9 @@ __all__ = [
     "ProcessSpec",
     "PartitionStatus",
     "ProcessStatus",
+    "ReplicaView",
+    "PartitionReplication",
+    "EtcdPorts",
     "UpReport",
     "StopReport",
     "Attachment",
@@ -162,6 +189,8 @@ __all__ = [
     "command_matches",
     "free_ports",
     "tail_lines",
+    "replication_summary",
+    "ETCD_ID",
 ]
 
 DIR_ENV: Final = "KVSTORE_DIR"
@@ -178,6 +207,8 @@ RUN_DIR: Final = "run"
 LOCK_FILE: Final = "kvctl.lock"
 ATTACH_FILE: Final = "foreground.lock"
 NOTICE_FILE: Final = "foreground.stop"
+ETCD_DIR: Final = "etcd"
+ETCD_ID: Final = "etcd"  # its pid file run/etcd.pid, its row in status, its name in reports
 
 _DIR_FIELD: Final = "--dir"  # what errors about the directory name: the option that picks it
 _MARKER_KIND: Final = "kvstore-local-cluster"
@@ -189,7 +220,11 @@ _MODULES: Final[Mapping[str, str]] = {
     "node": "kvstore.storage_node",
     "coordinator": "kvstore.coordinator",
 }
-_HEALTH_PATHS: Final[Mapping[str, str]] = {"node": "/health", "coordinator": "/v1/health"}
+_HEALTH_PATHS: Final[Mapping[str, str]] = {
+    "node": "/health",
+    "coordinator": "/v1/health",
+    "etcd": "/health",
+}
 _KILL_GRACE_S: Final = 2.0  # after SIGKILL, how long to wait for the process table to agree
 _TAIL_READ_BYTES: Final = 64 * 1024
 _PROCESS_UMASK: Final = 0o077  # a spawned process's files (data, logs it makes): owner only
@@ -202,7 +237,7 @@ _RESET_SIGNALS: Final = (
     signal.SIGTERM,
 )
 
-ProcessRole = Literal["node", "coordinator"]
+ProcessRole = Literal["node", "coordinator", "etcd"]
 
 _probe_log = logging.getLogger("kvstore.localcluster.probe")
 _probe_log.addHandler(logging.NullHandler())
@@ -415,6 +450,65 @@ class PartitionStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaView:
+    """One node's view of one partition it replicates (its replicator's status entry)."""
+
+    partition: int
+    node: str  # whose view
+    leader: str
+    replicas: tuple[str, ...]
+    epoch: int  # the leadership's epoch in the map this node follows
+    position: tuple[int, int]  # (epoch, seq) of the last batch this node holds
+    serving: bool | None = None  # where this node leads: serving now
+    lag: Mapping[str, int] | None = None  # where this node leads: batches each follower lacks
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "partition": self.partition,
+            "leader": self.leader,
+            "replicas": list(self.replicas),
+            "epoch": self.epoch,
+            "position": list(self.position),
+            "serving": self.serving,
+            "lag": None if self.lag is None else dict(self.lag),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionReplication:
+    """One partition of a replicated cluster, as ``kvctl cluster status`` shows it: from the
+    view with the highest epoch, the leader's own view (serving, lag) and every holder's
+    position."""
+
+    partition: int
+    replicas: tuple[str, ...]
+    leader: str
+    epoch: int
+    serving: bool  # the leader says it serves
+    positions: Mapping[str, tuple[int, int]]  # node -> (epoch, seq) it holds
+    lag: Mapping[str, int] | None  # follower -> batches behind the leader (None: no leader view)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "partition": self.partition,
+            "replicas": list(self.replicas),
+            "leader": self.leader,
+            "epoch": self.epoch,
+            "serving": self.serving,
+            "positions": {node: list(pos) for node, pos in self.positions.items()},
+            "lag": None if self.lag is None else dict(self.lag),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdPorts:
+    """The loopback ports of a replicated local cluster's private etcd."""
+
+    client: int
+    peer: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessStatus:
     """What ``kvctl cluster status`` shows of one process."""
 
@@ -429,6 +523,7 @@ class ProcessStatus:
     partitions: tuple[PartitionStatus, ...] | None = None  # nodes only
     requests_per_s: float | None = None
     uptime_s: float | None = None
+    replication: tuple[ReplicaView, ...] | None = None  # nodes of a replicated cluster
 
     @property
     def url(self) -> str:
@@ -462,8 +557,36 @@ class ProcessStatus:
             "partitions": None
             if self.partitions is None
             else [partition.to_json() for partition in self.partitions],
+            "replication": None
+            if self.replication is None
+            else [view.to_json() for view in self.replication],
             "log": str(self.log),
         }
+
+
+def replication_summary(statuses: Sequence[ProcessStatus]) -> list[PartitionReplication]:
+    """One row per partition from the nodes' views (see :class:`PartitionReplication`)."""
+    views: dict[int, list[ReplicaView]] = {}
+    for status in statuses:
+        for view in status.replication or ():
+            views.setdefault(view.partition, []).append(view)
+    rows: list[PartitionReplication] = []
+    for partition in sorted(views):
+        seen = views[partition]
+        newest = max(seen, key=lambda view: view.epoch)
+        own = next((v for v in seen if v.node == newest.leader and v.epoch == newest.epoch), None)
+        rows.append(
+            PartitionReplication(
+                partition=partition,
+                replicas=newest.replicas,
+                leader=newest.leader,
+                epoch=newest.epoch,
+                serving=own is not None and own.serving is True,
+                positions={view.node: view.position for view in seen},
+                lag=None if own is None else own.lag,
+            )
+        )
+    return rows
 
 
 def _total(partitions: tuple[PartitionStatus, ...] | None, name: str) -> int | None:
@@ -585,11 +708,20 @@ class _Probe:
 class LocalCluster:
     """One local cluster directory; see the module docstring."""
 
-    def __init__(self, root: Path, cluster_id: str, created: str, config: ClusterConfig) -> None:
+    def __init__(
+        self,
+        root: Path,
+        cluster_id: str,
+        created: str,
+        config: ClusterConfig,
+        etcd_ports: EtcdPorts | None = None,
+    ) -> None:
         self.root = root
         self.cluster_id = cluster_id
         self.created = created
         self.config = config
+        self.etcd_ports = etcd_ports  # a replicated cluster's private etcd
+        self._etcd: LocalEtcd | None = None  # the member object, once this object used it
         self._children: dict[str, int] = {}  # id -> pid of processes this object spawned
         self._exit_codes: dict[str, int] = {}  # id -> exit status of reaped children
         self._lock_depth = 0
@@ -606,12 +738,22 @@ class LocalCluster:
         nodes: int = 3,
         coordinators: int = 0,
         partitions: int = PARTITIONS_DEFAULT,
+        replication_factor: int = 1,
     ) -> LocalCluster:
         """Make a new cluster in ``root``, which must be missing or an empty directory. Every
-        node serves the API; ``coordinators`` adds standalone coordinator processes."""
+        node serves the API; ``coordinators`` adds standalone coordinator processes; a
+        ``replication_factor`` above 1 keeps each partition on that many nodes, with a private
+        etcd as the control plane (see the module docstring)."""
         _check_count("--nodes", nodes, 1, LOCAL_NODES_MAX)
         _check_count("--coordinators", coordinators, 0, LOCAL_COORDINATORS_MAX)
         _check_count("--partitions", partitions, nodes, PARTITIONS_MAX)
+        _check_count("--replication-factor", replication_factor, 1, nodes)
+        if replication_factor > 1 and coordinators:
+            raise ValidationError(
+                "--coordinators",
+                "standalone coordinators do not follow a replicated cluster's leaders yet; "
+                "every node serves the API and coordinates (leave out --coordinators)",
+            )
         root = root.absolute()
         if root.exists() and not _is_empty_dir(root):
             cls.open(root)  # says why this directory will not do
@@ -619,7 +761,7 @@ class LocalCluster:
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.creating-", dir=root.parent))
         try:
-            cluster_id = _populate(staging, nodes, coordinators, partitions)
+            cluster_id = _populate(staging, nodes, coordinators, partitions, replication_factor)
             try:
                 os.rename(staging, root)  # replaces an empty directory; never a non-empty one
             except OSError as error:
@@ -661,7 +803,7 @@ class LocalCluster:
                 f"{root} is not a local cluster directory{found}: no {MARKER_FILE}; "
                 "pass --dir with a new or empty directory",
             )
-        cluster_id, created = _read_marker(marker_path)
+        cluster_id, created, etcd_ports = _read_marker(marker_path)
         config_path = root / CLUSTER_FILE
         try:
             first_line = config_path.read_text(encoding="utf-8").partition("\n")[0]
@@ -684,7 +826,14 @@ class LocalCluster:
                 f"{root} mixes two clusters: {MARKER_FILE} names {cluster_id} but {CLUSTER_FILE} "
                 f"is {other}; pass --dir with a new or empty directory",
             )
-        return cls(root, cluster_id, created, load_cluster(config_path))
+        config = load_cluster(config_path)
+        if config.replication.replicated and etcd_ports is None:
+            raise ValidationError(
+                _DIR_FIELD,
+                f"{root}: {CLUSTER_FILE} is replicated but {MARKER_FILE} names no etcd ports; "
+                "the directory is damaged",
+            )
+        return cls(root, cluster_id, created, config, etcd_ports)
 
     @classmethod
     def open_or_create(
@@ -694,6 +843,7 @@ class LocalCluster:
         nodes: int = 3,
         coordinators: int = 0,
         partitions: int = PARTITIONS_DEFAULT,
+        replication_factor: int = 1,
     ) -> tuple[LocalCluster, bool]:
         """The cluster in ``root``, made first when there is none; True when made now."""
         try:
@@ -702,7 +852,11 @@ class LocalCluster:
             pass
         try:
             return cls.create(
-                root, nodes=nodes, coordinators=coordinators, partitions=partitions
+                root,
+                nodes=nodes,
+                coordinators=coordinators,
+                partitions=partitions,
+                replication_factor=replication_factor,
             ), True
         except ValidationError:
             if (root / MARKER_FILE).is_file():  # a concurrent `up` made it first
@@ -770,6 +924,128 @@ class LocalCluster:
         """``KV_URL`` and ``KV_TOKEN`` for the SDK, curl and kvctl's data commands."""
         return {"KV_URL": self.api_url(), "KV_TOKEN": self.admin_token()}
 
+    # --- replication -------------------------------------------------------------------------
+
+    @property
+    def replicated(self) -> bool:
+        return self.config.replication.replicated
+
+    def held_by(self, node: str) -> tuple[PartitionId, ...]:
+        """The partitions ``node`` holds: those it owns, or in a replicated cluster those it
+        replicates."""
+        spec, cluster_map = self.config.replication, self.config.cluster_map
+        if not spec.replicated:
+            return cluster_map.partitions_of(NodeId(node))
+        placement = initial_placement(
+            tuple(self.config.nodes), cluster_map.partitions.partition_count, spec.factor
+        )
+        return placement.replicated_on(NodeId(node))
+
+    def etcd(self) -> LocalEtcd:
+        """The private etcd of this replicated cluster (``ValidationError`` for another)."""
+        from kvstore.replication.local_etcd import LocalEtcd  # noqa: PLC0415 - a cycle otherwise
+
+        ports = self.etcd_ports
+        if ports is None:
+            raise ValidationError(_DIR_FIELD, f"the cluster in {self.root} is not replicated")
+        if self._etcd is None:
+            self._etcd = LocalEtcd(
+                self.root / ETCD_DIR, fsync=True, client_port=ports.client, peer_port=ports.peer
+            )
+        return self._etcd
+
+    def _etcd_spec(self) -> ProcessSpec:
+        return ProcessSpec("etcd", ETCD_ID, self.etcd().client_url.removeprefix("http://"))
+
+    def etcd_running(self) -> int | None:
+        """The pid of this cluster's etcd while it runs (its pid file repaired from the process
+        table when it is missing or stale); None when it does not run or there is none."""
+        if self.etcd_ports is None:
+            return None
+        etcd = self.etcd()
+        member = str(etcd.member_dir)
+        pid = read_pid_file(self.pid_path(ETCD_ID))
+        if pid is not None and (etcd.pid == pid or _runs_etcd(process_command_line(pid), member)):
+            return pid
+        for found, argv in _process_table(member):
+            if _runs_etcd(argv, member):
+                with contextlib.suppress(OSError):  # a repair only (see running())
+                    self._write_pid(ETCD_ID, found)
+                return found
+        return None
+
+    def _start_etcd(self, ready_timeout_ms: int) -> bool:
+        """Start the private etcd unless it runs; True when started now."""
+        if self.etcd_running() is not None:
+            return False
+        etcd = self.etcd()
+        umask = os.umask(_PROCESS_UMASK)  # its data and log: owner only
+        try:
+            etcd.start(ready_timeout_ms=ready_timeout_ms)
+        finally:
+            os.umask(umask)
+        pid = etcd.detach()  # it runs on after kvctl exits; `down` stops it by pid
+        assert pid is not None
+        try:
+            self._write_pid(ETCD_ID, pid)
+        except OSError:
+            etcd.stop()  # never a process without its pid file (see _spawn)
+            raise
+        return True
+
+    def _stop_etcd(self, stop_timeout_ms: int) -> Literal["terminated", "killed"] | None:
+        """Stop the private etcd (SIGTERM, SIGKILL after ``stop_timeout_ms``) if it runs; how."""
+        pid = self.etcd_running()
+        if pid is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.pid_path(ETCD_ID).unlink()
+            return None
+        etcd = self.etcd()
+        how: Literal["terminated", "killed"] = "terminated"
+        if etcd.pid == pid:  # started by this object: stop and reap it
+            how = "killed" if etcd.stop(stop_timeout_ms=stop_timeout_ms) == -signal.SIGKILL else how
+        else:
+            member = str(etcd.member_dir)
+
+            def gone() -> bool:
+                return not _runs_etcd(process_command_line(pid), member)
+
+            _signal(pid, signal.SIGTERM)
+            if not _poll_until(gone, stop_timeout_ms / 1000):
+                how = "killed"
+                _signal(pid, signal.SIGKILL)
+                if not _poll_until(gone, _KILL_GRACE_S):
+                    raise Unavailable(f"could not stop etcd (pid {pid}), even with SIGKILL")
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path(ETCD_ID).unlink()
+        return how
+
+    def wait_serving(self, *, timeout_ms: int = LOCAL_LEADERS_TIMEOUT_MS) -> None:
+        """Wait until every partition has a leader serving it (each node's ``/health`` lists
+        the partitions it serves); ``Unavailable`` naming those without one at the deadline."""
+        wanted = set(range(self.config.cluster_map.partitions.partition_count))
+        nodes = [spec for spec in self.processes() if spec.role == "node"]
+        deadline = time.monotonic() + timeout_ms / 1000
+        delay_s = 0.02
+        while True:
+            serving: set[int] = set()
+            for spec in nodes:
+                body = _health_body(spec.health_url, LOCAL_PROBE_TIMEOUT_MS / 1000)
+                listed = body.get("serving") if body is not None else None
+                if isinstance(listed, list):
+                    serving.update(pid for pid in listed if isinstance(pid, int))
+            missing = sorted(wanted - serving)
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"partitions {missing} have no serving leader after {timeout_ms / 1000:g} s; "
+                    f"the nodes' logs are in {self.root / LOGS_DIR}",
+                    details={"partitions": missing},
+                )
+            time.sleep(delay_s)  # leader polling, capped backoff, bounded by the deadline
+            delay_s = min(delay_s * 2, LOCAL_POLL_MAX_MS / 1000)
+
     # --- which processes run ---------------------------------------------------------------
 
     def running(self) -> dict[str, int]:
@@ -833,11 +1109,15 @@ class LocalCluster:
     # --- up ------------------------------------------------------------------------------
 
     def up(self, *, ready_timeout_ms: int = LOCAL_READY_TIMEOUT_MS) -> UpReport:
-        """Start every process that is not running, then wait until all answer health."""
+        """Start every process that is not running (a replicated cluster's etcd first), then
+        wait until all answer health (and, replicated, until every partition is served)."""
         with self.locked():
+            started: list[str] = []
+            etcd_running: list[str] = []
+            if self.etcd_ports is not None:
+                (started if self._start_etcd(ready_timeout_ms) else etcd_running).append(ETCD_ID)
             running = self.running()
             offsets: dict[str, int] = {}
-            started: list[str] = []
             for spec in self.processes():
                 log = self.log_path(spec.process_id)
                 offsets[spec.process_id] = log.stat().st_size if log.exists() else 0
@@ -846,9 +1126,14 @@ class LocalCluster:
                 running[spec.process_id] = self._spawn(spec)
                 started.append(spec.process_id)
             self.wait_healthy(ready_timeout_ms=ready_timeout_ms, log_offsets=offsets)
+            if self.etcd_ports is not None:
+                self.wait_serving()
             return UpReport(
                 started=tuple(started),
-                already_running=tuple(name for name in running if name not in started),
+                already_running=(
+                    *etcd_running,
+                    *(name for name in running if name not in started),
+                ),
                 pids=dict(running),
                 log_offsets=offsets,
                 attached=self._attached_other(),
@@ -993,12 +1278,19 @@ class LocalCluster:
             for spec in self.processes():
                 with contextlib.suppress(FileNotFoundError):
                     self.pid_path(spec.process_id).unlink()
+            not_running = [
+                spec.process_id for spec in self.processes() if spec.process_id not in running
+            ]
+            if self.etcd_ports is not None:  # last: the nodes use it until they are gone
+                how = self._stop_etcd(stop_timeout_ms)
+                if how is None:
+                    not_running.append(ETCD_ID)
+                else:
+                    (killed if how == "killed" else terminated).append(ETCD_ID)
             report = StopReport(
                 terminated=tuple(terminated),
                 killed=tuple(killed),
-                not_running=tuple(
-                    spec.process_id for spec in self.processes() if spec.process_id not in running
-                ),
+                not_running=tuple(not_running),
                 attached=attached,
             )
             if attached is not None:
@@ -1196,6 +1488,11 @@ class LocalCluster:
     async def status_async(self, *, rates: bool = True) -> list[ProcessStatus]:
         running = self.running()
         specs = self.processes()
+        etcd_pid = self.etcd_running()
+        if self.etcd_ports is not None:
+            specs.append(self._etcd_spec())
+            if etcd_pid is not None:
+                running[ETCD_ID] = etcd_pid
         try:
             secret: str | None = read_secret(self.config.secret_file)
         except KvError:
@@ -1216,7 +1513,11 @@ class LocalCluster:
             if rates and probes:
                 await asyncio.sleep(LOCAL_RATE_SAMPLE_MS / 1000)  # the gap between the samples
                 await asyncio.gather(
-                    *(_sample_rate(spec, probe, session, token) for spec, probe in probes.items())
+                    *(
+                        _sample_rate(spec, probe, session, token)
+                        for spec, probe in probes.items()
+                        if spec.role != "etcd"
+                    )
                 )
         return [
             self._status_of(spec, running.get(spec.process_id), probes.get(spec)) for spec in specs
@@ -1240,7 +1541,7 @@ class LocalCluster:
                     body = json.loads(text)
                 except ValueError:
                     body = None
-                ok = status == 200 and isinstance(body, dict) and body.get("status") == "ok"
+                ok = status == 200 and _healthy_body(spec.role, body)
                 probe.health = "ok" if ok else "failed"
                 if ok and isinstance(body, dict) and body.get("disk_full") is True:
                     probe.health = "disk full"
@@ -1261,7 +1562,7 @@ class LocalCluster:
                 probe.stats = body
 
         async def first_sample() -> None:
-            if rates:
+            if rates and spec.role != "etcd":
                 await _sample_rate(spec, probe, session, token)
 
         await asyncio.gather(health(), stats(), first_sample())
@@ -1269,8 +1570,12 @@ class LocalCluster:
     def _status_of(self, spec: ProcessSpec, pid: int | None, probe: _Probe | None) -> ProcessStatus:
         partitions: tuple[PartitionStatus, ...] | None = None
         uptime: float | None = None
+        views: tuple[ReplicaView, ...] | None = None
+        log = self.log_path(spec.process_id)
+        if spec.role == "etcd":
+            log = self.etcd().log_path
         if spec.role == "node":
-            owned = self.config.cluster_map.partitions_of(NodeId(spec.process_id))
+            owned = self.held_by(spec.process_id)
             stats = probe.stats if probe is not None else None
             by_partition = stats.get("partitions") if stats is not None else None
             if not isinstance(by_partition, dict):
@@ -1280,6 +1585,9 @@ class LocalCluster:
             )
             raw_uptime = stats.get("uptime_s") if stats is not None else None
             uptime = float(raw_uptime) if isinstance(raw_uptime, int | float) else None
+            if self.replicated:
+                raw_views = stats.get("replication") if stats is not None else None
+                views = _replica_views(spec.process_id, raw_views)
         health = "down" if pid is None else "unreachable" if probe is None else probe.health
         return ProcessStatus(
             role=spec.role,
@@ -1287,10 +1595,11 @@ class LocalCluster:
             address=spec.address,
             pid=pid,
             health=health,
-            log=self.log_path(spec.process_id),
+            log=log,
             partitions=partitions,
             requests_per_s=probe.rate if probe is not None else None,
             uptime_s=uptime,
+            replication=views,
         )
 
 
@@ -1314,11 +1623,24 @@ def _dir_hint(root: Path) -> str:
     return "" if root == resolve_dir(None) else f" --dir {root}"
 
 
-def _populate(root: Path, nodes: int, coordinators: int, partitions: int) -> str:
+def _populate(
+    root: Path, nodes: int, coordinators: int, partitions: int, replication_factor: int
+) -> str:
     """Write a new cluster's files into the empty directory ``root``; its cluster id."""
     cluster_id = "lc-" + secrets.token_hex(8)
     created = _now_rfc3339()
-    ports = free_ports(nodes + coordinators)
+    replicated = replication_factor > 1
+    ports = free_ports(nodes + coordinators + (2 if replicated else 0))
+    replication: ReplicationSpec | None = None
+    etcd: dict[str, int] | None = None
+    if replicated:
+        etcd = {"client_port": ports[-2], "peer_port": ports[-1]}
+        replication = ReplicationSpec(
+            factor=replication_factor,
+            endpoints=(f"http://{_HOST}:{etcd['client_port']}",),
+            prefix=f"/kvstore/{cluster_id}",
+        )
+        (root / ETCD_DIR).mkdir(mode=0o700)
     node_addresses = {f"n{i + 1}": f"{_HOST}:{ports[i]}" for i in range(nodes)}
     coordinator_addresses = {
         f"c{i + 1}": f"{_HOST}:{ports[nodes + i]}" for i in range(coordinators)
@@ -1333,6 +1655,7 @@ def _populate(root: Path, nodes: int, coordinators: int, partitions: int) -> str
         coordinators=coordinator_addresses,
         secret_file=SECRET_FILE,
         api_tokens_file=API_TOKENS_FILE,
+        replication=replication,
     )
     header = (
         f"# kvstore local cluster {cluster_id}, made by `kvctl cluster up` on {created}.\n"
@@ -1343,18 +1666,20 @@ def _populate(root: Path, nodes: int, coordinators: int, partitions: int) -> str
     write_secret(root / SECRET_FILE)
     token = create_token(root / API_TOKENS_FILE, ADMIN_TOKEN_NAME, Role.ADMIN)
     _write_private(root / ADMIN_TOKEN_FILE, token + "\n")
-    marker = {
+    marker: dict[str, object] = {
         "kind": _MARKER_KIND,
         "format": _MARKER_FORMAT,
         "cluster_id": cluster_id,
         "created": created,
     }
+    if etcd is not None:
+        marker["etcd"] = etcd
     _write_private(root / MARKER_FILE, json.dumps(marker, indent=2) + "\n")
     load_cluster(config_path)  # what kvctl wrote, the processes must accept
     return cluster_id
 
 
-def _read_marker(path: Path) -> tuple[str, str]:
+def _read_marker(path: Path) -> tuple[str, str, EtcdPorts | None]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
@@ -1373,7 +1698,15 @@ def _read_marker(path: Path) -> tuple[str, str]:
     cluster_id, created = doc.get("cluster_id"), doc.get("created")
     if not isinstance(cluster_id, str) or _CLUSTER_ID_PATTERN.fullmatch(cluster_id) is None:
         raise ValidationError(_DIR_FIELD, f"{path} has no valid cluster_id")
-    return cluster_id, created if isinstance(created, str) else ""
+    etcd, ports = doc.get("etcd"), None
+    if etcd is not None:
+        client = etcd.get("client_port") if isinstance(etcd, dict) else None
+        peer = etcd.get("peer_port") if isinstance(etcd, dict) else None
+        if not (_is_count(client) and _is_count(peer)):
+            raise ValidationError(_DIR_FIELD, f"{path} has no valid etcd ports")
+        assert isinstance(client, int) and isinstance(peer, int)
+        ports = EtcdPorts(client=client, peer=peer)
+    return cluster_id, created if isinstance(created, str) else "", ports
 
 
 def _process_table(needle: str) -> Iterator[tuple[int, list[str]]]:
@@ -1457,13 +1790,84 @@ def _poll_until(done: Callable[[], bool], timeout_s: float) -> bool:
     return True
 
 
-def _health_ok(url: str, timeout_s: float) -> bool:
+def _health_body(url: str, timeout_s: float) -> dict[str, object] | None:
+    """The JSON object a health page answers with status 200; None otherwise."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as reply:
             body = json.loads(reply.read())
-            return reply.status == 200 and isinstance(body, dict) and body.get("status") == "ok"
+            return body if reply.status == 200 and isinstance(body, dict) else None
     except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _health_ok(url: str, timeout_s: float) -> bool:
+    body = _health_body(url, timeout_s)
+    return body is not None and body.get("status") == "ok"
+
+
+def _healthy_body(role: ProcessRole, body: object) -> bool:
+    """Whether a health page's body says healthy (etcd answers ``{"health": "true"}``)."""
+    if not isinstance(body, dict):
         return False
+    if role == "etcd":
+        return body.get("health") in ("true", True)
+    return body.get("status") == "ok"
+
+
+def _runs_etcd(argv: Sequence[str] | None, member_dir: str) -> bool:
+    """Whether ``argv`` is an etcd serving the member data in ``member_dir``."""
+    return (
+        argv is not None
+        and bool(argv)
+        and Path(argv[0]).name == "etcd"
+        and _option(argv, "--data-dir") == member_dir
+    )
+
+
+def _replica_views(node: str, raw: object) -> tuple[ReplicaView, ...] | None:
+    """A node's replicator status (the ``stats`` RPC's ``replication``) as views; malformed
+    entries are skipped, a missing list is None."""
+    if not isinstance(raw, list):
+        return None
+    views: list[ReplicaView] = []
+    for entry in raw:
+        if not isinstance(entry, dict):
+            continue
+        partition, leader, epoch = entry.get("partition"), entry.get("leader"), entry.get("epoch")
+        replicas, position = entry.get("replicas"), entry.get("position")
+        lag, serving = entry.get("lag"), entry.get("serving")
+        if not (
+            _is_count(partition)
+            and isinstance(leader, str)
+            and _is_count(epoch)
+            and isinstance(replicas, list)
+            and isinstance(position, list)
+            and len(position) == 2
+            and all(isinstance(value, int) for value in position)
+        ):
+            continue
+        assert isinstance(partition, int) and isinstance(epoch, int)
+        views.append(
+            ReplicaView(
+                partition=partition,
+                node=node,
+                leader=leader,
+                replicas=tuple(str(replica) for replica in replicas),
+                epoch=epoch,
+                position=(int(position[0]), int(position[1])),
+                serving=serving if isinstance(serving, bool) else None,
+                lag=(
+                    {str(k): v for k, v in lag.items() if _is_count(v)}
+                    if isinstance(lag, dict)
+                    else None
+                ),
+            )
+        )
+    return tuple(views)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 async def _get(

@@ -6,10 +6,13 @@ Thin commands over :class:`kvstore.localcluster.LocalCluster` (which owns the di
 the processes, health and status; read its docstring first). The directory is ``--dir``, else
 ``$KVSTORE_DIR``, else ``./.kvstore``.
 
-* ``up`` creates the cluster on first use (``--nodes``, ``--coordinators``, ``--partitions``
-  apply only then; giving a different shape for an existing cluster is a usage error, not a
-  silent no-op), starts whatever is not running, leaves running processes alone, waits until
-  every process is healthy, and prints where the API is, the admin token and first requests.
+* ``up`` creates the cluster on first use (``--nodes``, ``--coordinators``, ``--partitions``,
+  ``--replication-factor`` apply only then; giving a different shape for an existing cluster is
+  a usage error, not a silent no-op), starts whatever is not running, leaves running processes
+  alone, waits until every process is healthy, and prints where the API is, the admin token and
+  first requests. A replication factor above 1 keeps each partition on that many nodes with a
+  private etcd as the control plane, started first and stopped last; ``up`` then also waits
+  until every partition has a serving leader.
 * ``up --foreground`` (what ``make run`` runs) first *attaches* to the cluster
   (:meth:`LocalCluster.attach`): one attached session per cluster; a second one is refused
   (``ConditionFailed``, exit 4) naming the attached pid and how to stop it, and touches nothing.
@@ -38,7 +41,9 @@ the processes, health and status; read its docstring first). The directory is ``
   intents, requests per second); ``--partitions`` adds a row per partition. Exit status 0 when
   every process is healthy, 6 (unavailable) otherwise, so scripts can wait on it. A node whose
   disk is full shows health ``disk full`` (it refuses writes, serves reads, and resumes by
-  itself once space is freed), and the closing line says to free space.
+  itself once space is freed), and the closing line says to free space. A replicated cluster
+  also shows its etcd (role ``etcd``) and a row per partition: replicas, leader, epoch, whether
+  the leader serves, and each follower's lag in batches (from the nodes' ``stats``).
 * On a full disk kvctl itself says ``no space left on device writing PATH`` in one line (exit
   status 1, :func:`kvstore.cli.output.run_handler`); ``up`` never leaves a process it started
   without its pid file (:class:`~kvstore.localcluster.LocalCluster`).
@@ -73,10 +78,12 @@ from kvstore.localcluster import (
     Attachment,
     LocalCluster,
     LogFollower,
+    PartitionReplication,
     ProcessStatus,
     StopNotice,
     StopReport,
     UpReport,
+    replication_summary,
     resolve_dir,
 )
 
@@ -112,10 +119,11 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         "up",
         parents=[common],
         help="create the cluster on first use, start what is not running, wait until healthy",
-        description="Create the local cluster on first use (--nodes, --coordinators and "
-        "--partitions apply then), start every process that is not running, leave running ones "
-        "alone, and wait until all are healthy. With --foreground (what `make run` runs) it then "
-        "stays attached to the cluster.",
+        description="Create the local cluster on first use (--nodes, --coordinators, "
+        "--partitions and --replication-factor apply then), start every process that is not "
+        "running, leave running ones alone, and wait until all are healthy (and, replicated, "
+        "until every partition has a serving leader). With --foreground (what `make run` runs) "
+        "it then stays attached to the cluster.",
     )
     up.add_argument(
         "--nodes", type=int, metavar="N", help=f"storage nodes (default {NODES_DEFAULT})"
@@ -132,6 +140,14 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help=f"partitions of the key space (default {PARTITIONS_DEFAULT})",
+    )
+    up.add_argument(
+        "--replication-factor",
+        type=int,
+        metavar="N",
+        help="copies of each partition, 1..nodes (default 1); above 1 a private etcd holds the "
+        "live map and leader leases, and a partition survives the loss of a minority of its "
+        "copies",
     )
     up.add_argument(
         "--foreground",
@@ -164,7 +180,7 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     status.add_argument(
         "--partitions",
         action="store_true",
-        help="also show each partition (owner, live items, intents, open ledger records)",
+        help="also show each partition on each node (live items, intents, open ledger records)",
     )
     status.add_argument(
         "--no-rates",
@@ -194,6 +210,7 @@ def _up(args: argparse.Namespace, out: Output) -> int:
         nodes=NODES_DEFAULT if args.nodes is None else args.nodes,
         coordinators=COORDINATORS_DEFAULT if args.coordinators is None else args.coordinators,
         partitions=PARTITIONS_DEFAULT if args.partitions is None else args.partitions,
+        replication_factor=1 if args.replication_factor is None else args.replication_factor,
     )
     if not created:
         _check_shape(cluster, args)
@@ -207,17 +224,25 @@ def _up(args: argparse.Namespace, out: Output) -> int:
 
 
 def _check_shape(cluster: LocalCluster, args: argparse.Namespace) -> None:
+    config = cluster.config
     shape = {
-        "nodes": len(cluster.config.nodes),
-        "coordinators": len(cluster.config.coordinators),
-        "partitions": cluster.config.cluster_map.partitions.partition_count,
+        "nodes": (len(config.nodes), f"{len(config.nodes)} nodes"),
+        "coordinators": (len(config.coordinators), f"{len(config.coordinators)} coordinators"),
+        "partitions": (
+            config.cluster_map.partitions.partition_count,
+            f"{config.cluster_map.partitions.partition_count} partitions",
+        ),
+        "replication_factor": (
+            config.replication.factor,
+            f"replication factor {config.replication.factor}",
+        ),
     }
-    for name, existing in shape.items():
+    for name, (existing, has) in shape.items():
         given = getattr(args, name)
         if given is not None and given != existing:
             raise ValidationError(
-                f"--{name}",
-                f"the cluster in {cluster.root} has {existing} {name}; its shape is fixed when it "
+                f"--{name.replace('_', '-')}",
+                f"the cluster in {cluster.root} has {has}; its shape is fixed when it "
                 f"is created (to start over: kvctl cluster down{_dir_arg(args)}, then delete "
                 f"{cluster.root})",
             )
@@ -262,6 +287,11 @@ def _print_up(
             (config.cluster_map.partitions.partition_count, "partition"),
         )
     )
+    if cluster.replicated:
+        shape += (
+            f", replication factor {config.replication.factor} "
+            f"(etcd {config.replication.endpoints[0]})"
+        )
     started = " ".join(report.started) or "nothing (all were running)"
     kvctl_dir = _dir_arg(args)
     out.line(Text.assemble(("kvstore local cluster ", "bold"), (str(cluster.root), "bold")))
@@ -643,6 +673,8 @@ def _status(args: argparse.Namespace, out: Output) -> int:
         title=f"kvstore local cluster {cluster.root}",
         right=("PID", "PARTITIONS", "ITEMS", "INTENTS", "REQ/S"),
     )
+    if cluster.replicated:
+        _replication_table(replication_summary(statuses), out)
     if args.partitions:
         partition_rows = [
             (part.partition, status.process_id, part.items, part.intents, part.open_ledger_records)
@@ -664,6 +696,33 @@ def _status(args: argparse.Namespace, out: Output) -> int:
         )
     out.line(f"{up}/{len(statuses)} healthy" + hint)
     return EXIT_OK if healthy else EXIT_UNAVAILABLE
+
+
+def _replication_table(rows: list[PartitionReplication], out: Output) -> None:
+    """One row per partition of a replicated cluster (see the module docstring)."""
+
+    def lag(row: PartitionReplication) -> str:
+        if row.lag is None:
+            return "?"
+        return " ".join(f"{node}:{behind}" for node, behind in sorted(row.lag.items())) or "-"
+
+    out.table(
+        ("PARTITION", "REPLICAS", "LEADER", "EPOCH", "SERVING", "POSITION", "LAG"),
+        [
+            (
+                row.partition,
+                " ".join(row.replicas),
+                row.leader,
+                row.epoch,
+                "yes" if row.serving else "no",
+                "/".join(str(part) for part in row.positions.get(row.leader, ())) or "?",
+                lag(row),
+            )
+            for row in rows
+        ],
+        title="replication (lag: batches each follower lacks)",
+        right=("PARTITION", "EPOCH"),
+    )
 
 
 def _start_hint(args: argparse.Namespace) -> str:

@@ -15,6 +15,17 @@ RPC connections. The client process does no protocol work: it packs the call
 Routing is only a matter of speed: any node can coordinate any call, so a stale map (a
 partition moved since the cluster file was read) costs a hop, never a wrong answer.
 
+**Replicated clusters** (``[replication]`` factor above 1): a partition's leader moves, and a
+node refuses a native call whose home partition another node leads with ``WrongOwner`` naming
+the leader (``details["owner"]``, a node id, and ``details["epoch"]``;
+:mod:`kvstore.storage_node.gateway`). The backend then routes that partition to the named node
+from then on (unless it already knows a later epoch for it) and sends the call there at once,
+at most ``NATIVE_REROUTES_MAX`` times per attempt; beyond that the refusal (retryable) goes to
+the client's retry policy. A node that cannot be reached at all (the connection failed or was
+lost) moves the partition's route to the next replica of its set, for the next attempt: the
+policy decides whether there is one. Retryable refusals such as a new leader's "changing
+leader" ``Unavailable`` are left to the policy as they are.
+
 A failure to reach the node is ``Unavailable`` with ``details["sent"]`` as the RPC layer sets
 it (False: nothing reached the node; True: the call went out and no answer came, so it may have
 been applied). The node's typed errors arrive as themselves.
@@ -26,6 +37,7 @@ and opens its own on first use.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from kvstore import native
@@ -34,10 +46,13 @@ from kvstore.client.forks import ProcessOwner, abandon
 from kvstore.client.results import Committed, Deleted, Item, Written
 from kvstore.codec import encode_op
 from kvstore.config import ClusterConfig
-from kvstore.errors import ProtocolViolation
+from kvstore.errors import ProtocolViolation, Unavailable, WrongOwner
+from kvstore.limits import NATIVE_REROUTES_MAX
 from kvstore.ops import Op
+from kvstore.replication.placement import initial_placement
 from kvstore.rpc import RpcPool
 from kvstore.rpc.frames import TIMEOUT_MS_MAX
+from kvstore.types import NodeId, PartitionId
 
 __all__ = ["NativeBackend"]
 
@@ -54,6 +69,15 @@ class NativeBackend:
         self._secret = config.secret()
         self._pool = RpcPool(self._secret, logger=_log)
         self._owner = ProcessOwner()
+        # A replicated cluster's replica sets (empty otherwise: a partition has one home).
+        self._replicas: tuple[tuple[NodeId, ...], ...] = ()
+        spec = config.replication
+        if spec.replicated:
+            count = self._map.partitions.partition_count
+            placement = initial_placement(tuple(config.nodes), count, spec.factor)
+            self._replicas = tuple(part.replicas for part in placement.partitions)
+        # Partitions routed elsewhere than the map says: pid -> (node, epoch it was named at).
+        self._routes: dict[PartitionId, tuple[NodeId, int]] = {}
 
     def _drop_inherited(self) -> None:
         abandon(self._pool)
@@ -63,17 +87,55 @@ class NativeBackend:
     def txn_ops_max(self) -> int:
         return self.config.txn_ops_max
 
-    def _home(self, key: str) -> str:
-        """The address of the node owning ``key``'s partition."""
-        cluster_map = self._map
-        return cluster_map.address_of(
-            cluster_map.owner_of(cluster_map.partitions.partition_of(key))
-        )
+    def node_of(self, pid: PartitionId) -> NodeId:
+        """The node calls for partition ``pid`` go to (the map's owner until told otherwise)."""
+        routed = self._routes.get(pid)
+        return self._map.owner_of(pid) if routed is None else routed[0]
+
+    def _follow(self, pid: PartitionId, refused_by: NodeId, refusal: WrongOwner) -> bool:
+        """Route ``pid`` to the leader ``refusal`` names; False when it names none to go to."""
+        owner, epoch = refusal.details.get("owner"), refusal.details.get("epoch")
+        epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+        known = self._routes.get(pid)
+        if (
+            not isinstance(owner, str)
+            or owner == refused_by
+            or owner not in self._map.nodes
+            or (known is not None and known[1] > epoch)
+        ):
+            return False
+        self._routes[pid] = (NodeId(owner), epoch)
+        return True
+
+    def _unreachable(self, pid: PartitionId, node: NodeId) -> None:
+        """``node`` did not answer for ``pid``: route it to the next replica of its set (unless
+        another call moved the route already)."""
+        if not self._replicas or self.node_of(pid) != node:
+            return
+        replicas = self._replicas[pid]
+        at = replicas.index(node) if node in replicas else -1
+        known = self._routes.get(pid)
+        self._routes[pid] = (replicas[(at + 1) % len(replicas)], 0 if known is None else known[1])
 
     async def _call(self, route: str, method: str, body: object, timeout_s: float) -> object:
         self._owner.adopt(self._drop_inherited)
-        timeout_ms = max(1, min(TIMEOUT_MS_MAX, int(timeout_s * _MS_PER_S)))
-        return await self._pool.client(self._home(route)).call(method, body, timeout_ms)
+        deadline_s = time.monotonic() + timeout_s
+        pid = self._map.partitions.partition_of(route)
+        reroutes = 0
+        while True:
+            node = self.node_of(pid)
+            client = self._pool.client(self._map.address_of(node))
+            left_ms = int((deadline_s - time.monotonic()) * _MS_PER_S)
+            try:
+                return await client.call(method, body, max(1, min(TIMEOUT_MS_MAX, left_ms)))
+            except WrongOwner as refused:
+                if reroutes >= NATIVE_REROUTES_MAX or not self._follow(pid, node, refused):
+                    raise
+                reroutes += 1
+            except Unavailable:
+                if not client.connected:  # the node itself is out of reach, not refusing
+                    self._unreachable(pid, node)
+                raise
 
     async def partition_count(self, timeout_s: float) -> int:
         del timeout_s

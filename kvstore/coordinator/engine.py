@@ -24,6 +24,15 @@ its timestamps follow the nodes'), an RPC pool authenticated with the cluster se
   here, from ``random``).
 * :meth:`scan` runs one :class:`~kvstore.coordinator.scan.Scan` page: every partition asked
   for its first ``limit + 1`` keys past the cursor, merged in key order.
+* **Following the leaders.** In a replicated cluster the node that embeds the coordinator
+  hands it each new map of the partitions' current leaders (:meth:`follow`; its transport is
+  re-pointed by the node). An operation refused before anything ran (the answer is the refusal
+  itself: ``WrongOwner``, or ``Unavailable`` such as a leader's "changing leader") is run again,
+  with a fresh core, when the map moved while it ran, at most ``COORDINATOR_REROUTES_MAX``
+  times; refused with ``WrongOwner`` while the map did not move, it first waits up to
+  ``COORDINATOR_REROUTE_WAIT_MS`` for it to move (the refusing replica read a newer map than
+  ours). A coordinator that never follows answers refusals at once, as before; so does one
+  whose map stays put (the caller, the SDK, retries with its own backoff).
 * :meth:`txn_record` finds the ledger record of the transaction that used an idempotency token,
   on the token's home partition: a tokened transaction is anchored there (``token_home``), so
   every submission of one token meets the same token record, whatever its keys.
@@ -44,10 +53,11 @@ the metrics), counts messages re-sent to a partition, and notes ledger races los
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from kvstore.codec import method_of
@@ -79,7 +89,13 @@ from kvstore.errors import (
     ValidationError,
     error_from_code,
 )
-from kvstore.limits import CLOSE_DRAIN_MS, COORDINATOR_TXNS_IN_FLIGHT_MAX, TXN_OPS_MAX_DEFAULT
+from kvstore.limits import (
+    CLOSE_DRAIN_MS,
+    COORDINATOR_REROUTE_WAIT_MS,
+    COORDINATOR_REROUTES_MAX,
+    COORDINATOR_TXNS_IN_FLIGHT_MAX,
+    TXN_OPS_MAX_DEFAULT,
+)
 from kvstore.logs import log_event
 from kvstore.messages import (
     GetReply,
@@ -125,6 +141,10 @@ _INTERNAL_FAULTS = frozenset(
     }
 )
 
+
+# Refusals before anything ran that the current leader would not give: run again once the map
+# moved (see the module).
+_REROUTABLE = frozenset({ErrorCode.WrongOwner, ErrorCode.Unavailable})
 
 _Core = Attempt  # what _Observed needs of a core: the actor interface plus its state
 
@@ -270,11 +290,59 @@ class Coordinator:
         self._partition_of = cluster_map.partitions.partition_of
         self._partitions = tuple(PartitionId(p) for p in cluster_map.partitions.partitions())
         self._in_flight_max = txns_in_flight_max
+        self._following = False  # follow() was called: refusals may wait for the map to move
+        self._map_moved = asyncio.Event()  # set (and replaced) by each follow()
 
     @classmethod
     def from_config(cls, config: ClusterConfig, **kwargs: Any) -> Coordinator:
-        """A coordinator for the cluster a cluster file describes (reads its secret)."""
+        """A coordinator for the cluster a cluster file describes (reads its secret). Not for
+        a replicated cluster: a coordinator outside the nodes (a coordinator process, the SDK's
+        direct mode) routes by the cluster file, and nothing tells it where the leaders moved
+        (``ValidationError``; the nodes serve the API, the SDK's native mode follows them)."""
+        if config.replication.replicated:
+            raise ValidationError(
+                "replication",
+                f"{config.path} is a replicated cluster: a standalone coordinator (a coordinator "
+                "process, the SDK's direct mode) does not follow its leaders yet; use the nodes' "
+                "API (every node serves it) or the SDK's native or gateway mode",
+            )
         return cls(config.cluster_map, config.secret(), txn_ops_max=config.txn_ops_max, **kwargs)
+
+    def follow(self, cluster_map: ClusterMap) -> None:
+        """Route by ``cluster_map`` from now on (a replicated node's map of the current leaders;
+        the node re-points the transport); a map with an epoch not above the current one is
+        ignored. Wakes operations waiting for the map to move (see the module)."""
+        self._following = True
+        if cluster_map.epoch <= self.cluster_map.epoch:
+            return
+        self.cluster_map = cluster_map
+        moved, self._map_moved = self._map_moved, asyncio.Event()
+        moved.set()
+
+    async def _rerouted(
+        self, run: Callable[[], Awaitable[R]], refused: Callable[[R], ErrorCode | None]
+    ) -> R:
+        """``run()`` again while it is refused with a code of ``_REROUTABLE`` (nothing ran) and
+        the map moved meanwhile (see the module), at most ``COORDINATOR_REROUTES_MAX`` times."""
+        for _ in range(COORDINATOR_REROUTES_MAX):
+            epoch, moved = self.cluster_map.epoch, self._map_moved
+            result = await run()
+            code = refused(result)
+            if code not in _REROUTABLE or not await self._moved_since(epoch, moved, code):
+                return result
+        return await run()
+
+    async def _moved_since(self, epoch: int, moved: asyncio.Event, code: ErrorCode | None) -> bool:
+        if self.cluster_map.epoch != epoch:
+            return True
+        if code is not ErrorCode.WrongOwner or not self._following:
+            return False
+        try:
+            async with asyncio.timeout(COORDINATOR_REROUTE_WAIT_MS / 1000):
+                await moved.wait()
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def running(self) -> int:
@@ -294,19 +362,27 @@ class Coordinator:
     async def transact(self, ops: Sequence[Op], *, token: str | None = None) -> TxnResult:
         """Run one write transaction; the committed result, or the typed error."""
         started_us = system_clock_us()
-        now_us = self._now_us()
-        txn = new_write_txn(
-            new_txn_id(),
-            self.clock.now(),
-            ops,
-            self._partition_of,
-            now_us,
-            token=token,
-            txn_ops_max=self.txn_ops_max,
-            node_of=self.cluster_map.owner_of,
-            mutants=self._mutants,
-        )
-        result: TxnResult = await self._run(txn, now_us)
+        txn: WriteTxn | None = None
+
+        async def attempt() -> TxnResult:
+            nonlocal txn
+            now_us = self._now_us()
+            txn = new_write_txn(
+                new_txn_id(),
+                self.clock.now(),
+                ops,
+                self._partition_of,
+                now_us,
+                token=token,
+                txn_ops_max=self.txn_ops_max,
+                node_of=self.cluster_map.owner_of,
+                mutants=self._mutants,
+            )
+            answer: TxnResult = await self._run(txn, now_us)
+            return answer
+
+        result = await self._rerouted(attempt, _txn_refusal)
+        assert txn is not None
         seconds = max(0, system_clock_us() - started_us) / _US_PER_S
         outcome = (
             "committed" if result.committed else (result.error or ErrorCode.InternalError).name
@@ -334,9 +410,14 @@ class Coordinator:
         """A read-only transaction: the entries of ``keys`` at one instant, in request order
         (run again after conflicts, see the module)."""
         started_us = system_clock_us()
-        now_us = self._now_us()
-        core = new_read(keys, self._partition_of, now_us, random.random, mutants=self._mutants)
-        result: ReadResult = await self._run(core, now_us)
+
+        async def attempt() -> ReadResult:
+            now_us = self._now_us()
+            core = new_read(keys, self._partition_of, now_us, random.random, mutants=self._mutants)
+            answer: ReadResult = await self._run(core, now_us)
+            return answer
+
+        result = await self._rerouted(attempt, _error_of)
         self.metrics.read_rounds.observe(result.rounds)
         self.metrics.txn_seconds.labels("read").observe(
             max(0, system_clock_us() - started_us) / _US_PER_S
@@ -379,8 +460,9 @@ class Coordinator:
 
     async def get(self, key: Key) -> ItemView | None:
         """The committed item at ``key``, or None."""
-        core = new_get(key, self._partition_of)
-        result: CallResult[GetReply] = await self._run(core, self._now_us())
+        result: CallResult[GetReply] = await self._rerouted(
+            lambda: self._run(new_get(key, self._partition_of), self._now_us()), _error_of
+        )
         return self._reply(result, "get").item
 
     async def write(self, op: Op) -> WriteReply:
@@ -390,9 +472,14 @@ class Coordinator:
         ``TransactionConflict`` (a transaction holds the key), ``ValidationError`` (the result
         would break a limit), or ``OutcomeUnknown`` when the call failed after it was sent.
         """
-        now_us = self._now_us()
-        core = new_singleton_write(op, self._partition_of, now_us, random.random)
-        result: CallResult[WriteReply] = await self._run(core, now_us)
+
+        async def attempt() -> CallResult[WriteReply]:
+            now_us = self._now_us()
+            core = new_singleton_write(op, self._partition_of, now_us, random.random)
+            answer: CallResult[WriteReply] = await self._run(core, now_us)
+            return answer
+
+        result = await self._rerouted(attempt, _error_of)
         if result.error is ErrorCode.OutcomeUnknown:
             self.metrics.singletons.labels(op.kind.value, result.error.name).inc()
             node = self.cluster_map.owner_of(result.partition)
@@ -425,8 +512,13 @@ class Coordinator:
         self, *, start: Key = "", end: Key | None = None, limit: int, after: Key | None = None
     ) -> ScanPage:
         """At most ``limit`` items with ``start <= key < end`` and ``key > after``, in order."""
-        core = Scan(self._partitions, start=start, end=end, limit=limit, after=after)
-        result: ScanResult = await self._run(core, self._now_us())
+        result: ScanResult = await self._rerouted(
+            lambda: self._run(
+                Scan(self._partitions, start=start, end=end, limit=limit, after=after),
+                self._now_us(),
+            ),
+            _error_of,
+        )
         if result.page is not None:
             self.metrics.singletons.labels("scan", "ok").inc()
             return result.page
@@ -436,8 +528,10 @@ class Coordinator:
 
     async def txn_record(self, token: str) -> LedgerRecord | None:
         """The ledger record of the transaction that used idempotency ``token``, if known."""
-        core = new_token_lookup(token, self._partition_of)
-        result: CallResult[TokenLookupReply] = await self._run(core, self._now_us())
+        result: CallResult[TokenLookupReply] = await self._rerouted(
+            lambda: self._run(new_token_lookup(token, self._partition_of), self._now_us()),
+            _error_of,
+        )
         return self._reply(result, "token").record
 
     # --- answers ----------------------------------------------------------------------------
@@ -468,3 +562,12 @@ class Coordinator:
                 f"{where}: {code.value.summary}", details={**details, "cause": code.name}
             )
         return error_from_code(code, f"{where}: {code.value.summary}", details=details)
+
+
+def _txn_refusal(result: TxnResult) -> ErrorCode | None:
+    """The code of a transaction refused before anything ran (no outcome), else None."""
+    return None if result.committed or result.outcomes else result.error
+
+
+def _error_of(result: CallResult[Any] | ReadResult | ScanResult) -> ErrorCode | None:
+    return result.error

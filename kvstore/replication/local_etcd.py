@@ -8,8 +8,9 @@ reference (``../shared/reference/replication.md``, section 3): client and peer U
 ``127.0.0.1`` ports (:func:`kvstore.localcluster.free_ports`), ``--logger zap``, and
 ``--heartbeat-interval 10 --election-timeout 100``, which lowers etcd's minimum lease TTL (1.5
 election timeouts, rounded up to whole seconds) from 2 s to 1 s. ``fsync=False`` adds
-``--unsafe-no-fsync`` (tests that do not crash the machine). The caller's ``data_dir`` (made
-0700) holds::
+``--unsafe-no-fsync`` (tests that do not crash the machine). ``client_port`` and ``peer_port``
+fix the ports (a local cluster keeps its etcd at the URL its cluster file names). The caller's
+``data_dir`` (made 0700) holds::
 
     etcd/       the member's data (``--data-dir``)
     etcd.log    its stdout and stderr, appended across starts
@@ -20,11 +21,14 @@ answers ``{"health": "true"}``, polling with a capped backoff for at most ``read
 a process that exits first or stays silent is stopped and reported as ``Unavailable`` with the
 end of its log. On its first start it picks its ports afresh, up to
 ``LOCAL_ETCD_START_ATTEMPTS_MAX`` times, when another process took one meanwhile ("address
-already in use"); later starts keep its ports, so a restart is the same member at the same URLs.
+already in use"), unless they were given; later starts keep its ports, so a restart is the same
+member at the same URLs.
 
 :meth:`LocalEtcd.stop` sends SIGTERM, waits ``stop_timeout_ms``, then SIGKILLs, and always reaps
 the process; the context manager stops it on the way out, and a finalizer kills a process
 still running when the object is collected or the interpreter exits, so none is left behind.
+:meth:`LocalEtcd.detach` drops that finalizer for a member that must outlive the object (``kvctl
+cluster up`` returns and leaves it running; ``kvctl cluster down`` stops it by pid).
 A missing binary is ``Unavailable`` saying to ``apt-get install etcd-server``.
 """
 
@@ -95,11 +99,22 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 class LocalEtcd:
     """One private etcd member; see the module docstring."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        client_port: int | None = None,
+        peer_port: int | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.fsync = fsync
-        self._client_port, self._peer_port = free_ports(2)
-        self._started_once = False
+        if client_port is None or peer_port is None:
+            self._client_port, self._peer_port = free_ports(2)
+            self._started_once = False
+        else:  # fixed ports are never picked afresh
+            self._client_port, self._peer_port = client_port, peer_port
+            self._started_once = True
         self._process: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], LocalEtcd] | None = None
 
@@ -111,6 +126,11 @@ class LocalEtcd:
     def endpoints(self) -> list[str]:
         """The client URLs, for :class:`~kvstore.replication.etcd.EtcdControlPlane`."""
         return [self.client_url]
+
+    @property
+    def member_dir(self) -> Path:
+        """The member's data (``--data-dir``): names this member in a process's command line."""
+        return self.data_dir / "etcd"
 
     @property
     def log_path(self) -> Path:
@@ -130,7 +150,7 @@ class LocalEtcd:
         peer = f"http://{_HOST}:{self._peer_port}"
         argv = [
             binary,
-            *("--name", _MEMBER, "--data-dir", str(self.data_dir / "etcd")),
+            *("--name", _MEMBER, "--data-dir", str(self.member_dir)),
             *("--listen-client-urls", self.client_url, "--advertise-client-urls", self.client_url),
             *("--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer),
             *("--initial-cluster", f"{_MEMBER}={peer}", "--initial-cluster-state", "new"),
@@ -236,6 +256,14 @@ class LocalEtcd:
         if self._finalizer is not None:
             self._finalizer.detach()
         return process.returncode
+
+    def detach(self) -> int | None:
+        """Let the running member outlive this object (no finalizer kills it any more); its
+        pid. :meth:`stop` still stops and reaps it while this object lives."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        return self.pid
 
     def __enter__(self) -> LocalEtcd:
         self.start()

@@ -24,6 +24,15 @@ connection. A native call runs through the same
 own, bounded by the caller's deadline; the answer goes back packed by :mod:`kvstore.native`.
 Admission is the library's (``COORDINATOR_TXNS_IN_FLIGHT_MAX`` cores, the loop-lag gate), so an
 overloaded node answers ``Overloaded`` before any work.
+
+In a replicated cluster the node hands the gateway each new map of the partitions' leaders
+(:meth:`NodeGateway.follow`): its transport routes by it and its coordinator re-runs operations
+refused while the leaders moved. A native call whose *home* partition (the one the SDK routed it
+by: its key's, a transaction's token's, a read's first key's; a scan has none) is led by another
+node is refused at once with that replica's ``WrongOwner`` naming the leader (``redirect``),
+before anything runs, so the SDK sends it there: calls land on the leader of their partition and
+one-partition transactions stay local to it. (Refusals for partitions this node leads but does
+not serve yet, during a takeover, come from the runtime as usual.)
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from kvstore.coordinator.engine import Coordinator
 from kvstore.coordinator.metrics import CoordinatorMetrics
 from kvstore.errors import InternalError, KvError, Unavailable
 from kvstore.mutants import Mutants
+from kvstore.partitioning import ClusterMap
 from kvstore.rpc import Respond, RpcPool
 from kvstore.runtime.admission import LagGate
 from kvstore.timestamps import HybridClock, PhysicalClock
@@ -68,13 +78,19 @@ class NodeGateway:
         physical_clock: PhysicalClock,
         mutants: Mutants,
         lag_gate: LagGate,
+        cluster_map: ClusterMap | None = None,
+        redirect: Callable[[PartitionId], KvError | None] | None = None,
     ) -> None:
+        """``cluster_map`` routes from the start (default: the cluster file's); ``redirect``
+        gives the refusal for a native call whose home partition another node leads."""
+        cluster_map = config.cluster_map if cluster_map is None else cluster_map
         self.metrics = CoordinatorMetrics(node_id)
-        transport = ColocatedTransport(
-            PartitionTransport(config.cluster_map, pool), owns, submit, NodeId(node_id)
-        )
+        self._remote = PartitionTransport(cluster_map, pool)
+        self._redirect = redirect
+        self._partition_of = cluster_map.partitions.partition_of
+        transport = ColocatedTransport(self._remote, owns, submit, NodeId(node_id))
         self.coordinator = Coordinator(
-            config.cluster_map,
+            cluster_map,
             config.secret(),
             txn_ops_max=config.txn_ops_max,
             metrics=self.metrics,
@@ -84,8 +100,23 @@ class NodeGateway:
             mutants=mutants,
             lag_gate=lag_gate,
         )
+        if redirect is not None:  # a replicated node: its map moves, refusals may wait for it
+            self.coordinator.follow(cluster_map)
         self._calls = _Unbounded(self.coordinator)
         self._tasks: set[asyncio.Task[object]] = set()
+
+    def follow(self, cluster_map: ClusterMap) -> None:
+        """Route by ``cluster_map`` (the current leaders) from now on."""
+        if cluster_map.epoch > self._remote.cluster_map.epoch:
+            self._remote.cluster_map = cluster_map
+        self.coordinator.follow(cluster_map)
+
+    def _home(self, route: str) -> None:
+        """Refuse a native call routed by ``route`` whose partition another node leads."""
+        if self._redirect is not None:
+            refusal = self._redirect(self._partition_of(route))
+            if refusal is not None:
+                raise refusal
 
     async def close(self) -> None:
         """Let running transactions finish (bounded, see ``Coordinator.close``), then stop."""
@@ -123,19 +154,24 @@ class NodeGateway:
         calls = self._calls
         if method == native.GET:
             key = native.body_key(native.body_object(body, frozenset({"key"})))
+            self._home(key)
             return _packed(calls.get(key, timeout_s), native.encode_item)
         if method == native.PUT:
             op = native.body_op(native.body_object(body, frozenset({"op"})))
+            self._home(op.key)
             return _packed(calls.put(op, timeout_s), native.encode_written)
         if method == native.DELETE:
             op = native.body_op(native.body_object(body, frozenset({"op"})))
+            self._home(op.key)
             return _packed(calls.delete(op, timeout_s), native.encode_deleted)
         if method == native.TRANSACT:
             obj = native.body_object(body, frozenset({"ops", "token"}))
             ops, token = native.body_ops(obj), native.body_token(obj)
+            self._home(token)
             return _packed(calls.transact(ops, token, timeout_s), native.encode_committed)
         if method == native.READ:
             keys = native.body_keys(native.body_object(body, frozenset({"keys"})))
+            self._home(keys[0])
             return _packed(calls.read(keys, timeout_s), _encode_items)
         if method == native.SCAN:
             args = native.body_scan(
@@ -152,6 +188,7 @@ class NodeGateway:
             return _packed(page, native.encode_scan_page)
         if method == native.TXN_OUTCOME:
             token = native.body_token(native.body_object(body, frozenset({"token"})))
+            self._home(token)
             return _packed(calls.txn_outcome(token, timeout_s), _same)
         raise InternalError(f"no native method {method!r}")  # callers check METHODS first
 

@@ -20,6 +20,22 @@ Every node is also a gateway (:mod:`~kvstore.storage_node.gateway`): it runs the
 library, serves the public API (``/v1/...``, :mod:`kvstore.api.app`) on its own address, and
 answers the SDK's native calls (:mod:`kvstore.native`) on its RPC connection.
 
+**Replicated clusters** (``[replication]`` with ``factor > 1`` in the cluster file): the node
+opens its store with every partition it replicates (the first placement's replica sets), and its
+runtime replicates them (:mod:`kvstore.runtime.replica`) over an
+:class:`~kvstore.replication.etcd.EtcdControlPlane` on the file's endpoints, timing leases on
+``CLOCK_BOOTTIME`` (a monotonic clock that keeps counting through suspend). Routing follows the
+live map: each time the replicator adopts a new placement (``on_placement``), the node builds a
+:class:`~kvstore.partitioning.ClusterMap` whose owners are the current leaders, at the
+placement's epoch (older maps are ignored), and hands it to the transport of its runtime's
+background work and to its gateway (whose coordinator then re-runs refused operations, see
+:mod:`kvstore.coordinator.engine`); the gateway calls a partition local only while this node
+leads it. A replica that does not lead answers ``WrongOwner`` naming the leader and epoch (node
+ids only, never addresses). ``/health`` lists the partitions this node serves as leader
+(``serving``) and the ``stats`` RPC adds the replicator's status (role, epoch, position, and the
+followers' lag where this node leads), which ``kvctl cluster status`` shows. Stopping closes the
+control-plane client after the runtime.
+
 HTTP: ``GET /rpc`` (WebSocket; protocol version and cluster secret checked in the handshake),
 ``GET /health`` (no credential: liveness, nothing secret) and ``GET /metrics`` (Prometheus text: the
 node's and its coordinator's), which needs an API bearer token of any role, as every API call does:
@@ -56,22 +72,42 @@ from kvstore.errors import KvError, Unavailable, ValidationError, WrongOwner
 from kvstore.limits import API_LISTEN_BACKLOG
 from kvstore.logs import log_event
 from kvstore.messages import Reply, Request
+from kvstore.partitioning import ClusterMap
+from kvstore.replication.etcd import EtcdControlPlane
+from kvstore.replication.placement import Placement
 from kvstore.rpc import Respond, RpcPool, RpcServer
 from kvstore.runtime.admission import LagGate
 from kvstore.runtime.aio import LoopLagProbe, TransportSender
 from kvstore.runtime.disk import ThreadDisk
 from kvstore.runtime.node import NodeRuntime
+from kvstore.runtime.replica import ReplicationConfig, Replicator
 from kvstore.runtime.scheduler import AsyncioScheduler
 from kvstore.storage_node.gateway import NodeGateway
 from kvstore.storage_node.metrics import CONTENT_TYPE, NodeMetrics
 from kvstore.storage_node.sqlite_store import SqliteNodeStore
 from kvstore.timestamps import HybridClock, PhysicalClock, random_origin, system_clock_us
 from kvstore.transport import PartitionTransport, submitted
-from kvstore.types import PartitionId
+from kvstore.types import NodeId, PartitionId
 
-__all__ = ["NodeService"]
+__all__ = ["NodeService", "lease_clock_us", "leaders_map"]
 
 _log = logging.getLogger("kvstore.storage_node")
+_NS_PER_US = 1000
+
+
+def lease_clock_us() -> int:
+    """Microseconds of ``CLOCK_BOOTTIME``: monotonic, not slewed by NTP, and counting through
+    suspend, so a lease never outlives a pause (docs/replication.md, section 4)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _NS_PER_US
+
+
+def leaders_map(placement: Placement, static: ClusterMap) -> ClusterMap:
+    """The cluster map routing each partition to its leader in ``placement``, at its epoch
+    (partitioning and addresses from ``static``, the cluster file's)."""
+    owners = {PartitionId(pid): part.leader for pid, part in enumerate(placement.partitions)}
+    return ClusterMap(
+        epoch=placement.epoch, partitions=static.partitions, owners=owners, nodes=static.nodes
+    )
 
 
 class NodeService:
@@ -81,7 +117,18 @@ class NodeService:
         self.config = config
         self.spec = config.node(node_id)
         self.node_id = self.spec.node_id
-        self.cluster_map = config.cluster_map
+        self.replication: ReplicationConfig | None = None
+        self.cluster_map = config.cluster_map  # a replicated node's: the current leaders
+        spec = config.replication
+        if spec.replicated:
+            self.replication = ReplicationConfig(
+                nodes=tuple(config.nodes),
+                partitions=config.cluster_map.partitions.partition_count,
+                replication_factor=spec.factor,
+                prefix=spec.prefix,
+            )
+            self.cluster_map = leaders_map(self.replication.first_placement(), config.cluster_map)
+        self._control: EtcdControlPlane | None = None  # built by start(), on the running loop
         self.secret = config.secret()
         # Test-only faults (None unless started for chaos): the wall clock every reading of time
         # goes through, blocked peers, and mutants of the cores.
@@ -109,6 +156,7 @@ class NodeService:
         if self.chaos is not None:
             self.chaos.on_block(self._pool.disconnect)
         self._sender: TransportSender | None = None
+        self._transport: PartitionTransport | None = None  # the runtime's, for its own requests
         self._disk = ThreadDisk()
         self._rpc = RpcServer(
             handler=self.handle_rpc,
@@ -127,17 +175,22 @@ class NodeService:
     async def start(self) -> None:
         """Open the node's database, start its runtime, then listen on the node's address."""
         runtime = self._open()
+        replicator = runtime.replicator
         gateway = self.gateway = NodeGateway(
             self.config,
             self.node_id,
             pool=self._pool,
-            owns=runtime.cores.__contains__,
+            owns=runtime.cores.__contains__ if replicator is None else replicator.leads,
             submit=runtime.submit,
             clock=self.clock,
             physical_clock=self._now_us,
             mutants=self._partition_config.mutants,
             lag_gate=self._gate,
+            cluster_map=self.cluster_map,
+            redirect=None if replicator is None else _redirect(replicator),
         )
+        if replicator is not None:
+            replicator.on_placement = self._follow
         app = build_app(
             gateway.coordinator,
             self.tokens,
@@ -192,6 +245,8 @@ class NodeService:
             await self.gateway.close()
         if runtime is not None:
             runtime.stop()
+        if self._control is not None:
+            await self._control.aclose()
         if self._sender is not None:
             await self._sender.close()
         if runtime is not None:
@@ -211,7 +266,12 @@ class NodeService:
         data_dir = self.spec.data_dir
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock_file = _lock_data_dir(data_dir)
-        owned = self.cluster_map.partitions_of(self.node_id)
+        replication = self.replication
+        if replication is None:
+            owned = self.cluster_map.partitions_of(self.node_id)
+        else:
+            owned = replication.first_placement().replicated_on(NodeId(self.node_id))
+            self._control = EtcdControlPlane(self.config.replication.endpoints)
         store = SqliteNodeStore.open(data_dir, owned)
         if store.migrated_files:
             log_event(
@@ -222,9 +282,8 @@ class NodeService:
                 data_dir=str(data_dir),
                 imported=sorted(store.migrated_files),
             )
-        self._sender = TransportSender(
-            PartitionTransport(self.cluster_map, self._pool), self._now_us
-        )
+        self._transport = PartitionTransport(self.cluster_map, self._pool)
+        self._sender = TransportSender(self._transport, self._now_us)
         runtime = NodeRuntime(
             self.node_id,
             store,
@@ -237,6 +296,9 @@ class NodeService:
             metrics=self.metrics,
             on_fatal=self._on_fatal,
             gate=self._gate,
+            replication=replication,
+            control=self._control,
+            lease_clock_us=None if replication is None else lease_clock_us,
         )
         self.runtime = runtime
         self.metrics.track_partitions(
@@ -244,6 +306,30 @@ class NodeService:
             {pid: store.partition(pid).intent_count for pid in runtime.cores},
         )
         return runtime
+
+    def _follow(self, placement: Placement) -> None:
+        """Route by the leaders of ``placement`` (the replicator adopted it); see the module."""
+        if placement.epoch <= self.cluster_map.epoch:
+            return  # an older map, read before the one we follow
+        try:
+            cluster_map = leaders_map(placement, self.config.cluster_map)
+        except ValidationError as bad:  # a leader the cluster file does not know
+            log_event(_log, "node.bad_map", logging.ERROR, node=self.node_id, error=str(bad))
+            return
+        self.cluster_map = cluster_map
+        if self._transport is not None:
+            self._transport.cluster_map = cluster_map
+        if self.gateway is not None:
+            self.gateway.follow(cluster_map)
+        log_event(
+            _log,
+            "node.map",
+            node=self.node_id,
+            epoch=placement.epoch,
+            leads=[
+                pid for pid, part in enumerate(placement.partitions) if part.leader == self.node_id
+            ],
+        )
 
     def _on_fatal(self, error: BaseException) -> None:
         log_event(_log, "node.fatal", logging.CRITICAL, node=self.node_id, error=repr(error))
@@ -351,13 +437,16 @@ class NodeService:
                 "open_ledger_records": len(store.open_ledger_records(limits.GC_ITEMS_PER_TICK_MAX)),
                 "in_progress": runtime.in_progress[pid],
             }
-        return {
+        out: dict[str, object] = {
             "node": self.node_id,
             "epoch": self.cluster_map.epoch,
             "uptime_s": round(time.monotonic() - self._started_s, 3),
             "background_actors": runtime.actors.running,
             "partitions": partitions,
         }
+        if runtime.replicator is not None:
+            out["replication"] = runtime.replicator.status()
+        return out
 
     def inspect(self, body: object) -> dict[str, object]:
         """One partition in detail, for operators (``kvctl inspect``/``recover``): its counts,
@@ -421,6 +510,10 @@ class NodeService:
             "partitions": sorted(runtime.cores) if runtime is not None else [],
             "pid": os.getpid(),
         }
+        if runtime is not None and runtime.replicator is not None:
+            # The partitions this node serves as their leader right now.
+            replicator = runtime.replicator
+            body["serving"] = [pid for pid in sorted(runtime.cores) if _serves(replicator, pid)]
         return web.json_response(body, status=200 if status == "ok" else 503)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
@@ -435,6 +528,20 @@ class NodeService:
         if self.gateway is not None:  # the co-located coordinator's (kvstore_coordinator_*)
             body += self.gateway.metrics.render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _serves(replicator: Replicator, pid: PartitionId) -> bool:
+    return replicator.leads(pid) and replicator.refusal(pid) is None
+
+
+def _redirect(replicator: Replicator) -> Callable[[PartitionId], KvError | None]:
+    """The refusal naming the leader, for a partition another node leads (else None)."""
+
+    def redirect(pid: PartitionId) -> KvError | None:
+        refusal = replicator.refusal(pid)
+        return refusal if isinstance(refusal, WrongOwner) else None
+
+    return redirect
 
 
 def _depth(runtime: NodeRuntime, pid: PartitionId) -> Callable[[], int]:

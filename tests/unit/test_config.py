@@ -1,4 +1,5 @@
-"""The cluster file: the API token file and ``txn_ops_max`` keys, and coordinator look-up.
+"""The cluster file: the API token file and ``txn_ops_max`` keys, coordinator look-up, and the
+``[replication]`` table.
 
 Goal: the new optional keys load with their documented defaults, are validated strictly (a bad
 value is a ValidationError naming the key), and older cluster files load unchanged. Method:
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from kvstore.config import load_cluster, write_cluster_file
+from kvstore.config import ReplicationSpec, load_cluster, write_cluster_file
 from kvstore.errors import ValidationError
 from kvstore.limits import TXN_OPS_MAX_CEILING, TXN_OPS_MAX_DEFAULT
 
@@ -105,3 +106,84 @@ def test_coordinator_lookup_without_coordinators(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as caught:
         load_cluster(file).coordinator("c1")
     assert caught.value.field == "id"
+
+
+# --- [replication] ------------------------------------------------------------------------------
+
+ETCD = ["http://127.0.0.1:2379"]
+
+
+def test_no_replication_table_means_factor_one_and_no_control_plane(tmp_path: Path) -> None:
+    file = tmp_path / "cluster.toml"
+    write_cluster_file(file, nodes=NODES)
+    assert "replication" not in tomllib.loads(file.read_text(encoding="utf-8"))
+    spec = load_cluster(file).replication
+    assert spec == ReplicationSpec() and not spec.replicated
+
+
+def test_replication_is_written_and_loaded(tmp_path: Path) -> None:
+    file = tmp_path / "cluster.toml"
+    spec = ReplicationSpec(factor=2, endpoints=tuple(ETCD), prefix="/kvstore/lc-1")
+    write_cluster_file(file, nodes=NODES, replication=spec)
+    loaded = load_cluster(file)
+    assert loaded.replication == spec and loaded.replication.replicated
+    # The static map's owners are the first placement's leaders (partition p on node p mod n).
+    assert loaded.cluster_map.owner_of(loaded.cluster_map.partitions.partition_of("k")) in NODES
+
+
+def test_factor_one_needs_no_endpoints(tmp_path: Path) -> None:
+    file = write_doc(tmp_path / "cluster.toml", replication={"factor": 1})
+    assert not load_cluster(file).replication.replicated
+
+
+@pytest.mark.parametrize(
+    ("table", "field"),
+    [
+        ({"factor": 0}, "replication.factor"),
+        ({"factor": 2, "endpoints": ETCD, "prefix": "/p"}, "replication.factor"),  # one node
+        ({"factor": True}, "replication.factor"),
+        ({"factor": "3"}, "replication.factor"),
+        ({"endpoints": "http://127.0.0.1:2379"}, "replication.endpoints"),
+        ({"endpoints": ["127.0.0.1:2379"]}, "replication.endpoints"),
+        ({"endpoints": [""]}, "replication.endpoints"),
+        ({"prefix": 5}, "replication.prefix"),
+        ({"factr": 1}, "replication"),
+    ],
+)
+def test_bad_replication_tables_are_refused(
+    tmp_path: Path, table: dict[str, object], field: str
+) -> None:
+    file = write_doc(tmp_path / "cluster.toml", replication=table)
+    with pytest.raises(ValidationError) as caught:
+        load_cluster(file)
+    assert caught.value.field == field
+
+
+def write_two_nodes(path: Path, replication: dict[str, object], **node: object) -> Path:
+    nodes = {nid: {"address": address, **node} for nid, address in NODES.items()}
+    path.write_text(tomli_w.dumps({"nodes": nodes, "replication": replication}), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("table", "field"),
+    [
+        ({"factor": 2, "prefix": "/p"}, "replication.endpoints"),
+        ({"factor": 2, "endpoints": ETCD}, "replication.prefix"),
+        ({"factor": 3, "endpoints": ETCD, "prefix": "/p"}, "replication.factor"),
+    ],
+)
+def test_a_replicated_cluster_needs_its_control_plane(
+    tmp_path: Path, table: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        load_cluster(write_two_nodes(tmp_path / "cluster.toml", table))
+    assert caught.value.field == field
+
+
+def test_a_replicated_cluster_refuses_listed_partitions(tmp_path: Path) -> None:
+    table = {"factor": 2, "endpoints": ETCD, "prefix": "/p"}
+    file = write_two_nodes(tmp_path / "cluster.toml", table, partitions=[])
+    with pytest.raises(ValidationError) as caught:
+        load_cluster(file)
+    assert caught.value.field == "nodes"

@@ -50,15 +50,19 @@ from kvstore.localcluster import (
     CLUSTER_FILE,
     DEFAULT_DIR,
     DIR_ENV,
+    ETCD_ID,
     MARKER_FILE,
     SECRET_FILE,
     Attachment,
     LocalCluster,
     LogFollower,
     ProcessSpec,
+    ProcessStatus,
+    ReplicaView,
     command_matches,
     process_command_line,
     read_pid_file,
+    replication_summary,
     resolve_dir,
 )
 
@@ -156,21 +160,29 @@ def test_create_into_an_empty_directory_and_refuse_an_existing_cluster(tmp_path:
 
 
 @pytest.mark.parametrize(
-    ("nodes", "coordinators", "partitions", "field"),
-    [
-        (0, 1, 16, "--nodes"),
-        (17, 1, 16, "--nodes"),
-        (3, -1, 16, "--coordinators"),
-        (3, 9, 16, "--coordinators"),
-        (4, 1, 3, "--partitions"),
+    ("shape", "field"),
+    [  # nodes, coordinators, partitions, replication factor
+        ((0, 1, 16, 1), "--nodes"),
+        ((17, 1, 16, 1), "--nodes"),
+        ((3, -1, 16, 1), "--coordinators"),
+        ((3, 9, 16, 1), "--coordinators"),
+        ((4, 1, 3, 1), "--partitions"),
+        ((3, 0, 16, 0), "--replication-factor"),
+        ((3, 0, 16, 4), "--replication-factor"),  # more copies than nodes
+        ((3, 1, 16, 3), "--coordinators"),  # they would not follow the leaders
     ],
 )
 def test_create_checks_the_shape(
-    tmp_path: Path, nodes: int, coordinators: int, partitions: int, field: str
+    tmp_path: Path, shape: tuple[int, int, int, int], field: str
 ) -> None:
+    nodes, coordinators, partitions, factor = shape
     with pytest.raises(ValidationError) as caught:
         LocalCluster.create(
-            tmp_path / "kv", nodes=nodes, coordinators=coordinators, partitions=partitions
+            tmp_path / "kv",
+            nodes=nodes,
+            coordinators=coordinators,
+            partitions=partitions,
+            replication_factor=factor,
         )
     assert caught.value.field == field
     assert not (tmp_path / "kv").exists()
@@ -449,3 +461,90 @@ def test_output_table_prints_missing_values_as_dashes() -> None:
     lines = [line.split() for line in stdout.getvalue().splitlines() if line.strip()]
     assert lines[0] == ["A", "B"]
     assert lines[-2:] == [["1", "-"], ["x", "2.5"]]
+
+
+# --- replicated clusters (no process started: see tests/integration/test_replication.py) ------
+
+
+def test_a_replicated_cluster_names_its_private_etcd(tmp_path: Path) -> None:
+    made = LocalCluster.create(tmp_path / "kv", nodes=3, partitions=4, replication_factor=3)
+    config = load_cluster(made.root / CLUSTER_FILE)
+    ports = made.etcd_ports
+    assert ports is not None and ports.client != ports.peer
+    assert config.replication.factor == 3
+    assert config.replication.endpoints == (f"http://127.0.0.1:{ports.client}",)
+    assert config.replication.prefix == f"/kvstore/{made.cluster_id}"
+    marker = json.loads((made.root / MARKER_FILE).read_text())
+    assert marker["etcd"] == {"client_port": ports.client, "peer_port": ports.peer}
+    assert mode(made.root / "etcd") == 0o700
+    again = LocalCluster.open(made.root)
+    assert again.etcd_ports == ports and again.replicated
+    assert again.etcd().member_dir == made.root / "etcd" / "etcd" and again.etcd().fsync
+    # Every node holds every partition; nothing runs, so status shows each one down.
+    assert [made.held_by(node) for node in ("n1", "n2", "n3")] == [(0, 1, 2, 3)] * 3
+    statuses = made.status(rates=False)
+    assert [(s.role, s.process_id, s.health) for s in statuses][-1] == ("etcd", ETCD_ID, "down")
+    assert made.etcd_running() is None
+    assert made.down().not_running == ("n1", "n2", "n3", ETCD_ID)
+
+
+def test_an_unreplicated_cluster_has_no_etcd(cluster: LocalCluster) -> None:
+    assert cluster.etcd_ports is None and not cluster.replicated
+    assert "etcd" not in json.loads((cluster.root / MARKER_FILE).read_text())
+    assert not (cluster.root / "etcd").exists()
+    with pytest.raises(ValidationError):
+        cluster.etcd()
+
+
+def test_open_refuses_a_replicated_cluster_without_etcd_ports(tmp_path: Path) -> None:
+    made = LocalCluster.create(tmp_path / "kv", nodes=2, partitions=2, replication_factor=2)
+    marker = json.loads((made.root / MARKER_FILE).read_text())
+    del marker["etcd"]
+    (made.root / MARKER_FILE).write_text(json.dumps(marker))
+    with pytest.raises(ValidationError, match="damaged"):
+        LocalCluster.open(made.root)
+    marker["etcd"] = {"client_port": "x"}
+    (made.root / MARKER_FILE).write_text(json.dumps(marker))
+    with pytest.raises(ValidationError, match="etcd ports"):
+        LocalCluster.open(made.root)
+
+
+def view(node: str, partition: int, leader: str, epoch: int, seq: int, **extra: object) -> object:
+    return ReplicaView(
+        partition=partition,
+        node=node,
+        leader=leader,
+        replicas=("n1", "n2", "n3"),
+        epoch=epoch,
+        position=(epoch, seq),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def node_status(node: str, *views: object) -> ProcessStatus:
+    return ProcessStatus(
+        role="node",
+        process_id=node,
+        address="127.0.0.1:1",
+        pid=1,
+        health="ok",
+        log=Path("x"),
+        replication=tuple(views),  # type: ignore[arg-type]
+    )
+
+
+def test_replication_summary_takes_the_newest_epoch_and_the_leaders_own_view() -> None:
+    statuses = [
+        # n1 still believes it leads partition 0 at epoch 3 (it was deposed).
+        node_status("n1", view("n1", 0, "n1", 3, 7, serving=False, lag={"n2": 1, "n3": 1})),
+        node_status("n2", view("n2", 0, "n2", 5, 9, serving=True, lag={"n1": 2, "n3": 0})),
+        node_status("n3", view("n3", 0, "n2", 5, 9)),
+        ProcessStatus("etcd", ETCD_ID, "127.0.0.1:2", 2, "ok", Path("y")),
+    ]
+    [row] = replication_summary(statuses)
+    assert (row.partition, row.leader, row.epoch, row.serving) == (0, "n2", 5, True)
+    assert row.lag == {"n1": 2, "n3": 0}
+    assert row.positions == {"n1": (3, 7), "n2": (5, 9), "n3": (5, 9)}
+    # A leader that did not answer: no lag known, not serving as far as anyone can tell.
+    [row] = replication_summary(statuses[2:])
+    assert (row.leader, row.serving, row.lag) == ("n2", False, None)
