@@ -370,6 +370,7 @@ class CoordinatorHost(Host):
         rng: random.Random,
         admission_max: int,
         count: Callable[[str], None] = lambda what: None,
+        replicated: bool = False,
     ) -> None:
         super().__init__(name, loop, net, trace, resolution_us)
         self.origin = origin
@@ -379,6 +380,8 @@ class CoordinatorHost(Host):
         self.rng = rng
         self.admission_max = admission_max
         self.count = count  # notable events, for the run's statistics
+        # No one-node transactions in a replicated cluster (see the coordinator engine).
+        self.replicated = replicated
         self._sessions: dict[int, Callable[[], None]] = {}
         self._next_session = 0
         self._boot()
@@ -432,7 +435,7 @@ class CoordinatorHost(Host):
             self.pmap.partition_of,
             self.local_now(),
             token=token,
-            node_of=self.net.owner.__getitem__,
+            node_of=None if self.replicated else self.net.owner.__getitem__,
             mutants=self.mutants,
         )
         if txn.one_node:

@@ -195,6 +195,7 @@ class Simulation:
                 rng=self.rng,
                 admission_max=self.profile.admission_max,
                 count=self.count,
+                replicated=replication is not None,
             )
             for i in range(config.coordinators)
         ]

@@ -375,7 +375,9 @@ class Coordinator:
                 now_us,
                 token=token,
                 txn_ops_max=self.txn_ops_max,
-                node_of=self.cluster_map.owner_of,
+                # Not in a replicated cluster: each partition replicates on its own, so one
+                # node's single fsync no longer makes a several-partition write atomic.
+                node_of=None if self._following else self.cluster_map.owner_of,
                 mutants=self._mutants,
             )
             answer: TxnResult = await self._run(txn, now_us)

@@ -21,7 +21,9 @@ release:
 * else a flush is in flight -> after it (the step may have read rows it holds);
 * else at once.
 
-**One-node transactions.** A ``NodeExecuteRequest`` names several partitions of this node (the
+**One-node transactions** (not in a replicated node, where each partition replicates on its own
+and one fsync no longer makes them atomic: refused with ``ValidationError``, and coordinators
+never send them there). A ``NodeExecuteRequest`` names several partitions of this node (the
 coordinator sends one when it finds every participant here). It is admitted on all of them or
 refused as a whole (``wrong_owner`` for the first one not owned here; ``Overloaded`` if any
 partition's bound or the node's is reached; ``DiskFull`` while stalled); a refusal ran nothing.
@@ -109,6 +111,7 @@ from kvstore.errors import (
     KvError,
     Overloaded,
     TransactionConflict,
+    ValidationError,
 )
 from kvstore.logs import log_event
 from kvstore.messages import (
@@ -407,12 +410,13 @@ class NodeRuntime:
         if self.disk_full is not None:
             respond(self.disk_full_error(request.partition))
             return
-        if self.replicator is not None:
-            for pid in pids:
-                refused = self.replicator.refusal(pid)
-                if refused is not None:
-                    respond(refused)
-                    return
+        if self.replicator is not None:  # each partition replicates alone: not atomic here
+            respond(
+                ValidationError(
+                    "request", "a several-partition execute is not available in a replicated node"
+                )
+            )
+            return
         try:  # all or nothing: counted on every partition only once admitted on all
             for pid in pids:
                 admit(self.in_progress[pid], limits.PARTITION_QUEUE_MAX, what=f"partition {pid}")

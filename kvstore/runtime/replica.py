@@ -192,6 +192,7 @@ class Replicator:
         self._gates: list[_Gate] = []
         self._electing: set[PartitionId] = set()
         self._held_epochs: set[tuple[PartitionId, int]] = set()  # leaderships of this process
+        self._dropped: set[PartitionId] = set()  # copies emptied since this process started
         self._boot_map_epoch: int | None = None  # the map epoch at our first read
         self._timer: Timer | None = None
         self.stopped = False
@@ -513,6 +514,15 @@ class Replicator:
     def _on_replicate(self, request: ReplicateRequest, respond: Respond) -> None:
         pid = request.partition
         view = self._store.partition(pid)
+        if self.node_id not in self.placement.of(pid).holders:
+            # Not ours (yet, or any more) by the map we last read: take nothing.
+            meta = view.get_meta()
+            respond(
+                ReplicateReply(
+                    accepted=False, epoch=meta.epoch, seq=meta.seq, promised=meta.promised
+                )
+            )
+            return
         led = self._led.get(pid)
         if led is not None:
             if led.epoch >= request.leader_epoch:
@@ -600,6 +610,9 @@ class Replicator:
         if led is None:
             return
         self._trace(f"stops leading p{pid} (epoch {led.epoch})")
+        log_event(
+            _log, "replica.unleads", logging.INFO, node=self.node_id, partition=pid, epoch=led.epoch
+        )
         view = self._store.partition(pid)
         if self._store.open_writes_of(pid):  # unstamped writes: this copy left the history
             view.put_meta(replace(view.get_meta(), seq=POISONED_SEQ))
@@ -643,6 +656,8 @@ class Replicator:
         except KvError as bad:
             log_event(_log, "replica.bad_map", logging.ERROR, node=self.node_id, error=str(bad))
             return
+        if placement.epoch < self.placement.epoch:
+            return  # an older read answered late (reads overlap): it confirms nothing new
         self._adopt(placement, found.mod_revision, sent_us)
         self._control.list(
             node_key(self.config.prefix),
@@ -661,11 +676,16 @@ class Replicator:
         for pid in self._logs:
             part = placement.of(pid)
             led = self._led.get(pid)
+            if self.node_id in part.holders:
+                self._dropped.discard(pid)  # ours again: a later removal drops it again
             if part.leader != self.node_id or self.node_id not in part.replicas:
                 if led is not None:
                     self._unlead(pid)
-                held = self._position(pid)
-                if self.node_id not in part.holders and held.seq not in (0, POISONED_SEQ):
+                if (
+                    self.node_id not in part.holders
+                    and pid not in self._dropped
+                    and self._position(pid) != Position(0, 0)
+                ):
                     self._drop_copy(pid)  # we left its replicas (maybe while we were down)
                 continue
             if led is not None and led.epoch == part.epoch:
@@ -725,6 +745,7 @@ class Replicator:
         """This node left ``pid``'s replicas: delete its rows, keeping the promise; the copy
         is poisoned, so a later return starts from a snapshot."""
         self._trace(f"drops its copy of p{pid}")
+        self._dropped.add(pid)
         view = self._store.partition(pid)
         meta = view.get_meta()
         # The epoch stays: a node never leads again an epoch it held batches of.

@@ -87,7 +87,7 @@ from kvstore.storage_node.metrics import CONTENT_TYPE, NodeMetrics
 from kvstore.storage_node.sqlite_store import SqliteNodeStore
 from kvstore.timestamps import HybridClock, PhysicalClock, random_origin, system_clock_us
 from kvstore.transport import PartitionTransport, submitted
-from kvstore.types import NodeId, PartitionId
+from kvstore.types import PartitionId
 
 __all__ = ["NodeService", "lease_clock_us", "leaders_map"]
 
@@ -270,7 +270,10 @@ class NodeService:
         if replication is None:
             owned = self.cluster_map.partitions_of(self.node_id)
         else:
-            owned = replication.first_placement().replicated_on(NodeId(self.node_id))
+            # Every partition: a move may bring any of them here (docs/replication.md).
+            owned = tuple(
+                PartitionId(pid) for pid in range(self.cluster_map.partitions.partition_count)
+            )
             self._control = EtcdControlPlane(self.config.replication.endpoints)
         store = SqliteNodeStore.open(data_dir, owned)
         if store.migrated_files:
