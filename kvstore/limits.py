@@ -392,6 +392,8 @@ REPL_SNAPSHOT_ROWS_MAX: Final = 1_000_000
 REPL_SNAPSHOT_RETRY_MS: Final = 2_000
 # A replication call's deadline, and an election poll's.
 REPL_CALL_TIMEOUT_MS: Final = 1_000
+# An election decides once every replica answered its poll, or this long after a majority did.
+REPL_ELECTION_GRACE_MS: Final = 100
 # An election whose map compare-and-set loses to another change retries on the newer map.
 REPL_INSTALL_ATTEMPTS_MAX: Final = 8
 
@@ -409,6 +411,7 @@ __all__ += [
     "REPL_SNAPSHOT_RETRY_MS",
     "REPL_CALL_TIMEOUT_MS",
     "REPL_INSTALL_ATTEMPTS_MAX",
+    "REPL_ELECTION_GRACE_MS",
 ]
 
 # --- the replicated control plane (kvstore/replication/etcd.py, local_etcd.py) ---------------

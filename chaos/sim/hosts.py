@@ -73,7 +73,7 @@ from kvstore.runtime.actors import Actor, ActorDriver, Answer
 from kvstore.runtime.admission import admit
 from kvstore.runtime.disk import FlushDone
 from kvstore.runtime.node import NodeRuntime
-from kvstore.runtime.replica import ReplicationConfig
+from kvstore.runtime.replica import Audit, ReplicationConfig
 from kvstore.runtime.scheduler import FlagTimer
 from kvstore.storage_node.core import PartitionConfig
 from kvstore.storage_node.store import FlushJob, MemoryNodeStore
@@ -243,10 +243,12 @@ class NodeHost(Host):
         on_applied: Callable[[WriteRequest, WriteReply], None] | None = None,
         replication: ReplicationConfig | None = None,
         control: ControlPlane | None = None,
+        audit: Audit | None = None,
     ) -> None:
         super().__init__(name, loop, net, trace, resolution_us)
         self.replication = replication
         self.control = control
+        self.audit = audit
         self.origin = origin
         self.config = config
         self.fsync_us = fsync_us
@@ -272,6 +274,7 @@ class NodeHost(Host):
             replication=self.replication,
             control=self.control,
             lease_clock_us=lambda: self.loop.now_us,  # leases: a drift-free monotonic clock
+            audit=self.audit,
         )
         self.actors = self.runtime.actors
         self.runtime.start()

@@ -48,6 +48,8 @@ from chaos.sim.config import FaultProfile, SimConfig
 from chaos.sim.hosts import CoordinatorHost, Host, NodeHost
 from chaos.sim.loop import EventLoop, Trace
 from chaos.sim.network import Network
+from chaos.sim.replication_audit import SAMPLE_US as AUDIT_SAMPLE_US
+from chaos.sim.replication_audit import ReplicationAudit
 from chaos.sim.workloads import Workload, make_workload, stale_own_gets, unanchor_reads
 from kvstore.messages import LedgerRecord, TxnState, WriteReply, WriteRequest
 from kvstore.ops import Op as KvOp
@@ -150,8 +152,10 @@ class Simulation:
         self.nodes: list[NodeHost] = []
         self.control: SimControlPlane | None = None
         replication: ReplicationConfig | None = None
+        self.audit: ReplicationAudit | None = None
         if config.replication_factor > 1:
             self.control = SimControlPlane(self.loop, self.net)
+            self.audit = ReplicationAudit(lambda: self.loop.now_us)
             replication = ReplicationConfig(
                 nodes=tuple(NodeId(f"n{i}") for i in range(config.nodes)),
                 partitions=config.partitions,
@@ -175,6 +179,7 @@ class Simulation:
                 on_applied=self._applied,
                 replication=replication,
                 control=None if self.control is None else self.control.client(f"n{i}"),
+                audit=self.audit,
             )
             self.nodes.append(node)
             for pid in owned:
@@ -367,6 +372,10 @@ class Simulation:
         self.count("pause")
         self.trace.add(self.loop.now_us, f"pause {node.name} for {pause_ms}ms")
         node.paused_until_us = self.loop.now_us + pause_ms * _MS
+        if self.control is not None and self.rng.random() < 0.5:
+            # and etcd forgets it at once (a revoked lease): its partitions are taken over
+            # while it still holds their leases and has batches to ship
+            self.control.expire(node_key(REPLICATION_PREFIX, node.name))
 
     def isolate_node(self) -> None:
         """Cut a node from every other node and from the control plane (clients still reach
@@ -379,7 +388,32 @@ class Simulation:
         self.count("isolate")
         self.trace.add(self.loop.now_us, f"isolate {node.name} for {cut_ms}ms")
         self.net.cut |= links
+        if self.control is not None and self.rng.random() < 0.5:
+            # etcd drops its liveness key at once: successors are elected while it still holds
+            # its leases and serves the clients that reach it
+            self.control.expire(node_key(REPLICATION_PREFIX, node.name))
         self.loop.after(cut_ms * _MS, lambda: self.net.cut.difference_update(links))
+
+    def _sample_leaders(self) -> None:
+        """Rule 5, sampled: no partition served by two running nodes at once."""
+        assert self.audit is not None
+        now_us = self.loop.now_us
+        serving: list[tuple[PartitionId, list[str]]] = []
+        for index in range(self.config.partitions):
+            pid = PartitionId(index)
+            nodes = [
+                n.name
+                for n in self.nodes
+                if n.up
+                and n.paused_until_us <= now_us
+                and n.runtime is not None
+                and n.runtime.replicator is not None
+                and n.runtime.replicator.refusal(pid) is None
+            ]
+            serving.append((pid, nodes))
+        self.audit.check_serving(serving)
+        if not self.stopping:
+            self.loop.after(AUDIT_SAMPLE_US, self._sample_leaders)
 
     def move_partition(self) -> None:
         """An operator moves one replica of a partition to a node that holds none, the way
@@ -509,6 +543,8 @@ class Simulation:
         self._every(profile.isolate_ms, "isolate_node")
         self._every(profile.expire_ms, "expire_liveness")
         self._every(profile.move_ms, "move_partition")
+        if self.audit is not None:
+            self.loop.after(AUDIT_SAMPLE_US, self._sample_leaders)
         self._clones()
         self.loop.run_until(self.config.fault_phase_ms * _MS, stop=self._load_done)
         self._heal()
@@ -615,6 +651,9 @@ class Simulation:
         result = check_all(history, self.config.workload, MODEL, total=total)
         if wrong:
             result.anomalies.extend(wrong)
+            result.valid = False
+        if self.audit is not None and self.audit.anomalies:
+            result.anomalies.extend(self.audit.anomalies)
             result.valid = False
         return result
 

@@ -142,7 +142,7 @@ from kvstore.runtime.actors import ActorDriver, Answer, Sender
 from kvstore.runtime.admission import LagGate, admit
 from kvstore.runtime.disk import Disk, disk_full_cause, is_disk_full
 from kvstore.runtime.intent_waits import IntentWaits, Parked
-from kvstore.runtime.replica import ReplicationConfig, Replicator
+from kvstore.runtime.replica import Audit, ReplicationConfig, Replicator
 from kvstore.runtime.scheduler import Scheduler, Timer
 from kvstore.storage_node.core import PartitionConfig, PartitionCore, StaleIntent
 from kvstore.storage_node.metrics import NodeMetrics
@@ -227,6 +227,7 @@ class NodeRuntime:
         replication: ReplicationConfig | None = None,
         control: ControlPlane | None = None,
         lease_clock_us: Callable[[], int] | None = None,
+        audit: Audit | None = None,
     ) -> None:
         """``note`` receives one line per background actor started (the simulator's trace);
         ``gate`` is fed by production's loop probe (none in the simulator and tests).
@@ -286,6 +287,7 @@ class NodeRuntime:
                 leadership_ended=self.leadership_ended,
                 mutants=config.mutants,
                 note=note,
+                audit=audit,
             )
 
     # --- life cycle -------------------------------------------------------------------------

@@ -39,9 +39,10 @@ its unflushed batches may differ from what followers hold under the same positio
 ``OutcomeUnknown`` (their writes may survive on the new leader: callers ask again with their
 token, as after a timeout), and so does every answer still waiting that was stepped on that
 partition during the leadership, wherever it waits (the runtime's ``leadership_ended``): it may
-have read rows no majority holds. Unstamped writes left in the open batch make the local copy
-diverge, so the partition's position is poisoned (seq ``-1``): the next leader sends it a
-snapshot.
+have read rows no majority holds. Writes still unstamped in the open batch belong to no
+history: they are dropped (``discard_open_writes``), so the copy keeps exactly the batches of its
+position and may even win the next election. A copy the node leaves (removed from the replica
+set) is emptied and *poisoned* (seq ``-1``): only a snapshot brings it back.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, Protocol
 
 from kvstore import limits
 from kvstore.errors import ErrorCode, KvError, OutcomeUnknown, Unavailable, WrongOwner
@@ -76,6 +77,7 @@ from kvstore.replication.rules import (
     choose_leader,
     follower_verdict,
     lease_deadline_us,
+    majority,
     majority_seq,
     takeover_wait_us,
 )
@@ -85,7 +87,7 @@ from kvstore.storage_node.overlay import NodeBatch
 from kvstore.storage_node.store import NodeStore, PartitionMeta
 from kvstore.types import NodeId, PartitionId
 
-__all__ = ["ReplicationConfig", "Replicator", "POISONED_SEQ"]
+__all__ = ["ReplicationConfig", "Replicator", "Audit", "POISONED_SEQ"]
 
 _log = logging.getLogger("kvstore.replication")
 _US_PER_MS = 1000
@@ -146,6 +148,15 @@ class _Gate:
     done: Callable[[KvError | None], None]
 
 
+class Audit(Protocol):
+    """What an omniscient observer (the simulator) hears from every replicator: each batch a
+    leader acknowledged (durable on a majority) and each leadership's start, with the position
+    the new leader holds. Production has none."""
+
+    def acknowledged(self, node: NodeId, pid: PartitionId, position: Position) -> None: ...
+    def leads(self, node: NodeId, pid: PartitionId, epoch: int, position: Position) -> None: ...
+
+
 class Replicator:
     """See the module docstring."""
 
@@ -165,6 +176,7 @@ class Replicator:
         leadership_ended: Callable[[PartitionId, KvError], None],
         mutants: Mutants = NO_MUTANTS,
         note: Callable[[str], None] | None = None,
+        audit: Audit | None = None,
     ) -> None:
         """``local`` submits a request to this node's own runtime; ``when_durable`` calls back
         once every write so far is durable here; ``request_flush`` makes the runtime flush;
@@ -182,6 +194,7 @@ class Replicator:
         self._leadership_ended = leadership_ended
         self._mutants = mutants
         self._note = note
+        self._audit = audit
         self.placement: Placement = config.first_placement()
         self._revision = -1  # the map's mod_revision as last read; -1: never read
         self._live: set[str] = set()
@@ -337,6 +350,9 @@ class Replicator:
                 ended.append((gate, outcome))
         self._gates = waiting
         for gate, error in ended:
+            if error is None and self._audit is not None:
+                for pid, (epoch, seq) in gate.seqs.items():
+                    self._audit.acknowledged(self.node_id, pid, Position(epoch, seq))
             gate.done(error)
 
     def _gate_outcome(self, gate: _Gate) -> KvError | _Pending | None:
@@ -593,6 +609,8 @@ class Replicator:
         led.own_durable = max(meta.seq, 0)
         self._led[pid] = led
         self._held_epochs.add((pid, epoch))
+        if self._audit is not None:
+            self._audit.leads(self.node_id, pid, epoch, Position(meta.epoch, meta.seq))
         # The barrier: a batch under the new epoch (rule: commit a batch of one's own first).
         view.put_meta(replace(meta, promised=max(meta.promised, epoch)))
         self._request_flush()
@@ -613,10 +631,9 @@ class Replicator:
         log_event(
             _log, "replica.unleads", logging.INFO, node=self.node_id, partition=pid, epoch=led.epoch
         )
-        view = self._store.partition(pid)
-        if self._store.open_writes_of(pid):  # unstamped writes: this copy left the history
-            view.put_meta(replace(view.get_meta(), seq=POISONED_SEQ))
-            self._request_flush()
+        # Unstamped writes belong to no history: dropped (their answers fail just below). What
+        # was stamped stays: it is in the history, acknowledged or not.
+        self._store.discard_open_writes(pid)
         # First every answer that depends on the partition (a later gate may already be
         # complete, and failing the gates below releases the ones queued behind them).
         self._leadership_ended(pid, _leadership_lost(pid))
@@ -794,12 +811,20 @@ class Replicator:
             else:
                 self._install(pid, placement, revision, NodeId(chosen))
 
+        graced = False
+
         def polled(node: NodeId, reply: Reply | None) -> None:
+            nonlocal graced
             pending.discard(node)
             if isinstance(reply, PositionReply):
                 positions[node] = Position(reply.epoch, reply.seq)
             if not pending:
                 decide()
+            elif not graced and len(positions) >= majority(len(replicas)):
+                # A majority suffices (rule 4); the rest get a short grace, so that the most
+                # up-to-date replica usually wins without waiting out an unreachable one.
+                graced = True
+                self._scheduler.call_later(limits.REPL_ELECTION_GRACE_MS * _US_PER_MS, decide)
 
         timeout_us = limits.REPL_CALL_TIMEOUT_MS * _US_PER_MS
         timer = self._scheduler.call_later(timeout_us, decide)

@@ -247,6 +247,16 @@ class OverlayNode(Generic[J]):
         """Row writes of partition ``pid`` in the open batch."""
         return self._views[pid].pending_writes
 
+    def discard_open_writes(self, pid: PartitionId) -> None:
+        """Drop partition ``pid``'s writes from the open batch (a replicated node that stopped
+        leading it: they belong to no replica's history). Its answers must fail; the caller's
+        business."""
+        view = self._views[pid]
+        view.discard_open()
+        if view in self._dirty_views and not view.pending_writes:
+            self._dirty_views.remove(view)
+            view._dirty = False
+
     @property
     def dirty(self) -> bool:
         """The open batch holds writes."""
@@ -376,6 +386,15 @@ class PartitionView:
             + len(self._tokens.open)
         )
         return tables + (self._meta_open is not None)
+
+    def discard_open(self) -> None:
+        """Forget this partition's writes in the open batch (never flushed, never read by a
+        released answer); the layer in flight and the durable rows stay."""
+        self._items.open = {}
+        self._intents.open = {}
+        self._ledger.open = {}
+        self._tokens.open = {}
+        self._meta_open = None
 
     def open_writes(self) -> PartitionBatch:
         """A copy of this partition's writes in the open batch (for tests and diagnostics)."""
