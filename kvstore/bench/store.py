@@ -73,6 +73,8 @@ class TempCluster:
         """What runs, e.g. "3 nodes" or "3 nodes, 1 coordinator"."""
         config = self.cluster.config
         parts = [f"{len(config.nodes)} node{'s' if len(config.nodes) != 1 else ''}"]
+        if config.replication.replicated:
+            parts.append(f"replication factor {config.replication.factor}")
         if config.coordinators:
             count = len(config.coordinators)
             parts.append(f"{count} coordinator{'s' if count != 1 else ''}")
@@ -91,11 +93,19 @@ class TempCluster:
 
 
 @contextmanager
-def temp_cluster(*, nodes: int = 3, coordinators: int = 0) -> Iterator[TempCluster]:
-    """A fresh local cluster in a temporary directory, stopped and removed on exit."""
+def temp_cluster(
+    *, nodes: int = 3, coordinators: int = 0, replication_factor: int = 1
+) -> Iterator[TempCluster]:
+    """A fresh local cluster in a temporary directory (with its private etcd when replicated),
+    stopped and removed on exit."""
     parent = Path(tempfile.mkdtemp(prefix="kvstore-bench-"))
     try:
-        cluster = LocalCluster.create(parent / "cluster", nodes=nodes, coordinators=coordinators)
+        cluster = LocalCluster.create(
+            parent / "cluster",
+            nodes=nodes,
+            coordinators=coordinators,
+            replication_factor=replication_factor,
+        )
         try:
             cluster.up(ready_timeout_ms=BENCH_SERVER_START_TIMEOUT_MS)
             yield TempCluster(cluster.root, cluster)

@@ -107,6 +107,14 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="standalone coordinator processes (default 0; gateway mode then uses the first)",
     )
+    bench.add_argument(
+        "--replication-factor",
+        type=int,
+        default=1,
+        metavar="N",
+        help="replicas per partition (default 1; above 1 starts a private etcd, "
+        "docs/replication.md)",
+    )
     bench.add_argument("--seed", type=int, help="seed of the store's callers' random draws")
     bench.set_defaults(handler=_bench)
 
@@ -120,6 +128,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ValidationError("--nodes", f"must be in 1..{LOCAL_NODES_MAX}")
     if not 0 <= args.coordinators <= LOCAL_COORDINATORS_MAX:
         raise ValidationError("--coordinators", f"must be in 0..{LOCAL_COORDINATORS_MAX}")
+    if not 1 <= args.replication_factor <= args.nodes:
+        raise ValidationError("--replication-factor", f"must be in 1..{args.nodes} (--nodes)")
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
@@ -170,7 +180,11 @@ def _run_store(chosen: Workload, args: argparse.Namespace, out: Output) -> RunRe
     with contextlib.ExitStack() as stack:
         with out.spinner("starting a temporary cluster"):
             running = stack.enter_context(
-                store.temp_cluster(nodes=args.nodes, coordinators=args.coordinators)
+                store.temp_cluster(
+                    nodes=args.nodes,
+                    coordinators=args.coordinators,
+                    replication_factor=args.replication_factor,
+                )
             )
         # uvloop, as the store's own processes use: the fastest way to drive the SDK.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
