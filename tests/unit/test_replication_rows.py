@@ -6,7 +6,7 @@ from __future__ import annotations
 from support.partition import Partition, delete, put, ts
 
 from kvstore.replication.rows import apply_batch, install_snapshot, take_snapshot
-from kvstore.storage_node.store import MemoryStore
+from kvstore.storage_node.store import MemoryNodeStore, MemoryStore
 from kvstore.types import PartitionId
 
 P0 = PartitionId(0)
@@ -61,3 +61,23 @@ def test_a_snapshot_replaces_every_row_of_a_stale_copy() -> None:
     assert rows(stale.store)[:4] == rows(leader.store)[:4]
     assert stale.store.get_meta().promised == 7
     assert stale.store.get_item("zombie") is None and stale.store.get_intent("d") is None
+
+
+def test_discarding_a_partitions_open_writes_keeps_the_rest() -> None:
+    p1 = PartitionId(1)
+    node = MemoryNodeStore((P0, p1))
+    first = Partition()  # a source of real rows
+    first.execute("t1", ts(10), put("a", 1))
+    row = first.store.get_item("a")
+    assert row is not None
+    node.partition(P0).put_item(row)
+    node.commit()  # durable
+    node.partition(P0).delete_item("a")  # unflushed: dropped below
+    node.partition(p1).put_item(row)  # another partition's: kept
+    node.discard_open_writes(P0)
+    assert node.open_writes_of(P0) == 0 and node.open_writes_of(p1) == 1
+    assert node.partition(P0).get_item("a") == row  # the durable row shows again
+    node.commit()
+    assert node.durable_rows[P0].items == {"a": row} and node.durable_rows[p1].items == {"a": row}
+    node.discard_open_writes(p1)  # nothing open: harmless
+    assert not node.dirty
