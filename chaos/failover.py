@@ -24,6 +24,10 @@ partitions acknowledge no write. This module measures it from the history alone:
    fault, so it includes the ordinary wait between two writes (tens of milliseconds at the runs'
    rates): an upper bound on the outage, never an underestimate. Partitions the workload never
    writes (``keyed``) cannot be measured and are listed apart.
+4. **A gap counts for the first fault that overlaps it.** When a partition is still without a
+   commit from an earlier fault as the next one opens, the later fault gets its own longest
+   gap that no earlier fault took; if every gap it overlaps was taken, it shows the ongoing one
+   marked ``earlier`` (left out of the per-kind maxima), so one outage is never counted twice.
 
 Everything here is pure (histories and windows in, figures out) and unit-tested on synthetic
 histories (``tests/chaos/test_failover.py``).
@@ -70,6 +74,7 @@ class PartitionGap:
     start_ns: int
     end_ns: int
     recovered: bool
+    earlier: bool = False  # the gap was already counted for an earlier fault
 
     @property
     def seconds(self) -> float:
@@ -82,6 +87,7 @@ class PartitionGap:
             "from_fault_start_s": round((self.start_ns - fault_start_ns) / 1e9, 3),
             "to_fault_start_s": round((self.end_ns - fault_start_ns) / 1e9, 3),
             "recovered": self.recovered,
+            "earlier": self.earlier,
         }
 
 
@@ -96,7 +102,9 @@ class Unavailability:
 
     @property
     def longest(self) -> PartitionGap | None:
-        return max(self.gaps, key=lambda gap: (gap.seconds, -gap.partition), default=None)
+        """The longest gap of this fault's own (not counted for an earlier fault)."""
+        own = [gap for gap in self.gaps if not gap.earlier]
+        return max(own, key=lambda gap: (gap.seconds, -gap.partition), default=None)
 
     def to_json(self, origin_ns: int) -> dict[str, Any]:
         longest = self.longest
@@ -149,20 +157,37 @@ def acknowledged_writes(
 
 
 def _longest_gap(
-    acks: Sequence[int], partition: int, fault: FaultWindow, start_ns: int, end_ns: int
+    acks: Sequence[int],
+    partition: int,
+    fault: FaultWindow,
+    start_ns: int,
+    end_ns: int,
+    *,
+    claimed: set[tuple[int, int]],
 ) -> PartitionGap:
+    """The longest gap of ``partition`` overlapping ``fault`` that no earlier fault claimed
+    (then claimed for this one); else the longest claimed one, marked ``earlier``."""
     inside = [t for t in acks if start_ns <= t <= end_ns]
     points = [(start_ns, True), *((t, True) for t in inside), (end_ns, False)]
     best: PartitionGap | None = None
+    taken: PartitionGap | None = None
     for (a, _), (b, is_ack) in itertools.pairwise(points):
         if not (a < fault.end_ns and b > fault.start_ns) or b <= a:
             continue
-        if best is None or b - a > best.end_ns - best.start_ns:
-            best = PartitionGap(partition, a, b, recovered=is_ack)
-    if best is None:  # a window of no length between two acknowledgements at one instant
-        at = min(max(fault.start_ns, start_ns), end_ns)
-        best = PartitionGap(partition, at, at, recovered=True)
-    return best
+        gap = PartitionGap(partition, a, b, recovered=is_ack, earlier=(a, b) in claimed)
+        if gap.earlier:
+            if taken is None or gap.seconds > taken.seconds:
+                taken = gap
+        elif best is None or gap.seconds > best.seconds:
+            best = gap
+    if best is not None:
+        claimed.add((best.start_ns, best.end_ns))
+        return best
+    if taken is not None:
+        return taken
+    # A window of no length between two acknowledgements at one instant.
+    at = min(max(fault.start_ns, start_ns), end_ns)
+    return PartitionGap(partition, at, at, recovered=True)
 
 
 def unavailability(
@@ -179,13 +204,17 @@ def unavailability(
     without an acknowledged write of each partition it hit (see the module). ``start_ns`` and
     ``end_ns`` bound the load; ``keyed`` are the partitions the workload writes (None: all)."""
     acks = acknowledged_writes(history, partition_of)
+    claimed: dict[int, set[tuple[int, int]]] = {}  # partition -> gaps counted already
     out: list[Unavailability] = []
     for fault in sorted(faults, key=lambda f: (f.start_ns, f.end_ns)):
         if fault.kind not in kinds or not fault.partitions:
             continue
         measured = [p for p in fault.partitions if keyed is None or p in keyed]
         gaps = tuple(
-            _longest_gap(acks.get(p, []), p, fault, start_ns, end_ns) for p in sorted(measured)
+            _longest_gap(
+                acks.get(p, []), p, fault, start_ns, end_ns, claimed=claimed.setdefault(p, set())
+            )
+            for p in sorted(measured)
         )
         unmeasured = tuple(sorted(p for p in fault.partitions if p not in measured))
         out.append(Unavailability(fault, gaps, unmeasured))
@@ -218,11 +247,16 @@ def failover_text(measured: Sequence[Unavailability], origin_ns: int) -> str:
             f" for {(fault.end_ns - fault.start_ns) / 1e9:4.1f} s,"
             f" partitions {','.join(str(p) for p in fault.partitions)}:"
         )
-        if longest is None:
+        if not entry.gaps:
             lines.append(f"{where} none written by the workload")
             continue
+        if longest is None:
+            lines.append(f"{where} each still out since an earlier fault (counted there)")
+            continue
         others = ", ".join(
-            f"p{gap.partition} {gap.seconds:.2f}" for gap in entry.gaps if gap is not longest
+            f"p{gap.partition} {gap.seconds:.2f}" + (" earlier" if gap.earlier else "")
+            for gap in entry.gaps
+            if gap is not longest
         )
         text = f"{where} longest {longest.seconds:.2f} s (p{longest.partition}"
         text += f"; {others})" if others else ")"

@@ -38,7 +38,10 @@ to the cluster secret. The schedule is a loop bounded by the run's end: wait a r
 kind and a target, open the window, wait its random length, close it; no window opens with less
 than the shortest window length (``WINDOW_S[0]``) left before the run's end, so no window is cut
 short and the report's failure buckets (no wider than the shortest window) stay readable (a
-kind with longer windows also needs its own shortest left). Every window is recorded as a
+kind with longer windows also needs its own shortest left). In a replicated cluster the gap
+before the next fault begins only once every partition has a serving leader again
+(``LocalCluster.wait_serving``), so that two faults' outages do not run into each other and
+each fault's failover is measured on its own. Every window is recorded as a
 :class:`~chaos.report.FaultWindow` for the report. :meth:`Nemesis.heal` ends whatever is open
 and returns every process to health; it is called whatever happens. A restart that fails (a
 process that does not come back, partitions without a serving leader within
@@ -162,6 +165,8 @@ class Nemesis:
             )
             self._hit, self._cut = (), ()
             self.counts[kind] = self.counts.get(kind, 0) + 1
+            if self.cluster.replicated:  # the next fault meets a cluster that serves again
+                await self._serving(f"{kind} {target.process_id}")
 
     async def _target(self, kind: str) -> ProcessSpec | None:
         """The process ``kind`` aims at: a random one for the classic kinds; for the leader
@@ -236,6 +241,15 @@ class Nemesis:
                 await self._control(process, {"blocked": []})
         elif kind == "clock":
             await self._control(target, {"clock_offset_ms": 0})
+
+    async def _serving(self, after: str) -> None:
+        """Wait until every partition has a serving leader (a failover the fault started has
+        ended), so that one fault's outage does not run into the next one's; a timeout is kept
+        in ``problems``."""
+        try:
+            await asyncio.to_thread(self.cluster.wait_serving)
+        except KvError as error:
+            self.problems.append(f"after {after}: {error}")
 
     async def _up(self, after: str) -> None:
         """Start what is not running and wait until the cluster serves; a failure is kept in

@@ -761,7 +761,9 @@ def _failover_section(failover: Sequence[Unavailability], t0: int) -> str:
     for entry in failover:
         fault, longest = entry.fault, entry.longest
         gaps = ", ".join(
-            f"p{g.partition} {g.seconds:.2f}" + ("" if g.recovered else " (not recovered)")
+            f"p{g.partition} {g.seconds:.2f}"
+            + ("" if g.recovered else " (not recovered)")
+            + (" (since an earlier fault)" if g.earlier else "")
             for g in entry.gaps
         )
         rows.append(
