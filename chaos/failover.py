@@ -18,12 +18,18 @@ partitions acknowledge no write. This module measures it from the history alone:
    first one opening at the load's start and the last one closing at the load's end (so a
    partition that never acknowledged again after a fault has a gap up to the end of the load,
    flagged as not recovered).
-3. **A fault's unavailability** on one of its partitions is the longest gap that overlaps the
-   fault window ``[start, end]``; the fault's figure is the longest of its partitions'
-   (:func:`unavailability`). A gap opens at the partition's last acknowledgement before the
-   fault, so it includes the ordinary wait between two writes (tens of milliseconds at the runs'
-   rates): an upper bound on the outage, never an underestimate. Partitions the workload never
-   writes (``keyed``) cannot be measured and are listed apart.
+3. **A fault's unavailability** on one of its partitions is measured on the gaps that overlap
+   the fault window ``[start, end]``: each counts from the fault's start (or from its own start,
+   when it opened later, as after ``kill-etcd``, where leaders serve on for one lease) to the
+   next acknowledgement; the longest is the partition's figure, and the fault's figure is the
+   longest of its partitions' (:func:`unavailability`). Counting from the fault's start rather
+   than from the last acknowledgement before it leaves out the quiet time before the fault (a
+   partition holding one of the workload's eight keys may see no write for several hundred
+   milliseconds); the whole gap is kept too (``gap_s``). The figure ends at the first
+   acknowledgement after the outage, so it includes the clients' own delays (backoff, requests
+   still waiting on the dead leader): what an application sees, an upper bound on the store's
+   own outage. Partitions the workload never writes (``keyed``) cannot be measured and are
+   listed apart.
 4. **A gap counts for the first fault that overlaps it.** When a partition is still without a
    commit from an earlier fault as the next one opens, the later fault gets its own longest
    gap that no earlier fault took; if every gap it overlaps was taken, it shows the ongoing one
@@ -66,26 +72,35 @@ _WRITE_MOPS: Final = frozenset({"append", "w"})
 
 @dataclass(frozen=True)
 class PartitionGap:
-    """The longest stretch without an acknowledged write on ``partition`` that overlaps a
-    fault window: from ``start_ns`` (its last acknowledgement before, or the load's start) to
-    ``end_ns`` (its next acknowledgement, or the load's end when ``recovered`` is false)."""
+    """The stretch without an acknowledged write on ``partition`` that a fault window caused
+    (see the module): the gap from ``start_ns`` (its last acknowledgement before, or the load's
+    start) to ``end_ns`` (its next acknowledgement, or the load's end when ``recovered`` is
+    false), counted from ``from_ns`` (the later of ``start_ns`` and the fault's start)."""
 
     partition: int
     start_ns: int
     end_ns: int
+    from_ns: int
     recovered: bool
     earlier: bool = False  # the gap was already counted for an earlier fault
 
     @property
     def seconds(self) -> float:
+        """The unavailability: from ``from_ns`` to the next acknowledgement."""
+        return (self.end_ns - self.from_ns) / 1e9
+
+    @property
+    def gap_seconds(self) -> float:
+        """The whole gap between two acknowledgements."""
         return (self.end_ns - self.start_ns) / 1e9
 
     def to_json(self, fault_start_ns: int) -> dict[str, Any]:
         return {
             "partition": self.partition,
             "seconds": round(self.seconds, 3),
-            "from_fault_start_s": round((self.start_ns - fault_start_ns) / 1e9, 3),
-            "to_fault_start_s": round((self.end_ns - fault_start_ns) / 1e9, 3),
+            "gap_s": round(self.gap_seconds, 3),
+            "gap_from_fault_start_s": round((self.start_ns - fault_start_ns) / 1e9, 3),
+            "gap_to_fault_start_s": round((self.end_ns - fault_start_ns) / 1e9, 3),
             "recovered": self.recovered,
             "earlier": self.earlier,
         }
@@ -174,7 +189,14 @@ def _longest_gap(
     for (a, _), (b, is_ack) in itertools.pairwise(points):
         if not (a < fault.end_ns and b > fault.start_ns) or b <= a:
             continue
-        gap = PartitionGap(partition, a, b, recovered=is_ack, earlier=(a, b) in claimed)
+        gap = PartitionGap(
+            partition,
+            a,
+            b,
+            max(a, fault.start_ns),
+            recovered=is_ack,
+            earlier=(a, b) in claimed,
+        )
         if gap.earlier:
             if taken is None or gap.seconds > taken.seconds:
                 taken = gap
@@ -187,7 +209,7 @@ def _longest_gap(
         return taken
     # A window of no length between two acknowledgements at one instant.
     at = min(max(fault.start_ns, start_ns), end_ns)
-    return PartitionGap(partition, at, at, recovered=True)
+    return PartitionGap(partition, at, at, at, recovered=True)
 
 
 def unavailability(
@@ -236,8 +258,8 @@ def failover_text(measured: Sequence[Unavailability], origin_ns: int) -> str:
     if not measured:
         return ""
     lines = [
-        "failover (per fault: the partitions it hit and the longest time one of them went "
-        "without an acknowledged write):"
+        "failover (per fault: the partitions it hit, and the longest time one of them went "
+        "without an acknowledged write from the fault's start):"
     ]
     for entry in measured:
         fault = entry.fault
@@ -262,7 +284,7 @@ def failover_text(measured: Sequence[Unavailability], origin_ns: int) -> str:
         text += f"; {others})" if others else ")"
         if not all(gap.recovered for gap in entry.gaps):
             stuck = [gap.partition for gap in entry.gaps if not gap.recovered]
-            text += f" — NOT RECOVERED by the end of the load: partitions {stuck}"
+            text += f" — no write acknowledged again before the load ended: partitions {stuck}"
         lines.append(text)
     by_kind = longest_by_kind(measured)
     counts: dict[str, int] = {}

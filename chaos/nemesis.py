@@ -38,10 +38,11 @@ to the cluster secret. The schedule is a loop bounded by the run's end: wait a r
 kind and a target, open the window, wait its random length, close it; no window opens with less
 than the shortest window length (``WINDOW_S[0]``) left before the run's end, so no window is cut
 short and the report's failure buckets (no wider than the shortest window) stay readable (a
-kind with longer windows also needs its own shortest left). In a replicated cluster the gap
-before the next fault begins only once every partition has a serving leader again
-(``LocalCluster.wait_serving``), so that two faults' outages do not run into each other and
-each fault's failover is measured on its own. Every window is recorded as a
+kind with longer windows also needs its own shortest left, and a replicated kind
+``FAILOVER_LOAD_S`` more, so that the failover it causes happens under load). In a replicated
+cluster the gap before the next fault begins only once every partition has a serving leader
+again (``LocalCluster.wait_serving``), so that two faults' outages do not run into each other
+and each fault's failover is measured on its own. Every window is recorded as a
 :class:`~chaos.report.FaultWindow` for the report. :meth:`Nemesis.heal` ends whatever is open
 and returns every process to health; it is called whatever happens. A restart that fails (a
 process that does not come back, partitions without a serving leader within
@@ -80,6 +81,9 @@ WINDOWS_S: Final[dict[str, tuple[float, float]]] = {
     "kill-etcd": ETCD_WINDOW_S,
 }
 NO_LEADER_RETRY_S: Final = 0.5  # no serving leader found: look again after this
+# A replicated fault opens only with its shortest window plus this much load left, so that the
+# failover it causes (about 4 s, docs/replication.md) ends under load and can be measured.
+FAILOVER_LOAD_S: Final = 6.0
 CLOCK_BUMP_MS_MAX: Final = 400  # below the nodes' 500 ms skew bound, so mostly a soft fault
 CLOCK_STROBES: Final = 5
 CONTROL_TIMEOUT_S: Final = 2.0
@@ -145,7 +149,8 @@ class Nemesis:
                 return
             kind = self.rng.choice(self.kinds)
             window_s = WINDOWS_S.get(kind, WINDOW_S)
-            if until_monotonic - time.monotonic() < window_s[0]:
+            needed = window_s[0] + (FAILOVER_LOAD_S if kind in REPLICATED_NEMESES else 0.0)
+            if until_monotonic - time.monotonic() < needed:
                 return
             target = await self._target(kind)
             if target is None:  # no serving leader right now (a failover under way)

@@ -788,8 +788,9 @@ def _failover_section(failover: Sequence[Unavailability], t0: int) -> str:
     )
     return (
         "<h2>Failover</h2><p>Per leader fault: the partitions its target led, and the longest "
-        "time each went without an acknowledged write (from its last acknowledgement before "
-        "the fault to its first after).</p>" + _table(head, rows, "failover")
+        "time each went without an acknowledged write, from the fault's start (or the last "
+        "acknowledgement after it) to the next acknowledgement.</p>"
+        + _table(head, rows, "failover")
     )
 
 

@@ -87,13 +87,16 @@ def test_the_longest_gap_overlapping_a_leader_fault_per_partition() -> None:
     )
     gaps = {gap.partition: gap for gap in measured.gaps}
     assert (gaps[0].start_ns, gaps[0].end_ns, gaps[0].recovered) == (2 * S, int(6.5 * S), True)
+    # Counted from the fault's start (the quiet 0.2 s before it is not the fault's doing).
+    assert gaps[0].seconds == pytest.approx(4.3) and gaps[0].gap_seconds == pytest.approx(4.5)
     assert gaps[1].seconds == pytest.approx(1.0)  # 3.0 to 4.0 (and 2.1 to 3.0) overlap it
     # No write of partition 2 was ever acknowledged: out from the load's start to its end.
     assert (gaps[2].start_ns, gaps[2].end_ns, gaps[2].recovered) == (0, 10 * S, False)
+    assert gaps[2].seconds == pytest.approx(7.8)
     assert measured.longest is gaps[2]
-    assert longest_by_kind([measured]) == {"kill-leader": 10.0}
+    assert longest_by_kind([measured]) == {"kill-leader": 7.8}
     text = failover_text([measured], 0)
-    assert "longest 10.00 s (p2" in text and "NOT RECOVERED" in text
+    assert "longest 7.80 s (p2" in text and "no write acknowledged again" in text
 
 
 def test_partitions_the_workload_never_writes_are_unmeasured() -> None:
@@ -104,7 +107,7 @@ def test_partitions_the_workload_never_writes_are_unmeasured() -> None:
         t.history, [fault], partition_of, start_ns=0, end_ns=5 * S, keyed={0}
     )
     assert [g.partition for g in measured.gaps] == [0] and measured.unmeasured == (5,)
-    assert measured.longest is not None and measured.longest.seconds == pytest.approx(3.0)
+    assert measured.longest is not None and measured.longest.seconds == pytest.approx(2.0)
     nothing = FaultWindow(2 * S, 3 * S, "kill-leader", "n3", (5,))
     [empty] = unavailability(
         t.history, [nothing], partition_of, start_ns=0, end_ns=5 * S, keyed={0}
@@ -122,10 +125,11 @@ def test_one_outage_is_counted_for_the_first_fault_it_overlaps() -> None:
         t.history, [third, second, first], partition_of, start_ns=0, end_ns=10 * S
     )
     assert [m.fault.kind for m in measured] == ["partition-leader", "kill-etcd", "pause-leader"]
-    assert measured[0].longest is not None and measured[0].longest.seconds == pytest.approx(5.0)
+    assert measured[0].longest is not None and measured[0].longest.seconds == pytest.approx(4.0)
     assert measured[1].longest is None and measured[1].gaps[0].earlier
-    assert measured[2].longest is not None and measured[2].longest.seconds == pytest.approx(2.6)
-    assert longest_by_kind(measured) == {"partition-leader": 5.0, "pause-leader": 2.6}
+    assert measured[2].longest is not None and measured[2].longest.seconds == pytest.approx(2.0)
+    assert measured[2].longest.gap_seconds == pytest.approx(2.6)
+    assert longest_by_kind(measured) == {"partition-leader": 4.0, "pause-leader": 2.0}
     assert "still out since an earlier fault" in failover_text(measured, 0)
 
 
@@ -139,11 +143,12 @@ def test_the_report_carries_the_failover_figures() -> None:
         title="t", history=t.history, result=result, faults=[fault], summary={}, failover=measured
     )
     assert data["faults"][0]["partitions"] == [0]
-    assert data["failover"][0]["longest_s"] == 2.5 and data["failover"][0]["recovered"]
+    assert data["failover"][0]["longest_s"] == 1.5 and data["failover"][0]["recovered"]
+    assert data["failover"][0]["gaps"][0]["gap_s"] == 2.5
     text = report_text(
         title="t", history=t.history, result=result, faults=[fault], summary={}, failover=measured
     )
-    assert "kill-leader" in text and "longest 2.50 s (p0)" in text
+    assert "kill-leader" in text and "longest 1.50 s (p0)" in text
 
 
 def test_replicated_nemeses_need_a_replicated_run() -> None:
