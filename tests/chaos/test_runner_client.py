@@ -353,6 +353,20 @@ def test_the_command_line_mixes_every_kind_unless_told_otherwise() -> None:
     assert RunConfig("bank", (), 1.0, 1, 1, Path("x")).every_kind is True
 
 
+def test_the_command_line_runs_unreplicated_unless_told_otherwise(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["run", "--workload", "bank", "--duration", "1"]
+    assert cli._parser().parse_args(args).replication_factor == 1
+    assert RunConfig("bank", (), 1.0, 1, 1, Path("x")).replication_factor == 1
+    assert cli._parser().parse_args([*args, "--replication-factor", "3"]).replication_factor == 3
+    # Refused before anything starts: leader faults need leaders, and 3 nodes hold 3 copies.
+    assert cli.main([*args, "--nemesis", "kill-leader"]) == 2
+    assert "--replication-factor 2 or more" in capsys.readouterr().err
+    assert cli.main([*args, "--replication-factor", "4"]) == 2
+    assert "--replication-factor must be 1..3" in capsys.readouterr().err
+
+
 @pytest.mark.asyncio
 async def test_no_fault_window_opens_shorter_than_the_shortest(
     monkeypatch: pytest.MonkeyPatch,
