@@ -159,14 +159,14 @@ class Nemesis:
             length_s = min(
                 self.rng.uniform(*window_s), max(0.0, until_monotonic - time.monotonic())
             )
-            started = time.monotonic_ns()
+            started, wall = time.monotonic_ns(), time.time()
             await self._open(kind, target)
             try:
                 await asyncio.sleep(length_s)
             finally:
                 await self._close(kind, target)
             self.windows.append(
-                FaultWindow(started, time.monotonic_ns(), kind, target.process_id, self._hit)
+                FaultWindow(started, time.monotonic_ns(), kind, target.process_id, self._hit, wall)
             )
             self._hit, self._cut = (), ()
             self.counts[kind] = self.counts.get(kind, 0) + 1

@@ -60,6 +60,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -135,6 +136,9 @@ class FaultWindow:
     # Replicated runs' leader faults: the partitions the target led when the fault opened
     # (kill-etcd: every partition). Empty for every other fault.
     partitions: tuple[int, ...] = ()
+    # Real runs: when it opened on the wall clock (Unix seconds), to find it in the processes'
+    # logs, whose ``ts`` is UTC wall time. None in the simulator.
+    wall_start_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.end_ns < self.start_ns:
@@ -150,6 +154,9 @@ class FaultWindow:
         }
         if self.partitions:
             out["partitions"] = list(self.partitions)
+        if self.wall_start_s is not None:
+            opened = datetime.fromtimestamp(self.wall_start_s, UTC)
+            out["wall_start"] = opened.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return out
 
 

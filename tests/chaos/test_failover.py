@@ -142,7 +142,9 @@ def test_the_report_carries_the_failover_figures() -> None:
     data = results_json(
         title="t", history=t.history, result=result, faults=[fault], summary={}, failover=measured
     )
-    assert data["faults"][0]["partitions"] == [0]
+    assert data["faults"][0]["partitions"] == [0] and "wall_start" not in data["faults"][0]
+    opened = FaultWindow(0, 1, "kill", "n1", wall_start_s=1_800_000_000.5).to_json()
+    assert opened["wall_start"] == "2027-01-15T08:00:00.500Z" and "partitions" not in opened
     assert data["failover"][0]["longest_s"] == 1.5 and data["failover"][0]["recovered"]
     assert data["failover"][0]["gaps"][0]["gap_s"] == 2.5
     text = report_text(
