@@ -53,11 +53,12 @@ fails the run: the store did not recover from the fault.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final
 
 import aiohttp
@@ -187,10 +188,13 @@ class Nemesis:
             )
             address = self.cluster.etcd().client_url.removeprefix("http://")
             return ProcessSpec("etcd", ETCD_ID, address)
+        nodes = {spec.process_id for spec in self.cluster.processes()}
         serving = sorted(
             row.partition
             for row in rows
-            if row.serving and (self.partitions is None or row.partition in self.partitions)
+            if row.serving
+            and row.leader in nodes
+            and (self.partitions is None or row.partition in self.partitions)
         )
         if not serving:
             return None
@@ -198,7 +202,7 @@ class Nemesis:
         leader = next(row.leader for row in rows if row.partition == chosen)
         led = [row for row in rows if row.leader == leader]
         self._hit = tuple(sorted(row.partition for row in led))
-        followers = sorted({node for row in led for node in row.replicas} - {leader})
+        followers = sorted({node for row in led for node in row.replicas} & nodes - {leader})
         self._cut = tuple(self.cluster.process(node) for node in followers)
         return self.cluster.process(leader)
 
@@ -252,7 +256,7 @@ class Nemesis:
         ended), so that one fault's outage does not run into the next one's; a timeout is kept
         in ``problems``."""
         try:
-            await asyncio.to_thread(self.cluster.wait_serving)
+            await _to_thread_to_its_end(self.cluster.wait_serving)
         except KvError as error:
             self.problems.append(f"after {after}: {error}")
 
@@ -260,7 +264,7 @@ class Nemesis:
         """Start what is not running and wait until the cluster serves; a failure is kept in
         ``problems`` (and ends the schedule) rather than raised."""
         try:
-            await asyncio.to_thread(self.cluster.up)
+            await _to_thread_to_its_end(self.cluster.up)
         except (KvError, OSError) as error:
             self.problems.append(f"after {after}: the cluster did not come back: {error}")
 
@@ -299,3 +303,17 @@ class Nemesis:
                     await reply.read()
         except (TimeoutError, aiohttp.ClientError):
             pass
+
+
+async def _to_thread_to_its_end(call: Callable[[], object]) -> None:
+    """``call()`` in a worker thread. Cancelled (a run stopped by a signal), it still waits for
+    the thread to end before the cancellation goes on: a thread cannot be stopped, and the
+    heal and ``LocalCluster.down`` that follow must not run beside an ``up`` that could spawn
+    a process after ``down`` looked (that process would be left running)."""
+    work = asyncio.ensure_future(asyncio.to_thread(call))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise

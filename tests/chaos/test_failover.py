@@ -4,7 +4,10 @@ runs. Pure: no cluster, no event loop."""
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -17,8 +20,9 @@ from chaos.failover import (
     written_keys,
 )
 from chaos.history import History, Op, OpType
-from chaos.nemesis import NEMESES, REPLICATED_NEMESES, parse_nemeses
+from chaos.nemesis import NEMESES, REPLICATED_NEMESES, Nemesis, parse_nemeses
 from chaos.report import FaultWindow, report_text, results_json
+from kvstore.localcluster import LocalCluster, ProcessSpec, ProcessStatus, ReplicaView
 
 S = 1_000_000_000
 PARTITION = {"a": 0, "b": 1, "c": 2, "acct0": 0, "acct1": 1, "set/7": 2}
@@ -162,3 +166,64 @@ def test_replicated_nemeses_need_a_replicated_run() -> None:
             parse_nemeses(f"kill,{kind}")
     with pytest.raises(ValueError, match="unknown nemesis"):
         parse_nemeses("kill-follower", replicated=True)
+
+
+class _Replicated:
+    """A replicated cluster as the leader nemeses see it: nodes and their replicators' views."""
+
+    replicated = True
+
+    def __init__(self, leaders: dict[int, tuple[str, bool]]) -> None:
+        self.leaders = leaders  # partition -> (leader, serving)
+        self.etcd = lambda: SimpleNamespace(client_url="http://127.0.0.1:2379")
+
+    def processes(self) -> list[ProcessSpec]:
+        return [ProcessSpec("node", f"n{i}", f"127.0.0.1:{9000 + i}") for i in (1, 2, 3)]
+
+    def process(self, process_id: str) -> ProcessSpec:
+        return next(p for p in self.processes() if p.process_id == process_id)
+
+    async def status_async(self, *, rates: bool) -> list[ProcessStatus]:
+        nodes = ("n1", "n2", "n3")
+        return [
+            ProcessStatus(
+                role="node",
+                process_id=node,
+                address="127.0.0.1:1",
+                pid=1,
+                health="ok",
+                log=Path("log"),
+                replication=tuple(
+                    ReplicaView(
+                        partition=p,
+                        node=node,
+                        leader=leader,
+                        replicas=nodes,
+                        epoch=3,
+                        position=(3, 1),
+                        serving=serving if node == leader else None,
+                    )
+                    for p, (leader, serving) in self.leaders.items()
+                ),
+            )
+            for node in nodes
+        ]
+
+
+@pytest.mark.asyncio
+async def test_leader_faults_aim_at_a_serving_leader_of_a_written_partition() -> None:
+    fake = _Replicated({0: ("n1", True), 1: ("n2", True), 2: ("n1", True), 3: ("n3", False)})
+    cluster = cast(LocalCluster, fake)
+    for seed in range(10):
+        nemesis = Nemesis(cluster, ("kill-leader",), random.Random(seed), "s", partitions={2, 3})
+        target = await nemesis._target("kill-leader")
+        # Partition 3's leader does not serve and 0, 1 hold no key: only 2's leader, n1, fits;
+        # the fault hits every partition n1 leads, and a cut would sever it from n2 and n3.
+        assert target is not None and target.process_id == "n1"
+        assert nemesis._hit == (0, 2)
+        assert [p.process_id for p in nemesis._cut] == ["n2", "n3"]
+    nobody = Nemesis(cluster, ("pause-leader",), random.Random(1), "s", partitions={3})
+    assert await nobody._target("pause-leader") is None
+    etcd = Nemesis(cluster, ("kill-etcd",), random.Random(1), "s")
+    target = await etcd._target("kill-etcd")
+    assert target is not None and target.process_id == "etcd" and etcd._hit == (0, 1, 2, 3)
