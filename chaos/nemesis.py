@@ -71,7 +71,6 @@ __all__ = ["NEMESES", "REPLICATED_NEMESES", "Nemesis", "parse_nemeses"]
 
 NEMESES: Final = ("kill", "pause", "partition", "clock")
 REPLICATED_NEMESES: Final = ("kill-leader", "pause-leader", "partition-leader", "kill-etcd")
-LEADER_NEMESES: Final = ("kill-leader", "pause-leader", "partition-leader")
 GAP_S: Final = (1.0, 3.0)  # between two faults
 WINDOW_S: Final = (0.5, 3.0)  # how long one fault lasts
 LEADER_WINDOW_S: Final = (2.0, 4.0)  # pause-leader, partition-leader: past the 1.5 s lease

@@ -551,7 +551,7 @@ async def _run(config: RunConfig) -> int:
             await _setup(session, runner.urls[0], workload)
             until = time.monotonic() + config.duration_s
             runner.until = until
-            load_ns = (time.monotonic_ns(), time.monotonic_ns() + int(config.duration_s * 1e9))
+            load_ns = (time.monotonic_ns(), time.monotonic_ns())
             try:
                 await asyncio.gather(
                     nemesis.run(until),
@@ -603,6 +603,7 @@ async def _run(config: RunConfig) -> int:
         )
         summary["replication_factor"] = config.replication_factor
         summary["unavailability_max_s"] = longest_by_kind(failover)
+    if nemesis.problems:
         summary["restart_problems"] = nemesis.problems
     write_report(
         out,
