@@ -547,7 +547,7 @@ async def _run(config: RunConfig) -> int:
         await asyncio.to_thread(cluster.up)
         headers = {"Authorization": f"Bearer {cluster.admin_token()}"}
         connector = aiohttp.TCPConnector(limit=config.clients * 2)
-        async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+        async with http_client.new_session(headers=headers, connector=connector) as session:
             await _setup(session, runner.urls[0], workload)
             until = time.monotonic() + config.duration_s
             runner.until = until
