@@ -41,11 +41,14 @@ sim: $(STAMP)
 mutants: $(STAMP)
 	$(BIN)/python -m chaos mutants
 
-# The chaos harness's share of CI: two short runs of real processes under faults (about a minute
-# each), checked for serializability. Reports land in chaos-out/ci/.
+# The chaos harness's share of CI: three short runs of real processes under faults (about a
+# minute each), checked for serializability; the third is a replicated cluster (RF 3, its
+# private etcd) whose partition leaders are killed, with the failover measured. Reports land in
+# chaos-out/ci/.
 chaos-check: $(STAMP)
 	$(BIN)/python -m chaos run --workload list-append --nemesis all --duration 45 --seed 1 --out chaos-out/ci/list-append
 	$(BIN)/python -m chaos run --workload bank --nemesis kill,partition --duration 45 --seed 2 --out chaos-out/ci/bank
+	$(BIN)/python -m chaos run --workload bank --nemesis kill-leader --replication-factor 3 --duration 45 --seed 3 --out chaos-out/ci/bank-replicated
 
 # The longer matrix (about 30 minutes): every workload under every nemesis, 80 s each.
 # Results from this machine are in docs/chaos.md.

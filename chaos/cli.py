@@ -7,8 +7,10 @@ per failing seed, then how much the seeds did (``ops per seed: median ..., ok me
 ``python -m chaos mutants`` arms each deliberate bug in turn and ends with ``mutants caught: C/T``
 (exit status 1 unless every mutant was caught within its seed budget).
 ``python -m chaos run --workload W --nemesis N1,N2 --duration S [--seed] [--clients] [--out]
-[--txn-only]`` runs real processes under faults and checks the history (:mod:`chaos.runner`);
-its last line is the verdict, and its exit status 0 only when every checker passed.
+[--txn-only] [--replication-factor R]`` runs real processes under faults and checks the history
+(:mod:`chaos.runner`); its last line is the verdict, and its exit status 0 only when every
+checker passed. ``--replication-factor 2`` or ``3`` runs a replicated cluster and allows the
+nemeses of :data:`~chaos.nemesis.REPLICATED_NEMESES` (refused, exit status 2, without it).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from chaos.nemesis import NEMESES, parse_nemeses
-from chaos.runner import RUN_CLIENTS_MAX, RUN_DURATION_S_MAX, RunConfig
+from chaos.nemesis import NEMESES, REPLICATED_NEMESES, parse_nemeses
+from chaos.runner import RUN_CLIENTS_MAX, RUN_DURATION_S_MAX, RUN_NODES, RunConfig
 from chaos.runner import WORKLOADS as RUN_WORKLOADS
 from chaos.runner import run as run_once
 from chaos.sim.config import WORKLOADS, SimConfig
@@ -48,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="a real cluster under faults, with a checked history")
     run.add_argument("--workload", required=True, choices=RUN_WORKLOADS)
     run.add_argument(
-        "--nemesis", default="all", help=f"comma-separated: {', '.join(NEMESES)}, all, none"
+        "--nemesis",
+        default="all",
+        help=f"comma-separated: {', '.join(NEMESES)}, all, none; replicated runs also "
+        f"{', '.join(REPLICATED_NEMESES)} (all: every kind that applies)",
     )
     run.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     run.add_argument("--seed", type=int, help="the fault schedule's and clients' seed")
@@ -59,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only read and write transactions, no singletons, scans or re-runs (the default "
         "mixes every kind, as the simulator does)",
+    )
+    run.add_argument(
+        "--replication-factor",
+        type=int,
+        default=1,
+        help=f"1 (default): 3 nodes and 2 coordinators; 2..{RUN_NODES}: a replicated cluster "
+        f"of {RUN_NODES} nodes with its private etcd, no standalone coordinator",
     )
     mutants = sub.add_parser("mutants", help="prove that every deliberate bug is caught")
     mutants.add_argument("--budget", type=int, default=MUTANT_SEED_BUDGET, help="seeds per mutant")
@@ -148,8 +160,11 @@ def _mutants(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not 1 <= args.replication_factor <= RUN_NODES:
+        print(f"chaos run: --replication-factor must be 1..{RUN_NODES}", file=sys.stderr)
+        return 2
     try:
-        nemeses = parse_nemeses(args.nemesis)
+        nemeses = parse_nemeses(args.nemesis, replicated=args.replication_factor > 1)
     except ValueError as error:
         print(f"chaos run: {error}", file=sys.stderr)
         return 2
@@ -162,7 +177,13 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     out = args.out or Path("chaos-out") / "run" / f"{args.workload}-{seed}"
-    print(f"chaos run: {args.workload}, nemesis {args.nemesis}, seed {seed}, report in {out}")
+    replicated = (
+        f", replication factor {args.replication_factor}" if args.replication_factor > 1 else ""
+    )
+    print(
+        f"chaos run: {args.workload}, nemesis {args.nemesis}{replicated}, seed {seed}, "
+        f"report in {out}"
+    )
     config = RunConfig(
         workload=args.workload,
         nemeses=nemeses,
@@ -171,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         clients=args.clients,
         out=out,
         every_kind=not args.txn_only,
+        replication_factor=args.replication_factor,
     )
     return run_once(config)
 

@@ -34,12 +34,22 @@ in the 3xxx class (``OutcomeUnknown``, 504) is ambiguous, and so is a 5xx ``Inte
 write; a connection lost or a timeout *after* the request was sent is ambiguous too
 (``OutcomeUnknown``) for a write and ``Unavailable`` for a read; a connection refused before
 anything was sent is a definite ``Unavailable``. Every call is bounded by ``CALL_TIMEOUT_S``.
+
+One attempt per request: the calls go through a session made by :func:`new_session`, which
+turns off aiohttp's own retry. aiohttp (3.9 and later) sends an idempotent request (``GET``,
+``PUT``, ``DELETE``) a second time when the connection breaks under the first; for a singleton
+``PUT`` or ``DELETE`` that hides what happened. A gateway killed after the first attempt reached
+it (and forwarded the write to the partition's leader, which applied it) refuses the second
+attempt's connection, and the refusal reads as "nothing was sent": a definite ``Unavailable``,
+recorded ``fail``, for a write that happened (a replicated run under ``kill-leader``, seed 61,
+reported it as G1a and ``fail-but-read``). A second attempt that reaches a live gateway would
+apply the write twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -58,6 +68,7 @@ from kvstore.updates import apply_actions
 
 __all__ = [
     "CALL_TIMEOUT_S",
+    "new_session",
     "parse_ts",
     "write",
     "read",
@@ -72,6 +83,22 @@ _NO_TXN = TxnId("")
 _ZERO_TS = Timestamp(0, 0, 0)
 _NO_PARTITION = PartitionId(-1)  # CallResult's partition: the HTTP answer does not say
 _OP_REASONS: frozenset[str] = frozenset(code.value for code in ReasonCode) - {"None"}
+
+
+def new_session(
+    *, headers: Mapping[str, str] | None = None, connector: aiohttp.BaseConnector | None = None
+) -> aiohttp.ClientSession:
+    """A client session that sends each request once (see the module): aiohttp's retry of
+    idempotent requests is off (the switch aiohttp's own test client uses; no public one
+    exists). An aiohttp without that switch is refused rather than trusted."""
+    session = aiohttp.ClientSession(headers=headers, connector=connector)
+    if not isinstance(getattr(session, "_retry_connection", None), bool):
+        raise RuntimeError(
+            f"aiohttp {aiohttp.__version__} has no _retry_connection switch: the chaos client "
+            "cannot turn off its retry of idempotent requests (see chaos/http_client.py)"
+        )
+    session._retry_connection = False
+    return session
 
 
 def parse_ts(text: object) -> Timestamp:

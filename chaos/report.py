@@ -19,6 +19,10 @@ intervals and a free-form ``summary`` (workload, nemeses, seed, duration, client
 * ``report.txt``: the same in plain text for a terminal: verdict, outcomes by operation, the
   failure split by code and its timeline.
 
+A replicated run also passes its measured leader faults (:mod:`chaos.failover`: per fault the
+partitions its target led and the longest time each went without an acknowledged write): a
+*Failover* table in the HTML, ``failover`` in ``results.json``, the same lines in ``report.txt``.
+
 Failures: contention or faults? Every ``fail`` and ``info`` completion is counted under its
 code (:func:`~chaos.history.failure_code`: the error code, and a cancellation's per-op reasons,
 e.g. ``TransactionCanceled(ConditionFailed)``), split into *during faults* (the op's interval,
@@ -56,10 +60,12 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from chaos.checkers.result import MODELS, Anomaly, CheckResult, prohibits
+from chaos.failover import Unavailability, failover_text
 from chaos.history import History, Op, OpType, failure_code
 
 __all__ = [
@@ -127,6 +133,12 @@ class FaultWindow:
     end_ns: int
     kind: str
     target: str
+    # Replicated runs' leader faults: the partitions the target led when the fault opened
+    # (kill-etcd: every partition). Empty for every other fault.
+    partitions: tuple[int, ...] = ()
+    # Real runs: when it opened on the wall clock (Unix seconds), to find it in the processes'
+    # logs, whose ``ts`` is UTC wall time. None in the simulator.
+    wall_start_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.end_ns < self.start_ns:
@@ -134,12 +146,18 @@ class FaultWindow:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to ``results.json``."""
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "target": self.target,
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,
         }
+        if self.partitions:
+            out["partitions"] = list(self.partitions)
+        if self.wall_start_s is not None:
+            opened = datetime.fromtimestamp(self.wall_start_s, UTC)
+            out["wall_start"] = opened.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return out
 
 
 class ThroughputBucket(NamedTuple):
@@ -407,11 +425,12 @@ def results_json(
     result: CheckResult,
     faults: Sequence[FaultWindow],
     summary: Mapping[str, object],
+    failover: Sequence[Unavailability] = (),
 ) -> dict[str, Any]:
     """The content of ``results.json`` (see the module docstring)."""
     workload = str(summary.get("workload", result.checker or "check"))
     kept = result.anomalies[:MAX_ANOMALIES_JSON]
-    return {
+    out: dict[str, Any] = {
         "title": title,
         "valid": result.valid,
         "unknown": result.unknown,
@@ -440,6 +459,10 @@ def results_json(
         "failures": failure_split(history, faults),
         "summary": _jsonable(dict(summary)),
     }
+    if failover:
+        origin = origin_ns(history)
+        out["failover"] = [entry.to_json(origin) for entry in failover]
+    return out
 
 
 # -- SVG ----------------------------------------------------------------------------------------
@@ -738,6 +761,46 @@ def _faults_section(faults: Sequence[FaultWindow], t0: int, colours: Mapping[str
     return out
 
 
+def _failover_section(failover: Sequence[Unavailability], t0: int) -> str:
+    if not failover:
+        return ""
+    rows = []
+    for entry in failover:
+        fault, longest = entry.fault, entry.longest
+        gaps = ", ".join(
+            f"p{g.partition} {g.seconds:.2f}"
+            + ("" if g.recovered else " (not recovered)")
+            + (" (since an earlier fault)" if g.earlier else "")
+            for g in entry.gaps
+        )
+        rows.append(
+            [
+                _td(fault.kind),
+                _td(fault.target),
+                _td(_seconds(fault.start_ns - t0), "num"),
+                _td(_seconds(fault.end_ns - fault.start_ns), "num"),
+                _td(", ".join(str(p) for p in fault.partitions)),
+                _td("—" if longest is None else f"{longest.seconds:.3f}", "num"),
+                _td(gaps or "none written by the workload"),
+            ]
+        )
+    head = (
+        "kind",
+        "target",
+        "start (s)",
+        "window (s)",
+        "partitions hit",
+        "longest without a commit (s)",
+        "per partition (s)",
+    )
+    return (
+        "<h2>Failover</h2><p>Per leader fault: the partitions its target led, and the longest "
+        "time each went without an acknowledged write, from the fault's start (or the last "
+        "acknowledgement after it) to the next acknowledgement.</p>"
+        + _table(head, rows, "failover")
+    )
+
+
 def _failures_section(
     history: History,
     faults: Sequence[FaultWindow],
@@ -892,6 +955,7 @@ def render_html(
     summary: Mapping[str, object],
     bucket_ns: int | None = None,
     checked: History | None = None,
+    failover: Sequence[Unavailability] = (),
 ) -> str:
     """The whole ``report.html`` as a string (see :func:`write_report`)."""
     t0 = origin_ns(history)
@@ -996,6 +1060,7 @@ def render_html(
         _failures_section(history, faults, t0, x_max_s, colours),
         "<h2>Fault windows</h2>",
         _faults_section(faults, t0, colours),
+        _failover_section(failover, t0),
         "<h2>Anomalies</h2>",
         _anomalies_section(checked or history, result),
         notes,
@@ -1014,6 +1079,7 @@ def write_report(
     summary: Mapping[str, object],
     bucket_ns: int | None = None,
     checked: History | None = None,
+    failover: Sequence[Unavailability] = (),
 ) -> Path:
     """Write ``out_dir/report.html``, ``out_dir/results.json`` and ``out_dir/report.txt``;
     return the HTML path.
@@ -1021,10 +1087,18 @@ def write_report(
     ``bucket_ns`` is the plots' bucket width (default: :func:`auto_bucket_ns` of the run's span;
     the failure timeline has its own, :func:`failure_bucket_ns`). ``checked`` is the history
     the checkers saw when it differs from ``history`` (their anomalies' op indexes refer to it).
+    ``failover`` are a replicated run's measured leader faults (:mod:`chaos.failover`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = results_json(title=title, history=history, result=result, faults=faults, summary=summary)
+    data = results_json(
+        title=title,
+        history=history,
+        result=result,
+        faults=faults,
+        summary=summary,
+        failover=failover,
+    )
     (out_dir / "results.json").write_text(
         json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
@@ -1036,11 +1110,19 @@ def write_report(
         summary=summary,
         bucket_ns=bucket_ns,
         checked=checked,
+        failover=failover,
     )
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     (out_dir / "report.txt").write_text(
-        report_text(title=title, history=history, result=result, faults=faults, summary=summary),
+        report_text(
+            title=title,
+            history=history,
+            result=result,
+            faults=faults,
+            summary=summary,
+            failover=failover,
+        ),
         encoding="utf-8",
     )
     return path
@@ -1053,9 +1135,11 @@ def report_text(
     result: CheckResult,
     faults: Sequence[FaultWindow],
     summary: Mapping[str, object],
+    failover: Sequence[Unavailability] = (),
 ) -> str:
     """``report.txt``: verdict, outcomes by operation (and by kind when the summary has
-    ``kinds``), fault counts, the failure split and its timeline, anomaly counts, notes."""
+    ``kinds``), fault counts, the failover figures of a replicated run, the failure split and
+    its timeline, anomaly counts, notes."""
     workload = str(summary.get("workload", result.checker or "check"))
     lines = [title, verdict_line(workload, history, result), "", "outcomes by f:"]
     per: dict[str, Counter[str]] = {}
@@ -1076,6 +1160,8 @@ def report_text(
     lines.append(
         "faults: " + (", ".join(f"{k} {n}" for k, n in sorted(fault_counts.items())) or "none")
     )
+    if failover:
+        lines.append(failover_text(failover, origin_ns(history)).rstrip("\n"))
     lines.append("")
     lines.append(failures_text(history, faults).rstrip("\n"))
     kinds_found = _kind_counts(result.anomalies)

@@ -7,7 +7,11 @@ One run, all on 127.0.0.1 and bounded in count and time:
 1. **Cluster**: a fresh local cluster (:mod:`kvstore.localcluster`) of 3 storage nodes and 2
    coordinators in ``<out>/cluster``, with short recovery deadlines (``RUN_TIMING``) so that a
    run settles in seconds, started with the chaos control on (``KVSTORE_CHAOS_CONTROL=1``) and
-   any mutants named in ``KVSTORE_MUTANTS`` (the test-the-tests mode).
+   any mutants named in ``KVSTORE_MUTANTS`` (the test-the-tests mode). With a
+   ``replication_factor`` above 1 the cluster is replicated instead: 3 nodes, every partition on
+   that many of them, a private etcd, and no standalone coordinator (a replicated cluster refuses
+   them; every node serves the API, so the clients talk to the nodes). After the run the etcd
+   member's data (a preallocated 64 MB WAL) is removed; its log stays with the others.
 2. **Load**: ``clients`` workers run the workload's scripts (:mod:`chaos.sim.workloads`, the
    simulator's own) against a random gateway over HTTP (:mod:`chaos.http_client`): a
    coordinator, or a storage node, which coordinates with its own partitions as function calls, for
@@ -39,7 +43,11 @@ One run, all on 127.0.0.1 and bounded in count and time:
    write seen this way gets that timestamp, an ``ok`` write seen at another timestamp is a
    ``read-ts-mismatch`` and a ``fail`` write seen at all is ``fail-but-read``. What stays
    unknown is named in the checker notes. Then the cluster is stopped.
-6. **Check**: the resolved history goes through the checkers of :mod:`chaos.checkers` under
+6. **Failover** (replicated runs): for every leader fault, the partitions its target led and
+   the longest time each went without an acknowledged write (:mod:`chaos.failover`), printed
+   before the verdict and written to the report; a restart that failed
+   (:attr:`~chaos.nemesis.Nemesis.problems`) fails the run.
+7. **Check**: the resolved history goes through the checkers of :mod:`chaos.checkers` under
    strict serializability, gets and scans as single-key reads checked for serializability only
    (:func:`~chaos.sim.workloads.unanchor_reads`, as the simulator does; the checked history is
    saved as ``history-checked.jsonl`` when it differs); set: every acknowledged insert is in the
@@ -71,6 +79,7 @@ from chaos import http_client
 from chaos.checkers import sets
 from chaos.checkers.result import Anomaly, CheckResult
 from chaos.checkers.suite import check_all
+from chaos.failover import Unavailability, failover_text, longest_by_kind, unavailability
 from chaos.history import History, Op
 from chaos.nemesis import Nemesis
 from chaos.report import failure_split, failures_text, verdict_line, write_report
@@ -124,6 +133,9 @@ SETTLE_TIMEOUT_S: Final = 30.0
 OPS_PER_CLIENT_MAX: Final = 100_000
 RUN_CLIENTS_MAX: Final = 64
 RUN_DURATION_S_MAX: Final = 3_600.0
+RUN_NODES: Final = 3
+RUN_COORDINATORS: Final = 2  # unreplicated runs only
+RUN_PARTITIONS: Final = 8
 RUN_TIMING: Final = {
     "intent_stale_ms": 1_000,
     "ledger_decision_deadline_ms": 3_000,
@@ -141,6 +153,7 @@ class RunConfig:
     clients: int
     out: Path
     every_kind: bool = True  # singletons, gets, scans and re-runs too (see the module)
+    replication_factor: int = 1  # above 1: a replicated cluster (see the module)
 
 
 def op_kind(steps: Sequence[type]) -> str:
@@ -502,7 +515,14 @@ async def _run(config: RunConfig) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cluster = LocalCluster.create(out / "cluster", nodes=3, coordinators=2, partitions=8)
+    replicated = config.replication_factor > 1
+    cluster = LocalCluster.create(
+        out / "cluster",
+        nodes=RUN_NODES,
+        coordinators=0 if replicated else RUN_COORDINATORS,
+        partitions=RUN_PARTITIONS,
+        replication_factor=config.replication_factor,
+    )
     timing = "".join(f"{name} = {value}\n" for name, value in RUN_TIMING.items())
     with (out / "cluster" / "cluster.toml").open("a", encoding="utf-8") as file:
         file.write(f"\n[timing]\n{timing}")
@@ -511,24 +531,35 @@ async def _run(config: RunConfig) -> int:
     name = "rw-register" if config.workload == "register" else config.workload
     workload = make_workload(name, KEYS, BANK_TOTAL, every_kind=config.every_kind)
     runner = _Runner(config, cluster, workload)
+    partition_of = cluster.config.cluster_map.partitions.partition_of
+    keyed = None if config.workload == "set" else {partition_of(k) for k in workload.keys}
     nemesis = Nemesis(
-        cluster, config.nemeses, random.Random(config.seed + 1), cluster.config.secret()
+        cluster,
+        config.nemeses,
+        random.Random(config.seed + 1),
+        cluster.config.secret(),
+        partitions=keyed,
     )
     settled = False
     started = time.monotonic()
+    load_ns = (0, 0)  # the load's start and end (time.monotonic_ns())
     try:
         await asyncio.to_thread(cluster.up)
         headers = {"Authorization": f"Bearer {cluster.admin_token()}"}
         connector = aiohttp.TCPConnector(limit=config.clients * 2)
-        async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+        async with http_client.new_session(headers=headers, connector=connector) as session:
             await _setup(session, runner.urls[0], workload)
             until = time.monotonic() + config.duration_s
             runner.until = until
+            load_ns = (time.monotonic_ns(), time.monotonic_ns())
             try:
                 await asyncio.gather(
                     nemesis.run(until),
                     *(runner.client(session, i, until) for i in range(config.clients)),
                 )
+                # The operations in flight at the load's end complete before this: their
+                # acknowledgements count for the failover figures too.
+                load_ns = (load_ns[0], time.monotonic_ns())
             finally:
                 await nemesis.heal()
             settled = await _settled(cluster)
@@ -536,6 +567,8 @@ async def _run(config: RunConfig) -> int:
             resolved, wrong = await runner.resolve(session)
     finally:
         await asyncio.to_thread(cluster.down)
+        if replicated:  # etcd's data is a 64 MB WAL; its log stays with the others
+            shutil.rmtree(cluster.etcd().member_dir, ignore_errors=True)
     checked = unanchor_reads(resolved)
     result = _check(workload, checked, wrong, runner.unresolved)
     resolved.save(out / "history.jsonl")
@@ -558,6 +591,20 @@ async def _run(config: RunConfig) -> int:
         "kinds": kinds,
         "failures": failure_split(resolved, nemesis.windows)["by_code"],
     }
+    failover: list[Unavailability] = []
+    if replicated:
+        failover = unavailability(
+            resolved,
+            nemesis.windows,
+            partition_of,
+            start_ns=load_ns[0],
+            end_ns=load_ns[1],
+            keyed=keyed,
+        )
+        summary["replication_factor"] = config.replication_factor
+        summary["unavailability_max_s"] = longest_by_kind(failover)
+    if nemesis.problems:
+        summary["restart_problems"] = nemesis.problems
     write_report(
         out,
         title=f"kvstore chaos run: {config.workload}, {summary['nemeses']}",
@@ -566,14 +613,20 @@ async def _run(config: RunConfig) -> int:
         faults=nemesis.windows,
         summary=summary,
         checked=checked,
+        failover=failover,
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    ok = result.valid is True and settled
+    ok = result.valid is True and settled and not nemesis.problems
     print(_kinds_line(kinds), flush=True)
     print(failures_text(resolved, nemesis.windows, timeline=False), end="", flush=True)
+    print(failover_text(failover, load_ns[0]), end="", flush=True)
+    for problem in nemesis.problems:
+        print(f"nemesis: {problem}", flush=True)
     line = verdict_line(config.workload, resolved, result)
     if not settled:
         line += f" — did not settle within {SETTLE_TIMEOUT_S:g} s (intents or open records left)"
+    if nemesis.problems:
+        line += " — the cluster did not come back after a fault"
     print(line, flush=True)
     return 0 if ok else 1
 

@@ -8,6 +8,7 @@ runner's recording exactly as in a real run, without a cluster.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import random
@@ -301,6 +302,31 @@ async def test_register_singletons_and_an_ambiguous_write(served: Served) -> Non
     assert unknown.type == "info" and unknown.error == "OutcomeUnknown" and unknown.ts is None
 
 
+@pytest.mark.asyncio
+async def test_a_write_whose_gateway_dies_under_it_is_unknown_and_sent_once() -> None:
+    """The gateway reads the PUT, stops listening and drops the connection (SIGKILL after it
+    forwarded the write). aiohttp's own retry would send the PUT again, meet the refused
+    connection and make it look unsent (a definite ``Unavailable``): the runner's session sends
+    it once, and the answer is ``OutcomeUnknown``."""
+    received: list[bytes] = []
+    gone = asyncio.Event()
+
+    async def die(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        server.close()  # the process is gone: no new connection is accepted
+        writer.transport.abort()
+        gone.set()
+
+    server = await asyncio.start_server(die, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    put = Op(kind=OpKind.PUT, key="k1", value={"v": 1})
+    async with http_client.new_session() as session:
+        done = await http_client.singleton_write(session, f"http://127.0.0.1:{port}", put)
+    await gone.wait()
+    assert done.error is ErrorCode.OutcomeUnknown
+    assert len(received) == 1 and received[0].startswith(b"PUT /v1/kv/k1 ")
+
+
 def test_op_kinds_and_written_values() -> None:
     assert op_kind([Put]) == "singleton-write"
     assert op_kind([Get]) == "get" and op_kind([ScanKeys]) == "scan"
@@ -351,6 +377,20 @@ def test_the_command_line_mixes_every_kind_unless_told_otherwise() -> None:
     assert cli._parser().parse_args(args).txn_only is False
     assert cli._parser().parse_args([*args, "--txn-only"]).txn_only is True
     assert RunConfig("bank", (), 1.0, 1, 1, Path("x")).every_kind is True
+
+
+def test_the_command_line_runs_unreplicated_unless_told_otherwise(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["run", "--workload", "bank", "--duration", "1"]
+    assert cli._parser().parse_args(args).replication_factor == 1
+    assert RunConfig("bank", (), 1.0, 1, 1, Path("x")).replication_factor == 1
+    assert cli._parser().parse_args([*args, "--replication-factor", "3"]).replication_factor == 3
+    # Refused before anything starts: leader faults need leaders, and 3 nodes hold 3 copies.
+    assert cli.main([*args, "--nemesis", "kill-leader"]) == 2
+    assert "--replication-factor 2 or more" in capsys.readouterr().err
+    assert cli.main([*args, "--replication-factor", "4"]) == 2
+    assert "--replication-factor must be 1..3" in capsys.readouterr().err
 
 
 @pytest.mark.asyncio
