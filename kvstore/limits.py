@@ -376,8 +376,8 @@ __all__ += ["DISK_FULL_RETRY_MIN_MS", "DISK_FULL_RETRY_MAX_MS", "LOG_REPEAT_INTE
 # waits REPL_LEASE_MS (plus drift and margin) before serving. Every REPL_TICK_MS a node renews
 # its liveness key (REPL_LIVENESS_TTL_MS), reads the map (renewing its leases) and lists the live
 # nodes (starting elections for partitions whose leader is gone). Failover therefore takes about
-# TTL + tick + lease: ~4 s with these values.
-REPL_LEASE_MS: Final = 1_500
+# TTL + etcd's expiry lag + tick + lease: 3.6 to 4.3 s measured (docs/replication.md).
+REPL_LEASE_MS: Final = 1_000
 REPL_LEASE_MARGIN_MS: Final = 50
 REPL_TICK_MS: Final = 250
 REPL_LIVENESS_TTL_MS: Final = 2_000
