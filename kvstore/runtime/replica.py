@@ -443,7 +443,7 @@ class Replicator:
             if snapshot is not None and not isinstance(reply, ReplicateReply):
                 retry_us = limits.REPL_SNAPSHOT_RETRY_MS * _US_PER_MS
                 led.snapshot_after_us[follower] = self._clock() + retry_us
-            elif snapshot is not None and not reply.accepted:
+            elif snapshot is not None and isinstance(reply, ReplicateReply) and not reply.accepted:
                 # Refused: a new learner whose map does not name it yet (or a replica whose map
                 # already dropped it). Not again before its next map read, not in a tight loop.
                 retry_us = self.config.tick_ms * _US_PER_MS
