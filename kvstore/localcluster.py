@@ -1108,6 +1108,9 @@ class LocalCluster:
         partition at a time: ``ConditionFailed`` while another kvctl moves it."""
         self._require_replicated("partition move")
         self.config = load_cluster(self.config_path)
+        count = self.config.cluster_map.partitions.partition_count
+        if isinstance(pid, bool) or not 0 <= pid < count:
+            raise ValidationError("partition", f"no partition {pid} (0..{count - 1})")
         for name, node in (("--to", to_node), ("--from", from_node)):
             if node is not None and NodeId(node) not in self.config.nodes:
                 raise ValidationError(
@@ -1783,6 +1786,7 @@ class LocalCluster:
         return asyncio.run(self.status_async(rates=rates))
 
     async def status_async(self, *, rates: bool = True) -> list[ProcessStatus]:
+        self.config = load_cluster(self.config_path)  # nodes may have been added or removed
         running = self.running()
         specs = self.processes()
         etcd_pid = self.etcd_running()
