@@ -449,6 +449,9 @@ COORDINATOR_REROUTE_WAIT_MS: Final = 2 * REPL_TICK_MS
 # The SDK's native mode re-sends a call refused with WrongOwner naming the leader to that leader
 # at once, at most NATIVE_REROUTES_MAX times per attempt (then its retry policy takes over).
 NATIVE_REROUTES_MAX: Final = 3
+# A leader it has no address for (a node added after it read the cluster file) makes it read the
+# file again, at most once per NATIVE_CONFIG_REREAD_MS.
+NATIVE_CONFIG_REREAD_MS: Final = 1_000
 # `kvctl cluster up` of a replicated cluster returns once every partition has a serving leader
 # (election, then the new leader's wait of one lease: 2-3 s on a fresh cluster), by this bound.
 LOCAL_LEADERS_TIMEOUT_MS: Final = 20_000
@@ -477,6 +480,7 @@ __all__ += [
     "COORDINATOR_REROUTES_MAX",
     "COORDINATOR_REROUTE_WAIT_MS",
     "NATIVE_REROUTES_MAX",
+    "NATIVE_CONFIG_REREAD_MS",
     "LOCAL_LEADERS_TIMEOUT_MS",
     "MOVE_CATCH_UP_TIMEOUT_MS",
     "MOVE_COMMIT_TIMEOUT_MS",

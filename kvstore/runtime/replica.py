@@ -140,6 +140,9 @@ class _Led:
     known: dict[str, Position] = field(default_factory=dict)  # follower -> last told position
     busy: set[str] = field(default_factory=set)  # followers with a call in flight
     snapshot_after_us: dict[str, int] = field(default_factory=dict)  # retry bound (lease clock)
+    # How many times each target joined the partition during this leadership: an answer to a
+    # call sent before it left and joined again says nothing of the copy it holds now.
+    joined: dict[str, int] = field(default_factory=dict)
     # The replica set in force: the map epoch that set it, and the first seq stamped under it
     # (0: none yet); it is *committed* once that seq is durable on a majority of it.
     config_epoch: int = 0
@@ -437,6 +440,7 @@ class Replicator:
         )
         led.busy.add(follower)
         epoch = led.epoch
+        joined = led.joined.get(follower, 0)
         deadline_us = self._scheduler.now_us() + limits.REPL_CALL_TIMEOUT_MS * _US_PER_MS
 
         def answered(reply: Reply | None, error: ErrorCode | None) -> None:
@@ -448,7 +452,7 @@ class Replicator:
                 # already dropped it). Not again before its next map read, not in a tight loop.
                 retry_us = self.config.tick_ms * _US_PER_MS
                 led.snapshot_after_us[follower] = self._clock() + retry_us
-            self._replicated(pid, epoch, follower, reply, error)
+            self._replicated(pid, epoch, follower, reply, error, joined=joined)
 
         self._send(request, deadline_us, answered)
 
@@ -459,6 +463,8 @@ class Replicator:
         follower: NodeId,
         reply: Reply | None,
         error: ErrorCode | None,
+        *,
+        joined: int,
     ) -> None:
         led = self._led.get(pid)
         if led is None or led.epoch != epoch:
@@ -466,6 +472,9 @@ class Replicator:
         led.busy.discard(follower)
         if follower not in led.targets:
             return  # removed from the partition while the call was out: nothing more to it
+        if led.joined.get(follower, 0) != joined:  # it left and came back meanwhile
+            self._pump(pid, led, follower)
+            return
         if not isinstance(reply, ReplicateReply):
             led.known.pop(follower, None)  # ask afresh at the next tick
             return
@@ -761,6 +770,10 @@ class Replicator:
         for gone in set(led.targets) - kept:
             led.acked.pop(gone, None)
             led.known.pop(gone, None)
+        for came in kept - set(led.targets):  # a new learner, or one back: nothing known of it
+            led.joined[came] = led.joined.get(came, 0) + 1
+            led.acked.pop(came, None)
+            led.known.pop(came, None)
         if followers != led.followers:  # a new voting set: commit it with a batch of its own
             led.config_epoch, led.config_seq = self.placement.epoch, 0
             view = self._store.partition(pid)
