@@ -721,7 +721,7 @@ def _replication_table(rows: list[PartitionReplication], out: Output) -> None:
             )
             for row in rows
         ],
-        title="replication (+NODE: a learner a move is filling; lag: batches each one lacks)",
+        title="replication (lag: batches behind; +NODE: a learner)",
         right=("PARTITION", "EPOCH"),
     )
 

@@ -55,7 +55,8 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         "partition",
         help="move a partition's replicas (replicated clusters)",
         description="Change where a partition's replicas live, online, in a replicated local "
-        "cluster (kvctl cluster up --replication-factor N).",
+        "cluster (kvctl cluster up --replication-factor N). How and why it is safe: "
+        "docs/replication.md, 'Moving replicas, adding and removing nodes'.",
     )
     actions = partition.add_subparsers(dest="partition_command", metavar="COMMAND", required=True)
     move = actions.add_parser(
@@ -82,7 +83,8 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     node = commands.add_parser(
         "node",
         help="add or remove a node (replicated clusters)",
-        description="Add a node to, or remove one from, a replicated local cluster, online.",
+        description="Add a node to, or remove one from, a replicated local cluster, online "
+        "(docs/replication.md, 'Moving replicas, adding and removing nodes').",
     )
     node_actions = node.add_subparsers(dest="node_command", metavar="COMMAND", required=True)
     add = node_actions.add_parser(
