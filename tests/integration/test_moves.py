@@ -108,6 +108,7 @@ class Writer:
     acked: dict[str, int] = field(default_factory=dict)
     commits: list[float] = field(default_factory=list)  # monotonic times of acknowledgements
     errors: dict[str, int] = field(default_factory=dict)
+    refused: list[float] = field(default_factory=list)  # monotonic times of retried errors
 
     @property
     def counter_key(self) -> str:
@@ -135,6 +136,7 @@ class Writer:
                     assert error.retryable, error
                     token = str(error.details.get("token", token))  # the same step, once
                     self.errors[error.code.name] = self.errors.get(error.code.name, 0) + 1
+                    self.refused.append(time.monotonic())
                     await asyncio.sleep(RETRY_PAUSE_S)  # a retry's pause, not a wait for state
                     continue
                 self.acked[key] = step
@@ -222,6 +224,9 @@ def test_add_a_node_move_a_partition_onto_it_under_load_then_remove_an_original(
     ]
     start, end = timings["move"]
     during_move = sum(w.committed_between(start, end) for w in writers)
+    first = min(at for w in writers for at in w.commits)
+    refused_in_move = sum(1 for w in writers for at in w.refused if start <= at <= end)
+    before_move = sum(w.committed_between(first, start) for w in writers)
     victim = results["victim"]
     assert victim in ("n1", "n2", "n3")
     start_r, end_r = timings["remove"]
@@ -234,7 +239,9 @@ def test_add_a_node_move_a_partition_onto_it_under_load_then_remove_an_original(
         f"partition {MOVED} moved from {move['from']} to {new_node} in {end - start:.2f} s "
         f"(kvctl, the process's start included; the move itself {move['elapsed_s']:.2f} s): "
         f"{during_move} transactions committed on it meanwhile "
-        f"({during_move / (end - start):.0f}/s); `node remove {victim}` (its leader) took "
+        f"({during_move / (end - start):.0f}/s; before it {before_move / (start - first):.0f}/s), "
+        f"{refused_in_move} retried answers meanwhile; "
+        f"`node remove {victim}` (its leader) took "
         f"{end_r - start_r:.2f} s "
         f"({len(results['remove']['moves'])} moves), {during_remove} committed meanwhile; "
         f"{sum(len(w.acked) for w in writers)} acknowledged in all; retried errors {errors}"
