@@ -449,16 +449,43 @@ COORDINATOR_REROUTE_WAIT_MS: Final = 2 * REPL_TICK_MS
 # The SDK's native mode re-sends a call refused with WrongOwner naming the leader to that leader
 # at once, at most NATIVE_REROUTES_MAX times per attempt (then its retry policy takes over).
 NATIVE_REROUTES_MAX: Final = 3
+# A leader it has no address for (a node added after it read the cluster file) makes it read the
+# file again, at most once per NATIVE_CONFIG_REREAD_MS.
+NATIVE_CONFIG_REREAD_MS: Final = 1_000
 # `kvctl cluster up` of a replicated cluster returns once every partition has a serving leader
 # (election, then the new leader's wait of one lease: 2-3 s on a fresh cluster), by this bound.
 LOCAL_LEADERS_TIMEOUT_MS: Final = 20_000
 
+# Moving a replica (kvstore/replication/operator.py, `kvctl partition move`, `kvctl node
+# remove`): a learner must catch up with its leader within MOVE_CATCH_UP_TIMEOUT_MS (a snapshot
+# of the partition, then the batches written meanwhile); a leader must commit a changed replica
+# set (or, the leader removed, a successor must be elected and serve: liveness is not involved,
+# so a tick, a poll and the takeover wait, 2-3 s) within MOVE_COMMIT_TIMEOUT_MS. The operator
+# polls the leader's status every MOVE_POLL_MS, each call bounded by MOVE_STATUS_TIMEOUT_MS,
+# and gives up after MOVE_STEPS_MAX rounds (a step each, a few more when the map changes under
+# it). `kvctl node add` waits LOCAL_LIVENESS_TIMEOUT_MS for the new node's liveness key.
+MOVE_CATCH_UP_TIMEOUT_MS: Final = 60_000
+MOVE_COMMIT_TIMEOUT_MS: Final = 20_000
+MOVE_POLL_MS: Final = 100
+MOVE_STATUS_TIMEOUT_MS: Final = 2_000
+MOVE_STEPS_MAX: Final = 16
+LOCAL_LIVENESS_TIMEOUT_MS: Final = 10_000
+
 assert COORDINATOR_REROUTE_WAIT_MS < RPC_TIMEOUT_MS
 assert LOCAL_READY_TIMEOUT_MS + LOCAL_LEADERS_TIMEOUT_MS < LOCAL_LOCK_WAIT_MS
+assert REPL_LEASE_MS + REPL_LIVENESS_TTL_MS < MOVE_COMMIT_TIMEOUT_MS
+assert MOVE_POLL_MS < MOVE_STATUS_TIMEOUT_MS < MOVE_COMMIT_TIMEOUT_MS <= MOVE_CATCH_UP_TIMEOUT_MS
 
 __all__ += [
     "COORDINATOR_REROUTES_MAX",
     "COORDINATOR_REROUTE_WAIT_MS",
     "NATIVE_REROUTES_MAX",
+    "NATIVE_CONFIG_REREAD_MS",
     "LOCAL_LEADERS_TIMEOUT_MS",
+    "MOVE_CATCH_UP_TIMEOUT_MS",
+    "MOVE_COMMIT_TIMEOUT_MS",
+    "MOVE_POLL_MS",
+    "MOVE_STATUS_TIMEOUT_MS",
+    "MOVE_STEPS_MAX",
+    "LOCAL_LIVENESS_TIMEOUT_MS",
 ]

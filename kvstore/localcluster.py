@@ -106,6 +106,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -118,15 +119,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
 import aiohttp
+import tomli_w
 
 import kvstore
 from kvstore.api.tokens import Role, create_token
@@ -143,6 +146,7 @@ from kvstore.limits import (
     LOCAL_COORDINATORS_MAX,
     LOCAL_DETACH_WAIT_MS,
     LOCAL_LEADERS_TIMEOUT_MS,
+    LOCAL_LIVENESS_TIMEOUT_MS,
     LOCAL_LOCK_WAIT_MS,
     LOCAL_LOG_FOLLOW_BYTES_MAX,
     LOCAL_LOG_TAIL_LINES,
@@ -155,6 +159,7 @@ from kvstore.limits import (
     PARTITIONS_DEFAULT,
     PARTITIONS_MAX,
 )
+from kvstore.replication.operator import MoveOperator, MoveReport, RpcStatusSource
 from kvstore.replication.placement import initial_placement
 from kvstore.rpc import RpcClient
 from kvstore.types import NodeId, PartitionId
@@ -179,6 +184,8 @@ __all__ = [
     "EtcdPorts",
     "UpReport",
     "StopReport",
+    "NodeAdded",
+    "NodeRemoved",
     "Attachment",
     "StopNotice",
     "LogFollower",
@@ -192,6 +199,8 @@ __all__ = [
     "replication_summary",
     "ETCD_ID",
 ]
+
+T = TypeVar("T")
 
 DIR_ENV: Final = "KVSTORE_DIR"
 DEFAULT_DIR: Final = ".kvstore"
@@ -215,6 +224,7 @@ _MARKER_KIND: Final = "kvstore-local-cluster"
 _MARKER_FORMAT: Final = 1
 _CLUSTER_ID_PATTERN: Final = re.compile(r"lc-[0-9a-f]{16}")
 _HEADER_PATTERN: Final = re.compile(r"# kvstore local cluster (lc-[0-9a-f]{16})\b")
+_NODE_ID_PATTERN: Final = re.compile(r"n([0-9]{1,6})")
 _HOST: Final = "127.0.0.1"
 _MODULES: Final[Mapping[str, str]] = {
     "node": "kvstore.storage_node",
@@ -461,12 +471,14 @@ class ReplicaView:
     position: tuple[int, int]  # (epoch, seq) of the last batch this node holds
     serving: bool | None = None  # where this node leads: serving now
     lag: Mapping[str, int] | None = None  # where this node leads: batches each follower lacks
+    learners: tuple[str, ...] = ()  # replicas being filled by a move (they count in no majority)
 
     def to_json(self) -> dict[str, object]:
         return {
             "partition": self.partition,
             "leader": self.leader,
             "replicas": list(self.replicas),
+            "learners": list(self.learners),
             "epoch": self.epoch,
             "position": list(self.position),
             "serving": self.serving,
@@ -487,11 +499,13 @@ class PartitionReplication:
     serving: bool  # the leader says it serves
     positions: Mapping[str, tuple[int, int]]  # node -> (epoch, seq) it holds
     lag: Mapping[str, int] | None  # follower -> batches behind the leader (None: no leader view)
+    learners: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
             "partition": self.partition,
             "replicas": list(self.replicas),
+            "learners": list(self.learners),
             "leader": self.leader,
             "epoch": self.epoch,
             "serving": self.serving,
@@ -584,6 +598,7 @@ def replication_summary(statuses: Sequence[ProcessStatus]) -> list[PartitionRepl
                 serving=own is not None and own.serving is True,
                 positions={view.node: view.position for view in seen},
                 lag=None if own is None else own.lag,
+                learners=newest.learners,
             )
         )
     return rows
@@ -599,6 +614,37 @@ def _total(partitions: tuple[PartitionStatus, ...] | None, name: str) -> int | N
             return None
         total += value
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAdded:
+    """What ``kvctl node add`` made: the node, its address and its pid."""
+
+    node: str
+    address: str
+    pid: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"node": self.node, "address": self.address, "pid": self.pid}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRemoved:
+    """What ``kvctl node remove`` did: the moves of the replicas the node held, the learner
+    copies dropped, and how its process ended (None: it was not running)."""
+
+    node: str
+    moves: tuple[MoveReport, ...]
+    learners_dropped: tuple[int, ...]
+    stopped: Literal["terminated", "killed"] | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "moves": [move.to_json() for move in self.moves],
+            "learners_dropped": list(self.learners_dropped),
+            "stopped": self.stopped,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -932,7 +978,8 @@ class LocalCluster:
 
     def held_by(self, node: str) -> tuple[PartitionId, ...]:
         """The partitions ``node`` holds: those it owns, or in a replicated cluster those it
-        replicates."""
+        replicates by the first placement (moves change it: the live map is in etcd, and each
+        node's status says what it holds now)."""
         spec, cluster_map = self.config.replication, self.config.cluster_map
         if not spec.replicated:
             return cluster_map.partitions_of(NodeId(node))
@@ -1045,6 +1092,250 @@ class LocalCluster:
                 )
             time.sleep(delay_s)  # leader polling, capped backoff, bounded by the deadline
             delay_s = min(delay_s * 2, LOCAL_POLL_MAX_MS / 1000)
+
+    # --- moves, nodes added and removed ------------------------------------------------------
+
+    def move_partition(
+        self,
+        pid: int,
+        to_node: str,
+        from_node: str | None = None,
+        *,
+        note: Callable[[str], None] | None = None,
+    ) -> MoveReport:
+        """Move a replica of partition ``pid`` to ``to_node`` (from ``from_node``, else one the
+        operator chooses), online; :mod:`kvstore.replication.operator` says how. One move of a
+        partition at a time: ``ConditionFailed`` while another kvctl moves it."""
+        self._require_replicated("partition move")
+        self.config = load_cluster(self.config_path)
+        count = self.config.cluster_map.partitions.partition_count
+        if isinstance(pid, bool) or not 0 <= pid < count:
+            raise ValidationError("partition", f"no partition {pid} (0..{count - 1})")
+        for name, node in (("--to", to_node), ("--from", from_node)):
+            if node is not None and NodeId(node) not in self.config.nodes:
+                raise ValidationError(
+                    name, f"no node {node!r} in {self.config_path} ({' '.join(self.config.nodes)})"
+                )
+        with self._partition_lock(pid):
+            return asyncio.run(
+                self._operate(lambda op: op.move_replica(pid, to_node, from_node), note)
+            )
+
+    def add_node(self, *, ready_timeout_ms: int = LOCAL_READY_TIMEOUT_MS) -> NodeAdded:
+        """Make a new node (the next free id, a free loopback port, added to the cluster file),
+        start it and wait until it is healthy and live in etcd; it holds no replica until
+        ``partition move`` gives it some. On failure nothing of it is left (process, file
+        entry)."""
+        self._require_replicated("node add")
+        with self.locked():
+            if len(self.config.nodes) >= LOCAL_NODES_MAX:
+                raise ValidationError(
+                    "node", f"a local cluster has at most {LOCAL_NODES_MAX} nodes"
+                )
+            if self.etcd_running() is None:
+                raise Unavailable(
+                    f"etcd of the cluster in {self.root} is not running; run `kvctl cluster up"
+                    f"{_dir_hint(self.root)}` first"
+                )
+            node = self._next_node_id()
+            address = f"{_HOST}:{free_ports(1)[0]}"
+            before = self.config_path.read_text(encoding="utf-8")
+            self._edit_cluster_file(
+                lambda doc: _table_of(doc, "nodes").update(
+                    {node: {"address": address, "data_dir": f"{DATA_DIR}/{node}"}}
+                )
+            )
+            pid: int | None = None
+            try:
+                log = self.log_path(node)
+                offset = log.stat().st_size if log.exists() else 0
+                pid = self._spawn(self.process(node))
+                self.wait_healthy(
+                    ready_timeout_ms=ready_timeout_ms,
+                    log_offsets={node: offset},
+                    process_ids=(node,),
+                )
+                asyncio.run(self._operate(lambda op: _until_live(op, NodeId(node)), None))
+            except BaseException:
+                if pid is not None:
+                    self._stop_one(node, LOCAL_STOP_TIMEOUT_MS)
+                _replace_file(self.config_path, before)
+                self.config = load_cluster(self.config_path)
+                raise
+            return NodeAdded(node=node, address=address, pid=pid)
+
+    def remove_node(
+        self,
+        node: str,
+        *,
+        note: Callable[[str], None] | None = None,
+        stop_timeout_ms: int = LOCAL_STOP_TIMEOUT_MS,
+    ) -> NodeRemoved:
+        """Move every replica ``node`` holds to the live node holding the fewest (a learner
+        copy is dropped), then stop it and take it out of the cluster file. Its data directory
+        and log stay. ``ValidationError`` when fewer nodes than the replication factor would
+        remain; ``Unavailable`` when a move cannot finish (the map is left resumable: run the
+        same command again)."""
+        self._require_replicated("node remove")
+        with self.locked():
+            if NodeId(node) not in self.config.nodes:
+                raise ValidationError(
+                    "node",
+                    f"no node {node!r} in {self.config_path} ({' '.join(self.config.nodes)})",
+                )
+            factor = self.config.replication.factor
+            if len(self.config.nodes) - 1 < factor:
+                raise ValidationError(
+                    "node",
+                    f"removing {node} would leave {len(self.config.nodes) - 1} nodes for a "
+                    f"replication factor of {factor}; add one first (kvctl node add)",
+                )
+        moves, dropped = asyncio.run(self._operate(lambda op: self._drain(op, NodeId(node)), note))
+        with self.locked():
+            stopped = self._stop_one(node, stop_timeout_ms)
+            self._edit_cluster_file(lambda doc: _table_of(doc, "nodes").pop(node, None))
+        return NodeRemoved(
+            node=node, moves=tuple(moves), learners_dropped=tuple(dropped), stopped=stopped
+        )
+
+    async def _drain(self, op: MoveOperator, node: NodeId) -> tuple[list[MoveReport], list[int]]:
+        """Move every replica off ``node``, one partition after the other; the moves, and
+        the partitions whose learner copy on it was dropped."""
+        moves: list[MoveReport] = []
+        dropped: list[int] = []
+        partitions = self.config.cluster_map.partitions.partition_count
+        for _ in range(2 * partitions + 1):  # a move or a dropped learner per round
+            placement, _ = await op.read_map()
+            held = placement.replicated_on(node)
+            if not held:
+                return moves, dropped
+            pid = held[0]
+            part = placement.of(pid)
+            with self._partition_lock(pid):
+                if node in part.learners:
+                    await op.drop_learner(pid, node)
+                    dropped.append(pid)
+                    continue
+                live = await op.live_nodes()
+                order = list(self.config.nodes)
+                candidates = [
+                    candidate
+                    for candidate in order
+                    if candidate != node and candidate not in part.holders and candidate in live
+                ]
+                if not candidates:
+                    raise Unavailable(
+                        f"no live node can take partition {pid}'s replica from {node} (replicas "
+                        f"{' '.join(part.replicas)}; live {' '.join(sorted(live))}); add one "
+                        "with `kvctl node add`, or start the stopped ones",
+                        details={"partition": pid},
+                    )
+                target = min(
+                    candidates,
+                    key=lambda c: (len(placement.replicated_on(c)), order.index(c)),
+                )
+                moves.append(await op.move_replica(pid, target, node))
+        raise Unavailable(f"{node} still holds replicas after moving them away", details={})
+
+    async def _operate(
+        self,
+        work: Callable[[MoveOperator], Awaitable[T]],
+        note: Callable[[str], None] | None,
+    ) -> T:
+        """``work`` with a move operator on this cluster's etcd and nodes, closed after."""
+        from kvstore.replication.etcd import EtcdControlPlane  # noqa: PLC0415 - see etcd()
+
+        spec = self.config.replication
+        addresses = {nid: node.address for nid, node in self.config.nodes.items()}
+        control = EtcdControlPlane(spec.endpoints)
+        statuses = RpcStatusSource(read_secret(self.config.secret_file), addresses)
+        operator = MoveOperator(
+            control, spec.prefix, statuses, replication_factor=spec.factor, note=note
+        )
+        try:
+            return await work(operator)
+        finally:
+            await statuses.close()
+            await control.aclose()
+
+    def _require_replicated(self, command: str) -> None:
+        if not self.replicated:
+            raise ValidationError(
+                _DIR_FIELD,
+                f"`kvctl {command}` needs a replicated cluster (`kvctl cluster up "
+                f"--replication-factor N` when it is created); the cluster in {self.root} has "
+                "one copy of each partition",
+            )
+
+    @contextlib.contextmanager
+    def _partition_lock(self, pid: int) -> Iterator[None]:
+        """Hold ``run/move-p<pid>.lock``: one move of a partition at a time, across kvctls."""
+        path = self.root / RUN_DIR / f"move-p{int(pid)}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConditionFailed(
+                    f"another kvctl is moving partition {pid} of the cluster in {self.root}; "
+                    "let it finish",
+                    details={"partition": pid},
+                ) from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _next_node_id(self) -> str:
+        """``n<k>`` above every node id the cluster file, the data and the logs have seen, so
+        a removed node's data or log is never taken for a new node's."""
+        seen: list[str] = [*self.config.nodes]
+        for folder in (self.root / DATA_DIR, self.root / LOGS_DIR):
+            if folder.is_dir():
+                seen += [entry.name.removesuffix(".log") for entry in folder.iterdir()]
+        numbers = [int(m.group(1)) for m in map(_NODE_ID_PATTERN.fullmatch, seen) if m]
+        return f"n{max(numbers, default=0) + 1}"
+
+    def _edit_cluster_file(self, change: Callable[[dict[str, object]], object]) -> None:
+        """Apply ``change`` to the cluster file's document and write it back atomically (its
+        header comment kept), after checking that the result loads."""
+        text = self.config_path.read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        header = "".join(
+            itertools.takewhile(lambda line: line.startswith("#") or not line.strip(), lines)
+        )
+        doc: dict[str, object] = tomllib.loads(text)
+        change(doc)
+        new_text = header + tomli_w.dumps(doc)
+        check = self.root / f".{CLUSTER_FILE}.check"
+        try:
+            _replace_file(check, new_text)
+            load_cluster(check)  # what the processes will read must load
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                check.unlink()
+        _replace_file(self.config_path, new_text)
+        self.config = load_cluster(self.config_path)
+
+    def _stop_one(
+        self, process_id: str, stop_timeout_ms: int
+    ) -> Literal["terminated", "killed"] | None:
+        """Stop one process of the cluster (SIGTERM, SIGKILL after ``stop_timeout_ms``) and
+        remove its pid file; how it ended, None when it was not running."""
+        spec = self.process(process_id)
+        pid = self.running().get(process_id)
+        how: Literal["terminated", "killed"] | None = None
+        if pid is not None:
+            how = "terminated"
+            _signal(pid, signal.SIGTERM)
+            left = self._wait_gone({spec: pid}, stop_timeout_ms / 1000)
+            if left:
+                how = "killed"
+                _signal(pid, signal.SIGKILL)
+                if self._wait_gone(left, _KILL_GRACE_S):
+                    raise Unavailable(f"could not stop {process_id} (pid {pid}), even with SIGKILL")
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path(process_id).unlink()
+        return how
 
     # --- which processes run ---------------------------------------------------------------
 
@@ -1189,11 +1480,17 @@ class LocalCluster:
         *,
         ready_timeout_ms: int = LOCAL_READY_TIMEOUT_MS,
         log_offsets: Mapping[str, int] | None = None,
+        process_ids: Collection[str] | None = None,
     ) -> None:
-        """Wait until every process answers its health page; ``Unavailable`` naming the first
-        that exits or is still silent at the deadline, with the end of its log."""
+        """Wait until every process (or those of ``process_ids``) answers its health page;
+        ``Unavailable`` naming the first that exits or is still silent at the deadline, with
+        the end of its log."""
         offsets = log_offsets or {}
-        pending = {spec.process_id: spec for spec in self.processes()}
+        pending = {
+            spec.process_id: spec
+            for spec in self.processes()
+            if process_ids is None or spec.process_id in process_ids
+        }
         deadline = time.monotonic() + ready_timeout_ms / 1000
         delay_s = 0.02
         while pending:
@@ -1340,6 +1637,9 @@ class LocalCluster:
                     time.sleep(LOCAL_POLL_MAX_MS / 1000)  # waiting on another kvctl, bounded
             self._lock_depth = 1
             try:
+                # Another kvctl may have added or removed a node since this object read the
+                # cluster file: everything done under the lock goes by the file as it is now.
+                self.config = load_cluster(self.config_path)
                 yield
             finally:
                 self._lock_depth = 0
@@ -1486,6 +1786,7 @@ class LocalCluster:
         return asyncio.run(self.status_async(rates=rates))
 
     async def status_async(self, *, rates: bool = True) -> list[ProcessStatus]:
+        self.config = load_cluster(self.config_path)  # nodes may have been added or removed
         running = self.running()
         specs = self.processes()
         etcd_pid = self.etcd_running()
@@ -1575,8 +1876,16 @@ class LocalCluster:
         if spec.role == "etcd":
             log = self.etcd().log_path
         if spec.role == "node":
-            owned = self.held_by(spec.process_id)
             stats = probe.stats if probe is not None else None
+            if self.replicated:
+                raw_views = stats.get("replication") if stats is not None else None
+                views = _replica_views(spec.process_id, raw_views)
+            # What it holds by the live map (its replicator's status) when it answered.
+            owned = (
+                self.held_by(spec.process_id)
+                if views is None
+                else tuple(PartitionId(view.partition) for view in views)
+            )
             by_partition = stats.get("partitions") if stats is not None else None
             if not isinstance(by_partition, dict):
                 by_partition = {}
@@ -1585,9 +1894,6 @@ class LocalCluster:
             )
             raw_uptime = stats.get("uptime_s") if stats is not None else None
             uptime = float(raw_uptime) if isinstance(raw_uptime, int | float) else None
-            if self.replicated:
-                raw_views = stats.get("replication") if stats is not None else None
-                views = _replica_views(spec.process_id, raw_views)
         health = "down" if pid is None else "unreachable" if probe is None else probe.health
         return ProcessStatus(
             role=spec.role,
@@ -1604,6 +1910,31 @@ class LocalCluster:
 
 
 # --- helpers of LocalCluster -----------------------------------------------------------------
+
+
+def _table_of(doc: dict[str, object], name: str) -> dict[str, object]:
+    table = doc.setdefault(name, {})
+    if not isinstance(table, dict):
+        raise ValidationError("config", f"{name} in the cluster file is not a table")
+    return table
+
+
+async def _until_live(op: MoveOperator, node: NodeId) -> None:
+    """Until ``node`` has its liveness key (its first beat), bounded."""
+    deadline = time.monotonic() + LOCAL_LIVENESS_TIMEOUT_MS / 1000
+    delay_s = 0.02
+    while True:
+        with contextlib.suppress(Unavailable):
+            if node in await op.live_nodes():
+                return
+        if time.monotonic() >= deadline:
+            raise Unavailable(
+                f"{node} answers its health page but has no liveness key in etcd after "
+                f"{LOCAL_LIVENESS_TIMEOUT_MS / 1000:g} s; see its log",
+                details={"node": node},
+            )
+        await asyncio.sleep(delay_s)  # liveness polling, capped backoff, bounded by the deadline
+        delay_s = min(delay_s * 2, LOCAL_POLL_MAX_MS / 1000)
 
 
 def _check_count(name: str, value: int, low: int, high: int) -> None:
@@ -1835,7 +2166,7 @@ def _replica_views(node: str, raw: object) -> tuple[ReplicaView, ...] | None:
             continue
         partition, leader, epoch = entry.get("partition"), entry.get("leader"), entry.get("epoch")
         replicas, position = entry.get("replicas"), entry.get("position")
-        lag, serving = entry.get("lag"), entry.get("serving")
+        lag, serving, learners = entry.get("lag"), entry.get("serving"), entry.get("learners")
         if not (
             _is_count(partition)
             and isinstance(leader, str)
@@ -1860,6 +2191,9 @@ def _replica_views(node: str, raw: object) -> tuple[ReplicaView, ...] | None:
                     {str(k): v for k, v in lag.items() if _is_count(v)}
                     if isinstance(lag, dict)
                     else None
+                ),
+                learners=(
+                    tuple(str(node) for node in learners) if isinstance(learners, list) else ()
                 ),
             )
         )

@@ -43,7 +43,8 @@ the processes, health and status; read its docstring first). The directory is ``
   disk is full shows health ``disk full`` (it refuses writes, serves reads, and resumes by
   itself once space is freed), and the closing line says to free space. A replicated cluster
   also shows its etcd (role ``etcd``) and a row per partition: replicas, leader, epoch, whether
-  the leader serves, and each follower's lag in batches (from the nodes' ``stats``).
+  the leader serves, and each follower's lag in batches (from the nodes' ``stats``); a learner
+  that a move (``kvctl partition move``) is filling shows as ``+NODE`` after the replicas.
 * On a full disk kvctl itself says ``no space left on device writing PATH`` in one line (exit
   status 1, :func:`kvstore.cli.output.run_handler`); ``up`` never leaves a process it started
   without its pid file (:class:`~kvstore.localcluster.LocalCluster`).
@@ -711,7 +712,7 @@ def _replication_table(rows: list[PartitionReplication], out: Output) -> None:
         [
             (
                 row.partition,
-                " ".join(row.replicas),
+                " ".join([*row.replicas, *(f"+{node}" for node in row.learners)]),
                 row.leader,
                 row.epoch,
                 "yes" if row.serving else "no",
@@ -720,7 +721,7 @@ def _replication_table(rows: list[PartitionReplication], out: Output) -> None:
             )
             for row in rows
         ],
-        title="replication (lag: batches each follower lacks)",
+        title="replication (lag: batches behind; +NODE: a learner)",
         right=("PARTITION", "EPOCH"),
     )
 

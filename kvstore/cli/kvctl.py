@@ -11,7 +11,9 @@ sets ``handler`` on each: a :data:`kvstore.cli.output.Handler`, ``(args, out) ->
 exit status from the error catalogue (the table is in ``kvstore/cli/output.py``).
 
 Modules, in the order their commands appear in ``kvctl --help``: ``cluster_cmd`` (``kvctl
-cluster up/down/status/env``: a local cluster, see :mod:`kvstore.localcluster`), ``data_cmd``
+cluster up/down/status/env``: a local cluster, see :mod:`kvstore.localcluster`),
+``topology_cmd`` (``kvctl partition move``, ``kvctl node add/remove``: a replicated local
+cluster's replicas and nodes, changed online), ``data_cmd``
 (get, put, delete, scan, txn, read: through the SDK) and ``admin_cmd`` (token, recover,
 inspect: through the cluster's files and the nodes' internal RPC), ``bench_cmd`` (bench: a
 temporary cluster against a temporary PostgreSQL, see :mod:`kvstore.bench`).
@@ -25,7 +27,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeAlias
 
-from kvstore.cli import admin_cmd, bench_cmd, cluster_cmd, data_cmd
+from kvstore.cli import admin_cmd, bench_cmd, cluster_cmd, data_cmd, topology_cmd
 from kvstore.cli.output import EXIT_USAGE, Output, run_handler
 
 __all__ = ["Commands", "Registrar", "REGISTRARS", "common_options", "build_parser", "main"]
@@ -41,6 +43,7 @@ Registrar: TypeAlias = Callable[[Commands, argparse.ArgumentParser], None]
 
 REGISTRARS: Final[tuple[Registrar, ...]] = (
     cluster_cmd.register,
+    topology_cmd.register,
     data_cmd.register,
     admin_cmd.register,
     bench_cmd.register,

@@ -19,7 +19,9 @@ partition moved since the cluster file was read) costs a hop, never a wrong answ
 node refuses a native call whose home partition another node leads with ``WrongOwner`` naming
 the leader (``details["owner"]``, a node id, and ``details["epoch"]``;
 :mod:`kvstore.storage_node.gateway`). The backend then routes that partition to the named node
-from then on (unless it already knows a later epoch for it) and sends the call there at once,
+from then on (unless it already knows a later epoch for it; a node the cluster file did not name
+when it was read, one added since by ``kvctl node add``, is looked up in the file again, at most
+every ``NATIVE_CONFIG_REREAD_MS``) and sends the call there at once,
 at most ``NATIVE_REROUTES_MAX`` times per attempt; beyond that the refusal (retryable) goes to
 the client's retry policy. A node that cannot be reached at all (the connection failed or was
 lost) moves the partition's route to the next replica of its set, for the next attempt: the
@@ -45,10 +47,11 @@ from kvstore.client.backend import ScanPage
 from kvstore.client.forks import ProcessOwner, abandon
 from kvstore.client.results import Committed, Deleted, Item, Written
 from kvstore.codec import encode_op
-from kvstore.config import ClusterConfig
-from kvstore.errors import ProtocolViolation, Unavailable, WrongOwner
-from kvstore.limits import NATIVE_REROUTES_MAX
+from kvstore.config import ClusterConfig, load_cluster
+from kvstore.errors import KvError, ProtocolViolation, Unavailable, WrongOwner
+from kvstore.limits import NATIVE_CONFIG_REREAD_MS, NATIVE_REROUTES_MAX
 from kvstore.ops import Op
+from kvstore.partitioning import ClusterMap
 from kvstore.replication.placement import initial_placement
 from kvstore.rpc import RpcPool
 from kvstore.rpc.frames import TIMEOUT_MS_MAX
@@ -78,6 +81,7 @@ class NativeBackend:
             self._replicas = tuple(part.replicas for part in placement.partitions)
         # Partitions routed elsewhere than the map says: pid -> (node, epoch it was named at).
         self._routes: dict[PartitionId, tuple[NodeId, int]] = {}
+        self._reread_after = 0.0  # the cluster file is read again for an unknown node after it
 
     def _drop_inherited(self) -> None:
         abandon(self._pool)
@@ -100,12 +104,39 @@ class NativeBackend:
         if (
             not isinstance(owner, str)
             or owner == refused_by
-            or owner not in self._map.nodes
             or (known is not None and known[1] > epoch)
+            or not self._knows(owner)
         ):
             return False
         self._routes[pid] = (NodeId(owner), epoch)
         return True
+
+    def _knows(self, node: str) -> bool:
+        """Whether ``node``'s address is known, reading the cluster file again (at most every
+        ``NATIVE_CONFIG_REREAD_MS``) for a node added since (``kvctl node add``)."""
+        if node in self._map.nodes:
+            return True
+        now = time.monotonic()
+        if now < self._reread_after:
+            return False
+        self._reread_after = now + NATIVE_CONFIG_REREAD_MS / _MS_PER_S
+        try:
+            fresh = load_cluster(self.config.path)
+        except (KvError, OSError):
+            return False
+        added = {
+            nid: spec.address for nid, spec in fresh.nodes.items() if nid not in self._map.nodes
+        }
+        if not added:
+            return False
+        old = self._map
+        self._map = ClusterMap(
+            epoch=old.epoch,
+            partitions=old.partitions,
+            owners=old.owners,
+            nodes={**added, **old.nodes},
+        )
+        return node in self._map.nodes
 
     def _unreachable(self, pid: PartitionId, node: NodeId) -> None:
         """``node`` did not answer for ``pid``: route it to the next replica of its set (unless

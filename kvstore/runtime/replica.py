@@ -28,8 +28,10 @@ partition's store view, so they land in the node's open batch and flush with its
 the answer leaves after that flush) and ``PositionRequest`` (an election's poll: the promise is
 made durable before the answer, rule 3).
 
-**Ticks** (every ``REPL_TICK_MS``): beat this node's liveness key, read the map (renewing leases,
-taking up or giving up leaderships), list the live nodes. For each partition whose leader is not
+**Ticks** (every ``REPL_TICK_MS``): beat this node's liveness key (its value is the node's
+``host:port``, so the list of live nodes is also where a node added after the others started is
+found: :attr:`Replicator.addresses`), read the map (renewing leases, taking up or giving up
+leaderships), list the live nodes. For each partition whose leader is not
 live, the first live replica in the set's order runs an election: poll every replica, choose
 among a majority (rule 4), compare-and-set the map. A node that finds itself leader at boot (it
 restarted inside the liveness TTL) elects too: it never resumes an epoch it led before, since
@@ -101,12 +103,15 @@ Respond = Callable[[Reply | KvError], None]
 @dataclass(frozen=True, slots=True)
 class ReplicationConfig:
     """What a node needs to replicate: the cluster's nodes (in ``cluster.toml`` order), the
-    partition count, the replication factor and the control plane's key prefix."""
+    partition count, the replication factor and the control plane's key prefix; ``address``
+    (``host:port``, production's) is what this node's liveness key holds, so that nodes added
+    after the others started are reachable (see :attr:`Replicator.addresses`)."""
 
     nodes: tuple[NodeId, ...]
     partitions: int
     replication_factor: int
     prefix: str
+    address: str = ""
     lease_ms: int = limits.REPL_LEASE_MS
     lease_margin_ms: int = limits.REPL_LEASE_MARGIN_MS
     tick_ms: int = limits.REPL_TICK_MS
@@ -135,6 +140,9 @@ class _Led:
     known: dict[str, Position] = field(default_factory=dict)  # follower -> last told position
     busy: set[str] = field(default_factory=set)  # followers with a call in flight
     snapshot_after_us: dict[str, int] = field(default_factory=dict)  # retry bound (lease clock)
+    # How many times each target joined the partition during this leadership: an answer to a
+    # call sent before it left and joined again says nothing of the copy it holds now.
+    joined: dict[str, int] = field(default_factory=dict)
     # The replica set in force: the map epoch that set it, and the first seq stamped under it
     # (0: none yet); it is *committed* once that seq is durable on a majority of it.
     config_epoch: int = 0
@@ -210,6 +218,11 @@ class Replicator:
         self._timer: Timer | None = None
         self.stopped = False
         self.on_placement: Callable[[Placement], None] | None = None
+        # The addresses the live nodes publish in their liveness keys (kept once seen: a node
+        # whose key lapsed for a moment is still a replica to reach); on_addresses hears of
+        # every change.
+        self.addresses: dict[NodeId, str] = {}
+        self.on_addresses: Callable[[dict[NodeId, str]], None] | None = None
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -253,6 +266,8 @@ class Replicator:
             if led is not None:
                 entry["serving"] = self.refusal(pid) is None
                 entry["config_epoch"] = led.committed_config_epoch
+                # The voting set in force is committed once config_epoch reaches its epoch.
+                entry["config_in_force"] = led.config_epoch
                 entry["acked"] = {node: led.acked.get(node, 0) for node in led.targets}
                 entry["lag"] = {
                     node: max(0, meta.seq - led.acked.get(node, 0)) for node in led.targets
@@ -389,8 +404,9 @@ class Replicator:
         return Position(meta.epoch, meta.seq)
 
     def _pump(self, pid: PartitionId, led: _Led, follower: NodeId) -> None:
-        """Send ``follower`` what it lacks, if no call to it is in flight."""
-        if follower in led.busy or self.stopped:
+        """Send ``follower`` what it lacks, if no call to it is in flight (and it is still one
+        of the partition's targets: a replica removed meanwhile gets nothing more)."""
+        if follower in led.busy or self.stopped or follower not in led.targets:
             return
         mine = self._position(pid)
         known = led.known.get(follower)
@@ -424,13 +440,19 @@ class Replicator:
         )
         led.busy.add(follower)
         epoch = led.epoch
+        joined = led.joined.get(follower, 0)
         deadline_us = self._scheduler.now_us() + limits.REPL_CALL_TIMEOUT_MS * _US_PER_MS
 
         def answered(reply: Reply | None, error: ErrorCode | None) -> None:
             if snapshot is not None and not isinstance(reply, ReplicateReply):
                 retry_us = limits.REPL_SNAPSHOT_RETRY_MS * _US_PER_MS
                 led.snapshot_after_us[follower] = self._clock() + retry_us
-            self._replicated(pid, epoch, follower, reply, error)
+            elif snapshot is not None and isinstance(reply, ReplicateReply) and not reply.accepted:
+                # Refused: a new learner whose map does not name it yet (or a replica whose map
+                # already dropped it). Not again before its next map read, not in a tight loop.
+                retry_us = self.config.tick_ms * _US_PER_MS
+                led.snapshot_after_us[follower] = self._clock() + retry_us
+            self._replicated(pid, epoch, follower, reply, error, joined=joined)
 
         self._send(request, deadline_us, answered)
 
@@ -441,11 +463,18 @@ class Replicator:
         follower: NodeId,
         reply: Reply | None,
         error: ErrorCode | None,
+        *,
+        joined: int,
     ) -> None:
         led = self._led.get(pid)
         if led is None or led.epoch != epoch:
             return
         led.busy.discard(follower)
+        if follower not in led.targets:
+            return  # removed from the partition while the call was out: nothing more to it
+        if led.joined.get(follower, 0) != joined:  # it left and came back meanwhile
+            self._pump(pid, led, follower)
+            return
         if not isinstance(reply, ReplicateReply):
             led.known.pop(follower, None)  # ask afresh at the next tick
             return
@@ -650,8 +679,9 @@ class Replicator:
             return
         self._timer = self._scheduler.call_later(self.config.tick_ms * _US_PER_MS, self._tick)
         prefix = self.config.prefix
+        alive = self.config.address.encode() or b"1"  # the address: see ``addresses``
         self._control.beat(
-            node_key(prefix, self.node_id), b"1", self.config.liveness_ttl_ms, _ignore
+            node_key(prefix, self.node_id), alive, self.config.liveness_ttl_ms, _ignore
         )
         sent_us = self._clock()
         self._control.read(
@@ -740,6 +770,10 @@ class Replicator:
         for gone in set(led.targets) - kept:
             led.acked.pop(gone, None)
             led.known.pop(gone, None)
+        for came in kept - set(led.targets):  # a new learner, or one back: nothing known of it
+            led.joined[came] = led.joined.get(came, 0) + 1
+            led.acked.pop(came, None)
+            led.known.pop(came, None)
         if followers != led.followers:  # a new voting set: commit it with a batch of its own
             led.config_epoch, led.config_seq = self.placement.epoch, 0
             view = self._store.partition(pid)
@@ -777,6 +811,7 @@ class Replicator:
             return
         prefix = node_key(self.config.prefix)
         self._live = {key[len(prefix) :] for key in live}
+        self._learn_addresses(prefix, live)
         for pid in self._logs:
             part = self.placement.of(pid)
             if part.leader in self._live and part.leader in part.replicas:
@@ -784,6 +819,22 @@ class Replicator:
             alive = [node for node in part.replicas if node in self._live]
             if alive and alive[0] == self.node_id:
                 self._elect(pid)
+
+    def _learn_addresses(self, prefix: str, live: dict[str, bytes]) -> None:
+        """Keep the ``host:port`` each live node publishes (an older node's ``1`` is none)."""
+        learned = dict(self.addresses)
+        for key, value in live.items():
+            try:
+                address = value.decode("ascii")
+            except UnicodeDecodeError:
+                continue
+            host, sep, port = address.rpartition(":")
+            if sep and host and port.isdigit() and 0 < int(port) < 65536:
+                learned[NodeId(key[len(prefix) :])] = address
+        if learned != self.addresses:
+            self.addresses = learned
+            if self.on_addresses is not None:
+                self.on_addresses(dict(learned))
 
     def _elect(self, pid: PartitionId) -> None:
         """Poll the replicas of ``pid`` and install the best one as leader (rules 3, 4)."""

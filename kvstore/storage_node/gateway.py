@@ -106,8 +106,9 @@ class NodeGateway:
         self._tasks: set[asyncio.Task[object]] = set()
 
     def follow(self, cluster_map: ClusterMap) -> None:
-        """Route by ``cluster_map`` (the current leaders) from now on."""
-        if cluster_map.epoch > self._remote.cluster_map.epoch:
+        """Route by ``cluster_map`` (the current leaders) from now on (one of the same epoch
+        may know more node addresses: the transport takes it)."""
+        if cluster_map.epoch >= self._remote.cluster_map.epoch:
             self._remote.cluster_map = cluster_map
         self.coordinator.follow(cluster_map)
 

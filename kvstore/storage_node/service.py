@@ -21,8 +21,8 @@ library, serves the public API (``/v1/...``, :mod:`kvstore.api.app`) on its own 
 answers the SDK's native calls (:mod:`kvstore.native`) on its RPC connection.
 
 **Replicated clusters** (``[replication]`` with ``factor > 1`` in the cluster file): the node
-opens its store with every partition it replicates (the first placement's replica sets), and its
-runtime replicates them (:mod:`kvstore.runtime.replica`) over an
+opens its store with every partition (a move may bring any of them here), and its
+runtime replicates those the live map gives it (:mod:`kvstore.runtime.replica`) over an
 :class:`~kvstore.replication.etcd.EtcdControlPlane` on the file's endpoints, timing leases on
 ``CLOCK_BOOTTIME`` (a monotonic clock that keeps counting through suspend). Routing follows the
 live map: each time the replicator adopts a new placement (``on_placement``), the node builds a
@@ -31,10 +31,15 @@ placement's epoch (older maps are ignored), and hands it to the transport of its
 background work and to its gateway (whose coordinator then re-runs refused operations, see
 :mod:`kvstore.coordinator.engine`); the gateway calls a partition local only while this node
 leads it. A replica that does not lead answers ``WrongOwner`` naming the leader and epoch (node
-ids only, never addresses). ``/health`` lists the partitions this node serves as leader
-(``serving``) and the ``stats`` RPC adds the replicator's status (role, epoch, position, and the
-followers' lag where this node leads), which ``kvctl cluster status`` shows. Stopping closes the
-control-plane client after the runtime.
+ids only, never addresses). Addresses are the cluster file's, as read at start; a node it does
+not name (one added later, ``kvctl node add``) is reached at the address it publishes in its
+liveness key: the replicator lists the live nodes every tick, and when what they publish changes
+(``on_addresses``) the node routes by its current map again with those addresses added.
+``/health`` lists the partitions this node serves as leader (``serving``) and the ``stats`` RPC
+adds the replicator's status (role, epoch, position, and where this node leads the followers'
+and learners' acknowledged seqs and lag and the committed voting set's epoch), which ``kvctl
+cluster status`` shows and ``kvctl partition move`` waits on. Stopping closes the control-plane
+client after the runtime.
 
 HTTP: ``GET /rpc`` (WebSocket; protocol version and cluster secret checked in the handshake),
 ``GET /health`` (no credential: liveness, nothing secret) and ``GET /metrics`` (Prometheus text: the
@@ -54,7 +59,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
@@ -87,7 +92,7 @@ from kvstore.storage_node.metrics import CONTENT_TYPE, NodeMetrics
 from kvstore.storage_node.sqlite_store import SqliteNodeStore
 from kvstore.timestamps import HybridClock, PhysicalClock, random_origin, system_clock_us
 from kvstore.transport import PartitionTransport, submitted
-from kvstore.types import PartitionId
+from kvstore.types import NodeId, PartitionId
 
 __all__ = ["NodeService", "lease_clock_us", "leaders_map"]
 
@@ -101,12 +106,16 @@ def lease_clock_us() -> int:
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _NS_PER_US
 
 
-def leaders_map(placement: Placement, static: ClusterMap) -> ClusterMap:
+def leaders_map(
+    placement: Placement, static: ClusterMap, learned: Mapping[NodeId, str] | None = None
+) -> ClusterMap:
     """The cluster map routing each partition to its leader in ``placement``, at its epoch
-    (partitioning and addresses from ``static``, the cluster file's)."""
+    (partitioning and addresses from ``static``, the cluster file's; the addresses of nodes it
+    does not name from ``learned``, the live nodes' liveness keys)."""
     owners = {PartitionId(pid): part.leader for pid, part in enumerate(placement.partitions)}
+    nodes = {**(learned or {}), **static.nodes}  # the cluster file wins for the nodes it names
     return ClusterMap(
-        epoch=placement.epoch, partitions=static.partitions, owners=owners, nodes=static.nodes
+        epoch=placement.epoch, partitions=static.partitions, owners=owners, nodes=nodes
     )
 
 
@@ -126,6 +135,7 @@ class NodeService:
                 partitions=config.cluster_map.partitions.partition_count,
                 replication_factor=spec.factor,
                 prefix=spec.prefix,
+                address=self.spec.address,
             )
             self.cluster_map = leaders_map(self.replication.first_placement(), config.cluster_map)
         self._control: EtcdControlPlane | None = None  # built by start(), on the running loop
@@ -191,6 +201,7 @@ class NodeService:
         )
         if replicator is not None:
             replicator.on_placement = self._follow
+            replicator.on_addresses = self._learned
         app = build_app(
             gateway.coordinator,
             self.tokens,
@@ -310,14 +321,19 @@ class NodeService:
         )
         return runtime
 
-    def _follow(self, placement: Placement) -> None:
-        """Route by the leaders of ``placement`` (the replicator adopted it); see the module."""
-        if placement.epoch <= self.cluster_map.epoch:
+    def _follow(self, placement: Placement, *, same_epoch: bool = False) -> None:
+        """Route by the leaders of ``placement`` (the replicator adopted it); see the module.
+        ``same_epoch``: also a map of the epoch followed now (it knows more addresses)."""
+        if placement.epoch < self.cluster_map.epoch or (
+            placement.epoch == self.cluster_map.epoch and not same_epoch
+        ):
             return  # an older map, read before the one we follow
+        runtime = self.runtime
+        learned = runtime.replicator.addresses if runtime and runtime.replicator else None
         try:
-            cluster_map = leaders_map(placement, self.config.cluster_map)
-        except ValidationError as bad:  # a leader the cluster file does not know
-            log_event(_log, "node.bad_map", logging.ERROR, node=self.node_id, error=str(bad))
+            cluster_map = leaders_map(placement, self.config.cluster_map, learned)
+        except ValidationError as bad:  # a leader whose address is not known (yet)
+            log_event(_log, "node.bad_map", logging.WARNING, node=self.node_id, error=str(bad))
             return
         self.cluster_map = cluster_map
         if self._transport is not None:
@@ -333,6 +349,15 @@ class NodeService:
                 pid for pid, part in enumerate(placement.partitions) if part.leader == self.node_id
             ],
         )
+
+    def _learned(self, addresses: dict[NodeId, str]) -> None:
+        """The live nodes' published addresses changed (a node was added, or restarted on
+        another port): route by the map followed now, with them (see the module)."""
+        runtime = self.runtime
+        if runtime is None or runtime.replicator is None:
+            return
+        log_event(_log, "node.addresses", node=self.node_id, learned=addresses)
+        self._follow(runtime.replicator.placement, same_epoch=True)
 
     def _on_fatal(self, error: BaseException) -> None:
         log_event(_log, "node.fatal", logging.CRITICAL, node=self.node_id, error=repr(error))

@@ -548,3 +548,46 @@ def test_replication_summary_takes_the_newest_epoch_and_the_leaders_own_view() -
     # A leader that did not answer: no lag known, not serving as far as anyone can tell.
     [row] = replication_summary(statuses[2:])
     assert (row.leader, row.serving, row.lag) == ("n2", False, None)
+
+
+def test_moves_and_node_changes_need_a_replicated_cluster(cluster: LocalCluster) -> None:
+    for change in (
+        lambda: cluster.move_partition(0, "n2"),
+        cluster.add_node,
+        lambda: cluster.remove_node("n1"),
+    ):
+        with pytest.raises(ValidationError, match="needs a replicated cluster"):
+            change()
+
+
+def test_bad_moves_are_refused_before_etcd_is_asked(tmp_path: Path) -> None:
+    made = LocalCluster.create(tmp_path / "kv", nodes=3, partitions=4, replication_factor=3)
+    with pytest.raises(ValidationError, match="no node 'n9'"):
+        made.move_partition(0, "n9")
+    with pytest.raises(ValidationError, match="no partition 4"):
+        made.move_partition(4, "n2")
+    with pytest.raises(ValidationError, match="would leave 2 nodes"):
+        made.remove_node("n3")
+    assert not list((made.root / "run").glob("move-*"))  # no lock taken for a refused move
+
+
+def test_the_cluster_file_is_edited_in_place_and_new_ids_are_never_reused(
+    tmp_path: Path,
+) -> None:
+    made = LocalCluster.create(tmp_path / "kv", nodes=3, partitions=4, replication_factor=3)
+    assert made._next_node_id() == "n4"
+    (made.root / "logs" / "n4.log").write_text("")  # a node once added, then removed
+    (made.root / "data" / "n6").mkdir()
+    assert made._next_node_id() == "n7"
+    made._edit_cluster_file(
+        lambda doc: doc["nodes"].update(  # type: ignore[union-attr]
+            {"n7": {"address": "127.0.0.1:7007", "data_dir": "data/n7"}}
+        )
+    )
+    again = LocalCluster.open(made.root)  # the header naming the cluster is kept
+    assert list(again.config.nodes) == ["n1", "n2", "n3", "n7"]
+    assert again.config.replication == made.config.replication
+    assert mode(made.root / CLUSTER_FILE) == 0o600
+    with pytest.raises(ValidationError):  # a change that would not load is not written
+        made._edit_cluster_file(lambda doc: doc["replication"].update(factor=9))  # type: ignore[union-attr]
+    assert list(LocalCluster.open(made.root).config.nodes) == ["n1", "n2", "n3", "n7"]

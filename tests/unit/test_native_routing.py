@@ -133,6 +133,23 @@ async def test_a_hint_naming_no_known_node_is_raised(backend: NativeBackend) -> 
     assert len(pool.calls) == 1
 
 
+async def test_a_leader_added_since_the_file_was_read_is_found_in_it_again(
+    backend: NativeBackend, tmp_path: Path
+) -> None:
+    spec = ReplicationSpec(factor=3, endpoints=("http://127.0.0.1:2379",), prefix="/t")
+    grown = {**NODES, "n4": "127.0.0.1:7004"}
+    write_cluster_file(tmp_path / "cluster.toml", nodes=grown, partitions=3, replication=spec)
+    BY_ADDRESS["127.0.0.1:7004"] = "n4"
+    try:
+        pool = scripted(backend, refused_by_all_but("n4"))
+        first = backend.node_of(home(backend))
+        assert await backend.get(KEY, 5.0) is None  # kvctl node add, then n4 was elected
+        assert pool.calls == [first, "n4"]
+        assert backend.node_of(home(backend)) == "n4"
+    finally:
+        del BY_ADDRESS["127.0.0.1:7004"]
+
+
 async def test_an_unreachable_node_moves_the_route_to_the_next_replica(
     backend: NativeBackend,
 ) -> None:
