@@ -90,6 +90,7 @@ class FaultProfile:
     isolate_ms_max: int = 0
     expire_ms: int = 0
     move_ms: int = 0  # mean time between moves of a partition's replica (one at a time)
+    depose_ms: int = 0  # mean time between depositions: a leader cut from its elector, forgotten
     partition_ms: int = 0  # mean time between network partitions
     cut_ms_max: int = 2_000  # a cut link heals within this (uniform, at least 100 ms)
     clock_ms: int = 0  # mean time between clock offset changes

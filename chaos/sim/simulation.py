@@ -123,6 +123,7 @@ class Simulation:
                 isolate_ms_max=replication_rng.choice((1_000, 4_000, 7_000)),
                 expire_ms=sometimes((1_000, 4_000)),
                 move_ms=sometimes((1_000, 3_000)),
+                depose_ms=sometimes((1_000, 3_000)),
             )
         self.loop = EventLoop()
         self.trace = Trace(keep=verbose)
@@ -514,6 +515,28 @@ class Simulation:
         learnt = stores[learner].durable_rows[pid].meta
         return (learnt.epoch, learnt.seq) >= (lead.epoch, lead.seq)
 
+    def depose_leader(self) -> None:
+        """Cut a partition's leader from the replica that will run the election and have etcd
+        drop the leader's liveness key (a revoked lease): a successor is elected while the old
+        leader still serves, reads the map late, and can still reach its other follower."""
+        assert self.control is not None
+        placement = self.control.placement()
+        if placement is None:
+            return
+        pid = PartitionId(self.rng.randrange(self.config.partitions))
+        part = placement.of(pid)
+        others = [n for n in part.replicas if n != part.leader]
+        if not others:
+            return
+        leader, elector = part.leader, others[0]
+        link = self.net.link(leader, elector)
+        cut_ms = self.rng.randint(300, 2_000)
+        self.count("depose")
+        self.trace.add(self.loop.now_us, f"depose {leader} (p{pid}): cut from {elector} {cut_ms}ms")
+        self.net.cut.add(link)
+        self.loop.after(cut_ms * _MS, lambda: self.net.cut.discard(link))
+        self.control.expire(node_key(REPLICATION_PREFIX, leader))
+
     def expire_liveness(self) -> None:
         """The control plane drops a live node's liveness key (its next beat restores it)."""
         assert self.control is not None
@@ -543,6 +566,7 @@ class Simulation:
         self._every(profile.isolate_ms, "isolate_node")
         self._every(profile.expire_ms, "expire_liveness")
         self._every(profile.move_ms, "move_partition")
+        self._every(profile.depose_ms, "depose_leader")
         if self.audit is not None:
             self.loop.after(AUDIT_SAMPLE_US, self._sample_leaders)
         self._clones()
@@ -693,6 +717,11 @@ class SimControlPlane(MemoryControlPlane):
     def expire(self, key: str) -> None:
         """Drop ``key`` now, whatever its lease says."""
         self._keys.pop(key, None)
+
+    def placement(self) -> Placement | None:
+        """The map as it stands (the nemesis's omniscience)."""
+        entry = self._keys.get(f"{REPLICATION_PREFIX}/map")
+        return None if entry is None else Placement.decode(entry[0])
 
     def write_if(
         self,

@@ -300,8 +300,8 @@ def test_a_get_older_than_its_own_process_s_acknowledged_write_is_a_stale_own_re
 # catches it at; the same seed passes on the correct store.
 REPLICATION_MUTANTS = [
     (Mutant.ACK_BEFORE_MAJORITY, 2),  # the leader's fsync alone: a failover loses the write
-    (Mutant.ACCEPT_OLD_EPOCH, 128),  # a paused, deposed leader still gathers a majority
-    (Mutant.SERVE_BEFORE_LEASE_END, 5),  # two leaders serve at once
+    (Mutant.ACCEPT_OLD_EPOCH, 20),  # a deposed leader still gathers a majority
+    (Mutant.SERVE_BEFORE_LEASE_END, 29),  # two leaders serve at once
     (Mutant.ELECT_ANY_REPLICA, 2),  # the new leader misses acknowledged batches
 ]
 
