@@ -49,6 +49,7 @@ chaos-check: $(STAMP)
 	$(BIN)/python -m chaos run --workload list-append --nemesis all --duration 45 --seed 1 --out chaos-out/ci/list-append
 	$(BIN)/python -m chaos run --workload bank --nemesis kill,partition --duration 45 --seed 2 --out chaos-out/ci/bank
 	$(BIN)/python -m chaos run --workload bank --nemesis kill-leader --replication-factor 3 --duration 45 --seed 3 --out chaos-out/ci/bank-replicated
+	$(BIN)/python -m chaos run --workload list-append --nemesis move,kill-leader --replication-factor 3 --duration 45 --seed 4 --out chaos-out/ci/list-append-moves
 
 # The longer matrix (about 30 minutes): every workload under every nemesis, 80 s each.
 # Results from this machine are in docs/chaos.md.

@@ -24,10 +24,14 @@ every partition that node led, for the failover figures (:mod:`chaos.failover`):
 
 * ``kill-leader``: SIGKILL the partition's leader; restarted at the end of the window, like
   ``kill`` (``LocalCluster.up`` also waits until every partition has a serving leader again).
-* ``pause-leader``: SIGSTOP the leader for ``LEADER_WINDOW_S`` (2-4 s, past its 1.5 s lease and
+* ``pause-leader``: SIGSTOP the leader for ``LEADER_WINDOW_S`` (2-4 s, past its 1 s lease and
   usually its 2 s liveness key: a successor is elected and waits the old lease out), SIGCONT.
 * ``partition-leader``: cut the leader from its followers, both ways, through the chaos control;
   clients (HTTP) and etcd (not an RPC peer) still reach it. Same window lengths.
+* ``move``: move a replica of the partition to a node that holds none (``kvctl partition
+  move``: a learner, caught up, promoted, an old replica removed, the leader's sometimes; the
+  runner then runs one node more than the replication factor), under the load; the window
+  lasts the move. A move that cannot finish (its bounded waits) fails the run.
 * ``kill-etcd``: SIGKILL the cluster's private etcd (one member) for ``ETCD_WINDOW_S``, then
   start it again from its data (``LocalCluster.up``). No failover can happen meanwhile and,
   after one lease, no leader serves: a liveness test (nothing may be lost, and service must come
@@ -70,15 +74,23 @@ from kvstore.localcluster import ETCD_ID, LocalCluster, ProcessSpec, replication
 __all__ = ["NEMESES", "REPLICATED_NEMESES", "Nemesis", "parse_nemeses"]
 
 NEMESES: Final = ("kill", "pause", "partition", "clock")
-REPLICATED_NEMESES: Final = ("kill-leader", "pause-leader", "partition-leader", "kill-etcd")
+REPLICATED_NEMESES: Final = (
+    "kill-leader",
+    "pause-leader",
+    "partition-leader",
+    "kill-etcd",
+    "move",
+)
 GAP_S: Final = (1.0, 3.0)  # between two faults
 WINDOW_S: Final = (0.5, 3.0)  # how long one fault lasts
-LEADER_WINDOW_S: Final = (2.0, 4.0)  # pause-leader, partition-leader: past the 1.5 s lease
+LEADER_WINDOW_S: Final = (2.0, 4.0)  # pause-leader, partition-leader: past the 1 s lease
 ETCD_WINDOW_S: Final = (1.0, 4.0)  # kill-etcd: shorter and longer than a lease
+MOVE_WINDOW_S: Final = (0.1, 0.3)  # move: after the move itself (its own length) ended
 WINDOWS_S: Final[dict[str, tuple[float, float]]] = {
     "pause-leader": LEADER_WINDOW_S,
     "partition-leader": LEADER_WINDOW_S,
     "kill-etcd": ETCD_WINDOW_S,
+    "move": MOVE_WINDOW_S,
 }
 NO_LEADER_RETRY_S: Final = 0.5  # no serving leader found: look again after this
 # A replicated fault opens only with its shortest window plus this much load left, so that the
@@ -136,6 +148,7 @@ class Nemesis:
         self._session: aiohttp.ClientSession | None = None
         self._hit: tuple[int, ...] = ()  # the open leader fault's partitions
         self._cut: tuple[ProcessSpec, ...] = ()  # partition-leader: the leader's followers
+        self._move: tuple[int, str] = (0, "")  # move: the partition and where it goes
 
     # --- the schedule -----------------------------------------------------------------------
 
@@ -188,6 +201,8 @@ class Nemesis:
             address = self.cluster.etcd().client_url.removeprefix("http://")
             return ProcessSpec("etcd", ETCD_ID, address)
         nodes = {spec.process_id for spec in self.cluster.processes()}
+        if kind == "move":
+            return self._move_target(rows, nodes)
         serving = sorted(
             row.partition
             for row in rows
@@ -205,7 +220,29 @@ class Nemesis:
         self._cut = tuple(self.cluster.process(node) for node in followers)
         return self.cluster.process(leader)
 
+    def _move_target(self, rows: Sequence[Any], nodes: set[str]) -> ProcessSpec | None:
+        """A partition the workload writes and a node holding no copy of it."""
+        choices = [
+            (row.partition, node)
+            for row in rows
+            if row.serving and (self.partitions is None or row.partition in self.partitions)
+            for node in sorted(nodes - set(row.replicas) - set(row.learners))
+        ]
+        if not choices:
+            return None
+        pid, node = self.rng.choice(choices)
+        self._hit = (pid,)
+        self._move = (pid, node)
+        return self.cluster.process(node)
+
     async def _open(self, kind: str, target: ProcessSpec) -> None:
+        if kind == "move":
+            partition, node = self._move
+            try:
+                await _to_thread_to_its_end(lambda: self.cluster.move_partition(partition, node))
+            except KvError as error:
+                self.problems.append(f"move of p{partition} to {node}: {error}")
+            return
         if kind in ("kill", "kill-leader"):
             pid = self.cluster.running().get(target.process_id)
             if pid is not None:

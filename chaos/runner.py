@@ -518,7 +518,10 @@ async def _run(config: RunConfig) -> int:
     replicated = config.replication_factor > 1
     cluster = LocalCluster.create(
         out / "cluster",
-        nodes=RUN_NODES,
+        # A move needs a node holding no copy of the partition: one more than the replicas.
+        nodes=max(RUN_NODES, config.replication_factor + 1)
+        if "move" in config.nemeses
+        else RUN_NODES,
         coordinators=0 if replicated else RUN_COORDINATORS,
         partitions=RUN_PARTITIONS,
         replication_factor=config.replication_factor,
