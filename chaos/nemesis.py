@@ -32,6 +32,10 @@ every partition that node led, for the failover figures (:mod:`chaos.failover`):
   move``: a learner, caught up, promoted, an old replica removed, the leader's sometimes; the
   runner then runs one node more than the replication factor), under the load; the window
   lasts the move. A move that cannot finish (its bounded waits) fails the run.
+* ``replace-node``: ``kvctl node add`` a node, then ``kvctl node remove`` a node that holds
+  replicas (every replica it holds moved elsewhere, one move at a time, then the process stopped
+  and dropped from the cluster file), under the load; the window lasts both. The removed node's
+  clients meet a refused connection from then on (a definite failure, nothing ran).
 * ``kill-etcd``: SIGKILL the cluster's private etcd (one member) for ``ETCD_WINDOW_S``, then
   start it again from its data (``LocalCluster.up``). No failover can happen meanwhile and,
   after one lease, no leader serves: a liveness test (nothing may be lost, and service must come
@@ -80,6 +84,7 @@ REPLICATED_NEMESES: Final = (
     "partition-leader",
     "kill-etcd",
     "move",
+    "replace-node",
 )
 GAP_S: Final = (1.0, 3.0)  # between two faults
 WINDOW_S: Final = (0.5, 3.0)  # how long one fault lasts
@@ -91,6 +96,7 @@ WINDOWS_S: Final[dict[str, tuple[float, float]]] = {
     "partition-leader": LEADER_WINDOW_S,
     "kill-etcd": ETCD_WINDOW_S,
     "move": MOVE_WINDOW_S,
+    "replace-node": MOVE_WINDOW_S,
 }
 NO_LEADER_RETRY_S: Final = 0.5  # no serving leader found: look again after this
 # A replicated fault opens only with its shortest window plus this much load left, so that the
@@ -203,6 +209,13 @@ class Nemesis:
         nodes = {spec.process_id for spec in self.cluster.processes()}
         if kind == "move":
             return self._move_target(rows, nodes)
+        if kind == "replace-node":
+            holders = sorted({node for row in rows for node in row.replicas} & nodes)
+            if not holders:
+                return None
+            victim = self.rng.choice(holders)
+            self._hit = tuple(sorted(row.partition for row in rows if victim in row.replicas))
+            return self.cluster.process(victim)
         serving = sorted(
             row.partition
             for row in rows
@@ -236,6 +249,13 @@ class Nemesis:
         return self.cluster.process(node)
 
     async def _open(self, kind: str, target: ProcessSpec) -> None:
+        if kind == "replace-node":
+            try:
+                await _to_thread_to_its_end(self.cluster.add_node)
+                await _to_thread_to_its_end(lambda: self.cluster.remove_node(target.process_id))
+            except KvError as error:
+                self.problems.append(f"replacing {target.process_id}: {error}")
+            return
         if kind == "move":
             partition, node = self._move
             try:

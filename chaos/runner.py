@@ -195,9 +195,6 @@ class _Runner:
         self.workload = workload
         self.history = History()
         self.rng = random.Random(config.seed)
-        # Every process serves the API: nodes coordinate too (their own partitions by function
-        # call), so the load goes through both kinds of gateway.
-        self.urls = [spec.url for spec in cluster.processes()]
         self._next_process = config.clients
         self._next_token = 0
         self.tokens: dict[int, list[str]] = {}  # invoke index -> its write attempts' tokens
@@ -207,6 +204,13 @@ class _Runner:
         self.seen_twice: list[Anomaly] = []
         self.until = 0.0  # the load's end (time.monotonic()): no re-runs after it
         self.unresolved = 0  # info writes neither the ledger nor the reads could place
+
+    @property
+    def urls(self) -> list[str]:
+        """Every process serves the API: nodes coordinate too (their own partitions by function
+        call), so the load goes through both kinds of gateway. Read afresh: the
+        ``replace-node`` nemesis adds and removes nodes during the run."""
+        return [spec.url for spec in self.cluster.processes()]
 
     def fresh_process(self) -> int:
         self._next_process += 1
