@@ -29,20 +29,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from support.etcd import require_etcd
-from support.kvctl import COMMAND_TIMEOUT_S, KVCTL, clean_env, kill_leftovers, run_kvctl
+from support.etcd import partition_rows, replicated_cluster
+from support.kvctl import COMMAND_TIMEOUT_S, KVCTL, clean_env, run_kvctl
 
 import kvstore
 from kvstore.config import load_cluster
 from kvstore.errors import ErrorCode, KvError
-from kvstore.localcluster import LocalCluster, PartitionReplication, replication_summary
+from kvstore.localcluster import LocalCluster
 
 NODES = 3
 PARTITIONS = 4
@@ -58,22 +57,9 @@ SETTLE_TIMEOUT_S = 30.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    require_etcd()
     root = tmp_path_factory.mktemp("moves") / "kv"
-    made = LocalCluster.create(root, nodes=NODES, partitions=PARTITIONS, replication_factor=FACTOR)
-    try:
-        made.up()
+    with replicated_cluster(root, nodes=NODES, partitions=PARTITIONS, factor=FACTOR) as made:
         yield made
-    finally:
-        try:
-            made.down()  # by the cluster file as it is now (it reads it again): n4 too
-        finally:
-            kill_leftovers(root)
-            shutil.rmtree(root.parent, ignore_errors=True)  # etcd preallocates a 64 MB WAL
-
-
-def summary(cluster: LocalCluster) -> dict[int, PartitionReplication]:
-    return {row.partition: row for row in replication_summary(cluster.status(rates=False))}
 
 
 async def kvctl(*args: str) -> tuple[int, Any, str]:
@@ -251,7 +237,7 @@ def test_add_a_node_move_a_partition_onto_it_under_load_then_remove_an_original(
     assert during_move > 0  # transactions kept committing while the partition moved
 
     asyncio.run(read_back(cluster, writers, loaded=False))
-    rows = summary(cluster)
+    rows = partition_rows(cluster)
     assert sorted(rows) == list(range(PARTITIONS))
     for pid, row in rows.items():
         assert len(row.replicas) == FACTOR and not row.learners, (pid, row)
@@ -266,7 +252,7 @@ def test_bad_moves_are_usage_errors_and_change_nothing(cluster: LocalCluster) ->
     root = str(cluster.root)
     cluster.up()  # whatever the test before left
     nodes = sorted(load_cluster(cluster.config_path).nodes)
-    before = {pid: (row.replicas, row.leader) for pid, row in summary(cluster).items()}
+    before = {pid: (row.replicas, row.leader) for pid, row in partition_rows(cluster).items()}
     replica = before[0][0][0]
     for args, says in (
         (("partition", "move", "0", "--to", "n9"), "no node 'n9'"),
@@ -277,6 +263,6 @@ def test_bad_moves_are_usage_errors_and_change_nothing(cluster: LocalCluster) ->
         shown = run_kvctl(*args, "--dir", root)
         assert shown.returncode == 2, (args, shown.stdout, shown.stderr)
         assert says in shown.stderr, (args, shown.stderr)
-    after = {pid: (row.replicas, row.leader) for pid, row in summary(cluster).items()}
+    after = {pid: (row.replicas, row.leader) for pid, row in partition_rows(cluster).items()}
     assert after == before
     assert sorted(load_cluster(cluster.config_path).nodes) == nodes

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import time
 import urllib.parse
@@ -39,17 +38,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support.etcd import require_etcd
-from support.kvctl import kill_leftovers, run_kvctl
+from support.etcd import partition_rows, replicated_cluster
+from support.kvctl import run_kvctl
 
 import kvstore
 from kvstore.errors import ErrorCode, KvError
 from kvstore.localcluster import (
     ETCD_ID,
     LocalCluster,
-    PartitionReplication,
     process_command_line,
-    replication_summary,
 )
 
 NODES = 3
@@ -67,23 +64,9 @@ LOOPBACK = "127.0.0.1"  # no error a caller sees may name an internal address
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    require_etcd()
     root = tmp_path_factory.mktemp("replicated") / "kv"
-    made = LocalCluster.create(root, nodes=NODES, partitions=PARTITIONS, replication_factor=FACTOR)
-    try:
-        made.up()
+    with replicated_cluster(root, nodes=NODES, partitions=PARTITIONS, factor=FACTOR) as made:
         yield made
-    finally:
-        try:
-            made.down()
-        finally:
-            kill_leftovers(root)
-            shutil.rmtree(root.parent, ignore_errors=True)  # etcd preallocates a 64 MB WAL
-
-
-def summary(cluster: LocalCluster) -> dict[int, PartitionReplication]:
-    rows = replication_summary(cluster.status(rates=False))
-    return {row.partition: row for row in rows}
 
 
 def keys_on(cluster: LocalCluster, pid: int, count: int, prefix: str) -> list[str]:
@@ -106,7 +89,7 @@ def http(cluster: LocalCluster, node: str, method: str, key: str, body: object =
 
 
 def test_sdk_and_http_read_and_write(cluster: LocalCluster) -> None:
-    rows = summary(cluster)
+    rows = partition_rows(cluster)
     assert sorted(rows) == list(range(PARTITIONS))
     assert all(row.serving and len(row.replicas) == FACTOR for row in rows.values())
     keys = [key for pid in range(PARTITIONS) for key in keys_on(cluster, pid, 2, "a")]
@@ -183,7 +166,7 @@ class Writer:
 
 
 def test_leader_killed_under_load_loses_nothing_and_catches_up(cluster: LocalCluster) -> None:
-    rows = summary(cluster)
+    rows = partition_rows(cluster)
     victim = rows[0].leader
     led = sorted(pid for pid, row in rows.items() if row.leader == victim)
     partition_of = cluster.config.cluster_map.partitions.partition_of
@@ -245,7 +228,7 @@ def test_leader_killed_under_load_loses_nothing_and_catches_up(cluster: LocalClu
         assert LOOPBACK not in body, body
     assert any(at > killed_at and status == 200 for at, status, _ in answers)  # reads resumed
 
-    new_rows = summary(cluster)
+    new_rows = partition_rows(cluster)
     for pid in led:
         assert new_rows[pid].leader != victim and new_rows[pid].serving
 
@@ -264,7 +247,7 @@ def test_leader_killed_under_load_loses_nothing_and_catches_up(cluster: LocalClu
     cluster.up()
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while True:
-        rows = summary(cluster)
+        rows = partition_rows(cluster)
         behind = {
             pid: dict(row.positions)
             for pid, row in rows.items()

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kvstore.localcluster import LocalCluster, PartitionReplication, replication_summary
 from kvstore.replication.local_etcd import INSTALL_HINT, LocalEtcd, etcd_binary
+from support.kvctl import kill_leftovers
 
 __all__ = ["require_etcd", "running_etcd"]
 
@@ -44,3 +47,28 @@ def running_etcd(*, fsync: bool = False) -> Iterator[LocalEtcd]:
             yield etcd
         finally:
             etcd.stop()
+
+
+@contextlib.contextmanager
+def replicated_cluster(
+    root: Path, *, nodes: int, partitions: int, factor: int
+) -> Iterator[LocalCluster]:
+    """A replicated local cluster in ``root`` (its private etcd included), up; on exit down by
+    the cluster file as it is then (nodes added meanwhile too), leftovers killed, the directory
+    removed (etcd preallocates a 64 MB WAL)."""
+    require_etcd()
+    made = LocalCluster.create(root, nodes=nodes, partitions=partitions, replication_factor=factor)
+    try:
+        made.up()
+        yield made
+    finally:
+        try:
+            made.down()
+        finally:
+            kill_leftovers(root)
+            shutil.rmtree(root.parent, ignore_errors=True)
+
+
+def partition_rows(cluster: LocalCluster) -> dict[int, PartitionReplication]:
+    """Each partition's replication as the nodes report it, by partition."""
+    return {row.partition: row for row in replication_summary(cluster.status(rates=False))}
