@@ -34,6 +34,7 @@ from kvstore.errors import (
     OutcomeUnknown,
     Overloaded,
     ProtocolViolation,
+    SnapshotTooOld,
     TimestampTooOld,
     TooLarge,
     TransactionCanceled,
@@ -126,6 +127,7 @@ __all__ = [
     "Unauthorized",
     "Forbidden",
     "ProtocolViolation",
+    "SnapshotTooOld",
     "InternalError",
 ]
 

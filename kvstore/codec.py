@@ -74,7 +74,7 @@ row); errors still name a row's fields by name (``batches[0].rows.items[3].value
 * item ``[key, exists, value, version, write_ts, read_ts]``;
 * intent ``[key, txn_id, ts, op, new_exists, new_value, anchor, created_us]``;
 * token ``[token, txn_id, fingerprint, created_us]``;
-* meta ``[max_delete_ts, max_deleted_version, epoch, seq, promised]``;
+* meta ``[max_delete_ts, max_deleted_version, epoch, seq, promised, read_floor, max_write_ts]``;
 * a ledger record is :func:`encode_ledger_record`'s object.
 
 A batch's or a snapshot's tables (``items``, ``intents``, ``ledger``, ``tokens``; left out when
@@ -171,6 +171,8 @@ from kvstore.messages import (
     ReplicateRequest,
     Reply,
     Request,
+    RestoreReply,
+    RestoreRequest,
     ScanReply,
     ScanRequest,
     ShippedBatch,
@@ -260,10 +262,12 @@ _DECIDE: Final = _shape("partition txn_id decision", "outcomes")
 _LEDGER_LOOKUP: Final = _shape("partition txn_id", "resolve")
 _PREVENT: Final = _shape("partition txn_id anchor")
 _TOKEN_LOOKUP: Final = _shape("partition token")
-_READ: Final = _shape("partition keys")
+_READ: Final = _shape("partition keys", "at")
 _GET: Final = _shape("partition key")
 _WRITE: Final = _shape("partition op")
-_SCAN: Final = _shape("partition start end limit")  # end may be null
+_SCAN: Final = _shape("partition start end limit", "at")  # end may be null
+_RESTORE: Final = _shape("partition items floor deleted_version")
+_RESTORE_REPLY: Final = _shape("restored")
 _PREPARE_REPLY: Final = _shape("txn_id accepted", "outcomes error token_hit")
 _EXECUTE_REPLY: Final = _shape("txn_id committed", "outcomes error token_hit")
 _COMMIT_REPLY: Final = _shape("txn_id applied")
@@ -274,7 +278,7 @@ _READ_REPLY: Final = _shape("entries")
 _READ_ENTRY: Final = _shape("key exists value version ts pending")
 _GET_REPLY: Final = _shape("item")
 _WRITE_REPLY: Final = _shape("outcome", "existed version ts")
-_SCAN_REPLY: Final = _shape("items next_start")  # next_start may be null
+_SCAN_REPLY: Final = _shape("items next_start", "deleted_version")  # next_start may be null
 _REPLICATE: Final = _shape(
     "partition node leader leader_epoch prev_epoch prev_seq batches", "snapshot"
 )
@@ -288,7 +292,9 @@ _POSITION_REPLY: Final = _shape("epoch seq promised")
 _ITEM_ROW: Final = _fields("key exists value version write_ts read_ts")
 _INTENT_ROW: Final = _fields("key txn_id ts op new_exists new_value anchor created_us")
 _TOKEN_ROW: Final = _fields("token txn_id fingerprint created_us")
-_META_ROW: Final = _fields("max_delete_ts max_deleted_version epoch seq promised")
+_META_ROW: Final = _fields(
+    "max_delete_ts max_deleted_version epoch seq promised read_floor max_write_ts"
+)
 
 
 # --- members --------------------------------------------------------------------------------
@@ -984,7 +990,10 @@ def _dec_token_lookup(raw: object, field: str) -> TokenLookupRequest:
 
 
 def _enc_read(r: ReadRequest) -> dict[str, object]:
-    return {"partition": r.partition, "keys": list(r.keys)}
+    out: dict[str, object] = {"partition": r.partition, "keys": list(r.keys)}
+    if r.at is not None:
+        out["at"] = list(r.at)
+    return out
 
 
 def _dec_read(raw: object, field: str) -> ReadRequest:
@@ -994,6 +1003,7 @@ def _dec_read(raw: object, field: str) -> ReadRequest:
     return ReadRequest(
         partition=_partition(obj, field, "partition"),
         keys=tuple(_key_at(key, f"{where}[{index}]") for index, key in enumerate(keys)),
+        at=_opt(obj, field, "at", _ts),
     )
 
 
@@ -1025,7 +1035,15 @@ def _dec_write_trusted(raw: object, field: str) -> WriteRequest:
 
 
 def _enc_scan(r: ScanRequest) -> dict[str, object]:
-    return {"partition": r.partition, "start": r.start, "end": r.end, "limit": r.limit}
+    out: dict[str, object] = {
+        "partition": r.partition,
+        "start": r.start,
+        "end": r.end,
+        "limit": r.limit,
+    }
+    if r.at is not None:
+        out["at"] = list(r.at)
+    return out
 
 
 def _dec_scan(raw: object, field: str) -> ScanRequest:
@@ -1038,6 +1056,28 @@ def _dec_scan(raw: object, field: str) -> ScanRequest:
         start=_scan_bound(obj, field, "start"),
         end=_opt(obj, field, "end", _scan_bound),
         limit=limit,
+        at=_opt(obj, field, "at", _ts),
+    )
+
+
+def _enc_restore(r: RestoreRequest) -> dict[str, object]:
+    return {
+        "partition": r.partition,
+        "items": [_enc_item(item) for item in r.items],
+        "floor": list(r.floor),
+        "deleted_version": r.deleted_version,
+    }
+
+
+def _dec_restore(raw: object, field: str) -> RestoreRequest:
+    obj = _record(raw, field, _RESTORE)
+    items = _list(obj, field, "items", limits.RESTORE_ROWS_MAX)
+    where = _join(field, "items")
+    return RestoreRequest(
+        partition=_partition(obj, field, "partition"),
+        items=tuple(_dec_item(item, f"{where}[{index}]") for index, item in enumerate(items)),
+        floor=_ts(obj, field, "floor"),
+        deleted_version=_version(obj, field, "deleted_version"),
     )
 
 
@@ -1195,7 +1235,13 @@ def _dec_write_reply(raw: object, field: str) -> WriteReply:
 
 
 def _enc_scan_reply(r: ScanReply) -> dict[str, object]:
-    return {"items": [_enc_item(item) for item in r.items], "next_start": r.next_start}
+    out: dict[str, object] = {
+        "items": [_enc_item(item) for item in r.items],
+        "next_start": r.next_start,
+    }
+    if r.deleted_version:
+        out["deleted_version"] = r.deleted_version
+    return out
 
 
 def _dec_scan_reply(raw: object, field: str) -> ScanReply:
@@ -1205,7 +1251,17 @@ def _dec_scan_reply(raw: object, field: str) -> ScanReply:
     return ScanReply(
         items=tuple(_dec_item(item, f"{where}[{index}]") for index, item in enumerate(items)),
         next_start=_opt(obj, field, "next_start", _key),
+        deleted_version=_or(obj, field, "deleted_version", _version, 0),
     )
+
+
+def _enc_restore_reply(r: RestoreReply) -> dict[str, object]:
+    return {"restored": r.restored}
+
+
+def _dec_restore_reply(raw: object, field: str) -> RestoreReply:
+    obj = _record(raw, field, _RESTORE_REPLY)
+    return RestoreReply(restored=_sql_int(obj, field, "restored"))
 
 
 # --- replication (see "Replication" in the module docstring) -------------------------------
@@ -1306,6 +1362,8 @@ def _enc_meta_row(meta: PartitionMeta) -> list[object]:
         meta.epoch,
         meta.seq,
         meta.promised,
+        list(meta.read_floor),
+        list(meta.max_write_ts),
     ]
 
 
@@ -1318,6 +1376,8 @@ def _meta(obj: _Obj, field: str, name: str) -> PartitionMeta:
         epoch=_sql_int(row, where, "epoch"),
         seq=_seq(row, where, "seq"),
         promised=_sql_int(row, where, "promised"),
+        read_floor=_ts(row, where, "read_floor"),
+        max_write_ts=_ts(row, where, "max_write_ts"),
     )
 
 
@@ -1539,6 +1599,7 @@ METHODS: Final[Mapping[str, type[Request]]] = {
     "get": GetRequest,
     "write": WriteRequest,
     "scan": ScanRequest,
+    "restore": RestoreRequest,
     "replicate": ReplicateRequest,
     "position": PositionRequest,
 }
@@ -1558,6 +1619,7 @@ REPLY_OF: Final[Mapping[type[Request], type[Reply]]] = {
     GetRequest: GetReply,
     WriteRequest: WriteReply,
     ScanRequest: ScanReply,
+    RestoreRequest: RestoreReply,
     ReplicateRequest: ReplicateReply,
     PositionRequest: PositionReply,
 }
@@ -1579,6 +1641,7 @@ _REQUEST_CODECS: Final[dict[type[Request], tuple[_Encoder, Callable[[object, str
     GetRequest: (_enc_get, _dec_get),
     WriteRequest: (_enc_write, _dec_write),
     ScanRequest: (_enc_scan, _dec_scan),
+    RestoreRequest: (_enc_restore, _dec_restore),
     ReplicateRequest: (_enc_replicate, _dec_replicate),
     PositionRequest: (_enc_position, _dec_position),
 }
@@ -1594,6 +1657,7 @@ _REPLY_CODECS: Final[dict[type[Reply], tuple[_Encoder, Callable[[object, str], R
     GetReply: (_enc_get_reply, _dec_get_reply),
     WriteReply: (_enc_write_reply, _dec_write_reply),
     ScanReply: (_enc_scan_reply, _dec_scan_reply),
+    RestoreReply: (_enc_restore_reply, _dec_restore_reply),
     ReplicateReply: (_enc_replicate_reply, _dec_replicate_reply),
     PositionReply: (_enc_position_reply, _dec_position_reply),
 }

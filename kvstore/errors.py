@@ -48,6 +48,7 @@ __all__ = [
     "Unauthorized",
     "Forbidden",
     "ProtocolViolation",
+    "SnapshotTooOld",
     "InternalError",
     "error_from_code",
     "connect_failure_reason",
@@ -88,6 +89,9 @@ class ErrorCode(enum.Enum):
     Unauthorized = ErrorSpec(2007, 401, False, "missing or unknown credentials")
     Forbidden = ErrorSpec(2008, 403, False, "the credentials do not allow this")
     ProtocolViolation = ErrorSpec(2009, 400, False, "a peer broke the wire protocol")
+    SnapshotTooOld = ErrorSpec(
+        2010, 409, False, "the snapshot timestamp is older than the versions the store keeps"
+    )
     # 3xxx: ambiguous.
     OutcomeUnknown = ErrorSpec(3001, 504, True, "the outcome is not known; retry with the token")
     # 9xxx: internal.
@@ -231,6 +235,10 @@ class ProtocolViolation(KvError):
     code = ErrorCode.ProtocolViolation
 
 
+class SnapshotTooOld(KvError):
+    code = ErrorCode.SnapshotTooOld
+
+
 class InternalError(KvError):
     code = ErrorCode.InternalError
 
@@ -255,6 +263,7 @@ _CLASS_BY_CODE: Final[dict[ErrorCode, type[KvError]]] = {
         Unauthorized,
         Forbidden,
         ProtocolViolation,
+        SnapshotTooOld,
         InternalError,
     )
 }

@@ -47,6 +47,11 @@ __all__ = [
     "GC_ITEMS_PER_TICK_MAX",
     "STALE_INTENTS_PER_TICK_MAX",
     "SCAN_PAGE_ITEMS_MAX",
+    "SNAPSHOT_WINDOW_MS",
+    "SNAPSHOT_PIN_MS",
+    "SNAPSHOT_VERSIONS_MAX",
+    "BACKUP_PAGE_ITEMS",
+    "RESTORE_ROWS_MAX",
     "RPC_PROTOCOL_VERSION",
     "RPC_FRAME_BYTES_MAX",
     "RPC_CALLS_IN_FLIGHT_MAX",
@@ -167,6 +172,18 @@ FINISH_DEADLINE_MS: Final = (
 GC_ITEMS_PER_TICK_MAX: Final = 1_000  # tombstones / ledger records / tokens expired per tick.
 STALE_INTENTS_PER_TICK_MAX: Final = 100  # stale intents a partition reports per tick.
 SCAN_PAGE_ITEMS_MAX: Final = 1_000  # items in one scan page.
+
+# --- snapshot reads, backups and restores (docs/backup.md) ------------------------------------
+# How far back a read-only transaction's ``at`` may reach: a partition keeps the versions its
+# writes replaced for this long (the reads' window), and longer only for a backup's pinned ``at``.
+SNAPSHOT_WINDOW_MS: Final = 10_000
+# A backup's ``at`` stays pinned on a partition this long after its last page there.
+SNAPSHOT_PIN_MS: Final = 60_000
+# Replaced versions one partition keeps; beyond it the oldest go and the window shrinks (a backup
+# that needed one fails with SnapshotTooOld rather than read a wrong version).
+SNAPSHOT_VERSIONS_MAX: Final = 200_000
+BACKUP_PAGE_ITEMS: Final = 1_000  # items kvctl asks of one partition per page of a backup.
+RESTORE_ROWS_MAX: Final = 1_000  # rows in one ``restore`` message.
 
 # --- internal RPC (DESIGN section 2) ----------------------------------------------------------
 RPC_PROTOCOL_VERSION: Final = 1  # checked in the handshake; bump on any incompatible change.

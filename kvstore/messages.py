@@ -69,6 +69,8 @@ __all__ = [
     "WriteReply",
     "ScanRequest",
     "ScanReply",
+    "RestoreRequest",
+    "RestoreReply",
     "ShippedBatch",
     "Snapshot",
     "ReplicateRequest",
@@ -310,8 +312,13 @@ class TokenLookupReply:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReadRequest:
+    """A read round, or with ``at`` a snapshot read: each key as of timestamp ``at``
+    (docs/backup.md: the partition's read floor rises to ``at`` and intents above it are
+    ignored; ``pending`` then means an intent at or below ``at``)."""
+
     partition: PartitionId
     keys: tuple[Key, ...]
+    at: Timestamp | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -367,12 +374,32 @@ class ScanRequest:
     start: Key
     end: Key | None
     limit: int
+    at: Timestamp | None = None  # a snapshot page as of ``at`` (a backup's), like ReadRequest's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScanReply:
     items: tuple[ItemView, ...]
     next_start: Key | None  # where the next page starts; None when the range is exhausted
+    # With ``at``: the partition's deleted-key version floor (a restore keeps versions growing).
+    deleted_version: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreRequest:
+    """Rows of a backup written into one partition as they were (version and commit timestamp
+    kept); the partition's read floor rises to ``floor`` (the backup's timestamp) and its
+    deleted-key version to ``deleted_version``, so nothing below them can be written again."""
+
+    partition: PartitionId
+    items: tuple[ItemView, ...]
+    floor: Timestamp
+    deleted_version: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreReply:
+    restored: int  # rows written
 
 
 # --- replication (kvstore.replication, docs/replication.md): addressed to a node, not an owner ---
@@ -458,6 +485,7 @@ Request = (
     | GetRequest
     | WriteRequest
     | ScanRequest
+    | RestoreRequest
     | ReplicateRequest
     | PositionRequest
 )
@@ -472,6 +500,7 @@ Reply = (
     | GetReply
     | WriteReply
     | ScanReply
+    | RestoreReply
     | ReplicateReply
     | PositionReply
 )

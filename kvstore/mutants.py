@@ -60,6 +60,8 @@ class Mutant(enum.Enum):
     ACCEPT_OLD_EPOCH = "accept-old-epoch"  # a follower takes batches from a deposed leader
     SERVE_BEFORE_LEASE_END = "serve-before-lease-end"  # a new leader serves at once
     ELECT_ANY_REPLICA = "elect-any-replica"  # the election ignores which replica holds the most
+    # Of snapshot reads and backups (kvstore.storage_node.core, docs/backup.md):
+    SNAPSHOT_WITHOUT_FLOOR = "snapshot-without-floor"  # a read at ``at`` leaves the floor below it
     # Of the clock (kvstore.timestamps), in clones of a process (a fork, a snapshot restored twice):
     NO_FORK_REDRAW = "no-fork-redraw"  # a cloned clock keeps its origin: copies reissue timestamps
 

@@ -109,6 +109,7 @@ EXIT_STATUS_BY_CODE: Final[Mapping[ErrorCode, int]] = MappingProxyType(
         ErrorCode.Unauthorized: EXIT_AUTH,
         ErrorCode.Forbidden: EXIT_AUTH,
         ErrorCode.ProtocolViolation: EXIT_FAILURE,
+        ErrorCode.SnapshotTooOld: EXIT_REFUSED,
         # 3xxx ambiguous.
         ErrorCode.OutcomeUnknown: EXIT_UNKNOWN,
         # 9xxx internal.

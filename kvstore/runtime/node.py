@@ -131,6 +131,7 @@ from kvstore.messages import (
     ReplicateRequest,
     Reply,
     Request,
+    RestoreRequest,
     ScanRequest,
     TokenLookupRequest,
     WriteReply,
@@ -183,13 +184,14 @@ _WRITING_REQUESTS: frozenset[type[Request]] = frozenset(
         WriteRequest,
         CompleteRequest,
         PreventRequest,
+        RestoreRequest,
     }
 )
 
 
 # Requests that may wait for other transactions' intents to clear (module docstring).
 _MAY_WAIT: frozenset[type[Request]] = frozenset(
-    {PrepareRequest, ExecuteRequest, WriteRequest, ReadRequest}
+    {PrepareRequest, ExecuteRequest, WriteRequest, ReadRequest, ScanRequest}
 )
 
 
@@ -626,7 +628,11 @@ class NodeRuntime:
     def leadership_ended(self, pid: PartitionId, error: KvError) -> None:
         """Fail every answer still waiting that depends on partition ``pid`` (it was stepped
         under a leadership that just ended, and may have written or read rows of it that no
-        majority holds), wherever it waits: open batch, flush in flight, or replication."""
+        majority holds), wherever it waits: open batch, flush in flight, or replication.
+        The partition's version history starts afresh (its writes may be discarded)."""
+        core = self.cores.get(pid)
+        if core is not None:
+            core.forget_history()
         lists = [self._open_waiters, *(gated.waiters for gated in self._gated)]
         if self._flight_waiters is not None:
             lists.append(self._flight_waiters)

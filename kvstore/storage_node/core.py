@@ -49,7 +49,7 @@ from typing import Any, Generic, TypeVar
 
 from kvstore import limits
 from kvstore.conditions import evaluate
-from kvstore.errors import ErrorCode, ValidationError
+from kvstore.errors import ErrorCode, SnapshotTooOld, TransactionConflict, ValidationError
 from kvstore.messages import (
     CancelReply,
     CancelRequest,
@@ -76,6 +76,8 @@ from kvstore.messages import (
     ReasonCode,
     Reply,
     Request,
+    RestoreReply,
+    RestoreRequest,
     ScanReply,
     ScanRequest,
     TokenHit,
@@ -87,6 +89,7 @@ from kvstore.messages import (
 )
 from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
 from kvstore.ops import Op, OpKind, apply_op
+from kvstore.storage_node.history import Version, VersionHistory
 from kvstore.storage_node.intent_wait import may_wait
 from kvstore.storage_node.store import Intent, ItemRow, PartitionStore, TokenRow
 from kvstore.types import TIMESTAMP_ZERO, Key, PartitionId, Timestamp, TxnId, Value
@@ -95,6 +98,8 @@ __all__ = ["PartitionConfig", "Step", "StaleIntent", "Maintenance", "PartitionCo
 
 R = TypeVar("R")
 _US_PER_MS = 1000
+_FAR_US = 1 << 62  # after every intent's creation
+_ALL_INTENTS = 1 << 30  # a listing bound above any partition's intents
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +111,8 @@ class PartitionConfig:
     ledger_retention_ms: int = limits.LEDGER_RETENTION_MS
     idempotency_window_ms: int = limits.IDEMPOTENCY_WINDOW_MS
     tombstone_retention_ms: int = limits.TOMBSTONE_RETENTION_MS
+    snapshot_window_ms: int = limits.SNAPSHOT_WINDOW_MS
+    snapshot_pin_ms: int = limits.SNAPSHOT_PIN_MS
     mutants: Mutants = NO_MUTANTS  # deliberate bugs for the chaos harness; see kvstore.mutants
 
 
@@ -168,6 +175,7 @@ class PartitionCore:
         self._applied: dict[TxnId, list[Intent]] = {}  # DOUBLE_APPLY_COMMIT's memory only
         # STALE_VOTE_AFTER_WAIT's memory only: the vote a parked op had when it was parked.
         self._parked_votes: dict[tuple[TxnId, Key], tuple[bool, Value]] = {}
+        self.history = VersionHistory()  # replaced versions, for reads at a timestamp
 
     def handle(self, request: Request, now_us: int, node_ts: Timestamp) -> Step[Reply]:
         """Dispatch any request to its method. ``node_ts`` is used only by singleton writes."""
@@ -191,13 +199,19 @@ class PartitionCore:
             case TokenLookupRequest():
                 return _widen(self.lookup_token(request))
             case ReadRequest():
+                if request.at is not None:
+                    return _widen(self.read_at(request, request.at, now_us))
                 return _widen(self.read(request))
             case GetRequest():
                 return _widen(self.get(request))
             case WriteRequest():
                 return _widen(self.write(request, node_ts))
             case ScanRequest():
+                if request.at is not None:
+                    return _widen(self.scan_at(request, request.at, now_us))
                 return _widen(self.scan(request))
+            case RestoreRequest():
+                return _widen(self.restore(request))
         raise ValidationError("request", f"unknown request type {type(request).__name__}")
 
     def blockers(self, request: Request, now_us: int) -> tuple[TxnId, ...]:
@@ -229,6 +243,10 @@ class PartitionCore:
                 if not self._young(intent, now_us):
                     return ()
                 return (intent.txn_id,)
+            case ReadRequest() if request.at is not None:
+                return self._snapshot_blockers(request.at, request.keys, now_us)
+            case ScanRequest() if request.at is not None:
+                return self._snapshot_blockers(request.at, None, now_us)
             case ReadRequest():
                 if Mutant.READS_SEE_INTENTS in self._mutants:
                     return ()  # the mutant shows intents rather than waiting for them
@@ -577,6 +595,147 @@ class PartitionCore:
             )
         return Step(ReadReply(entries=tuple(entries)), False)
 
+    # --- reads at a timestamp (snapshot reads, backups; docs/backup.md) ----------------------
+
+    def read_at(self, req: ReadRequest, at: Timestamp, now_us: int) -> Step[ReadReply]:
+        """Each key as of ``at``; ``pending`` marks a key with an intent at or below ``at``."""
+        wrote = self._open_snapshot(at, now_us, pin=False)
+        history = self.history
+        entries = []
+        for key in req.keys:
+            intent = self.store.get_intent(key)
+            version = history.version_at(key, at, self._current(key))
+            entries.append(
+                ReadEntry(
+                    key=key,
+                    exists=version.exists,
+                    value=version.value if version.exists else None,
+                    version=version.version,
+                    ts=version.write_ts,
+                    pending=intent is not None and intent.ts <= at,
+                )
+            )
+        return Step(ReadReply(entries=tuple(entries)), wrote)
+
+    def scan_at(self, req: ScanRequest, at: Timestamp, now_us: int) -> Step[ScanReply]:
+        """A page of the items as of ``at`` (a backup's), in key order, with ``at`` pinned.
+        Refused with the retryable ``TransactionConflict`` while an intent at or below ``at``
+        is pending anywhere in the partition (its outcome decides what ``at`` shows)."""
+        limit = req.limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError("limit", f"must be a positive integer, got {limit!r}")
+        limit = min(limit, limits.SCAN_PAGE_ITEMS_MAX)
+        wrote = self._open_snapshot(at, now_us, pin=True)
+        if self._pending_at_or_below(at):
+            raise TransactionConflict(
+                f"partition {self.partition}: a transaction at or below the snapshot is pending",
+                details={"partition": self.partition},
+            )
+        rows = self.store.scan_items(req.start, req.end, limit + 1)
+        upper = rows[limit].key if len(rows) > limit else req.end
+        keys = sorted(
+            {row.key for row in rows[:limit]}.union(self.history.keys_between(req.start, upper))
+        )
+        next_start = keys[limit] if len(keys) > limit else (upper if len(rows) > limit else None)
+        items = []
+        for key in keys[:limit]:
+            version = self.history.version_at(key, at, self._current(key))
+            if version.exists:
+                items.append(
+                    ItemView(
+                        key=key, value=version.value, version=version.version, ts=version.write_ts
+                    )
+                )
+        deleted = 0
+        if next_start is None:  # the partition's last page: its deleted-key version floor
+            tombstones = self.store.tombstones(limits.GC_ITEMS_PER_TICK_MAX)
+            deleted = max(
+                [self.store.get_meta().max_deleted_version] + [row.version for row in tombstones]
+            )
+        reply = ScanReply(items=tuple(items), next_start=next_start, deleted_version=deleted)
+        return Step(reply, wrote)
+
+    def restore(self, req: RestoreRequest) -> Step[RestoreReply]:
+        """Write a backup's rows as they were; raise the floors (see the message)."""
+        for item in req.items:
+            if self.store.get_intent(item.key) is not None:
+                raise ValidationError(
+                    "items", f"partition {self.partition} has a transaction pending: not restored"
+                )
+        top = req.floor
+        for item in req.items:
+            self.store.put_item(
+                ItemRow(
+                    key=item.key,
+                    exists=True,
+                    value=item.value,
+                    version=item.version,
+                    write_ts=item.ts,
+                    read_ts=item.ts,
+                )
+            )
+            top = max(top, item.ts)
+        meta = self.store.get_meta()
+        self.store.put_meta(
+            replace(
+                meta,
+                max_deleted_version=max(meta.max_deleted_version, req.deleted_version),
+                read_floor=max(meta.read_floor, top),
+                max_write_ts=max(meta.max_write_ts, top),
+            )
+        )
+        return Step(RestoreReply(restored=len(req.items)), True)
+
+    def _open_snapshot(self, at: Timestamp, now_us: int, *, pin: bool) -> bool:
+        """Check that ``at`` can be read here and raise the read floor to it (so no write at
+        or below ``at`` is accepted from now on); returns whether that wrote."""
+        meta = self.store.get_meta()
+        history = self.history
+        history.resync(meta.max_write_ts)
+        if not history.readable(at):
+            raise SnapshotTooOld(
+                f"partition {self.partition} keeps versions only from a later timestamp"
+                " (the read window, or a restart or leader change since)",
+                details={"partition": self.partition},
+            )
+        if pin:
+            history.pin(at, now_us + self.config.snapshot_pin_ms * _US_PER_MS)
+        if at <= meta.read_floor or Mutant.SNAPSHOT_WITHOUT_FLOOR in self._mutants:
+            return False
+        self.store.put_meta(replace(meta, read_floor=at))
+        return True
+
+    def _pending_at_or_below(self, at: Timestamp) -> bool:
+        intents = self.store.intents_created_before(_FAR_US, _ALL_INTENTS)
+        return any(intent.ts <= at for intent in intents)
+
+    def forget_history(self) -> None:
+        """Start the version history afresh (leadership lost or gained: writes it recorded may
+        have been discarded, others applied without it); it resyncs on its next use."""
+        self.history = VersionHistory()
+
+    def _snapshot_blockers(
+        self, at: Timestamp, keys: tuple[Key, ...] | None, now_us: int
+    ) -> tuple[TxnId, ...]:
+        """A read at ``at`` waits for intents at or below ``at`` (on ``keys``, or anywhere)."""
+        if keys is None:
+            intents = self.store.intents_created_before(_FAR_US, _ALL_INTENTS)
+        else:
+            intents = [i for i in map(self.store.get_intent, keys) if i is not None]
+        found: dict[TxnId, None] = {}
+        for intent in intents:
+            if intent.ts <= at:
+                if not self._young(intent, now_us):
+                    return ()
+                found[intent.txn_id] = None
+        return tuple(found)
+
+    def _current(self, key: Key) -> Version:
+        row = self.store.get_item(key)
+        if row is None:
+            return Version(False, None, self.store.get_meta().max_deleted_version, TIMESTAMP_ZERO)
+        return Version(row.exists, row.value, row.version, row.write_ts)
+
     def get(self, req: GetRequest) -> Step[GetReply]:
         row = self.store.get_item(req.key)
         item = None if row is None or not row.exists else _view(row)
@@ -660,6 +819,7 @@ class PartitionCore:
             self.store.delete_token(token.token)
             wrote = True
         wrote = self._collect_tombstones(now_us, limit) or wrote
+        self.history.collect(now_us, self.config.snapshot_window_ms)
         return Maintenance(
             stale_intents=tuple(stale.values()),
             records_to_drive=tuple(to_drive),
@@ -873,11 +1033,14 @@ class PartitionCore:
 
     def _state(self, key: Key) -> _KeyState:
         row = self.store.get_item(key)
-        if row is not None:
-            return _KeyState(row, row.exists, row.value, row.version, row.write_ts, row.read_ts)
         meta = self.store.get_meta()
+        if row is not None:  # the read floor is every key's read_ts (docs/backup.md)
+            read_ts = max(row.read_ts, meta.read_floor)
+            return _KeyState(row, row.exists, row.value, row.version, row.write_ts, read_ts)
         floor = meta.max_delete_ts
-        return _KeyState(None, False, None, meta.max_deleted_version, floor, floor)
+        return _KeyState(
+            None, False, None, meta.max_deleted_version, floor, max(floor, meta.read_floor)
+        )
 
     def _apply(
         self, key: Key, kind: OpKind, ts: Timestamp, new_exists: bool, new_value: Value
@@ -905,11 +1068,27 @@ class PartitionCore:
             )
         assert row.version >= state.version and row.write_ts >= state.write_ts
         assert row.read_ts >= state.read_ts
+        if kind is not OpKind.CHECK:
+            self._record_replaced(key, state, row.write_ts)
         if kind is OpKind.DELETE and Mutant.WATERMARK_DOWN_ON_DELETE in self._mutants:
             self.store.delete_item(key)  # no tombstone: the key's floor falls to the watermark
             return row
         self.store.put_item(row)
         return row
+
+    def _record_replaced(self, key: Key, state: _KeyState, ts: Timestamp) -> None:
+        """Keep the version a write at ``ts`` replaces, for reads as of earlier timestamps."""
+        meta = self.store.get_meta()
+        self.history.resync(meta.max_write_ts)  # first forget what writes it missed made wrong
+        before = Version(
+            state.exists,
+            state.value if state.exists else None,
+            state.version,
+            state.write_ts if state.row is not None else TIMESTAMP_ZERO,
+        )
+        self.history.record(key, before, ts)
+        if ts > meta.max_write_ts:
+            self.store.put_meta(replace(meta, max_write_ts=ts))
 
     def _collect_tombstones(self, now_us: int, limit: int) -> bool:
         """Fold tombstones older than the retention into the partition watermark."""

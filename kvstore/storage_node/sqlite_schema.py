@@ -3,7 +3,7 @@ the import of the per-partition files of older releases.
 
 Theory of operation
 -------------------
-``node.db`` holds every partition of a node (schema version 3). Each table is keyed like the
+``node.db`` holds every partition of a node (schema version 5). Each table is keyed like the
 corresponding map of a partition, with ``partition`` as the first column of its primary key and
 of each index, so one partition's rows form one contiguous range of every b-tree and a
 partition's query is a range scan of it:
@@ -21,7 +21,9 @@ partition's query is a range scan of it:
   :func:`kvstore.codec.encode_ledger_record`.
 * ``tokens(partition, token, txn_id, fingerprint, created_us)`` with an index
   ``(partition, created_us, token)``.
-* ``meta(partition, max_delete_ts, max_deleted_version)``: one row per partition, its watermark.
+* ``meta(partition, max_delete_ts, max_deleted_version, epoch, seq, promised, read_floor,
+  max_write_ts)``: one row per partition: its watermark, replication position, and the read floor
+  and largest write timestamp of snapshot reads (docs/backup.md).
 * ``migrated(file)``: the per-partition files of older releases already imported (below).
 
 Timestamp columns hold **24-byte blobs**: ``physical_us``, ``logical`` and ``origin`` as unsigned
@@ -112,11 +114,18 @@ __all__ = [
     "WAL_SIZE_LIMIT_BYTES",
 ]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 # Version 3 lacked meta's replication position (version 4): added in place, zeros.
 _ADD_POSITION: Final = tuple(
     f"ALTER TABLE meta ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
     for column in ("epoch", "seq", "promised")
+)
+# Version 4 lacked meta's read floor and largest write timestamp (version 5; docs/backup.md):
+# added in place, zero timestamps.
+_ZERO_TS_SQL: Final = "x'" + "00" * 24 + "'"  # TIMESTAMP_ZERO as a blob literal
+_ADD_SNAPSHOT_META: Final = tuple(
+    f"ALTER TABLE meta ADD COLUMN {column} BLOB NOT NULL DEFAULT {_ZERO_TS_SQL}"
+    for column in ("read_floor", "max_write_ts")
 )
 NODE_DB: Final = "node.db"  # the node's database, in its data directory
 _PARTITION_FILE_VERSIONS: Final = (1, 2)  # schema versions of the per-partition files imported
@@ -180,7 +189,13 @@ _DDL: Final = (
         max_deleted_version INTEGER NOT NULL,
         epoch INTEGER NOT NULL DEFAULT 0,
         seq INTEGER NOT NULL DEFAULT 0,
-        promised INTEGER NOT NULL DEFAULT 0
+        promised INTEGER NOT NULL DEFAULT 0,
+        read_floor BLOB NOT NULL DEFAULT """
+    + _ZERO_TS_SQL
+    + """,
+        max_write_ts BLOB NOT NULL DEFAULT """
+    + _ZERO_TS_SQL
+    + """
     )""",
     "CREATE TABLE migrated (file TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID",
 )
@@ -247,13 +262,13 @@ class Sql:
     TOKENS_BEFORE: Final = f"{_TOKEN} AND created_us < ? ORDER BY created_us, token LIMIT ?"
 
     GET_META: Final = (
-        "SELECT max_delete_ts, max_deleted_version, epoch, seq, promised FROM meta"
-        " WHERE partition = ?"
+        "SELECT max_delete_ts, max_deleted_version, epoch, seq, promised, read_floor,"
+        " max_write_ts FROM meta WHERE partition = ?"
     )
     PUT_META: Final = (
         "INSERT OR REPLACE INTO meta"
-        " (partition, max_delete_ts, max_deleted_version, epoch, seq, promised)"
-        " VALUES (?, ?, ?, ?, ?, ?)"
+        " (partition, max_delete_ts, max_deleted_version, epoch, seq, promised, read_floor,"
+        " max_write_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     )
 
     MIGRATED: Final = "SELECT file FROM migrated"
@@ -308,8 +323,8 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
             for statement in _DDL:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        elif version == 3:
-            for statement in _ADD_POSITION:
+        elif version in (3, 4):
+            for statement in (_ADD_POSITION if version == 3 else ()) + _ADD_SNAPSHOT_META:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
@@ -502,7 +517,7 @@ def _write_table(
         conn.executemany(put_sql, written)
 
 
-def decode_meta(row: tuple[bytes, int, int, int, int] | None) -> PartitionMeta:
+def decode_meta(row: tuple[bytes, int, int, int, int, bytes, bytes] | None) -> PartitionMeta:
     if row is None:
         return PartitionMeta()
     return PartitionMeta(
@@ -511,6 +526,8 @@ def decode_meta(row: tuple[bytes, int, int, int, int] | None) -> PartitionMeta:
         epoch=row[2],
         seq=row[3],
         promised=row[4],
+        read_floor=_ts(row[5]),
+        max_write_ts=_ts(row[6]),
     )
 
 
@@ -606,4 +623,6 @@ def meta_params(pid: PartitionId, meta: PartitionMeta) -> tuple[object, ...]:
         meta.epoch,
         meta.seq,
         meta.promised,
+        _TS.pack(*meta.read_floor),
+        _TS.pack(*meta.max_write_ts),
     )

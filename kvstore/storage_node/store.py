@@ -98,6 +98,11 @@ class PartitionMeta:
     epoch: int = 0
     seq: int = 0
     promised: int = 0
+    # Snapshot reads (docs/backup.md): no write at or below ``read_floor`` may be accepted any
+    # more (a snapshot read or backup at that timestamp was answered); ``max_write_ts`` is the
+    # largest commit timestamp of any write applied, where the version history may start.
+    read_floor: Timestamp = TIMESTAMP_ZERO
+    max_write_ts: Timestamp = TIMESTAMP_ZERO
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

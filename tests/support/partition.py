@@ -17,6 +17,7 @@ from kvstore.messages import (
     ReadEntry,
     ReadRequest,
     ReasonCode,
+    ScanRequest,
     TxnState,
     WriteReply,
     WriteRequest,
@@ -119,6 +120,22 @@ class Partition:
 
     def read(self, *keys: str) -> tuple[ReadEntry, ...]:
         return self.core.read(ReadRequest(partition=P0, keys=keys)).reply.entries
+
+    def read_at(self, at: Timestamp, *keys: str) -> tuple[ReadEntry, ...]:
+        """A snapshot read of ``keys`` as of ``at`` (docs/backup.md)."""
+        req = ReadRequest(partition=P0, keys=keys, at=at)
+        return self.core.read_at(req, at, self.now_us).reply.entries
+
+    def scan_at(
+        self, at: Timestamp, start: str = "", limit: int = 1000
+    ) -> tuple[tuple[ItemView, ...], str | None]:
+        """A backup's page as of ``at``: its items and where the next page starts."""
+        req = ScanRequest(partition=P0, start=start, end=None, limit=limit, at=at)
+        reply = self.core.scan_at(req, at, self.now_us).reply
+        return reply.items, reply.next_start
+
+    def maintain(self) -> None:
+        self.core.maintain(self.now_us)
 
     def snapshot(self) -> tuple[object, ...]:
         """Everything the store holds, to show that a step wrote nothing."""

@@ -62,6 +62,8 @@ from kvstore.messages import (
     ReplicateRequest,
     Reply,
     Request,
+    RestoreReply,
+    RestoreRequest,
     ScanReply,
     ScanRequest,
     ShippedBatch,
@@ -219,6 +221,9 @@ REQUESTS: list[Request] = [
     WriteRequest(partition=P, op=UPDATE),
     ScanRequest(partition=P, start="", end=None, limit=10),
     ScanRequest(partition=P, start="a", end="m", limit=1000),
+    ScanRequest(partition=P, start="a", end=None, limit=5, at=Timestamp(7, 1, 9)),
+    ReadRequest(partition=P, keys=("a", "b"), at=Timestamp(7, 1, 9)),
+    RestoreRequest(partition=P, items=(ITEM,), floor=Timestamp(8, 0, 1), deleted_version=3),
     ReplicateRequest(
         partition=P,
         node=N2,
@@ -333,6 +338,8 @@ REPLIES: list[tuple[str, Reply]] = [
     ("write", WriteReply(outcome=OUTCOMES[1])),
     ("scan", ScanReply(items=(ITEM, ITEM), next_start="zz")),
     ("scan", ScanReply(items=(), next_start=None)),
+    ("scan", ScanReply(items=(ITEM,), next_start=None, deleted_version=4)),
+    ("restore", RestoreReply(restored=2)),
     ("replicate", ReplicateReply(accepted=True, epoch=4, seq=42, promised=4)),
     ("replicate", ReplicateReply(accepted=False, epoch=0, seq=0, promised=SQL_INT_MAX)),
     ("position", PositionReply(epoch=3, seq=41, promised=5)),
@@ -1015,7 +1022,7 @@ def test_rows_travel_as_lists_of_their_fields_and_deletions_as_keys() -> None:
     assert rows["intents"][-1] == "resolved"
     assert rows["ledger"] == [encode_ledger_record(RECORD), "c" * 128]
     assert rows["tokens"] == [["t-1", TXN, "ab" * 16, 1_700_000_000_000_000], "expired"]
-    assert rows["meta"] == [list(EARLIER), 9, 3, 41, 4]
+    assert rows["meta"] == [list(EARLIER), 9, 3, 41, 4, [0, 0, 0], [0, 0, 0]]
     # empty tables are left out; a probe is its position alone
     assert GOOD_REPLICATE["batches"][1]["rows"] == {"meta": rows["meta"]}  # type: ignore[index]
     probe = ReplicateRequest(

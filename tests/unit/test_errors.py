@@ -26,6 +26,7 @@ FROZEN = {
     "Unauthorized": (2007, 401, False),
     "Forbidden": (2008, 403, False),
     "ProtocolViolation": (2009, 400, False),
+    "SnapshotTooOld": (2010, 409, False),
     "OutcomeUnknown": (3001, 504, True),
     "InternalError": (9001, 500, False),
 }

@@ -197,6 +197,22 @@ def test_skip_read_ts_check_accepts_a_write_below_read_ts(arm: Arm) -> None:
     assert script(arm(Mutant.SKIP_READ_TS_CHECK)) == [OK]
 
 
+@shows(Mutant.SNAPSHOT_WITHOUT_FLOOR)
+def test_snapshot_without_floor_lets_a_write_below_a_snapshot_commit(arm: Arm) -> None:
+    def script(mutants: Mutants) -> tuple[list[ReasonCode], object]:
+        p = partition(mutants)
+        assert p.prepare("t1", ts(10), put("x", 1)).accepted and p.commit("t1") == 1
+        assert p.read_at(ts(100), "x")[0].value == 1  # a backup at 100 saw x = 1
+        # A write at 90 committing now would make what the snapshot at 100 showed false.
+        late = p.prepare("t2", ts(90), put("x", 2))
+        if late.accepted:
+            p.commit("t2")
+        return codes(late.outcomes), p.read_at(ts(100), "x")[0].value
+
+    assert script(NO_MUTANTS) == ([TOO_OLD], 1)
+    assert script(arm(Mutant.SNAPSHOT_WITHOUT_FLOOR)) == ([OK], 2)
+
+
 @shows(Mutant.READS_SEE_INTENTS)
 def test_reads_see_intents_returns_a_pending_intent_as_committed(arm: Arm) -> None:
     def script(mutants: Mutants) -> ReadEntry:

@@ -1144,7 +1144,7 @@ def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / NODE_DB)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    with pytest.raises(SchemaError, match=r"schema version 99.*only version 4"):
+    with pytest.raises(SchemaError, match=r"schema version 99.*only version 5"):
         SqliteNodeStore.open(tmp_path, PARTS)
 
 
@@ -1154,7 +1154,7 @@ def test_version_3_gains_the_replication_position_in_place(tmp_path: Path) -> No
     store.commit()
     store.close()
     conn = sqlite3.connect(tmp_path / NODE_DB)
-    for column in ("epoch", "seq", "promised"):
+    for column in ("epoch", "seq", "promised", "read_floor", "max_write_ts"):
         conn.execute(f"ALTER TABLE meta DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 3")
     conn.close()
@@ -1169,6 +1169,32 @@ def test_version_3_gains_the_replication_position_in_place(tmp_path: Path) -> No
     store = SqliteNodeStore.open(tmp_path, PARTS)
     try:
         assert store.partition(P1).get_meta().seq == 7
+    finally:
+        store.close()
+
+
+def test_version_4_gains_the_read_floor_and_largest_write_in_place(tmp_path: Path) -> None:
+    store = SqliteNodeStore.open(tmp_path, PARTS)
+    store.partition(P1).put_meta(PartitionMeta(max_delete_ts=tsp(3), epoch=2, seq=5))
+    store.commit()
+    store.close()
+    conn = sqlite3.connect(tmp_path / NODE_DB)
+    for column in ("read_floor", "max_write_ts"):
+        conn.execute(f"ALTER TABLE meta DROP COLUMN {column}")
+    conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    store = SqliteNodeStore.open(tmp_path, PARTS)
+    try:
+        view = store.partition(P1)
+        assert view.get_meta() == PartitionMeta(max_delete_ts=tsp(3), epoch=2, seq=5)
+        view.put_meta(replace(view.get_meta(), read_floor=tsp(9), max_write_ts=tsp(8)))
+        store.commit()
+    finally:
+        store.close()
+    store = SqliteNodeStore.open(tmp_path, PARTS)
+    try:
+        meta = store.partition(P1).get_meta()
+        assert (meta.read_floor, meta.max_write_ts, meta.seq) == (tsp(9), tsp(8), 5)
     finally:
         store.close()
 
