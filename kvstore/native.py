@@ -39,6 +39,8 @@ __all__ = [
     "READ",
     "SCAN",
     "TXN_OUTCOME",
+    "BACKUP_PAGE",
+    "RESTORE",
     "body_object",
     "body_key",
     "body_op",
@@ -67,7 +69,13 @@ TRANSACT: Final = "kv.transact"
 READ: Final = "kv.read"
 SCAN: Final = "kv.scan"
 TXN_OUTCOME: Final = "kv.txn_outcome"
-METHODS: Final = frozenset({GET, PUT, DELETE, TRANSACT, READ, SCAN, TXN_OUTCOME})
+# For kvctl's backups and restores (docs/backup.md): bodies are the internal ``scan`` (``at``
+# optional: the node's clock then picks it) and ``restore`` requests of kvstore.codec.
+BACKUP_PAGE: Final = "kv.backup_page"
+RESTORE: Final = "kv.restore"
+METHODS: Final = frozenset(
+    {GET, PUT, DELETE, TRANSACT, READ, SCAN, TXN_OUTCOME, BACKUP_PAGE, RESTORE}
+)
 
 
 # --- request bodies (checked by the node) -------------------------------------------------

@@ -73,7 +73,9 @@ from kvstore.coordinator.scan import Scan, ScanPage, ScanResult
 from kvstore.coordinator.singleton import (
     CallResult,
     new_get,
+    new_restore,
     new_singleton_write,
+    new_snapshot_page,
     new_token_lookup,
 )
 from kvstore.coordinator.state import RetryState
@@ -105,6 +107,9 @@ from kvstore.messages import (
     ReasonCode,
     Reply,
     Request,
+    RestoreReply,
+    RestoreRequest,
+    ScanReply,
     TokenLookupReply,
     WriteReply,
 )
@@ -122,7 +127,7 @@ from kvstore.timestamps import (
     system_clock_us,
 )
 from kvstore.transport import PartitionTransport
-from kvstore.types import Key, PartitionId
+from kvstore.types import Key, PartitionId, Timestamp
 
 __all__ = ["Coordinator", "ScanPage"]
 
@@ -527,6 +532,29 @@ class Coordinator:
         code = result.error or ErrorCode.InternalError
         self.metrics.singletons.labels("scan", code.name).inc()
         raise self._call_error(code, result.partition)
+
+    # --- backups and restores (docs/backup.md) ---------------------------------------------
+
+    def now(self) -> Timestamp:
+        """A fresh timestamp of this coordinator's clock (a backup's default ``at``)."""
+        return self.clock.now()
+
+    async def snapshot_page(
+        self, partition: PartitionId, *, start: Key, at: Timestamp, limit: int
+    ) -> ScanReply:
+        """One page of ``partition`` as of ``at`` (a backup's), routed to its owner or leader."""
+        result: CallResult[ScanReply] = await self._rerouted(
+            lambda: self._run(new_snapshot_page(partition, start, at, limit), self._now_us()),
+            _error_of,
+        )
+        return self._reply(result, "snapshot_page")
+
+    async def restore(self, request: RestoreRequest) -> RestoreReply:
+        """Write a backup's rows into their partition (see ``RestoreRequest``)."""
+        result: CallResult[RestoreReply] = await self._rerouted(
+            lambda: self._run(new_restore(request), self._now_us()), _error_of
+        )
+        return self._reply(result, "restore")
 
     async def txn_record(self, token: str) -> LedgerRecord | None:
         """The ledger record of the transaction that used idempotency ``token``, if known."""

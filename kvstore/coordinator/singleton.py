@@ -35,13 +35,17 @@ from kvstore.messages import (
     ReasonCode,
     Reply,
     Request,
+    RestoreReply,
+    RestoreRequest,
+    ScanReply,
+    ScanRequest,
     TokenLookupReply,
     TokenLookupRequest,
     WriteReply,
     WriteRequest,
 )
 from kvstore.ops import Op, OpKind, validate_token
-from kvstore.types import PartitionId
+from kvstore.types import PartitionId, Timestamp
 from kvstore.values import validate_key
 
 __all__ = [
@@ -151,6 +155,20 @@ def new_token_lookup(
     validate_token(token)
     request = TokenLookupRequest(partition=partition_of(token), token=token)
     return OneCall(request, TokenLookupReply, name="token lookup")
+
+
+def new_snapshot_page(
+    partition: PartitionId, start: str, at: Timestamp, limit: int
+) -> OneCall[ScanReply]:
+    """One page of partition ``partition`` as of ``at`` from ``start`` (a backup's; the node
+    pins ``at`` and raises its read floor to it, docs/backup.md)."""
+    request = ScanRequest(partition=partition, start=start, end=None, limit=limit, at=at)
+    return OneCall(request, ScanReply, name="snapshot page")
+
+
+def new_restore(request: RestoreRequest) -> OneCall[RestoreReply]:
+    """Rows of a backup written into their partition (a restore's; docs/backup.md)."""
+    return OneCall(request, RestoreReply, name="restore")
 
 
 def write_conflicted(result: CallResult[WriteReply]) -> bool:

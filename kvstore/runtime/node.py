@@ -242,6 +242,9 @@ class NodeRuntime:
             pid: PartitionCore(pid, store.partition(pid), config) for pid in store.partitions
         }
         self.in_progress = dict.fromkeys(self.cores, 0)  # admitted, not yet answered
+        for pid in store.partitions:  # never stamp at or below a floor or a write on disk
+            meta = store.partition(pid).get_meta()
+            clock.observe(max(meta.read_floor, meta.max_write_ts))
         self.in_progress_total = 0
         self.gate = gate
         self.failed: BaseException | None = None
@@ -382,6 +385,8 @@ class NodeRuntime:
             return
         if type(reply) is WriteReply and reply.ts is not None:
             self.clock.observe(reply.ts)  # a ts above the key's floor: never issue it again
+        elif type(request) is RestoreRequest:
+            self.clock.observe(request.floor)  # a restored cluster's clocks start above it
         if isinstance(request, CommitRequest | CancelRequest | DecideRequest):
             self._waits.withdraw(pid, request.txn_id)  # its own parked requests: refused
             if step.wrote:

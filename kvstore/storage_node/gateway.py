@@ -44,10 +44,12 @@ from typing import Any, TypeVar
 
 from kvstore import native
 from kvstore.client.direct import CoordinatorBackend
+from kvstore.codec import decode_request, encode_reply, encode_timestamp
 from kvstore.config import ClusterConfig
 from kvstore.coordinator.engine import Coordinator
 from kvstore.coordinator.metrics import CoordinatorMetrics
 from kvstore.errors import InternalError, KvError, Unavailable
+from kvstore.messages import RestoreRequest, ScanRequest
 from kvstore.mutants import Mutants
 from kvstore.partitioning import ClusterMap
 from kvstore.rpc import Respond, RpcPool
@@ -114,10 +116,7 @@ class NodeGateway:
 
     def _home(self, route: str) -> None:
         """Refuse a native call routed by ``route`` whose partition another node leads."""
-        if self._redirect is not None:
-            refusal = self._redirect(self._partition_of(route))
-            if refusal is not None:
-                raise refusal
+        self._home_partition(self._partition_of(route))
 
     async def close(self) -> None:
         """Let running transactions finish (bounded, see ``Coordinator.close``), then stop."""
@@ -191,7 +190,39 @@ class NodeGateway:
             token = native.body_token(native.body_object(body, frozenset({"token"})))
             self._home(token)
             return _packed(calls.txn_outcome(token, timeout_s), _same)
+        if method == native.BACKUP_PAGE:
+            return self._backup_page(body)
+        if method == native.RESTORE:
+            restore = decode_request("restore", body)
+            assert isinstance(restore, RestoreRequest)
+            self._home_partition(restore.partition)
+            return _packed(self.coordinator.restore(restore), encode_reply)
         raise InternalError(f"no native method {method!r}")  # callers check METHODS first
+
+    def _backup_page(self, body: object) -> Coroutine[Any, Any, object]:
+        """A backup's page: ``{"at": ts, "page": scan reply}``; without ``at`` the node's clock
+        picks it (the backup's first page)."""
+        if isinstance(body, dict) and body.get("at") is None:
+            body = {**body, "at": encode_timestamp(self.coordinator.now())}
+        request = decode_request("scan", body)
+        assert isinstance(request, ScanRequest) and request.at is not None
+        self._home_partition(request.partition)
+        at = request.at
+
+        async def page() -> object:
+            reply = await self.coordinator.snapshot_page(
+                request.partition, start=request.start, at=at, limit=request.limit
+            )
+            return {"at": encode_timestamp(at), "page": encode_reply(reply)}
+
+        return page()
+
+    def _home_partition(self, pid: PartitionId) -> None:
+        """Refuse a call for partition ``pid`` that another node leads (as ``_home``)."""
+        if self._redirect is not None:
+            refusal = self._redirect(pid)
+            if refusal is not None:
+                raise refusal
 
 
 class _Unbounded(CoordinatorBackend):
