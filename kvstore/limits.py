@@ -51,6 +51,9 @@ __all__ = [
     "SNAPSHOT_PIN_MS",
     "SNAPSHOT_VERSIONS_MAX",
     "BACKUP_PAGE_ITEMS",
+    "BACKUP_PAGES_IN_FLIGHT_MAX",
+    "BACKUP_PAGE_RETRY_MS",
+    "RESTORE_CALLS_IN_FLIGHT_MAX",
     "RESTORE_ROWS_MAX",
     "RPC_PROTOCOL_VERSION",
     "RPC_FRAME_BYTES_MAX",
@@ -183,7 +186,14 @@ SNAPSHOT_PIN_MS: Final = 60_000
 # that needed one fails with SnapshotTooOld rather than read a wrong version).
 SNAPSHOT_VERSIONS_MAX: Final = 200_000
 BACKUP_PAGE_ITEMS: Final = 1_000  # items kvctl asks of one partition per page of a backup.
+# Pages a backup has in flight after every partition's first (the rest of the store's capacity
+# stays with its clients).
+BACKUP_PAGES_IN_FLIGHT_MAX: Final = 2
+# How long a backup asks a refused page again (an intent at or below its timestamp pending, a
+# node restarting or changing leader) before it gives up.
+BACKUP_PAGE_RETRY_MS: Final = 30_000
 RESTORE_ROWS_MAX: Final = 1_000  # rows in one ``restore`` message.
+RESTORE_CALLS_IN_FLIGHT_MAX: Final = 4  # restore messages kvctl has in flight.
 
 # --- internal RPC (DESIGN section 2) ----------------------------------------------------------
 RPC_PROTOCOL_VERSION: Final = 1  # checked in the handshake; bump on any incompatible change.

@@ -149,9 +149,16 @@ class NativeBackend:
         self._routes[pid] = (replicas[(at + 1) % len(replicas)], 0 if known is None else known[1])
 
     async def _call(self, route: str, method: str, body: object, timeout_s: float) -> object:
+        pid = self._map.partitions.partition_of(route)
+        return await self.call_partition(pid, method, body, timeout_s)
+
+    async def call_partition(
+        self, pid: PartitionId, method: str, body: object, timeout_s: float
+    ) -> object:
+        """Send native ``method`` to the node serving partition ``pid`` (following refusals
+        that name its leader); kvctl's backups and restores call it directly."""
         self._owner.adopt(self._drop_inherited)
         deadline_s = time.monotonic() + timeout_s
-        pid = self._map.partitions.partition_of(route)
         reroutes = 0
         while True:
             node = self.node_of(pid)
