@@ -76,10 +76,11 @@ def check_list_append_backup(
             problems.append(f"{key}: the backup's list is not a prefix of the final one")
         last_ts: Ts | None = None
         for element in elements:
-            txn = by_element.get((key, _hashable(element)))
-            if txn is None:
+            found = by_element.get((key, _hashable(element)))
+            if found is None:
                 problems.append(f"{key}: element {element!r} was never appended")
                 continue
+            txn = found
             if txn.outcome == "fail":
                 problems.append(f"{key}: element {element!r} of a failed transaction")
             if txn.outcome == "ok" and txn.ts is not None:
