@@ -52,6 +52,11 @@ __all__ = [
     "SNAPSHOT_VERSIONS_MAX",
     "BACKUP_PAGE_ITEMS",
     "RESTORE_ROWS_MAX",
+    "BACKUP_FILE_INSERT_ROWS",
+    "BACKUP_FILE_COMMIT_ROWS",
+    "BACKUP_FILE_READ_ROWS",
+    "BACKUP_FILE_CACHE_KIB",
+    "BACKUP_FILE_PROGRESS_ITEMS",
     "RPC_PROTOCOL_VERSION",
     "RPC_FRAME_BYTES_MAX",
     "RPC_CALLS_IN_FLIGHT_MAX",
@@ -184,6 +189,16 @@ SNAPSHOT_PIN_MS: Final = 60_000
 SNAPSHOT_VERSIONS_MAX: Final = 200_000
 BACKUP_PAGE_ITEMS: Final = 1_000  # items kvctl asks of one partition per page of a backup.
 RESTORE_ROWS_MAX: Final = 1_000  # rows in one ``restore`` message.
+# The backup file (kvstore/backup/file.py): rows handed to sqlite-utils per insert batch (it cuts
+# a batch further to fit SQLite's bound-variable limit), rows per write transaction (a
+# transaction ends after the ``add`` call that reaches it), rows fetched per cursor step when
+# reading, the SQLite page cache of a backup file's connection (a bound on the memory a backup
+# or a verify takes), and the items between two progress callbacks.
+BACKUP_FILE_INSERT_ROWS: Final = 10_000
+BACKUP_FILE_COMMIT_ROWS: Final = 100_000
+BACKUP_FILE_READ_ROWS: Final = 1_000
+BACKUP_FILE_CACHE_KIB: Final = 32 * 1024
+BACKUP_FILE_PROGRESS_ITEMS: Final = 10_000
 
 # --- internal RPC (DESIGN section 2) ----------------------------------------------------------
 RPC_PROTOCOL_VERSION: Final = 1  # checked in the handshake; bump on any incompatible change.
