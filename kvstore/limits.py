@@ -55,6 +55,11 @@ __all__ = [
     "BACKUP_PAGE_RETRY_MS",
     "RESTORE_CALLS_IN_FLIGHT_MAX",
     "RESTORE_ROWS_MAX",
+    "BACKUP_FILE_INSERT_ROWS",
+    "BACKUP_FILE_COMMIT_ROWS",
+    "BACKUP_FILE_READ_ROWS",
+    "BACKUP_FILE_CACHE_KIB",
+    "BACKUP_FILE_PROGRESS_ITEMS",
     "RPC_PROTOCOL_VERSION",
     "RPC_FRAME_BYTES_MAX",
     "RPC_CALLS_IN_FLIGHT_MAX",
@@ -194,6 +199,16 @@ BACKUP_PAGES_IN_FLIGHT_MAX: Final = 2
 BACKUP_PAGE_RETRY_MS: Final = 30_000
 RESTORE_ROWS_MAX: Final = 1_000  # rows in one ``restore`` message.
 RESTORE_CALLS_IN_FLIGHT_MAX: Final = 4  # restore messages kvctl has in flight.
+# The backup file (kvstore/backup/file.py): rows handed to sqlite-utils per insert batch (it cuts
+# a batch further to fit SQLite's bound-variable limit), rows per write transaction (a
+# transaction ends after the ``add`` call that reaches it), rows fetched per cursor step when
+# reading, the SQLite page cache of a backup file's connection (a bound on the memory a backup
+# or a verify takes), and the items between two progress callbacks.
+BACKUP_FILE_INSERT_ROWS: Final = 10_000
+BACKUP_FILE_COMMIT_ROWS: Final = 100_000
+BACKUP_FILE_READ_ROWS: Final = 1_000
+BACKUP_FILE_CACHE_KIB: Final = 32 * 1024
+BACKUP_FILE_PROGRESS_ITEMS: Final = 10_000
 
 # --- internal RPC (DESIGN section 2) ----------------------------------------------------------
 RPC_PROTOCOL_VERSION: Final = 1  # checked in the handshake; bump on any incompatible change.

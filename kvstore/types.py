@@ -7,12 +7,16 @@ Tuple order is the transaction order of the whole store: physical microseconds f
 logical counter, then the issuing process's random 64-bit origin id as the tie-break, so two
 processes never issue equal timestamps. ``TIMESTAMP_ZERO`` is below every issued timestamp.
 
+Its text form (the public API's, ``str(ts)``) is ``"<physical_us>.<logical>.<origin as 16 hex
+digits>"``; :func:`timestamp_from_text` reads it back, accepting only that exact spelling.
+
 Identifiers are ``NewType``s so that a partition id is never passed where a node id is expected.
 Transaction ids are 32 lowercase hex digits (128 random bits) drawn by ``kvstore.timestamps``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Final, NamedTuple, NewType, TypeAlias
 
@@ -27,6 +31,7 @@ __all__ = [
     "ValueInput",
     "ORIGIN_MAX",
     "timestamp_from_wire",
+    "timestamp_from_text",
     "TIMESTAMP_ZERO",
 ]
 
@@ -47,6 +52,8 @@ ValueInput: TypeAlias = (
 )
 
 ORIGIN_MAX: Final = (1 << 64) - 1
+# str(Timestamp): two decimal numbers of at most 20 digits (64 bits) and 16 hex digits.
+_TIMESTAMP_TEXT: Final = re.compile(r"(0|[1-9][0-9]{0,19})\.(0|[1-9][0-9]{0,19})\.([0-9a-f]{16})")
 
 
 class Timestamp(NamedTuple):
@@ -85,3 +92,19 @@ def timestamp_from_wire(raw: object) -> Timestamp | None:
         ):
             return Timestamp(physical_us, logical, origin)
     return None
+
+
+def timestamp_from_text(text: object) -> Timestamp | None:
+    """``text`` as a timestamp when it is exactly ``str(ts)`` of one (``"<physical_us>.<logical>.
+    <origin as 16 lowercase hex digits>"``: ASCII digits, no signs, spaces or leading zeros),
+    else None."""
+    if type(text) is not str:
+        return None
+    match = _TIMESTAMP_TEXT.fullmatch(text)
+    if match is None:
+        return None
+    physical_us, logical, origin = match.groups()
+    ts = Timestamp(int(physical_us), int(logical), int(origin, 16))
+    if ts.physical_us > ORIGIN_MAX or ts.logical > ORIGIN_MAX:
+        return None
+    return ts

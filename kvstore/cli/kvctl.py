@@ -15,8 +15,9 @@ cluster up/down/status/env``: a local cluster, see :mod:`kvstore.localcluster`),
 ``topology_cmd`` (``kvctl partition move``, ``kvctl node add/remove``: a replicated local
 cluster's replicas and nodes, changed online), ``data_cmd``
 (get, put, delete, scan, txn, read: through the SDK) and ``admin_cmd`` (token, recover,
-inspect: through the cluster's files and the nodes' internal RPC), ``bench_cmd`` (bench: a
-temporary cluster against a temporary PostgreSQL, see :mod:`kvstore.bench`).
+inspect: through the cluster's files and the nodes' internal RPC), ``backup_cmd`` (backup
+verify: backup files, see :mod:`kvstore.backup.file`), ``bench_cmd`` (bench: a temporary cluster
+against a temporary PostgreSQL, see :mod:`kvstore.bench`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeAlias
 
-from kvstore.cli import admin_cmd, bench_cmd, cluster_cmd, data_cmd, topology_cmd
+from kvstore.cli import admin_cmd, backup_cmd, bench_cmd, cluster_cmd, data_cmd, topology_cmd
 from kvstore.cli.output import EXIT_USAGE, Output, run_handler
 
 __all__ = ["Commands", "Registrar", "REGISTRARS", "common_options", "build_parser", "main"]
@@ -46,6 +47,7 @@ REGISTRARS: Final[tuple[Registrar, ...]] = (
     topology_cmd.register,
     data_cmd.register,
     admin_cmd.register,
+    backup_cmd.register,
     bench_cmd.register,
 )
 

@@ -23,7 +23,13 @@ from kvstore.timestamps import (
     redraw_origins,
     system_clock_us,
 )
-from kvstore.types import ORIGIN_MAX, TIMESTAMP_ZERO, Timestamp, timestamp_from_wire
+from kvstore.types import (
+    ORIGIN_MAX,
+    TIMESTAMP_ZERO,
+    Timestamp,
+    timestamp_from_text,
+    timestamp_from_wire,
+)
 
 
 class FakeClock:
@@ -294,3 +300,38 @@ def test_timestamp_from_wire_accepts_only_three_unsigned_64_bit_ints() -> None:
         "1.0.1",
     ):
         assert timestamp_from_wire(junk) is None, junk
+
+
+u64 = st.integers(min_value=0, max_value=ORIGIN_MAX)
+
+
+@given(u64, u64, u64)
+def test_timestamp_from_text_reads_back_str_of_every_timestamp(a: int, b: int, c: int) -> None:
+    ts = Timestamp(a, b, c)
+    assert timestamp_from_text(str(ts)) == ts
+
+
+def test_timestamp_from_text_accepts_only_the_exact_text_form() -> None:
+    assert timestamp_from_text("1700000000000000.3.0000000000000abc") == Timestamp(
+        1_700_000_000_000_000, 3, 0xABC
+    )
+    for junk in (
+        "1.2.3",  # the origin is 16 hex digits
+        "01.2.0000000000000abc",  # leading zero
+        "1.02.0000000000000abc",
+        "-1.2.0000000000000abc",
+        "+1.2.0000000000000abc",
+        "1.2.0000000000000ABC",  # lowercase hex only
+        "1.2.0000000000000abc\n",
+        " 1.2.0000000000000abc",
+        "1_0.2.0000000000000abc",
+        "\u0661.2.0000000000000abc",  # a non-ASCII digit
+        f"{ORIGIN_MAX + 1}.0.0000000000000000",
+        f"0.{ORIGIN_MAX + 1}.0000000000000000",
+        "1.2.00000000000000abc",  # 17 hex digits
+        "1.2",
+        "",
+        None,
+        [1, 2, 3],
+    ):
+        assert timestamp_from_text(junk) is None, junk

@@ -1,0 +1,1 @@
+"""Consistent online backups (docs/backup.md): the backup file format in :mod:`.file`."""
