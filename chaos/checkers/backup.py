@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 __all__ = ["Appended", "check_bank_backup", "check_list_append_backup"]
 
-Ts = tuple[int, int, int]
+Ts = tuple[int, ...]  # a timestamp as a tuple (physical_us, logical, origin)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -74,7 +74,7 @@ class PageSource(Protocol):
 class BackupSink(Protocol):
     """Where the items go (a :class:`~kvstore.backup.file.BackupWriter`)."""
 
-    def add(self, partition: int, items: list[ItemView]) -> None: ...
+    def add(self, partition: int, items: Iterable[ItemView]) -> object: ...
 
 
 class BackupFailed(Exception):
@@ -102,6 +102,7 @@ async def create_backup(
     *,
     at: Timestamp | None = None,
     progress: Callable[[int], None] | None = None,
+    partition_done: Callable[[], None] | None = None,
     pages_in_flight: int = BACKUP_PAGES_IN_FLIGHT_MAX,
     page_items: int = BACKUP_PAGE_ITEMS,
 ) -> BackupSummary:
@@ -134,6 +135,8 @@ async def create_backup(
             async with slots:
                 _, reply = await _page(source, pid, reply.next_start, at, page_items)
             taken(pid, reply)
+        if partition_done is not None:
+            partition_done()
 
     tasks = [asyncio.ensure_future(one_partition(PartitionId(p))) for p in range(partitions)]
     try:

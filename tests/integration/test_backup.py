@@ -1,0 +1,301 @@
+"""Online backups and restores against real clusters (docs/backup.md).
+
+Goal: a backup taken while clients write at full speed holds exactly the transactions committed
+at or before its timestamp, in every partition, and restores into a fresh cluster (with another
+partition count) as such: a bank's balances sum to its total there, and list-append lists are
+exactly the appends of the transactions known committed at or before ``T`` (plus, perhaps, ones
+whose outcome is unknown), checked by chaos/checkers/backup.py. A backup during which a node is
+SIGKILLed and restarted either completes consistently or fails with a clear error and leaves no
+file. Two clusters restored from one backup never issue the same timestamp or transaction id.
+
+Method: storage nodes are real processes on 127.0.0.1 (``LocalNodes``); the load is the SDK in
+native mode from this process (bounded: a fixed number of tasks, stopped by an event); kvctl
+runs as a subprocess, as an operator runs it. Every cluster is killed on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.api import PRODUCTION_TIMING
+from support.cluster import LocalNodes
+from support.kvctl import KVCTL, clean_env
+
+import kvstore
+from chaos.checkers.backup import Appended, check_bank_backup, check_list_append_backup
+from kvstore.client import Client
+from kvstore.errors import KvError, OutcomeUnknown, Unavailable
+from kvstore.types import timestamp_from_text
+
+ACCOUNTS = [f"acct-{i}" for i in range(20)]
+BALANCE = 100
+LISTS = [f"list-{i}" for i in range(8)]
+LOAD_TASKS = 8
+LOAD_AFTER_BACKUP_S = 1.0
+HANG_GUARD_S = 120.0  # only against a command that never ends: never a measurement
+
+
+def _cluster(root: Path, partitions: int, nodes: tuple[str, ...] = ("n1", "n2")) -> LocalNodes:
+    cluster = LocalNodes(root, nodes, partitions=partitions, timing=PRODUCTION_TIMING)
+    try:
+        cluster.start_all()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Iterator[LocalNodes]:
+    cluster = _cluster(tmp_path / "source", partitions=8)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[LocalNodes]:
+    cluster = _cluster(tmp_path / "target", partitions=4, nodes=("n1",))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+async def kvctl(*args: str) -> tuple[int, str, str]:
+    """kvctl as a subprocess, without blocking the load running on this loop."""
+    process = await asyncio.create_subprocess_exec(
+        *KVCTL,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), HANG_GUARD_S)
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def backup_under(
+    load: Callable[[asyncio.Event], Awaitable[None]], cluster: LocalNodes, out: Path
+) -> dict[str, Any]:
+    """Run ``load`` on ``cluster``, take a backup into ``out`` in the middle, stop the load a
+    little after; the backup's JSON summary."""
+    stop = asyncio.Event()
+    tasks = [asyncio.ensure_future(load(stop)) for _ in range(LOAD_TASKS)]
+    try:
+        await asyncio.sleep(1.0)  # the load is running at full speed
+        code, stdout, stderr = await kvctl(
+            "backup", "create", "--config", str(cluster.config_path), "--out", str(out), "--json"
+        )
+        assert code == 0, stderr
+        await asyncio.sleep(LOAD_AFTER_BACKUP_S)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    summary: dict[str, Any] = json.loads(stdout)
+    return summary
+
+
+def transfer_load(kv: Client, counted: list[int]) -> Callable[[asyncio.Event], Awaitable[None]]:
+    """Bank transfers between random accounts until the event is set (one task's loop)."""
+
+    async def transfers_until(stop: asyncio.Event) -> None:
+        rng = random.Random()
+        while not stop.is_set():
+            a, b = rng.sample(ACCOUNTS, 2)
+            amount = rng.randint(1, 10)
+            try:
+                await kv.transact(
+                    [
+                        kvstore.Update(a, add={"": -amount}, if_=kvstore.ge("", amount)),
+                        kvstore.Update(b, add={"": amount}),
+                    ]
+                )
+                counted[0] += 1
+            except KvError:
+                continue  # a refusal changes nothing; an unknown outcome keeps the total
+
+    return transfers_until
+
+
+async def restore_into(cluster: LocalNodes, backup: Path) -> None:
+    code, _, stderr = await kvctl(
+        "backup", "restore", str(backup), "--config", str(cluster.config_path), "--json"
+    )
+    assert code == 0, stderr
+
+
+@pytest.mark.asyncio
+async def test_a_bank_backed_up_under_load_restores_to_its_total(
+    source: LocalNodes, target: LocalNodes, tmp_path: Path
+) -> None:
+    async with kvstore.connect(cluster=source.config_path, mode="native") as kv:
+        for account in ACCOUNTS:
+            await kv.put(account, BALANCE)
+        transfers = [0]
+        backup = tmp_path / "bank.kvbackup"
+        summary = await backup_under(transfer_load(kv, transfers), source, backup)
+    assert transfers[0] > 0 and summary["items"] == len(ACCOUNTS)
+    code, _, stderr = await kvctl("backup", "verify", str(backup))
+    assert code == 0, stderr
+    await restore_into(target, backup)
+    async with kvstore.connect(cluster=target.config_path, mode="native") as kv:
+        items = await kv.read(ACCOUNTS)
+    balances = {item.key: item.value for item in items if item is not None}
+    assert check_bank_backup(balances, ACCOUNTS, BALANCE * len(ACCOUNTS)) == []
+
+
+@pytest.mark.asyncio
+async def test_a_list_append_backup_holds_exactly_what_committed_up_to_its_timestamp(
+    source: LocalNodes, target: LocalNodes, tmp_path: Path
+) -> None:
+    history: list[Appended] = []
+    counter = iter(range(1, 1 << 30))
+    async with kvstore.connect(cluster=source.config_path, mode="native") as kv:
+
+        async def appends_until(stop: asyncio.Event) -> None:
+            rng = random.Random()
+            while not stop.is_set():
+                keys = rng.sample(LISTS, rng.randint(1, 3))
+                appends = {key: [next(counter)] for key in keys}
+                ops = [kvstore.Update(key, append={"": value}) for key, value in appends.items()]
+                try:
+                    committed = await kv.transact(ops)
+                except (OutcomeUnknown, Unavailable):
+                    history.append(Appended(appends, "info", None))
+                except KvError:
+                    history.append(Appended(appends, "fail", None))
+                else:
+                    ts = timestamp_from_text(committed.ts)
+                    assert ts is not None
+                    history.append(Appended(appends, "ok", tuple(ts)))
+
+        backup = tmp_path / "lists.kvbackup"
+        summary = await backup_under(appends_until, source, backup)
+        final = {item.key: item.value for item in await kv.read(LISTS) if item is not None}
+    at = timestamp_from_text(summary["at"])
+    assert at is not None
+    assert sum(entry.outcome == "ok" and entry.ts > tuple(at) for entry in history if entry.ts)
+    await restore_into(target, backup)
+    async with kvstore.connect(cluster=target.config_path, mode="native") as kv:
+        restored = {item.key: item.value for item in await kv.read(LISTS) if item is not None}
+    assert check_list_append_backup(restored, final, history, tuple(at)) == []
+
+
+@pytest.mark.asyncio
+async def test_a_backup_while_a_node_is_killed_is_consistent_or_fails_cleanly(
+    source: LocalNodes, target: LocalNodes, tmp_path: Path
+) -> None:
+    async with kvstore.connect(cluster=source.config_path, mode="native") as kv:
+        for account in ACCOUNTS:
+            await kv.put(account, BALANCE)
+        for start in range(0, 20_000, 500):  # enough rows that the backup takes a while
+            await asyncio.gather(*(kv.put(f"filler-{i:06d}", i) for i in range(start, start + 500)))
+    backup = tmp_path / "killed.kvbackup"
+    async with kvstore.connect(cluster=source.config_path, mode="native") as kv:
+        stop = asyncio.Event()
+        load = transfer_load(kv, [0])
+        tasks = [asyncio.ensure_future(load(stop)) for _ in range(LOAD_TASKS)]
+        process = await asyncio.create_subprocess_exec(
+            *KVCTL,
+            "backup", "create", "--config", str(source.config_path), "--out", str(backup),
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=clean_env(),
+        )  # fmt: skip
+        try:
+            await asyncio.sleep(0.3)
+            source.kill("n2")
+            source.start("n2")
+            await asyncio.to_thread(source.wait_healthy, "n2")
+            out, err = await asyncio.wait_for(process.communicate(), HANG_GUARD_S)
+        except BaseException:
+            process.kill()
+            await process.wait()
+            raise
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    if process.returncode != 0:
+        message = err.decode()
+        assert "backup" in message.lower() and "Traceback" not in message, message
+        assert not backup.exists()
+        return
+    summary = json.loads(out)
+    assert summary["items"] == len(ACCOUNTS) + 20_000
+    code, _, stderr = await kvctl("backup", "verify", str(backup))
+    assert code == 0, stderr
+    await restore_into(target, backup)
+    async with kvstore.connect(cluster=target.config_path, mode="native") as kv:
+        items = await kv.read(ACCOUNTS)
+    balances = {item.key: item.value for item in items if item is not None}
+    assert check_bank_backup(balances, ACCOUNTS, BALANCE * len(ACCOUNTS)) == []
+
+
+@pytest.mark.asyncio
+async def test_clusters_restored_from_one_backup_never_issue_the_same_timestamp_or_id(
+    source: LocalNodes, tmp_path: Path
+) -> None:
+    async with kvstore.connect(cluster=source.config_path, mode="native") as kv:
+        for account in ACCOUNTS:
+            await kv.put(account, BALANCE)
+    backup = tmp_path / "twice.kvbackup"
+    code, stdout, stderr = await kvctl(
+        "backup", "create", "--config", str(source.config_path), "--out", str(backup), "--json"
+    )
+    assert code == 0, stderr
+    at = timestamp_from_text(json.loads(stdout)["at"])
+    assert at is not None
+    issued: list[set[tuple[str, str]]] = []
+    for name in ("twin-a", "twin-b"):
+        twin = _cluster(tmp_path / name, partitions=4, nodes=("n1",))
+        try:
+            await restore_into(twin, backup)
+            seen: set[tuple[str, str]] = set()
+            async with kvstore.connect(cluster=twin.config_path, mode="native") as kv:
+                for index in range(50):
+                    committed = await kv.transact(
+                        [kvstore.Update(ACCOUNTS[index % 20], add={"": 1})]
+                    )
+                    ts = timestamp_from_text(committed.ts)
+                    assert ts is not None and ts > at  # the restored clocks start above T
+                    seen |= {("ts", committed.ts), ("txn", committed.txn_id)}
+                    written = await kv.put(f"new-{index}", index)
+                    seen.add(("ts", written.ts))
+            issued.append(seen)
+        finally:
+            twin.close()
+    assert len(issued[0]) >= 100 and not issued[0] & issued[1]
+
+
+def test_restore_refuses_a_cluster_that_is_not_empty(source: LocalNodes, tmp_path: Path) -> None:
+    backup = tmp_path / "self.kvbackup"
+    config = str(source.config_path)
+    done = asyncio.run(kvctl("backup", "create", "--config", config, "--out", str(backup)))
+    assert done[0] == 0, done[2]
+
+    async def one_put() -> None:
+        async with kvstore.connect(cluster=source.config_path, mode="native") as kv:
+            await kv.put("present", 1)
+
+    asyncio.run(one_put())
+    code, _, stderr = asyncio.run(kvctl("backup", "restore", str(backup), "--config", config))
+    assert code != 0 and "not empty" in stderr
+    code, _, stderr = asyncio.run(
+        kvctl("backup", "restore", str(backup), "--config", config, "--force")
+    )
+    assert code == 0, stderr
