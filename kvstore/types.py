@@ -7,12 +7,18 @@ Tuple order is the transaction order of the whole store: physical microseconds f
 logical counter, then the issuing process's random 64-bit origin id as the tie-break, so two
 processes never issue equal timestamps. ``TIMESTAMP_ZERO`` is below every issued timestamp.
 
+Its text form (``str(ts)``, the public API's) is ``"<physical_us>.<logical>.<origin as 16 hex
+digits>"``; :func:`timestamp_from_text` reads exactly that form back (no sign, no leading zeros,
+lowercase hex, decimal parts of at most 19 digits), so ``str(timestamp_from_text(text)) == text``
+for every text it accepts.
+
 Identifiers are ``NewType``s so that a partition id is never passed where a node id is expected.
 Transaction ids are 32 lowercase hex digits (128 random bits) drawn by ``kvstore.timestamps``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Final, NamedTuple, NewType, TypeAlias
 
@@ -27,6 +33,7 @@ __all__ = [
     "ValueInput",
     "ORIGIN_MAX",
     "timestamp_from_wire",
+    "timestamp_from_text",
     "TIMESTAMP_ZERO",
 ]
 
@@ -85,3 +92,20 @@ def timestamp_from_wire(raw: object) -> Timestamp | None:
         ):
             return Timestamp(physical_us, logical, origin)
     return None
+
+
+# str(Timestamp): decimal integers without sign or leading zeros (at most 19 digits, so below
+# 2**64; today's microseconds have 16), then 16 lowercase hex digits. The OpenAPI document's
+# ``ReadAt`` pattern is this one.
+_TS_TEXT: Final = re.compile(r"(0|[1-9][0-9]{0,18})\.(0|[1-9][0-9]{0,18})\.([0-9a-f]{16})")
+
+
+def timestamp_from_text(raw: object) -> Timestamp | None:
+    """``raw`` as a timestamp when it is exactly a timestamp's text form (``str(ts)``: see the
+    module), else None."""
+    if type(raw) is not str:
+        return None
+    match = _TS_TEXT.fullmatch(raw)
+    if match is None:
+        return None
+    return Timestamp(int(match[1]), int(match[2]), int(match[3], 16))
