@@ -13,6 +13,8 @@ This module is the protocol's one definition: method names, how each request bod
 (the node checks what a client sent exactly as the HTTP API checks a body: keys, values,
 operations, tokens and limits; a malformed body is ``ValidationError``, nothing runs) and how
 answers are packed (plain msgpack lists, the SDK's result types in the same order of fields).
+``kv.read``'s body is ``{"keys": [K, ...], "at"?: TS}``, ``at`` (a snapshot read) in the text
+form items carry their ``ts`` in (``"<physical_us>.<logical>.<origin as 16 hex digits>"``).
 Errors travel as the RPC layer's error frames: the catalogue's code, message and details.
 """
 
@@ -27,7 +29,8 @@ from kvstore.codec import decode_op, encode_op
 from kvstore.errors import ProtocolViolation, ValidationError
 from kvstore.limits import READ_KEYS_MAX, SCAN_PAGE_ITEMS_MAX, TXN_OPS_MAX_CEILING
 from kvstore.ops import Op, validate_token
-from kvstore.types import JsonValue
+from kvstore.timestamps import parse_timestamp
+from kvstore.types import JsonValue, Timestamp
 from kvstore.values import validate_key
 
 __all__ = [
@@ -46,10 +49,12 @@ __all__ = [
     "body_op",
     "body_ops",
     "body_keys",
+    "body_at",
     "body_token",
     "body_scan",
     "ScanArgs",
     "encode_op_body",
+    "encode_read_body",
     "encode_item",
     "decode_item",
     "encode_written",
@@ -112,6 +117,12 @@ def body_keys(body: Mapping[str, object]) -> list[str]:
     return [validate_key(key, f"keys[{i}]") for i, key in enumerate(raw)]
 
 
+def body_at(body: Mapping[str, object]) -> Timestamp | None:
+    """A read's optional ``at``: a timestamp in its text form (``str(ts)``, as items carry it)."""
+    raw = body.get("at")
+    return None if raw is None else parse_timestamp(raw, "at")
+
+
 def body_token(body: Mapping[str, object]) -> str:
     return validate_token(body.get("token"))
 
@@ -139,6 +150,14 @@ class ScanArgs(NamedTuple):
 
 def encode_op_body(op: Op) -> dict[str, object]:
     return {"op": encode_op(op)}
+
+
+def encode_read_body(keys: Sequence[str], at: Timestamp | None) -> dict[str, object]:
+    """``kv.read``'s body: ``{"keys": [K, ...], "at"?: "<ts text>"}``."""
+    body: dict[str, object] = {"keys": list(keys)}
+    if at is not None:
+        body["at"] = str(at)
+    return body
 
 
 # --- answers (packed by the node, unpacked by the client) ----------------------------------

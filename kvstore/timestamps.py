@@ -48,7 +48,14 @@ from typing import Final, TypeAlias
 
 from kvstore.errors import ValidationError
 from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
-from kvstore.types import ORIGIN_MAX, TIMESTAMP_ZERO, Timestamp, TxnId
+from kvstore.types import (
+    ORIGIN_MAX,
+    TIMESTAMP_ZERO,
+    Timestamp,
+    TxnId,
+    timestamp_from_text,
+    timestamp_from_wire,
+)
 
 __all__ = [
     "PhysicalClock",
@@ -59,6 +66,7 @@ __all__ = [
     "random_origin",
     "redraw_origins",
     "check_skew",
+    "parse_timestamp",
 ]
 
 PhysicalClock: TypeAlias = Callable[[], int]
@@ -92,6 +100,27 @@ def random_origin() -> RandomOrigin:
 def check_skew(ts: Timestamp, now_us: int, max_skew_ms: int) -> bool:
     """True when ``ts`` is at most ``max_skew_ms`` ahead of the local clock ``now_us``."""
     return ts.physical_us <= now_us + max_skew_ms * 1000
+
+
+def parse_timestamp(raw: object, field: str = "ts") -> Timestamp:
+    """A :class:`~kvstore.types.Timestamp` given as one, or as its text form
+    ``"<physical_us>.<logical>.<origin as 16 hex digits>"`` (exactly ``str(ts)``, as the store
+    returns timestamps: :func:`~kvstore.types.timestamp_from_text`); ``ValidationError`` naming
+    ``field`` for anything else."""
+    if isinstance(raw, Timestamp):
+        checked = timestamp_from_wire(list(raw))
+        if checked is None:
+            raise ValidationError(field, "a timestamp's parts must be integers in 0..2**64-1")
+        return checked
+    parsed = timestamp_from_text(raw)
+    if parsed is None:
+        shown = repr(raw[:64]) if isinstance(raw, str) else type(raw).__name__
+        raise ValidationError(
+            field,
+            "must be a timestamp as the store returns them, "
+            f'"<physical_us>.<logical>.<origin as 16 lowercase hex digits>"; got {shown}',
+        )
+    return parsed
 
 
 def _check_origin(origin: int) -> int:

@@ -7,8 +7,10 @@ Tuple order is the transaction order of the whole store: physical microseconds f
 logical counter, then the issuing process's random 64-bit origin id as the tie-break, so two
 processes never issue equal timestamps. ``TIMESTAMP_ZERO`` is below every issued timestamp.
 
-Its text form (the public API's, ``str(ts)``) is ``"<physical_us>.<logical>.<origin as 16 hex
-digits>"``; :func:`timestamp_from_text` reads it back, accepting only that exact spelling.
+Its text form (``str(ts)``, the public API's) is ``"<physical_us>.<logical>.<origin as 16 hex
+digits>"``; :func:`timestamp_from_text` reads exactly that form back (no sign, no leading zeros,
+lowercase hex, decimal parts of at most 19 digits), so ``str(timestamp_from_text(text)) == text``
+for every text it accepts.
 
 Identifiers are ``NewType``s so that a partition id is never passed where a node id is expected.
 Transaction ids are 32 lowercase hex digits (128 random bits) drawn by ``kvstore.timestamps``.
@@ -52,8 +54,6 @@ ValueInput: TypeAlias = (
 )
 
 ORIGIN_MAX: Final = (1 << 64) - 1
-# str(Timestamp): two decimal numbers of at most 20 digits (64 bits) and 16 hex digits.
-_TIMESTAMP_TEXT: Final = re.compile(r"(0|[1-9][0-9]{0,19})\.(0|[1-9][0-9]{0,19})\.([0-9a-f]{16})")
 
 
 class Timestamp(NamedTuple):
@@ -94,17 +94,18 @@ def timestamp_from_wire(raw: object) -> Timestamp | None:
     return None
 
 
-def timestamp_from_text(text: object) -> Timestamp | None:
-    """``text`` as a timestamp when it is exactly ``str(ts)`` of one (``"<physical_us>.<logical>.
-    <origin as 16 lowercase hex digits>"``: ASCII digits, no signs, spaces or leading zeros),
-    else None."""
-    if type(text) is not str:
+# str(Timestamp): decimal integers without sign or leading zeros (at most 19 digits, so below
+# 2**64; today's microseconds have 16), then 16 lowercase hex digits. The OpenAPI document's
+# ``ReadAt`` pattern is this one.
+_TS_TEXT: Final = re.compile(r"(0|[1-9][0-9]{0,18})\.(0|[1-9][0-9]{0,18})\.([0-9a-f]{16})")
+
+
+def timestamp_from_text(raw: object) -> Timestamp | None:
+    """``raw`` as a timestamp when it is exactly a timestamp's text form (``str(ts)``: see the
+    module), else None."""
+    if type(raw) is not str:
         return None
-    match = _TIMESTAMP_TEXT.fullmatch(text)
+    match = _TS_TEXT.fullmatch(raw)
     if match is None:
         return None
-    physical_us, logical, origin = match.groups()
-    ts = Timestamp(int(physical_us), int(logical), int(origin, 16))
-    if ts.physical_us > ORIGIN_MAX or ts.logical > ORIGIN_MAX:
-        return None
-    return ts
+    return Timestamp(int(match[1]), int(match[2]), int(match[3], 16))

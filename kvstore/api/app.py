@@ -181,9 +181,12 @@ class Api:
         )
 
     async def read(self, request: web.Request) -> web.StreamResponse:
-        keys = parse.read_keys(await self._body(request))
-        entries = await self.coordinator.read(keys)
-        return json_response({"items": [entry_to_json(entry) for entry in entries]})
+        query = parse.read_request(await self._body(request))
+        entries = await self.coordinator.read(query.keys, at=query.at)
+        answer: dict[str, object] = {"items": [entry_to_json(entry) for entry in entries]}
+        if query.at is not None:
+            answer["at"] = ts_to_json(query.at)
+        return json_response(answer)
 
     async def scan(self, request: web.Request) -> web.StreamResponse:
         raw_query = request.raw_path.partition("?")[2]

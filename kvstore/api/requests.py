@@ -15,6 +15,9 @@ reaches a storage node (DESIGN section 6 rule 1). Each function raises only
   bytes that are not UTF-8, are refused, where lenient decoders would pass them through.
 * Scan queries are decoded the same way (``+`` is a space, as in form encoding); an unknown or
   repeated parameter is refused.
+* ``POST /v1/read`` takes ``{"keys": [K, ...], "at"?: TS}``; ``at`` is a timestamp in exactly
+  the text form the API returns (``"<physical_us>.<logical>.<origin as 16 hex digits>"``,
+  :func:`~kvstore.timestamps.parse_timestamp`).
 * ``POST /v1/admin/recover`` takes ``{"older_than_ms"?: int >= 0, "dry_run"?: bool}``; an absent
   ``older_than_ms`` is the cluster's stale-intent time.
 * A scan cursor is ``c1.`` followed by the URL-safe base64 of the last key returned: opaque to
@@ -33,7 +36,8 @@ from dataclasses import dataclass
 from kvstore.errors import ValidationError
 from kvstore.limits import SCAN_LIMIT_DEFAULT, SCAN_PAGE_ITEMS_MAX
 from kvstore.ops import Op, op_from_json, ops_from_json, validate_token
-from kvstore.types import Key
+from kvstore.timestamps import parse_timestamp
+from kvstore.types import Key, Timestamp
 from kvstore.values import validate_key
 
 __all__ = [
@@ -43,7 +47,8 @@ __all__ = [
     "put_op",
     "delete_op",
     "txn_request",
-    "read_keys",
+    "ReadQuery",
+    "read_request",
     "RecoverRequest",
     "recover_request",
     "ScanQuery",
@@ -162,13 +167,22 @@ def txn_request(body: Mapping[str, object], txn_ops_max: int) -> tuple[tuple[Op,
     return ops, token
 
 
-def read_keys(body: Mapping[str, object]) -> list[str]:
-    """``POST /v1/read``: ``{"keys": [K, ...]}`` (the read core checks count and uniqueness)."""
-    check_members(body, frozenset({"keys"}))
+@dataclass(frozen=True, slots=True)
+class ReadQuery:
+    keys: list[str]
+    at: Timestamp | None  # a snapshot read as of this timestamp; None: the latest
+
+
+def read_request(body: Mapping[str, object]) -> ReadQuery:
+    """``POST /v1/read``: ``{"keys": [K, ...], "at"?: TS}`` (the read core checks count and
+    uniqueness; the coordinator library checks that ``at`` lies in the snapshot window)."""
+    check_members(body, frozenset({"keys", "at"}))
     keys = body.get("keys")
     if not isinstance(keys, list):
         raise ValidationError("keys", "must be a list of keys")
-    return [validate_key(key, f"keys[{index}]") for index, key in enumerate(keys)]
+    checked = [validate_key(key, f"keys[{index}]") for index, key in enumerate(keys)]
+    at = parse_timestamp(body["at"], "at") if "at" in body else None
+    return ReadQuery(keys=checked, at=at)
 
 
 @dataclass(frozen=True, slots=True)

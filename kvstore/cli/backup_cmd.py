@@ -42,7 +42,7 @@ from kvstore.client.native import NativeBackend
 from kvstore.config import ClusterConfig, load_cluster
 from kvstore.errors import ValidationError
 from kvstore.localcluster import LocalCluster, resolve_dir
-from kvstore.types import Timestamp, timestamp_from_text
+from kvstore.types import Timestamp
 
 if TYPE_CHECKING:
     from kvstore.cli.kvctl import Commands
@@ -128,14 +128,7 @@ def _identity(config: ClusterConfig) -> str:
 
 def _create(args: argparse.Namespace, out: Output) -> int:
     config = _config(args)
-    at = None
-    if args.at is not None:
-        at = timestamp_from_text(args.at)
-        if at is None:
-            raise ValidationError(
-                "--at",
-                "must be a timestamp as the API shows them: <physical_us>.<logical>.<origin>",
-            )
+    at = None if args.at is None else parse_timestamp(args.at, "--at")
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = Path(args.out) if args.out is not None else Path(f"kvstore-{stamp}.kvbackup")
     if path.exists():

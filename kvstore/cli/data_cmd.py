@@ -24,6 +24,10 @@ string, with its JSON quotes (``'"@home"'``). Stdin and files are read up to
 one argument of a command. A missing or unreadable file, text that is not JSON, and a value
 over ``VALUE_BYTES_MAX`` are ``ValidationError`` (exit 2), found before anything is sent.
 
+**Snapshot reads.** ``read --at TS`` reads the keys as of a timestamp the store returned (a
+commit's or an item's ``ts``, within the snapshot window): the SDK's ``read(keys, at=...)``. The
+timestamp's form is checked before anything is sent; the answer says what it is as of.
+
 **Output.** Text for people (tables for many items), ``--json`` for scripts. ``scan`` streams
 one JSON object per item, then one summary line ``{"count", "more", "next_start"?}``. With
 ``--limit N`` it asks for one item more than it shows, so it can tell that more exist, and
@@ -56,9 +60,11 @@ from kvstore.limits import (
     KVCTL_INPUT_BYTES_MAX,
     SCAN_LIMIT_DEFAULT,
     SCAN_PAGE_ITEMS_MAX,
+    SNAPSHOT_WINDOW_MS,
     VALUE_BYTES_MAX,
 )
 from kvstore.localcluster import CLUSTER_FILE, LocalCluster, resolve_dir
+from kvstore.timestamps import parse_timestamp
 from kvstore.values import validate_value
 
 if TYPE_CHECKING:
@@ -391,18 +397,22 @@ def _txn(args: argparse.Namespace, out: Output) -> int:
 
 
 def _read(args: argparse.Namespace, out: Output) -> int:
+    at = None if args.at is None else parse_timestamp(args.at, "--at")  # checked before sending
     with _client(args) as kv:
-        items = kv.read(args.keys)
+        items = kv.read(args.keys, at=at)
     if out.json_mode:
-        out.json(
-            {
-                "items": [
-                    _item_json(item) if item is not None else {"key": key, "found": False}
-                    for key, item in zip(args.keys, items, strict=True)
-                ]
-            }
-        )
+        answer: dict[str, object] = {
+            "items": [
+                _item_json(item) if item is not None else {"key": key, "found": False}
+                for key, item in zip(args.keys, items, strict=True)
+            ]
+        }
+        if at is not None:
+            answer["at"] = str(at)
+        out.json(answer)
     else:
+        if at is not None:
+            out.line(f"as of {at}")
         out.table(
             ["key", "version", "value"],
             (
@@ -503,4 +513,10 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
         "read", parents=parents, help="read several items at one instant (read-only transaction)"
     )
     read.add_argument("keys", nargs="+", metavar="KEY")
+    read.add_argument(
+        "--at",
+        metavar="TS",
+        help="read the items as of this timestamp (a commit's or an item's ts, at most "
+        f"{SNAPSHOT_WINDOW_MS // 1000} s old): a snapshot read",
+    )
     read.set_defaults(handler=_read)

@@ -26,8 +26,8 @@ exit  name                   codes
                              any OSError (a file kvctl could not read or write)
 2     ``EXIT_USAGE``         ValidationError, TooLarge; also argparse's usage errors
 3     ``EXIT_NOT_FOUND``     NotFound (no such key, record, or local cluster)
-4     ``EXIT_REFUSED``       ConditionFailed, TransactionCanceled, IdempotencyMismatch: the
-                             store decided, and said no
+4     ``EXIT_REFUSED``       ConditionFailed, TransactionCanceled, IdempotencyMismatch,
+                             SnapshotTooOld: the store decided, and said no
 5     ``EXIT_AUTH``          Unauthorized, Forbidden
 6     ``EXIT_UNAVAILABLE``   the retryable codes (TransactionConflict, TimestampTooOld,
                              TransactionInProgress, ClockSkew, Overloaded, Unavailable,

@@ -29,6 +29,7 @@ from typing import Protocol
 
 from kvstore.client.results import Committed, Deleted, Item, Written
 from kvstore.ops import Op
+from kvstore.types import Timestamp
 
 __all__ = ["Backend", "ScanPage"]
 
@@ -68,8 +69,11 @@ class Backend(Protocol):
         """One write transaction; a repeated ``token`` gets the original outcome."""
         ...
 
-    async def read(self, keys: Sequence[str], timeout_s: float) -> list[Item | None]:
-        """A read-only transaction: the items of ``keys`` at one instant, in request order."""
+    async def read(
+        self, keys: Sequence[str], timeout_s: float, at: Timestamp | None = None
+    ) -> list[Item | None]:
+        """A read-only transaction: the items of ``keys`` at one instant, in request order;
+        with ``at``, as of that timestamp (a snapshot read, docs/api.md)."""
         ...
 
     async def scan(

@@ -28,6 +28,9 @@ an embedded coordinator) and adds what every call needs, in this order:
      could apply it twice, so that is raised as ``OutcomeUnknown`` instead (use a transaction,
      which has a token, when a write must be retried blindly).
 
+``read`` takes an optional ``at``: a snapshot read as of that timestamp (docs/sdk.md, "Reading
+as of a timestamp"), checked here (its form) and by the coordinator (its window).
+
 Reads take an optional ``value_type`` (``await kv.get("acct/1", Account)``): the answer is then
 an ``Item[Account]`` whose value was checked against the type (:mod:`kvstore.client.typed`).
 Writes take :data:`~kvstore.types.ValueInput`.
@@ -83,7 +86,8 @@ from kvstore.limits import (
 )
 from kvstore.ops import Op, op_from_json, ops_from_json, validate_token
 from kvstore.partitioning import PartitionMap
-from kvstore.types import ValueInput
+from kvstore.timestamps import parse_timestamp
+from kvstore.types import Timestamp, ValueInput
 from kvstore.values import validate_key
 
 if TYPE_CHECKING:
@@ -334,14 +338,29 @@ class Client:
         return self._partitions
 
     @overload
-    async def read(self, keys: Sequence[str]) -> list[Item | None]: ...
-    @overload
-    async def read(self, keys: Sequence[str], value_type: type[V]) -> list[Item[V] | None]: ...
     async def read(
-        self, keys: Sequence[str], value_type: type[Any] | None = None
+        self, keys: Sequence[str], *, at: Timestamp | str | None = None
+    ) -> list[Item | None]: ...
+    @overload
+    async def read(
+        self, keys: Sequence[str], value_type: type[V], *, at: Timestamp | str | None = None
+    ) -> list[Item[V] | None]: ...
+    async def read(
+        self,
+        keys: Sequence[str],
+        value_type: type[Any] | None = None,
+        *,
+        at: Timestamp | str | None = None,
     ) -> list[Item[Any] | None]:
         """The items of ``keys`` as of one instant (a read-only transaction), in request order;
-        None for an absent key. ``value_type`` as for :meth:`get`, for every item."""
+        None for an absent key. ``value_type`` as for :meth:`get`, for every item.
+
+        With ``at`` (a :class:`~kvstore.types.Timestamp`, or its text form as the store returns
+        it: a commit's, a write's or an item's ``ts``), the items as of that timestamp: a
+        serializable snapshot at ``at``, at most ``SNAPSHOT_WINDOW_MS`` (10 s) old
+        (``SnapshotTooOld`` beyond it; ``ValidationError`` for an ``at`` after the clock of the
+        coordinator that answers). It may miss writes acknowledged after ``at``."""
+        snapshot = None if at is None else parse_timestamp(at, "at")
         if value_type is not None:
             checker(value_type)
         if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
@@ -351,7 +370,7 @@ class Client:
         checked = [validate_key(key, f"keys[{index}]") for index, key in enumerate(keys)]
         if len(set(checked)) != len(checked):
             raise ValidationError("keys", "must be distinct")
-        items = await self._call(lambda timeout_s: self.backend.read(checked, timeout_s))
+        items = await self._call(lambda timeout_s: self.backend.read(checked, timeout_s, snapshot))
         return items if value_type is None else typed_items(items, value_type)
 
     async def txn_outcome(self, token: str) -> dict[str, object] | None:

@@ -42,6 +42,7 @@ from kvstore.coordinator.engine import Coordinator
 from kvstore.errors import ProtocolViolation, Unavailable
 from kvstore.messages import ItemView
 from kvstore.ops import Op
+from kvstore.types import Timestamp
 
 __all__ = ["CoordinatorBackend", "DirectBackend"]
 
@@ -101,8 +102,10 @@ class CoordinatorBackend:
         result = await self._bounded(self.coordinator.transact(ops, token=token), timeout_s)
         return Committed(txn_id=result.txn_id, ts=ts_to_json(result.ts))
 
-    async def read(self, keys: Sequence[str], timeout_s: float) -> list[Item | None]:
-        entries = await self._bounded(self.coordinator.read(keys), timeout_s)
+    async def read(
+        self, keys: Sequence[str], timeout_s: float, at: Timestamp | None = None
+    ) -> list[Item | None]:
+        entries = await self._bounded(self.coordinator.read(keys, at=at), timeout_s)
         items: list[Item | None] = []
         for entry in entries:
             value = entry_to_json(entry).get("value")

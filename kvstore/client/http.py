@@ -54,6 +54,7 @@ from kvstore.errors import (
 )
 from kvstore.limits import SDK_CONNECT_TIMEOUT_MS, SDK_HTTP_CONNECTIONS_MAX, TXN_OPS_MAX_CEILING
 from kvstore.ops import Op, op_to_json
+from kvstore.types import Timestamp
 
 __all__ = ["HttpBackend", "validate_url"]
 
@@ -245,11 +246,18 @@ class HttpBackend:
             raise ProtocolViolation("POST /v1/txn: expected committed, txn_id and ts")
         return Committed(txn_id=txn_id, ts=ts)
 
-    async def read(self, keys: Sequence[str], timeout_s: float) -> list[Item | None]:
-        answer = await self._json("POST", "/v1/read", timeout_s, {"keys": list(keys)})
+    async def read(
+        self, keys: Sequence[str], timeout_s: float, at: Timestamp | None = None
+    ) -> list[Item | None]:
+        body: dict[str, object] = {"keys": list(keys)}
+        if at is not None:
+            body["at"] = str(at)
+        answer = await self._json("POST", "/v1/read", timeout_s, body)
         entries = answer.get("items")
         if not isinstance(entries, list) or len(entries) != len(keys):
             raise ProtocolViolation("POST /v1/read: expected one entry per key")
+        if at is not None and answer.get("at") != str(at):
+            raise ProtocolViolation("POST /v1/read: the answer is not as of the at asked for")
         return [None if _absent(entry) else item_from_json(entry) for entry in entries]
 
     async def scan(

@@ -9,7 +9,16 @@ modules, not a re-implementation: conditions are :func:`kvstore.conditions.evalu
 :func:`kvstore.ops.apply_op`, idempotency fingerprints :func:`kvstore.ops.txn_fingerprint`.
 
 * Every write bumps the key's version by one from the highest it ever had (so versions never
-  repeat, across deletes too) and gets the next timestamp of a counter.
+  repeat, across deletes too) and gets the next timestamp of a hybrid clock on the wall clock
+  ``now_us`` (injectable; origin 0): microseconds, then a counter within one microsecond, in the
+  store's text form.
+* Reads as of a timestamp (``read(..., at=...)``): every write also appends the key's new state
+  to that key's version list, and a read at ``at`` answers each key's last state at or before
+  ``at``. ``at`` is checked as a coordinator checks it
+  (:func:`~kvstore.coordinator.read.check_snapshot_at`: not after the clock, not older than
+  ``SNAPSHOT_WINDOW_MS``). A key's list drops states replaced longer ago than the window, and
+  keeps at most ``MEMORY_VERSIONS_PER_KEY``; a read at a timestamp before a key's oldest kept
+  state when older ones were dropped is ``SnapshotTooOld``, never a wrong answer.
 * A transaction applies all its ops or none; a cancelled one raises ``TransactionCanceled``
   with one reason per op in the API's JSON form, like a coordinator.
 * A token seen before returns its recorded outcome (or ``IdempotencyMismatch`` for other ops).
@@ -22,7 +31,6 @@ call's method name and main argument, tokens included) to see what the client se
 from __future__ import annotations
 
 import copy
-import itertools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,20 +40,26 @@ from kvstore.client.backend import ScanPage
 from kvstore.client.results import Committed, Deleted, Item, Written
 from kvstore.conditions import evaluate
 from kvstore.coordinator.answers import cancel_message, value_to_json
+from kvstore.coordinator.read import check_snapshot_at
 from kvstore.errors import (
     ConditionFailed,
     IdempotencyMismatch,
     KvError,
+    SnapshotTooOld,
     TransactionCanceled,
     ValidationError,
 )
-from kvstore.limits import PARTITIONS_DEFAULT, TXN_OPS_MAX_DEFAULT
+from kvstore.limits import PARTITIONS_DEFAULT, SNAPSHOT_WINDOW_MS, TXN_OPS_MAX_DEFAULT
 from kvstore.ops import Op, OpKind, apply_op, txn_fingerprint, validate_txn_ops
-from kvstore.types import Value
+from kvstore.timestamps import PhysicalClock, system_clock_us
+from kvstore.types import TIMESTAMP_ZERO, Timestamp, Value
 
-__all__ = ["MemoryBackend"]
+__all__ = ["MemoryBackend", "MEMORY_VERSIONS_PER_KEY"]
 
-_ORIGIN: Final = "0" * 16
+_ORIGIN: Final = 0
+_US_PER_MS: Final = 1000
+MEMORY_VERSIONS_PER_KEY: Final = 1000
+"""States one key's version list keeps for reads at a timestamp (the newest ones)."""
 
 
 @dataclass(slots=True)
@@ -53,6 +67,14 @@ class _Stored:
     value: Value
     version: int
     ts: str
+
+
+@dataclass(slots=True)
+class _State:
+    """A key's state from ``since`` on (the timestamp of the write that made it)."""
+
+    since: Timestamp
+    stored: _Stored | None  # None: absent
 
 
 @dataclass(slots=True)
@@ -80,7 +102,10 @@ class MemoryBackend:
     _versions: dict[str, int] = field(default_factory=dict)  # highest version ever, per key
     _outcomes: dict[str, _Outcome] = field(default_factory=dict)
     _faults: dict[str, deque[_Fault]] = field(default_factory=dict)
-    _clock: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    now_us: PhysicalClock = system_clock_us  # the wall clock its timestamps follow
+    _last: Timestamp = TIMESTAMP_ZERO  # the last timestamp issued
+    _states: dict[str, deque[_State]] = field(default_factory=dict)  # per key, oldest first
+    _kept_from: dict[str, Timestamp] = field(default_factory=dict)  # keys that dropped states
     closed: bool = False
 
     # --- steering ---------------------------------------------------------------------------
@@ -100,8 +125,46 @@ class MemoryBackend:
 
     # --- state ------------------------------------------------------------------------------
 
-    def _next_ts(self) -> str:
-        return f"{next(self._clock)}.0.{_ORIGIN}"
+    def _tick(self) -> Timestamp:
+        """The next timestamp of the hybrid clock (see the module)."""
+        physical_us = max(self.now_us(), self._last.physical_us)
+        logical = self._last.logical + 1 if physical_us == self._last.physical_us else 0
+        self._last = Timestamp(physical_us, logical, _ORIGIN)
+        return self._last
+
+    def _record(self, key: str, stored: _Stored | None, since: Timestamp) -> None:
+        """Append ``key``'s new state (written at ``since``) to its version list, dropping the
+        states no read within the window can need and those beyond the bound."""
+        states = self._states.setdefault(key, deque())
+        states.append(_State(since, stored))
+        oldest_us = self.now_us() - SNAPSHOT_WINDOW_MS * _US_PER_MS
+        dropped = False
+        while len(states) > 1 and (
+            len(states) > MEMORY_VERSIONS_PER_KEY or states[1].since.physical_us < oldest_us
+        ):
+            states.popleft()  # replaced before the window (or beyond the bound)
+            dropped = True
+        if dropped:
+            self._kept_from[key] = states[0].since
+
+    def _item_at(self, key: str, at: Timestamp) -> Item | None:
+        kept_from = self._kept_from.get(key)
+        if kept_from is not None and at < kept_from:
+            raise SnapshotTooOld(
+                f"the versions of {key!r} as of {at} are no longer kept (the window, or more "
+                f"than {MEMORY_VERSIONS_PER_KEY} writes of the key since)",
+                details={"key": key, "at": str(at)},
+            )
+        found: _State | None = None
+        for state in reversed(self._states.get(key, ())):
+            if state.since <= at:
+                found = state
+                break
+        if found is None or found.stored is None:
+            return None
+        stored = found.stored
+        value = value_to_json(copy.deepcopy(stored.value))
+        return Item(key=key, value=value, version=stored.version, ts=stored.ts)
 
     def _item(self, key: str) -> Item | None:
         stored = self._items.get(key)
@@ -126,16 +189,17 @@ class MemoryBackend:
         )
         return exists, copy.deepcopy(value)
 
-    def _apply(self, op: Op, result: tuple[bool, Value], ts: str) -> int:
+    def _apply(self, op: Op, result: tuple[bool, Value], ts: Timestamp) -> int:
         exists, value = result
         if op.kind is OpKind.CHECK:
             return self._versions.get(op.key, 0)
         version = self._versions.get(op.key, 0) + 1
         self._versions[op.key] = version
         if exists:
-            self._items[op.key] = _Stored(value=value, version=version, ts=ts)
+            self._items[op.key] = _Stored(value=value, version=version, ts=str(ts))
         else:
             self._items.pop(op.key, None)
+        self._record(op.key, self._items.get(op.key), ts)
         return version
 
     def _reason(self, op: Op) -> dict[str, object]:
@@ -180,11 +244,11 @@ class MemoryBackend:
             details: dict[str, object] = {"key": op.key}
             raise ConditionFailed("the condition did not hold", details=details)
         existed = op.key in self._items
-        ts = self._next_ts()
+        ts = self._tick()
         version = self._apply(op, self._result(op), ts)
         if fault is not None:
             raise fault.error
-        return existed, ts, version
+        return existed, str(ts), version
 
     async def put(self, op: Op, timeout_s: float) -> Written:
         _, ts, version = await self._write("put", op)
@@ -212,7 +276,8 @@ class MemoryBackend:
 
     def _run(self, ops: Sequence[Op], token: str, fingerprint: str) -> _Outcome:
         txn_id = f"{len(self._outcomes) + 1:032x}"
-        ts = self._next_ts()
+        stamp = self._tick()
+        ts = str(stamp)
         record: dict[str, object] = {"token": token, "txn_id": txn_id, "ts": ts, "completed": True}
         reasons = [self._reason(op) for op in ops]
         outcome = _Outcome(fingerprint=fingerprint, record=record)
@@ -225,15 +290,21 @@ class MemoryBackend:
         else:
             results = [self._result(op) for op in ops]
             for op, result in zip(ops, results, strict=True):
-                self._apply(op, result, ts)
+                self._apply(op, result, stamp)
             record["state"] = "COMMITTED"
             outcome.committed = Committed(txn_id=txn_id, ts=ts)
         self._outcomes[token] = outcome
         return outcome
 
-    async def read(self, keys: Sequence[str], timeout_s: float) -> list[Item | None]:
-        fault = self._fault("read", tuple(keys))
-        items = [self._item(key) for key in keys]
+    async def read(
+        self, keys: Sequence[str], timeout_s: float, at: Timestamp | None = None
+    ) -> list[Item | None]:
+        fault = self._fault("read", tuple(keys) if at is None else (tuple(keys), at))
+        if at is None:
+            items = [self._item(key) for key in keys]
+        else:
+            check_snapshot_at(at, self._tick(), self.now_us())
+            items = [self._item_at(key, at) for key in keys]
         if fault is not None:
             raise fault.error
         return items

@@ -55,7 +55,7 @@ from kvstore.partitioning import ClusterMap
 from kvstore.replication.placement import initial_placement
 from kvstore.rpc import RpcPool
 from kvstore.rpc.frames import TIMEOUT_MS_MAX
-from kvstore.types import NodeId, PartitionId
+from kvstore.types import NodeId, PartitionId, Timestamp
 
 __all__ = ["NativeBackend"]
 
@@ -194,8 +194,10 @@ class NativeBackend:
         body = {"ops": [encode_op(op) for op in ops], "token": token}
         return native.decode_committed(await self._call(token, native.TRANSACT, body, timeout_s))
 
-    async def read(self, keys: Sequence[str], timeout_s: float) -> list[Item | None]:
-        raw = await self._call(keys[0], native.READ, {"keys": list(keys)}, timeout_s)
+    async def read(
+        self, keys: Sequence[str], timeout_s: float, at: Timestamp | None = None
+    ) -> list[Item | None]:
+        raw = await self._call(keys[0], native.READ, native.encode_read_body(keys, at), timeout_s)
         if not isinstance(raw, list) or len(raw) != len(keys):
             raise ProtocolViolation("malformed read answer from a node")
         return [native.decode_item(item) for item in raw]

@@ -48,7 +48,7 @@ from kvstore.client.results import Committed, Deleted, Item, Written
 from kvstore.client.transaction import CommitPlan, Transaction
 from kvstore.errors import KvError, Unavailable
 from kvstore.limits import SCAN_LIMIT_DEFAULT, SDK_RUN_ATTEMPTS_MAX, SDK_SYNC_CLOSE_TIMEOUT_MS
-from kvstore.types import ValueInput
+from kvstore.types import Timestamp, ValueInput
 
 __all__ = ["SyncClient", "SyncTransaction"]
 
@@ -156,15 +156,23 @@ class SyncClient:
         return self._wait(self.client.transact(ops, token=token))
 
     @overload
-    def read(self, keys: Sequence[str]) -> list[Item | None]: ...
-    @overload
-    def read(self, keys: Sequence[str], value_type: type[V]) -> list[Item[V] | None]: ...
     def read(
-        self, keys: Sequence[str], value_type: type[Any] | None = None
+        self, keys: Sequence[str], *, at: Timestamp | str | None = None
+    ) -> list[Item | None]: ...
+    @overload
+    def read(
+        self, keys: Sequence[str], value_type: type[V], *, at: Timestamp | str | None = None
+    ) -> list[Item[V] | None]: ...
+    def read(
+        self,
+        keys: Sequence[str],
+        value_type: type[Any] | None = None,
+        *,
+        at: Timestamp | str | None = None,
     ) -> list[Item[Any] | None]:
         if value_type is None:
-            return self._wait(self.client.read(keys))
-        return self._wait(self.client.read(keys, value_type))
+            return self._wait(self.client.read(keys, at=at))
+        return self._wait(self.client.read(keys, value_type, at=at))
 
     def txn_outcome(self, token: str) -> dict[str, object] | None:
         return self._wait(self.client.txn_outcome(token))

@@ -14,7 +14,12 @@ its timestamps follow the nodes'), an RPC pool authenticated with the cluster se
   the map gives to one node; 2PC otherwise) and returns the
   committed :class:`~kvstore.coordinator.results.TxnResult`, or raises the typed error with the
   per-op reasons (:func:`~kvstore.coordinator.answers.txn_error`).
-* :meth:`read` runs a :class:`~kvstore.coordinator.read.ReadTxn` (read rounds until two agree).
+* :meth:`read` runs a :class:`~kvstore.coordinator.read.ReadTxn` (read rounds until two agree),
+  or with ``at`` a snapshot read as of that timestamp (one round at ``at``). ``at`` is checked
+  here, the one place every door (the API, the native protocol, the SDK's direct mode) passes
+  through: after this coordinator's clock is ``ValidationError`` (a future ``at`` would raise
+  the partitions' read floors above the time every coordinator writes at), older than
+  ``SNAPSHOT_WINDOW_MS`` by this process's wall clock is ``SnapshotTooOld``.
 * :meth:`get`, :meth:`write` and :meth:`txn_record` are singletons routed to the owning
   partition (:mod:`~kvstore.coordinator.singleton`). A write whose call failed after it was sent
   may have been applied: that is ``OutcomeUnknown``, never a plain failure.
@@ -66,7 +71,7 @@ from kvstore.coordinator.answers import item_to_json, txn_error
 from kvstore.coordinator.core import WriteTxn, new_write_txn
 from kvstore.coordinator.effects import Send
 from kvstore.coordinator.metrics import CoordinatorMetrics, participants_label
-from kvstore.coordinator.read import new_read
+from kvstore.coordinator.read import check_snapshot_at, new_read, validate_read_keys
 from kvstore.coordinator.results import ReadResult, TxnResult
 from kvstore.coordinator.retry import Attempt, Retrying
 from kvstore.coordinator.scan import Scan, ScanPage, ScanResult
@@ -413,14 +418,23 @@ class Coordinator:
             return result
         raise txn_error(result, keys=[op.key for op in ops])
 
-    async def read(self, keys: Sequence[Key]) -> tuple[ReadEntry, ...]:
+    async def read(
+        self, keys: Sequence[Key], *, at: Timestamp | None = None
+    ) -> tuple[ReadEntry, ...]:
         """A read-only transaction: the entries of ``keys`` at one instant, in request order
-        (run again after conflicts, see the module)."""
+        (run again after conflicts, see the module); with ``at``, the entries as of that
+        timestamp (a snapshot read: ``ValidationError`` after this coordinator's clock,
+        ``SnapshotTooOld`` older than ``SNAPSHOT_WINDOW_MS``)."""
         started_us = system_clock_us()
+        validate_read_keys(keys)
+        if at is not None:
+            self.check_snapshot(at)
 
         async def attempt() -> ReadResult:
             now_us = self._now_us()
-            core = new_read(keys, self._partition_of, now_us, random.random, mutants=self._mutants)
+            core = new_read(
+                keys, self._partition_of, now_us, random.random, at=at, mutants=self._mutants
+            )
             answer: ReadResult = await self._run(core, now_us)
             return answer
 
@@ -434,6 +448,12 @@ class Coordinator:
             details: dict[str, object] = {"rounds": result.rounds}
             if result.error is ErrorCode.TransactionConflict:
                 message = f"no stable snapshot after {result.rounds} read rounds; retry"
+            elif result.error is ErrorCode.SnapshotTooOld:
+                message = (
+                    f"partition {result.partition} no longer keeps the versions as of {at} "
+                    "(older than its read window, or it restarted or changed leader since)"
+                )
+                details.update(partition=result.partition, at=str(at))
             elif result.partition is None:
                 message = "a partition did not answer the read; retry"
             else:
@@ -442,6 +462,11 @@ class Coordinator:
                 details.update(partition=result.partition, node=node)
             raise error_from_code(result.error, message, details=details)
         return result.items
+
+    def check_snapshot(self, at: Timestamp) -> None:
+        """Refuse a snapshot read's ``at`` after this coordinator's clock (``ValidationError``)
+        or older than ``SNAPSHOT_WINDOW_MS`` (``SnapshotTooOld``): ``check_snapshot_at``."""
+        check_snapshot_at(at, self.clock.now(), self._now_us())
 
     def admit(self) -> None:
         """Raise ``Overloaded`` when a core started now would be refused (see

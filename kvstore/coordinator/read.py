@@ -1,4 +1,4 @@
-"""The read-only transaction coordinator: repeated read rounds until two agree (writes nothing).
+"""The read-only transaction coordinator: read rounds until two agree, or one snapshot round.
 
 Theory of operation
 -------------------
@@ -18,6 +18,28 @@ possible within that bound (a pending intent in the latest round needs two more 
 stops early with ``TransactionConflict``. Any failed call ends it with ``Unavailable``: a read
 changes nothing, so the client may simply retry. Items are answered in request key order.
 
+Snapshot reads (``at``)
+-----------------------
+With a timestamp ``at`` (docs/api.md, "Read-only transactions"), every round sends
+``ReadRequest(..., at=at)``: each partition answers each key's version *as of* ``at`` from its
+version history, and first raises its read floor to ``at``, so no write at or below ``at``
+commits there afterwards (:meth:`~kvstore.storage_node.core.PartitionCore.read_at`). What a
+partition answers for ``at`` therefore never changes, except through intents at or below ``at``
+already prepared before the floor rose: those keys come back ``pending`` (the node first waits
+up to ``INTENT_WAIT_MS`` for them), and their outcome decides what ``at`` shows. Intents above
+``at`` are not reported: they cannot change the versions as of ``at``, so a snapshot read never
+fails because of them. Hence ONE complete round with no ``pending`` entry is the answer, on any
+number of partitions: every key's version as of ``at``, a consistent cut in timestamp order
+(serializable, as of ``at``; not strictly serializable, since it misses writes acknowledged
+after ``at``). There is no two-round comparison. A round with a pending entry is run again,
+within the same ``READ_ROUNDS_MAX`` bound, then ``TransactionConflict`` (re-run by
+:func:`new_read` like any other conflict). A partition that refuses ``at`` as older than the
+versions it keeps (``SnapshotTooOld``: the window, or a restart or a change of leader since)
+ends the read with that code: no retry can bring the versions back. The answer carries ``at``.
+That ``at`` lies within ``SNAPSHOT_WINDOW_MS`` and not after the coordinator's clock is checked
+before a core is built (:func:`check_snapshot_at`, called by the coordinator library's
+``read`` and the SDK's in-memory backend): the core takes it as given.
+
 :func:`new_read` is the read every runtime runs (the coordinator library and the simulator): a
 ``ReadTxn`` that ended in ``TransactionConflict`` is run again, from scratch, after a short
 jittered pause (:class:`~kvstore.coordinator.retry.Retrying`, at most ``CONFLICT_RETRIES_MAX``
@@ -34,14 +56,21 @@ from kvstore.coordinator.layout import KeyLayout
 from kvstore.coordinator.results import ReadResult
 from kvstore.coordinator.retry import Jitter, Retrying
 from kvstore.coordinator.state import READ_TRANSITIONS, ReadState, StateMachine
-from kvstore.errors import ErrorCode, ValidationError
-from kvstore.limits import READ_KEYS_MAX, READ_ROUNDS_MAX, RPC_TIMEOUT_MS
+from kvstore.errors import ErrorCode, SnapshotTooOld, ValidationError
+from kvstore.limits import READ_KEYS_MAX, READ_ROUNDS_MAX, RPC_TIMEOUT_MS, SNAPSHOT_WINDOW_MS
 from kvstore.messages import ReadEntry, ReadReply, ReadRequest, Reply
 from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
-from kvstore.types import PartitionId
+from kvstore.types import PartitionId, Timestamp
 from kvstore.values import validate_key
 
-__all__ = ["ReadTxn", "ReadEffect", "validate_read_keys", "new_read", "read_conflicted"]
+__all__ = [
+    "ReadTxn",
+    "ReadEffect",
+    "validate_read_keys",
+    "check_snapshot_at",
+    "new_read",
+    "read_conflicted",
+]
 
 ReadEffect = Send | Finish[ReadResult]
 
@@ -67,6 +96,29 @@ def validate_read_keys(keys: Sequence[str], field: str = "keys") -> tuple[str, .
     return tuple(keys)
 
 
+def check_snapshot_at(
+    at: Timestamp, now: Timestamp, now_us: int, *, window_ms: int = SNAPSHOT_WINDOW_MS
+) -> None:
+    """Refuse a snapshot read's ``at`` after ``now`` (the coordinator's clock, a fresh reading):
+    ``ValidationError``, since a future ``at`` would raise the partitions' read floors above the
+    timestamps writers are about to use; or older than ``window_ms`` before the wall clock
+    ``now_us``: ``SnapshotTooOld``, since the partitions keep replaced versions that long."""
+    if at > now:
+        raise ValidationError(
+            "at",
+            f"is in the future: {at} is after this coordinator's clock ({now}); read at a "
+            "timestamp the store returned (a commit's or an item's ts)",
+            details={"now": str(now)},
+        )
+    if at.physical_us < now_us - window_ms * _US_PER_MS:
+        age_ms = (now_us - at.physical_us) // _US_PER_MS
+        raise SnapshotTooOld(
+            f"at {at} is {age_ms} ms old; a read at a timestamp reaches back at most "
+            f"{window_ms} ms (the snapshot window)",
+            details={"at": str(at), "window_ms": window_ms},
+        )
+
+
 def _stable(first: Sequence[ReadEntry], second: Sequence[ReadEntry]) -> bool:
     return all(
         not a.pending and not b.pending and a.exists == b.exists and a.version == b.version
@@ -83,9 +135,12 @@ class ReadTxn:
         partition_of: Callable[[str], PartitionId],
         now_us: int,
         *,
+        at: Timestamp | None = None,
         mutants: Mutants = NO_MUTANTS,
     ) -> None:
+        """``at``: a snapshot read as of that timestamp (see the module); None: the latest."""
         self.keys = validate_read_keys(keys)
+        self.at = at
         self._one_round = Mutant.SKIP_SECOND_READ_ROUND in mutants
         self.created_us = now_us
         self._layout = KeyLayout(self.keys, partition_of)
@@ -129,11 +184,15 @@ class ReadTxn:
             return self._round_complete(now_us)
 
     def step_failed(self, call_id: int, error: ErrorCode, now_us: int) -> list[ReadEffect]:
-        del error, now_us  # whatever went wrong, the read can be retried from scratch
+        del now_us
         with self._machine.guard():
             call = self._calls.take(call_id)
             if call is None:
                 return []
+            if error is ErrorCode.SnapshotTooOld and self.at is not None:
+                # The partition no longer keeps the versions as of ``at``: final, not retried.
+                return self._end(self._result(error=error, partition=call.partition))
+            # Whatever else went wrong, the read can be retried from scratch.
             return self._unavailable(call)
 
     def step_tick(self, now_us: int) -> list[ReadEffect]:
@@ -145,8 +204,17 @@ class ReadTxn:
 
     def _unavailable(self, call: Call) -> list[ReadEffect]:
         """End with ``Unavailable``, naming the partition that did not answer."""
-        return self._end(
-            ReadResult(error=ErrorCode.Unavailable, rounds=self._rounds, partition=call.partition)
+        return self._end(self._result(error=ErrorCode.Unavailable, partition=call.partition))
+
+    def _result(
+        self,
+        *,
+        items: tuple[ReadEntry, ...] = (),
+        error: ErrorCode | None = None,
+        partition: PartitionId | None = None,
+    ) -> ReadResult:
+        return ReadResult(
+            items=items, error=error, rounds=self._rounds, partition=partition, at=self.at
         )
 
     def _round(self, now_us: int) -> list[ReadEffect]:
@@ -157,7 +225,8 @@ class ReadTxn:
         deadline_us = now_us + RPC_TIMEOUT_MS * _US_PER_MS
         effects: list[ReadEffect] = []
         for partition in self._layout.partitions:
-            request = ReadRequest(partition=partition, keys=self._layout.pick(partition, self.keys))
+            keys = self._layout.pick(partition, self.keys)
+            request = ReadRequest(partition=partition, keys=keys, at=self.at)
             effects.append(self._calls.send(Purpose.READ, partition, request, deadline_us))
         return effects
 
@@ -175,18 +244,31 @@ class ReadTxn:
 
     def _round_complete(self, now_us: int) -> list[ReadEffect]:
         latest = tuple(entry for entry in self._current if entry is not None)
+        pending = any(entry.pending for entry in latest)
+        if self.at is not None:
+            return self._snapshot_round_complete(latest, pending, now_us)
         if self._one_round:  # the mutant trusts a single round
-            return self._end(ReadResult(items=latest, rounds=self._rounds))
+            return self._end(self._result(items=latest))
         if self._previous is not None and _stable(self._previous, latest):
-            return self._end(ReadResult(items=latest, rounds=self._rounds))
-        if len(self._layout.partitions) == 1 and not any(entry.pending for entry in latest):
+            return self._end(self._result(items=latest))
+        if len(self._layout.partitions) == 1 and not pending:
             # One partition answers a round in one step of its serial order: the round is
             # already a snapshot of every key, so a second round would add nothing.
-            return self._end(ReadResult(items=latest, rounds=self._rounds))
-        rounds_needed = 2 if any(entry.pending for entry in latest) else 1
+            return self._end(self._result(items=latest))
+        rounds_needed = 2 if pending else 1
         if self._rounds + rounds_needed > READ_ROUNDS_MAX:
-            return self._end(ReadResult(error=ErrorCode.TransactionConflict, rounds=self._rounds))
+            return self._end(self._result(error=ErrorCode.TransactionConflict))
         self._previous = latest
+        return self._round(now_us)
+
+    def _snapshot_round_complete(
+        self, latest: tuple[ReadEntry, ...], pending: bool, now_us: int
+    ) -> list[ReadEffect]:
+        """A read at ``at``: one round without a pending entry is the answer (see the module)."""
+        if not pending:
+            return self._end(self._result(items=latest))
+        if self._rounds + 1 > READ_ROUNDS_MAX:
+            return self._end(self._result(error=ErrorCode.TransactionConflict))
         return self._round(now_us)
 
     def _end(self, result: ReadResult) -> list[ReadEffect]:
@@ -207,12 +289,14 @@ def new_read(
     now_us: int,
     jitter: Jitter,
     *,
+    at: Timestamp | None = None,
     mutants: Mutants = NO_MUTANTS,
 ) -> Retrying[ReadResult]:
-    """A client's read-only transaction, run again after conflicts (see the module)."""
+    """A client's read-only transaction (as of ``at`` when given), run again after conflicts
+    (see the module)."""
     checked = validate_read_keys(keys)
     return Retrying(
-        lambda at_us: ReadTxn(checked, partition_of, at_us, mutants=mutants),
+        lambda start_us: ReadTxn(checked, partition_of, start_us, at=at, mutants=mutants),
         read_conflicted,
         jitter,
         now_us,

@@ -11,7 +11,8 @@ They are plain values; the service turns them into HTTP/SDK answers with the err
   ``ClockSkew``...) with outcomes when known. ``txn_id`` and ``ts`` are those of the transaction
   the answer is about: the original one when a repeated idempotency token was followed.
 * :class:`ReadResult`: one :class:`~kvstore.messages.ReadEntry` per requested key in request order,
-  or an error (``TransactionConflict`` after too many rounds, ``Unavailable``).
+  or an error (``TransactionConflict`` after too many rounds, ``Unavailable``, and for a snapshot
+  read ``SnapshotTooOld``); a snapshot read's ``at``, the timestamp its items are as of.
 * :class:`RecoveryResult`: whether the decided transaction was driven to completion.
 """
 
@@ -40,7 +41,9 @@ class ReadResult:
     items: tuple[ReadEntry, ...] = ()  # request key order; empty on error
     error: ErrorCode | None = None
     rounds: int = 0
-    partition: PartitionId | None = None  # with Unavailable: the partition that did not answer
+    # With Unavailable: the partition that did not answer; with SnapshotTooOld: the one refusing.
+    partition: PartitionId | None = None
+    at: Timestamp | None = None  # a snapshot read: the timestamp the items are as of
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

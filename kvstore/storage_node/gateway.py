@@ -170,9 +170,10 @@ class NodeGateway:
             self._home(token)
             return _packed(calls.transact(ops, token, timeout_s), native.encode_committed)
         if method == native.READ:
-            keys = native.body_keys(native.body_object(body, frozenset({"keys"})))
+            obj = native.body_object(body, frozenset({"keys", "at"}))
+            keys, at = native.body_keys(obj), native.body_at(obj)
             self._home(keys[0])
-            return _packed(calls.read(keys, timeout_s), _encode_items)
+            return _packed(calls.read(keys, timeout_s, at), _encode_items)
         if method == native.SCAN:
             args = native.body_scan(
                 native.body_object(body, frozenset({"prefix", "start", "end", "limit", "cursor"}))

@@ -188,6 +188,13 @@ async def test_wrong_types_are_400_naming_the_field(api: ApiClient, canary: Cana
         ("POST", "/v1/read", {"keys": [1]}, "keys[0]"),
         ("POST", "/v1/read", {"keys": []}, "keys"),
         ("POST", "/v1/read", {}, "keys"),
+        ("POST", "/v1/read", {"keys": [key], "at": 1764000000000000}, "at"),
+        ("POST", "/v1/read", {"keys": [key], "at": "1764000000000000.0.ff"}, "at"),
+        ("POST", "/v1/read", {"keys": [key], "at": "1764000000000000.0.00000000000000FF"}, "at"),
+        ("POST", "/v1/read", {"keys": [key], "at": "01764000000000000.0.00000000000000ff"}, "at"),
+        ("POST", "/v1/read", {"keys": [key], "at": [1764000000000000, 0, 255]}, "at"),
+        ("POST", "/v1/read", {"keys": [key], "at": None}, "at"),
+        ("POST", "/v1/read", {"keys": [key], "at": "9999999999999999999.0.0000000000000000"}, "at"),
     ]
     for method, target, payload, field in cases:
         await refused(api, method, target, body(payload), field=field)

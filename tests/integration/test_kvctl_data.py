@@ -1,6 +1,7 @@
 """kvctl's data and admin commands as a subprocess against a real cluster (3 nodes, 1
-coordinator): get, put, delete, scan, txn, read, token, recover, inspect; text and --json
-output; exit statuses from the error catalogue; one-line errors, never a traceback.
+coordinator): get, put, delete, scan, txn, read (also as of a timestamp, --at), token, recover,
+inspect; text and --json output; exit statuses from the error catalogue; one-line errors, never
+a traceback.
 
 Also what a new user meets first: JSON arguments from stdin (``-``) and files (``@FILE``), a
 missing token named as kvctl's option, a limited scan that says more items exist, a stopped
@@ -130,6 +131,32 @@ def test_txn_from_stdin_and_file_then_read(cluster: LocalNodes, tmp_path: Path) 
         cluster, "txn", stdin=json.dumps([{"op": "check", "key": "t/a", "if": {"exists": False}}])
     )
     one_line_error(cancelled, 4)  # TransactionCanceled
+
+
+def test_read_at_a_timestamp_shows_the_items_as_of_then(cluster: LocalNodes) -> None:
+    first = ok_json(kvctl(cluster, "put", "at/k", '"v1"', "--json"))
+    assert isinstance(first, dict)
+    ok_json(kvctl(cluster, "put", "at/k", '"v2"', "--json"))
+    at = str(first["ts"])
+    read = ok_json(kvctl(cluster, "read", "at/k", "at/none", "--at", at, "--json"))
+    assert read == {
+        "items": [
+            {"key": "at/k", "value": "v1", "version": first["version"], "ts": at},
+            {"key": "at/none", "found": False},
+        ],
+        "at": at,
+    }
+    text = kvctl(cluster, "read", "at/k", "--at", at)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith(f"as of {at}\n") and '"v1"' in text.stdout
+    latest = ok_json(kvctl(cluster, "read", "at/k", "--json"))
+    assert isinstance(latest, dict) and latest["items"][0]["value"] == "v2" and "at" not in latest
+    bad = one_line_error(kvctl(cluster, "read", "at/k", "--at", "yesterday"), 2)
+    assert "--at: must be a timestamp" in bad
+    physical, logical, origin = at.split(".")
+    minute_ago = f"{int(physical) - 60_000_000}.{logical}.{origin}"
+    too_old = error_json(kvctl(cluster, "read", "at/k", "--at", minute_ago, "--json"), 4)
+    assert too_old["code"] == "SnapshotTooOld" and too_old["window_ms"] == 10_000
 
 
 def test_scan_lists_a_prefix_in_order_as_a_table_and_as_json_lines(cluster: LocalNodes) -> None:

@@ -13,6 +13,7 @@ from kvstore.coordinator.answers import value_to_json
 from kvstore.errors import ValidationError
 from kvstore.limits import SCAN_LIMIT_DEFAULT
 from kvstore.ops import OpKind
+from kvstore.types import Timestamp
 
 
 def test_json_object_refuses_duplicates_constants_non_objects_and_bad_utf8() -> None:
@@ -97,11 +98,40 @@ def test_txn_request_checks_members_ops_and_token() -> None:
             parse.txn_request(bad, 2)
 
 
-def test_read_keys() -> None:
-    assert parse.read_keys({"keys": ["a", "b"]}) == ["a", "b"]
+def test_read_request() -> None:
+    assert parse.read_request({"keys": ["a", "b"]}) == parse.ReadQuery(["a", "b"], None)
     for bad in ({"keys": "a"}, {"keys": [1]}, {"keys": [""]}, {"keys": ["a"], "x": 1}):
         with pytest.raises(ValidationError):
-            parse.read_keys(bad)
+            parse.read_request(bad)
+
+
+def test_read_request_at_is_a_timestamp_in_exactly_the_api_s_text_form() -> None:
+    at = Timestamp(1_765_000_000_123_456, 3, 0xAB)
+    query = parse.read_request({"keys": ["a"], "at": str(at)})
+    assert query.at == at and str(at) == "1765000000123456.3.00000000000000ab"
+    bad_forms: list[object] = [
+        "",
+        "1.2",
+        "1.2.3",  # the origin is 16 hex digits
+        "1.2.00000000000000AB",  # lowercase only
+        "01.2.00000000000000ab",  # no leading zeros
+        "-1.2.00000000000000ab",
+        "+1.2.00000000000000ab",
+        " 1.2.00000000000000ab",
+        "1.2.00000000000000ab ",
+        "1.2.00000000000000ab.4",
+        "1_0.2.00000000000000ab",
+        "\u0661.2.00000000000000ab",  # a non-ASCII digit (ARABIC-INDIC ONE)
+        f"{2**64}.0.0000000000000000",  # beyond 64 bits
+        1765000000123456,
+        [1, 2, 3],
+        None,
+        {"physical_us": 1},
+    ]
+    for bad in bad_forms:
+        with pytest.raises(ValidationError) as refused:
+            parse.read_request({"keys": ["a"], "at": bad})
+        assert refused.value.field == "at"
 
 
 def test_scan_query_prefix_range_limit_and_cursor() -> None:

@@ -1,4 +1,5 @@
-"""Read-only transaction coordinator: read rounds until two consecutive rounds agree.
+"""Read-only transaction coordinator: read rounds until two consecutive rounds agree, and
+snapshot reads (``at``): one round as of ``at`` without a pending entry.
 
 Keys ``a:*`` live on partition 1, ``b:*`` on 2. Each test answers rounds by hand from a small
 table of (exists, version, pending) per key.
@@ -12,11 +13,11 @@ import pytest
 from support.coordinator import finishes, partition_of, sends
 
 from kvstore.coordinator.effects import Send
-from kvstore.coordinator.read import ReadEffect, ReadTxn
+from kvstore.coordinator.read import ReadEffect, ReadTxn, check_snapshot_at
 from kvstore.coordinator.results import ReadResult
 from kvstore.coordinator.state import ReadState
-from kvstore.errors import ErrorCode, InternalError, ValidationError
-from kvstore.limits import READ_KEYS_MAX, READ_ROUNDS_MAX, RPC_TIMEOUT_MS
+from kvstore.errors import ErrorCode, InternalError, SnapshotTooOld, ValidationError
+from kvstore.limits import READ_KEYS_MAX, READ_ROUNDS_MAX, RPC_TIMEOUT_MS, SNAPSHOT_WINDOW_MS
 from kvstore.messages import ReadEntry, ReadReply, ReadRequest
 from kvstore.types import PartitionId, Timestamp
 
@@ -220,3 +221,79 @@ def test_late_events_are_ignored_and_restart_raises() -> None:
         txn.step_start(T0)
     with pytest.raises(InternalError, match="unusable"):
         txn.step_tick(T0)
+
+
+# --- snapshot reads: every round as of ``at`` -----------------------------------------------
+
+AT = Timestamp(T0 - 1_000, 2, 9)
+
+
+def test_a_snapshot_read_is_answered_by_one_clean_round_across_partitions() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0, at=AT)
+    round1 = sends(txn.step_start(T0))
+    assert [s.request for s in round1] == [
+        ReadRequest(partition=P2, keys=("b:1", "b:2"), at=AT),
+        ReadRequest(partition=P1, keys=("a:1",), at=AT),
+    ]
+    effects = answer(txn, round1, CLEAN)
+    assert sends(effects) == []  # no second round to compare with: the snapshot is exact
+    assert finishes(effects) == [
+        ReadResult(items=tuple(entry(k, CLEAN[k]) for k in KEYS), rounds=1, at=AT)
+    ]
+    assert txn.done
+
+
+def test_a_snapshot_round_with_an_intent_at_or_below_at_is_read_again() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0, at=AT)
+    round1 = sends(txn.step_start(T0))
+    round2 = sends(answer(txn, round1, changed("b:2", pending=True)))
+    assert [s.request for s in round2] == [s.request for s in round1]  # still as of ``at``
+    settled = changed("b:2", version=2)  # the pending transaction committed below ``at``
+    (result,) = finishes(answer(txn, round2, settled))
+    assert result == ReadResult(items=tuple(entry(k, settled[k]) for k in KEYS), rounds=2, at=AT)
+
+
+def test_a_snapshot_read_pending_in_every_round_conflicts_after_the_bound() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0, at=AT)
+    effects = txn.step_start(T0)
+    for _ in range(READ_ROUNDS_MAX):
+        assert finishes(effects) == []
+        effects = answer(txn, sends(effects), changed("a:1", pending=True))
+    assert finishes(effects) == [
+        ReadResult(error=ErrorCode.TransactionConflict, rounds=READ_ROUNDS_MAX, at=AT)
+    ]
+    assert sends(effects) == [] and txn.done
+
+
+def test_snapshot_too_old_from_a_partition_ends_the_read_with_that_code() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0, at=AT)
+    round1 = sends(txn.step_start(T0))
+    refused = round1[1].request.partition
+    effects = txn.step_failed(round1[1].call_id, ErrorCode.SnapshotTooOld, T0 + 1)
+    assert finishes(effects) == [
+        ReadResult(error=ErrorCode.SnapshotTooOld, rounds=1, partition=refused, at=AT)
+    ]
+    assert sends(effects) == [] and txn.done
+    assert answer(txn, round1[:1], CLEAN) == []  # the other partition's late reply is ignored
+
+
+def test_without_at_a_snapshot_refusal_is_just_a_failed_call() -> None:
+    txn = ReadTxn(KEYS, partition_of, T0)
+    round1 = sends(txn.step_start(T0))
+    effects = txn.step_failed(round1[0].call_id, ErrorCode.SnapshotTooOld, T0)
+    (result,) = finishes(effects)
+    assert isinstance(result, ReadResult) and result.error is ErrorCode.Unavailable
+
+
+def test_snapshot_reads_accept_at_up_to_the_clock_and_within_the_window() -> None:
+    now = Timestamp(T0, 5, 3)
+    check_snapshot_at(now, now, T0)
+    check_snapshot_at(Timestamp(T0 - SNAPSHOT_WINDOW_MS * 1000, 0, 0), now, T0)
+    with pytest.raises(ValidationError, match="at: is in the future") as future:
+        check_snapshot_at(Timestamp(T0, 5, 4), now, T0)  # the origin breaks the tie
+    assert future.value.field == "at"
+    too_old = Timestamp(T0 - SNAPSHOT_WINDOW_MS * 1000 - 1, 0, 0)
+    with pytest.raises(SnapshotTooOld, match=f"at most {SNAPSHOT_WINDOW_MS} ms") as old:
+        check_snapshot_at(too_old, now, T0)
+    assert old.value.details == {"at": str(too_old), "window_ms": SNAPSHOT_WINDOW_MS}
+    assert not old.value.retryable

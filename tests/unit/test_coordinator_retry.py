@@ -8,7 +8,7 @@ from support.coordinator import finishes, partition_of, sends
 from kvstore.coordinator.read import new_read
 from kvstore.coordinator.results import ReadResult
 from kvstore.coordinator.state import ReadState, RetryState
-from kvstore.errors import ValidationError
+from kvstore.errors import ErrorCode, ValidationError
 from kvstore.limits import CONFLICT_BACKOFF_BASE_MS, CONFLICT_RETRIES_MAX, READ_ROUNDS_MAX
 from kvstore.messages import ReadEntry, ReadReply, ReadRequest
 from kvstore.types import Timestamp
@@ -68,3 +68,20 @@ def test_the_conflict_is_answered_once_retries_are_spent() -> None:
 def test_keys_are_validated_before_any_effect() -> None:
     with pytest.raises(ValidationError):
         new_read([], partition_of, T0, lambda: 0.0)
+
+
+def test_a_snapshot_read_is_retried_as_of_the_same_at_and_never_after_snapshot_too_old() -> None:
+    at = Timestamp(T0 - 5, 0, 1)
+    core = new_read(["a:1"], partition_of, T0, lambda: 0.0, at=at)
+    effects = core.step_start(T0)
+    for _ in range(READ_ROUNDS_MAX):
+        assert all(s.request.at == at for s in sends(effects))  # type: ignore[union-attr]
+        effects = answer(core, effects, pending=True, now=T0)
+    assert core.state is RetryState.PAUSED  # a conflict: run again
+    effects = core.step_tick(T0)
+    (send,) = sends(effects)
+    assert isinstance(send.request, ReadRequest) and send.request.at == at
+    effects = core.step_failed(send.call_id, ErrorCode.SnapshotTooOld, T0)
+    [result] = finishes(effects)
+    assert isinstance(result, ReadResult) and result.error is ErrorCode.SnapshotTooOld
+    assert core.done and core.retries == 1  # final: not retried

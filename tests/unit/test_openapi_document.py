@@ -43,7 +43,7 @@ from kvstore.ops import Op, OpKind, op_from_json, op_to_json, validate_token
 from kvstore.paths import parse_path
 from kvstore.recover import Driven, Stuck, report_to_json
 from kvstore.timestamps import new_txn_id
-from kvstore.types import ORIGIN_MAX, PartitionId, Timestamp
+from kvstore.types import ORIGIN_MAX, PartitionId, Timestamp, timestamp_from_text
 from kvstore.updates import ActionKind, UpdateAction
 from kvstore.values import INT_MAX, INT_MIN, validate_key
 
@@ -556,6 +556,29 @@ def test_timestamp_schema_accepts_timestamps(physical_us: int, logical: int, ori
     assert_valid("Timestamp", str(Timestamp(physical_us, logical, origin)))
 
 
+ts_texts = st.text("0123456789abcdefAF.-+ \n", max_size=45) | st.builds(
+    lambda p, lg, o: f"{p}.{lg}.{o:016x}",
+    st.integers(0, 10**20),
+    st.integers(0, 10**20),
+    st.integers(0, ORIGIN_MAX),
+)
+
+
+@given(ts_texts)
+def test_read_at_schema_agrees_with_the_parser(text: str) -> None:
+    accepted = timestamp_from_text(text) is not None
+    assert validator("ReadAt").is_valid(text) is accepted
+    if accepted:
+        assert str(timestamp_from_text(text)) == text
+
+
+@given(st.integers(0, 10**19 - 1), st.integers(0, 10**19 - 1), st.integers(0, ORIGIN_MAX))
+def test_read_at_schema_accepts_timestamps(physical_us: int, logical: int, origin: int) -> None:
+    text = str(Timestamp(physical_us, logical, origin))
+    assert_valid("ReadAt", text)
+    assert timestamp_from_text(text) == Timestamp(physical_us, logical, origin)
+
+
 def test_txn_id_schema_accepts_txn_ids() -> None:
     for _ in range(20):
         assert_valid("TxnId", new_txn_id())
@@ -569,6 +592,10 @@ def test_read_items() -> None:
     assert not validator("ReadResponse").is_valid({"items": [{**item, "version": 0}]})
     assert not validator("ReadRequest").is_valid({"keys": ["a", "a"]})
     assert not validator("ReadRequest").is_valid({"keys": []})
+    at = "1764000000000000.0.00000000000000ff"
+    assert_valid("ReadRequest", {"keys": ["a"], "at": at})
+    assert not validator("ReadRequest").is_valid({"keys": ["a"], "at": "1.0.ff"})
+    assert_valid("ReadResponse", {"items": [item], "at": at})
 
 
 # --- what schemathesis generates from the document, the server's parsers accept --------------
