@@ -42,6 +42,7 @@ from kvstore.client.native import NativeBackend
 from kvstore.config import ClusterConfig, load_cluster
 from kvstore.errors import ValidationError
 from kvstore.localcluster import LocalCluster, resolve_dir
+from kvstore.timestamps import parse_timestamp
 from kvstore.types import Timestamp
 
 if TYPE_CHECKING:
