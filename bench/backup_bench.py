@@ -34,7 +34,7 @@ from kvstore.messages import ItemView
 from kvstore.timestamps import HybridClock, random_origin, system_clock_us
 
 KVCTL = (sys.executable, "-m", "kvstore.cli.kvctl")
-ACCOUNTS = [f"acct-{i}" for i in range(1000)]
+ACCOUNTS = [f"acct-{i:04d}" for i in range(1000)]
 BATCH = 10_000
 
 
@@ -94,6 +94,8 @@ async def backup(root: Path, config: Path, delay_s: float) -> tuple[float, float
     if process.returncode != 0:
         raise SystemExit(f"backup failed: {stderr.decode()[-2000:]}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr.decode())
+    cpu = re.findall(r"(User|System) time \(seconds\): ([0-9.]+)", stderr.decode())
+    print(f"kvctl backup create CPU: {cpu}")
     return started, ended, json.loads(stdout)["items"], int(rss.group(1)) if rss else -1
 
 

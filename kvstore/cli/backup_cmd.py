@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from kvstore.cli.kvctl import Commands
 
 __all__ = ["register"]
+
+BACKUP_NICE = 10  # how much kvctl backup create lowers its own CPU priority (nice(2))
 
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -134,6 +137,7 @@ def _create(args: argparse.Namespace, out: Output) -> int:
     path = Path(args.out) if args.out is not None else Path(f"kvstore-{stamp}.kvbackup")
     if path.exists():
         raise ValidationError("--out", f"{path} exists already: a backup never overwrites a file")
+    os.nice(BACKUP_NICE)  # background work: on a shared machine the store's processes go first
     return asyncio.run(_create_async(config, path, at, out))
 
 

@@ -633,13 +633,19 @@ class PartitionCore:
             )
         rows = self.store.scan_items(req.start, req.end, limit + 1)
         upper = rows[limit].key if len(rows) > limit else req.end
-        keys = sorted(
-            {row.key for row in rows[:limit]}.union(self.history.keys_between(req.start, upper))
-        )
+        current = {row.key: row for row in rows[:limit]}
+        history = self.history
+        keys = sorted(current.keys() | set(history.keys_between(req.start, upper)))
         next_start = keys[limit] if len(keys) > limit else (upper if len(rows) > limit else None)
         items = []
         for key in keys[:limit]:
-            version = self.history.version_at(key, at, self._current(key))
+            row = current.get(key)
+            now = (
+                self._current(key)
+                if row is None
+                else Version(row.exists, row.value, row.version, row.write_ts)
+            )
+            version = history.version_at(key, at, now)
             if version.exists:
                 items.append(
                     ItemView(
