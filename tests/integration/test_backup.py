@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from support.api import PRODUCTION_TIMING
 from support.cluster import LocalNodes
+from support.etcd import replicated_cluster
 from support.kvctl import KVCTL, clean_env
 
 import kvstore
@@ -299,3 +300,36 @@ def test_restore_refuses_a_cluster_that_is_not_empty(source: LocalNodes, tmp_pat
         kvctl("backup", "restore", str(backup), "--config", config, "--force")
     )
     assert code == 0, stderr
+
+
+@pytest.mark.asyncio
+async def test_a_replicated_cluster_backed_up_under_load_restores_to_its_total(
+    tmp_path: Path, target: LocalNodes
+) -> None:
+    """The same through partition leaders: pages and floors on each leader, replicated to its
+    followers (3 nodes, factor 3, a private etcd)."""
+    with replicated_cluster(tmp_path / "rf3" / "cluster", nodes=3, partitions=4, factor=3) as rf3:
+        config = rf3.config.path
+        async with kvstore.connect(cluster=config, mode="native") as kv:
+            for account in ACCOUNTS:
+                await kv.put(account, BALANCE)
+            transfers = [0]
+            backup = tmp_path / "rf3.kvbackup"
+            stop = asyncio.Event()
+            load = transfer_load(kv, transfers)
+            tasks = [asyncio.ensure_future(load(stop)) for _ in range(LOAD_TASKS)]
+            try:
+                await asyncio.sleep(1.0)
+                code, _, stderr = await kvctl(
+                    "backup", "create", "--config", str(config), "--out", str(backup)
+                )
+                assert code == 0, stderr
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
+    assert transfers[0] > 0
+    await restore_into(target, backup)
+    async with kvstore.connect(cluster=target.config_path, mode="native") as kv:
+        items = await kv.read(ACCOUNTS)
+    balances = {item.key: item.value for item in items if item is not None}
+    assert check_bank_backup(balances, ACCOUNTS, BALANCE * len(ACCOUNTS)) == []
