@@ -185,20 +185,44 @@ async def _create_async(
         raise
     finally:
         await backend.close()
-    document = {
-        "file": str(path),
-        "at": str(summary.at),
-        "items": summary.items,
-        "partitions": summary.partitions,
-        "seconds": round(summary.seconds, 3),
-    }
+    text = (
+        f"backed up {summary.items} items of {partitions} partitions as of {summary.at} "
+        f"into {path} in {summary.seconds:.1f} s"
+    )
+    return _done(
+        out,
+        text,
+        path=path,
+        at=summary.at,
+        items=summary.items,
+        partitions=summary.partitions,
+        seconds=summary.seconds,
+    )
+
+
+def _done(
+    out: Output,
+    text: str,
+    *,
+    path: Path,
+    at: Timestamp,
+    items: int,
+    partitions: int,
+    seconds: float,
+) -> int:
+    """A finished create or restore: ``text``, or with ``--json`` the same as an object."""
     if out.json_mode:
-        out.json(document)
-    else:
-        out.line(
-            f"backed up {summary.items} items of {partitions} partitions as of {summary.at} "
-            f"into {path} in {summary.seconds:.1f} s"
+        out.json(
+            {
+                "file": str(path),
+                "at": str(at),
+                "items": items,
+                "partitions": partitions,
+                "seconds": round(seconds, 3),
+            }
         )
+    else:
+        out.line(text)
     return EXIT_OK
 
 
@@ -246,21 +270,19 @@ async def _restore_async(
         )
     finally:
         await backend.close()
-    document = {
-        "file": str(reader.path),
-        "at": str(meta.at),
-        "items": summary.items,
-        "partitions": summary.partitions,
-        "seconds": round(summary.seconds, 3),
-    }
-    if out.json_mode:
-        out.json(document)
-    else:
-        out.line(
-            f"restored {summary.items} items as of {meta.at} into {summary.partitions} "
-            f"partitions in {summary.seconds:.1f} s"
-        )
-    return EXIT_OK
+    text = (
+        f"restored {summary.items} items as of {meta.at} into {summary.partitions} "
+        f"partitions in {summary.seconds:.1f} s"
+    )
+    return _done(
+        out,
+        text,
+        path=reader.path,
+        at=meta.at,
+        items=summary.items,
+        partitions=summary.partitions,
+        seconds=summary.seconds,
+    )
 
 
 def _verify(args: argparse.Namespace, out: Output) -> int:

@@ -90,24 +90,53 @@ async def kvctl(*args: str) -> tuple[int, str, str]:
 
 
 async def backup_under(
-    load: Callable[[asyncio.Event], Awaitable[None]], cluster: LocalNodes, out: Path
-) -> dict[str, Any]:
-    """Run ``load`` on ``cluster``, take a backup into ``out`` in the middle, stop the load a
-    little after; the backup's JSON summary."""
+    load: Callable[[asyncio.Event], Awaitable[None]],
+    config: Path,
+    out: Path,
+    during: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[int, str, str]:
+    """Run ``load`` (``LOAD_TASKS`` copies), run ``kvctl backup create`` into ``out`` in the
+    middle (and ``during`` meanwhile), stop the load a little after; kvctl's exit status and
+    output."""
     stop = asyncio.Event()
     tasks = [asyncio.ensure_future(load(stop)) for _ in range(LOAD_TASKS)]
     try:
         await asyncio.sleep(1.0)  # the load is running at full speed
-        code, stdout, stderr = await kvctl(
-            "backup", "create", "--config", str(cluster.config_path), "--out", str(out), "--json"
+        backup = asyncio.ensure_future(
+            kvctl("backup", "create", "--config", str(config), "--out", str(out), "--json")
         )
-        assert code == 0, stderr
+        try:
+            if during is not None:
+                await during()
+            done = await backup
+        finally:
+            backup.cancel()
         await asyncio.sleep(LOAD_AFTER_BACKUP_S)
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+    return done
+
+
+async def backed_up(
+    load: Callable[[asyncio.Event], Awaitable[None]], config: Path, out: Path
+) -> dict[str, Any]:
+    """``backup_under`` that must succeed: the backup's JSON summary."""
+    code, stdout, stderr = await backup_under(load, config, out)
+    assert code == 0, stderr
     summary: dict[str, Any] = json.loads(stdout)
     return summary
+
+
+async def assert_bank_restored(target: LocalNodes, backup: Path) -> None:
+    """``backup`` verifies, restores into ``target``, and the balances there sum to the total."""
+    code, _, stderr = await kvctl("backup", "verify", str(backup))
+    assert code == 0, stderr
+    await restore_into(target, backup)
+    async with kvstore.connect(cluster=target.config_path, mode="native") as kv:
+        items = await kv.read(ACCOUNTS)
+    balances = {item.key: item.value for item in items if item is not None}
+    assert check_bank_backup(balances, ACCOUNTS, BALANCE * len(ACCOUNTS)) == []
 
 
 def transfer_load(kv: Client, counted: list[int]) -> Callable[[asyncio.Event], Awaitable[None]]:
@@ -148,15 +177,9 @@ async def test_a_bank_backed_up_under_load_restores_to_its_total(
             await kv.put(account, BALANCE)
         transfers = [0]
         backup = tmp_path / "bank.kvbackup"
-        summary = await backup_under(transfer_load(kv, transfers), source, backup)
+        summary = await backed_up(transfer_load(kv, transfers), source.config_path, backup)
     assert transfers[0] > 0 and summary["items"] == len(ACCOUNTS)
-    code, _, stderr = await kvctl("backup", "verify", str(backup))
-    assert code == 0, stderr
-    await restore_into(target, backup)
-    async with kvstore.connect(cluster=target.config_path, mode="native") as kv:
-        items = await kv.read(ACCOUNTS)
-    balances = {item.key: item.value for item in items if item is not None}
-    assert check_bank_backup(balances, ACCOUNTS, BALANCE * len(ACCOUNTS)) == []
+    await assert_bank_restored(target, backup)
 
 
 @pytest.mark.asyncio
@@ -185,7 +208,7 @@ async def test_a_list_append_backup_holds_exactly_what_committed_up_to_its_times
                     history.append(Appended(appends, "ok", tuple(ts)))
 
         backup = tmp_path / "lists.kvbackup"
-        summary = await backup_under(appends_until, source, backup)
+        summary = await backed_up(appends_until, source.config_path, backup)
         final = {item.key: item.value for item in await kv.read(LISTS) if item is not None}
     at = timestamp_from_text(summary["at"])
     assert at is not None
@@ -206,45 +229,22 @@ async def test_a_backup_while_a_node_is_killed_is_consistent_or_fails_cleanly(
         for start in range(0, 20_000, 500):  # enough rows that the backup takes a while
             await asyncio.gather(*(kv.put(f"filler-{i:06d}", i) for i in range(start, start + 500)))
     backup = tmp_path / "killed.kvbackup"
+
+    async def kill_and_restart() -> None:
+        await asyncio.sleep(0.3)
+        source.kill("n2")
+        source.start("n2")
+        await asyncio.to_thread(source.wait_healthy, "n2")
+
     async with kvstore.connect(cluster=source.config_path, mode="native") as kv:
-        stop = asyncio.Event()
         load = transfer_load(kv, [0])
-        tasks = [asyncio.ensure_future(load(stop)) for _ in range(LOAD_TASKS)]
-        process = await asyncio.create_subprocess_exec(
-            *KVCTL,
-            "backup", "create", "--config", str(source.config_path), "--out", str(backup),
-            "--json",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=clean_env(),
-        )  # fmt: skip
-        try:
-            await asyncio.sleep(0.3)
-            source.kill("n2")
-            source.start("n2")
-            await asyncio.to_thread(source.wait_healthy, "n2")
-            out, err = await asyncio.wait_for(process.communicate(), HANG_GUARD_S)
-        except BaseException:
-            process.kill()
-            await process.wait()
-            raise
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks)
-    if process.returncode != 0:
-        message = err.decode()
-        assert "backup" in message.lower() and "Traceback" not in message, message
+        code, out, err = await backup_under(load, source.config_path, backup, kill_and_restart)
+    if code != 0:
+        assert "backup failed" in err and "Traceback" not in err, err
         assert not backup.exists()
         return
-    summary = json.loads(out)
-    assert summary["items"] == len(ACCOUNTS) + 20_000
-    code, _, stderr = await kvctl("backup", "verify", str(backup))
-    assert code == 0, stderr
-    await restore_into(target, backup)
-    async with kvstore.connect(cluster=target.config_path, mode="native") as kv:
-        items = await kv.read(ACCOUNTS)
-    balances = {item.key: item.value for item in items if item is not None}
-    assert check_bank_backup(balances, ACCOUNTS, BALANCE * len(ACCOUNTS)) == []
+    assert json.loads(out)["items"] == len(ACCOUNTS) + 20_000
+    await assert_bank_restored(target, backup)
 
 
 @pytest.mark.asyncio
@@ -315,21 +315,6 @@ async def test_a_replicated_cluster_backed_up_under_load_restores_to_its_total(
                 await kv.put(account, BALANCE)
             transfers = [0]
             backup = tmp_path / "rf3.kvbackup"
-            stop = asyncio.Event()
-            load = transfer_load(kv, transfers)
-            tasks = [asyncio.ensure_future(load(stop)) for _ in range(LOAD_TASKS)]
-            try:
-                await asyncio.sleep(1.0)
-                code, _, stderr = await kvctl(
-                    "backup", "create", "--config", str(config), "--out", str(backup)
-                )
-                assert code == 0, stderr
-            finally:
-                stop.set()
-                await asyncio.gather(*tasks)
+            await backed_up(transfer_load(kv, transfers), config, backup)
     assert transfers[0] > 0
-    await restore_into(target, backup)
-    async with kvstore.connect(cluster=target.config_path, mode="native") as kv:
-        items = await kv.read(ACCOUNTS)
-    balances = {item.key: item.value for item in items if item is not None}
-    assert check_bank_backup(balances, ACCOUNTS, BALANCE * len(ACCOUNTS)) == []
+    await assert_bank_restored(target, backup)
