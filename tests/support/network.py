@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvstore.errors import ErrorCode, KvError, WrongOwner
-from kvstore.messages import Reply, Request
+from kvstore.messages import PrepareRequest, Reply, Request
 from kvstore.runtime.actors import Actor, ActorDriver, Answer
 from kvstore.runtime.disk import ImmediateDisk
 from kvstore.runtime.node import NodeRuntime
@@ -226,3 +226,27 @@ class _Wire:
     def send(self, request: Request, deadline_us: int, answer: Answer) -> None:
         del deadline_us  # the cores keep their own deadlines
         self._net.inflight.append(Message(request, answer))
+
+
+def deliver_where(net: Network, match: type, partition: int | None = None, *, reply: bool) -> None:
+    """Deliver the first in-flight message of a request type (and partition)."""
+    for i, m in enumerate(net.inflight):
+        wanted = partition is None or m.request.partition == partition
+        if wanted and isinstance(m.request, match) and (m.reply is not None) == reply:
+            net.deliver(i)
+            return
+    raise AssertionError(f"no {match.__name__} in flight: {describe(net.inflight)}")
+
+
+def describe(inflight: list[Message]) -> list[str]:
+    return [f"{type(m.request).__name__}@{m.request.partition}" for m in inflight]
+
+
+def run_to_prepared(net: Network, txn: Actor) -> int:
+    """Both partitions hold the transaction's intents; the decide request is in flight."""
+    actor = net.start(txn)
+    for _ in range(2):
+        deliver_where(net, PrepareRequest, reply=False)
+    for _ in range(2):
+        deliver_where(net, PrepareRequest, reply=True)
+    return actor

@@ -3,7 +3,7 @@ histories from the reference that a correct build must get right, step by step."
 
 from __future__ import annotations
 
-from support.network import Message, Network
+from support.network import Network, deliver_where, describe, run_to_prepared
 
 from kvstore.coordinator.core import WriteTxn
 from kvstore.coordinator.read import ReadTxn
@@ -32,30 +32,6 @@ def partition_of(key: str) -> PartitionId:
 
 def put(key: str, value: int) -> Op:
     return Op(kind=OpKind.PUT, key=key, value=value)
-
-
-def deliver_where(net: Network, match: type, partition: int | None = None, *, reply: bool) -> None:
-    """Deliver the first in-flight message of a request type (and partition)."""
-    for i, m in enumerate(net.inflight):
-        wanted = partition is None or m.request.partition == partition
-        if wanted and isinstance(m.request, match) and (m.reply is not None) == reply:
-            net.deliver(i)
-            return
-    raise AssertionError(f"no {match.__name__} in flight: {describe(net.inflight)}")
-
-
-def describe(inflight: list[Message]) -> list[str]:
-    return [f"{type(m.request).__name__}@{m.request.partition}" for m in inflight]
-
-
-def run_to_prepared(net: Network, txn: WriteTxn) -> int:
-    """Both partitions hold the transaction's intents; the decide request is in flight."""
-    actor = net.start(txn)
-    for _ in range(2):
-        deliver_where(net, PrepareRequest, reply=False)
-    for _ in range(2):
-        deliver_where(net, PrepareRequest, reply=True)
-    return actor
 
 
 def run_to_commit_decision(net: Network, txn: WriteTxn) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.network import Message, Network
+from support.network import Network, deliver_where, run_to_prepared
 
 from kvstore.config import ClusterConfig, load_cluster, write_cluster_file, write_secret
 from kvstore.coordinator.core import WriteTxn
@@ -24,7 +24,6 @@ from kvstore.limits import SNAPSHOT_WINDOW_MS
 from kvstore.messages import (
     CommitRequest,
     DecideRequest,
-    PrepareRequest,
     ReadReply,
     ReadRequest,
     Reply,
@@ -46,29 +45,6 @@ def partition_of(key: str) -> PartitionId:
 
 def put(key: str, value: int) -> Op:
     return Op(kind=OpKind.PUT, key=key, value=value)
-
-
-def deliver_where(net: Network, match: type, *, reply: bool) -> None:
-    """Deliver the first in-flight message of a request type (request or reply)."""
-    for index, message in enumerate(net.inflight):
-        if isinstance(message.request, match) and (message.reply is not None) == reply:
-            net.deliver(index)
-            return
-    raise AssertionError(f"no {match.__name__} in flight: {describe(net.inflight)}")
-
-
-def describe(inflight: list[Message]) -> list[str]:
-    return [f"{type(m.request).__name__}@{m.request.partition}" for m in inflight]
-
-
-def run_to_prepared(net: Network, txn: WriteTxn) -> int:
-    """Both partitions hold the transaction's intents; the decide request is in flight."""
-    actor = net.start(txn)
-    for _ in range(2):
-        deliver_where(net, PrepareRequest, reply=False)
-    for _ in range(2):
-        deliver_where(net, PrepareRequest, reply=True)
-    return actor
 
 
 class Unreachable:
