@@ -17,12 +17,16 @@ Rules kept here (DESIGN section 5 and the gaps of reference section 2.6):
   ``ts > write_ts`` (and ``ts > read_ts`` for writes); the condition holds on the committed value;
   the result respects the limits. A rejection writes nothing. Re-preparing a transaction that
   already holds its intents answers yes again and changes nothing.
-* commit applies only ``txn_id``'s intents (duplicates and stale commits do nothing), raises
-  ``write_ts`` (writes) or ``read_ts`` (checks) with ``max``, bumps the version on every change of
-  existence or value, and leaves a tombstone for deleted keys and for absent keys that were
-  checked or deleted, so their timestamps survive (gap 3). cancel clears only ``txn_id``'s intents.
-* Timestamps and versions of a key never decrease: tombstones fold into the watermark with
-  ``max`` (gap 4), and new rows start above the floor they replace.
+* commit applies only ``txn_id``'s intents (duplicates and stale commits do nothing), sets
+  ``write_ts`` to the commit timestamp (writes) or raises ``read_ts`` with ``max`` (checks), bumps
+  the version on every change of existence or value, and leaves a tombstone for deleted keys and
+  for absent keys that were checked or deleted, so their timestamps survive (gap 3). cancel
+  clears only ``txn_id``'s intents.
+* A key's floor (``max(write_ts, read_ts)``) and version never decrease: tombstones fold into
+  the watermark with ``max`` (gap 4), and new rows start above the floor they replace, as their
+  ``read_ts``. Their ``write_ts`` is the commit timestamp even when the watermark rose above it
+  while the intent waited (other keys' tombstones folded): the item's ``ts`` and reads as of a
+  timestamp (docs/backup.md) show when the write committed.
 * Singleton writes get ``max(node clock, successor of the key's floor)``; a key with an intent
   refuses them with ``TransactionConflict``. Singleton gets are never blocked.
 * :meth:`PartitionCore.blockers` answers, without writing, whether a request would be refused
@@ -113,6 +117,7 @@ class PartitionConfig:
     tombstone_retention_ms: int = limits.TOMBSTONE_RETENTION_MS
     snapshot_window_ms: int = limits.SNAPSHOT_WINDOW_MS
     snapshot_pin_ms: int = limits.SNAPSHOT_PIN_MS
+    snapshot_versions_max: int = limits.SNAPSHOT_VERSIONS_MAX  # replaced versions kept
     mutants: Mutants = NO_MUTANTS  # deliberate bugs for the chaos harness; see kvstore.mutants
 
 
@@ -175,7 +180,8 @@ class PartitionCore:
         self._applied: dict[TxnId, list[Intent]] = {}  # DOUBLE_APPLY_COMMIT's memory only
         # STALE_VOTE_AFTER_WAIT's memory only: the vote a parked op had when it was parked.
         self._parked_votes: dict[tuple[TxnId, Key], tuple[bool, Value]] = {}
-        self.history = VersionHistory()  # replaced versions, for reads at a timestamp
+        # Replaced versions, for reads at a timestamp.
+        self.history = VersionHistory(self.config.snapshot_versions_max)
 
     def handle(self, request: Request, now_us: int, node_ts: Timestamp) -> Step[Reply]:
         """Dispatch any request to its method. ``node_ts`` is used only by singleton writes."""
@@ -718,7 +724,7 @@ class PartitionCore:
     def forget_history(self) -> None:
         """Start the version history afresh (leadership lost or gained: writes it recorded may
         have been discarded, others applied without it); it resyncs on its next use."""
-        self.history = VersionHistory()
+        self.history = VersionHistory(self.config.snapshot_versions_max)
 
     def _snapshot_blockers(
         self, at: Timestamp, keys: tuple[Key, ...] | None, now_us: int
@@ -1064,16 +1070,23 @@ class PartitionCore:
             )
         else:
             changed = new_exists or state.exists
+            # A key with no row takes the partition watermark as its floor, which other keys'
+            # folded tombstones may have raised above ``ts`` while this intent waited for its
+            # commit. The row is written at ``ts`` all the same: its commit timestamp, what
+            # reads as of a timestamp and the item's ``ts`` must show (the watermark's
+            # ``max`` here recorded the write later than it committed: a read as of a
+            # timestamp in between missed it). The watermark stays the key's read floor.
+            write_ts = ts if state.row is None else max(state.write_ts, ts)
             row = ItemRow(
                 key=key,
                 exists=new_exists,
                 value=new_value if new_exists else None,
                 version=state.version + 1 if changed else state.version,
-                write_ts=max(state.write_ts, ts),
+                write_ts=write_ts,
                 read_ts=state.read_ts,
             )
-        assert row.version >= state.version and row.write_ts >= state.write_ts
-        assert row.read_ts >= state.read_ts
+        assert row.version >= state.version and row.read_ts >= state.read_ts
+        assert row.write_ts >= state.write_ts or state.row is None
         if kind is not OpKind.CHECK:
             self._record_replaced(key, state, row.write_ts)
         if kind is OpKind.DELETE and Mutant.WATERMARK_DOWN_ON_DELETE in self._mutants:

@@ -21,7 +21,7 @@ when no write after ``at`` has gone unrecorded, which holds for every ``at`` at 
   reader at or above the horizon needs. :meth:`collect` moves the horizon up to the start of the
   window (``now - window``) and forgets what fell below it, except what a **pin** needs: a backup
   pins its ``at`` (for a while, renewed by each page) and every replaced version that is the
-  key's version as of a pinned ``at`` (``write_ts <= at < superseded``) is kept.
+  key's version as of a pinned ``at`` (the first one replaced after ``at``) is kept.
 * Past :data:`~kvstore.limits.SNAPSHOT_VERSIONS_MAX` versions the oldest goes regardless: the
   horizon rises past it and pins below the new horizon are dropped (their reads then fail with
   ``SnapshotTooOld`` instead of reading a wrong version).
@@ -148,8 +148,16 @@ class VersionHistory:
                 kept.append((superseded, key))
         self._order.extendleft(reversed(kept))
 
-    def _needed_by_pin(self, entry: _Replaced) -> bool:
-        return any(entry.before.write_ts <= at < entry.superseded for at in self._pins)
+    def _pins_reading(self, entries: list[_Replaced], index: int) -> list[Timestamp]:
+        """The pinned timestamps that read ``entries[index]``: those it is the first version
+        replaced after (``after <= at < superseded``, ``after`` being the replacement before
+        it, if any is still kept). Not ``before.write_ts <= at``: that ``write_ts`` need not be
+        when the version became visible (a tombstone left by a check of an absent key carries
+        the partition watermark). With an earlier replacement already forgotten the range is
+        wider than needed, which only keeps more."""
+        superseded = entries[index].superseded
+        after = entries[index - 1].superseded if index else None
+        return [at for at in self._pins if at < superseded and (after is None or after <= at)]
 
     def _forget(self, key: Key, superseded: Timestamp, *, pinned_only: bool) -> bool:
         """Forget ``key``'s version replaced at ``superseded`` unless a pin needs it
@@ -159,7 +167,7 @@ class VersionHistory:
             return True
         for index, entry in enumerate(entries):
             if entry.superseded == superseded:
-                if pinned_only and self._needed_by_pin(entry):
+                if pinned_only and self._pins_reading(entries, index):
                     return False
                 del entries[index]
                 self._count -= 1
@@ -173,13 +181,11 @@ class VersionHistory:
         """Forget the oldest version even if a pin needs it: that pin goes too."""
         superseded, key = self._order.popleft()
         self._raise_horizon(superseded)
-        for entry in self._by_key.get(key, ()):
+        entries = self._by_key.get(key, [])
+        for index, entry in enumerate(entries):
             if entry.superseded == superseded:
-                self._pins = {
-                    at: until
-                    for at, until in self._pins.items()
-                    if not entry.before.write_ts <= at < superseded
-                }
+                for at in self._pins_reading(entries, index):
+                    del self._pins[at]
                 break
         self._forget(key, superseded, pinned_only=False)
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import pytest
 from support.partition import P0, Partition, check, codes, delete, put, ts
 
+from kvstore.conditions import Exists
 from kvstore.errors import SnapshotTooOld, TransactionConflict
 from kvstore.messages import ItemView, ReasonCode, RestoreRequest
+from kvstore.storage_node.core import PartitionConfig
 from kvstore.storage_node.history import Version, VersionHistory
 from kvstore.types import Timestamp
 
@@ -156,3 +158,49 @@ def test_the_history_keeps_at_most_its_bound_and_drops_pins_that_lose_a_version(
     assert not history.readable(ts(5))  # k0's version as of 5 is gone, and the pin with it
     assert history.readable(ts(10))
     assert history.version_at("k1", ts(10), Version(True, "now", 2, ts(11))).value == "v0"
+
+
+def test_a_write_committed_below_the_partition_watermark_is_read_at_its_own_timestamp() -> None:
+    """Regression (simulator, rw-register seeds with backups): a transaction prepared on an
+    absent key at 10 commits after the partition watermark rose to 50 (another key's tombstone,
+    read at 50, folded). Its row was stamped with the watermark (``max(floor, ts)``), so the
+    version history recorded the write at 50: a read as of 30 missed a write committed at 10,
+    and the item claimed a commit timestamp it never had. It is the write's own timestamp now;
+    the watermark stays the key's read floor."""
+    p = Partition(PartitionConfig(tombstone_retention_ms=0))
+    assert p.prepare("t1", ts(10), put("x", 1)).accepted
+    committed(p, "t2", ts(50), check("y", Exists(False)))
+    p.maintain()  # y's tombstone folds: every absent key's floor is 50 now
+    assert p.store.get_meta().max_delete_ts == ts(50)
+    p.commit("t1")
+    entry = p.read_at(ts(30), "x")[0]
+    assert (entry.exists, entry.value, entry.ts) == (True, 1, ts(10))
+    item = p.get("x")
+    assert item is not None and item.ts == ts(10)
+    items, _ = p.scan_at(ts(30))
+    assert [(i.key, i.value, i.ts) for i in items] == [("x", 1, ts(10))]
+    # The watermark still holds for x as a read floor: no write at or below 50.
+    assert codes(p.prepare("low", ts(40), put("x", 2)).outcomes) == [TOO_OLD]
+    assert p.prepare("checked", ts(40), check("x")).accepted  # x = 1 as of 40, as it was
+
+
+def test_a_pin_keeps_the_version_replaced_after_it_whatever_that_version_s_write_ts() -> None:
+    """Regression: a check of an absent key leaves a tombstone carrying the partition
+    watermark as its ``write_ts``, above a pinned ``at``. The version a later write replaced
+    there (absent) is the key's version as of ``at``, but the pin test compared ``at`` with
+    that ``write_ts`` and let collection forget it: the pinned page then read the later write.
+    A replaced version is needed by a pin when it is the first one replaced after ``at``."""
+    p = Partition(PartitionConfig(tombstone_retention_ms=0))
+    start = p.now_us
+    committed(p, "t0", ts(start + 50), check("y", Exists(False)))
+    p.now_us += 100
+    p.maintain()  # the watermark is start + 50
+    pinned = ts(start + 30)
+    assert p.scan_at(pinned) == ((), None)  # a backup's first page pins its timestamp
+    committed(p, "t1", ts(start + 60), check("x", Exists(False)))  # x's tombstone at + 50
+    committed(p, "t2", ts(start + 70), put("x", 1))
+    p.now_us += 11 * SECOND_US  # past the window, within the pin
+    p.maintain()
+    assert p.scan_at(pinned) == ((), None)  # x did not exist as of the pin
+    items, _ = p.scan_at(ts(p.now_us))
+    assert [(i.key, i.value) for i in items] == [("x", 1)]
