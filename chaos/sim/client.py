@@ -129,6 +129,7 @@ class Client:
         if self.busy or sim.stopping or sim.ops_started >= sim.config.ops_max:
             return
         sim.ops_started += 1
+        sim.op_started()
         f, value, script = sim.workload.script(sim.rng)
         self.run(f, value, script)
 
@@ -319,6 +320,8 @@ class Client:
             self.sim.loop.now_us, f"client {self.process} looked up {record.txn_id} {record.state}"
         )
         committed = record.state is TxnState.COMMITTED
+        if committed and record.completed_us is None:  # not every participant applied it yet
+            self.sim.unapplied_lookups.add(invoke.index)
         result = TxnResult(
             committed=committed,
             txn_id=record.txn_id,

@@ -59,10 +59,16 @@ class SimConfig:
     # Replicas per partition (1: no replication, no control plane). The sweep replicates the
     # seeds of one residue class (chaos.sim.sweep), so the others keep their schedules.
     replication_factor: int = 1
+    # Online backups mid-run (chaos.sim.backup): the share of the seeds (of its backup workloads)
+    # that take them, and at most how many each takes (drawn from the seed's backup generator).
+    backup_share: float = 0.5
+    backups_max: int = 2
 
     def __post_init__(self) -> None:
         if self.workload not in WORKLOADS:
             raise ValueError(f"unknown workload {self.workload!r}; expected one of {WORKLOADS}")
+        if not 0 <= self.backup_share <= 1 or self.backups_max < 0:
+            raise ValueError("backup_share must be in 0..1 and backups_max at least 0")
 
 
 @dataclass(frozen=True, kw_only=True)

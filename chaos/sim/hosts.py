@@ -22,10 +22,11 @@ fresh runtime (fresh cores and clock origin) over the surviving store.
 
 :class:`CoordinatorHost` runs client operations on a production
 :class:`~kvstore.runtime.actors.ActorDriver`: every kind the coordinator library runs (write and
-read transactions, singleton gets and writes, scan pages, token lookups), built by the same
-constructors (``new_write_txn``, with the network's partition owners, so that transactions
-whose partitions share a node run in one request; ``new_read``, ``new_get``,
-``new_singleton_write``, ``Scan``, ``new_token_lookup``) with the jitter of conflict retries
+read transactions, singleton gets and writes, scan pages, token lookups, backup pages), built by
+the same constructors (``new_write_txn``, with the network's partition owners, so that
+transactions whose partitions share a node run in one request; ``new_read``, ``new_get``,
+``new_singleton_write``, ``Scan``, ``new_token_lookup``, ``new_snapshot_page``; a backup's ``at``
+is :meth:`CoordinatorHost.now`, as ``Coordinator.now``) with the jitter of conflict retries
 drawn from the run's generator, and behind the same admission check
 (:func:`~kvstore.runtime.admission.admit`, with the run's own small limit so that refusals
 happen). A crash loses every actor; the clients whose requests
@@ -55,7 +56,12 @@ from kvstore.coordinator.core import new_write_txn
 from kvstore.coordinator.read import new_read
 from kvstore.coordinator.retry import Retrying
 from kvstore.coordinator.scan import Scan
-from kvstore.coordinator.singleton import new_get, new_singleton_write, new_token_lookup
+from kvstore.coordinator.singleton import (
+    new_get,
+    new_singleton_write,
+    new_snapshot_page,
+    new_token_lookup,
+)
 from kvstore.errors import KvError, WrongOwner
 from kvstore.messages import (
     CompleteRequest,
@@ -475,6 +481,25 @@ class CoordinatorHost(Host):
     ) -> None:
         self._admit()
         self._run(Scan(self.partitions, start=start, end=end, limit=limit), on_result, on_lost)
+
+    def now(self) -> Timestamp:
+        """A fresh timestamp of this coordinator's clock: ``Coordinator.now``, a backup's
+        ``at``."""
+        return self.clock.now()
+
+    def snapshot_page(
+        self,
+        partition: PartitionId,
+        on_result: Callable[[Any], None],
+        on_lost: Callable[[], None],
+        *,
+        start: str,
+        at: Timestamp,
+        limit: int,
+    ) -> None:
+        """One backup page of ``partition`` as of ``at`` (``Coordinator.snapshot_page``)."""
+        self._admit()
+        self._run(new_snapshot_page(partition, start, at, limit), on_result, on_lost)
 
     def lookup(
         self, token: str, on_result: Callable[[Any], None], on_lost: Callable[[], None]

@@ -13,7 +13,8 @@ draw), the cluster (``nodes`` storage nodes owning ``partitions`` partitions rou
    duplicates and delays messages per the profile. Three node crashes in four are *armed*: the
    node dies right after it next answers a request while it holds writes not yet durable (see
    :meth:`Simulation.crash_node`). Half the seeds also *clone* coordinators (see
-   :meth:`Simulation.clone_coordinator`);
+   :meth:`Simulation.clone_coordinator`), and half take *online backups* at random moments
+   (:mod:`chaos.sim.backup`: pages of every partition as of one timestamp);
 2. **heal phase**: every fault is lifted (quiet network, links healed, processes restarted, clocks
    set right), clients finish what is in flight, and the cluster runs until it has *settled*: no
    actor running, no intent left, every decided ledger record acknowledged by its participants.
@@ -27,8 +28,9 @@ only (:func:`~chaos.sim.workloads.unanchor_reads`). The simulator is omniscient 
 history is not: each ``info`` write transaction's fate is looked up in its anchor's ledger, and
 each singleton write's in what the nodes applied (a node reports every singleton write it
 answered as applied), so the replay can place the ones that committed; an ``ok`` write that did
-not commit, or a ``fail`` one that did, is reported. Any exception raised by a core is a
-failure of the run, with its traceback.
+not commit, or a ``fail`` one that did, is reported. Each completed backup is checked against
+that history (:mod:`chaos.sim.backup_check`: the store exactly as of its timestamp). Any
+exception raised by a core is a failure of the run, with its traceback.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from typing import Any
 from chaos.checkers.result import Anomaly, CheckResult
 from chaos.checkers.suite import check_all
 from chaos.history import History
+from chaos.sim.backup import BackupOperator, BackupRun, plan_backups
+from chaos.sim.backup_check import check_backup
 from chaos.sim.client import Client
 from chaos.sim.config import FaultProfile, SimConfig
 from chaos.sim.hosts import CoordinatorHost, Host, NodeHost
@@ -137,12 +141,27 @@ class Simulation:
         self.writes: dict[int, list[tuple[TxnId, PartitionId]]] = {}  # invoke -> attempts
         self.singletons: dict[int, KvOp] = {}  # invoke -> its singleton write's op
         self.applied: dict[int, Timestamp] = {}  # id(op) -> the ts a node applied it at
+        # Invokes completed ok by a token lookup of a committed record not yet completed.
+        self.unapplied_lookups: set[int] = set()
         self.ops_started = 0
         self.stopping = False
         self.moving = False  # a move in progress (one at a time, as the map requires)
         self.voting_epochs: dict[PartitionId, int] = {}  # the operator's last voting change
         self._next_process = 0
+        # Online backups mid-run (chaos.sim.backup), drawn from a generator of their own.
+        self.backup_rng = random.Random(f"backup/{seed}")
+        self.backup_plan = plan_backups(
+            self.backup_rng,
+            config.workload,
+            config.ops_max,
+            config.backup_share,
+            config.backups_max,
+        )
+        self._backup_starts = list(self.backup_plan.starts)
         partition_config = PartitionConfig(
+            snapshot_window_ms=self.backup_plan.window_ms,
+            snapshot_pin_ms=self.backup_plan.pin_ms,
+            snapshot_versions_max=self.backup_plan.versions_max,
             intent_stale_ms=self.profile.intent_stale_ms,
             ledger_decision_deadline_ms=self.profile.decision_deadline_ms,
             tombstone_retention_ms=self.profile.tombstone_retention_ms,
@@ -207,12 +226,20 @@ class Simulation:
         ]
         self.hosts: list[Host] = [*self.nodes, *self.coordinators]
         self.clients = [Client(self, self.new_process()) for _ in range(config.clients)]
+        self.backups: list[BackupRun] = []
+        self.operator = BackupOperator(self, self.backup_rng)
         self._setup()
 
     def new_process(self) -> int:
         process = self._next_process
         self._next_process += 1
         return process
+
+    def op_started(self) -> None:
+        """A client started an operation: the planned backups whose moment came start now."""
+        while self._backup_starts and self.ops_started >= self._backup_starts[0]:
+            self._backup_starts.pop(0)
+            self.loop.after(0, self.operator.start)
 
     def _applied(self, request: WriteRequest, reply: WriteReply) -> None:
         if reply.ts is not None:
@@ -603,6 +630,7 @@ class Simulation:
     def _settled(self) -> bool:
         return (
             not any(c.busy for c in self.clients)
+            and not any(b.running for b in self.backups)
             and not any(h.busy for h in self.hosts)
             and all(n.settled() for n in self.nodes)
         )
@@ -611,7 +639,8 @@ class Simulation:
         clients = sum(c.busy for c in self.clients)
         actors = {h.name: h.busy for h in self.hosts if h.busy}
         nodes = {n.name: n.pending() for n in self.nodes if not n.settled()}
-        return f"busy clients={clients} actors={actors} nodes={nodes}"
+        backups = sum(b.running for b in self.backups)
+        return f"busy clients={clients} backups={backups} actors={actors} nodes={nodes}"
 
     def _final_reads(self, deadline_us: int) -> None:
         reader = Client(self, self.new_process())
@@ -666,7 +695,10 @@ class Simulation:
             elif done.type == "fail" and committed:
                 wrong.append(Anomaly("fail-but-committed", f"{where} answered fail", (done,)))
         resolved = History.from_ops(ops)
-        wrong += stale_own_gets(resolved)
+        unapplied = frozenset(
+            completions[index].index for index in self.unapplied_lookups if index in completions
+        )
+        wrong += stale_own_gets(resolved, unapplied=unapplied)
         return unanchor_reads(resolved), wrong
 
     def check(self) -> CheckResult:
@@ -679,7 +711,32 @@ class Simulation:
         if self.audit is not None and self.audit.anomalies:
             result.anomalies.extend(self.audit.anomalies)
             result.valid = False
+        backup_anomalies = self.check_backups(history)
+        if backup_anomalies:
+            result.anomalies.extend(backup_anomalies)
+            result.valid = False
         return result
+
+    def check_backups(self, history: History) -> list[Anomaly]:
+        """Each completed backup against the (resolved) history (chaos.sim.backup_check)."""
+        found: list[Anomaly] = []
+        for run in self.backups:
+            if run.outcome != "ok":
+                continue
+            if run.overlaps:
+                found.append(
+                    Anomaly(
+                        "backup-overlapping-pages", f"{run.describe()}: {run.overlaps} keys twice"
+                    )
+                )
+            found += check_backup(
+                run.image(self.workload.item_value),
+                history,
+                self.config.workload,
+                total=self.config.bank_total,
+                accounts=self.workload.keys,
+            )
+        return found
 
     def stats(self) -> dict[str, Any]:
         types: dict[str, int] = {}
@@ -692,6 +749,7 @@ class Simulation:
             "dropped": self.net.dropped,
             "virtual_s": round(self.loop.now_us / 1e6, 3),
             "counts": dict(sorted(self.net.counts.items())),  # faults and notable events
+            "backups": [run.describe() for run in self.backups],
         }
 
 

@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from chaos.sim.backup import BACKUP_WORKLOADS
 from chaos.sim.config import WORKLOADS, SimConfig
 from chaos.sim.simulation import SimResult, run_seed
 from kvstore.mutants import NO_MUTANTS, Mutant, Mutants
@@ -68,6 +69,9 @@ MUTANT_WORKLOADS: dict[Mutant, tuple[str, ...]] = {
     Mutant.ACCEPT_OLD_EPOCH: WORKLOADS,
     Mutant.SERVE_BEFORE_LEASE_END: WORKLOADS,
     Mutant.ELECT_ANY_REPLICA: WORKLOADS,
+    # Backups' (docs/backup.md): a write below a backup's timestamp accepted after its page; only
+    # the backup check sees it, in the workloads whose runs take backups.
+    Mutant.SNAPSHOT_WITHOUT_FLOOR: BACKUP_WORKLOADS,
 }
 REPLICATION_MUTANTS = frozenset(
     {
