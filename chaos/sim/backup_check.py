@@ -4,10 +4,10 @@ Theory of operation
 -------------------
 This is the check the simulator runs on the backups its operator takes (:mod:`chaos.sim.backup`)
 against the run's history, where every committed write carries its commit timestamp (the
-simulator resolves ``info`` ones from the ledgers and the nodes). :mod:`chaos.checkers.backup`
-holds the checks of real backups (the integration tests': restored lists against the client's
-record and the final lists); this one also checks the items' timestamps and the register
-workload, and reports :class:`~chaos.checkers.result.Anomaly` records like the other checks.
+simulator resolves ``info`` ones from the ledgers and the nodes). The real-process tests
+(tests/integration/test_backup.py) run the same checks on a restored cluster and their
+client's history. It reports :class:`~chaos.checkers.result.Anomaly` records like the other
+checks.
 
 A backup at ``T`` is one very large read-only transaction at ``T`` (docs/backup.md, "The rule"):
 every key's version as of ``T``, from every partition, though the partitions were paged at

@@ -4,9 +4,9 @@ Goal: a backup taken while clients write at full speed holds exactly the transac
 at or before its timestamp, in every partition, and restores into a fresh cluster (with another
 partition count) as such: a bank's balances sum to its total there, and list-append lists are
 exactly the appends of the transactions known committed at or before ``T`` (plus, perhaps, ones
-whose outcome is unknown), checked by chaos/checkers/backup.py. A backup during which a node is
-SIGKILLed and restarted either completes consistently or fails with a clear error and leaves no
-file. Two clusters restored from one backup never issue the same timestamp or transaction id.
+whose outcome is unknown), checked by the simulator's backup check (chaos/sim/backup_check.py)
+on the client's history. A backup during which a node is SIGKILLed and restarted either
+completes consistently or fails with a clear error and leaves no file. Two clusters restored from one backup never issue the same timestamp or transaction id.
 
 Method: storage nodes are real processes on 127.0.0.1 (``LocalNodes``); the load is the SDK in
 native mode from this process (bounded: a fixed number of tasks, stopped by an event); kvctl
@@ -16,6 +16,7 @@ runs as a subprocess, as an operator runs it. Every cluster is killed on the way
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,7 +30,8 @@ from support.etcd import replicated_cluster
 from support.kvctl import KVCTL, clean_env
 
 import kvstore
-from chaos.checkers.backup import Appended, check_bank_backup, check_list_append_backup
+from chaos.history import History
+from chaos.sim.backup_check import BackupImage, check_bank, check_list_append
 from kvstore.client import Client
 from kvstore.errors import KvError, OutcomeUnknown, Unavailable
 from kvstore.types import timestamp_from_text
@@ -136,7 +138,8 @@ async def assert_bank_restored(target: LocalNodes, backup: Path) -> None:
     async with kvstore.connect(cluster=target.config_path, mode="native") as kv:
         items = await kv.read(ACCOUNTS)
     balances = {item.key: item.value for item in items if item is not None}
-    assert check_bank_backup(balances, ACCOUNTS, BALANCE * len(ACCOUNTS)) == []
+    image = BackupImage(number=1, at=(0, 0, 0), values=balances)
+    assert check_bank(image, BALANCE * len(ACCOUNTS), ACCOUNTS) == []
 
 
 def transfer_load(kv: Client, counted: list[int]) -> Callable[[asyncio.Event], Awaitable[None]]:
@@ -186,37 +189,48 @@ async def test_a_bank_backed_up_under_load_restores_to_its_total(
 async def test_a_list_append_backup_holds_exactly_what_committed_up_to_its_timestamp(
     source: LocalNodes, target: LocalNodes, tmp_path: Path
 ) -> None:
-    history: list[Appended] = []
-    counter = iter(range(1, 1 << 30))
+    history = History()
+    processes = itertools.count()
+    counter = itertools.count(1)
     async with kvstore.connect(cluster=source.config_path, mode="native") as kv:
 
         async def appends_until(stop: asyncio.Event) -> None:
             rng = random.Random()
+            process = next(processes)
             while not stop.is_set():
-                keys = rng.sample(LISTS, rng.randint(1, 3))
-                appends = {key: [next(counter)] for key in keys}
-                ops = [kvstore.Update(key, append={"": value}) for key, value in appends.items()]
+                appends = {key: next(counter) for key in rng.sample(LISTS, rng.randint(1, 3))}
+                ops = [kvstore.Update(key, append={"": [value]}) for key, value in appends.items()]
+                invoke = history.invoke(
+                    process, "txn", [["append", key, value] for key, value in appends.items()]
+                )
                 try:
                     committed = await kv.transact(ops)
-                except (OutcomeUnknown, Unavailable):
-                    history.append(Appended(appends, "info", None))
-                except KvError:
-                    history.append(Appended(appends, "fail", None))
+                except (OutcomeUnknown, Unavailable) as unknown:
+                    history.complete(invoke, "info", error=unknown.code.name)
+                    process = next(processes)  # an info completion retires its process
+                except KvError as refused:
+                    history.complete(invoke, "fail", error=refused.code.name)
                 else:
                     ts = timestamp_from_text(committed.ts)
                     assert ts is not None
-                    history.append(Appended(appends, "ok", tuple(ts)))
+                    history.complete(invoke, "ok", ts=ts, txn_id=committed.txn_id)
 
         backup = tmp_path / "lists.kvbackup"
         summary = await backed_up(appends_until, source.config_path, backup)
-        final = {item.key: item.value for item in await kv.read(LISTS) if item is not None}
     at = timestamp_from_text(summary["at"])
     assert at is not None
-    assert sum(entry.outcome == "ok" and entry.ts > tuple(at) for entry in history if entry.ts)
+    later = [op for op in history.ops if op.type == "ok" and op.ts is not None and op.ts > at]
+    assert later  # the load went on committing above T while the backup ran
     await restore_into(target, backup)
     async with kvstore.connect(cluster=target.config_path, mode="native") as kv:
-        restored = {item.key: item.value for item in await kv.read(LISTS) if item is not None}
-    assert check_list_append_backup(restored, final, history, tuple(at)) == []
+        items = [item for item in await kv.read(LISTS) if item is not None]
+    image = BackupImage(
+        number=1,
+        at=tuple(at),
+        values={item.key: item.value for item in items},
+        item_ts={item.key: tuple(timestamp_from_text(item.ts) or ()) for item in items},
+    )
+    assert check_list_append(image, history) == []
 
 
 @pytest.mark.asyncio
