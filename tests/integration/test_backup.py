@@ -6,7 +6,8 @@ partition count) as such: a bank's balances sum to its total there, and list-app
 exactly the appends of the transactions known committed at or before ``T`` (plus, perhaps, ones
 whose outcome is unknown), checked by the simulator's backup check (chaos/sim/backup_check.py)
 on the client's history. A backup during which a node is SIGKILLed and restarted either
-completes consistently or fails with a clear error and leaves no file. Two clusters restored from one backup never issue the same timestamp or transaction id.
+completes consistently or fails with a clear error and leaves no file. Two clusters restored
+from one backup never issue the same timestamp or transaction id.
 
 Method: storage nodes are real processes on 127.0.0.1 (``LocalNodes``); the load is the SDK in
 native mode from this process (bounded: a fixed number of tasks, stopped by an event); kvctl
