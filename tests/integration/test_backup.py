@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from chaos.history import History
 from chaos.sim.backup_check import BackupImage, check_bank, check_list_append
 from kvstore.client import Client
 from kvstore.errors import KvError, OutcomeUnknown, Unavailable
-from kvstore.types import timestamp_from_text
+from kvstore.types import Timestamp, timestamp_from_text
 
 ACCOUNTS = [f"acct-{i}" for i in range(20)]
 BALANCE = 100
@@ -298,7 +299,9 @@ async def test_clusters_restored_from_one_backup_never_issue_the_same_timestamp_
     assert len(issued[0]) >= 100 and not issued[0] & issued[1]
 
 
-def test_restore_refuses_a_cluster_that_is_not_empty(source: LocalNodes, tmp_path: Path) -> None:
+def test_restore_refuses_a_cluster_not_empty_and_create_a_future_timestamp(
+    source: LocalNodes, tmp_path: Path
+) -> None:
     backup = tmp_path / "self.kvbackup"
     config = str(source.config_path)
     done = asyncio.run(kvctl("backup", "create", "--config", config, "--out", str(backup)))
@@ -315,6 +318,12 @@ def test_restore_refuses_a_cluster_that_is_not_empty(source: LocalNodes, tmp_pat
         kvctl("backup", "restore", str(backup), "--config", config, "--force")
     )
     assert code == 0, stderr
+    future = Timestamp(time.time_ns() // 1000 + 3_600_000_000, 0, 1)  # an hour ahead
+    refused = tmp_path / "future.kvbackup"
+    code, _, stderr = asyncio.run(
+        kvctl("backup", "create", "--config", config, "--out", str(refused), "--at", str(future))
+    )
+    assert code != 0 and "in the future" in stderr and not refused.exists(), stderr
 
 
 @pytest.mark.asyncio
