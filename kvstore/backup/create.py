@@ -14,11 +14,11 @@ or before ``T``, whatever runs meanwhile.
 :class:`~kvstore.backup.remote.NativePages`, the native protocol to the nodes):
 
 1. ``T`` is the given ``at``, or the serving node's clock at the backup's first page.
-2. Every partition gets its first page at once (floors and pins in place early: a pin must be
-   set while ``T`` is still inside the partition's version window), then pages go on with at
-   most ``BACKUP_PAGES_IN_FLIGHT_MAX`` in flight, so the store keeps most of its capacity for
-   its clients. Each page's items go to the writer as they arrive: memory holds pages, never the
-   store.
+2. Every partition gets its first page at once, one item long (floors and pins in place
+   early: a pin must be set while ``T`` is still inside the partition's version window), then
+   pages of ``BACKUP_PAGE_ITEMS`` go on with at most ``BACKUP_PAGES_IN_FLIGHT_MAX`` in flight,
+   so the store keeps most of its capacity for its clients. Each page's items go to the writer
+   as they arrive: memory holds that many pages, never the store.
 3. A refused page is asked again while its error is retryable (an intent at or below ``T``
    still pending, a node restarting or changing leader, overload), with capped exponential
    backoff, for at most ``BACKUP_PAGE_RETRY_MS``. ``SnapshotTooOld`` (the partition lost the
@@ -56,6 +56,7 @@ __all__ = [
 
 T = TypeVar("T")
 _MS_PER_S = 1000
+_OPENING_ITEMS = 1  # a partition's first page: it sets the floor and the pin, all at once
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 1.0
 
@@ -110,7 +111,7 @@ async def create_backup(
     Raises :class:`BackupFailed`; the caller deletes the partial file then."""
     started = time.monotonic()
     first_pid = PartitionId(0)
-    at, first = await _page(source, first_pid, "", at, page_items)
+    at, first = await _page(source, first_pid, "", at, _OPENING_ITEMS)
     sink = open_sink(at)
     slots = asyncio.Semaphore(max(1, pages_in_flight))
     counted = 0
@@ -128,8 +129,8 @@ async def create_backup(
         assert at is not None
         if pid == first_pid:
             reply = first
-        else:  # the first page of every partition is asked at once (floor and pin early)
-            _, reply = await _page(source, pid, "", at, page_items)
+        else:  # every partition's first page at once (floor and pin early), one item long
+            _, reply = await _page(source, pid, "", at, _OPENING_ITEMS)
         taken(pid, reply)
         while reply.next_start is not None:
             async with slots:
