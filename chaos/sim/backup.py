@@ -7,13 +7,15 @@ Production's driver (:func:`kvstore.backup.create.create_backup`) asks partition
 without a timestamp, and the node's co-located coordinator picks ``T`` from its clock
 (``Coordinator.now()``) and runs the page (``Coordinator.snapshot_page``: the coordinator
 library's single-call core :func:`~kvstore.coordinator.singleton.new_snapshot_page`); then every
-other partition's first page at once (floors and pins early), then the remaining pages with at
-most ``BACKUP_PAGES_IN_FLIGHT_MAX`` in flight. A refused page is asked again while its error is
-retryable, with capped exponential backoff and full jitter (50 ms doubling to 1 s) for at most
-``BACKUP_PAGE_RETRY_MS``; ``SnapshotTooOld`` or any other error ends the backup. That driver is
-asyncio code on the wall clock and the global random generator, so the simulator cannot run it
-as it is; :class:`BackupOperator` does the same steps on the simulated cluster, through the
-pieces the clients use:
+other partition's first page at once (floors and pins early; every first page is one item long),
+then the remaining pages with at most ``BACKUP_PAGES_IN_FLIGHT_MAX`` in flight. A coordinator
+refuses a page whose ``T`` is further ahead of its own clock than the clock skew allowed
+(``ValidationError``, :func:`~kvstore.coordinator.singleton.check_page_at`). A refused page is
+asked again while its error is retryable, with capped exponential backoff and full jitter (50 ms
+doubling to 1 s) for at most ``BACKUP_PAGE_RETRY_MS``; ``SnapshotTooOld`` or any other error
+ends the backup. That driver is asyncio code on the wall clock and the global random generator,
+so the simulator cannot run it as it is; :class:`BackupOperator` does the same steps on the
+simulated cluster, through the pieces the clients use:
 
 * each page is a ``new_snapshot_page`` core run by a coordinator host's production
   :class:`~kvstore.runtime.actors.ActorDriver` (:meth:`~chaos.sim.hosts.CoordinatorHost.
@@ -27,8 +29,9 @@ pieces the clients use:
   refuse; a retryable error (``TransactionConflict`` while an intent at or below ``T`` is
   pending, ``Unavailable``, ``Overloaded``, ``WrongOwner``, ``OutcomeUnknown`` ...) is retried,
   anything else (``SnapshotTooOld``), or the time spent, fails the whole backup;
-* the page size is drawn per backup (1, 2 or ``BACKUP_PAGE_ITEMS``), so that partitions of a few
-  keys still take several pages, and the node's pin of ``T`` between pages is exercised.
+* the first page of each partition is one item long, as production's; the size of the others is
+  drawn per backup (1, 2 or ``BACKUP_PAGE_ITEMS``), so that partitions of a few keys still take
+  several pages, and the node's pin of ``T`` between pages is exercised.
 
 A backup that fails is recorded as failed and proves nothing; one that completes is checked by
 :mod:`chaos.sim.backup_check` against the history (see :meth:`chaos.sim.simulation.Simulation.
@@ -92,6 +95,7 @@ BACKUP_RETRY_POLICY = RetryPolicy(
     attempt_min_s=0.0,
 )
 PAGE_LIMITS = (1, 2, BACKUP_PAGE_ITEMS)
+OPENING_PAGE_ITEMS = 1  # kvstore.backup.create's _OPENING_ITEMS: floor and pin, all at once
 OPERATOR_LINK_US = 100  # operator <-> coordinator, fault-free (as the clients')
 FIRST_PARTITION = PartitionId(0)
 
@@ -264,8 +268,9 @@ class BackupOperator:
 
             sim.count("backup page")
             try:
+                limit = run.page_limit if page.start else OPENING_PAGE_ITEMS
                 coordinator.snapshot_page(
-                    page.pid, deliver, lost, start=page.start, at=at, limit=run.page_limit
+                    page.pid, deliver, lost, start=page.start, at=at, limit=limit
                 )
             except KvError as refused:  # admission: nothing was sent
                 answered(at, refused)

@@ -57,6 +57,7 @@ from kvstore.coordinator.read import new_read
 from kvstore.coordinator.retry import Retrying
 from kvstore.coordinator.scan import Scan
 from kvstore.coordinator.singleton import (
+    check_page_at,
     new_get,
     new_singleton_write,
     new_snapshot_page,
@@ -497,7 +498,9 @@ class CoordinatorHost(Host):
         at: Timestamp,
         limit: int,
     ) -> None:
-        """One backup page of ``partition`` as of ``at`` (``Coordinator.snapshot_page``)."""
+        """One backup page of ``partition`` as of ``at`` (``Coordinator.snapshot_page``: an
+        ``at`` too far ahead of this host's clock is refused first, then admission)."""
+        check_page_at(at, self.clock.now())
         self._admit()
         self._run(new_snapshot_page(partition, start, at, limit), on_result, on_lost)
 

@@ -77,6 +77,7 @@ from kvstore.coordinator.retry import Attempt, Retrying
 from kvstore.coordinator.scan import Scan, ScanPage, ScanResult
 from kvstore.coordinator.singleton import (
     CallResult,
+    check_page_at,
     new_get,
     new_restore,
     new_singleton_write,
@@ -101,7 +102,6 @@ from kvstore.limits import (
     COORDINATOR_REROUTE_WAIT_MS,
     COORDINATOR_REROUTES_MAX,
     COORDINATOR_TXNS_IN_FLIGHT_MAX,
-    MAX_CLOCK_SKEW_MS,
     TXN_OPS_MAX_DEFAULT,
 )
 from kvstore.logs import log_event
@@ -570,13 +570,8 @@ class Coordinator:
     ) -> ScanReply:
         """One page of ``partition`` as of ``at`` (a backup's), routed to its owner or leader.
         An ``at`` further ahead of this clock than the clock skew allowed is refused
-        (``ValidationError``): it would raise the partition's read floor above the timestamps
-        its writers are about to use. (A backup's pages go to every partition's node, whose
-        clocks may trail the one that chose ``at`` by up to that skew.)"""
-        if at.physical_us > self._now_us() + MAX_CLOCK_SKEW_MS * 1000:
-            raise ValidationError(
-                "at", f"is in the future: {at} is ahead of this node's clock; back up as of now"
-            )
+        (``ValidationError``, :func:`~kvstore.coordinator.singleton.check_page_at`)."""
+        check_page_at(at, self.clock.now())
         result: CallResult[ScanReply] = await self._rerouted(
             lambda: self._run(new_snapshot_page(partition, start, at, limit), self._now_us()),
             _error_of,

@@ -28,7 +28,7 @@ from kvstore.coordinator.effects import Finish, Send
 from kvstore.coordinator.retry import Jitter, Retrying
 from kvstore.coordinator.state import CALL_TRANSITIONS, CallState, StateMachine
 from kvstore.errors import ErrorCode, ValidationError
-from kvstore.limits import RPC_TIMEOUT_MS
+from kvstore.limits import MAX_CLOCK_SKEW_MS, RPC_TIMEOUT_MS
 from kvstore.messages import (
     GetReply,
     GetRequest,
@@ -54,6 +54,8 @@ __all__ = [
     "new_get",
     "new_token_lookup",
     "new_singleton_write",
+    "new_snapshot_page",
+    "check_page_at",
     "write_conflicted",
 ]
 
@@ -155,6 +157,21 @@ def new_token_lookup(
     validate_token(token)
     request = TokenLookupRequest(partition=partition_of(token), token=token)
     return OneCall(request, TokenLookupReply, name="token lookup")
+
+
+def check_page_at(at: Timestamp, now: Timestamp) -> None:
+    """Refuse a backup page's ``at`` further ahead of ``now``, a fresh reading of the serving
+    coordinator's hybrid clock, than the clock skew allowed (``ValidationError``): it would
+    raise the partition's read floor above the timestamps its writers are about to use. (A
+    backup's pages go to every partition's node, whose clocks may trail the one that chose
+    ``at`` by up to that skew.) The hybrid clock, not the wall clock: ``at`` is a hybrid
+    reading (``Coordinator.now()``), and a hybrid clock runs ahead of its wall clock once it has
+    seen a faster node's timestamps; against the wall clock a backup's own ``at`` was refused by
+    the coordinator that had just read it (the simulator, seeds with clock offsets)."""
+    if at.physical_us > now.physical_us + MAX_CLOCK_SKEW_MS * _US_PER_MS:
+        raise ValidationError(
+            "at", f"is in the future: {at} is ahead of this node's clock; back up as of now"
+        )
 
 
 def new_snapshot_page(

@@ -351,7 +351,7 @@ def test_replicated_regression_seeds_pass(seed: int) -> None:
 # the backup, wrong total). The same seeds pass on the correct store, with their backups taken.
 BACKUP_MUTANTS = [
     (Mutant.SNAPSHOT_WITHOUT_FLOOR, 39),  # list-append: backup-lost-write
-    (Mutant.SNAPSHOT_WITHOUT_FLOOR, 122),  # bank, replicated: backup-wrong-total
+    (Mutant.SNAPSHOT_WITHOUT_FLOOR, 179),  # bank, replicated: backup-wrong-total
 ]
 
 

@@ -11,13 +11,19 @@ from support.coordinator import finishes, partition_of, sends
 from kvstore.coordinator.singleton import (
     CallResult,
     OneCall,
+    check_page_at,
     new_get,
     new_singleton_write,
     new_token_lookup,
 )
 from kvstore.coordinator.state import CallState, RetryState
 from kvstore.errors import ErrorCode, ValidationError
-from kvstore.limits import CONFLICT_BACKOFF_BASE_MS, CONFLICT_RETRIES_MAX, RPC_TIMEOUT_MS
+from kvstore.limits import (
+    CONFLICT_BACKOFF_BASE_MS,
+    CONFLICT_RETRIES_MAX,
+    MAX_CLOCK_SKEW_MS,
+    RPC_TIMEOUT_MS,
+)
 from kvstore.messages import (
     GetReply,
     GetRequest,
@@ -31,6 +37,7 @@ from kvstore.messages import (
     WriteRequest,
 )
 from kvstore.ops import Op, OpKind
+from kvstore.timestamps import HybridClock
 from kvstore.types import PartitionId, Timestamp
 
 T0 = 1_000_000_000
@@ -162,3 +169,29 @@ def test_a_failed_write_is_not_retried() -> None:
     effects = core.step_failed(send.call_id, ErrorCode.OutcomeUnknown, T0)
     assert finishes(effects) == [CallResult(partition=P2, error=ErrorCode.OutcomeUnknown)]
     assert core.done and core.retries == 0
+
+
+# --- a backup page's timestamp (check_page_at) -------------------------------------------------
+
+SKEW_US = MAX_CLOCK_SKEW_MS * 1000
+
+
+def test_a_backup_page_at_up_to_the_skew_ahead_of_the_clock_is_taken() -> None:
+    now = Timestamp(T0, 0, 7)
+    check_page_at(now, now)
+    check_page_at(Timestamp(T0 + SKEW_US, 99, 1), now)  # another node's clock, ahead within skew
+    with pytest.raises(ValidationError, match="in the future"):
+        check_page_at(Timestamp(T0 + SKEW_US + 1, 0, 1), now)
+
+
+def test_a_backup_s_own_timestamp_passes_when_the_hybrid_clock_runs_ahead_of_the_wall() -> None:
+    """Regression (simulator, seeds with clock offsets): the coordinator that picks a backup's
+    ``at`` (``Coordinator.now()``, its hybrid clock) had seen a node whose clock ran a second
+    ahead, so ``at`` was a second past its wall clock; compared with the wall clock, the
+    backup's own first page was refused. It is compared with the hybrid clock."""
+    wall_us = T0
+    clock = HybridClock(lambda: wall_us, origin=7)
+    clock.observe(Timestamp(T0 + 2 * SKEW_US, 0, 9))  # a reply from a node running ahead
+    at = clock.now()
+    assert at.physical_us > wall_us + SKEW_US
+    check_page_at(at, clock.now())
