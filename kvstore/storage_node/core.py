@@ -249,21 +249,12 @@ class PartitionCore:
                 if not self._young(intent, now_us):
                     return ()
                 return (intent.txn_id,)
-            case ReadRequest() if request.at is not None:
-                return self._snapshot_blockers(request.at, request.keys, now_us)
             case ScanRequest() if request.at is not None:
-                return self._snapshot_blockers(request.at, None, now_us)
+                return self._read_blockers(request.at, None, now_us)
             case ReadRequest():
-                if Mutant.READS_SEE_INTENTS in self._mutants:
+                if request.at is None and Mutant.READS_SEE_INTENTS in self._mutants:
                     return ()  # the mutant shows intents rather than waiting for them
-                found: dict[TxnId, None] = {}
-                for key in request.keys:
-                    intent = self.store.get_intent(key)
-                    if intent is not None:
-                        if not self._young(intent, now_us):
-                            return ()
-                        found[intent.txn_id] = None
-                return tuple(found)
+                return self._read_blockers(request.at, request.keys, now_us)
         return ()
 
     def _young(self, intent: Intent, now_us: int) -> bool:
@@ -726,17 +717,18 @@ class PartitionCore:
         have been discarded, others applied without it); it resyncs on its next use."""
         self.history = VersionHistory(self.config.snapshot_versions_max)
 
-    def _snapshot_blockers(
-        self, at: Timestamp, keys: tuple[Key, ...] | None, now_us: int
+    def _read_blockers(
+        self, at: Timestamp | None, keys: tuple[Key, ...] | None, now_us: int
     ) -> tuple[TxnId, ...]:
-        """A read at ``at`` waits for intents at or below ``at`` (on ``keys``, or anywhere)."""
+        """A read waits for the intents on ``keys`` (``None``: anywhere in the partition): all
+        of them, or with ``at`` those at or below it; none if one is too old to wait for."""
         if keys is None:
             intents = self.store.intents_created_before(_FAR_US, _ALL_INTENTS)
         else:
             intents = [i for i in map(self.store.get_intent, keys) if i is not None]
         found: dict[TxnId, None] = {}
         for intent in intents:
-            if intent.ts <= at:
+            if at is None or intent.ts <= at:
                 if not self._young(intent, now_us):
                     return ()
                 found[intent.txn_id] = None
