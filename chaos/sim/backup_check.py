@@ -49,7 +49,7 @@ Each anomaly names the backup (``number``) and its ``at``; its ops are the histo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,18 +128,24 @@ def _fate(done: Op) -> bool | None:
     return True if done.ts is not None else None
 
 
-def _appends(history: History) -> dict[Any, _Append]:
-    """Every appended value (values are unique) -> its append, from every completed txn."""
-    out: dict[Any, _Append] = {}
+def _mops(history: History, kind: str) -> Iterator[tuple[Op, bool | None, str, Any]]:
+    """``(completion, fate, key, value)`` of every micro-op ``[kind, key, value]`` of every
+    completed transaction."""
     for _, done in history.pairs():
         if done.f != "txn" or not isinstance(done.value, list):
             continue
         committed = _fate(done)
         for mop in done.value:
-            if isinstance(mop, list) and len(mop) == 3 and mop[0] == "append":
-                _, key, value = mop
-                out[value] = _Append(key, value, done, committed, done.ts)
-    return out
+            if isinstance(mop, list) and len(mop) == 3 and mop[0] == kind:
+                yield done, committed, mop[1], mop[2]
+
+
+def _appends(history: History) -> dict[Any, _Append]:
+    """Every appended value (values are unique) -> its append, from every completed txn."""
+    return {
+        value: _Append(key, value, done, committed, done.ts)
+        for done, committed, key, value in _mops(history, "append")
+    }
 
 
 def check_list_append(image: BackupImage, history: History) -> list[Anomaly]:
@@ -243,14 +249,8 @@ class _Write:
 def _register_writes(history: History) -> dict[str, list[_Write]]:
     """Every register write of every completed txn, by key."""
     out: dict[str, list[_Write]] = {}
-    for _, done in history.pairs():
-        if done.f != "txn" or not isinstance(done.value, list):
-            continue
-        committed = _fate(done)
-        for mop in done.value:
-            if isinstance(mop, list) and len(mop) == 3 and mop[0] == "w":
-                _, key, value = mop
-                out.setdefault(key, []).append(_Write(key, value, done, committed, done.ts))
+    for done, committed, key, value in _mops(history, "w"):
+        out.setdefault(key, []).append(_Write(key, value, done, committed, done.ts))
     return out
 
 
