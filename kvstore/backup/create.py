@@ -79,9 +79,10 @@ class BackupSink(Protocol):
 
 
 class BackupFailed(Exception):
-    """The backup could not be completed; no file was left."""
+    """A backup or restore could not be completed (a backup left no file); ``cause`` is the
+    catalogue error behind it."""
 
-    def __init__(self, message: str, cause: KvError | None = None) -> None:
+    def __init__(self, message: str, cause: KvError) -> None:
         super().__init__(message)
         self.message = message
         self.cause = cause

@@ -31,7 +31,7 @@ from typing import Protocol
 import msgpack
 
 from kvstore.backup.create import BackupFailed, retried
-from kvstore.errors import KvError
+from kvstore.errors import KvError, ValidationError
 from kvstore.limits import (
     RESTORE_CALLS_IN_FLIGHT_MAX,
     RESTORE_ROWS_MAX,
@@ -73,10 +73,11 @@ async def restore_backup(
     """Write ``batches`` (the file's items) into the cluster behind ``sink``; see the module."""
     started = time.monotonic()
     if not force and not await sink.is_empty():
-        raise BackupFailed(
+        message = (
             "the target cluster is not empty; restore into a fresh cluster, or pass --force "
             "to write the backup's items over the keys they name"
         )
+        raise BackupFailed(message, ValidationError("target", message))
     sender = _Sender(sink, at, deleted_version, progress)
     buffers: dict[PartitionId, list[ItemView]] = {}
     sizes: dict[PartitionId, int] = {}
