@@ -265,7 +265,7 @@ _TOKEN_LOOKUP: Final = _shape("partition token")
 _READ: Final = _shape("partition keys", "at")
 _GET: Final = _shape("partition key")
 _WRITE: Final = _shape("partition op")
-_SCAN: Final = _shape("partition start end limit", "at")  # end may be null
+_SCAN: Final = _shape("partition start end limit", "at reverse")  # end may be null
 _RESTORE: Final = _shape("partition items floor deleted_version")
 _RESTORE_REPLY: Final = _shape("restored")
 _PREPARE_REPLY: Final = _shape("txn_id accepted", "outcomes error token_hit")
@@ -277,7 +277,7 @@ _TOKEN_LOOKUP_REPLY: Final = _shape("token record")
 _READ_REPLY: Final = _shape("entries")
 _READ_ENTRY: Final = _shape("key exists value version ts pending")
 _GET_REPLY: Final = _shape("item")
-_WRITE_REPLY: Final = _shape("outcome", "existed version ts")
+_WRITE_REPLY: Final = _shape("outcome", "existed version ts previous")
 _SCAN_REPLY: Final = _shape("items next_start", "deleted_version")  # next_start may be null
 _REPLICATE: Final = _shape(
     "partition node leader leader_epoch prev_epoch prev_seq batches", "snapshot"
@@ -465,14 +465,14 @@ def _fingerprint(obj: _Obj, field: str, name: str) -> str:
 def _key_at(value: object, field: str) -> Key:
     if type(value) is str and value.isascii() and 0 < len(value) <= limits.KEY_BYTES_MAX:
         return value  # the common case, without formatting the field
-    return validate_key(value, field)
+    return validate_key(value, field, internal=True)
 
 
 def _key(obj: _Obj, field: str, name: str) -> Key:
     value = obj[name]
     if type(value) is str and value.isascii() and 0 < len(value) <= limits.KEY_BYTES_MAX:
         return value
-    return validate_key(value, _join(field, name))
+    return validate_key(value, _join(field, name), internal=True)
 
 
 def _scan_bound(obj: _Obj, field: str, name: str) -> Key:
@@ -537,7 +537,7 @@ def decode_op(raw: object, field: str = "op") -> Op:
         raise ValidationError(field, f"an operation must be an object, not {type(raw).__name__}")
     if type(raw.get("op")) is not str:
         raise ValidationError(f"{field}.op", "expected one of put, delete, update, check")
-    return op_from_json(raw, field)
+    return op_from_json(raw, field, internal=True)
 
 
 def _txn_ops(obj: _Obj, field: str, name: str) -> tuple[Op, ...]:
@@ -1043,6 +1043,8 @@ def _enc_scan(r: ScanRequest) -> dict[str, object]:
     }
     if r.at is not None:
         out["at"] = list(r.at)
+    if r.reverse:
+        out["reverse"] = True
     return out
 
 
@@ -1057,6 +1059,7 @@ def _dec_scan(raw: object, field: str) -> ScanRequest:
         end=_opt(obj, field, "end", _scan_bound),
         limit=limit,
         at=_opt(obj, field, "at", _ts),
+        reverse=_or(obj, field, "reverse", _bool, False),
     )
 
 
@@ -1221,6 +1224,8 @@ def _enc_write_reply(r: WriteReply) -> dict[str, object]:
         out["version"] = r.version
     if r.ts is not None:
         out["ts"] = list(r.ts)
+    if r.previous is not None:
+        out["previous"] = r.previous
     return out
 
 
@@ -1231,6 +1236,7 @@ def _dec_write_reply(raw: object, field: str) -> WriteReply:
         existed=_or(obj, field, "existed", _bool, False),
         version=_or(obj, field, "version", _version, 0),
         ts=_opt(obj, field, "ts", _ts),
+        previous=_opt(obj, field, "previous", _stored_value),
     )
 
 

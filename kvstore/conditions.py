@@ -11,6 +11,10 @@ The JSON form has one object per node, with exactly the members of its kind::
     {"exists": true}            {"version": 7}           {"path": "a.b", "ge": 10}
     {"all": [C, ...]}           {"any": [C, ...]}        {"not": C}
 
+Inside the cluster (``internal``: the codec) a leaf may also be a DynamoDB condition expression,
+``{"ddb": {"expr", "names", "values"}}`` (:class:`~kvstore.dynamodb.payloads.ExpressionCondition`,
+the DynamoDB endpoint's); the public API refuses it as an unknown member.
+
 :func:`condition_from_json` refuses anything else with a ValidationError whose field points at
 the offending member (``if.all[2].path``). It counts nodes as it goes and refuses trees of more
 than ``CONDITION_NODES_MAX`` nodes or with all/any/not nested deeper than
@@ -33,6 +37,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, TypeAlias, TypeVar
 
+from kvstore.dynamodb.payloads import (
+    ExpressionCondition,
+    condition_from_source,
+    expression_condition_holds,
+    source_from_json,
+    source_to_json,
+)
 from kvstore.errors import ValidationError
 from kvstore.limits import CONDITION_DEPTH_MAX, CONDITION_NODES_MAX
 from kvstore.paths import Path, format_path, get_at, parse_path
@@ -119,7 +130,7 @@ class Not:
     condition: Condition
 
 
-Condition: TypeAlias = Exists | VersionEquals | Compare | AllOf | AnyOf | Not
+Condition: TypeAlias = Exists | VersionEquals | Compare | AllOf | AnyOf | Not | ExpressionCondition
 
 _OPERATORS: Final = frozenset(op.value for op in CompareOperator)
 _KINDS: Final = ("exists", "version", "path", "all", "any", "not")
@@ -129,10 +140,11 @@ _Ordered = TypeVar("_Ordered", float, str, bytes)  # int is accepted where float
 class _Parser:
     """One parse: counts nodes across the whole tree."""
 
-    __slots__ = ("nodes",)
+    __slots__ = ("internal", "nodes")
 
-    def __init__(self) -> None:
+    def __init__(self, internal: bool) -> None:
         self.nodes = 0
+        self.internal = internal
 
     def parse(self, obj: object, field: str, depth: int) -> Condition:
         self.nodes += 1
@@ -140,6 +152,8 @@ class _Parser:
             raise ValidationError(field, f"a condition has at most {CONDITION_NODES_MAX} nodes")
         if not isinstance(obj, Mapping):
             raise ValidationError(field, f"a condition must be an object, not {type(obj).__name__}")
+        if self.internal and len(obj) == 1 and "ddb" in obj:
+            return condition_from_source(source_from_json(obj["ddb"], f"{field}.ddb"))
         for name in obj:
             if name not in _KINDS and name not in _OPERATORS:
                 raise ValidationError(
@@ -209,9 +223,10 @@ class _Parser:
         return Compare(path, operator, operand)
 
 
-def condition_from_json(obj: object, field: str = "if") -> Condition:
-    """Parse the JSON form of a condition; raises ValidationError naming the bad member."""
-    return _Parser().parse(obj, field, 0)
+def condition_from_json(obj: object, field: str = "if", *, internal: bool = False) -> Condition:
+    """Parse the JSON form of a condition; raises ValidationError naming the bad member.
+    ``internal`` (a peer's message) also accepts DynamoDB condition expressions."""
+    return _Parser(internal).parse(obj, field, 0)
 
 
 def condition_to_json(condition: Condition) -> dict[str, object]:
@@ -229,6 +244,8 @@ def condition_to_json(condition: Condition) -> dict[str, object]:
             return {"any": [condition_to_json(child) for child in conditions]}
         case Not(inner):
             return {"not": condition_to_json(inner)}
+        case ExpressionCondition(source):
+            return {"ddb": source_to_json(source)}
     raise TypeError(f"not a condition: {condition!r}")
 
 
@@ -286,4 +303,6 @@ def evaluate(condition: Condition | None, *, exists: bool, value: Value, version
             )
         case Not(inner):
             return not evaluate(inner, exists=exists, value=value, version=version)
+        case ExpressionCondition():
+            return expression_condition_holds(condition, exists=exists, value=value)
     raise TypeError(f"not a condition: {condition!r}")

@@ -16,6 +16,7 @@ from typing import Final
 
 __all__ = [
     "KEY_BYTES_MAX",
+    "INTERNAL_KEY_BYTES_MAX",
     "VALUE_BYTES_MAX",
     "VALUE_DEPTH_MAX",
     "TXN_OPS_MAX_DEFAULT",
@@ -133,6 +134,10 @@ __all__ = [
 
 # --- data model (DESIGN section 3) ---------------------------------------------------------
 KEY_BYTES_MAX: Final = 1024  # UTF-8 bytes of a key; 1..KEY_BYTES_MAX.
+# UTF-8 bytes of a key of the store's own namespace (first character U+0000: the DynamoDB
+# endpoint's tables and items, kvstore/dynamodb/keys.py): a sort key of 1,024 bytes takes up to
+# 2,048 bytes in its order-preserving text, after a 53-character prefix.
+INTERNAL_KEY_BYTES_MAX: Final = 4096
 VALUE_BYTES_MAX: Final = 400 * 1024  # msgpack-encoded bytes of one value (DynamoDB's 400 KB).
 VALUE_DEPTH_MAX: Final = 64  # nesting of lists/objects; deeper values are refused, not recursed.
 PATH_BYTES_MAX: Final = 1024  # a dotted attribute path.
@@ -530,4 +535,43 @@ __all__ += [
     "MOVE_STATUS_TIMEOUT_MS",
     "MOVE_STEPS_MAX",
     "LOCAL_LIVENESS_TIMEOUT_MS",
+]
+
+
+# --- DynamoDB endpoint: operations (kvstore/dynamodb/, docs/dynamodb.md) ---------------------
+DYNAMODB_HASH_KEY_BYTES_MAX: Final = 2048  # a partition key value (AWS's).
+DYNAMODB_SORT_KEY_BYTES_MAX: Final = 1024  # a sort key value (AWS's).
+DYNAMODB_LIST_TABLES_MAX: Final = 100  # names in one ListTables page (AWS's Limit maximum).
+DYNAMODB_SCHEMA_CACHE_MS: Final = 1_000  # how long a front end trusts a cached table schema.
+# A deleted table's name stays taken (and its items unreachable) this long: more than a schema
+# cache lifetime plus the clock skew bound, so no front end still writes into the old table.
+DYNAMODB_TABLE_DELETE_GRACE_MS: Final = 10_000
+DYNAMODB_TRANSACT_ITEMS_MAX: Final = 100  # actions of TransactWriteItems / TransactGetItems.
+DYNAMODB_BATCH_WRITE_ITEMS_MAX: Final = 25  # puts and deletes of one BatchWriteItem.
+DYNAMODB_BATCH_GET_KEYS_MAX: Final = 100  # keys of one BatchGetItem.
+DYNAMODB_CLIENT_TOKEN_CHARS_MAX: Final = 36  # a ClientRequestToken (AWS's).
+DYNAMODB_PAGE_BYTES_MAX: Final = 1024 * 1024  # items (AWS's size) one Query/Scan page evaluates.
+DYNAMODB_PAGE_CALL_ITEMS: Final = 100  # items asked of the store per call of a Query/Scan page.
+DYNAMODB_PAGE_CALLS_MAX: Final = 64  # store calls one Query/Scan page makes at most.
+DYNAMODB_SEGMENTS_MAX: Final = 1_000_000  # TotalSegments of a parallel Scan (AWS's).
+DYNAMODB_SINGLE_WRITE_CONCURRENCY: Final = 25  # writes of one BatchWriteItem in flight at once.
+
+assert DYNAMODB_TABLE_DELETE_GRACE_MS > 2 * DYNAMODB_SCHEMA_CACHE_MS
+assert DYNAMODB_PAGE_CALL_ITEMS <= SCAN_PAGE_ITEMS_MAX
+
+__all__ += [
+    "DYNAMODB_HASH_KEY_BYTES_MAX",
+    "DYNAMODB_SORT_KEY_BYTES_MAX",
+    "DYNAMODB_LIST_TABLES_MAX",
+    "DYNAMODB_SCHEMA_CACHE_MS",
+    "DYNAMODB_TABLE_DELETE_GRACE_MS",
+    "DYNAMODB_TRANSACT_ITEMS_MAX",
+    "DYNAMODB_BATCH_WRITE_ITEMS_MAX",
+    "DYNAMODB_BATCH_GET_KEYS_MAX",
+    "DYNAMODB_CLIENT_TOKEN_CHARS_MAX",
+    "DYNAMODB_PAGE_BYTES_MAX",
+    "DYNAMODB_PAGE_CALL_ITEMS",
+    "DYNAMODB_PAGE_CALLS_MAX",
+    "DYNAMODB_SEGMENTS_MAX",
+    "DYNAMODB_SINGLE_WRITE_CONCURRENCY",
 ]

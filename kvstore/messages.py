@@ -363,18 +363,22 @@ class WriteReply:
     existed: bool = False  # the item existed before the write (for delete's answer)
     version: int = 0
     ts: Timestamp | None = None
+    # With the op's ``return_previous``: the item's value before the write (None when absent).
+    previous: Value = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScanRequest:
     """One page of committed items with ``start <= key < end`` (``end=None``: no upper bound),
-    in key order. Intents are invisible, as to ``get``."""
+    in key order (``reverse``: descending, and ``next_start`` is then the exclusive ``end`` of
+    the next page). Intents are invisible, as to ``get``."""
 
     partition: PartitionId
     start: Key
     end: Key | None
     limit: int
     at: Timestamp | None = None  # a snapshot page as of ``at`` (a backup's), like ReadRequest's
+    reverse: bool = False  # not with ``at``
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

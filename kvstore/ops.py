@@ -27,6 +27,13 @@ import msgpack
 
 from kvstore import limits
 from kvstore.conditions import Condition, condition_from_json, condition_to_json
+from kvstore.dynamodb.payloads import (
+    ExpressionUpdate,
+    apply_expression_update,
+    source_from_json,
+    source_to_json,
+    update_from_source,
+)
 from kvstore.errors import ValidationError
 from kvstore.types import Key, Value
 from kvstore.updates import UpdateAction, actions_from_json, actions_to_json, apply_actions
@@ -62,6 +69,11 @@ class Op:
     actions: tuple[UpdateAction, ...] = ()
     condition: Condition | None = None
     return_item: bool = False  # on ConditionFailed, include the current item in the reason
+    # Inside the cluster only (the DynamoDB endpoint's; kvstore.dynamodb.payloads): an update
+    # by a DynamoDB update expression instead of ``actions``, and a singleton write whose reply
+    # carries the item it replaced (``WriteReply.previous``).
+    expression: ExpressionUpdate | None = None
+    return_previous: bool = False
 
     @property
     def is_write(self) -> bool:
@@ -79,6 +91,8 @@ def apply_op(op: Op, *, exists: bool, value: Value) -> tuple[bool, Value]:
     if op.kind is OpKind.DELETE:
         return False, None
     if op.kind is OpKind.UPDATE:
+        if op.expression is not None:
+            return apply_expression_update(op.expression, exists=exists, value=value)
         return True, apply_actions(op.actions, exists=exists, value=value)
     return exists, value
 
@@ -92,10 +106,18 @@ _OP_MEMBERS: dict[OpKind, frozenset[str]] = {
 
 
 _OP_KINDS = frozenset(kind.value for kind in OpKind)
+# Members only the cluster's own processes send (``internal``).
+_INTERNAL_MEMBERS: dict[OpKind, frozenset[str]] = {
+    OpKind.PUT: frozenset({"return_previous"}),
+    OpKind.DELETE: frozenset({"return_previous"}),
+    OpKind.UPDATE: frozenset({"ddb_update", "return_previous"}),
+    OpKind.CHECK: frozenset(),
+}
 
 
-def op_from_json(obj: object, field: str = "op") -> Op:
-    """Parse and validate one operation object of the public API."""
+def op_from_json(obj: object, field: str = "op", *, internal: bool = False) -> Op:
+    """Parse and validate one operation object of the public API (``internal``: of a peer's
+    message, which may also use the members of the DynamoDB endpoint, and its keys)."""
     if not isinstance(obj, Mapping):
         raise ValidationError(field, "an operation must be an object")
     kind_name = obj.get("op")
@@ -106,24 +128,31 @@ def op_from_json(obj: object, field: str = "op") -> Op:
             f"{field}.op", f"unknown operation {shown}; expected put, delete, update, check"
         )
     kind = OpKind(kind_name)
-    if not _OP_MEMBERS[kind].issuperset(obj):
-        unknown = sorted(str(k) for k in obj if k not in _OP_MEMBERS[kind])
+    members = _OP_MEMBERS[kind] | _INTERNAL_MEMBERS[kind] if internal else _OP_MEMBERS[kind]
+    if not members.issuperset(obj):
+        unknown = sorted(str(k) for k in obj if k not in members)
         raise ValidationError(f"{field}.{unknown[0]}", f"unknown member of a {kind} operation")
-    key = validate_key(obj.get("key"), f"{field}.key")
+    key = validate_key(obj.get("key"), f"{field}.key", internal=internal)
     condition = None
     if "if" in obj:
-        condition = condition_from_json(obj["if"], f"{field}.if")
+        condition = condition_from_json(obj["if"], f"{field}.if", internal=internal)
     elif kind is OpKind.CHECK:
         raise ValidationError(f"{field}.if", "a check operation needs a condition")
     return_item = obj.get("return_item", False)
     if not isinstance(return_item, bool):
         raise ValidationError(f"{field}.return_item", "must be true or false")
+    return_previous = obj.get("return_previous", False)
+    if not isinstance(return_previous, bool):
+        raise ValidationError(f"{field}.return_previous", "must be true or false")
     value: Value = None
     actions: tuple[UpdateAction, ...] = ()
+    expression = None
     if kind is OpKind.PUT:
         if "value" not in obj:
             raise ValidationError(f"{field}.value", "a put operation needs a value")
         value = validate_value(obj["value"], f"{field}.value")
+    elif kind is OpKind.UPDATE and "ddb_update" in obj:
+        expression = _expression_update(obj, f"{field}.ddb_update")
     elif kind is OpKind.UPDATE:
         actions = actions_from_json(obj, field)
     return Op(
@@ -133,7 +162,22 @@ def op_from_json(obj: object, field: str = "op") -> Op:
         actions=actions,
         condition=condition,
         return_item=return_item,
+        expression=expression,
+        return_previous=return_previous,
     )
+
+
+def _expression_update(obj: Mapping[str, object], field: str) -> ExpressionUpdate:
+    """A DynamoDB update expression with the item's key attributes (``ddb_update``)."""
+    if any(name in obj for name in ("set", "remove", "add", "append")):
+        raise ValidationError(field, "an update has actions or an expression, not both")
+    raw = obj["ddb_update"]
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("key"), dict):
+        raise ValidationError(field, "an update expression carries the item's key attributes")
+    source = source_from_json({k: v for k, v in raw.items() if k != "key"}, field)
+    key = validate_value(raw["key"], f"{field}.key")
+    assert isinstance(key, dict)
+    return update_from_source(source, key)
 
 
 def op_to_json(op: Op) -> dict[str, object]:
@@ -141,12 +185,16 @@ def op_to_json(op: Op) -> dict[str, object]:
     out: dict[str, object] = {"op": op.kind.value, "key": op.key}
     if op.kind is OpKind.PUT:
         out["value"] = op.value
+    elif op.kind is OpKind.UPDATE and op.expression is not None:
+        out["ddb_update"] = {**source_to_json(op.expression.source), "key": op.expression.key}
     elif op.kind is OpKind.UPDATE:
         out.update(actions_to_json(op.actions))
     if op.condition is not None:
         out["if"] = condition_to_json(op.condition)
     if op.return_item:
         out["return_item"] = True
+    if op.return_previous:
+        out["return_previous"] = True
     return out
 
 

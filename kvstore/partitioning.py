@@ -3,10 +3,14 @@
 Theory of operation
 -------------------
 A key's hash is the first 8 bytes of BLAKE2b of its UTF-8 bytes, read as a big-endian unsigned
-64-bit integer (:func:`key_hash`). The hash space ``[0, 2**64)`` is cut into ``P`` contiguous
-ranges as equal as possible: partition ``i`` covers ``[i * 2**64 // P, (i+1) * 2**64 // P)``.
-:meth:`PartitionMap.partition_of_hash` inverts that with integer arithmetic: ``h`` lies in
-partition ``((h + 1) * P - 1) // 2**64``, which agrees with the ranges exactly.
+64-bit integer (:func:`key_hash`), taken over its routing key (:func:`routing_key`): the key
+itself, except for a key of the store's own namespace (first character U+0000), which routes on
+its part before its first U+0001, so that the keys sharing that part share a partition (the
+DynamoDB endpoint's items of one hash key, in sort-key order; its table catalogue). The hash
+space ``[0, 2**64)`` is cut into ``P`` contiguous ranges as equal as possible: partition ``i``
+covers ``[i * 2**64 // P, (i+1) * 2**64 // P)``. :meth:`PartitionMap.partition_of_hash` inverts
+that with integer arithmetic: ``h`` lies in partition ``((h + 1) * P - 1) // 2**64``, which
+agrees with the ranges exactly.
 
 A :class:`ClusterMap` adds ownership: each partition has exactly one owner node, each node has a
 ``host:port`` address, and the map has an epoch that grows whenever ownership changes (a node
@@ -28,6 +32,7 @@ from kvstore.types import NodeId, PartitionId
 __all__ = [
     "HASH_SPACE",
     "key_hash",
+    "routing_key",
     "PartitionMap",
     "ClusterMap",
 ]
@@ -40,6 +45,13 @@ def key_hash(key: str) -> int:
     """The 64-bit partitioning hash of ``key``: BLAKE2b-64 of its UTF-8 bytes, big-endian."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big")
+
+
+def routing_key(key: str) -> str:
+    """The part of ``key`` its partition is chosen by (see the module)."""
+    if key.startswith("\x00"):
+        return key.partition("\x01")[0]
+    return key
 
 
 def _is_int(value: object) -> bool:
@@ -75,7 +87,7 @@ class PartitionMap:
 
     def partition_of(self, key: str) -> PartitionId:
         """The partition that holds ``key``."""
-        return self.partition_of_hash(key_hash(key))
+        return self.partition_of_hash(key_hash(routing_key(key)))
 
     def hash_range(self, pid: int) -> tuple[int, int]:
         """Partition ``pid``'s hashes as ``(inclusive lower, exclusive upper)``."""

@@ -2,10 +2,15 @@
 
 Theory of operation
 -------------------
-A key is a ``str`` of 1..``KEY_BYTES_MAX`` UTF-8 bytes. A value is JSON-compatible data plus
-``bytes``: ``None``, ``bool``, ``int`` in the range msgpack can encode (``INT_MIN``..``INT_MAX``),
-finite ``float``, ``str``, ``bytes``, ``list`` and ``dict`` with ``str`` keys. Tuples, sets,
-bytearrays and every other type are refused, so what is stored is exactly what comes back.
+A key is a ``str`` of 1..``KEY_BYTES_MAX`` UTF-8 bytes. Keys whose first character is U+0000
+(:data:`INTERNAL_KEY_PREFIX`) are the store's own namespace (the DynamoDB endpoint's tables and
+items, :mod:`kvstore.dynamodb.keys`): the public API and the SDK refuse them, and public scans
+start at :data:`PUBLIC_KEY_MIN`, above all of them; inside the cluster (the codec, the
+coordinator) they are valid up to ``INTERNAL_KEY_BYTES_MAX`` bytes (``internal=True``). A value
+is JSON-compatible data plus ``bytes``: ``None``, ``bool``, ``int`` in the range msgpack can
+encode (``INT_MIN``..``INT_MAX``), finite ``float``, ``str``, ``bytes``, ``list`` and ``dict``
+with ``str`` keys. Tuples, sets, bytearrays and every other type are refused, so what is stored
+is exactly what comes back.
 
 :func:`validate_value` walks the value with an explicit stack, never with recursion, so hostile
 input (deep nesting, self-referencing lists) cannot exhaust the interpreter's stack: it refuses
@@ -28,12 +33,19 @@ from typing import Final, cast
 import msgpack
 
 from kvstore.errors import ValidationError
-from kvstore.limits import KEY_BYTES_MAX, VALUE_BYTES_MAX, VALUE_DEPTH_MAX
+from kvstore.limits import (
+    INTERNAL_KEY_BYTES_MAX,
+    KEY_BYTES_MAX,
+    VALUE_BYTES_MAX,
+    VALUE_DEPTH_MAX,
+)
 from kvstore.types import Value
 
 __all__ = [
     "INT_MIN",
     "INT_MAX",
+    "INTERNAL_KEY_PREFIX",
+    "PUBLIC_KEY_MIN",
     "validate_key",
     "validate_value",
     "value_size_bytes",
@@ -43,6 +55,8 @@ __all__ = [
     "index_field",
 ]
 
+INTERNAL_KEY_PREFIX: Final = "\x00"  # the first character of every key of the store's own.
+PUBLIC_KEY_MIN: Final = "\x01"  # the smallest key the public API may use (a public scan's start).
 INT_MIN: Final = -(1 << 63)  # smallest integer msgpack encodes (int64).
 INT_MAX: Final = (1 << 64) - 1  # largest integer msgpack encodes (uint64).
 
@@ -82,18 +96,27 @@ def _utf8_length(text: str, field: str, what: str) -> int:
         ) from None
 
 
-def validate_key(key: object, field: str = "key") -> str:
-    """Return ``key`` if it is a valid key, else raise :class:`ValidationError`."""
+def validate_key(key: object, field: str = "key", *, internal: bool = False) -> str:
+    """Return ``key`` if it is a valid key, else raise :class:`ValidationError`. With
+    ``internal``, keys of the store's own namespace are valid too (inside the cluster)."""
     if not isinstance(key, str):
         raise ValidationError(field, f"a key must be a string, not {type(key).__name__}")
-    if len(key) > KEY_BYTES_MAX:  # every character is at least one byte
-        raise ValidationError(field, f"a key is at most {KEY_BYTES_MAX} bytes of UTF-8")
+    own = key.startswith(INTERNAL_KEY_PREFIX)
+    if own and not internal:
+        raise ValidationError(
+            field,
+            "keys starting with U+0000 are reserved for the store's own tables"
+            " (the DynamoDB endpoint's)",
+        )
+    bytes_max = INTERNAL_KEY_BYTES_MAX if own else KEY_BYTES_MAX
+    if len(key) > bytes_max:  # every character is at least one byte
+        raise ValidationError(field, f"a key is at most {bytes_max} bytes of UTF-8")
     size = _utf8_length(key, field, "the key")
     if size == 0:
         raise ValidationError(field, "a key must not be empty")
-    if size > KEY_BYTES_MAX:
+    if size > bytes_max:
         raise ValidationError(
-            field, f"a key is at most {KEY_BYTES_MAX} bytes of UTF-8, this one is {size}"
+            field, f"a key is at most {bytes_max} bytes of UTF-8, this one is {size}"
         )
     return key
 

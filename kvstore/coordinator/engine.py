@@ -79,6 +79,7 @@ from kvstore.coordinator.singleton import (
     CallResult,
     check_page_at,
     new_get,
+    new_partition_page,
     new_restore,
     new_singleton_write,
     new_snapshot_page,
@@ -134,6 +135,7 @@ from kvstore.timestamps import (
 )
 from kvstore.transport import PartitionTransport
 from kvstore.types import Key, PartitionId, Timestamp
+from kvstore.values import PUBLIC_KEY_MIN
 
 __all__ = ["Coordinator", "ScanPage"]
 
@@ -542,9 +544,21 @@ class Coordinator:
     # --- scans and token lookups ------------------------------------------------------------
 
     async def scan(
-        self, *, start: Key = "", end: Key | None = None, limit: int, after: Key | None = None
+        self,
+        *,
+        start: Key = "",
+        end: Key | None = None,
+        limit: int,
+        after: Key | None = None,
+        internal: bool = False,
     ) -> ScanPage:
-        """At most ``limit`` items with ``start <= key < end`` and ``key > after``, in order."""
+        """At most ``limit`` items with ``start <= key < end`` and ``key > after``, in order.
+        Public scans (not ``internal``) start at ``PUBLIC_KEY_MIN``, above the store's own
+        keys (kvstore.values)."""
+        if not internal:
+            start = max(start, PUBLIC_KEY_MIN)
+            if end is not None and end <= start:
+                return ScanPage(items=(), after=None)
         result: ScanResult = await self._rerouted(
             lambda: self._run(
                 Scan(self._partitions, start=start, end=end, limit=limit, after=after),
@@ -558,6 +572,31 @@ class Coordinator:
         code = result.error or ErrorCode.InternalError
         self.metrics.singletons.labels("scan", code.name).inc()
         raise self._call_error(code, result.partition)
+
+    def partition_of(self, key: Key) -> PartitionId:
+        """The partition that holds ``key`` (by its routing key: kvstore.partitioning)."""
+        return self._partition_of(key)
+
+    async def partition_page(
+        self,
+        partition: PartitionId,
+        *,
+        start: Key,
+        end: Key | None,
+        limit: int,
+        reverse: bool = False,
+    ) -> ScanReply:
+        """One page of ``partition``'s committed items with ``start <= key < end``, in key
+        order or descending; ``next_start`` continues it (the next page's ``end`` when
+        ``reverse``). The DynamoDB endpoint's queries, scans and table listing."""
+        result: CallResult[ScanReply] = await self._rerouted(
+            lambda: self._run(
+                new_partition_page(partition, start, end, limit, reverse=reverse),
+                self._now_us(),
+            ),
+            _error_of,
+        )
+        return self._reply(result, "partition_page")
 
     # --- backups and restores (docs/backup.md) ---------------------------------------------
 

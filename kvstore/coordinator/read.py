@@ -87,7 +87,7 @@ def validate_read_keys(keys: Sequence[str], field: str = "keys") -> tuple[str, .
         raise ValidationError(field, f"{len(keys)} keys; at most {READ_KEYS_MAX} allowed")
     seen: dict[str, int] = {}
     for index, key in enumerate(keys):
-        validate_key(key, f"{field}[{index}]")
+        validate_key(key, f"{field}[{index}]", internal=True)
         if key in seen:
             raise ValidationError(
                 f"{field}[{index}]", f"key {key!r} already named at position {seen[key]}"

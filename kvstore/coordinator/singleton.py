@@ -55,6 +55,7 @@ __all__ = [
     "new_token_lookup",
     "new_singleton_write",
     "new_snapshot_page",
+    "new_partition_page",
     "check_page_at",
     "write_conflicted",
 ]
@@ -146,7 +147,7 @@ class OneCall(Generic[ReplyT]):
 
 def new_get(key: str, partition_of: Callable[[str], PartitionId]) -> OneCall[GetReply]:
     """A get: the committed item at ``key`` (never blocked by an intent)."""
-    validate_key(key)
+    validate_key(key, internal=True)
     return OneCall(GetRequest(partition=partition_of(key), key=key), GetReply, name="get")
 
 
@@ -181,6 +182,15 @@ def new_snapshot_page(
     pins ``at`` and raises its read floor to it, docs/backup.md)."""
     request = ScanRequest(partition=partition, start=start, end=None, limit=limit, at=at)
     return OneCall(request, ScanReply, name="snapshot page")
+
+
+def new_partition_page(
+    partition: PartitionId, start: str, end: str | None, limit: int, *, reverse: bool
+) -> OneCall[ScanReply]:
+    """One page of committed items of one partition with ``start <= key < end``, in key order
+    or (``reverse``) descending (the DynamoDB endpoint's queries and table listing)."""
+    request = ScanRequest(partition=partition, start=start, end=end, limit=limit, reverse=reverse)
+    return OneCall(request, ScanReply, name="partition page")
 
 
 def new_restore(request: RestoreRequest) -> OneCall[RestoreReply]:

@@ -214,6 +214,8 @@ class PartitionCore:
                 return _widen(self.write(request, node_ts))
             case ScanRequest():
                 if request.at is not None:
+                    if request.reverse:
+                        raise ValidationError("reverse", "a snapshot page is read forwards")
                     return _widen(self.scan_at(request, request.at, now_us))
                 return _widen(self.scan(request))
             case RestoreRequest():
@@ -751,9 +753,12 @@ class PartitionCore:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValidationError("limit", f"must be a positive integer, got {limit!r}")
         limit = min(limit, limits.SCAN_PAGE_ITEMS_MAX)
-        rows = self.store.scan_items(req.start, req.end, limit + 1)
+        rows = self.store.scan_items(req.start, req.end, limit + 1, req.reverse)
         items = tuple(_view(row) for row in rows[:limit])
-        next_start = rows[limit].key if len(rows) > limit else None
+        if req.reverse:  # the next page ends (exclusive) after the last item of this one
+            next_start = rows[limit - 1].key if len(rows) > limit else None
+        else:
+            next_start = rows[limit].key if len(rows) > limit else None
         return Step(ScanReply(items=items, next_start=next_start), False)
 
     def write(self, req: WriteRequest, node_ts: Timestamp) -> Step[WriteReply]:
@@ -780,7 +785,10 @@ class PartitionCore:
         floor = max(state.write_ts, state.read_ts)
         ts = node_ts if node_ts > floor else floor.successor(node_ts.origin)
         row = self._apply(op.key, op.kind, ts, new_exists, new_value)
-        reply = WriteReply(outcome=_NONE, existed=state.exists, version=row.version, ts=ts)
+        previous = state.value if op.return_previous and state.exists else None
+        reply = WriteReply(
+            outcome=_NONE, existed=state.exists, version=row.version, ts=ts, previous=previous
+        )
         return Step(reply, True)
 
     # --- background ---------------------------------------------------------------------

@@ -142,7 +142,7 @@ class DurableRows(Protocol):
     def get_item(self, key: Key) -> ItemRow | None: ...
     def tombstones(self, limit: int, skip: Container[Key]) -> list[ItemRow]: ...
     def scan_items(
-        self, start: Key, end: Key | None, limit: int, skip: Container[Key]
+        self, start: Key, end: Key | None, limit: int, skip: Container[Key], reverse: bool = False
     ) -> list[ItemRow]: ...
     def live_item_count(self, among: Collection[Key]) -> tuple[int, int]:
         """Live rows in all, and live rows whose key is in ``among``: from one snapshot."""
@@ -442,8 +442,11 @@ class PartitionView:
         limit: int,
         wanted: Callable[[V], bool],
         order: Callable[[V], Any],
+        *,
+        reverse: bool = False,
     ) -> list[V]:
-        """The durable rows' listing with the overlay applied (module docstring)."""
+        """The durable rows' listing with the overlay applied (module docstring); ``reverse``:
+        the durable listing is in descending order, and so is the result."""
         limit = max(limit, 0)
         merged = overlay.merged()
         if not merged:
@@ -451,7 +454,7 @@ class PartitionView:
         self.unflushed_reads += 1
         found = durable(limit + len(merged), merged)
         found.extend(row for row in merged.values() if row is not None and wanted(row))
-        found.sort(key=order)
+        found.sort(key=order, reverse=reverse)
         return found[:limit]
 
     # --- items --------------------------------------------------------------------------------
@@ -494,13 +497,16 @@ class PartitionView:
             tombstone_order,
         )
 
-    def scan_items(self, start: Key, end: Key | None, limit: int) -> list[ItemRow]:
+    def scan_items(
+        self, start: Key, end: Key | None, limit: int, reverse: bool = False
+    ) -> list[ItemRow]:
         return self._listing(
             self._items,
-            lambda n, skip: self._durable.scan_items(start, end, n, skip),
+            lambda n, skip: self._durable.scan_items(start, end, n, skip, reverse),
             limit,
             lambda row: row.exists and row.key >= start and (end is None or row.key < end),
             item_key,
+            reverse=reverse,
         )
 
     def item_count(self) -> int:

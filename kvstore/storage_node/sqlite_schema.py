@@ -229,6 +229,10 @@ class Sql:
     TOMBSTONES: Final = f"{_ITEM} AND live = 0 ORDER BY tomb_ts, key LIMIT ?"
     SCAN_FROM: Final = f"{_ITEM} AND key >= ? AND live = 1 ORDER BY key LIMIT ?"
     SCAN_RANGE: Final = f"{_ITEM} AND key >= ? AND key < ? AND live = 1 ORDER BY key LIMIT ?"
+    SCAN_FROM_DESC: Final = f"{_ITEM} AND key >= ? AND live = 1 ORDER BY key DESC LIMIT ?"
+    SCAN_RANGE_DESC: Final = (
+        f"{_ITEM} AND key >= ? AND key < ? AND live = 1 ORDER BY key DESC LIMIT ?"
+    )
     COUNT_LIVE_ITEMS: Final = "SELECT count(*) FROM items WHERE partition = ? AND live = 1"
     ITEM_LIVE: Final = "SELECT live FROM items WHERE partition = ? AND key = ?"
 

@@ -98,11 +98,13 @@ class _SqliteRows:
         return self._listing(Sql.TOMBSTONES, (), limit, skip, schema.decode_item)
 
     def scan_items(
-        self, start: Key, end: Key | None, limit: int, skip: Container[Key]
+        self, start: Key, end: Key | None, limit: int, skip: Container[Key], reverse: bool = False
     ) -> list[ItemRow]:
         if end is None:
-            return self._listing(Sql.SCAN_FROM, (start,), limit, skip, schema.decode_item)
-        return self._listing(Sql.SCAN_RANGE, (start, end), limit, skip, schema.decode_item)
+            sql = Sql.SCAN_FROM_DESC if reverse else Sql.SCAN_FROM
+            return self._listing(sql, (start,), limit, skip, schema.decode_item)
+        sql = Sql.SCAN_RANGE_DESC if reverse else Sql.SCAN_RANGE
+        return self._listing(sql, (start, end), limit, skip, schema.decode_item)
 
     def live_item_count(self, among: Collection[Key]) -> tuple[int, int]:
         conn, pid = self._conn, self._pid

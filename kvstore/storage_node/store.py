@@ -123,7 +123,11 @@ class PartitionStore(Protocol):
         """Rows with ``exists=False``, oldest ``max(write_ts, read_ts).physical_us`` first."""
         ...
 
-    def scan_items(self, start: Key, end: Key | None, limit: int) -> list[ItemRow]: ...
+    def scan_items(
+        self, start: Key, end: Key | None, limit: int, reverse: bool = False
+    ) -> list[ItemRow]:
+        """Live items with ``start <= key < end`` in key order (``reverse``: descending)."""
+        ...
 
     def get_intent(self, key: Key) -> Intent | None: ...
     def put_intent(self, intent: Intent) -> None: ...
@@ -241,14 +245,14 @@ class _DictRows:
         return sorted(rows, key=tombstone_order)[:limit]
 
     def scan_items(
-        self, start: Key, end: Key | None, limit: int, skip: Container[Key]
+        self, start: Key, end: Key | None, limit: int, skip: Container[Key], reverse: bool = False
     ) -> list[ItemRow]:
         rows = [
             r
             for r in list(self.items.values())
             if r.exists and r.key >= start and (end is None or r.key < end) and r.key not in skip
         ]
-        return sorted(rows, key=item_key)[:limit]
+        return sorted(rows, key=item_key, reverse=reverse)[:limit]
 
     def live_item_count(self, among: Collection[Key]) -> tuple[int, int]:
         items = dict(self.items)
@@ -390,8 +394,10 @@ class MemoryStore:
     def tombstones(self, limit: int) -> list[ItemRow]:
         return self._view.tombstones(limit)
 
-    def scan_items(self, start: Key, end: Key | None, limit: int) -> list[ItemRow]:
-        return self._view.scan_items(start, end, limit)
+    def scan_items(
+        self, start: Key, end: Key | None, limit: int, reverse: bool = False
+    ) -> list[ItemRow]:
+        return self._view.scan_items(start, end, limit, reverse)
 
     def get_intent(self, key: Key) -> Intent | None:
         return self._view.get_intent(key)

@@ -1,0 +1,1 @@
+"""A DynamoDB-compatible endpoint over the store (docs/dynamodb.md)."""
