@@ -1,0 +1,1 @@
+"""DynamoDB-compatible endpoint (issue 21): typed items, expressions, operations."""
