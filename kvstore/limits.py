@@ -546,8 +546,8 @@ DYNAMODB_EXPRESSION_BYTES_MAX: Final = 4 * 1024  # UTF-8 bytes of one expression
 DYNAMODB_EXPRESSION_OPERATORS_MAX: Final = 300  # operators (comparisons, AND/OR/NOT...) in one.
 DYNAMODB_PLACEHOLDER_BYTES_MAX: Final = 255  # a #name or :value placeholder, its sigil included.
 DYNAMODB_IN_OPERANDS_MAX: Final = 100  # values in the list of one IN.
-# Parentheses, NOT and function calls nested in one expression: the parser's recursion bound
-# (AWS has none; 4 KB of text and 300 operators keep real expressions far below it).
+# Function calls nested in one expression (list_append(if_not_exists(...), ...)): the parser's
+# only recursion (AND/OR/NOT and parentheses use an explicit stack; AWS states no such bound).
 DYNAMODB_EXPRESSION_DEPTH_MAX: Final = 64
 
 assert DYNAMODB_ITEM_BYTES_MAX <= VALUE_BYTES_MAX

@@ -86,6 +86,11 @@ __all__ = [
     "item_from_stored",
     "type_of",
     "payload",
+    "list_body",
+    "map_body",
+    "str_body",
+    "bytes_body",
+    "number_body",
     "value_size",
     "item_size",
     "check_item_size",
@@ -453,22 +458,40 @@ def type_of(v: object) -> str:
     return payload(v)[0]
 
 
-def _list(body: Value) -> list[Value]:
+def list_body(body: Value) -> list[Value]:
+    """The body of an L or set value; a ValidationError when it is not a list."""
     if not isinstance(body, list):
         raise malformed()
     return body
 
 
-def _map(body: Value) -> dict[str, Value]:
+def map_body(body: Value) -> dict[str, Value]:
+    """The body of an M value; a ValidationError when it is not a map."""
     if not isinstance(body, dict):
         raise malformed()
     return body
 
 
-def _str(body: Value) -> str:
+def str_body(body: Value) -> str:
+    """The body of an S value (or an SS element); a ValidationError when not a string."""
     if not isinstance(body, str):
         raise malformed()
     return body
+
+
+def bytes_body(body: Value) -> bytes:
+    """The body of a B value (or a BS element); a ValidationError when not bytes."""
+    return _stored_binary(body)
+
+
+def number_body(body: Value) -> decimal.Decimal:
+    """The exact value of an N body (or an NS element); a ValidationError when malformed."""
+    return _stored_number(body)
+
+
+_list = list_body
+_map = map_body
+_str = str_body
 
 
 def _check_depth(depth: int) -> None:
