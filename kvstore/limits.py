@@ -537,6 +537,40 @@ __all__ += [
     "LOCAL_LIVENESS_TIMEOUT_MS",
 ]
 
+# --- DynamoDB endpoint (issue 21, kvstore/dynamodb/) -------------------------------------------
+# DynamoDB's own limits (docs/dynamodb reference sections 3 and 4), enforced by the endpoint
+# whatever boto3 validated (botocore never checks a maximum).
+DYNAMODB_ITEM_BYTES_MAX: Final = 400 * 1024  # one item by AWS's size formula (attributes.py).
+DYNAMODB_NESTING_MAX: Final = 32  # nested L/M levels in one attribute value.
+DYNAMODB_ATTRIBUTE_NAME_BYTES_MAX: Final = 65_535  # UTF-8 bytes of a non-key attribute name.
+DYNAMODB_NUMBER_DIGITS_MAX: Final = 38  # significant decimal digits of a number.
+# Decimal exponent of a non-zero number's leading digit: 1E-130 .. 9.99...E+125.
+DYNAMODB_NUMBER_EXPONENT_MAX: Final = 125
+DYNAMODB_NUMBER_EXPONENT_MIN: Final = -130
+DYNAMODB_EXPRESSION_BYTES_MAX: Final = 4 * 1024  # UTF-8 bytes of one expression's text.
+DYNAMODB_EXPRESSION_OPERATORS_MAX: Final = 300  # operators (comparisons, AND/OR/NOT...) in one.
+DYNAMODB_PLACEHOLDER_BYTES_MAX: Final = 255  # a #name or :value placeholder, its sigil included.
+DYNAMODB_IN_OPERANDS_MAX: Final = 100  # values in the list of one IN.
+# Function calls nested in one expression (list_append(if_not_exists(...), ...)): the parser's
+# only recursion (AND/OR/NOT and parentheses use an explicit stack; AWS states no such bound).
+DYNAMODB_EXPRESSION_DEPTH_MAX: Final = 64
+
+assert DYNAMODB_ITEM_BYTES_MAX <= VALUE_BYTES_MAX
+assert DYNAMODB_NUMBER_EXPONENT_MIN < 0 < DYNAMODB_NUMBER_EXPONENT_MAX
+
+__all__ += [
+    "DYNAMODB_ITEM_BYTES_MAX",
+    "DYNAMODB_NESTING_MAX",
+    "DYNAMODB_ATTRIBUTE_NAME_BYTES_MAX",
+    "DYNAMODB_NUMBER_DIGITS_MAX",
+    "DYNAMODB_NUMBER_EXPONENT_MAX",
+    "DYNAMODB_NUMBER_EXPONENT_MIN",
+    "DYNAMODB_EXPRESSION_BYTES_MAX",
+    "DYNAMODB_EXPRESSION_OPERATORS_MAX",
+    "DYNAMODB_PLACEHOLDER_BYTES_MAX",
+    "DYNAMODB_IN_OPERANDS_MAX",
+    "DYNAMODB_EXPRESSION_DEPTH_MAX",
+]
 
 # --- DynamoDB endpoint: operations (kvstore/dynamodb/, docs/dynamodb.md) ---------------------
 DYNAMODB_HASH_KEY_BYTES_MAX: Final = 2048  # a partition key value (AWS's).
