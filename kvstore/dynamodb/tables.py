@@ -155,24 +155,30 @@ class TableSchema:
         if not isinstance(raw, dict):
             raise ValidationError("", "Malformed table record")
         try:
-            hash_name, hash_type = raw["hash"]  # type: ignore[misc]
-            range_raw = raw["range"]
-            range_key = None if range_raw is None else KeyAttribute(*range_raw)  # type: ignore[misc]
-            attributes = tuple(KeyAttribute(*a) for a in raw["attributes"])  # type: ignore[misc, union-attr]
-            deleting = raw.get("deleting_since_s")
+            hash_raw, range_raw = raw["hash"], raw["range"]
+            attributes_raw, deleting = raw["attributes"], raw.get("deleting_since_s")
+            assert isinstance(hash_raw, list) and isinstance(attributes_raw, list)
+            range_key = None
+            if range_raw is not None:
+                assert isinstance(range_raw, list)
+                range_key = KeyAttribute(str(range_raw[0]), str(range_raw[1]))
+            attributes = []
+            for attribute in attributes_raw:
+                assert isinstance(attribute, list)
+                attributes.append(KeyAttribute(str(attribute[0]), str(attribute[1])))
             return TableSchema(
                 name=str(raw["name"]),
                 table_id=str(raw["id"]),
-                hash_key=KeyAttribute(str(hash_name), str(hash_type)),
+                hash_key=KeyAttribute(str(hash_raw[0]), str(hash_raw[1])),
                 range_key=range_key,
-                attributes=attributes,
+                attributes=tuple(attributes),
                 billing=str(raw["billing"]),
-                read_units=int(raw["read_units"]),  # type: ignore[arg-type]
-                write_units=int(raw["write_units"]),  # type: ignore[arg-type]
-                created_s=float(raw["created_s"]),  # type: ignore[arg-type]
-                deleting_since_s=None if deleting is None else float(deleting),  # type: ignore[arg-type]
+                read_units=_int(raw["read_units"]),
+                write_units=_int(raw["write_units"]),
+                created_s=_float(raw["created_s"]),
+                deleting_since_s=None if deleting is None else _float(deleting),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, IndexError, AssertionError):
             raise ValidationError("", "Malformed table record") from None
 
     def description(self, *, status: str | None = None) -> dict[str, object]:
@@ -206,6 +212,18 @@ class TableSchema:
                 "LastUpdateToPayPerRequestDateTime": self.created_s,
             }
         return out
+
+
+def _int(raw: Value) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ValueError("not an integer")
+    return raw
+
+
+def _float(raw: Value) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError("not a number")
+    return float(raw)
 
 
 def _key_bytes(kind: str, body: Value, attribute: KeyAttribute) -> bytes:

@@ -216,13 +216,15 @@ class Model:
         dead = [r for r in self.items.values() if not r.exists]
         return sorted(dead, key=lambda r: (max(r.write_ts, r.read_ts), r.key))[:limit]
 
-    def scan_items(self, start: str, end: str | None, limit: int) -> list[ItemRow]:
+    def scan_items(
+        self, start: str, end: str | None, limit: int, reverse: bool = False
+    ) -> list[ItemRow]:
         rows = [
             r
             for r in self.items.values()
             if r.exists and r.key >= start and (end is None or r.key < end)
         ]
-        return sorted(rows, key=lambda r: r.key)[:limit]
+        return sorted(rows, key=lambda r: r.key, reverse=reverse)[:limit]
 
     def item_count(self) -> int:
         return sum(1 for r in self.items.values() if r.exists)
@@ -1584,7 +1586,15 @@ class CoreTwins:
         elif choice == 11:
             start = rng.choice(["", "k2", "k3"])
             end = rng.choice([None, "k4", "k1"])
-            self.handle(ScanRequest(partition=pid, start=start, end=end, limit=rng.randint(1, 4)))
+            self.handle(
+                ScanRequest(
+                    partition=pid,
+                    start=start,
+                    end=end,
+                    limit=rng.randint(1, 4),
+                    reverse=rng.random() < 0.5,
+                )
+            )
         elif choice == 12:
             self.maintain()
         else:
