@@ -34,12 +34,17 @@ from kvstore.dynamodb.expressions import (
     SetAction,
     Size,
     Update,
+    condition_from_expected,
+    condition_from_filter,
     format_path,
+    key_condition_from_legacy,
     parse_condition,
     parse_key_condition,
     parse_projection,
     parse_update,
     paths_clash,
+    projection_from_attributes_to_get,
+    update_from_attribute_updates,
 )
 from kvstore.errors import ValidationError
 from kvstore.limits import (
@@ -541,3 +546,160 @@ def test_generated_conditions_parse_and_round_trip(text: str) -> None:
     tree = parse_condition(text, Placeholders({"#n": "a.b"}, VALUES))
     again = parse_condition(_render(tree), Placeholders({"#n": "a.b"}, VALUES))
     assert again == tree
+
+
+# --- legacy parameters --------------------------------------------------------------------
+
+
+def test_expected_translates_to_conditions() -> None:
+    a = Path(("a",))
+    assert condition_from_expected({}) is None
+    assert condition_from_expected({"a": {"Value": {"N": "1"}}}) == Comparison("=", a, Literal(N1))
+    assert condition_from_expected({"a": {"Exists": False}}) == AttributeNotExists(("a",))
+    assert condition_from_expected(
+        {"a": {"Value": {"N": "1"}, "Exists": True}, "b": {"Exists": False}}, "OR"
+    ) == Or((Comparison("=", a, Literal(N1)), AttributeNotExists(("b",))))
+    both = {
+        "a": {"ComparisonOperator": "NE", "AttributeValueList": [{"N": "1"}]},
+        "b": {"ComparisonOperator": "NOT_NULL"},
+    }
+    assert condition_from_expected(both) == And(
+        (Not(Comparison("=", a, Literal(N1))), AttributeExists(("b",)))
+    )
+
+
+@pytest.mark.parametrize(
+    ("operator", "values", "expected"),
+    [
+        ("EQ", [{"N": "1"}], Comparison("=", Path(("a",)), Literal(N1))),
+        ("LT", [{"N": "1"}], Comparison("<", Path(("a",)), Literal(N1))),
+        ("GE", [{"S": "x"}], Comparison(">=", Path(("a",)), Literal(SX))),
+        ("BETWEEN", [{"N": "1"}, {"N": "5"}], Between(Path(("a",)), Literal(N1), Literal(N5))),
+        ("IN", [{"N": "1"}, {"S": "x"}], In(Path(("a",)), (Literal(N1), Literal(SX)))),
+        ("BEGINS_WITH", [{"S": "x"}], BeginsWith(Path(("a",)), Literal(SX))),
+        ("CONTAINS", [{"S": "x"}], Contains(Path(("a",)), Literal(SX))),
+        ("NOT_CONTAINS", [{"S": "x"}], Not(Contains(Path(("a",)), Literal(SX)))),
+        ("NULL", [], AttributeNotExists(("a",))),
+        ("NOT_NULL", None, AttributeExists(("a",))),
+    ],
+)
+def test_filter_operators(operator: str, values: object, expected: Condition) -> None:
+    spec = {"ComparisonOperator": operator, "AttributeValueList": values}
+    assert condition_from_filter({"a": spec}) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ({"ComparisonOperator": "EQ"}, "Invalid number of argument\\(s\\) for the EQ"),
+        ({"ComparisonOperator": "NULL", "AttributeValueList": [{"N": "1"}]}, "argument"),
+        ({"ComparisonOperator": "LIKE", "AttributeValueList": []}, "enum value set"),
+        ({"ComparisonOperator": "LT", "AttributeValueList": [{"SS": ["a"]}]}, "not valid for SS"),
+        ({"ComparisonOperator": "BEGINS_WITH", "AttributeValueList": [{"N": "1"}]}, "not valid"),
+        (
+            {"ComparisonOperator": "BETWEEN", "AttributeValueList": [{"N": "5"}, {"N": "1"}]},
+            "lower bound is greater than the upper bound",
+        ),
+    ],
+)
+def test_filter_errors(spec: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        condition_from_filter({"a": spec}, parameter="ScanFilter")
+
+
+@pytest.mark.parametrize(
+    ("expected", "fragment"),
+    [
+        ({"a": {"Exists": True}}, "Value must be provided when Exists is true"),
+        (
+            {"a": {"Exists": False, "Value": {"N": "1"}}},
+            "Value cannot be used when Exists is false",
+        ),
+        (
+            {"a": {"Value": {"N": "1"}, "ComparisonOperator": "EQ"}},
+            "cannot be used with ComparisonOperator",
+        ),
+        ({"a": {"Value": {"N": "1"}}}, None),
+    ],
+)
+def test_expected_errors(expected: object, fragment: str | None) -> None:
+    if fragment is None:
+        assert condition_from_expected(expected, "AND") is not None
+        with pytest.raises(ValidationError, match="conditionalOperator"):
+            condition_from_expected(expected, "XOR")
+        return
+    with pytest.raises(ValidationError, match=fragment):
+        condition_from_expected(expected)
+
+
+def test_key_conditions_from_legacy() -> None:
+    conditions = {
+        "pk": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "x"}]},
+        "sk": {"ComparisonOperator": "BETWEEN", "AttributeValueList": [{"N": "1"}, {"N": "5"}]},
+    }
+    assert key_condition_from_legacy(conditions, hash_key="pk", range_key="sk") == KeyCondition(
+        "pk", SX, RangeTest("sk", "BETWEEN", (N1, N5))
+    )
+    only_sort = {"sk": conditions["sk"]}
+    with pytest.raises(ValidationError, match="missed key schema element: pk"):
+        key_condition_from_legacy(only_sort, hash_key="pk", range_key="sk")
+    not_eq = {"pk": {"ComparisonOperator": "GT", "AttributeValueList": [{"S": "x"}]}}
+    with pytest.raises(ValidationError, match="Query key condition not supported"):
+        key_condition_from_legacy(not_eq, hash_key="pk")
+    ne = {**conditions, "sk": {"ComparisonOperator": "NE", "AttributeValueList": [{"N": "1"}]}}
+    with pytest.raises(ValidationError, match="not an indexable operation"):
+        key_condition_from_legacy(ne, hash_key="pk", range_key="sk")
+
+
+def test_attribute_updates() -> None:
+    update = update_from_attribute_updates(
+        {
+            "a": {"Action": "PUT", "Value": {"N": "1"}},
+            "b": {"Value": {"S": "x"}},  # PUT is the default
+            "c": {"Action": "DELETE"},
+            "d": {"Action": "DELETE", "Value": {"SS": ["a"]}},
+            "e": {"Action": "ADD", "Value": {"N": "1"}},
+            "f": {"Action": "ADD", "Value": {"L": [{"N": "1"}]}},  # legacy ADD appends to lists
+        }
+    )
+    assert update == Update(
+        set=(
+            SetAction(("a",), Literal(N1)),
+            SetAction(("b",), Literal(SX)),
+            SetAction(
+                ("f",), ListAppend(IfNotExists(("f",), Literal({"L": []})), Literal({"L": [N1]}))
+            ),
+        ),
+        remove=(RemoveAction(("c",)),),
+        add=(AddAction(("e",), N1),),
+        delete=(DeleteAction(("d",), {"SS": ["a"]}),),
+    )
+
+
+@pytest.mark.parametrize(
+    ("updates", "fragment"),
+    [
+        ({"pk": {"Value": {"N": "1"}}}, "Cannot update attribute pk. This attribute is part"),
+        ({"a": {"Action": "PUT"}}, "Only DELETE action is allowed when no attribute value"),
+        (
+            {"a": {"Action": "ADD", "Value": {"S": "x"}}},
+            "ADD action is not supported for the type S",
+        ),
+        ({"a": {"Action": "DELETE", "Value": {"N": "1"}}}, "DELETE action with value"),
+        ({"a": {"Action": "MOVE", "Value": {"N": "1"}}}, "enum value set: \\[ADD, PUT, DELETE\\]"),
+        ({"a": {"Value": {"N": 1}}}, ""),
+    ],
+)
+def test_attribute_update_errors(updates: object, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment or None):
+        update_from_attribute_updates(updates, key_names=("pk",))
+
+
+def test_attributes_to_get() -> None:
+    assert projection_from_attributes_to_get(["a", "b.c"]) == Projection((("a",), ("b.c",)))
+    with pytest.raises(ValidationError, match="Duplicate value in attribute name: a"):
+        projection_from_attributes_to_get(["a", "a"])
+    with pytest.raises(ValidationError, match="length greater than or equal to 1"):
+        projection_from_attributes_to_get([])
+    with pytest.raises(ValidationError, match="Attribute name"):
+        projection_from_attributes_to_get(["a" * 65536])
