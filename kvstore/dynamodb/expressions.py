@@ -28,6 +28,10 @@ and ``-`` take N; list_append takes L), each update clause at most once, no two 
 projection paths overlapping (``a`` and ``a.b``) or conflicting (``a.b`` and ``a[0]``), no update
 of a key attribute when the caller names the keys, and the shape of a key condition.
 Every message starts "Invalid <Expression>: " as AWS's do, except the few AWS words otherwise.
+
+The legacy parameters (``Expected``, ``AttributeUpdates``, ``KeyConditions``, ``QueryFilter``,
+``ScanFilter``, ``AttributesToGet``) translate into the same trees in
+:mod:`kvstore.dynamodb.legacy`, re-exported here.
 """
 
 from __future__ import annotations
@@ -80,6 +84,13 @@ from kvstore.dynamodb.expression_tree import (
     Update,
     format_path,
 )
+from kvstore.dynamodb.legacy import (
+    condition_from_expected,
+    condition_from_filter,
+    key_condition_from_legacy,
+    projection_from_attributes_to_get,
+    update_from_attribute_updates,
+)
 from kvstore.dynamodb.reserved import is_reserved
 from kvstore.errors import ValidationError
 from kvstore.limits import (
@@ -98,6 +109,12 @@ __all__ = [
     "parse_projection",
     "parse_key_condition",
     "paths_clash",
+    # The legacy parameters (kvstore.dynamodb.legacy), re-exported:
+    "condition_from_expected",
+    "condition_from_filter",
+    "key_condition_from_legacy",
+    "update_from_attribute_updates",
+    "projection_from_attributes_to_get",
     # The trees (kvstore.dynamodb.expression_tree), re-exported:
     "DocumentPath",
     "Path",
