@@ -116,7 +116,8 @@ class Reads:
         schema = await self.catalog.schema(table_name(body))
         _no_index(body)
         exprs = RequestExpressions(body)
-        condition = exprs.key_condition()
+        range_name = None if schema.range_key is None else schema.range_key.name
+        condition = exprs.key_condition(schema.hash_key.name, range_name)
         if condition is None:
             raise invalid(
                 "Either the KeyConditions or KeyConditionExpression parameter must be specified "

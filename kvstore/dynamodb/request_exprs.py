@@ -93,9 +93,13 @@ class RequestExpressions:
         text = self._text("ProjectionExpression")
         return None if text is None else parse_projection(text, self.placeholders)
 
-    def key_condition(self) -> KeyCondition | None:
+    def key_condition(self, hash_key: str, range_key: str | None) -> KeyCondition | None:
         text = self._text("KeyConditionExpression")
-        return None if text is None else parse_key_condition(text, self.placeholders)
+        if text is None:
+            return None
+        return parse_key_condition(
+            text, self.placeholders, hash_key=hash_key, range_key=range_key
+        )
 
     def finish(self) -> None:
         """Refuse placeholders that no expression of the request used."""
