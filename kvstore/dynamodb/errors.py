@@ -34,9 +34,12 @@ Decisions:
 * ``Unauthorized`` is ``UnrecognizedClientException`` and ``Forbidden`` is
   ``AccessDeniedException``, both 400 as DynamoDB answers them.
 
-Server-side failures (500 and 503, and throttling) get fixed messages naming only the catalogue
-code: the message of an internal error may name a node's address or a Python object, and is
-for the coordinator's log, never for the caller.
+Server-side failures (the catalogue codes answered 500 or 503, and throttling) get fixed
+messages naming only the catalogue code: the message of an internal error may name a node's
+address or a Python object, and is for the coordinator's log, never for the caller. Errors the
+endpoint raises on purpose keep their message whatever their status (an unsupported
+``Content-Encoding`` is a ``ValidationError`` refined to ``InternalServerError``, answered 500
+with a message saying which encodings work).
 """
 
 from __future__ import annotations
@@ -97,15 +100,21 @@ _CAPITAL_MESSAGE: Final = frozenset(
 )
 
 # What the caller reads for server-side failures, whatever the internal message said.
-_FIXED_MESSAGES: Final[Mapping[str, str]] = {
-    _INTERNAL: "Internal server error",
-    _UNAVAILABLE: "The service is currently unavailable; retry the request",
-    _THROTTLING: "Rate of requests exceeds the allowed throughput.",
+_INTERNAL_MESSAGE: Final = "Internal server error"
+_UNAVAILABLE_MESSAGE: Final = "The service is currently unavailable; retry the request"
+_FIXED_MESSAGES: Final[Mapping[ErrorCode, str]] = {
+    ErrorCode.InternalError: _INTERNAL_MESSAGE,
+    ErrorCode.ProtocolViolation: _INTERNAL_MESSAGE,
+    ErrorCode.OutcomeUnknown: (
+        "Internal server error: the outcome of the request is unknown (it may or may not have "
+        "taken effect); a retry of TransactWriteItems with the same ClientRequestToken is safe"
+    ),
+    ErrorCode.Unavailable: _UNAVAILABLE_MESSAGE,
+    ErrorCode.ClockSkew: _UNAVAILABLE_MESSAGE,
+    ErrorCode.WrongOwner: _UNAVAILABLE_MESSAGE,
+    ErrorCode.DiskFull: _UNAVAILABLE_MESSAGE,
+    ErrorCode.Overloaded: "Rate of requests exceeds the allowed throughput.",
 }
-_OUTCOME_UNKNOWN_MESSAGE: Final = (
-    "Internal server error: the outcome of the request is unknown (it may or may not have taken "
-    "effect); a retry of TransactWriteItems with the same ClientRequestToken is safe"
-)
 
 _AWS_TYPE: Final = re.compile(r"[A-Z][A-Za-z0-9]{1,99}")
 
@@ -129,10 +138,8 @@ def aws_type_of(error: KvError) -> tuple[str, int]:
     return aws_type, status
 
 
-def _message(error: KvError, aws_type: str) -> str:
-    if error.code is ErrorCode.OutcomeUnknown and aws_type == _INTERNAL:
-        return f"{_OUTCOME_UNKNOWN_MESSAGE} (kvstore: {error.code.name})"
-    fixed = _FIXED_MESSAGES.get(aws_type)
+def _message(error: KvError) -> str:
+    fixed = _FIXED_MESSAGES.get(error.code)
     if fixed is not None:
         return f"{fixed} (kvstore: {error.code.name})"
     return error.message
@@ -144,7 +151,7 @@ def error_answer(error: KvError) -> ErrorAnswer:
     message_key = "Message" if aws_type in _CAPITAL_MESSAGE else "message"
     body: dict[str, object] = {
         "__type": TYPE_PREFIX + aws_type,
-        message_key: _message(error, aws_type),
+        message_key: _message(error),
     }
     reasons = error.details.get("cancellation_reasons")
     if isinstance(reasons, list):
