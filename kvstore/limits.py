@@ -588,7 +588,6 @@ DYNAMODB_PAGE_BYTES_MAX: Final = 1024 * 1024  # items (AWS's size) one Query/Sca
 DYNAMODB_PAGE_CALL_ITEMS: Final = 100  # items asked of the store per call of a Query/Scan page.
 DYNAMODB_PAGE_CALLS_MAX: Final = 64  # store calls one Query/Scan page makes at most.
 DYNAMODB_SEGMENTS_MAX: Final = 1_000_000  # TotalSegments of a parallel Scan (AWS's).
-DYNAMODB_SINGLE_WRITE_CONCURRENCY: Final = 25  # writes of one BatchWriteItem in flight at once.
 
 assert DYNAMODB_TABLE_DELETE_GRACE_MS > 2 * DYNAMODB_SCHEMA_CACHE_MS
 assert DYNAMODB_PAGE_CALL_ITEMS <= SCAN_PAGE_ITEMS_MAX
@@ -607,5 +606,26 @@ __all__ += [
     "DYNAMODB_PAGE_CALL_ITEMS",
     "DYNAMODB_PAGE_CALLS_MAX",
     "DYNAMODB_SEGMENTS_MAX",
-    "DYNAMODB_SINGLE_WRITE_CONCURRENCY",
+]
+
+# --- DynamoDB endpoint: wire, SigV4 (kvstore/dynamodb/sigv4.py, endpoint.py; issue 21) ---------
+# A DynamoDB request body as sent (before gzip/deflate is undone), and the same body decoded:
+# DynamoDB's own HTTP payload limit. Larger than API_BODY_BYTES_MAX on purpose: a BatchWriteItem
+# of 25 items of 400 KB each, binary attributes in base64, passes 8 MiB.
+DYNAMODB_BODY_BYTES_MAX: Final = 16 * 1024 * 1024
+DYNAMODB_DECODED_BODY_BYTES_MAX: Final = 16 * 1024 * 1024
+# How far a request's X-Amz-Date may be from this process's clock (Alternator's +-15 minutes;
+# botocore signs every attempt anew, so only a skewed client clock comes near it).
+DYNAMODB_SIGNATURE_SKEW_MS: Final = 15 * 60 * 1_000
+DYNAMODB_AUTHORIZATION_CHARS_MAX: Final = 4_096  # an Authorization header; longer is malformed.
+DYNAMODB_SIGNED_HEADERS_MAX: Final = 64  # names in SignedHeaders (botocore signs about 7).
+
+assert API_BODY_BYTES_MAX <= DYNAMODB_BODY_BYTES_MAX <= DYNAMODB_DECODED_BODY_BYTES_MAX
+
+__all__ += [
+    "DYNAMODB_BODY_BYTES_MAX",
+    "DYNAMODB_DECODED_BODY_BYTES_MAX",
+    "DYNAMODB_SIGNATURE_SKEW_MS",
+    "DYNAMODB_AUTHORIZATION_CHARS_MAX",
+    "DYNAMODB_SIGNED_HEADERS_MAX",
 ]

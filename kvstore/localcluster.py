@@ -97,7 +97,12 @@ the admin token (every process's ``/metrics`` needs an API token; nodes:
 do not count themselves). A probe that fails shows as a missing value, never as an error.
 
 **Env** (:meth:`LocalCluster.env`): ``KV_URL`` (the first coordinator) and ``KV_TOKEN`` (the
-admin token), what the SDK, curl and kvctl's data commands read.
+admin token), what the SDK, curl and kvctl's data commands read; and for boto3 and the AWS CLI
+(the DynamoDB endpoint on the same base URL, docs/dynamodb.md) ``AWS_ENDPOINT_URL_DYNAMODB``,
+``AWS_ACCESS_KEY_ID`` (the admin token's name), ``AWS_SECRET_ACCESS_KEY`` (the admin token) and
+``AWS_DEFAULT_REGION`` (``us-east-1``: any region is accepted, but the SDKs need one). A cluster
+made before the token file stored secrets gets its admin token's secret added by the next
+:meth:`LocalCluster.up` (:func:`~kvstore.api.tokens.store_secret`), so SigV4 works with it too.
 """
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ import aiohttp
 import tomli_w
 
 import kvstore
-from kvstore.api.tokens import Role, create_token
+from kvstore.api.tokens import Role, create_token, store_secret
 from kvstore.config import (
     ClusterConfig,
     ReplicationSpec,
@@ -175,6 +180,8 @@ __all__ = [
     "SECRET_FILE",
     "API_TOKENS_FILE",
     "ADMIN_TOKEN_FILE",
+    "ADMIN_TOKEN_NAME",
+    "DYNAMODB_REGION",
     "ProcessRole",
     "ProcessSpec",
     "PartitionStatus",
@@ -210,6 +217,7 @@ SECRET_FILE: Final = "secret"
 API_TOKENS_FILE: Final = "api_tokens.toml"
 ADMIN_TOKEN_FILE: Final = "admin.token"
 ADMIN_TOKEN_NAME: Final = "admin"
+DYNAMODB_REGION: Final = "us-east-1"  # AWS_DEFAULT_REGION of `kvctl cluster env` (any works)
 DATA_DIR: Final = "data"
 LOGS_DIR: Final = "logs"
 RUN_DIR: Final = "run"
@@ -967,8 +975,23 @@ class LocalCluster:
         return token
 
     def env(self) -> dict[str, str]:
-        """``KV_URL`` and ``KV_TOKEN`` for the SDK, curl and kvctl's data commands."""
-        return {"KV_URL": self.api_url(), "KV_TOKEN": self.admin_token()}
+        """``KV_URL`` and ``KV_TOKEN`` for the SDK, curl and kvctl's data commands, and the
+        AWS SDKs' variables for the DynamoDB endpoint (the admin token as SigV4 credentials)."""
+        url, token = self.api_url(), self.admin_token()
+        return {
+            "KV_URL": url,
+            "KV_TOKEN": token,
+            "AWS_ENDPOINT_URL_DYNAMODB": url,
+            "AWS_ACCESS_KEY_ID": ADMIN_TOKEN_NAME,
+            "AWS_SECRET_ACCESS_KEY": token,
+            "AWS_DEFAULT_REGION": DYNAMODB_REGION,
+        }
+
+    def _store_admin_secret(self) -> None:
+        """Give the admin token's entry its secret when the token file predates secrets (see
+        the module docstring); nothing when it has one, or the admin token is gone."""
+        with contextlib.suppress(ValidationError):  # no admin.token, or revoked: nothing to add
+            store_secret(self.config.api_tokens_file, self.admin_token())
 
     # --- replication -------------------------------------------------------------------------
 
@@ -1403,6 +1426,7 @@ class LocalCluster:
         """Start every process that is not running (a replicated cluster's etcd first), then
         wait until all answer health (and, replicated, until every partition is served)."""
         with self.locked():
+            self._store_admin_secret()
             started: list[str] = []
             etcd_running: list[str] = []
             if self.etcd_ports is not None:

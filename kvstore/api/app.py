@@ -25,18 +25,26 @@ and a token an API call created on one coordinator would be valid there only.
 
 Handlers only parse (:mod:`kvstore.api.requests`), call the
 :class:`~kvstore.coordinator.engine.Coordinator`, and render
-(:mod:`kvstore.coordinator.answers`). Bodies are read with a cap: a ``Content-Length`` above
-``API_BODY_BYTES_MAX`` is refused with 413 before a byte of the body is read, and a chunked body
-is cut off as soon as it passes the cap: the 413 goes out with ``Connection: close`` and the
-connection is closed right after it, so not another byte of that body is read (aiohttp would
-otherwise keep reading and discarding it for its lingering time). Keys and tokens in paths are
-decoded from the raw request target, so ``%2F`` stays inside the key.
+(:mod:`kvstore.coordinator.answers`). Bodies are read with a cap (:mod:`kvstore.api.bodies`): a
+``Content-Length`` above ``API_BODY_BYTES_MAX`` is refused with 413 before a byte of the body is
+read, and a chunked body is cut off as soon as it passes the cap: the 413 goes out with
+``Connection: close`` and the connection is closed right after it, so not another byte of that
+body is read. A ``gzip`` or ``deflate`` body is decompressed by the API itself, capped the same
+way (the server runs with aiohttp's own decompression off, ``AUTO_DECOMPRESS``, because the
+DynamoDB endpoint must see the bytes its callers signed). Keys and tokens in paths are decoded
+from the raw request target, so ``%2F`` stays inside the key.
+
+The DynamoDB endpoint (:mod:`kvstore.dynamodb.endpoint`, issue 21) shares the port: given a
+:class:`~kvstore.dynamodb.endpoint.DynamoService`, :func:`build_app` serves ``POST /`` with it.
+It is not a route of ``ROUTES`` (nor of the OpenAPI document): it authenticates with AWS
+Signature V4 instead of a bearer token, and answers in DynamoDB's error shapes, so the
+middleware passes it through; the endpoint takes the same admission places and counts the same
+metrics itself. Other methods on ``/`` get the API's usual 405.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -47,18 +55,26 @@ from typing import Final
 from aiohttp import web
 
 from kvstore.api import requests as parse
+from kvstore.api.bodies import (
+    AUTO_DECOMPRESS,
+    CUT_OFF,
+    DECODED,
+    answer_and_close,
+    decode_content,
+    read_capped,
+)
 from kvstore.api.responses import JSON_CONTENT_TYPE, error_response, json_response
 from kvstore.api.tokens import Role, TokenStore
 from kvstore.config import ClusterConfig
 from kvstore.coordinator.answers import entry_to_json, item_to_json, record_to_json, ts_to_json
 from kvstore.coordinator.engine import Coordinator
 from kvstore.coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kvstore.dynamodb.endpoint import DYNAMODB_METHOD, DYNAMODB_PATH, DynamoEndpoint, DynamoService
 from kvstore.errors import (
     InternalError,
     KvError,
     NotFound,
     Overloaded,
-    TooLarge,
     Unavailable,
     ValidationError,
 )
@@ -68,11 +84,9 @@ from kvstore.recover import drive, find_stuck, report_to_json
 from kvstore.runtime.admission import RetryAfter
 from kvstore.types import Timestamp
 
-__all__ = ["Route", "ROUTES", "build_app", "openapi_document"]
+__all__ = ["Route", "ROUTES", "AUTO_DECOMPRESS", "build_app", "openapi_document"]
 
 _log = logging.getLogger("kvstore.api")
-_READ_CHUNK_BYTES: Final = 64 * 1024
-_CUT_OFF: Final = "kvstore.body_cut_off"  # request flag: the body passed the cap mid-stream
 
 Handler = Callable[["Api", web.Request], Awaitable[web.StreamResponse]]
 OwnHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -127,27 +141,10 @@ class Api:
 
     @staticmethod
     async def _body(request: web.Request, *, optional: bool = False) -> dict[str, object]:
-        length = request.content_length
-        if length is not None and length > API_BODY_BYTES_MAX:
-            raise TooLarge(
-                f"the body is {length} bytes; at most {API_BODY_BYTES_MAX} allowed",
-                details={"limit": API_BODY_BYTES_MAX},
-            )
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            chunk = await request.content.read(_READ_CHUNK_BYTES)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > API_BODY_BYTES_MAX:
-                request[_CUT_OFF] = True
-                raise TooLarge(
-                    f"the body is over {API_BODY_BYTES_MAX} bytes",
-                    details={"limit": API_BODY_BYTES_MAX},
-                )
-            chunks.append(chunk)
-        raw = b"".join(chunks)
+        raw = await read_capped(request, API_BODY_BYTES_MAX)
+        encoding = request.headers.get("Content-Encoding", "")
+        if encoding.strip().lower() in DECODED:  # others pass as they are, as with aiohttp's own
+            raw = decode_content(raw, encoding, API_BODY_BYTES_MAX)
         if not raw.strip() and optional:
             return {}
         return parse.json_object(raw)
@@ -262,16 +259,6 @@ class Api:
         return response
 
 
-async def _answer_and_close(request: web.Request, response: web.Response) -> None:
-    """Send ``response`` with ``Connection: close``, then close the connection without reading
-    the rest of the request body (the transport flushes the answer before it closes)."""
-    response.force_close()
-    with contextlib.suppress(ConnectionError):  # the client may be gone already
-        await response.prepare(request)
-        await response.write_eof()
-    request.protocol.force_close()
-
-
 def _ts(ts: Timestamp | None) -> str | None:
     return ts_to_json(ts) if ts is not None else None
 
@@ -355,16 +342,25 @@ def build_app(
     requests_in_flight_max: int = API_REQUESTS_IN_FLIGHT_MAX,
     role: str = "coordinator",
     own_routes: Sequence[tuple[str, str, OwnHandler]] = (),
+    dynamodb: DynamoService | None = None,
 ) -> web.Application:
-    """The API application; the caller owns the coordinator's life cycle. A storage node
-    serving the API passes ``role="node"`` and its own pages (``own_routes``: method, path,
-    handler), which the middleware passes through untouched (they check their own
-    credentials) and does not count; one of them replaces the route of ``ROUTES`` with the
-    same method and path (the node's ``/metrics`` serves its coordinator's metrics too)."""
+    """The API application; the caller owns the coordinator's life cycle and runs it with
+    ``web.AppRunner(app, auto_decompress=AUTO_DECOMPRESS, ...)``. A storage node serving the
+    API passes ``role="node"`` and its own pages (``own_routes``: method, path, handler), which
+    the middleware passes through untouched (they check their own credentials) and does not
+    count; one of them replaces the route of ``ROUTES`` with the same method and path (the
+    node's ``/metrics`` serves its coordinator's metrics too). With ``dynamodb``, ``POST /`` is the
+    DynamoDB endpoint over ``dynamodb.operations(coordinator)`` (see the module docstring)."""
     api = Api(coordinator, tokens, coordinator_id, config, role)
     routes: dict[tuple[str, str], Route] = {}
     own_paths = frozenset((method, path) for method, path, _ in own_routes)
     admission = _Admission(coordinator, requests_in_flight_max)
+    endpoint = (
+        None
+        if dynamodb is None
+        else DynamoEndpoint.for_service(dynamodb, coordinator, tokens, admission)
+    )
+    own_paths |= {(DYNAMODB_METHOD, DYNAMODB_PATH)} if endpoint is not None else set()
 
     @web.middleware
     async def guard(
@@ -387,8 +383,8 @@ def build_app(
             response = await handler(request)
         except KvError as error:
             response = error_response(error)
-            if request.get(_CUT_OFF):
-                await _answer_and_close(request, response)
+            if request.get(CUT_OFF):
+                await answer_and_close(request, response)
         except web.HTTPMethodNotAllowed as error:
             response = error_response(
                 ValidationError("method", f"{request.method} is not allowed here"), 405
@@ -415,4 +411,6 @@ def build_app(
             routes[(route.method, _add_route(app, api, route))] = route
     for method, path, own in own_routes:
         app.router.add_route(method, path, own)
+    if endpoint is not None:
+        app.router.add_route(DYNAMODB_METHOD, DYNAMODB_PATH, endpoint.handle)
     return app

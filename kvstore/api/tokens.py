@@ -1,4 +1,4 @@
-"""API tokens: bearer tokens with a role, kept on disk only as SHA-256 digests.
+"""API tokens: bearer tokens with a role, also the secret access keys of the DynamoDB endpoint.
 
 Theory of operation
 -------------------
@@ -8,8 +8,17 @@ random bytes). A role ranks above another when it may do everything the other ma
 Prometheus server holds), ``read-only``, ``read-write``, ``admin`` (operator calls under
 ``/v1/admin/``). The API token file (TOML, mode 0600, ``api_tokens_file`` in the cluster file)
 holds one ``[tokens.<name>]`` table per token with its ``role``, the hex ``sha256`` of the whole
-token string and the ``created`` instant (RFC 3339, UTC). The plaintext exists only in the return
-value of :func:`create_token`: whoever reads the file learns names and roles, not credentials.
+token string, the ``created`` instant (RFC 3339, UTC) and the token itself as ``secret``. The
+secret is there for the DynamoDB endpoint (:mod:`kvstore.dynamodb.sigv4`): AWS Signature V4 is an
+HMAC keyed by the secret access key, so the verifier needs the key itself, not a digest (the
+access key id is the token's name, the secret access key the token). The file is therefore a
+credential store like the cluster secret: mode 0600, refused when group or others may access it.
+Files written before secrets were stored have entries without ``secret``; they load and their
+tokens work as bearer tokens, but cannot sign DynamoDB requests (:meth:`TokenStore.entry_by_name`
+returns them with ``secret=None``; the endpoint says to re-create the token).
+:func:`store_secret` adds the secret to such an entry when the plaintext is at hand (a local
+cluster keeps its admin token in ``admin.token``). A ``secret`` must be a well-formed token whose
+SHA-256 is the entry's ``sha256``; a mismatch is refused like any other bad field.
 
 :func:`create_token` and :func:`revoke_token` rewrite the file atomically (a 0600 temporary file
 in the same directory, fsync, ``os.replace``, fsync of the directory), so a reader sees the old
@@ -33,14 +42,16 @@ force (every scrape is 401, logged) rather than refusing to serve its data. (Two
 within one filesystem timestamp tick that reuse an inode and keep the size would look unchanged
 until the next change; operator commands are far slower than a tick.)
 
-Errors never include the presented token or any part of it: they name what was wrong (missing
-header, scheme, malformed, unknown) and, for :class:`~kvstore.errors.Forbidden`, the token's
-name and role.
+Errors and logs never include a token or any part of it (presented or stored): they name what
+was wrong (missing header, scheme, malformed, unknown) and, for
+:class:`~kvstore.errors.Forbidden`, the token's name and role. :class:`TokenEntry` keeps the
+digest and the secret out of its ``repr``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -71,6 +82,7 @@ __all__ = [
     "token_digest",
     "create_token",
     "revoke_token",
+    "store_secret",
     "list_tokens",
     "load_token_file",
     "TokenStore",
@@ -88,9 +100,11 @@ _CREATED_PATTERN: Final = re.compile(
 )
 _FILE_FIELD: Final = "api_tokens_file"
 _ENTRY_KEYS: Final = frozenset({"role", "sha256", "created"})
+_OPTIONAL_KEYS: Final = frozenset({"secret"})
 _FILE_HEADER: Final = (
-    "# API tokens of the kvstore HTTP API (docs/api.md): SHA-256 digests, never tokens.\n"
-    "# Rewritten by kvstore.api.tokens; keep this file mode 0600.\n\n"
+    "# API tokens of the kvstore HTTP API (docs/api.md) and their secrets (the DynamoDB\n"
+    "# endpoint's SigV4 keys, docs/dynamodb.md): a credential store. Keep this file mode 0600.\n"
+    "# Rewritten by kvstore.api.tokens.\n\n"
 )
 
 _log = logging.getLogger("kvstore.api.tokens")
@@ -120,12 +134,14 @@ _ROLES_BY_VALUE: Final[Mapping[str, Role]] = {role.value: role for role in Role}
 
 @dataclass(frozen=True, slots=True)
 class TokenEntry:
-    """One token of the file: everything about it except the token itself."""
+    """One token of the file. ``secret`` is the token itself (None in entries written before
+    secrets were stored); neither it nor the digest appears in the ``repr``."""
 
     name: str
     role: Role
     sha256: str = field(repr=False)  # hex digest of the whole token string
     created: str  # RFC 3339, UTC ("2026-11-22T07:30:00Z")
+    secret: str | None = field(default=None, repr=False)
 
 
 class _FileSignature(NamedTuple):
@@ -177,9 +193,26 @@ def create_token(path: Path, name: str, role: Role | str) -> str:
     digest = token_digest(token)
     assert digest not in entries  # 256 random bits do not collide
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    new = TokenEntry(name=name, role=checked_role, sha256=digest, created=created)
+    new = TokenEntry(name=name, role=checked_role, sha256=digest, created=created, secret=token)
     _write_atomically(path, [*entries.values(), new])
     return token
+
+
+def store_secret(path: Path, token: str) -> bool:
+    """Add ``token`` as the secret of its entry in ``path`` when the entry has none (a file
+    written before secrets were stored); True when the file was rewritten. A token that is not
+    in the file is a :class:`~kvstore.errors.ValidationError` (never naming the token)."""
+    if _TOKEN_PATTERN.fullmatch(token) is None:
+        raise ValidationError("token", f"not an API token ({TOKEN_PREFIX} and 43 characters)")
+    entries = load_token_file(path)
+    entry = entries.get(token_digest(token))
+    if entry is None:
+        raise ValidationError("token", f"no token in {path} has this value")
+    if entry.secret is not None:
+        return False
+    entries[entry.sha256] = dataclasses.replace(entry, secret=token)
+    _write_atomically(path, entries.values())
+    return True
 
 
 def revoke_token(path: Path, name: str) -> bool:
@@ -244,20 +277,30 @@ def _entry(name: str, raw: object) -> TokenEntry:
     where = f"tokens.{name}"
     if not isinstance(raw, dict):
         raise ValidationError(where, "must be a table")
-    unknown = sorted(set(raw) - _ENTRY_KEYS)
+    unknown = sorted(set(raw) - _ENTRY_KEYS - _OPTIONAL_KEYS)
     if unknown:
-        raise ValidationError(where, f"unknown keys {unknown}; allowed: {sorted(_ENTRY_KEYS)}")
+        allowed = sorted(_ENTRY_KEYS | _OPTIONAL_KEYS)
+        raise ValidationError(where, f"unknown keys {unknown}; allowed: {allowed}")
     missing = sorted(_ENTRY_KEYS - set(raw))
     if missing:
         raise ValidationError(where, f"missing keys {missing}")
     digest = raw["sha256"]
     if not isinstance(digest, str) or _DIGEST_PATTERN.fullmatch(digest) is None:
         raise ValidationError(f"{where}.sha256", "must be 64 lowercase hex digits")
+    secret = raw.get("secret")
+    if secret is not None:  # never shown in a message: it is a credential
+        if not isinstance(secret, str) or _TOKEN_PATTERN.fullmatch(secret) is None:
+            raise ValidationError(
+                f"{where}.secret", f"must be an API token ({TOKEN_PREFIX} and 43 characters)"
+            )
+        if not hmac.compare_digest(token_digest(secret), digest):
+            raise ValidationError(f"{where}.secret", "its SHA-256 is not the entry's sha256")
     return TokenEntry(
         name=name,
         role=_role(raw["role"], f"{where}.role"),
         sha256=digest,
         created=_created(raw["created"], f"{where}.created"),
+        secret=secret,
     )
 
 
@@ -293,14 +336,20 @@ def _created(raw: object, field_name: str) -> str:
     return raw
 
 
+def _name(entry: TokenEntry) -> str:
+    return entry.name
+
+
+def _entry_doc(entry: TokenEntry) -> dict[str, str]:
+    doc = {"role": entry.role.value, "sha256": entry.sha256, "created": entry.created}
+    if entry.secret is not None:
+        doc["secret"] = entry.secret
+    return doc
+
+
 def _write_atomically(path: Path, entries: Iterable[TokenEntry]) -> None:
     """Replace ``path`` with ``entries``; readers see the old file or the new one, never a mix."""
-    doc = {
-        "tokens": {
-            entry.name: {"role": entry.role.value, "sha256": entry.sha256, "created": entry.created}
-            for entry in sorted(entries, key=lambda entry: entry.name)
-        }
-    }
+    doc = {"tokens": {entry.name: _entry_doc(entry) for entry in sorted(entries, key=_name)}}
     data = (_FILE_HEADER + tomli_w.dumps(doc)).encode("utf-8")
     directory = path.parent
     fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
@@ -374,6 +423,7 @@ class TokenStore:
         self._now_ms = now_ms
         self._reload_interval_ms = reload_interval_ms
         self._by_digest: Mapping[str, TokenEntry] = {}
+        self._by_name: Mapping[str, TokenEntry] = {}
         self._signature: _FileSignature | None = None
         try:
             try:
@@ -382,7 +432,7 @@ class TokenStore:
                 raise ValidationError(
                     _FILE_FIELD, f"cannot stat {path}: {error.strerror}"
                 ) from None
-            self._by_digest = load_token_file(path)
+            self._set(load_token_file(path))
         except ValidationError as error:
             if strict:  # a coordinator must not come up behind a broken token file
                 raise
@@ -409,6 +459,12 @@ class TokenStore:
         if entry is None or not hmac.compare_digest(entry.sha256, digest):
             raise Unauthorized("unknown bearer token")
         return entry
+
+    def entry_by_name(self, name: str) -> TokenEntry | None:
+        """The token named ``name`` (a DynamoDB access key id), None when there is none. Its
+        ``secret`` (None for tokens written before secrets were stored) keys SigV4."""
+        self._reload_when_due()
+        return self._by_name.get(name)
 
     def authorize(self, authorization: str | None, needed: Role) -> TokenEntry:
         """As :meth:`authenticate`; :class:`Forbidden` when the role does not allow ``needed``."""
@@ -451,7 +507,7 @@ class TokenStore:
                 kept_tokens=len(self._by_digest),
             )
             return False
-        self._by_digest = by_digest
+        self._set(by_digest)
         log_event(
             _log,
             "api_tokens.reloaded",
@@ -460,6 +516,10 @@ class TokenStore:
             missing=signature is None,
         )
         return True
+
+    def _set(self, by_digest: Mapping[str, TokenEntry]) -> None:
+        self._by_digest = by_digest
+        self._by_name = {entry.name: entry for entry in by_digest.values()}
 
     def _reload_when_due(self) -> None:
         if self._now_ms() - self._checked_at_ms >= self._reload_interval_ms:

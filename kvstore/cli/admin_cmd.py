@@ -6,9 +6,12 @@ These commands act on a cluster through its files, not its API: the cluster file
 else the local cluster directory's ``cluster.toml``: ``--dir``, ``$KVSTORE_DIR``, ``./.kvstore``),
 the API token file it names, and the cluster secret for the storage nodes' internal RPC.
 
-* ``token create NAME --role ROLE`` adds a token to the token file (mode 0600; only its SHA-256
-  digest is stored) and prints it, the one time it exists in plaintext; ``token revoke NAME``
-  removes it; ``token list`` shows names, roles and creation times. Roles, least first:
+* ``token create NAME --role ROLE`` adds a token to the token file (mode 0600: it holds the token
+  and its SHA-256 digest) and prints it, with the AWS credentials it makes for the DynamoDB
+  endpoint (access key id: the name; secret access key: the token; docs/dynamodb.md);
+  ``token revoke NAME`` removes it; ``token list`` shows names, roles and creation times (never
+  a token). A token created before the file stored tokens cannot sign DynamoDB requests:
+  revoke and create it again. Roles, least first:
   ``metrics`` (scrape ``/metrics`` of every process), ``read-only``, ``read-write``, ``admin``
   (also ``POST /v1/admin/recover``); docs/api.md. Coordinators and storage nodes pick changes up
   within a second, without a restart. On several hosts, copy the file to every host.
@@ -57,10 +60,20 @@ def _token_create(args: argparse.Namespace, out: Output) -> int:
     path = _config(args).api_tokens_file
     token = create_token(path, args.name, args.role)
     if out.json_mode:
-        out.json({"name": args.name, "role": args.role, "token": token})
+        out.json(
+            {
+                "name": args.name,
+                "role": args.role,
+                "token": token,
+                "aws_access_key_id": args.name,
+                "aws_secret_access_key": token,
+            }
+        )
     else:
-        out.line(f"created token {args.name!r} ({args.role}); it is shown only this once:")
+        out.line(f"created token {args.name!r} ({args.role}); keep it secret:")
         out.line(token)
+        out.line("As AWS credentials for the DynamoDB endpoint (SigV4; docs/dynamodb.md):")
+        out.line(f"  export AWS_ACCESS_KEY_ID={args.name} AWS_SECRET_ACCESS_KEY={token}")
     return EXIT_OK
 
 

@@ -48,7 +48,10 @@ the processes, health and status; read its docstring first). The directory is ``
 * On a full disk kvctl itself says ``no space left on device writing PATH`` in one line (exit
   status 1, :func:`kvstore.cli.output.run_handler`); ``up`` never leaves a process it started
   without its pid file (:class:`~kvstore.localcluster.LocalCluster`).
-* ``env`` prints ``export KV_URL=... KV_TOKEN=...`` lines for ``eval "$(kvctl cluster env)"``.
+* ``env`` prints ``export KV_URL=... KV_TOKEN=...`` lines for ``eval "$(kvctl cluster env)"``,
+  and the AWS SDKs' ``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_ACCESS_KEY_ID``,
+  ``AWS_SECRET_ACCESS_KEY`` and ``AWS_DEFAULT_REGION`` for the DynamoDB endpoint (the admin
+  token as SigV4 credentials), so boto3 and ``aws dynamodb`` work unmodified.
 """
 
 from __future__ import annotations
@@ -194,9 +197,11 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     env = actions.add_parser(
         "env",
         parents=[common],
-        help="print KV_URL and KV_TOKEN for the SDK and curl",
+        help="print KV_URL and KV_TOKEN (SDK, curl) and AWS_* variables (boto3, AWS CLI)",
         description="Print shell exports of KV_URL (the first coordinator's API) and KV_TOKEN "
-        '(the admin token): eval "$(kvctl cluster env)".',
+        "(the admin token), and of AWS_ENDPOINT_URL_DYNAMODB (the same URL: the DynamoDB "
+        "endpoint), AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the admin token's name and the "
+        'token) and AWS_DEFAULT_REGION: eval "$(kvctl cluster env)".',
     )
     env.set_defaults(handler=_env)
 
@@ -314,6 +319,9 @@ def _print_up(
     out.line("From Python (standard library; KV_URL and KV_TOKEN exported as above):")
     for line in _PYTHON_EXAMPLE:
         out.line("  " + line)
+    out.line()
+    out.line('DynamoDB (boto3, the AWS CLI; docs/dynamodb.md), after eval "$(kvctl cluster env)":')
+    out.line("""  python -c 'import boto3; print(boto3.client("dynamodb").list_tables())'""")
     out.line()
     if args.foreground:
         adopted = (

@@ -30,7 +30,7 @@ import os
 
 from aiohttp import web
 
-from kvstore.api.app import build_app
+from kvstore.api.app import AUTO_DECOMPRESS, build_app
 from kvstore.api.tokens import TokenStore
 from kvstore.chaos_control import enabled_from_env
 from kvstore.config import ClusterConfig
@@ -91,7 +91,11 @@ class CoordinatorService:
             peers = [spec.address for spec in self.config.nodes.values()]
             self.chaos.mount(app, self.config.secret(), peers)
         self._web = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+            auto_decompress=AUTO_DECOMPRESS,
         )
         await self._web.setup()
         host, _, port = self.spec.address.rpartition(":")

@@ -67,7 +67,7 @@ from typing import IO
 from aiohttp import web
 
 from kvstore import limits, native
-from kvstore.api.app import build_app
+from kvstore.api.app import AUTO_DECOMPRESS, build_app
 from kvstore.api.responses import error_response
 from kvstore.api.tokens import Role, TokenStore
 from kvstore.chaos_control import enabled_from_env
@@ -218,7 +218,9 @@ class NodeService:
         if self.chaos is not None:
             peers = [spec.address for spec in self.config.nodes.values()]
             self.chaos.mount(app, self.secret, peers)
-        self._runner_web = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner_web = web.AppRunner(
+            app, access_log=None, handle_signals=False, auto_decompress=AUTO_DECOMPRESS
+        )
         await self._runner_web.setup()
         host, _, port = self.spec.address.rpartition(":")
         site = web.TCPSite(

@@ -181,8 +181,22 @@ def test_cluster_life_cycle(cluster_dir: Path) -> None:
 
     # env: shell exports and JSON.
     exports = kvctl("cluster", "env", "--dir", root).stdout.splitlines()
-    assert exports == [f"export KV_URL={base}", f"export KV_TOKEN={token}"]
-    assert kvctl_json("cluster", "env", "--dir", root) == {"KV_URL": base, "KV_TOKEN": token}
+    aws = {
+        "AWS_ENDPOINT_URL_DYNAMODB": base,
+        "AWS_ACCESS_KEY_ID": "admin",
+        "AWS_SECRET_ACCESS_KEY": token,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    assert exports == [
+        f"export KV_URL={base}",
+        f"export KV_TOKEN={token}",
+        *(f"export {name}={value}" for name, value in aws.items()),
+    ]
+    assert kvctl_json("cluster", "env", "--dir", root) == {
+        "KV_URL": base,
+        "KV_TOKEN": token,
+        **aws,
+    }
 
 
 def test_up_prints_the_api_and_first_requests(cluster_dir: Path) -> None:

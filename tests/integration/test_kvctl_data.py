@@ -189,6 +189,17 @@ def test_tokens_can_be_created_used_listed_and_revoked(cluster: LocalNodes) -> N
     created = ok_json(kvctl(cluster, "token", "create", "ci-bot", "--role", "read-only", "--json"))
     assert isinstance(created, dict) and created["token"].startswith("kvt_")
     token = created["token"]
+    # The same token as AWS credentials for the DynamoDB endpoint (SigV4).
+    assert created["aws_access_key_id"] == "ci-bot"
+    assert created["aws_secret_access_key"] == token
+    assert set(created) == {"name", "role", "token", "aws_access_key_id", "aws_secret_access_key"}
+    text = kvctl(cluster, "token", "create", "ci-bot-2", "--role", "read-only")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0] == "created token 'ci-bot-2' (read-only); keep it secret:"
+    assert lines[1].startswith("kvt_")  # the token alone on the second line, as before
+    assert f"export AWS_ACCESS_KEY_ID=ci-bot-2 AWS_SECRET_ACCESS_KEY={lines[1]}" in text.stdout
+    ok_json(kvctl(cluster, "token", "revoke", "ci-bot-2", "--json"))
     ok_json(kvctl(cluster, "put", "tok/k", "1", "--json"))
     got = kvctl(cluster, "get", "tok/k", "--json", token=token)
     # The coordinator re-reads the token file within a second; poll that long at most.

@@ -29,6 +29,7 @@ from kvstore.api.tokens import (
     list_tokens,
     load_token_file,
     revoke_token,
+    store_secret,
     token_digest,
 )
 from kvstore.errors import Forbidden, KvError, Unauthorized, ValidationError
@@ -136,19 +137,85 @@ def test_create_list_revoke_round_trip(path: Path) -> None:
     assert [e.name for e in list_tokens(path)] == ["dash-board_1"]
 
 
-def test_the_file_holds_digests_never_tokens(path: Path) -> None:
+def test_the_file_holds_the_digest_and_the_secret_for_sigv4(path: Path) -> None:
     token = create_token(path, "ci", Role.READ_WRITE)
     text = path.read_text(encoding="utf-8")
-    assert token not in text
-    assert token[len(TOKEN_PREFIX) :] not in text
     assert token_digest(token) in text
-    assert "sha256" in text
+    assert f'secret = "{token}"' in text  # the DynamoDB endpoint's HMAC key (docs/dynamodb.md)
     assert "[tokens.ci]" in text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    (entry,) = load_token_file(path).values()
+    assert entry.secret == token
+    assert TokenStore(path).authenticate(bearer(token)).secret == token
 
 
-def test_token_entry_repr_has_no_digest() -> None:
-    entry = TokenEntry(name="n", role=Role.ADMIN, sha256=DIGEST, created=CREATED)
+def test_token_entry_repr_has_no_digest_and_no_secret() -> None:
+    secret = "kvt_" + "q" * 43
+    entry = TokenEntry(name="n", role=Role.ADMIN, sha256=DIGEST, created=CREATED, secret=secret)
     assert DIGEST not in repr(entry)
+    assert secret not in repr(entry)
+    assert secret not in str(entry)
+
+
+def test_an_old_file_without_secrets_still_loads_and_authenticates(path: Path) -> None:
+    token = "kvt_" + "o" * 43
+    write_private(path, entry_toml("old", role="read-only", sha256=token_digest(token)))
+    store = TokenStore(path)
+    entry = store.authenticate(bearer(token))
+    assert (entry.name, entry.secret) == ("old", None)
+    looked_up = store.entry_by_name("old")
+    assert looked_up is not None
+    assert looked_up.secret is None
+    # A rewrite (another token created) keeps the old entry as it was: no secret invented.
+    new = create_token(path, "new", Role.ADMIN)
+    by_name = {e.name: e for e in load_token_file(path).values()}
+    assert by_name["old"].secret is None
+    assert by_name["new"].secret == new
+    assert "secret" not in path.read_text(encoding="utf-8").split("[tokens.old]")[1]
+
+
+def test_store_secret_backfills_an_old_entry_once(path: Path) -> None:
+    token = "kvt_" + "b" * 43
+    write_private(path, entry_toml("admin", sha256=token_digest(token)))
+    assert store_secret(path, token) is True
+    (entry,) = load_token_file(path).values()
+    assert (entry.name, entry.role, entry.secret, entry.created) == (
+        "admin",
+        Role.ADMIN,
+        token,
+        CREATED,
+    )
+    assert store_secret(path, token) is False
+    with pytest.raises(ValidationError) as caught:
+        store_secret(path, "kvt_" + "c" * 43)
+    assert "kvt_" not in caught.value.message
+    with pytest.raises(ValidationError):
+        store_secret(path, "not-a-token")
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ['"kvt_short"', "5", '"' + "kvt_" + "z" * 43 + '"'],  # the last: another token's value
+)
+def test_a_bad_or_mismatched_secret_is_refused_without_echo(path: Path, secret: str) -> None:
+    write_private(path, entry_toml() + f"secret = {secret}\n")
+    with pytest.raises(ValidationError) as caught:
+        load_token_file(path)
+    assert caught.value.field == "tokens.t.secret"
+    assert "kvt_" not in caught.value.message.replace("(kvt_ and", "")
+
+
+def test_entry_by_name_follows_the_file(path: Path, clock: Clock) -> None:
+    store = TokenStore(path, now_ms=clock)
+    assert store.entry_by_name("late") is None
+    token = create_token(path, "late", Role.READ_ONLY)
+    clock.advance()
+    entry = store.entry_by_name("late")
+    assert entry is not None
+    assert (entry.role, entry.secret) == (Role.READ_ONLY, token)
+    revoke_token(path, "late")
+    clock.advance()
+    assert store.entry_by_name("late") is None
 
 
 @pytest.fixture

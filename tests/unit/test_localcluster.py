@@ -10,6 +10,7 @@ to an exit status.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -22,8 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tomli_w
 
-from kvstore.api.tokens import Role, TokenStore
+from kvstore.api.tokens import Role, TokenStore, load_token_file, revoke_token
 from kvstore.cli.output import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -365,14 +367,42 @@ def test_wait_detached_waits_for_the_session_process(
 
 def test_env_names_the_first_coordinator_and_the_admin_token(cluster: LocalCluster) -> None:
     env = cluster.env()
+    url = f"http://{cluster.config.coordinators['c1'].address}"
+    token = (cluster.root / ADMIN_TOKEN_FILE).read_text().strip()
     assert env == {
-        "KV_URL": f"http://{cluster.config.coordinators['c1'].address}",
-        "KV_TOKEN": (cluster.root / ADMIN_TOKEN_FILE).read_text().strip(),
+        "KV_URL": url,
+        "KV_TOKEN": token,
+        "AWS_ENDPOINT_URL_DYNAMODB": url,
+        "AWS_ACCESS_KEY_ID": "admin",
+        "AWS_SECRET_ACCESS_KEY": token,
+        "AWS_DEFAULT_REGION": "us-east-1",
     }
     assert env["KV_TOKEN"].startswith("kvt_")
+    # The access key id names the admin token, whose stored secret is the token (SigV4).
+    entry = TokenStore(cluster.config.api_tokens_file).entry_by_name(env["AWS_ACCESS_KEY_ID"])
+    assert entry is not None
+    assert (entry.role, entry.secret) == (Role.ADMIN, token)
     (cluster.root / ADMIN_TOKEN_FILE).chmod(0o644)
     with pytest.raises(ValidationError, match="chmod 600"):
         cluster.env()
+
+
+def test_a_token_file_without_secrets_gets_the_admin_secret_on_up(cluster: LocalCluster) -> None:
+    path = cluster.config.api_tokens_file
+    token = cluster.admin_token()
+    (entry,) = load_token_file(path).values()
+    old = tomli_w.dumps(
+        {"tokens": {"admin": {"role": "admin", "sha256": entry.sha256, "created": entry.created}}}
+    )
+    path.write_text(old, encoding="utf-8")  # as written before secrets were stored
+    assert TokenStore(path).entry_by_name("admin") == dataclasses.replace(entry, secret=None)
+    cluster._store_admin_secret()  # what up() does first
+    assert TokenStore(path).entry_by_name("admin") == entry
+    assert entry.secret == token
+    cluster._store_admin_secret()  # nothing left to do; a revoked admin token is no error
+    revoke_token(path, "admin")
+    cluster._store_admin_secret()
+    assert load_token_file(path) == {}
 
 
 def test_status_of_a_stopped_cluster_is_down_with_the_partition_map(
