@@ -70,6 +70,7 @@ from kvstore.coordinator.answers import entry_to_json, item_to_json, record_to_j
 from kvstore.coordinator.engine import Coordinator
 from kvstore.coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kvstore.dynamodb.endpoint import DYNAMODB_METHOD, DYNAMODB_PATH, DynamoEndpoint, DynamoService
+from kvstore.dynamodb.operations import READ_OPERATIONS, WRITE_OPERATIONS, DynamoOperations
 from kvstore.errors import (
     InternalError,
     KvError,
@@ -333,6 +334,9 @@ def _add_route(app: web.Application, api: Api, route: Route) -> str:
     return resource_route.resource.canonical if resource_route.resource else path
 
 
+DYNAMODB_SERVICE: Final = DynamoService(DynamoOperations, READ_OPERATIONS, WRITE_OPERATIONS)
+
+
 def build_app(
     coordinator: Coordinator,
     tokens: TokenStore,
@@ -349,18 +353,17 @@ def build_app(
     API passes ``role="node"`` and its own pages (``own_routes``: method, path, handler), which
     the middleware passes through untouched (they check their own credentials) and does not
     count; one of them replaces the route of ``ROUTES`` with the same method and path (the
-    node's ``/metrics`` serves its coordinator's metrics too). With ``dynamodb``, ``POST /`` is the
-    DynamoDB endpoint over ``dynamodb.operations(coordinator)`` (see the module docstring)."""
+    node's ``/metrics`` serves its coordinator's metrics too). ``POST /`` is the DynamoDB endpoint
+    over ``dynamodb.operations(coordinator)`` (by default the real operations, kvstore.dynamodb;
+    tests may pass another, see the module docstring)."""
     api = Api(coordinator, tokens, coordinator_id, config, role)
     routes: dict[tuple[str, str], Route] = {}
     own_paths = frozenset((method, path) for method, path, _ in own_routes)
     admission = _Admission(coordinator, requests_in_flight_max)
-    endpoint = (
-        None
-        if dynamodb is None
-        else DynamoEndpoint.for_service(dynamodb, coordinator, tokens, admission)
+    endpoint = DynamoEndpoint.for_service(
+        dynamodb or DYNAMODB_SERVICE, coordinator, tokens, admission
     )
-    own_paths |= {(DYNAMODB_METHOD, DYNAMODB_PATH)} if endpoint is not None else set()
+    own_paths |= {(DYNAMODB_METHOD, DYNAMODB_PATH)}
 
     @web.middleware
     async def guard(
@@ -411,6 +414,5 @@ def build_app(
             routes[(route.method, _add_route(app, api, route))] = route
     for method, path, own in own_routes:
         app.router.add_route(method, path, own)
-    if endpoint is not None:
-        app.router.add_route(DYNAMODB_METHOD, DYNAMODB_PATH, endpoint.handle)
+    app.router.add_route(DYNAMODB_METHOD, DYNAMODB_PATH, endpoint.handle)
     return app

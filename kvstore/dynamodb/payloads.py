@@ -83,7 +83,12 @@ class ExpressionUpdate:
 
 
 def source_to_json(source: ExpressionSource) -> dict[str, object]:
-    return {"expr": source.text, "names": dict(source.names), "values": dict(source.values)}
+    out: dict[str, object] = {"expr": source.text}
+    if source.names:
+        out["names"] = dict(source.names)
+    if source.values:
+        out["values"] = dict(source.values)
+    return out
 
 
 def source_from_json(obj: object, field: str) -> ExpressionSource:
@@ -103,7 +108,7 @@ def source_from_json(obj: object, field: str) -> ExpressionSource:
 
 
 def _placeholders(source: ExpressionSource) -> Placeholders:
-    return Placeholders.from_stored(dict(source.names), dict(source.values))
+    return Placeholders.from_stored(dict(source.names) or None, dict(source.values) or None)
 
 
 def condition_from_source(source: ExpressionSource) -> ExpressionCondition:

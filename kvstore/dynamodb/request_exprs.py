@@ -97,9 +97,7 @@ class RequestExpressions:
         text = self._text("KeyConditionExpression")
         if text is None:
             return None
-        return parse_key_condition(
-            text, self.placeholders, hash_key=hash_key, range_key=range_key
-        )
+        return parse_key_condition(text, self.placeholders, hash_key=hash_key, range_key=range_key)
 
     def finish(self) -> None:
         """Refuse placeholders that no expression of the request used."""

@@ -136,7 +136,9 @@ def test_item_types_round_trip(ddb: Any) -> None:
     missing = ddb.get_item(TableName=table, Key={"pk": {"S": "nope"}, "sk": {"S": "1"}})
     assert "Item" not in missing
     with pytest.raises(ClientError) as raised:
-        ddb.put_item(TableName=table, Item={"pk": {"S": "x"}, "sk": {"S": "1"}, "n": {"N": "1" * 39}})
+        ddb.put_item(
+            TableName=table, Item={"pk": {"S": "x"}, "sk": {"S": "1"}, "n": {"N": "1" * 39}}
+        )
     assert _code(raised.value) == "ValidationException"
     assert "significant" in raised.value.response["Error"]["Message"]
 
@@ -260,9 +262,9 @@ def test_query_sort_key_tests_and_pages(ddb: Any) -> None:
     assert query("pk = :h AND sk > :v", {":v": {"N": "0"}}) == [n for n in ordered if n > 0]
     assert query("pk = :h AND sk >= :v", {":v": {"N": "0"}}) == [n for n in ordered if n >= 0]
     assert query("pk = :h AND sk = :v", {":v": {"N": "1000"}}) == [Decimal(1000)]
-    assert query(
-        "pk = :h AND sk BETWEEN :a AND :b", {":a": {"N": "-2"}, ":b": {"N": "1"}}
-    ) == [n for n in ordered if -2 <= n <= 1]
+    assert query("pk = :h AND sk BETWEEN :a AND :b", {":a": {"N": "-2"}, ":b": {"N": "1"}}) == [
+        n for n in ordered if -2 <= n <= 1
+    ]
     filtered = ddb.query(
         TableName=table,
         KeyConditionExpression="pk = :h",
@@ -299,14 +301,20 @@ def test_query_begins_with_and_binary_order(ddb: Any) -> None:
         ScanIndexForward=False,
     )
     assert [item["sk"]["B"] for item in page["Items"]] == [
-        b"\xff", b"\x80", b"\x7f", b"\x00\x01", b"\x00"
+        b"\xff",
+        b"\x80",
+        b"\x7f",
+        b"\x00\x01",
+        b"\x00",
     ]
 
 
 def test_scan_pages_segments_and_filters(ddb: Any) -> None:
     table = _table(ddb, sort=None, hash_type="N")
     for number in range(60):
-        ddb.put_item(TableName=table, Item={"pk": {"N": str(number)}, "even": {"BOOL": number % 2 == 0}})
+        ddb.put_item(
+            TableName=table, Item={"pk": {"N": str(number)}, "even": {"BOOL": number % 2 == 0}}
+        )
     paginator = ddb.get_paginator("scan")
     seen = [
         int(item["pk"]["N"])
@@ -339,6 +347,7 @@ def test_transactions_across_two_tables(ddb: Any) -> None:
 
     def transfer(amount: int, token: str | None = None) -> None:
         kwargs: dict[str, Any] = {} if token is None else {"ClientRequestToken": token}
+        entry = token or uuid.uuid4().hex  # the same request again for the same token
         ddb.transact_write_items(
             TransactItems=[
                 {
@@ -362,7 +371,7 @@ def test_transactions_across_two_tables(ddb: Any) -> None:
                 {
                     "Put": {
                         "TableName": audit,
-                        "Item": {"pk": {"S": "log"}, "sk": {"S": uuid.uuid4().hex}},
+                        "Item": {"pk": {"S": "log"}, "sk": {"S": entry}},
                         "ConditionExpression": "attribute_not_exists(pk)",
                     }
                 },
@@ -426,8 +435,7 @@ def test_batches(ddb: Any) -> None:
     written = ddb.batch_write_item(
         RequestItems={
             table: [
-                {"PutRequest": {"Item": {"pk": {"S": "b"}, "sk": {"S": str(i)}}}}
-                for i in range(25)
+                {"PutRequest": {"Item": {"pk": {"S": "b"}, "sk": {"S": str(i)}}}} for i in range(25)
             ]
         }
     )
@@ -442,15 +450,11 @@ def test_batches(ddb: Any) -> None:
     got = ddb.batch_get_item(RequestItems={table: {"Keys": keys[:20]}})
     assert len(got["Responses"][table]) == 10
     with pytest.raises(ClientError) as raised:
-        ddb.batch_write_item(
-            RequestItems={table: [{"PutRequest": {"Item": keys[0]}}] * 2}
-        )
+        ddb.batch_write_item(RequestItems={table: [{"PutRequest": {"Item": keys[0]}}] * 2})
     assert "duplicates" in raised.value.response["Error"]["Message"]
     with pytest.raises(ClientError) as raised:
         ddb.batch_write_item(
-            RequestItems={
-                table: [{"PutRequest": {"Item": key}} for key in keys[:26]]
-            }
+            RequestItems={table: [{"PutRequest": {"Item": key}} for key in keys[:26]]}
         )
     assert _code(raised.value) == "ValidationException"
 
@@ -458,9 +462,7 @@ def test_batches(ddb: Any) -> None:
 def test_read_only_token_cannot_write(cluster: LocalNodes, ddb: Any) -> None:
     table = _table(ddb)
     reader = _client(cluster, "read-only")
-    assert "Item" not in reader.get_item(
-        TableName=table, Key={"pk": {"S": "a"}, "sk": {"S": "b"}}
-    )
+    assert "Item" not in reader.get_item(TableName=table, Key={"pk": {"S": "a"}, "sk": {"S": "b"}})
     with pytest.raises(ClientError) as raised:
         reader.put_item(TableName=table, Item={"pk": {"S": "a"}, "sk": {"S": "b"}})
     assert _code(raised.value) == "AccessDeniedException"
