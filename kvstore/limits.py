@@ -541,7 +541,10 @@ __all__ += [
 # DynamoDB's own limits (docs/dynamodb reference sections 3 and 4), enforced by the endpoint
 # whatever boto3 validated (botocore never checks a maximum).
 DYNAMODB_ITEM_BYTES_MAX: Final = 400 * 1024  # one item by AWS's size formula (attributes.py).
-DYNAMODB_NESTING_MAX: Final = 32  # nested L/M levels in one attribute value.
+# Nested L/M levels in one attribute value: DynamoDB allows 32; 31 here, because the stored form
+# (one-member type maps) nests two store levels per L/M level and a value nests at most
+# VALUE_DEPTH_MAX = 64 (docs/dynamodb.md lists the gap).
+DYNAMODB_NESTING_MAX: Final = 31
 DYNAMODB_ATTRIBUTE_NAME_BYTES_MAX: Final = 65_535  # UTF-8 bytes of a non-key attribute name.
 DYNAMODB_NUMBER_DIGITS_MAX: Final = 38  # significant decimal digits of a number.
 # Decimal exponent of a non-zero number's leading digit: 1E-130 .. 9.99...E+125.
