@@ -62,6 +62,10 @@ class Mutant(enum.Enum):
     ELECT_ANY_REPLICA = "elect-any-replica"  # the election ignores which replica holds the most
     # Of snapshot reads and backups (kvstore.storage_node.core, docs/backup.md):
     SNAPSHOT_WITHOUT_FLOOR = "snapshot-without-floor"  # a read at ``at`` leaves the floor below it
+    # Of the DynamoDB endpoint (kvstore.dynamodb, docs/dynamodb.md): a node takes every DynamoDB
+    # condition expression as holding (caught by real-process runs of the DynamoDB bank workload,
+    # python -m chaos.mutant_runs; the simulator drives no DynamoDB requests):
+    DDB_CONDITION_IGNORED = "ddb-condition-ignored"
     # Of the clock (kvstore.timestamps), in clones of a process (a fork, a snapshot restored twice):
     NO_FORK_REDRAW = "no-fork-redraw"  # a cloned clock keeps its origin: copies reissue timestamps
 

@@ -53,6 +53,7 @@ from typing import Any, Generic, TypeVar
 
 from kvstore import limits
 from kvstore.conditions import evaluate
+from kvstore.dynamodb.payloads import ExpressionCondition
 from kvstore.errors import ErrorCode, SnapshotTooOld, TransactionConflict, ValidationError
 from kvstore.messages import (
     CancelReply,
@@ -1035,6 +1036,10 @@ class PartitionCore:
 
     def _condition_outcome(self, op: Op, state: _KeyState) -> OpOutcome | None:
         if evaluate(op.condition, exists=state.exists, value=state.value, version=state.version):
+            return None
+        if Mutant.DDB_CONDITION_IGNORED in self._mutants and isinstance(
+            op.condition, ExpressionCondition
+        ):
             return None
         item = None
         if op.return_item and state.row is not None and state.exists:

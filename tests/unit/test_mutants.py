@@ -17,6 +17,7 @@ from support.partition import P0, Partition, add, check, codes, delete, put, ts
 from support.runtime import P1, START_US, Node
 
 from kvstore.conditions import Exists
+from kvstore.dynamodb.request_exprs import RequestExpressions
 from kvstore.coordinator.core import WriteTxn
 from kvstore.coordinator.read import ReadTxn
 from kvstore.coordinator.results import ReadResult
@@ -507,6 +508,25 @@ def test_elect_any_replica_picks_one_that_misses_a_batch(arm: Arm) -> None:
 
     assert script(NO_MUTANTS) == "a"
     assert script(arm(Mutant.ELECT_ANY_REPLICA)) == "b", "b misses batch 9"
+
+
+@shows(Mutant.DDB_CONDITION_IGNORED)
+def test_ddb_condition_ignored_lets_a_failed_dynamodb_condition_write(arm: Arm) -> None:
+    exprs = RequestExpressions(
+        {"ConditionExpression": "balance >= :a", "ExpressionAttributeValues": {":a": {"N": "5"}}}
+    )
+    condition = exprs.condition()
+
+    def script(mutants: Mutants) -> list[ReasonCode]:
+        p = partition(mutants)
+        assert p.prepare("t1", ts(10), put("x", {"balance": {"N": "3"}})).accepted
+        assert p.commit("t1") == 1
+        return codes(
+            p.prepare("t2", ts(20), put("x", {"balance": {"N": "-2"}}, condition)).outcomes
+        )
+
+    assert script(NO_MUTANTS) == [ReasonCode.CONDITION_FAILED]
+    assert script(arm(Mutant.DDB_CONDITION_IGNORED)) == [OK]
 
 
 def test_every_mutant_has_a_test_showing_what_it_breaks() -> None:
