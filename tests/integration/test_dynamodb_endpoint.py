@@ -569,3 +569,16 @@ async def test_the_json_api_still_decodes_compressed_bodies(
     error = json.loads(reply.raw)["error"]
     assert (reply.status, error["code"]) == (400, "ValidationError")
     assert error["field"] == "keys"  # parsed: the body was decoded
+
+
+async def test_the_variables_of_kvctl_cluster_env_are_all_boto3_needs(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The names `kvctl cluster env` exports (LocalCluster.env) configure a plain client."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", server.base)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "admin")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.tokens["admin"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = boto3.session.Session().client("dynamodb")
+    assert (await call(client, "list_tables"))["TableNames"] == ["alpha", "beta"]
+    assert server.fake.calls == [("ListTables", {}, "admin")]
