@@ -552,3 +552,33 @@ async def test_requests_are_counted_per_operation(server: Server) -> None:
     assert ("dynamodb.PutItem", "400") in counted
     assert ("dynamodb", "400") in counted
     assert server.coordinator.metrics.requests_in_flight._value.get() == 0
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", None])
+async def test_the_json_api_still_decodes_compressed_bodies(
+    server: Server, encoding: str | None
+) -> None:
+    """aiohttp's own decompression is off (the signature needs the bytes as sent); the JSON
+    API decodes gzip and deflate itself, so its callers see no change."""
+    plain = json.dumps({"keys": 5}).encode()
+    compressed = {"gzip": gzip.compress, "deflate": zlib.compress, None: bytes}[encoding](plain)
+    headers = {"Authorization": f"Bearer {server.tokens['read-only']}"}
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
+    reply = await post(server, compressed, headers, path="/v1/read")
+    error = json.loads(reply.raw)["error"]
+    assert (reply.status, error["code"]) == (400, "ValidationError")
+    assert error["field"] == "keys"  # parsed: the body was decoded
+
+
+async def test_the_variables_of_kvctl_cluster_env_are_all_boto3_needs(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The names `kvctl cluster env` exports (LocalCluster.env) configure a plain client."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", server.base)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "admin")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.tokens["admin"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = boto3.session.Session().client("dynamodb")
+    assert (await call(client, "list_tables"))["TableNames"] == ["alpha", "beta"]
+    assert server.fake.calls == [("ListTables", {}, "admin")]
