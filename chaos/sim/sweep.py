@@ -72,6 +72,9 @@ MUTANT_WORKLOADS: dict[Mutant, tuple[str, ...]] = {
     # Backups' (docs/backup.md): a write below a backup's timestamp accepted after its page; only
     # the backup check sees it, in the workloads whose runs take backups.
     Mutant.SNAPSHOT_WITHOUT_FLOOR: BACKUP_WORKLOADS,
+    # The DynamoDB endpoint's: the simulator sends no DynamoDB requests; real-process runs of the
+    # DynamoDB bank workload catch it (chaos.mutant_runs).
+    Mutant.DDB_CONDITION_IGNORED: (),
 }
 REPLICATION_MUTANTS = frozenset(
     {

@@ -17,10 +17,10 @@ from support.partition import P0, Partition, add, check, codes, delete, put, ts
 from support.runtime import P1, START_US, Node
 
 from kvstore.conditions import Exists
-from kvstore.dynamodb.request_exprs import RequestExpressions
 from kvstore.coordinator.core import WriteTxn
 from kvstore.coordinator.read import ReadTxn
 from kvstore.coordinator.results import ReadResult
+from kvstore.dynamodb.request_exprs import RequestExpressions
 from kvstore.messages import (
     CommitRequest,
     ExecuteReply,
