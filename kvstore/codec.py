@@ -265,7 +265,7 @@ _TOKEN_LOOKUP: Final = _shape("partition token")
 _READ: Final = _shape("partition keys", "at")
 _GET: Final = _shape("partition key")
 _WRITE: Final = _shape("partition op")
-_SCAN: Final = _shape("partition start end limit", "at reverse")  # end may be null
+_SCAN: Final = _shape("partition start end limit", "at reverse bytes_max")  # end may be null
 _RESTORE: Final = _shape("partition items floor deleted_version")
 _RESTORE_REPLY: Final = _shape("restored")
 _PREPARE_REPLY: Final = _shape("txn_id accepted", "outcomes error token_hit")
@@ -1045,6 +1045,8 @@ def _enc_scan(r: ScanRequest) -> dict[str, object]:
         out["at"] = list(r.at)
     if r.reverse:
         out["reverse"] = True
+    if r.bytes_max:
+        out["bytes_max"] = r.bytes_max
     return out
 
 
@@ -1060,7 +1062,15 @@ def _dec_scan(raw: object, field: str) -> ScanRequest:
         limit=limit,
         at=_opt(obj, field, "at", _ts),
         reverse=_or(obj, field, "reverse", _bool, False),
+        bytes_max=_or(obj, field, "bytes_max", _page_bytes, 0),
     )
+
+
+def _page_bytes(obj: _Obj, field: str, name: str) -> int:
+    value = obj[name]
+    if type(value) is not int or not 0 <= value <= limits.RPC_FRAME_BYTES_MAX:
+        raise _int_error(value, _join(field, name), 0, limits.RPC_FRAME_BYTES_MAX)
+    return value
 
 
 def _enc_restore(r: RestoreRequest) -> dict[str, object]:

@@ -590,10 +590,14 @@ DYNAMODB_CLIENT_TOKEN_CHARS_MAX: Final = 36  # a ClientRequestToken (AWS's).
 DYNAMODB_PAGE_BYTES_MAX: Final = 1024 * 1024  # items (AWS's size) one Query/Scan page evaluates.
 DYNAMODB_PAGE_CALL_ITEMS: Final = 100  # items asked of the store per call of a Query/Scan page.
 DYNAMODB_PAGE_CALLS_MAX: Final = 64  # store calls one Query/Scan page makes at most.
+# Encoded bytes of one such call's answer (past it the node stops early): 400 KB items would
+# otherwise make a 100-item answer larger than a message may be.
+DYNAMODB_PAGE_CALL_BYTES_MAX: Final = 2 * 1024 * 1024
 DYNAMODB_SEGMENTS_MAX: Final = 1_000_000  # TotalSegments of a parallel Scan (AWS's).
 
 assert DYNAMODB_TABLE_DELETE_GRACE_MS > 2 * DYNAMODB_SCHEMA_CACHE_MS
 assert DYNAMODB_PAGE_CALL_ITEMS <= SCAN_PAGE_ITEMS_MAX
+assert DYNAMODB_PAGE_CALL_BYTES_MAX + VALUE_BYTES_MAX + INTERNAL_KEY_BYTES_MAX < RPC_FRAME_BYTES_MAX
 
 __all__ += [
     "DYNAMODB_HASH_KEY_BYTES_MAX",
@@ -608,6 +612,7 @@ __all__ += [
     "DYNAMODB_PAGE_BYTES_MAX",
     "DYNAMODB_PAGE_CALL_ITEMS",
     "DYNAMODB_PAGE_CALLS_MAX",
+    "DYNAMODB_PAGE_CALL_BYTES_MAX",
     "DYNAMODB_SEGMENTS_MAX",
 ]
 

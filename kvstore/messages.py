@@ -379,6 +379,9 @@ class ScanRequest:
     limit: int
     at: Timestamp | None = None  # a snapshot page as of ``at`` (a backup's), like ReadRequest's
     reverse: bool = False  # not with ``at``
+    # When positive: fewer items than ``limit`` once their keys and encoded values pass this many
+    # bytes (at least one item), so a page of large items fits in one message.
+    bytes_max: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

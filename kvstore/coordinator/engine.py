@@ -585,13 +585,17 @@ class Coordinator:
         end: Key | None,
         limit: int,
         reverse: bool = False,
+        bytes_max: int = 0,
     ) -> ScanReply:
         """One page of ``partition``'s committed items with ``start <= key < end``, in key
-        order or descending; ``next_start`` continues it (the next page's ``end`` when
-        ``reverse``). The DynamoDB endpoint's queries, scans and table listing."""
+        order or descending, cut once past ``bytes_max`` when positive; ``next_start``
+        continues it (the next page's ``end`` when ``reverse``). The DynamoDB endpoint's
+        queries, scans and table listing."""
         result: CallResult[ScanReply] = await self._rerouted(
             lambda: self._run(
-                new_partition_page(partition, start, end, limit, reverse=reverse),
+                new_partition_page(
+                    partition, start, end, limit, reverse=reverse, bytes_max=bytes_max
+                ),
                 self._now_us(),
             ),
             _error_of,

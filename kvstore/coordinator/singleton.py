@@ -185,11 +185,25 @@ def new_snapshot_page(
 
 
 def new_partition_page(
-    partition: PartitionId, start: str, end: str | None, limit: int, *, reverse: bool
+    partition: PartitionId,
+    start: str,
+    end: str | None,
+    limit: int,
+    *,
+    reverse: bool,
+    bytes_max: int = 0,
 ) -> OneCall[ScanReply]:
     """One page of committed items of one partition with ``start <= key < end``, in key order
-    or (``reverse``) descending (the DynamoDB endpoint's queries and table listing)."""
-    request = ScanRequest(partition=partition, start=start, end=end, limit=limit, reverse=reverse)
+    or (``reverse``) descending, cut at ``bytes_max`` when positive (the DynamoDB endpoint's
+    queries, scans and table listing)."""
+    request = ScanRequest(
+        partition=partition,
+        start=start,
+        end=end,
+        limit=limit,
+        reverse=reverse,
+        bytes_max=bytes_max,
+    )
     return OneCall(request, ScanReply, name="partition page")
 
 

@@ -13,10 +13,11 @@ resumes it: its store key names the partition and the position inside it.
 
 A page evaluates items until ``Limit`` items or ``DYNAMODB_PAGE_BYTES_MAX`` bytes (AWS's item
 size; both counted before the filter, as DynamoDB does), asking the store for at most
-``DYNAMODB_PAGE_CALL_ITEMS`` items per call and making at most ``DYNAMODB_PAGE_CALLS_MAX`` calls;
-when it stops with items possibly left, it answers ``LastEvaluatedKey``. A Scan that runs out of
-calls before evaluating any item stops at a partition boundary, which has no item key to
-resume from; it goes on instead (at most one call per empty partition, a bounded number).
+``DYNAMODB_PAGE_CALL_ITEMS`` items or ``DYNAMODB_PAGE_CALL_BYTES_MAX`` bytes per call and making
+at most ``DYNAMODB_PAGE_CALLS_MAX`` calls; when it stops with items possibly left, it answers
+``LastEvaluatedKey``. A Scan that runs out of calls before evaluating any item stops at a
+partition boundary, which has no item key to resume from; it goes on instead (at most one call
+per empty partition, a bounded number).
 
 Like DynamoDB's, a page is not a snapshot: each store call reads committed items at its own
 instant (intents are invisible). ``FilterExpression`` and ``ProjectionExpression`` apply here,
@@ -54,6 +55,7 @@ from kvstore.dynamodb.tables import Catalog, TableSchema, sort_bytes
 from kvstore.errors import ValidationError
 from kvstore.limits import (
     DYNAMODB_PAGE_BYTES_MAX,
+    DYNAMODB_PAGE_CALL_BYTES_MAX,
     DYNAMODB_PAGE_CALL_ITEMS,
     DYNAMODB_PAGE_CALLS_MAX,
     DYNAMODB_SEGMENTS_MAX,
@@ -145,7 +147,12 @@ class Reads:
         more = False
         for _ in range(DYNAMODB_PAGE_CALLS_MAX):
             reply = await self.coordinator.partition_page(
-                partition, start=start, end=end, limit=page.want(), reverse=not forward
+                partition,
+                start=start,
+                end=end,
+                limit=page.want(),
+                reverse=not forward,
+                bytes_max=DYNAMODB_PAGE_CALL_BYTES_MAX,
             )
             taken = page.take(reply.items)
             more = taken < len(reply.items) or reply.next_start is not None
@@ -179,7 +186,11 @@ class Reads:
         calls = 0
         while partition < count:
             reply = await self.coordinator.partition_page(
-                PartitionId(partition), start=start, end=bounds.end, limit=page.want()
+                PartitionId(partition),
+                start=start,
+                end=bounds.end,
+                limit=page.want(),
+                bytes_max=DYNAMODB_PAGE_CALL_BYTES_MAX,
             )
             calls += 1
             taken = page.take(reply.items)

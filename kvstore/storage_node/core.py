@@ -98,6 +98,7 @@ from kvstore.storage_node.history import Version, VersionHistory
 from kvstore.storage_node.intent_wait import may_wait
 from kvstore.storage_node.store import Intent, ItemRow, PartitionStore, TokenRow
 from kvstore.types import TIMESTAMP_ZERO, Key, PartitionId, Timestamp, TxnId, Value
+from kvstore.values import value_size_bytes
 
 __all__ = ["PartitionConfig", "Step", "StaleIntent", "Maintenance", "PartitionCore"]
 
@@ -755,11 +756,20 @@ class PartitionCore:
             raise ValidationError("limit", f"must be a positive integer, got {limit!r}")
         limit = min(limit, limits.SCAN_PAGE_ITEMS_MAX)
         rows = self.store.scan_items(req.start, req.end, limit + 1, req.reverse)
-        items = tuple(_view(row) for row in rows[:limit])
+        kept = min(limit, len(rows))
+        if req.bytes_max:  # at least one item, then as many as fit in the budget
+            total = 0
+            for index, row in enumerate(rows[:limit]):
+                total += len(row.key) + value_size_bytes(row.value)
+                if index and total > req.bytes_max:
+                    kept = index
+                    break
+        items = tuple(_view(row) for row in rows[:kept])
+        more = len(rows) > kept
         if req.reverse:  # the next page ends (exclusive) after the last item of this one
-            next_start = rows[limit - 1].key if len(rows) > limit else None
+            next_start = rows[kept - 1].key if more else None
         else:
-            next_start = rows[limit].key if len(rows) > limit else None
+            next_start = rows[kept].key if more else None
         return Step(ScanReply(items=items, next_start=next_start), False)
 
     def write(self, req: WriteRequest, node_ts: Timestamp) -> Step[WriteReply]:

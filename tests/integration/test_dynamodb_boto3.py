@@ -515,3 +515,31 @@ def test_contended_transactional_increments_lose_no_update(ddb: Any) -> None:
     for name in ("c1", "c2"):
         item = ddb.get_item(TableName=table, Key={"pk": {"S": name}})["Item"]
         assert item["n"] == {"N": str(threads_count * rounds)}
+
+
+def test_pages_of_large_items(ddb: Any) -> None:
+    """Items near the 400 KB limit: a Query and a Scan page stop at 1 MB (LastEvaluatedKey),
+    and the store calls behind them stay within one message each."""
+    table = _table(ddb, sort="N")
+    blob = b"x" * 350_000
+    for number in range(12):
+        ddb.put_item(
+            TableName=table, Item={"pk": {"S": "big"}, "sk": {"N": str(number)}, "b": {"B": blob}}
+        )
+    pages = list(
+        ddb.get_paginator("query").paginate(
+            TableName=table,
+            KeyConditionExpression="pk = :h",
+            ExpressionAttributeValues={":h": {"S": "big"}},
+            ScanIndexForward=False,
+        )
+    )
+    found = [int(item["sk"]["N"]) for page in pages for item in page["Items"]]
+    assert found == list(range(11, -1, -1))
+    assert len(pages) >= 4, [len(page["Items"]) for page in pages]  # about 3 items per MB
+    scanned = [
+        item["sk"]["N"]
+        for page in ddb.get_paginator("scan").paginate(TableName=table)
+        for item in page["Items"]
+    ]
+    assert sorted(map(int, scanned)) == list(range(12))

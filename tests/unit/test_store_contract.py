@@ -1593,6 +1593,7 @@ class CoreTwins:
                     end=end,
                     limit=rng.randint(1, 4),
                     reverse=rng.random() < 0.5,
+                    bytes_max=rng.choice([0, 0, 1, 40]),
                 )
             )
         elif choice == 12:
