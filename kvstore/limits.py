@@ -580,6 +580,7 @@ DYNAMODB_HASH_KEY_BYTES_MAX: Final = 2048  # a partition key value (AWS's).
 DYNAMODB_SORT_KEY_BYTES_MAX: Final = 1024  # a sort key value (AWS's).
 DYNAMODB_LIST_TABLES_MAX: Final = 100  # names in one ListTables page (AWS's Limit maximum).
 DYNAMODB_SCHEMA_CACHE_MS: Final = 1_000  # how long a front end trusts a cached table schema.
+DYNAMODB_SCHEMA_CACHE_TABLES_MAX: Final = 10_000  # schemas one front end caches at most.
 # A deleted table's name stays taken (and its items unreachable) this long: more than a schema
 # cache lifetime plus the clock skew bound, so no front end still writes into the old table.
 DYNAMODB_TABLE_DELETE_GRACE_MS: Final = 10_000
@@ -604,6 +605,7 @@ __all__ += [
     "DYNAMODB_SORT_KEY_BYTES_MAX",
     "DYNAMODB_LIST_TABLES_MAX",
     "DYNAMODB_SCHEMA_CACHE_MS",
+    "DYNAMODB_SCHEMA_CACHE_TABLES_MAX",
     "DYNAMODB_TABLE_DELETE_GRACE_MS",
     "DYNAMODB_TRANSACT_ITEMS_MAX",
     "DYNAMODB_BATCH_WRITE_ITEMS_MAX",

@@ -13,14 +13,14 @@ never enforced) and its creation time. The reply to ``CreateTable`` says ``CREAT
 DynamoDB's does; the record is durable when the reply is sent, so every later
 ``DescribeTable`` says ``ACTIVE`` (boto3's ``table_exists`` waiter returns at its first call).
 
-Every front end caches schemas for ``DYNAMODB_SCHEMA_CACHE_MS``. A deleted table's record stays
-``DELETING`` for ``DYNAMODB_TABLE_DELETE_GRACE_MS`` (more than a cache lifetime plus the clock
-skew), during which the name cannot be re-created and item operations on it fail with
-``ResourceNotFoundException``; so no front end can still be writing into the old table's id when
-a new table takes the name. After the grace the record counts as absent (``CreateTable``
-replaces it, by version). The items of a deleted table become unreachable (a new table gets a
-new id); their rows are not purged yet (docs/dynamodb.md).
-"""
+Every front end caches the schemas it found for ``DYNAMODB_SCHEMA_CACHE_MS`` (at most
+``DYNAMODB_SCHEMA_CACHE_TABLES_MAX`` of them; an absent table is looked up every time). A
+deleted table's record stays ``DELETING`` for ``DYNAMODB_TABLE_DELETE_GRACE_MS`` (more than a
+cache lifetime plus the clock skew), during which the name cannot be re-created and item
+operations on it fail with ``ResourceNotFoundException``; so no front end can still be writing
+into the old table's id when a new table takes the name. After the grace the record counts as
+absent (``CreateTable`` replaces it, by version). The items of a deleted table become
+unreachable (a new table gets a new id); their rows are not purged yet (docs/dynamodb.md). """
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ from kvstore.limits import (
     DYNAMODB_HASH_KEY_BYTES_MAX,
     DYNAMODB_LIST_TABLES_MAX,
     DYNAMODB_SCHEMA_CACHE_MS,
+    DYNAMODB_SCHEMA_CACHE_TABLES_MAX,
     DYNAMODB_SORT_KEY_BYTES_MAX,
     DYNAMODB_TABLE_DELETE_GRACE_MS,
 )
@@ -385,23 +386,27 @@ class Catalog:
         self.coordinator = coordinator
         self._wall_s = wall_s
         self._monotonic_s = monotonic_s
-        self._cache: dict[str, tuple[float, TableSchema | None]] = {}
+        self._cache: dict[str, tuple[float, TableSchema]] = {}
 
     # --- schemas of item operations ------------------------------------------------------
 
     async def schema(self, name: str) -> TableSchema:
-        """The active table ``name`` (cached), else ``ResourceNotFoundException``."""
+        """The active table ``name`` (cached when found), else ``ResourceNotFoundException``.
+        An absent table is never cached: one created through another front end is usable
+        here as soon as its ``CreateTable`` answered."""
         now = self._monotonic_s()
         cached = self._cache.get(name)
         if cached is None or now - cached[0] > DYNAMODB_SCHEMA_CACHE_MS / _MS_PER_S:
             found = await self._record(name)
-            schema = found[0] if found is not None else None
-            if len(self._cache) >= DYNAMODB_LIST_TABLES_MAX * 100:
+            if found is None:
+                self._cache.pop(name, None)
+                raise not_found(name)
+            if len(self._cache) >= DYNAMODB_SCHEMA_CACHE_TABLES_MAX:
                 self._cache.clear()  # bounded: rebuilt on demand
-            cached = (now, schema)
+            cached = (now, found[0])
             self._cache[name] = cached
         schema = cached[1]
-        if schema is None or schema.deleting_since_s is not None:
+        if schema.deleting_since_s is not None:
             raise not_found(name)
         return schema
 
