@@ -18,6 +18,7 @@ that lose no update.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -29,6 +30,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from support.api import api_cluster
 from support.cluster import LocalNodes
+
+from kvstore.limits import DYNAMODB_SCHEMA_CACHE_MS
 
 REGION = "us-east-1"
 
@@ -543,3 +546,44 @@ def test_pages_of_large_items(ddb: Any) -> None:
         for item in page["Items"]
     ]
     assert sorted(map(int, scanned)) == list(range(12))
+
+
+def test_every_api_process_serves_the_same_tables(cluster: LocalNodes, ddb: Any) -> None:
+    """A table created through the coordinator is usable at once through each storage node's
+    API (every node serves it), and their writes meet in one transaction history."""
+    table = _table(ddb, sort=None)
+    clients = [
+        boto3.client(
+            "dynamodb",
+            endpoint_url=f"http://{cluster.address(node)}",
+            region_name=REGION,
+            aws_access_key_id="read-write",
+            aws_secret_access_key=cluster.tokens["read-write"],
+        )
+        for node in ("n1", "n2", "n3")
+    ]
+    for index, client in enumerate(clients):
+        client.put_item(TableName=table, Item={"pk": {"S": f"k{index}"}, "n": {"N": "0"}})
+    for index, client in enumerate(clients):
+        client.update_item(
+            TableName=table,
+            Key={"pk": {"S": f"k{(index + 1) % 3}"}},
+            UpdateExpression="ADD n :one",
+            ExpressionAttributeValues={":one": {"N": "1"}},
+        )
+    got = ddb.batch_get_item(
+        RequestItems={table: {"Keys": [{"pk": {"S": f"k{i}"}} for i in range(3)]}}
+    )["Responses"][table]
+    assert sorted(item["n"]["N"] for item in got) == ["1", "1", "1"]
+    ddb.delete_table(TableName=table)
+    # Another front end may serve the table from its schema cache for DYNAMODB_SCHEMA_CACHE_MS
+    # (DynamoDB's own DeleteTable is asynchronous too); then it is gone there as well.
+    deadline = time.monotonic() + 3 * DYNAMODB_SCHEMA_CACHE_MS / 1000
+    while True:
+        try:
+            clients[0].get_item(TableName=table, Key={"pk": {"S": "k0"}})
+        except ClientError as error:
+            assert _code(error) == "ResourceNotFoundException"
+            break
+        assert time.monotonic() < deadline, "the deleted table is still served"
+        time.sleep(0.05)
