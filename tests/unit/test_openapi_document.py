@@ -329,7 +329,10 @@ names = st.text(
     max_size=4,
 )
 attribute_paths = st.lists(names, max_size=4).map(tuple)
-keys = st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=20)
+# Public keys: U+0000 first is the store's own namespace (the DynamoDB endpoint's).
+keys = st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=20).filter(
+    lambda key: not key.startswith("\x00")
+)
 
 
 def conditions(depth: int = 0) -> st.SearchStrategy[Condition]:
