@@ -94,6 +94,7 @@ from kvstore.coordinator.singleton import CallResult
 from kvstore.dynamodb import keys as ddb_keys
 from kvstore.dynamodb.transact import store_token
 from kvstore.errors import ErrorCode
+from kvstore.limits import DYNAMODB_EXPRESSION_DEPTH_MAX
 from kvstore.localcluster import ADMIN_TOKEN_NAME
 from kvstore.messages import GetReply, OpOutcome, ReadEntry, ReasonCode, WriteReply
 from kvstore.ops import Op, OpKind
@@ -257,7 +258,17 @@ class _Placeholders:
         return action
 
 
+def _unwrapped(condition: Condition) -> Condition:
+    """``condition`` without ``AllOf``/``AnyOf`` of one condition around it."""
+    for _ in range(DYNAMODB_EXPRESSION_DEPTH_MAX):
+        if not (isinstance(condition, AllOf | AnyOf) and len(condition.conditions) == 1):
+            break
+        condition = condition.conditions[0]
+    return condition
+
+
 def _condition(condition: Condition, p: _Placeholders) -> str:
+    condition = _unwrapped(condition)
     if isinstance(condition, Exists):
         test = "attribute_exists" if condition.expected else "attribute_not_exists"
         return f"{test}({p.name(HASH_KEY)})"
@@ -267,10 +278,18 @@ def _condition(condition: Condition, p: _Placeholders) -> str:
         )
     if isinstance(condition, AllOf | AnyOf):
         joined = " AND " if isinstance(condition, AllOf) else " OR "
-        return "(" + joined.join(_condition(c, p) for c in condition.conditions) + ")"
+        return joined.join(_operand(c, p) for c in condition.conditions)
     if isinstance(condition, Not):
-        return f"NOT ({_condition(condition.condition, p)})"
+        return f"NOT {_operand(condition.condition, p)}"
     raise ValueError(f"no DynamoDB condition for {type(condition).__name__}")
+
+
+def _operand(condition: Condition, p: _Placeholders) -> str:
+    """``condition`` as an operand of AND, OR or NOT: parenthesised when it is made of them
+    itself, once (DynamoDB refuses redundant parentheses)."""
+    inner = _unwrapped(condition)
+    text = _condition(inner, p)
+    return f"({text})" if isinstance(inner, AllOf | AnyOf | Not) else text
 
 
 def _update(actions: Sequence[UpdateAction], p: _Placeholders) -> str:
