@@ -27,7 +27,12 @@ One run, all on 127.0.0.1 and bounded in count and time:
    answer is ``info`` at once, and the client then reads the key (a ``get``, up to
    ``FOLLOW_UP_GETS_MAX`` tries) so that the write, if it applied, is seen with its timestamp.
    A failure keeps its error code and a cancellation its per-op reasons. The runner counts
-   operations per kind (the steps a script took) for the summary.
+   operations per kind (the steps a script took) for the summary. The steps go through a
+   :class:`Transport`: the public HTTP API (``client="http"``, the default), or the DynamoDB
+   endpoint through boto3 (``client="dynamodb"``, :mod:`chaos.dynamodb_client`; the bank
+   workload only): same scripts, same retries with the same token (its
+   ``ClientRequestToken``), same history; its table and initial items are made through boto3
+   before any fault, and the leader nemeses aim at the partitions of its items.
 3. **Faults**: meanwhile the :class:`~chaos.nemesis.Nemesis` injects the chosen faults.
 4. **Heal and settle**: every fault is healed, then the run waits (bounded by
    ``SETTLE_TIMEOUT_S``) until no node holds an intent or an open ledger record: recovery must
@@ -36,7 +41,10 @@ One run, all on 127.0.0.1 and bounded in count and time:
    up in the cluster's own ledger (``GET /v1/txn/{token}``). A committed ``info`` write gets its
    commit timestamp, so the timestamp-order replay can place it (as the simulator does with its
    omniscient view); an ``ok`` write that did not commit (or committed as another transaction)
-   and a ``fail`` write that committed are anomalies. Writes without a token (singletons) are
+   and a ``fail`` write that committed are anomalies. A transport whose answers carry no commit
+   ts or txn id (DynamoDB's: ``Transport.stamps`` false) records its ``ok`` writes without them;
+   each gets both from the committed record of its own (last) token, and without one it is
+   ``ok-not-committed``. Writes without a token (singletons) are
    resolved from what the clients read: every item read (read transaction, get, scan) shows the
    timestamp of its last write, and a value identifies its write (register values and
    list-append elements are unique; a list's last element is its last append), so an ``info``

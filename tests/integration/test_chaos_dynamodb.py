@@ -83,4 +83,5 @@ def test_bank_through_boto3_under_kills_and_partitions(tmp_path: Path) -> None:
     kinds = summary["kinds"]
     assert kinds["write-txn"]["ok"] >= 200 and kinds["read-txn"]["ok"] >= 50
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert any(note.startswith("bank: ") and "ok reads checked" in note for note in results["notes"])
+    notes = results["notes"]
+    assert any(note.startswith("bank: ") and "ok reads checked" in note for note in notes)
