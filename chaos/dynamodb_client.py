@@ -47,14 +47,21 @@ balance as ``float``, which the bank checker then reports as a wrong total).
   so the scripts' re-run rule (conflicts only) and the history's reasons work as over HTTP.
 * ``InternalServerError`` (500; the endpoint's ``OutcomeUnknown`` and internal errors), any
   other 5xx but 503, and a connection lost or a read timeout *after* the request was sent
-  (botocore's ``HTTPClientError`` family): ambiguous, ``OutcomeUnknown``. The runner retries it
-  with the same ``ClientRequestToken`` on another process (the same store token: idempotent) and
-  resolves what stays unknown in the ledger.
+  (botocore's ``HTTPClientError`` family, and what it leaves unwrapped while reading the body:
+  urllib3's and the socket's errors, a body that does not parse): ambiguous,
+  ``OutcomeUnknown``. The runner retries it with the same ``ClientRequestToken`` on another
+  process (the same store token: idempotent) and resolves what stays unknown in the ledger.
 * a connection refused or a connect timeout (botocore's ``ConnectionError`` family: nothing was
   sent) is a definite ``Unavailable``; ``ServiceUnavailable`` (503) too, as the endpoint answers
   it only for the catalogue's definite refusals (the ledger check would expose it otherwise:
-  ``fail-but-committed``). The other 4xx errors map to their catalogue codes.
+  ``fail-but-committed``). The other errors DynamoDB names map to their catalogue codes; an
+  error this client cannot name (a body cut short, a name it does not know) is ambiguous: a
+  ``TransactionInProgressException`` whose name was lost, say, may still commit.
 * a read that fails in any way is a ``fail``: it changes nothing.
+
+An answer whose body is cut short is judged by what botocore parses of it: a 200 is a success
+(the endpoint answers 200 only once the transaction committed), an error whose name was lost is
+ambiguous (above).
 
 **One attempt per call, bounded.** The clients are made with ``retries={"total_max_attempts":
 1}`` (botocore's own retry would hide what happened; the runner retries, with the same token)
@@ -82,9 +89,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 import boto3
+import urllib3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.parsers import ResponseParserError
 
 from chaos.sim.workloads import Workload
 from kvstore.conditions import AllOf, AnyOf, Compare, CompareOperator, Condition, Exists, Not
@@ -156,6 +165,13 @@ _ERRORS: Final = {
 
 class _Lost(Exception):
     """The call's thread did not answer within ``CALL_DEADLINE_S``."""
+
+
+# A call sent whose answer did not come whole: botocore's HTTPClientError (connection closed, read
+# timeout), and what it leaves unwrapped while reading or parsing the body (urllib3's errors, a
+# socket's, a body that does not parse). Other exceptions (ParamValidationError...) are harness
+# bugs and end the run.
+_LOST: Final = (HTTPClientError, _Lost, urllib3.exceptions.HTTPError, OSError, ResponseParserError)
 
 
 # -- compiling store ops into DynamoDB actions ----------------------------------------------------
@@ -343,10 +359,8 @@ def outcome_of(error: ClientError) -> tuple[ErrorCode, tuple[OpOutcome, ...]]:
     name = str(response.get("Error", {}).get("Code", ""))
     status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     code = _ERRORS.get(name)
-    if code is None and status == 503:
-        code = ErrorCode.Unavailable
-    elif code is None:  # a server fault mid-call may have applied a write
-        code = ErrorCode.OutcomeUnknown if status >= 500 else ErrorCode.InternalError
+    if code is None:  # an answer this client cannot read (see the module): it may have applied
+        code = ErrorCode.Unavailable if status == 503 else ErrorCode.OutcomeUnknown
     outcomes: list[OpOutcome] = []
     for reason in response.get("CancellationReasons") or ():
         raw = reason.get("Code") if isinstance(reason, Mapping) else None
@@ -481,7 +495,7 @@ class DynamoTransport:
             )
         except BotoConnectionError:  # nothing was sent
             return _unsent()
-        except (HTTPClientError, _Lost, BotoCoreError):  # sent, no answer: anything may be
+        except _LOST:  # sent, no (whole) answer: anything may have happened
             return TxnResult(
                 committed=False, txn_id=_NO_TXN, ts=_ZERO_TS, error=ErrorCode.OutcomeUnknown
             )
@@ -494,7 +508,7 @@ class DynamoTransport:
             answer = await self._call(url, "transact_get_items", TransactItems=items)
         except ClientError as error:
             return ReadResult(error=outcome_of(error)[0])
-        except (BotoCoreError, _Lost):
+        except (BotoConnectionError, *_LOST):
             return ReadResult(error=ErrorCode.Unavailable)
         responses = answer.get("Responses", [])
         if len(responses) != len(keys):

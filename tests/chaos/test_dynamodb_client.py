@@ -13,6 +13,7 @@ committed record is still ``ok-not-committed``.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -221,7 +222,7 @@ def test_error_answers_map_to_catalogue_codes_and_reasons() -> None:
         ("ThrottlingException", 400): ErrorCode.Overloaded,
         ("ValidationException", 400): ErrorCode.ValidationError,
         ("502", 502): ErrorCode.OutcomeUnknown,  # a bare 5xx: anything may have happened
-        ("SomethingNew", 400): ErrorCode.InternalError,
+        ("SomethingNew", 400): ErrorCode.OutcomeUnknown,  # unknown: it may have applied
     }
     for (name, status), expected in cases.items():
         assert outcome_of(_error(name, status)) == (expected, ()), name
@@ -330,3 +331,81 @@ async def test_acknowledged_writes_take_ts_and_txn_id_from_their_ledger_record(
     first = resolved.ops[done[0].index]
     assert first.ts == (500, 0, 0xAB) and first.txn_id == "t0"
     assert sorted(a.kind for a in wrong) == ["fail-but-committed", "ok-not-committed"]
+
+
+# -- the transport over real sockets ----------------------------------------------------------
+
+
+def _http(status: int, body: bytes, *, length: int | None = None) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        f"Content-Length: {len(body) if length is None else length}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_TYPE = b'{"__type":"com.amazonaws.dynamodb.v20120810#'
+_ANSWERS: dict[str, bytes | None] = {
+    "dropped": None,  # the request is read, then the connection closed: no answer at all
+    "internal": _http(500, _TYPE + b'InternalServerError"}'),
+    "cut 500": _http(500, _TYPE + b"Inter", length=80),  # a status line, part of the body
+    "unavailable": _http(503, _TYPE + b'ServiceUnavailable"}'),
+    "cut 400": _http(400, _TYPE + b"Transa", length=80),  # an error, but which?
+    "cut 200": _http(200, b'{"Con', length=50),  # the endpoint answers 200 after the commit
+    "committed": _http(200, b"{}"),
+}
+
+
+@pytest.mark.asyncio
+async def test_the_transport_tells_unsent_from_unanswered() -> None:
+    """Refused: nothing was sent (``Unavailable``); sent and then no answer, or a 500:
+    ``OutcomeUnknown``; a 503: ``Unavailable``; a body cut short is judged by what botocore
+    parses of it (a 200 committed; an error it cannot name is unknown); each over one
+    attempt."""
+    from chaos.dynamodb_client import DynamoTransport  # noqa: PLC0415
+
+    requests: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        answer = _ANSWERS[requests[-1]]
+        if answer is not None:
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    transport = DynamoTransport("secret", workers=2)
+    debit = Op(kind=OpKind.UPDATE, key="a", actions=(UpdateAction(ActionKind.ADD, ("bal",), 1),))
+    try:
+        expected = {
+            "dropped": ErrorCode.OutcomeUnknown,
+            "internal": ErrorCode.OutcomeUnknown,
+            "cut 500": ErrorCode.OutcomeUnknown,
+            "unavailable": ErrorCode.Unavailable,
+            "cut 400": ErrorCode.OutcomeUnknown,  # unnamed: TransactionInProgress, maybe
+            "cut 200": None,
+            "committed": None,
+        }
+        for case, code in expected.items():
+            requests.append(case)
+            result = await transport.write(url, [debit], f"tok-{case.replace(' ', '-')}")
+            assert result.error is code, case
+            assert result.committed is (code is None)
+        refused = await transport.write("http://127.0.0.1:9", [debit], "tok-refused")
+        assert refused.error is ErrorCode.Unavailable
+        requests.append("dropped")
+        read = await transport.read(url, ["a"])
+        assert read.error is ErrorCode.Unavailable and not read.items
+    finally:
+        server.close()
+        await server.wait_closed()
+        await asyncio.to_thread(transport.close)
+    assert len(requests) == len(expected) + 1  # one attempt each: no retry sent anything more
