@@ -7,10 +7,12 @@ per failing seed, then how much the seeds did (``ops per seed: median ..., ok me
 ``python -m chaos mutants`` arms each deliberate bug in turn and ends with ``mutants caught: C/T``
 (exit status 1 unless every mutant was caught within its seed budget).
 ``python -m chaos run --workload W --nemesis N1,N2 --duration S [--seed] [--clients] [--out]
-[--txn-only] [--replication-factor R]`` runs real processes under faults and checks the history
-(:mod:`chaos.runner`); its last line is the verdict, and its exit status 0 only when every
-checker passed. ``--replication-factor 2`` or ``3`` runs a replicated cluster and allows the
-nemeses of :data:`~chaos.nemesis.REPLICATED_NEMESES` (refused, exit status 2, without it).
+[--txn-only] [--replication-factor R] [--client http|dynamodb]`` runs real processes under faults
+and checks the history (:mod:`chaos.runner`); its last line is the verdict, and its exit status 0
+only when every checker passed. ``--replication-factor 2`` or ``3`` runs a replicated cluster and
+allows the nemeses of :data:`~chaos.nemesis.REPLICATED_NEMESES` (refused, exit status 2, without
+it). ``--client dynamodb`` sends the load through the DynamoDB endpoint with boto3
+(:mod:`chaos.dynamodb_client`; the bank workload only, others refused with exit status 2).
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import time
 from pathlib import Path
 
 from chaos.nemesis import NEMESES, REPLICATED_NEMESES, parse_nemeses
-from chaos.runner import RUN_CLIENTS_MAX, RUN_DURATION_S_MAX, RUN_NODES, RunConfig
+from chaos.runner import (
+    CLIENTS,
+    DYNAMODB_WORKLOADS,
+    RUN_CLIENTS_MAX,
+    RUN_DURATION_S_MAX,
+    RUN_NODES,
+    RunConfig,
+)
 from chaos.runner import WORKLOADS as RUN_WORKLOADS
 from chaos.runner import run as run_once
 from chaos.sim.config import WORKLOADS, SimConfig
@@ -78,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help=f"1 (default): 3 nodes and 2 coordinators; 2..{RUN_NODES}: a replicated cluster "
         f"of {RUN_NODES} nodes with its private etcd, no standalone coordinator",
+    )
+    run.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="http",
+        help="http (default): the public HTTP API; dynamodb: the DynamoDB endpoint through "
+        f"boto3 (workloads: {', '.join(DYNAMODB_WORKLOADS)})",
     )
     mutants = sub.add_parser("mutants", help="prove that every deliberate bug is caught")
     mutants.add_argument("--budget", type=int, default=MUTANT_SEED_BUDGET, help="seeds per mutant")
@@ -187,13 +203,22 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.client == "dynamodb" and args.workload not in DYNAMODB_WORKLOADS:
+        print(
+            f"chaos run: --client dynamodb runs {', '.join(DYNAMODB_WORKLOADS)} only "
+            "(chaos/dynamodb_client.py says why)",
+            file=sys.stderr,
+        )
+        return 2
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
-    out = args.out or Path("chaos-out") / "run" / f"{args.workload}-{seed}"
+    name = args.workload if args.client == "http" else f"{args.workload}-{args.client}"
+    out = args.out or Path("chaos-out") / "run" / f"{name}-{seed}"
     replicated = (
         f", replication factor {args.replication_factor}" if args.replication_factor > 1 else ""
     )
+    via = f", client {args.client}" if args.client != "http" else ""
     print(
-        f"chaos run: {args.workload}, nemesis {args.nemesis}{replicated}, seed {seed}, "
+        f"chaos run: {args.workload}{via}, nemesis {args.nemesis}{replicated}, seed {seed}, "
         f"report in {out}"
     )
     config = RunConfig(
@@ -205,6 +230,7 @@ def _run(args: argparse.Namespace) -> int:
         out=out,
         every_kind=not args.txn_only,
         replication_factor=args.replication_factor,
+        client=args.client,
     )
     return run_once(config)
 

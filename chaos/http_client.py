@@ -76,6 +76,7 @@ __all__ = [
     "singleton_write",
     "scan",
     "txn_outcome",
+    "HttpTransport",
 ]
 
 CALL_TIMEOUT_S = 5.0
@@ -346,3 +347,31 @@ async def txn_outcome(
         if reply.status != 200 or not isinstance(document, dict):
             raise RuntimeError(f"token lookup of {token!r}: HTTP {reply.status} {document}")
         return document
+
+
+class HttpTransport:
+    """The runner's steps over the public HTTP API through ``session`` (the functions above);
+    the DynamoDB client (:mod:`chaos.dynamodb_client`) offers the same methods."""
+
+    stamps = True  # write answers carry their commit ts and txn id
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    def ledger_token(self, token: str) -> str:
+        return token
+
+    async def write(self, url: str, ops: Sequence[Op], token: str | None) -> TxnResult:
+        return await write(self.session, url, ops, token)
+
+    async def read(self, url: str, keys: Sequence[str]) -> ReadResult:
+        return await read(self.session, url, keys)
+
+    async def get(self, url: str, key: str) -> CallResult[GetReply]:
+        return await get(self.session, url, key)
+
+    async def singleton_write(self, url: str, op: Op) -> CallResult[WriteReply]:
+        return await singleton_write(self.session, url, op)
+
+    async def scan(self, url: str, start: str, end: str | None, limit: int) -> ScanResult:
+        return await scan(self.session, url, start, end, limit)

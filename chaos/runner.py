@@ -27,7 +27,12 @@ One run, all on 127.0.0.1 and bounded in count and time:
    answer is ``info`` at once, and the client then reads the key (a ``get``, up to
    ``FOLLOW_UP_GETS_MAX`` tries) so that the write, if it applied, is seen with its timestamp.
    A failure keeps its error code and a cancellation its per-op reasons. The runner counts
-   operations per kind (the steps a script took) for the summary.
+   operations per kind (the steps a script took) for the summary. The steps go through a
+   :class:`Transport`: the public HTTP API (``client="http"``, the default), or the DynamoDB
+   endpoint through boto3 (``client="dynamodb"``, :mod:`chaos.dynamodb_client`; the bank
+   workload only): same scripts, same retries with the same token (its
+   ``ClientRequestToken``), same history; its table and initial items are made through boto3
+   before any fault, and the leader nemeses aim at the partitions of its items.
 3. **Faults**: meanwhile the :class:`~chaos.nemesis.Nemesis` injects the chosen faults.
 4. **Heal and settle**: every fault is healed, then the run waits (bounded by
    ``SETTLE_TIMEOUT_S``) until no node holds an intent or an open ledger record: recovery must
@@ -36,7 +41,10 @@ One run, all on 127.0.0.1 and bounded in count and time:
    up in the cluster's own ledger (``GET /v1/txn/{token}``). A committed ``info`` write gets its
    commit timestamp, so the timestamp-order replay can place it (as the simulator does with its
    omniscient view); an ``ok`` write that did not commit (or committed as another transaction)
-   and a ``fail`` write that committed are anomalies. Writes without a token (singletons) are
+   and a ``fail`` write that committed are anomalies. A transport whose answers carry no commit
+   ts or txn id (DynamoDB's: ``Transport.stamps`` false) records its ``ok`` writes without them;
+   each gets both from the committed record of its own (last) token, and without one it is
+   ``ok-not-committed``. Writes without a token (singletons) are
    resolved from what the clients read: every item read (read transaction, get, scan) shows the
    timestamp of its last write, and a value identifies its write (register values and
    list-append elements are unique; a list's last element is its last append), so an ``info``
@@ -68,10 +76,10 @@ import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aiohttp
 
@@ -103,24 +111,32 @@ from kvstore.coordinator.singleton import CallResult
 from kvstore.errors import ErrorCode
 from kvstore.limits import SDK_RUN_ATTEMPTS_MAX
 from kvstore.localcluster import LocalCluster
-from kvstore.messages import GetReply, ItemView
+from kvstore.messages import GetReply, ItemView, WriteReply
 from kvstore.ops import Op as KvOp
 from kvstore.types import Timestamp
+
+if TYPE_CHECKING:
+    from chaos.dynamodb_client import DynamoTransport
 
 _ZERO_TS: Final = Timestamp(0, 0, 0)
 
 __all__ = [
     "RunConfig",
+    "Transport",
     "op_kind",
     "written",
     "run",
     "WORKLOADS",
+    "CLIENTS",
+    "DYNAMODB_WORKLOADS",
     "RUN_TIMING",
     "RUN_CLIENTS_MAX",
     "RUN_DURATION_S_MAX",
 ]
 
 WORKLOADS: Final = ("list-append", "bank", "register", "set")
+CLIENTS: Final = ("http", "dynamodb")  # the public HTTP API; the DynamoDB endpoint via boto3
+DYNAMODB_WORKLOADS: Final = ("bank",)  # what the DynamoDB client can send (chaos.dynamodb_client)
 MODEL: Final = "strict-serializable"
 KEYS: Final = 8
 BANK_TOTAL: Final = 1_000
@@ -154,6 +170,32 @@ class RunConfig:
     out: Path
     every_kind: bool = True  # singletons, gets, scans and re-runs too (see the module)
     replication_factor: int = 1  # above 1: a replicated cluster (see the module)
+    client: str = "http"  # one of CLIENTS: how the load reaches the cluster (see the module)
+
+
+class Transport(Protocol):
+    """How the scripts' steps reach the cluster: :class:`chaos.http_client.HttpTransport` or
+    :class:`chaos.dynamodb_client.DynamoTransport`."""
+
+    @property
+    def stamps(self) -> bool:
+        """Whether a committed write's answer carries its commit ts and txn id (else the
+        ledger lookup of its token gives them)."""
+        ...
+
+    def ledger_token(self, token: str) -> str:
+        """The token the store's ledger knows a write by, from the one it was sent with."""
+        ...
+
+    async def write(self, url: str, ops: Sequence[KvOp], token: str | None) -> TxnResult: ...
+
+    async def read(self, url: str, keys: Sequence[str]) -> ReadResult: ...
+
+    async def get(self, url: str, key: str) -> CallResult[GetReply]: ...
+
+    async def singleton_write(self, url: str, op: KvOp) -> CallResult[WriteReply]: ...
+
+    async def scan(self, url: str, start: str, end: str | None, limit: int) -> ScanResult: ...
 
 
 def op_kind(steps: Sequence[type]) -> str:
@@ -189,10 +231,22 @@ def written(op: Op) -> list[tuple[str, Any]]:
 
 
 class _Runner:
-    def __init__(self, config: RunConfig, cluster: LocalCluster, workload: Workload) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        cluster: LocalCluster,
+        workload: Workload,
+        transport: Transport | None = None,
+    ) -> None:
+        """``transport``: how steps are sent (None: the HTTP API over the session each call
+        is given)."""
         self.config = config
         self.cluster = cluster
         self.workload = workload
+        self.transport: Transport | None = None
+        self.stamps = True
+        if transport is not None:
+            self.use(transport)
         self.history = History()
         self.rng = random.Random(config.seed)
         self._next_process = config.clients
@@ -204,6 +258,11 @@ class _Runner:
         self.seen_twice: list[Anomaly] = []
         self.until = 0.0  # the load's end (time.monotonic()): no re-runs after it
         self.unresolved = 0  # info writes neither the ledger nor the reads could place
+
+    def use(self, transport: Transport) -> None:
+        """Send every step through ``transport`` from now on."""
+        self.transport = transport
+        self.stamps = transport.stamps
 
     @property
     def urls(self) -> list[str]:
@@ -236,7 +295,8 @@ class _Runner:
             invoke,
             completion.type,  # type: ignore[arg-type]
             completion.value,
-            ts=completion.ts,
+            # No ts from a transport whose answers carry none (resolve takes it from the ledger)
+            ts=completion.ts if self.stamps else None,
             txn_id=completion.txn_id or None,  # "": the answer named no transaction
             error=completion.error,
             reasons=reasons,
@@ -258,6 +318,7 @@ class _Runner:
         steps: list[type] = []
         written_last: TxnResult | None = None  # the last write transaction's answer
         reruns = 0
+        transport = self.transport or http_client.HttpTransport(session)
         while True:
             try:
                 step = script.send(answer)
@@ -267,21 +328,21 @@ class _Runner:
             steps.append(type(step))
             url = rng.choice(self.urls)
             if isinstance(step, Read):
-                answer = await http_client.read(session, url, step.keys)
+                answer = await transport.read(url, step.keys)
             elif isinstance(step, Write):
                 token = step.token
                 if token is None:
                     self._next_token += 1
                     token = f"run{self.config.seed}-{self._next_token}"
-                self.tokens.setdefault(index, []).append(token)
-                answer = await self._write(session, url, step.ops, token, rng)
+                self.tokens.setdefault(index, []).append(transport.ledger_token(token))
+                answer = await self._write(transport, url, step.ops, token, rng)
             elif isinstance(step, Get):
-                answer = await http_client.get(session, url, step.key)
+                answer = await transport.get(url, step.key)
             elif isinstance(step, Put):
                 self.singletons[index] = step.op
-                answer = await http_client.singleton_write(session, url, step.op)
+                answer = await transport.singleton_write(url, step.op)
             elif isinstance(step, ScanKeys):
-                answer = await http_client.scan(session, url, step.start, step.end, step.limit)
+                answer = await transport.scan(url, step.start, step.end, step.limit)
             elif isinstance(step, Rerun):  # the SDK's run: again after a backoff, bounded
                 reruns += 1
                 answer = reruns < SDK_RUN_ATTEMPTS_MAX and time.monotonic() < self.until
@@ -327,20 +388,20 @@ class _Runner:
 
     async def _write(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         url: str,
         ops: Sequence[KvOp],
         token: str,
         rng: random.Random,
     ) -> TxnResult:
-        result = await http_client.write(session, url, ops, token)
+        result = await transport.write(url, ops, token)
         retried = False
         for _ in range(TOKEN_RETRIES_MAX):
             if result.error is None or not _unknown(result.error):
                 break
             await asyncio.sleep(rng.uniform(0.05, 0.3))
             others = [u for u in self.urls if u != url] or self.urls
-            result = await http_client.write(session, rng.choice(others), ops, token)
+            result = await transport.write(rng.choice(others), ops, token)
             retried = True
         if result.error is ErrorCode.TransactionInProgress or (
             # A retry refused without running (Unavailable, Overloaded, ...) says nothing of
@@ -384,14 +445,17 @@ class _Runner:
                     Anomaly("committed-twice", f"{where}: two attempts committed", (done,))
                 )
             record = committed[-1][1] if committed else None
-            if done.type == "info" and record is not None:
+            last = record is not None and committed[-1][0] == attempts[-1][0]
+            if record is not None and (
+                done.type == "info"
+                # an answer without ts and txn id (DynamoDB's): the ledger's, if its own token
+                or (done.type == "ok" and last and not self.stamps and done.txn_id is None)
+            ):
                 ops[done.index] = dataclasses.replace(
                     done, ts=tuple(http_client.parse_ts(record.get("ts"))), txn_id=record["txn_id"]
                 )
             elif done.type == "ok" and not (
-                record is not None
-                and committed[-1][0] == attempts[-1][0]
-                and record.get("txn_id") == done.txn_id
+                record is not None and last and record.get("txn_id") == done.txn_id
             ):
                 wrong.append(Anomaly("ok-not-committed", f"{where} answered ok", (done,)))
             elif done.type == "fail" and committed:
@@ -539,6 +603,7 @@ async def _run(config: RunConfig) -> int:
     workload = make_workload(name, KEYS, BANK_TOTAL, every_kind=config.every_kind)
     runner = _Runner(config, cluster, workload)
     partition_of = cluster.config.cluster_map.partitions.partition_of
+    store_key: Callable[[str], str] = str  # a workload key's store key (DynamoDB: its item's)
     keyed = None if config.workload == "set" else {partition_of(k) for k in workload.keys}
     nemesis = Nemesis(
         cluster,
@@ -550,12 +615,24 @@ async def _run(config: RunConfig) -> int:
     settled = False
     started = time.monotonic()
     load_ns = (0, 0)  # the load's start and end (time.monotonic_ns())
+    dynamo: DynamoTransport | None = None
     try:
         await asyncio.to_thread(cluster.up)
         headers = {"Authorization": f"Bearer {cluster.admin_token()}"}
         connector = aiohttp.TCPConnector(limit=config.clients * 2)
         async with http_client.new_session(headers=headers, connector=connector) as session:
-            await _setup(session, runner.urls[0], workload)
+            if config.client == "dynamodb":
+                # boto3 is imported only for a DynamoDB run
+                from chaos.dynamodb_client import DynamoTransport  # noqa: PLC0415
+
+                dynamo = DynamoTransport(cluster.admin_token(), workers=config.clients + 1)
+                await dynamo.setup(runner.urls[0], workload)
+                runner.use(dynamo)
+                store_key = dynamo.store_key
+                keyed = {partition_of(store_key(k)) for k in workload.keys}
+                nemesis.partitions = frozenset(keyed)
+            else:
+                await _setup(session, runner.urls[0], workload)
             until = time.monotonic() + config.duration_s
             runner.until = until
             load_ns = (time.monotonic_ns(), time.monotonic_ns())
@@ -573,6 +650,8 @@ async def _run(config: RunConfig) -> int:
             await runner.finals(session)
             resolved, wrong = await runner.resolve(session)
     finally:
+        if dynamo is not None:  # its worker threads end within their calls' bounds
+            await asyncio.to_thread(dynamo.close)
         await asyncio.to_thread(cluster.down)
         if replicated:  # etcd's data is a 64 MB WAL; its log stays with the others
             shutil.rmtree(cluster.etcd().member_dir, ignore_errors=True)
@@ -594,6 +673,7 @@ async def _run(config: RunConfig) -> int:
         "faults": nemesis.counts,
         "mutants": os.environ.get("KVSTORE_CHAOS_MUTANTS", ""),
         "every_kind": config.every_kind,
+        "client": config.client,
         **counts,
         "kinds": kinds,
         "failures": failure_split(resolved, nemesis.windows)["by_code"],
@@ -603,7 +683,7 @@ async def _run(config: RunConfig) -> int:
         failover = unavailability(
             resolved,
             nemesis.windows,
-            partition_of,
+            lambda key: partition_of(store_key(key)),
             start_ns=load_ns[0],
             end_ns=load_ns[1],
             keyed=keyed,
@@ -614,7 +694,7 @@ async def _run(config: RunConfig) -> int:
         summary["restart_problems"] = nemesis.problems
     write_report(
         out,
-        title=f"kvstore chaos run: {config.workload}, {summary['nemeses']}",
+        title=f"kvstore chaos run: {config.workload} ({config.client}), {summary['nemeses']}",
         history=resolved,
         result=result,
         faults=nemesis.windows,
@@ -629,7 +709,8 @@ async def _run(config: RunConfig) -> int:
     print(failover_text(failover, load_ns[0]), end="", flush=True)
     for problem in nemesis.problems:
         print(f"nemesis: {problem}", flush=True)
-    line = verdict_line(config.workload, resolved, result)
+    label = config.workload if config.client == "http" else f"{config.workload} via {config.client}"
+    line = verdict_line(label, resolved, result)
     if not settled:
         line += f" — did not settle within {SETTLE_TIMEOUT_S:g} s (intents or open records left)"
     if nemesis.problems:
