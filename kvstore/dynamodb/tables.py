@@ -20,7 +20,7 @@ cache lifetime plus the clock skew), during which the name cannot be re-created 
 operations on it fail with ``ResourceNotFoundException``; so no front end can still be writing
 into the old table's id when a new table takes the name. After the grace the record counts as
 absent (``CreateTable`` replaces it, by version). The items of a deleted table become
-unreachable (a new table gets a new id); their rows are not purged yet (docs/dynamodb.md). """
+unreachable (a new table gets a new id); their rows are not purged yet (docs/dynamodb.md)."""
 
 from __future__ import annotations
 
