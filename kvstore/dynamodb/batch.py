@@ -25,7 +25,7 @@ from kvstore.coordinator.engine import Coordinator
 from kvstore.dynamodb.attributes import Item, check_item_size, item_from_wire, item_to_wire
 from kvstore.dynamodb.evaluate import project
 from kvstore.dynamodb.expressions import Projection
-from kvstore.dynamodb.request_exprs import RequestExpressions
+from kvstore.dynamodb.request_exprs import BATCH_GET, RequestExpressions
 from kvstore.dynamodb.requests import (
     Body,
     constraint,
@@ -113,7 +113,7 @@ class Batches:
             if not isinstance(raw, Mapping):
                 raise invalid("RequestItems values must be objects")
             schema = await self.catalog.schema(str(table))
-            exprs = RequestExpressions(raw)
+            exprs = RequestExpressions(raw, BATCH_GET)
             projection = exprs.projection()
             exprs.finish()
             per_table[schema.name] = raw

@@ -27,7 +27,13 @@ from kvstore.coordinator.engine import Coordinator
 from kvstore.dynamodb.attributes import Item, check_item_size, item_from_wire, item_to_wire
 from kvstore.dynamodb.evaluate import project, updated_attributes
 from kvstore.dynamodb.payloads import apply_expression_update
-from kvstore.dynamodb.request_exprs import RequestExpressions
+from kvstore.dynamodb.request_exprs import (
+    DELETE_ITEM,
+    GET_ITEM,
+    PUT_ITEM,
+    UPDATE_ITEM,
+    RequestExpressions,
+)
 from kvstore.dynamodb.requests import Body, optional_enum, required_object, table_name
 from kvstore.dynamodb.tables import Catalog, TableSchema
 from kvstore.errors import ConditionFailed
@@ -89,7 +95,7 @@ class Items:
         key, _ = schema.store_key(item, item=True)
         check_item_size(item)
         returns = optional_enum(body, "ReturnValues", ("NONE", "ALL_OLD"), "NONE")
-        exprs = RequestExpressions(body)
+        exprs = RequestExpressions(body, PUT_ITEM)
         condition = exprs.condition()
         exprs.finish()
         previous = await self._write(
@@ -111,7 +117,7 @@ class Items:
         schema = await self.catalog.schema(_table(body))
         key, _ = _key(schema, body)
         returns = optional_enum(body, "ReturnValues", ("NONE", "ALL_OLD"), "NONE")
-        exprs = RequestExpressions(body)
+        exprs = RequestExpressions(body, DELETE_ITEM)
         condition = exprs.condition()
         exprs.finish()
         previous = await self._write(
@@ -137,7 +143,7 @@ class Items:
             ("NONE", "ALL_OLD", "UPDATED_OLD", "ALL_NEW", "UPDATED_NEW"),
             "NONE",
         )
-        exprs = RequestExpressions(body)
+        exprs = RequestExpressions(body, UPDATE_ITEM)
         update = exprs.update(key_item, schema.key_names)
         condition = exprs.condition()
         exprs.finish()
@@ -175,7 +181,7 @@ class Items:
     async def get(self, body: Body) -> dict[str, object]:
         schema = await self.catalog.schema(_table(body))
         key, _ = _key(schema, body)
-        exprs = RequestExpressions(body)
+        exprs = RequestExpressions(body, GET_ITEM)
         projection = exprs.projection()
         exprs.finish()
         found = await self.coordinator.get(key)

@@ -41,7 +41,7 @@ from kvstore.dynamodb.attributes import (
 from kvstore.dynamodb.evaluate import condition_holds, project
 from kvstore.dynamodb.expressions import Condition, Projection
 from kvstore.dynamodb.items import consumed
-from kvstore.dynamodb.request_exprs import RequestExpressions
+from kvstore.dynamodb.request_exprs import QUERY, SCAN, RequestExpressions
 from kvstore.dynamodb.requests import (
     Body,
     invalid,
@@ -117,7 +117,7 @@ class Reads:
     async def query(self, body: Body) -> dict[str, object]:
         schema = await self.catalog.schema(table_name(body))
         _no_index(body)
-        exprs = RequestExpressions(body)
+        exprs = RequestExpressions(body, QUERY)
         range_name = None if schema.range_key is None else schema.range_key.name
         condition = exprs.key_condition(schema.hash_key.name, range_name)
         if condition is None:
@@ -128,7 +128,7 @@ class Reads:
         page = _Page(optional_int(body, "Limit", 1, _LIMIT_MAX), exprs.filter())
         projection = exprs.projection()
         exprs.finish()
-        select = _select(body, projection)
+        select = _select(body, projection, exprs.projection_member)
         forward = optional_bool(body, "ScanIndexForward", True)
         bounds = _query_range(schema, condition)
         start, end = bounds.start, bounds.end
@@ -169,11 +169,11 @@ class Reads:
     async def scan(self, body: Body) -> dict[str, object]:
         schema = await self.catalog.schema(table_name(body))
         _no_index(body)
-        exprs = RequestExpressions(body)
+        exprs = RequestExpressions(body, SCAN)
         page = _Page(optional_int(body, "Limit", 1, _LIMIT_MAX), exprs.filter())
         projection = exprs.projection()
         exprs.finish()
-        select = _select(body, projection)
+        select = _select(body, projection, exprs.projection_member)
         bounds = _segment(schema, body)
         resume = _start_key(schema, body)
         count = self.coordinator.cluster_map.partitions.partition_count
@@ -221,7 +221,8 @@ def _no_index(body: Body) -> None:
         raise invalid(f"The table does not have the specified index: {index}")
 
 
-def _select(body: Body, projection: Projection | None) -> str:
+def _select(body: Body, projection: Projection | None, member: str) -> str:
+    """``Select``, checked against the projection (``member`` names where it came from)."""
     default = "SPECIFIC_ATTRIBUTES" if projection is not None else "ALL_ATTRIBUTES"
     select = optional_enum(body, "Select", _SELECT, default)
     if select == "ALL_PROJECTED_ATTRIBUTES":
@@ -229,9 +230,7 @@ def _select(body: Body, projection: Projection | None) -> str:
     if select == "SPECIFIC_ATTRIBUTES" and projection is None:
         raise invalid("SPECIFIC_ATTRIBUTES requires a ProjectionExpression or AttributesToGet")
     if select in ("ALL_ATTRIBUTES", "COUNT") and projection is not None:
-        raise invalid(
-            "Cannot specify the ProjectionExpression when choosing to get ALL_ATTRIBUTES or COUNT"
-        )
+        raise invalid(f"Cannot specify the {member} when choosing to get ALL_ATTRIBUTES or COUNT")
     return select
 
 

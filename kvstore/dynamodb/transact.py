@@ -34,7 +34,12 @@ from kvstore.coordinator.engine import Coordinator
 from kvstore.dynamodb.attributes import check_item_size, item_from_wire, item_to_wire
 from kvstore.dynamodb.evaluate import project
 from kvstore.dynamodb.items import RETURN_ON_FAILURE
-from kvstore.dynamodb.request_exprs import RequestExpressions
+from kvstore.dynamodb.request_exprs import (
+    TRANSACT_CONDITION,
+    TRANSACT_GET,
+    TRANSACT_UPDATE,
+    RequestExpressions,
+)
 from kvstore.dynamodb.requests import (
     Body,
     constraint,
@@ -147,7 +152,9 @@ class Transactions:
     async def _op(self, kind: str, action: Body) -> tuple[str, Op]:
         """(table name, op) of one action, validated and with its expressions parsed."""
         schema = await self.catalog.schema(table_name(action))
-        exprs = RequestExpressions(action)
+        exprs = RequestExpressions(
+            action, TRANSACT_UPDATE if kind == "Update" else TRANSACT_CONDITION
+        )
         return_item = (
             optional_enum(action, "ReturnValuesOnConditionCheckFailure", RETURN_ON_FAILURE, "NONE")
             == "ALL_OLD"
@@ -239,7 +246,7 @@ class Transactions:
             schema = await self.catalog.schema(table_name(get))
             raw_key = item_from_wire(required_object(get, "Key"), field="Key")
             key, _ = schema.store_key(raw_key, item=False)
-            exprs = RequestExpressions(get)
+            exprs = RequestExpressions(get, TRANSACT_GET)
             projections.append(exprs.projection())
             exprs.finish()
             if key in keys:
