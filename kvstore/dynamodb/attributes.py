@@ -36,7 +36,13 @@ its overflow one).
 Sizes follow AWS's formula (:func:`item_size`): a name costs its UTF-8 bytes, S its UTF-8 bytes,
 B its bytes, N one byte per two significant digits plus one, BOOL and NULL one byte, L and M
 three bytes plus one byte and the size of each element (a map element adds its name), sets the
-sum of their elements.
+sum of their elements. :func:`check_item_size` also refuses, with the same AWS messages, an item
+the store could not hold: more than ``VALUE_BYTES_MAX`` bytes encoded (type tags and headers cost
+a few bytes per attribute that AWS does not count, so an item within a few bytes of AWS's 400 KB,
+or of very many tiny attributes, is refused below that) or nested deeper than
+:data:`STORE_NESTING_MAX` (31) levels, where DynamoDB allows 32 (the store's ``VALUE_DEPTH_MAX``
+counts two containers per level). Without it the node refused such a put with a message naming
+itself, and an update could store a value no read could return.
 
 Equality and order. :func:`values_equal` is typed equality: numbers by value, sets regardless of
 order, lists and maps deeply. :func:`compare` orders S (by UTF-8 bytes, which is code point
@@ -62,8 +68,11 @@ from kvstore.limits import (
     DYNAMODB_NUMBER_DIGITS_MAX,
     DYNAMODB_NUMBER_EXPONENT_MAX,
     DYNAMODB_NUMBER_EXPONENT_MIN,
+    VALUE_BYTES_MAX,
+    VALUE_DEPTH_MAX,
 )
 from kvstore.types import Value
+from kvstore.values import value_size_bytes
 
 __all__ = [
     "Item",
@@ -94,6 +103,7 @@ __all__ = [
     "value_size",
     "item_size",
     "check_item_size",
+    "STORE_NESTING_MAX",
     "nesting_of",
     "values_equal",
     "compare",
@@ -121,6 +131,11 @@ TYPE_NAMES: Final = {
 _SET_WORDS: Final = {"SS": "string", "NS": "number", "BS": "binary"}
 
 _INVALID: Final = "One or more parameter values were invalid: "
+_NESTING: Final = "Nesting Levels have exceeded supported limits"
+# The store holds values at most VALUE_DEPTH_MAX containers deep. A stored item is one
+# container, each L/M level two more (the typed value and its body), the innermost typed value
+# one: n levels reach depth 2n + 1, so 31 levels fit where DynamoDB allows 32.
+STORE_NESTING_MAX: Final = (VALUE_DEPTH_MAX - 2) // 2
 _OVERFLOW: Final = (
     "Number overflow. Attempting to store a number with magnitude larger than supported range"
 )
@@ -350,7 +365,7 @@ class _Reader:
         if tag in SET_TYPES:
             return {tag: self._set(tag, body)}
         if depth >= DYNAMODB_NESTING_MAX:
-            raise ValidationError("", "Nesting Levels have exceeded supported limits")
+            raise ValidationError("", _NESTING)
         if tag == "L":
             if not isinstance(body, list):
                 raise serialization_error(f"{_json_kind(body)} cannot be converted to List")
@@ -496,7 +511,7 @@ _str = str_body
 
 def _check_depth(depth: int) -> None:
     if depth >= DYNAMODB_NESTING_MAX:
-        raise ValidationError("", "Nesting Levels have exceeded supported limits")
+        raise ValidationError("", _NESTING)
 
 
 def nesting_of(v: Value) -> int:
@@ -566,10 +581,18 @@ def item_size(item: Mapping[str, Value]) -> int:
 
 
 def check_item_size(item: Mapping[str, Value], *, update: bool = False) -> None:
-    """AWS's error when ``item`` is larger than ``DYNAMODB_ITEM_BYTES_MAX``."""
-    if item_size(item) > DYNAMODB_ITEM_BYTES_MAX:
+    """AWS's errors when ``item`` is larger than ``DYNAMODB_ITEM_BYTES_MAX`` by AWS's formula,
+    or when the store could not hold it: its stored form encodes to more than
+    ``VALUE_BYTES_MAX`` bytes (an item of very many tiny attributes, each costing more in
+    type tags than by AWS's count), or it nests more than :data:`STORE_NESTING_MAX` levels.
+    Every write of an item (a put, a batch put, a transaction's put, an update's result on the
+    node) passes here, so the store never refuses, or holds, an item it could not return."""
+    if item_size(item) > DYNAMODB_ITEM_BYTES_MAX or value_size_bytes(dict(item)) > VALUE_BYTES_MAX:
         what = "Item size to update" if update else "Item size"
         raise ValidationError("", f"{what} has exceeded the maximum allowed size")
+    for value in item.values():
+        if nesting_of(value) > STORE_NESTING_MAX:
+            raise ValidationError("", _NESTING)
 
 
 # --- equality and order -------------------------------------------------------------------

@@ -25,6 +25,7 @@ from kvstore.coordinator.engine import Coordinator
 from kvstore.dynamodb.attributes import Item, check_item_size, item_from_wire, item_to_wire
 from kvstore.dynamodb.evaluate import project
 from kvstore.dynamodb.expressions import Projection
+from kvstore.dynamodb.items import store_refusal
 from kvstore.dynamodb.request_exprs import BATCH_GET, RequestExpressions
 from kvstore.dynamodb.requests import (
     Body,
@@ -41,6 +42,7 @@ from kvstore.errors import (
     Overloaded,
     TransactionConflict,
     Unavailable,
+    ValidationError,
 )
 from kvstore.limits import DYNAMODB_BATCH_GET_KEYS_MAX, DYNAMODB_BATCH_WRITE_ITEMS_MAX
 from kvstore.ops import Op, OpKind
@@ -208,6 +210,8 @@ class Batches:
         throttled = 0
         for write, result in zip(writes, results, strict=True):
             if isinstance(result, KvError):
+                if isinstance(result, ValidationError):
+                    raise store_refusal(result)
                 if not isinstance(result, _DEFERRED):
                     raise result
                 throttled += isinstance(result, Overloaded)

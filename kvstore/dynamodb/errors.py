@@ -36,7 +36,11 @@ Decisions:
 
 Server-side failures (the catalogue codes answered 500 or 503, and throttling) get fixed
 messages naming only the catalogue code: the message of an internal error may name a node's
-address or a Python object, and is for the coordinator's log, never for the caller. Errors the
+address or a Python object, and is for the coordinator's log, never for the caller. So does
+any other error whose details name a partition or a node (a store call refused as a whole,
+which the coordinator words as "partition 3 on node n2: ..."): its message becomes the
+catalogue's summary of its code. The operations translate the refusals they expect into AWS's
+words before they get here; this is the net under the ones they do not. Errors the
 endpoint raises on purpose keep their message whatever their status (an unsupported
 ``Content-Encoding`` is a ``ValidationError`` refined to ``InternalServerError``, answered 500
 with a message saying which encodings work).
@@ -116,6 +120,9 @@ _FIXED_MESSAGES: Final[Mapping[ErrorCode, str]] = {
     ErrorCode.Overloaded: "Rate of requests exceeds the allowed throughput.",
 }
 
+# Details naming a place inside the cluster: an error carrying one has a message naming it too.
+_LOCATED: Final = frozenset({"partition", "node"})
+
 _AWS_TYPE: Final = re.compile(r"[A-Z][A-Za-z0-9]{1,99}")
 
 
@@ -142,6 +149,11 @@ def _message(error: KvError) -> str:
     fixed = _FIXED_MESSAGES.get(error.code)
     if fixed is not None:
         return f"{fixed} (kvstore: {error.code.name})"
+    if _LOCATED.intersection(error.details):
+        # A store call the coordinator reports by where it failed ("partition 3 on node n2:
+        # ..."): the place is for the log; the caller reads what the code means.
+        summary = error.code.value.summary
+        return summary[:1].upper() + summary[1:]
     return error.message
 
 

@@ -36,7 +36,7 @@ from kvstore.dynamodb.request_exprs import (
 )
 from kvstore.dynamodb.requests import Body, optional_enum, required_object, table_name
 from kvstore.dynamodb.tables import Catalog, TableSchema
-from kvstore.errors import ConditionFailed
+from kvstore.errors import ConditionFailed, ErrorCode, ValidationError
 from kvstore.ops import Op, OpKind
 from kvstore.types import Value
 
@@ -45,11 +45,13 @@ __all__ = [
     "consumed",
     "condition_failed",
     "RETURN_ON_FAILURE",
+    "store_refusal",
 ]
 
 RETURN_ON_FAILURE: Final = ("NONE", "ALL_OLD")
 _CAPACITY: Final = ("INDEXES", "TOTAL", "NONE")
 _CONDITION_FAILED: Final = "The conditional request failed"
+_INVALID: Final = "One or more parameter values were invalid: "
 
 
 def consumed(body: Body, table: str, units: float) -> dict[str, object]:
@@ -67,6 +69,21 @@ def condition_failed(error: ConditionFailed) -> ConditionFailed:
     if isinstance(item, Mapping) and isinstance(item.get("value"), dict):
         details["item"] = item["value"]  # the item's JSON form: bytes as base64, its wire form
     return ConditionFailed(_CONDITION_FAILED, details=details)
+
+
+def store_refusal(error: ValidationError) -> ValidationError:
+    """The ValidationException for a singleton write the store refused, in AWS's words only.
+
+    The coordinator words its refusals for the store's own API: the node's reason for an op
+    that cannot apply (an update whose result breaks a limit) follows the field ``op``
+    (``"op: Item size to update has exceeded..."``), and a refused call names the partition
+    and the node (``"partition 3 on node n2: ..."``). The node's reason is already AWS's
+    message (:mod:`kvstore.dynamodb.evaluate`); a refused call's carries nothing the client
+    can use, so it gets a fixed one."""
+    if "partition" in error.details or "node" in error.details:
+        return ValidationError("", _INVALID + ErrorCode.ValidationError.value.summary)
+    prefix = f"{error.field}: " if error.field else ""
+    return ValidationError("", error.message.removeprefix(prefix))
 
 
 def _wire(item: Value) -> dict[str, object]:
@@ -87,6 +104,8 @@ class Items:
             reply = await self.coordinator.write(op)
         except ConditionFailed as error:
             raise condition_failed(error) from None
+        except ValidationError as error:
+            raise store_refusal(error) from None
         return reply.previous
 
     async def put(self, body: Body) -> dict[str, object]:

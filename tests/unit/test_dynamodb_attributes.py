@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvstore.dynamodb.attributes import (
+    STORE_NESTING_MAX,
     add_numbers,
     check_item_size,
     compare,
@@ -32,8 +33,9 @@ from kvstore.dynamodb.attributes import (
     values_equal,
 )
 from kvstore.errors import ValidationError
-from kvstore.limits import DYNAMODB_ITEM_BYTES_MAX, DYNAMODB_NESTING_MAX
+from kvstore.limits import DYNAMODB_ITEM_BYTES_MAX, DYNAMODB_NESTING_MAX, VALUE_BYTES_MAX
 from kvstore.types import Value
+from kvstore.values import validate_value, value_size_bytes
 
 # --- numbers ------------------------------------------------------------------------------
 
@@ -316,8 +318,15 @@ def test_sizes_follow_the_aws_formula() -> None:
 
 def test_item_size_limit() -> None:
     head = "a"
-    fits: dict[str, Value] = {head: {"S": "x" * (DYNAMODB_ITEM_BYTES_MAX - 1)}}
+    at_aws_limit: dict[str, Value] = {head: {"S": "x" * (DYNAMODB_ITEM_BYTES_MAX - 1)}}
+    assert item_size(at_aws_limit) == DYNAMODB_ITEM_BYTES_MAX
+    # The store holds at most VALUE_BYTES_MAX encoded bytes: the type tags and headers cost a
+    # few bytes more than AWS counts, so an item this close to AWS's limit does not fit.
+    fits: dict[str, Value] = {head: {"S": "x" * (VALUE_BYTES_MAX - 16)}}
+    assert value_size_bytes(fits) <= VALUE_BYTES_MAX
     check_item_size(fits)
+    with pytest.raises(ValidationError, match=r"^Item size has exceeded the maximum allowed size$"):
+        check_item_size(at_aws_limit)
     over: dict[str, Value] = {head: {"S": "x" * DYNAMODB_ITEM_BYTES_MAX}}
     with pytest.raises(ValidationError, match=r"^Item size has exceeded the maximum allowed size$"):
         check_item_size(over)
@@ -370,3 +379,19 @@ def test_string_order_is_utf8_byte_order(a: str, b: str) -> None:
 def test_describe() -> None:
     assert describe({"N": "10"}) == "AttributeValue: {N:10}"
     assert describe({"B": b"a"}) == "AttributeValue: {B:YQ==}"
+
+
+def test_items_the_store_could_not_hold_are_refused_in_aws_words() -> None:
+    """Many tiny attributes: under AWS's 400 KB by its formula, over the store's encoded cap."""
+    names = [f"{i:04x}" for i in range(50_000)]
+    tiny: dict[str, Value] = {name: {"NULL": True} for name in names}
+    assert item_size(tiny) <= DYNAMODB_ITEM_BYTES_MAX < value_size_bytes(tiny)
+    with pytest.raises(ValidationError, match=r"^Item size has exceeded the maximum allowed size$"):
+        check_item_size(tiny)
+    deep: Value = {"S": "leaf"}
+    for _ in range(STORE_NESTING_MAX):
+        deep = {"L": [deep]}
+    check_item_size({"a": deep})
+    validate_value({"a": deep})  # the store's own check agrees
+    with pytest.raises(ValidationError, match=r"^Nesting Levels have exceeded supported limits$"):
+        check_item_size({"a": {"M": {"m": deep}}})

@@ -207,3 +207,13 @@ def test_messages_are_json_escaped() -> None:
 
 def test_conflict_is_not_conditional_failure() -> None:
     assert aws_type_of(TransactionConflict("x"))[0] == "TransactionConflictException"
+
+
+@pytest.mark.parametrize(
+    "code", [ErrorCode.ValidationError, ErrorCode.TooLarge, ErrorCode.SnapshotTooOld]
+)
+def test_a_refused_store_call_does_not_name_its_partition_or_node(code: ErrorCode) -> None:
+    error = make(code, "partition 3 on node n2: the request is malformed", partition=3, node="n2")
+    body = error_answer(error).body
+    assert "n2" not in json.dumps(body) and "partition" not in json.dumps(body)
+    assert body["message"] == code.value.summary[:1].upper() + code.value.summary[1:]
