@@ -39,10 +39,8 @@ three bytes plus one byte and the size of each element (a map element adds its n
 sum of their elements. :func:`check_item_size` also refuses, with the same AWS messages, an item
 the store could not hold: more than ``VALUE_BYTES_MAX`` bytes encoded (type tags and headers cost
 a few bytes per attribute that AWS does not count, so an item within a few bytes of AWS's 400 KB,
-or of very many tiny attributes, is refused below that) or nested deeper than
-:data:`STORE_NESTING_MAX` (31) levels, where DynamoDB allows 32 (the store's ``VALUE_DEPTH_MAX``
-counts two containers per level). Without it the node refused such a put with a message naming
-itself, and an update could store a value no read could return.
+or of very many tiny attributes, is refused below that). Without it the node refused such a put
+with a message naming itself, and an update could store a value no read could return.
 
 Equality and order. :func:`values_equal` is typed equality: numbers by value, sets regardless of
 order, lists and maps deeply. :func:`compare` orders S (by UTF-8 bytes, which is code point
@@ -69,7 +67,6 @@ from kvstore.limits import (
     DYNAMODB_NUMBER_EXPONENT_MAX,
     DYNAMODB_NUMBER_EXPONENT_MIN,
     VALUE_BYTES_MAX,
-    VALUE_DEPTH_MAX,
 )
 from kvstore.types import Value
 from kvstore.values import value_size_bytes
@@ -103,7 +100,6 @@ __all__ = [
     "value_size",
     "item_size",
     "check_item_size",
-    "STORE_NESTING_MAX",
     "nesting_of",
     "values_equal",
     "compare",
@@ -131,11 +127,6 @@ TYPE_NAMES: Final = {
 _SET_WORDS: Final = {"SS": "string", "NS": "number", "BS": "binary"}
 
 _INVALID: Final = "One or more parameter values were invalid: "
-_NESTING: Final = "Nesting Levels have exceeded supported limits"
-# The store holds values at most VALUE_DEPTH_MAX containers deep. A stored item is one
-# container, each L/M level two more (the typed value and its body), the innermost typed value
-# one: n levels reach depth 2n + 1, so 31 levels fit where DynamoDB allows 32.
-STORE_NESTING_MAX: Final = (VALUE_DEPTH_MAX - 2) // 2
 _OVERFLOW: Final = (
     "Number overflow. Attempting to store a number with magnitude larger than supported range"
 )
@@ -365,7 +356,7 @@ class _Reader:
         if tag in SET_TYPES:
             return {tag: self._set(tag, body)}
         if depth >= DYNAMODB_NESTING_MAX:
-            raise ValidationError("", _NESTING)
+            raise ValidationError("", "Nesting Levels have exceeded supported limits")
         if tag == "L":
             if not isinstance(body, list):
                 raise serialization_error(f"{_json_kind(body)} cannot be converted to List")
@@ -511,7 +502,7 @@ _str = str_body
 
 def _check_depth(depth: int) -> None:
     if depth >= DYNAMODB_NESTING_MAX:
-        raise ValidationError("", _NESTING)
+        raise ValidationError("", "Nesting Levels have exceeded supported limits")
 
 
 def nesting_of(v: Value) -> int:
@@ -584,15 +575,12 @@ def check_item_size(item: Mapping[str, Value], *, update: bool = False) -> None:
     """AWS's errors when ``item`` is larger than ``DYNAMODB_ITEM_BYTES_MAX`` by AWS's formula,
     or when the store could not hold it: its stored form encodes to more than
     ``VALUE_BYTES_MAX`` bytes (an item of very many tiny attributes, each costing more in
-    type tags than by AWS's count), or it nests more than :data:`STORE_NESTING_MAX` levels.
+    type tags than by AWS's count, or one within a few bytes of AWS's limit).
     Every write of an item (a put, a batch put, a transaction's put, an update's result on the
     node) passes here, so the store never refuses, or holds, an item it could not return."""
     if item_size(item) > DYNAMODB_ITEM_BYTES_MAX or value_size_bytes(dict(item)) > VALUE_BYTES_MAX:
         what = "Item size to update" if update else "Item size"
         raise ValidationError("", f"{what} has exceeded the maximum allowed size")
-    for value in item.values():
-        if nesting_of(value) > STORE_NESTING_MAX:
-            raise ValidationError("", _NESTING)
 
 
 # --- equality and order -------------------------------------------------------------------

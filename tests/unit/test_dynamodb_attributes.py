@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvstore.dynamodb.attributes import (
-    STORE_NESTING_MAX,
     add_numbers,
     check_item_size,
     compare,
@@ -35,7 +34,7 @@ from kvstore.dynamodb.attributes import (
 from kvstore.errors import ValidationError
 from kvstore.limits import DYNAMODB_ITEM_BYTES_MAX, DYNAMODB_NESTING_MAX, VALUE_BYTES_MAX
 from kvstore.types import Value
-from kvstore.values import validate_value, value_size_bytes
+from kvstore.values import value_size_bytes
 
 # --- numbers ------------------------------------------------------------------------------
 
@@ -388,10 +387,3 @@ def test_items_the_store_could_not_hold_are_refused_in_aws_words() -> None:
     assert item_size(tiny) <= DYNAMODB_ITEM_BYTES_MAX < value_size_bytes(tiny)
     with pytest.raises(ValidationError, match=r"^Item size has exceeded the maximum allowed size$"):
         check_item_size(tiny)
-    deep: Value = {"S": "leaf"}
-    for _ in range(STORE_NESTING_MAX):
-        deep = {"L": [deep]}
-    check_item_size({"a": deep})
-    validate_value({"a": deep})  # the store's own check agrees
-    with pytest.raises(ValidationError, match=r"^Nesting Levels have exceeded supported limits$"):
-        check_item_size({"a": {"M": {"m": deep}}})

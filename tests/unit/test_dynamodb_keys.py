@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from kvstore.dynamodb import keys as ddb_keys
 from kvstore.dynamodb.attributes import normalize_number
-from kvstore.dynamodb.request_exprs import RequestExpressions
+from kvstore.dynamodb.request_exprs import UPDATE_ITEM, RequestExpressions
 from kvstore.dynamodb.tables import KeyAttribute, TableSchema, sort_bytes
 from kvstore.errors import ValidationError
 from kvstore.limits import INTERNAL_KEY_BYTES_MAX, KEY_BYTES_MAX
@@ -186,7 +186,8 @@ def test_an_op_carries_a_dynamodb_condition_and_update_through_its_wire_form() -
                 ":one": {"N": "1"},
                 ":ten": {"N": "10"},
             },
-        }
+        },
+        UPDATE_ITEM,
     )
     update = exprs.update(key_item, schema.key_names)
     condition = exprs.condition()
@@ -206,7 +207,7 @@ def test_an_op_carries_a_dynamodb_condition_and_update_through_its_wire_form() -
 def test_an_update_of_an_absent_item_that_only_removes_creates_nothing() -> None:
     schema = _schema("S")
     key, key_item = schema.store_key({"pk": {"S": "h"}, "sk": {"S": "s"}}, item=False)
-    exprs = RequestExpressions({"UpdateExpression": "REMOVE a"})
+    exprs = RequestExpressions({"UpdateExpression": "REMOVE a"}, UPDATE_ITEM)
     update = exprs.update(key_item, schema.key_names)
     op = Op(kind=OpKind.UPDATE, key=key, expression=update)
     assert apply_op(op, exists=False, value=None) == (False, None)
