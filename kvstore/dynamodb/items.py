@@ -13,8 +13,11 @@ consistent here, so ``ConsistentRead`` is accepted and changes nothing.
 
 ``ReturnValues``: the op asks the node for the item it replaced (``return_previous``); the new
 item, for ``ALL_NEW``/``UPDATED_NEW``, is the same pure function of it the node applied
-(:func:`~kvstore.dynamodb.evaluate.apply_update`). ``UPDATED_*`` returns the top-level attributes
-the update names. ``ReturnValuesOnConditionCheckFailure=ALL_OLD`` asks the node for the item in
+(:func:`~kvstore.dynamodb.evaluate.apply_update`). ``UPDATED_*`` returns the old or new item
+projected on the paths the update's actions write, as DynamoDB does: ``SET a.b = :v`` returns
+``{"a": {"b": ...}}``, not all of ``a``; a path with nothing there (a list index past the end, an
+attribute the update created, for ``UPDATED_OLD``) contributes nothing.
+``ReturnValuesOnConditionCheckFailure=ALL_OLD`` asks the node for the item in
 the failed condition's reason (the op's ``return_item``).
 """
 
@@ -25,7 +28,8 @@ from typing import Final
 
 from kvstore.coordinator.engine import Coordinator
 from kvstore.dynamodb.attributes import Item, check_item_size, item_from_wire, item_to_wire
-from kvstore.dynamodb.evaluate import project, updated_attributes
+from kvstore.dynamodb.evaluate import project
+from kvstore.dynamodb.expressions import Projection
 from kvstore.dynamodb.payloads import apply_expression_update
 from kvstore.dynamodb.request_exprs import (
     DELETE_ITEM,
@@ -186,13 +190,13 @@ class Items:
             if old is not None:
                 out["Attributes"] = item_to_wire(old)
             return out
-        names = updated_attributes(update.tree)
+        updated = Projection(update.tree.paths())
         if returns == "UPDATED_OLD":
-            chosen = {} if old is None else {n: v for n, v in old.items() if n in names}
+            chosen = {} if old is None else project(old, updated)
         else:
             _, new = apply_expression_update(update, exists=old is not None, value=old)
             new = new or {}
-            chosen = new if returns == "ALL_NEW" else {n: v for n, v in new.items() if n in names}
+            chosen = new if returns == "ALL_NEW" else project(new, updated)
         if chosen:
             out["Attributes"] = item_to_wire(chosen)
         return out
