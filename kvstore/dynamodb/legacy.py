@@ -8,14 +8,16 @@ Java's ``DynamoDBMapper`` send them. Each is translated once into the trees of
 :mod:`kvstore.dynamodb.expression_tree`, so evaluation has one implementation.
 
 A legacy condition is ``{attribute: {"ComparisonOperator": op, "AttributeValueList": [...]}}``
-(``Expected`` also takes ``{"Value": v}`` meaning equality and ``{"Exists": false}`` meaning
-absence), the attributes combined with ``ConditionalOperator`` (AND by default). The operators
-map onto expression ones: EQ ``=``; NE ``NOT =`` (so it holds for a missing attribute, as in
-DynamoDB); LT/LE/GT/GE; BETWEEN; IN; BEGINS_WITH; CONTAINS; NOT_CONTAINS ``NOT contains``;
-NULL ``attribute_not_exists``; NOT_NULL ``attribute_exists``. Attribute names are plain names
-(never paths). ``AttributeUpdates`` actions are PUT (SET), DELETE (REMOVE, or set elements with a
-value) and ADD (numbers and sets, and, unlike the expression ADD, lists: appended). Values are
-request JSON, validated by :func:`kvstore.dynamodb.attributes.value_from_wire`. Callers refuse a
+(``Expected`` also takes ``{"Value": v}`` meaning equality, ``{"Exists": false}`` meaning
+absence, and ``Value`` in place of a one-value ``AttributeValueList``; its refusals are worded
+as DynamoDB words them, "... for Attribute: a"), the attributes combined with
+``ConditionalOperator`` (AND by default). The operators map onto expression ones: EQ ``=``; NE
+``NOT =`` (so it holds for a missing attribute, as in DynamoDB); LT/LE/GT/GE; BETWEEN; IN;
+BEGINS_WITH; CONTAINS; NOT_CONTAINS ``NOT contains``; NULL ``attribute_not_exists``; NOT_NULL
+``attribute_exists``. Attribute names are plain names (never paths). ``AttributeUpdates``
+actions are PUT (SET), DELETE (REMOVE, or set elements with a value) and ADD (numbers and sets,
+and, unlike the expression ADD, lists: appended). Values are request JSON, validated by
+:func:`kvstore.dynamodb.attributes.value_from_wire`. Callers refuse a
 request that mixes legacy and expression parameters.
 """
 
@@ -212,35 +214,52 @@ def condition_from_expected(
         exists = body.get("Exists")
         if exists is not None and not isinstance(exists, bool):
             raise serialization_error("Exists must be a boolean")
-        if "ComparisonOperator" in body:
-            if "Value" in body or exists is not None:
+        value = body.get("Value")
+        values = body.get("AttributeValueList")
+        if value is not None and values is not None:
+            raise ValidationError(
+                "",
+                _INVALID + "Value and AttributeValueList cannot be used together for Attribute: "
+                f"{checked}",
+            )
+        operator = body.get("ComparisonOperator")
+        if operator is not None:
+            if exists is not None:
                 raise ValidationError(
                     "",
-                    _INVALID + "Value or Exists cannot be used with ComparisonOperator for "
-                    f"attribute ({checked})",
+                    _INVALID + "Exists and ComparisonOperator cannot be used together for "
+                    f"Attribute: {checked}",
                 )
-            tests.append(_test(checked, body["ComparisonOperator"], body.get("AttributeValueList")))
+            if value is None and values is None and operator not in ("NULL", "NOT_NULL"):
+                raise ValidationError(
+                    "",
+                    _INVALID + "Value or AttributeValueList must be used with ComparisonOperator: "
+                    f"{operator} for Attribute: {checked}",
+                )
+            tests.append(_test(checked, operator, [value] if value is not None else values))
             continue
-        if "AttributeValueList" in body:
+        if values is not None:
             raise ValidationError(
                 "",
                 _INVALID + "AttributeValueList can only be used with a ComparisonOperator for "
-                f"attribute: {checked}",
+                f"Attribute: {checked}",
             )
         if exists is False:
-            if "Value" in body:
+            if value is not None:
                 raise ValidationError(
                     "",
-                    _INVALID + "Value cannot be used when Exists is false for attribute: "
+                    _INVALID + "Value cannot be used when Exists is false for Attribute: "
                     f"{checked}",
                 )
             tests.append(AttributeNotExists((checked,)))
-        elif "Value" in body:
-            tests.append(Comparison("=", Path((checked,)), Literal(value_from_wire(body["Value"]))))
+        elif value is not None:
+            tests.append(Comparison("=", Path((checked,)), Literal(value_from_wire(value))))
         else:
+            shown = "null" if exists is None else "true"
             raise ValidationError(
                 "",
-                _INVALID + f"Value must be provided when Exists is true for attribute: {checked}",
+                _INVALID + f"Value must be provided when Exists is {shown} for Attribute: "
+                f"{checked}",
             )
     return _combine(tests, conditional_operator)
 

@@ -556,6 +556,10 @@ def test_generated_conditions_parse_and_round_trip(text: str) -> None:
 
 def test_expected_translates_to_conditions() -> None:
     a = Path(("a",))
+    # Value stands in for a one-value AttributeValueList (DynamoDB accepts both).
+    assert condition_from_expected({"a": {"ComparisonOperator": "GT", "Value": N1}}) == Comparison(
+        ">", a, Literal(N1)
+    )
     assert condition_from_expected({}) is None
     assert condition_from_expected({"a": {"Value": {"N": "1"}}}) == Comparison("=", a, Literal(N1))
     assert condition_from_expected({"a": {"Exists": False}}) == AttributeNotExists(("a",))
@@ -613,14 +617,28 @@ def test_filter_errors(spec: dict[str, object], fragment: str) -> None:
 @pytest.mark.parametrize(
     ("expected", "fragment"),
     [
-        ({"a": {"Exists": True}}, "Value must be provided when Exists is true"),
+        ({"a": {"Exists": True}}, "Value must be provided when Exists is true for Attribute: a$"),
+        ({"a": {}}, "Value must be provided when Exists is null for Attribute: a$"),
         (
             {"a": {"Exists": False, "Value": {"N": "1"}}},
-            "Value cannot be used when Exists is false",
+            "Value cannot be used when Exists is false for Attribute: a$",
         ),
         (
-            {"a": {"Value": {"N": "1"}, "ComparisonOperator": "EQ"}},
-            "cannot be used with ComparisonOperator",
+            {"a": {"Exists": True, "ComparisonOperator": "EQ", "AttributeValueList": [N1]}},
+            "Exists and ComparisonOperator cannot be used together for Attribute: a$",
+        ),
+        (
+            {"a": {"Value": N1, "ComparisonOperator": "EQ", "AttributeValueList": [N1]}},
+            "Value and AttributeValueList cannot be used together for Attribute: a$",
+        ),
+        (
+            {"a": {"ComparisonOperator": "EQ"}},
+            "Value or AttributeValueList must be used with ComparisonOperator: EQ for "
+            "Attribute: a$",
+        ),
+        (
+            {"a": {"AttributeValueList": [N1]}},
+            "AttributeValueList can only be used with a ComparisonOperator for Attribute: a$",
         ),
         ({"a": {"Value": {"N": "1"}}}, None),
     ],
