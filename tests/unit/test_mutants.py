@@ -20,7 +20,7 @@ from kvstore.conditions import Exists
 from kvstore.coordinator.core import WriteTxn
 from kvstore.coordinator.read import ReadTxn
 from kvstore.coordinator.results import ReadResult
-from kvstore.dynamodb.request_exprs import RequestExpressions
+from kvstore.dynamodb.request_exprs import PUT_ITEM, RequestExpressions
 from kvstore.messages import (
     CommitRequest,
     ExecuteReply,
@@ -513,7 +513,8 @@ def test_elect_any_replica_picks_one_that_misses_a_batch(arm: Arm) -> None:
 @shows(Mutant.DDB_CONDITION_IGNORED)
 def test_ddb_condition_ignored_lets_a_failed_dynamodb_condition_write(arm: Arm) -> None:
     exprs = RequestExpressions(
-        {"ConditionExpression": "balance >= :a", "ExpressionAttributeValues": {":a": {"N": "5"}}}
+        {"ConditionExpression": "balance >= :a", "ExpressionAttributeValues": {":a": {"N": "5"}}},
+        PUT_ITEM,
     )
     condition = exprs.condition()
 
