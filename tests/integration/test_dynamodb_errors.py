@@ -9,15 +9,19 @@ exactly like their expression forms, and no message names a partition, a node or
 Method: one cluster for the module (three storage nodes, 8 partitions, one coordinator,
 separate processes, :func:`support.api.api_cluster`), boto3 for everything it can send, and
 requests signed with botocore's SigV4 signer for what botocore refuses to send (a number given
-as a JSON number, an unknown operation) and to read the error body exactly as sent.
+as a JSON number, an unknown operation) and to read the error body exactly as sent; the AWS CLI
+too, when it is installed.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import shutil
 import string
+import subprocess
 import urllib.error
 import urllib.request
 import uuid
@@ -1070,3 +1074,83 @@ def test_scan_filter_and_attributes_to_get(ddb: Any, tables: Tables) -> None:
         lambda: ddb.scan(TableName=table, AttributesToGet=["n"], Select="ALL_ATTRIBUTES")
     )
     assert code == "ValidationException" and "AttributesToGet" in message
+
+
+# --- the AWS CLI, when it is installed --------------------------------------------------
+
+
+def _aws_cli(cluster: LocalNodes, *args: str) -> subprocess.CompletedProcess[str]:
+    """``aws dynamodb ...`` configured only by the environment (no files of the machine)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID="admin",
+        AWS_SECRET_ACCESS_KEY=cluster.tokens["admin"],
+        AWS_DEFAULT_REGION=REGION,
+        AWS_ENDPOINT_URL_DYNAMODB=cluster.api(),
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_MAX_ATTEMPTS="1",
+    )
+    return subprocess.run(
+        ["aws", "dynamodb", *args, "--output", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(shutil.which("aws") is None, reason="the AWS CLI is not installed")
+def test_the_aws_cli(cluster: LocalNodes, tables: Tables) -> None:
+    """Hand-written CLI input meets the reserved words boto3's builders never send; the legacy
+    parameters work from the CLI too."""
+    key = json.dumps(_key("cli"))
+    put = _aws_cli(
+        cluster,
+        "put-item",
+        "--table-name",
+        tables.t,
+        "--item",
+        json.dumps({**_key("cli"), "size": {"N": "1"}}),
+    )
+    assert put.returncode == 0, put.stderr
+    refused = _aws_cli(
+        cluster,
+        "update-item",
+        "--table-name",
+        tables.t,
+        "--key",
+        key,
+        "--update-expression",
+        "SET size = size + :one",
+        "--expression-attribute-values",
+        json.dumps({":one": {"N": "1"}}),
+    )
+    assert refused.returncode != 0
+    assert "(ValidationException)" in refused.stderr
+    assert "reserved keyword: size" in refused.stderr
+    legacy = _aws_cli(
+        cluster,
+        "update-item",
+        "--table-name",
+        tables.t,
+        "--key",
+        key,
+        "--attribute-updates",
+        json.dumps({"size": {"Action": "ADD", "Value": {"N": "1"}}}),
+        "--return-values",
+        "UPDATED_NEW",
+    )
+    assert legacy.returncode == 0, legacy.stderr
+    assert json.loads(legacy.stdout)["Attributes"] == {"size": {"N": "2"}}
+    queried = _aws_cli(
+        cluster,
+        "query",
+        "--table-name",
+        tables.t,
+        "--key-conditions",
+        json.dumps({"pk": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "cli"}]}}),
+    )
+    assert queried.returncode == 0, queried.stderr
+    assert json.loads(queried.stdout)["Items"] == [{**_key("cli"), "size": {"N": "2"}}]
