@@ -44,7 +44,11 @@ from kvstore.conditions import evaluate as store_holds
 from kvstore.coordinator.results import ReadResult, TxnResult
 from kvstore.dynamodb.attributes import item_from_wire, item_to_wire
 from kvstore.dynamodb.evaluate import apply_update, condition_holds
-from kvstore.dynamodb.request_exprs import RequestExpressions
+from kvstore.dynamodb.request_exprs import (
+    TRANSACT_CONDITION,
+    TRANSACT_UPDATE,
+    RequestExpressions,
+)
 from kvstore.errors import ErrorCode
 from kvstore.localcluster import LocalCluster
 from kvstore.messages import OpOutcome, ReasonCode
@@ -153,7 +157,7 @@ def test_compiled_actions_mean_what_the_store_ops_mean(
     if exists:
         value = {} if balance is None else {"bal": balance}
     ((kind, action),) = transact_item(op).items()
-    exprs = RequestExpressions(action)
+    exprs = RequestExpressions(action, TRANSACT_UPDATE if kind == "Update" else TRANSACT_CONDITION)
     key = item_from_wire(action.get("Key", {HASH_KEY: {"S": op.key}}))
     parsed = exprs.condition()
     update = exprs.update(key, (HASH_KEY,)) if kind == "Update" else None
