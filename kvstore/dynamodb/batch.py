@@ -25,13 +25,12 @@ from kvstore.coordinator.engine import Coordinator
 from kvstore.dynamodb.attributes import Item, check_item_size, item_from_wire, item_to_wire
 from kvstore.dynamodb.evaluate import project
 from kvstore.dynamodb.expressions import Projection
-from kvstore.dynamodb.items import store_refusal
+from kvstore.dynamodb.items import consumed_per_table, store_refusal
 from kvstore.dynamodb.request_exprs import BATCH_GET, RequestExpressions
 from kvstore.dynamodb.requests import (
     Body,
     constraint,
     invalid,
-    optional_enum,
     required_list,
     required_object,
 )
@@ -49,7 +48,6 @@ from kvstore.ops import Op, OpKind
 
 __all__ = ["Batches"]
 
-_CAPACITY: Final = ("INDEXES", "TOTAL", "NONE")
 _DEFERRED: Final = (Overloaded, Unavailable, TransactionConflict, OutcomeUnknown)
 _DUPLICATES: Final = "Provided list of item keys contains duplicates"
 _T = TypeVar("_T")
@@ -88,16 +86,6 @@ def _throttled() -> KvError:
         "increasing your provisioning level with the UpdateTable API.",
         details={"aws_type": "ProvisionedThroughputExceededException"},
     )
-
-
-def _consumed(body: Body, units: dict[str, float]) -> dict[str, object]:
-    if optional_enum(body, "ReturnConsumedCapacity", _CAPACITY, "NONE") == "NONE":
-        return {}
-    return {
-        "ConsumedCapacity": [
-            {"TableName": name, "CapacityUnits": value} for name, value in units.items()
-        ]
-    }
 
 
 class Batches:
@@ -159,7 +147,7 @@ class Batches:
             },
         }
         units = {table: float(len(items)) for table, items in responses.items()}
-        out.update(_consumed(body, units))
+        out.update(consumed_per_table(body, units))
         return out
 
     async def write(self, body: Body) -> dict[str, object]:
@@ -221,5 +209,5 @@ class Batches:
         if throttled == len(writes):
             raise _throttled()
         out: dict[str, object] = {"UnprocessedItems": unprocessed}
-        out.update(_consumed(body, units))
+        out.update(consumed_per_table(body, units))
         return out

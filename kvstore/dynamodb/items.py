@@ -24,6 +24,7 @@ the failed condition's reason (the op's ``return_item``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Final
 
 from kvstore.coordinator.engine import Coordinator
@@ -36,6 +37,7 @@ from kvstore.dynamodb.request_exprs import (
     GET_ITEM,
     PUT_ITEM,
     UPDATE_ITEM,
+    Members,
     RequestExpressions,
 )
 from kvstore.dynamodb.requests import Body, optional_enum, required_object, table_name
@@ -47,6 +49,7 @@ from kvstore.types import Value
 __all__ = [
     "Items",
     "consumed",
+    "consumed_per_table",
     "condition_failed",
     "RETURN_ON_FAILURE",
     "store_refusal",
@@ -64,6 +67,17 @@ def consumed(body: Body, table: str, units: float) -> dict[str, object]:
     if optional_enum(body, "ReturnConsumedCapacity", _CAPACITY, "NONE") == "NONE":
         return {}
     return {"ConsumedCapacity": {"TableName": table, "CapacityUnits": units}}
+
+
+def consumed_per_table(body: Body, units: Mapping[str, float]) -> dict[str, object]:
+    """``ConsumedCapacity`` of a request over several tables (batches, transactions)."""
+    if optional_enum(body, "ReturnConsumedCapacity", _CAPACITY, "NONE") == "NONE":
+        return {}
+    return {
+        "ConsumedCapacity": [
+            {"TableName": name, "CapacityUnits": value} for name, value in units.items()
+        ]
+    }
 
 
 def condition_failed(error: ConditionFailed) -> ConditionFailed:
@@ -117,36 +131,24 @@ class Items:
         item = item_from_wire(required_object(body, "Item"), field="Item")
         key, _ = schema.store_key(item, item=True)
         check_item_size(item)
-        returns = optional_enum(body, "ReturnValues", ("NONE", "ALL_OLD"), "NONE")
-        exprs = RequestExpressions(body, PUT_ITEM)
-        condition = exprs.condition()
-        exprs.finish()
-        previous = await self._write(
-            Op(
-                kind=OpKind.PUT,
-                key=key,
-                value=item,
-                condition=condition,
-                return_item=_on_failure(body),
-                return_previous=returns == "ALL_OLD",
-            )
-        )
-        out = consumed(body, schema.name, 1.0)
-        if returns == "ALL_OLD" and previous is not None:
-            out["Attributes"] = _wire(previous)
-        return out
+        return await self._replace(body, schema, Op(kind=OpKind.PUT, key=key, value=item), PUT_ITEM)
 
     async def delete(self, body: Body) -> dict[str, object]:
         schema = await self.catalog.schema(_table(body))
         key, _ = _key(schema, body)
+        return await self._replace(body, schema, Op(kind=OpKind.DELETE, key=key), DELETE_ITEM)
+
+    async def _replace(
+        self, body: Body, schema: TableSchema, op: Op, members: Members
+    ) -> dict[str, object]:
+        """A put or delete (``op``) with the request's condition and ``ReturnValues``."""
         returns = optional_enum(body, "ReturnValues", ("NONE", "ALL_OLD"), "NONE")
-        exprs = RequestExpressions(body, DELETE_ITEM)
+        exprs = RequestExpressions(body, members)
         condition = exprs.condition()
         exprs.finish()
         previous = await self._write(
-            Op(
-                kind=OpKind.DELETE,
-                key=key,
+            replace(
+                op,
                 condition=condition,
                 return_item=_on_failure(body),
                 return_previous=returns == "ALL_OLD",

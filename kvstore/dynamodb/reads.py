@@ -39,7 +39,7 @@ from kvstore.dynamodb.attributes import (
     payload,
 )
 from kvstore.dynamodb.evaluate import condition_holds, project
-from kvstore.dynamodb.expressions import Condition, Projection
+from kvstore.dynamodb.expressions import Condition, KeyCondition, Projection
 from kvstore.dynamodb.items import consumed
 from kvstore.dynamodb.request_exprs import QUERY, SCAN, RequestExpressions
 from kvstore.dynamodb.requests import (
@@ -266,10 +266,9 @@ def _segment(schema: TableSchema, body: Body) -> ddb_keys.KeyRange:
     return ddb_keys.digest_slice(schema.table_id, segment, total)
 
 
-def _query_range(schema: TableSchema, condition: object) -> ddb_keys.KeyRange:
+def _query_range(schema: TableSchema, condition: KeyCondition) -> ddb_keys.KeyRange:
     """The store keys a key condition covers (one hash key's range)."""
-    hash_name = getattr(condition, "hash_name")  # noqa: B009 - the parser's KeyCondition
-    hash_value = getattr(condition, "hash_value")  # noqa: B009
+    hash_name, hash_value = condition.hash_name, condition.hash_value
     if hash_name != schema.hash_key.name:
         raise invalid(f"Query condition missed key schema element: {schema.hash_key.name}")
     if payload(hash_value)[0] != schema.hash_key.type:
@@ -278,7 +277,7 @@ def _query_range(schema: TableSchema, condition: object) -> ddb_keys.KeyRange:
             "schema type"
         )
     digest = schema.hash_digest(hash_value)
-    sort = getattr(condition, "range", None)
+    sort = condition.range
     if sort is None:
         return ddb_keys.hash_range(schema.table_id, digest)
     range_key = schema.range_key

@@ -410,6 +410,22 @@ class Catalog:
             raise not_found(name)
         return schema
 
+    async def _rewrite(self, schema: TableSchema, version: int) -> None:
+        """Replace the record read at ``version`` (``ResourceNotFoundException`` when the table
+        was deleted or re-created meanwhile)."""
+        try:
+            await self.coordinator.write(
+                Op(
+                    kind=OpKind.PUT,
+                    key=ddb_keys.catalog_key(schema.name),
+                    value=schema.to_value(),
+                    condition=VersionEquals(version),
+                )
+            )
+        except ConditionFailed:
+            raise not_found(schema.name) from None
+        self._cache.pop(schema.name, None)
+
     async def _record(self, name: str) -> tuple[TableSchema, int] | None:
         item = await self.coordinator.get(ddb_keys.catalog_key(name))
         if item is None:
@@ -477,18 +493,7 @@ class Catalog:
             raise not_found(name)
         schema, version = found
         deleting = replace(schema, deleting_since_s=self._wall_s())
-        try:
-            await self.coordinator.write(
-                Op(
-                    kind=OpKind.PUT,
-                    key=ddb_keys.catalog_key(name),
-                    value=deleting.to_value(),
-                    condition=VersionEquals(version),
-                )
-            )
-        except ConditionFailed:  # deleted or re-created meanwhile
-            raise not_found(name) from None
-        self._cache.pop(name, None)
+        await self._rewrite(deleting, version)
         return {"TableDescription": deleting.description(status="DELETING")}
 
     async def update(self, body: Body) -> dict[str, object]:
@@ -510,18 +515,7 @@ class Catalog:
             updated = replace(
                 schema, billing=billing, read_units=read_units, write_units=write_units
             )
-        try:
-            await self.coordinator.write(
-                Op(
-                    kind=OpKind.PUT,
-                    key=ddb_keys.catalog_key(name),
-                    value=updated.to_value(),
-                    condition=VersionEquals(version),
-                )
-            )
-        except ConditionFailed:
-            raise not_found(name) from None
-        self._cache.pop(name, None)
+        await self._rewrite(updated, version)
         return {"TableDescription": updated.description()}
 
     async def list_names(self, body: Body) -> dict[str, object]:

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Final
 
 from kvstore.coordinator.engine import Coordinator
 from kvstore.dynamodb.attributes import check_item_size, item_from_wire, item_to_wire
 from kvstore.dynamodb.evaluate import project
-from kvstore.dynamodb.items import RETURN_ON_FAILURE
+from kvstore.dynamodb.items import RETURN_ON_FAILURE, consumed_per_table
 from kvstore.dynamodb.request_exprs import (
     TRANSACT_CONDITION,
     TRANSACT_GET,
@@ -63,7 +64,6 @@ from kvstore.ops import Op, OpKind
 __all__ = ["Transactions", "store_token", "cancellation_reasons"]
 
 _ACTIONS: Final = ("Put", "Update", "Delete", "ConditionCheck")
-_CAPACITY: Final = ("INDEXES", "TOTAL", "NONE")
 _CODES: Final = {
     "None": "None",
     "ConditionFailed": "ConditionalCheckFailed",
@@ -132,16 +132,6 @@ def _count(body: Body, member: str) -> list[object]:
     return items
 
 
-def _consumed(body: Body, units: dict[str, float]) -> dict[str, object]:
-    if optional_enum(body, "ReturnConsumedCapacity", _CAPACITY, "NONE") == "NONE":
-        return {}
-    return {
-        "ConsumedCapacity": [
-            {"TableName": name, "CapacityUnits": value} for name, value in units.items()
-        ]
-    }
-
-
 class Transactions:
     """TransactWriteItems and TransactGetItems of one front end."""
 
@@ -180,16 +170,7 @@ class Transactions:
                     raise constraint("conditionExpression", None, "Member must not be null")
                 op = Op(kind=OpKind.CHECK, key=key, condition=condition)
         exprs.finish()
-        if return_item:
-            op = Op(
-                kind=op.kind,
-                key=op.key,
-                value=op.value,
-                expression=op.expression,
-                condition=op.condition,
-                return_item=True,
-            )
-        return schema.name, op
+        return schema.name, replace(op, return_item=return_item)
 
     async def write(self, body: Body, *, caller: str) -> dict[str, object]:
         actions = _count(body, "TransactItems")
@@ -232,7 +213,7 @@ class Transactions:
                 "The transaction with the given request token is already in progress.",
                 details={"aws_type": "TransactionInProgressException"},
             ) from None
-        return _consumed(body, units)
+        return consumed_per_table(body, units)
 
     async def get(self, body: Body) -> dict[str, object]:
         actions = _count(body, "TransactItems")
@@ -267,4 +248,4 @@ class Transactions:
                 continue
             item = entry.value if projection is None else project(entry.value, projection)
             responses.append({"Item": item_to_wire(item)})
-        return {"Responses": responses, **_consumed(body, units)}
+        return {"Responses": responses, **consumed_per_table(body, units)}
