@@ -584,6 +584,13 @@ DYNAMODB_SCHEMA_CACHE_TABLES_MAX: Final = 10_000  # schemas one front end caches
 # A deleted table's name stays taken (and its items unreachable) this long: more than a schema
 # cache lifetime plus the clock skew bound, so no front end still writes into the old table.
 DYNAMODB_TABLE_DELETE_GRACE_MS: Final = 10_000
+# Catalogue pages (of DYNAMODB_LIST_TABLES_MAX records) one listing or janitor pass reads at most.
+DYNAMODB_CATALOG_PAGES_MAX: Final = 1_000
+# The janitor (kvstore/dynamodb/janitor.py): how often each API process looks for deleted
+# tables to purge, how many items it deletes per pass, and how many deletes it has in flight.
+DYNAMODB_PURGE_INTERVAL_MS: Final = 5_000
+DYNAMODB_PURGE_ITEMS_PER_PASS: Final = 1_000
+DYNAMODB_PURGE_DELETES_IN_FLIGHT_MAX: Final = 16
 DYNAMODB_TRANSACT_ITEMS_MAX: Final = 100  # actions of TransactWriteItems / TransactGetItems.
 DYNAMODB_BATCH_WRITE_ITEMS_MAX: Final = 25  # puts and deletes of one BatchWriteItem.
 DYNAMODB_BATCH_GET_KEYS_MAX: Final = 100  # keys of one BatchGetItem.
@@ -607,6 +614,10 @@ __all__ += [
     "DYNAMODB_SCHEMA_CACHE_MS",
     "DYNAMODB_SCHEMA_CACHE_TABLES_MAX",
     "DYNAMODB_TABLE_DELETE_GRACE_MS",
+    "DYNAMODB_CATALOG_PAGES_MAX",
+    "DYNAMODB_PURGE_INTERVAL_MS",
+    "DYNAMODB_PURGE_ITEMS_PER_PASS",
+    "DYNAMODB_PURGE_DELETES_IN_FLIGHT_MAX",
     "DYNAMODB_TRANSACT_ITEMS_MAX",
     "DYNAMODB_BATCH_WRITE_ITEMS_MAX",
     "DYNAMODB_BATCH_GET_KEYS_MAX",

@@ -69,6 +69,7 @@ from kvstore.config import ClusterConfig
 from kvstore.coordinator.answers import entry_to_json, item_to_json, record_to_json, ts_to_json
 from kvstore.coordinator.engine import Coordinator
 from kvstore.coordinator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kvstore.dynamodb import janitor
 from kvstore.dynamodb.endpoint import DYNAMODB_METHOD, DYNAMODB_PATH, DynamoEndpoint, DynamoService
 from kvstore.dynamodb.operations import READ_OPERATIONS, WRITE_OPERATIONS, DynamoOperations
 from kvstore.errors import (
@@ -360,9 +361,6 @@ def build_app(
     routes: dict[tuple[str, str], Route] = {}
     own_paths = frozenset((method, path) for method, path, _ in own_routes)
     admission = _Admission(coordinator, requests_in_flight_max)
-    endpoint = DynamoEndpoint.for_service(
-        dynamodb or DYNAMODB_SERVICE, coordinator, tokens, admission
-    )
     own_paths |= {(DYNAMODB_METHOD, DYNAMODB_PATH)}
 
     @web.middleware
@@ -414,5 +412,21 @@ def build_app(
             routes[(route.method, _add_route(app, api, route))] = route
     for method, path, own in own_routes:
         app.router.add_route(method, path, own)
-    app.router.add_route(DYNAMODB_METHOD, DYNAMODB_PATH, endpoint.handle)
+    _mount_dynamodb(app, dynamodb, coordinator, tokens, admission)
     return app
+
+
+def _mount_dynamodb(
+    app: web.Application,
+    dynamodb: DynamoService | None,
+    coordinator: Coordinator,
+    tokens: TokenStore,
+    admission: _Admission,
+) -> None:
+    """``POST /`` (the DynamoDB endpoint); with the real tables, their janitor too."""
+    endpoint = DynamoEndpoint.for_service(
+        dynamodb or DYNAMODB_SERVICE, coordinator, tokens, admission
+    )
+    app.router.add_route(DYNAMODB_METHOD, DYNAMODB_PATH, endpoint.handle)
+    if dynamodb is None:  # purge deleted tables while the application runs
+        app.cleanup_ctx.append(janitor.background(coordinator))

@@ -15,15 +15,18 @@ DynamoDB's does; the record is durable when the reply is sent, so every later
 
 Every front end caches the schemas it found for ``DYNAMODB_SCHEMA_CACHE_MS`` (at most
 ``DYNAMODB_SCHEMA_CACHE_TABLES_MAX`` of them; an absent table is looked up every time). A
-deleted table's record stays ``DELETING`` for ``DYNAMODB_TABLE_DELETE_GRACE_MS`` (more than a
-cache lifetime plus the clock skew), during which the name cannot be re-created and item
-operations on it fail with ``ResourceNotFoundException``; so no front end can still be writing
-into the old table's id when a new table takes the name. After the grace the record counts as
-absent (``CreateTable`` replaces it, by version). The items of a deleted table become
-unreachable (a new table gets a new id); their rows are not purged yet (docs/dynamodb.md)."""
+deleted table's record says ``DELETING`` until its items are purged: item operations on it fail
+with ``ResourceNotFoundException`` at once (after at most a cache lifetime on other front ends),
+``DescribeTable`` and ``ListTables`` show it ``DELETING``, and ``CreateTable`` of its name is
+``ResourceInUseException``. Once ``DYNAMODB_TABLE_DELETE_GRACE_MS`` has passed (more than a
+cache lifetime plus the clock skew, so no front end can still be writing into it)
+:mod:`kvstore.dynamodb.janitor` deletes its items and then the record (:meth:`Catalog.purgeable`,
+:meth:`Catalog.forget`); the name is free again.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -48,6 +51,7 @@ from kvstore.dynamodb.requests import (
 )
 from kvstore.errors import ConditionFailed, NotFound, ValidationError
 from kvstore.limits import (
+    DYNAMODB_CATALOG_PAGES_MAX,
     DYNAMODB_HASH_KEY_BYTES_MAX,
     DYNAMODB_LIST_TABLES_MAX,
     DYNAMODB_SCHEMA_CACHE_MS,
@@ -432,12 +436,48 @@ class Catalog:
             return None
         return TableSchema.from_value(item.value), item.version
 
-    def _gone(self, schema: TableSchema) -> bool:
-        """A deleted table whose grace is over: as good as absent."""
-        since = schema.deleting_since_s
-        return since is not None and (
-            self._wall_s() - since > DYNAMODB_TABLE_DELETE_GRACE_MS / _MS_PER_S
+    async def _records(
+        self, after: str | None, limit: int
+    ) -> tuple[list[tuple[TableSchema, int]], bool]:
+        """Up to ``limit`` table records in name order after ``after``; whether more follow."""
+        start = ddb_keys.CATALOG_PREFIX + (after + "\x00" if after else "")
+        page = await self.coordinator.partition_page(
+            self.coordinator.partition_of(ddb_keys.CATALOG_ROUTE),
+            start=start,
+            end=ddb_keys.CATALOG_PREFIX[:-1] + "\x02",
+            limit=limit,
         )
+        found = [(TableSchema.from_value(item.value), item.version) for item in page.items]
+        return found, page.next_start is not None
+
+    async def purgeable(self, limit: int) -> list[tuple[TableSchema, int]]:
+        """Deleted tables whose grace is over (no front end can still write into them): their
+        items may be purged, then their records forgotten (:mod:`kvstore.dynamodb.janitor`)."""
+        now_s = self._wall_s()
+        grace_s = DYNAMODB_TABLE_DELETE_GRACE_MS / _MS_PER_S
+        out: list[tuple[TableSchema, int]] = []
+        after: str | None = None
+        for _ in range(DYNAMODB_CATALOG_PAGES_MAX):
+            records, more = await self._records(after, DYNAMODB_LIST_TABLES_MAX)
+            for schema, version in records:
+                since = schema.deleting_since_s
+                if since is not None and now_s - since > grace_s and len(out) < limit:
+                    out.append((schema, version))
+            if not more or not records or len(out) >= limit:
+                break
+            after = records[-1][0].name
+        return out
+
+    async def forget(self, schema: TableSchema, version: int) -> None:
+        """Remove a purged table's record (the name is free again)."""
+        with contextlib.suppress(ConditionFailed):  # another front end forgot it first
+            await self.coordinator.write(
+                Op(
+                    kind=OpKind.DELETE,
+                    key=ddb_keys.catalog_key(schema.name),
+                    condition=VersionEquals(version),
+                )
+            )
 
     # --- operations -----------------------------------------------------------------------
 
@@ -464,15 +504,9 @@ class Catalog:
             created_s=round(self._wall_s(), 3),
         )
         key = ddb_keys.catalog_key(name)
-        condition: Exists | VersionEquals = Exists(False)
-        existing = await self._record(name)
-        if existing is not None:
-            if not self._gone(existing[0]):
-                raise _in_use(name)
-            condition = VersionEquals(existing[1])
         try:
             await self.coordinator.write(
-                Op(kind=OpKind.PUT, key=key, value=schema.to_value(), condition=condition)
+                Op(kind=OpKind.PUT, key=key, value=schema.to_value(), condition=Exists(False))
             )
         except ConditionFailed:
             raise _in_use(name) from None
@@ -482,7 +516,7 @@ class Catalog:
     async def describe(self, body: Body) -> dict[str, object]:
         name = table_name(body)
         found = await self._record(name)
-        if found is None or self._gone(found[0]):
+        if found is None:
             raise not_found(name)
         return {"Table": found[0].description()}
 
@@ -523,24 +557,13 @@ class Catalog:
             DYNAMODB_LIST_TABLES_MAX
         )
         after = optional_str(body, "ExclusiveStartTableName")
-        start = ddb_keys.CATALOG_PREFIX + (after + "\x00" if after else "")
-        end = ddb_keys.CATALOG_PREFIX[:-1] + "\x02"
         names: list[str] = []
-        more = True
-        while more and len(names) <= limit:
-            page = await self.coordinator.partition_page(
-                self.coordinator.partition_of(ddb_keys.CATALOG_ROUTE),
-                start=start,
-                end=end,
-                limit=limit + 1 - len(names),
-            )
-            for item in page.items:
-                schema = TableSchema.from_value(item.value)
-                if not self._gone(schema):
-                    names.append(schema.name)
-            more = page.next_start is not None
-            if more:
-                start = page.next_start or end
+        for _ in range(DYNAMODB_CATALOG_PAGES_MAX):
+            records, more = await self._records(after, limit + 1 - len(names))
+            names.extend(schema.name for schema, _ in records)
+            if not more or not records or len(names) > limit:
+                break
+            after = records[-1][0].name
         out: dict[str, object] = {"TableNames": names[:limit]}
         if len(names) > limit:
             out["LastEvaluatedTableName"] = names[limit - 1]

@@ -59,7 +59,10 @@ def ddb(cluster: LocalNodes) -> Any:
 
 
 def _table(ddb: Any, *, sort: str | None = "S", hash_type: str = "S") -> str:
-    name = f"t-{uuid.uuid4().hex[:10]}"
+    return _table_named(ddb, f"t-{uuid.uuid4().hex[:10]}", sort=sort, hash_type=hash_type)
+
+
+def _table_named(ddb: Any, name: str, *, sort: str | None = None, hash_type: str = "S") -> str:
     schema = [{"AttributeName": "pk", "KeyType": "HASH"}]
     definitions = [{"AttributeName": "pk", "AttributeType": hash_type}]
     if sort is not None:
@@ -105,6 +108,15 @@ def test_tables_lifecycle(ddb: Any) -> None:
     assert _code(raised.value) == "ResourceInUseException"
     deleted = ddb.delete_table(TableName=names[0])
     assert deleted["TableDescription"]["TableStatus"] == "DELETING"
+    assert ddb.describe_table(TableName=names[0])["Table"]["TableStatus"] == "DELETING"
+    with pytest.raises(ClientError) as raised:  # until its items are purged
+        ddb.create_table(
+            TableName=names[0],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    assert _code(raised.value) == "ResourceInUseException"
     with pytest.raises(ClientError) as raised:
         ddb.put_item(TableName=names[0], Item={"pk": {"S": "a"}, "sk": {"S": "b"}})
     assert _code(raised.value) == "ResourceNotFoundException"
@@ -587,3 +599,25 @@ def test_every_api_process_serves_the_same_tables(cluster: LocalNodes, ddb: Any)
             break
         assert time.monotonic() < deadline, "the deleted table is still served"
         time.sleep(0.05)
+
+
+def test_a_deleted_table_is_purged_and_its_name_is_free_again(ddb: Any) -> None:
+    """The janitor of the API processes purges a deleted table after its grace (10 s), then
+    removes its record: DescribeTable stops answering, and the name can be created afresh,
+    empty."""
+    table = _table(ddb, sort=None)
+    for index in range(30):
+        ddb.put_item(TableName=table, Item={"pk": {"S": f"k{index}"}})
+    ddb.delete_table(TableName=table)
+    deadline = time.monotonic() + 60  # grace, then passes every 2.5-7.5 s: about 20 s
+    while True:
+        try:
+            status = ddb.describe_table(TableName=table)["Table"]["TableStatus"]
+        except ClientError as error:
+            assert _code(error) == "ResourceNotFoundException"
+            break
+        assert status == "DELETING"
+        assert time.monotonic() < deadline, "the deleted table was never purged"
+        time.sleep(0.5)
+    again = _table_named(ddb, table)
+    assert ddb.scan(TableName=again)["Count"] == 0
