@@ -44,6 +44,7 @@ __all__ = [
     "TXN_OUTCOME",
     "BACKUP_PAGE",
     "RESTORE",
+    "PARTITION_PAGE",
     "body_object",
     "body_key",
     "body_op",
@@ -78,8 +79,12 @@ TXN_OUTCOME: Final = "kv.txn_outcome"
 # optional: the node's clock then picks it) and ``restore`` requests of kvstore.codec.
 BACKUP_PAGE: Final = "kv.backup_page"
 RESTORE: Final = "kv.restore"
+# One page of a partition's committed items, every key included (the store's own namespace too,
+# which kv.scan leaves out): the internal ``scan`` request without ``at`` (a restore's check that
+# its target is empty).
+PARTITION_PAGE: Final = "kv.partition_page"
 METHODS: Final = frozenset(
-    {GET, PUT, DELETE, TRANSACT, READ, SCAN, TXN_OUTCOME, BACKUP_PAGE, RESTORE}
+    {GET, PUT, DELETE, TRANSACT, READ, SCAN, TXN_OUTCOME, BACKUP_PAGE, RESTORE, PARTITION_PAGE}
 )
 
 

@@ -9,7 +9,9 @@ leader (replicated clusters), and a node out of reach moves the partition to the
 for the next attempt. The node runs each call on its co-located coordinator library
 (``Coordinator.snapshot_page``, ``Coordinator.restore``), which routes it to the partition's
 owner or leader. Bodies are the internal ``scan`` and ``restore`` requests of
-:mod:`kvstore.codec`; this module packs and unpacks them.
+:mod:`kvstore.codec`; this module packs and unpacks them. A restore's target is empty when no
+partition answers ``kv.partition_page`` with an item (every key counts, the DynamoDB
+endpoint's tables too).
 """
 
 from __future__ import annotations
@@ -64,7 +66,16 @@ class NativeSink:
         return reply.restored
 
     async def is_empty(self) -> bool:
-        page = await self._backend.scan(
-            prefix=None, start=None, end=None, limit=1, cursor=None, timeout_s=_TIMEOUT_S
-        )
-        return not page.items
+        """No partition holds an item, of any key (the store's own namespace included: a
+        cluster holding only DynamoDB tables is not empty, though a public scan sees nothing)."""
+        for partition in range(await self._backend.partition_count(_TIMEOUT_S)):
+            request = ScanRequest(partition=PartitionId(partition), start="", end=None, limit=1)
+            raw = await self._backend.call_partition(
+                request.partition, native.PARTITION_PAGE, encode_request(request), _TIMEOUT_S
+            )
+            reply = decode_reply("scan", raw)
+            if not isinstance(reply, ScanReply):
+                raise ProtocolViolation("malformed partition page from a node")
+            if reply.items:
+                return False
+        return True

@@ -48,7 +48,7 @@ from kvstore.codec import decode_request, encode_reply, encode_timestamp
 from kvstore.config import ClusterConfig
 from kvstore.coordinator.engine import Coordinator
 from kvstore.coordinator.metrics import CoordinatorMetrics
-from kvstore.errors import InternalError, KvError, Unavailable
+from kvstore.errors import InternalError, KvError, Unavailable, ValidationError
 from kvstore.messages import RestoreRequest, ScanRequest
 from kvstore.mutants import Mutants
 from kvstore.partitioning import ClusterMap
@@ -193,6 +193,22 @@ class NodeGateway:
             return _packed(calls.txn_outcome(token, timeout_s), _same)
         if method == native.BACKUP_PAGE:
             return self._backup_page(body)
+        if method == native.PARTITION_PAGE:
+            wanted = decode_request("scan", body)
+            if not isinstance(wanted, ScanRequest) or wanted.at is not None:
+                raise ValidationError("at", "a partition page is read now, without at")
+            self._home_partition(wanted.partition)
+            return _packed(
+                self.coordinator.partition_page(
+                    wanted.partition,
+                    start=wanted.start,
+                    end=wanted.end,
+                    limit=wanted.limit,
+                    reverse=wanted.reverse,
+                    bytes_max=wanted.bytes_max,
+                ),
+                encode_reply,
+            )
         if method == native.RESTORE:
             restore = decode_request("restore", body)
             assert isinstance(restore, RestoreRequest)

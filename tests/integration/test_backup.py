@@ -361,7 +361,8 @@ async def test_dynamodb_tables_come_back_from_a_restore_into_another_partitionin
 ) -> None:
     """DynamoDB tables are keys of the store like any other: a backup holds their catalogue
     and items, and a restore into 4 partitions (from 8) keeps every hash key's items together
-    and in sort-key order, so Query, transactions and the table listing work there."""
+    and in sort-key order, so Query, transactions and the table listing work there; a cluster
+    holding only DynamoDB tables is not empty to a second restore."""
     ddb = _dynamodb(source)
     ddb.create_table(
         TableName="orders",
@@ -391,6 +392,11 @@ async def test_dynamodb_tables_come_back_from_a_restore_into_another_partitionin
     )
     assert code == 0, stderr
     await restore_into(target, backup)
+    # The target now holds DynamoDB tables only (no key a public scan sees): not empty.
+    code, _, stderr = await kvctl(
+        "backup", "restore", str(backup), "--config", str(target.config_path)
+    )
+    assert code != 0 and "not empty" in stderr, stderr
     restored = _dynamodb(target)
     assert "orders" in restored.list_tables()["TableNames"]
     for customer in range(10):
