@@ -550,15 +550,13 @@ class Coordinator:
         end: Key | None = None,
         limit: int,
         after: Key | None = None,
-        internal: bool = False,
     ) -> ScanPage:
         """At most ``limit`` items with ``start <= key < end`` and ``key > after``, in order.
-        Public scans (not ``internal``) start at ``PUBLIC_KEY_MIN``, above the store's own
-        keys (kvstore.values)."""
-        if not internal:
-            start = max(start, PUBLIC_KEY_MIN)
-            if end is not None and end <= start:
-                return ScanPage(items=(), after=None)
+        A scan is the public API's: it starts at ``PUBLIC_KEY_MIN``, above the store's own keys
+        (kvstore.values), which are read by partition pages (``partition_page``)."""
+        start = max(start, PUBLIC_KEY_MIN)
+        if end is not None and end <= start:
+            return ScanPage(items=(), after=None)
         result: ScanResult = await self._rerouted(
             lambda: self._run(
                 Scan(self._partitions, start=start, end=end, limit=limit, after=after),

@@ -38,7 +38,6 @@ from typing import Final
 
 __all__ = [
     "CATALOG_PREFIX",
-    "CATALOG_ROUTE",
     "ITEM_PREFIX",
     "SORT_TEXT_CEILING",
     "KeyRange",
@@ -56,7 +55,6 @@ __all__ = [
 ]
 
 CATALOG_PREFIX: Final = "\x00c\x01"
-CATALOG_ROUTE: Final = "\x00c\x01"  # any catalogue key routes like this one (to one partition)
 ITEM_PREFIX: Final = "\x00d/"
 SORT_TEXT_CEILING: Final = "\u0101"  # above every character of a sort text
 _DIGEST_BYTES: Final = 16

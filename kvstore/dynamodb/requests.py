@@ -33,7 +33,6 @@ __all__ = [
     "optional_list",
     "required_list",
     "table_name",
-    "name_map",
 ]
 
 Body = Mapping[str, object]
@@ -161,16 +160,3 @@ def table_name(body: Body, member: str = "TableName") -> str:
             member, name, "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+"
         )
     return name
-
-
-def name_map(body: Body, member: str) -> dict[str, str]:
-    """A map of strings to strings (``ExpressionAttributeNames``)."""
-    raw = optional_object(body, member)
-    if raw is None:
-        return {}
-    out: dict[str, str] = {}
-    for name, value in raw.items():
-        if not isinstance(value, str):
-            raise _wrong_type(f"{member}.{name}", "a string")
-        out[name] = value
-    return out

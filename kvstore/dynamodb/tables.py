@@ -442,7 +442,7 @@ class Catalog:
         """Up to ``limit`` table records in name order after ``after``; whether more follow."""
         start = ddb_keys.CATALOG_PREFIX + (after + "\x00" if after else "")
         page = await self.coordinator.partition_page(
-            self.coordinator.partition_of(ddb_keys.CATALOG_ROUTE),
+            self.coordinator.partition_of(ddb_keys.CATALOG_PREFIX),
             start=start,
             end=ddb_keys.CATALOG_PREFIX[:-1] + "\x02",
             limit=limit,
