@@ -42,7 +42,7 @@ from kvstore.dynamodb.request_exprs import (
 )
 from kvstore.dynamodb.requests import Body, optional_enum, required_object, table_name
 from kvstore.dynamodb.tables import Catalog, TableSchema
-from kvstore.errors import ConditionFailed, ErrorCode, ValidationError
+from kvstore.errors import ConditionFailed, ValidationError
 from kvstore.ops import Op, OpKind
 from kvstore.types import Value
 
@@ -58,7 +58,6 @@ __all__ = [
 RETURN_ON_FAILURE: Final = ("NONE", "ALL_OLD")
 _CAPACITY: Final = ("INDEXES", "TOTAL", "NONE")
 _CONDITION_FAILED: Final = "The conditional request failed"
-_INVALID: Final = "One or more parameter values were invalid: "
 
 
 def consumed(body: Body, table: str, units: float) -> dict[str, object]:
@@ -90,18 +89,16 @@ def condition_failed(error: ConditionFailed) -> ConditionFailed:
 
 
 def store_refusal(error: ValidationError) -> ValidationError:
-    """The ValidationException for a singleton write the store refused, in AWS's words only.
+    """The ValidationException for a singleton write the store refused, in AWS's words.
 
-    The coordinator words its refusals for the store's own API: the node's reason for an op
-    that cannot apply (an update whose result breaks a limit) follows the field ``op``
-    (``"op: Item size to update has exceeded..."``), and a refused call names the partition
-    and the node (``"partition 3 on node n2: ..."``). The node's reason is already AWS's
-    message (:mod:`kvstore.dynamodb.evaluate`); a refused call's carries nothing the client
-    can use, so it gets a fixed one."""
-    if "partition" in error.details or "node" in error.details:
-        return ValidationError("", _INVALID + ErrorCode.ValidationError.value.summary)
+    The coordinator words a node's reason for an op that cannot apply (an update whose result
+    breaks a limit) after the field ``op`` (``"op: Item size to update has exceeded..."``); the
+    reason itself is already AWS's message (:mod:`kvstore.dynamodb.evaluate`), so the field
+    goes. A refused call keeps its details: naming a partition or node, it is worded by
+    :mod:`kvstore.dynamodb.errors` like every such error."""
     prefix = f"{error.field}: " if error.field else ""
-    return ValidationError("", error.message.removeprefix(prefix))
+    details = {name: value for name, value in error.details.items() if name != "field"}
+    return ValidationError("", error.message.removeprefix(prefix), details=details)
 
 
 def _wire(item: Value) -> dict[str, object]:
